@@ -1,0 +1,126 @@
+// IPv4 and IPv6 addresses and networks in CIDR form, for allow-lists, trusted networks
+// and rate-limit aggregation. An IPv4-mapped IPv6 address (::ffff:192.0.2.1) matches
+// the IPv4 network it maps, because Postfix may report either form.
+
+import Foundation
+
+public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
+    case v4(UInt32)
+    case v6(UInt64, UInt64)
+
+    public init?(_ text: String) {
+        var s = text
+        if s.hasPrefix("[") && s.hasSuffix("]") { s = String(s.dropFirst().dropLast()) }
+        if s.lowercased().hasPrefix("ipv6:") { s = String(s.dropFirst(5)) }
+        if let zone = s.firstIndex(of: "%") { s = String(s[..<zone]) }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, s, &v4) == 1 {
+            self = .v4(UInt32(bigEndian: v4.s_addr))
+            return
+        }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, s, &v6) == 1 else { return nil }
+        let bytes = withUnsafeBytes(of: v6) { Array($0) }
+        var hi: UInt64 = 0, lo: UInt64 = 0
+        for i in 0..<8 { hi = hi << 8 | UInt64(bytes[i]) }
+        for i in 8..<16 { lo = lo << 8 | UInt64(bytes[i]) }
+        // IPv4-mapped: treat as the IPv4 address it carries.
+        if hi == 0, lo >> 32 == 0xFFFF {
+            self = .v4(UInt32(truncatingIfNeeded: lo))
+            return
+        }
+        self = .v6(hi, lo)
+    }
+
+    public var isV4: Bool { if case .v4 = self { true } else { false } }
+
+    public var description: String {
+        switch self {
+        case .v4(let a):
+            return "\(a >> 24).\(a >> 16 & 0xFF).\(a >> 8 & 0xFF).\(a & 0xFF)"
+        case .v6(let hi, let lo):
+            var addr = in6_addr()
+            withUnsafeMutableBytes(of: &addr) { raw in
+                for i in 0..<8 { raw[i] = UInt8(truncatingIfNeeded: hi >> (56 - 8 * i)) }
+                for i in 0..<8 { raw[8 + i] = UInt8(truncatingIfNeeded: lo >> (56 - 8 * i)) }
+            }
+            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            inet_ntop(AF_INET6, &addr, &buffer, socklen_t(buffer.count))
+            let length = buffer.firstIndex(of: 0) ?? buffer.count
+            return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+
+    /// This address with all but the first `prefix` bits cleared.
+    public func masked(to prefix: Int) -> IPAddress {
+        switch self {
+        case .v4(let a):
+            let p = max(0, min(32, prefix))
+            return .v4(p == 0 ? 0 : a & ~(UInt32.max >> UInt32(p)))
+        case .v6(let hi, let lo):
+            let p = max(0, min(128, prefix))
+            if p <= 64 {
+                return .v6(p == 0 ? 0 : hi & ~(UInt64.max >> UInt64(p)), 0)
+            }
+            return .v6(hi, p == 128 ? lo : lo & ~(UInt64.max >> UInt64(p - 64)))
+        }
+    }
+}
+
+public struct CIDR: Sendable, Hashable, CustomStringConvertible {
+    public let network: IPAddress
+    public let prefix: Int
+
+    /// Parses "192.0.2.0/24", "2001:db8::/32" or a single address (a host network).
+    public init?(_ text: String) {
+        let parts = text.trimmingSpaces.split(separator: "/", maxSplits: 1)
+        guard let first = parts.first, let address = IPAddress(String(first)) else { return nil }
+        let maxPrefix = address.isV4 ? 32 : 128
+        var prefix = maxPrefix
+        if parts.count == 2 {
+            guard let p = Int(parts[1]), (0...maxPrefix).contains(p) else { return nil }
+            // "::ffff:10.0.0.0/104" names an IPv4 network once unmapped.
+            prefix = (address.isV4 && String(first).contains(":")) ? max(0, p - 96) : p
+        }
+        self.prefix = prefix
+        self.network = address.masked(to: prefix)
+    }
+
+    public func contains(_ address: IPAddress) -> Bool {
+        switch (network, address) {
+        case (.v4, .v4), (.v6, .v6): address.masked(to: prefix) == network
+        default: false
+        }
+    }
+
+    public var description: String { "\(network)/\(prefix)" }
+
+    public static let loopback: [CIDR] = [CIDR("127.0.0.0/8")!, CIDR("::1/128")!]
+}
+
+/// A set of networks, e.g. an allow-list.
+public struct NetworkList: Sendable, Equatable {
+    public let networks: [CIDR]
+    public init(_ networks: [CIDR]) { self.networks = networks }
+    public var isEmpty: Bool { networks.isEmpty }
+    public func contains(_ address: IPAddress) -> Bool { networks.contains { $0.contains(address) } }
+    public func contains(_ text: String) -> Bool {
+        guard let address = IPAddress(text) else { return false }
+        return contains(address)
+    }
+}
+
+extension ConfigSection {
+    /// An array of CIDR strings; a bad entry is reported and skipped.
+    public func networks(_ key: String, default fallback: [CIDR]) -> NetworkList {
+        guard has(key) else { _ = raw(key); return NetworkList(fallback) }
+        let texts = stringArray(key, default: [])
+        var out: [CIDR] = []
+        for text in texts {
+            if let cidr = CIDR(text) { out.append(cidr) } else {
+                report(key, "\"\(LogEscaping.escape(text))\" is not an IPv4 or IPv6 address or network (e.g. 192.0.2.0/24, 2001:db8::/32)")
+            }
+        }
+        return NetworkList(out)
+    }
+}

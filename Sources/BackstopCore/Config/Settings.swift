@@ -1,0 +1,85 @@
+// The server-wide settings: listeners, connection limits and timeouts, protocol limits,
+// logging, the policy stages and metrics. Check sections live with their checks.
+
+import NIOCore
+
+public struct ListenerSettings: Sendable, Equatable {
+    public enum Endpoint: Sendable, Equatable {
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+    }
+    public var endpoint: Endpoint
+    /// Unix socket permissions, e.g. 0o660.
+    public var mode: Int
+    public var owner: String?
+    public var group: String?
+    /// TCP only: clients outside these networks are disconnected before a byte is read.
+    public var allow: NetworkList
+
+    public static let defaultTCP = ListenerSettings(endpoint: .tcp(host: "127.0.0.1", port: 10033), mode: 0o660,
+                                                    owner: nil, group: nil, allow: NetworkList([]))
+
+    /// Parses "127.0.0.1:10033", "[::1]:10033", "localhost:10033" or "unix:/path".
+    public static func parseEndpoint(_ text: String) -> Endpoint? {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            return path.hasPrefix("/") ? .unix(path: path) : nil
+        }
+        if text.hasPrefix("/") { return .unix(path: text) }
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            guard after.hasPrefix(":") else { return nil }
+            portText = after.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            if host.contains(":") { return nil }  // bare IPv6 needs brackets
+        }
+        guard let port = Int(portText), (0...65535).contains(port), !host.isEmpty else { return nil }
+        return .tcp(host: String(host), port: port)
+    }
+}
+
+public struct ServerSettings: Sendable, Equatable {
+    /// Most simultaneous client connections; further ones are closed at once and logged.
+    public var maxConnections = 1000
+    /// A connection with no request in progress is closed after this long. Longer than
+    /// Postfix's smtpd_policy_service_max_idle (300 s), so Postfix closes first.
+    public var idleTimeout: TimeAmount = .seconds(330)
+    /// A request that was started must be completed within this long.
+    public var readTimeout: TimeAmount = .seconds(30)
+    /// On SIGTERM, requests in flight get this long to be answered.
+    public var shutdownGrace: TimeAmount = .seconds(10)
+    /// Event loop threads; 0 means one per core.
+    public var threads = 0
+    /// Drop privileges to this user and group after binding (only when started as root).
+    public var user: String?
+    public var group: String?
+}
+
+public struct LogSettings: Sendable, Equatable {
+    public enum Destination: String, Sendable, Equatable { case stderr, stdout, syslog }
+    public var level = "info"
+    public var destination: Destination = .stderr
+    /// How often a summary line with counts is written; zero turns it off.
+    public var summaryInterval: TimeAmount = .minutes(0)
+}
+
+public struct PolicySettings: Sendable {
+    /// Turns every refusal into WARN (logged, not enforced).
+    public var testMode = false
+    /// Every request is answered within this long, whatever the checks do.
+    public var deadline: TimeAmount = .seconds(10)
+    /// Which checks run, in order, for each protocol_state.
+    public var stages: [ProtocolState: [String]] = [:]
+}
+
+public struct MetricsSettings: Sendable, Equatable {
+    /// "127.0.0.1:9233" to serve Prometheus metrics over HTTP; nil (the default) for none.
+    public var listen: String?
+}

@@ -1,0 +1,36 @@
+// The contract every check fulfils: turn a request into a verdict, now or later.
+// Synchronous checks answer `.done` on the event loop with no allocation beyond the
+// verdict; checks that wait (SPF, a remote store) answer `.pending` with a future.
+
+import NIOCore
+import Logging
+
+public enum CheckResult: Sendable {
+    case done(Verdict)
+    case pending(EventLoopFuture<Verdict>)
+}
+
+/// Everything a check may need besides the request itself.
+public struct CheckContext: Sendable {
+    public let eventLoop: any EventLoop
+    /// After this instant the engine stops waiting and uses the check's fail action.
+    public let deadline: NIODeadline
+    public let logger: Logger
+
+    public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.deadline = deadline
+        self.logger = logger
+    }
+}
+
+public protocol Check: Sendable {
+    /// The check's name as used in the configuration and the logs ("recipients", "spf", …).
+    var name: String { get }
+    /// When true, refusals from this check are answered as WARN and only logged.
+    var testMode: Bool { get }
+    /// What to answer when the check cannot decide in time or fails internally.
+    var failVerdict: Verdict { get }
+
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult
+}

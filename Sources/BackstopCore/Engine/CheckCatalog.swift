@@ -1,0 +1,44 @@
+// The list of checks Backstop knows, each with the reader of its configuration section.
+// Adding a check means adding its type, its settings, and one line here.
+
+import Logging
+import NIOCore
+
+/// Settings of one check, read from its section; builds the running check.
+public protocol CheckSettings: Sendable {
+    func makeCheck(_ context: CheckBuildContext) throws -> any Check
+}
+
+public struct CheckBuildContext: Sendable {
+    public var logger: Logger
+    /// The instance of the same check in the configuration being replaced, if any:
+    /// checks keep state (counters, caches, loaded tables) across reloads through it.
+    public var previous: (any Check)?
+    public var deadline: TimeAmount
+
+    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(10)) {
+        self.logger = logger
+        self.previous = previous
+        self.deadline = deadline
+    }
+}
+
+public struct CheckKind: Sendable {
+    public let name: String
+    /// Reads the check's section; relative paths are resolved against the base directory.
+    public let read: @Sendable (ConfigSection, _ baseDirectory: String) -> any CheckSettings
+
+    public init(name: String, read: @escaping @Sendable (ConfigSection, String) -> any CheckSettings) {
+        self.name = name
+        self.read = read
+    }
+}
+
+public enum CheckCatalog {
+    public static let kinds: [CheckKind] = [
+    ]
+
+    public static func kind(named name: String) -> CheckKind? {
+        kinds.first { $0.name == name }
+    }
+}

@@ -1,0 +1,43 @@
+// Escaping for text that came from outside before it is written to a log line, so a
+// client cannot forge log lines or terminal escapes. Not used for the wire (see ResponseEncoder).
+
+public enum LogEscaping {
+    /// Backslash-escapes quotes, backslashes and control characters; keeps printable UTF-8.
+    public static func escape(_ text: String, limit: Int = 512) -> String {
+        var out = ""
+        var count = 0
+        for scalar in text.unicodeScalars {
+            if count >= limit { out += "…"; break }
+            count += 1
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value) {
+                    out += "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(to: 2)
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
+    }
+
+    /// A value for a key=value log line: quoted when it holds a space, quote or is empty.
+    public static func field(_ text: String) -> String {
+        let escaped = escape(text)
+        if escaped.isEmpty || escaped.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" }) {
+            return "\"" + escaped + "\""
+        }
+        return escaped
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

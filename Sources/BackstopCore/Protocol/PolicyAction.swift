@@ -1,0 +1,131 @@
+// The access(5) actions a policy server may answer with, and parsing of the same words
+// as an administrator writes them in the configuration ("550 5.1.1 User unknown",
+// "DEFER_IF_PERMIT Try later", "DUNNO"). Encoding for the wire lives in ResponseEncoder.
+
+public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
+    case dunno
+    case ok
+    case reject(String?)
+    case deferTemporarily(String?)
+    case deferIfPermit(String?)
+    case deferIfReject(String?)
+    /// An explicit SMTP reply: `code` is 4NN or 5NN, `enhanced` an RFC 3463 status such as 5.1.1.
+    case reply(code: Int, enhanced: String?, text: String)
+    case prepend(String)
+    case warn(String)
+    case info(String)
+    case hold(String?)
+    case discard(String?)
+
+    /// No opinion: the engine moves on to the next check.
+    public var isNoOpinion: Bool { self == .dunno }
+
+    /// Refusals (permanent or temporary): these are what test mode turns into WARN.
+    public var isRefusal: Bool {
+        switch self {
+        case .reject, .deferTemporarily, .deferIfPermit, .deferIfReject, .reply: true
+        default: false
+        }
+    }
+
+    /// The keyword as Postfix reads it (`REJECT`, `DEFER_IF_PERMIT`, `550`, …).
+    public var keyword: String {
+        switch self {
+        case .dunno: "DUNNO"
+        case .ok: "OK"
+        case .reject: "REJECT"
+        case .deferTemporarily: "DEFER"
+        case .deferIfPermit: "DEFER_IF_PERMIT"
+        case .deferIfReject: "DEFER_IF_REJECT"
+        case .reply(let code, _, _): String(code)
+        case .prepend: "PREPEND"
+        case .warn: "WARN"
+        case .info: "INFO"
+        case .hold: "HOLD"
+        case .discard: "DISCARD"
+        }
+    }
+
+    /// The text after the keyword, if any (for `.reply`, the enhanced code and text).
+    public var text: String? {
+        switch self {
+        case .dunno, .ok: nil
+        case .reject(let t), .deferTemporarily(let t), .deferIfPermit(let t), .deferIfReject(let t),
+             .hold(let t), .discard(let t): t
+        case .reply(_, let enhanced, let text): enhanced.map { "\($0) \(text)" } ?? text
+        case .prepend(let t), .warn(let t), .info(let t): t
+        }
+    }
+
+    /// Exactly what goes after `action=` on the wire, sanitised and cut to SMTP's limits.
+    public var description: String { ResponseEncoder.actionText(self) }
+}
+
+public struct ActionParseError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+extension PolicyAction {
+    /// Parses an action as written in the configuration or by the `query` command.
+    public init(parsing input: String) throws {
+        let trimmed = input.trimmingSpaces
+        guard !trimmed.isEmpty else { throw ActionParseError(description: "empty action") }
+        let parts = trimmed.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        let word = String(parts[0])
+        let rest = parts.count > 1 ? String(parts[1]).trimmingSpaces : nil
+        let text = (rest?.isEmpty ?? true) ? nil : rest
+        func requireText(_ what: String) throws -> String {
+            guard let text else { throw ActionParseError(description: "\(what) needs a text after it") }
+            return text
+        }
+        switch word.uppercased() {
+        case "DUNNO": self = .dunno
+        case "OK": self = .ok
+        case "REJECT": self = .reject(text)
+        case "DEFER": self = .deferTemporarily(text)
+        case "DEFER_IF_PERMIT": self = .deferIfPermit(text)
+        case "DEFER_IF_REJECT": self = .deferIfReject(text)
+        case "PREPEND": self = .prepend(try requireText("PREPEND"))
+        case "WARN": self = .warn(try requireText("WARN"))
+        case "INFO": self = .info(try requireText("INFO"))
+        case "HOLD": self = .hold(text)
+        case "DISCARD": self = .discard(text)
+        default:
+            guard word.count == 3, let code = Int(word), (400...599).contains(code) else {
+                throw ActionParseError(description:
+                    "unknown action \"\(LogEscaping.escape(word))\": use DUNNO, OK, REJECT, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, PREPEND, WARN, INFO, HOLD, DISCARD or a 4NN/5NN reply")
+            }
+            var enhanced: String?
+            var body = text ?? ""
+            if let text, let first = text.split(separator: " ", maxSplits: 1).first,
+               PolicyAction.isEnhancedStatus(first) {
+                guard first.first == word.first else {
+                    throw ActionParseError(description: "enhanced status \(first) does not match reply code \(code): both must start with the same digit")
+                }
+                enhanced = String(first)
+                body = String(text.dropFirst(first.count)).trimmingSpaces
+            }
+            self = .reply(code: code, enhanced: enhanced, text: body)
+        }
+    }
+
+    /// RFC 3463 form: class.subject.detail, class 2, 4 or 5, each part 1–3 digits.
+    static func isEnhancedStatus(_ s: Substring) -> Bool {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let cls = parts[0].first, "245".contains(cls), parts[0].count == 1 else { return false }
+        return parts[1...].allSatisfy { (1...3).contains($0.count) && $0.allSatisfy(\.isASCIIDigit) }
+    }
+}
+
+extension Character {
+    var isASCIIDigit: Bool { isASCII && isWholeNumber }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

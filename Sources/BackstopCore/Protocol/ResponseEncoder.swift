@@ -1,0 +1,58 @@
+// Turns a PolicyAction into the bytes Postfix reads: `action=…\n\n`. Every text is
+// sanitised here, whatever its origin: control characters (CR, LF, NUL, …) become spaces,
+// invalid UTF-8 becomes U+FFFD, and the result is cut at a UTF-8 boundary to SMTP's limits.
+
+public enum ResponseEncoder {
+    /// A reply line is at most 512 octets with its CRLF (RFC 5321 §4.5.3.1.5).
+    public static let maxReplyLine = 510
+    /// A header line is at most 998 octets without its CRLF (RFC 5322 §2.1.1).
+    public static let maxHeaderLine = 998
+    /// When the action has no code of its own Postfix adds "NNN X.Y.Z " (10 octets).
+    static let postfixPrefix = 10
+
+    public static func encode(_ action: PolicyAction) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        out.append(contentsOf: "action=".utf8)
+        out.append(contentsOf: actionText(action).utf8)
+        out.append(contentsOf: "\n\n".utf8)
+        return out
+    }
+
+    /// The part after `action=`, sanitised and cut.
+    public static func actionText(_ action: PolicyAction) -> String {
+        switch action {
+        case .dunno: return "DUNNO"
+        case .ok: return "OK"
+        case .reply(let code, let enhanced, let text):
+            var head = String(code)
+            if let enhanced { head += " " + sanitise(enhanced, limit: 11) }
+            let body = sanitise(text, limit: maxReplyLine - head.utf8.count - 1)
+            return body.isEmpty ? head : head + " " + body
+        case .prepend(let header):
+            return "PREPEND " + sanitise(header, limit: maxHeaderLine)
+        default:
+            let keyword = action.keyword
+            guard let text = action.text else { return keyword }
+            let body = sanitise(text, limit: maxReplyLine - postfixPrefix)
+            return body.isEmpty ? keyword : keyword + " " + body
+        }
+    }
+
+    /// Replaces control characters with spaces, collapses the leading/trailing blanks,
+    /// and cuts to at most `limit` octets without splitting a UTF-8 sequence.
+    public static func sanitise(_ text: String, limit: Int) -> String {
+        var scalars = String.UnicodeScalarView()
+        var octets = 0
+        for scalar in text.unicodeScalars {
+            let clean: Unicode.Scalar = (scalar.value < 0x20 || scalar.value == 0x7F
+                || (0x80...0x9F).contains(scalar.value)
+                || scalar.value == 0x2028 || scalar.value == 0x2029) ? " " : scalar
+            let size = UTF8.width(clean)
+            if octets + size > limit { break }
+            scalars.append(clean)
+            octets += size
+        }
+        return String(scalars).trimmingSpaces
+    }
+}
