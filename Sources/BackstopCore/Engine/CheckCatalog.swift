@@ -36,6 +36,8 @@ public struct CheckKind: Sendable {
 
 public enum CheckCatalog {
     public static let kinds: [CheckKind] = [
+        CheckKind(name: "ratelimit") { section, baseDir in RateLimitSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "bounces") { section, baseDir in BouncesSettings(reading: section, baseDirectory: baseDir) },
     ]
 
     public static func kind(named name: String) -> CheckKind? {
