@@ -3,8 +3,9 @@
 // that runs GCRA inside the database with the database's clock, so there is no read-modify-
 // write race between connections or hosts and host clocks need not agree. Connections come
 // from a postgres-nio pool. Every hit is answered within statement_timeout: when the database
-// is slow or down the hit fails, the rule's fail action applies, and for retry_interval later
-// hits fail at once without waiting; then the store is tried again, so it recovers by itself.
+// is slow or down the hit fails and the rule's fail action applies; after three failures in a
+// row later hits fail at once for retry_interval, without waiting, and then the store is
+// tried again, so it recovers by itself.
 // This file does not decide anything; RateLimitCheck does.
 
 import BackstopCore
@@ -26,8 +27,10 @@ public final class PostgresCounterStore: CounterStore, Sendable {
 
     struct Health {
         var schemaReady = false
-        /// While the clock is before this, hits fail at once (the store just failed).
+        /// While the clock is before this, hits fail at once (the store failed repeatedly).
         var unavailableUntil: NIODeadline = .uptimeNanoseconds(0)
+        /// Failures since the last success; a single slow statement does not stop the store.
+        var consecutiveFailures = 0
         var lastError = ""
         var failing = false
     }
@@ -41,7 +44,8 @@ public final class PostgresCounterStore: CounterStore, Sendable {
             host: settings.host, port: settings.port, username: settings.user, password: settings.password,
             database: settings.database, tls: settings.tls.configuration)
         configuration.options.maximumConnections = settings.poolSize
-        configuration.options.minimumConnections = min(1, settings.poolSize - 1)
+        // Keep connections open so a burst does not wait for new ones to be set up.
+        configuration.options.minimumConnections = max(0, settings.poolSize - 1)
         configuration.options.connectTimeout = .nanoseconds(settings.connectTimeout.nanoseconds)
         // The server cancels a statement that runs longer than this (the client stops waiting then too).
         configuration.options.additionalStartupParameters = [
@@ -217,11 +221,17 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         }
     }
 
+    /// Consecutive failures after which hits stop waiting for retry_interval.
+    static let failuresBeforePause = 3
+
     private func noteFailure(_ error: any Error, during what: String) {
         failuresTotal.increment()
         let text = Self.describe(error)
         let first = health.withLockedValue { health -> Bool in
-            health.unavailableUntil = .now() + settings.retryInterval
+            health.consecutiveFailures += 1
+            if health.consecutiveFailures >= Self.failuresBeforePause {
+                health.unavailableUntil = .now() + settings.retryInterval
+            }
             health.lastError = text
             defer { health.failing = true }
             return !health.failing
@@ -234,6 +244,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
 
     private func noteSuccess() {
         let recovered = health.withLockedValue { health -> Bool in
+            health.consecutiveFailures = 0
             defer { health.failing = false }
             return health.failing
         }

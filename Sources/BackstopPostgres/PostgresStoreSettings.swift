@@ -39,7 +39,7 @@ public struct PostgresStoreSettings: CounterStoreSettings, Equatable {
     public var poolSize = 4
     public var connectTimeout: TimeAmount = .seconds(2)
     public var statementTimeout: TimeAmount = .milliseconds(500)
-    /// After a failure, hits fail at once for this long before the database is tried again.
+    /// After three failures in a row, hits fail at once for this long before the database is tried again.
     public var retryInterval: TimeAmount = .seconds(1)
     public var sweepInterval: TimeAmount = .seconds(60)
     /// Create the table UNLOGGED (faster; emptied if PostgreSQL crashes, not replicated).
