@@ -24,6 +24,8 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
     private let shards: [Shard]
     private let gauges = NIOLockedValueBox<[UInt16: (Gauge, Int)]>([:])
     private let evictions = Counter(label: "backstop_ratelimit_evictions_total")
+    /// Evictions not yet logged, and when the last line was written: one line per 10 s at most.
+    private let evictionLog = NIOLockedValueBox<(pending: Int, last: Int64?)>((0, nil))
     private var sweeper: Task<Void, Never>?
     private let logger: Logger
 
@@ -107,11 +109,7 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
             }
             return outcome
         }
-        if evicted > 0 {
-            evictions.increment(by: evicted)
-            logger.warning("rate-limit store full: evicted keys with the oldest state",
-                           metadata: ["evicted": "\(evicted)", "max_keys": "\(maxKeys)"])
-        }
+        if evicted > 0 { noteEvictions(evicted, now: now) }
         return outcome
     }
 
@@ -132,6 +130,20 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
             return true
         }
         return removed
+    }
+
+    private func noteEvictions(_ count: Int, now: Int64) {
+        evictions.increment(by: count)
+        let report: Int? = evictionLog.withLockedValue { log in
+            log.pending += count
+            if let last = log.last, now - last < 10_000_000_000 { return nil }
+            defer { log = (0, now) }
+            return log.pending
+        }
+        if let report {
+            logger.warning("rate-limit store full: evicted the keys with the oldest state (they start again with a full allowance); raise [ratelimit] max_keys if this is not a flood",
+                           metadata: ["evicted": "\(report)", "max_keys": "\(maxKeys)"])
+        }
     }
 
     public func refund(_ hit: RateHit) {

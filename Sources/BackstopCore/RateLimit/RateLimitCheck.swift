@@ -7,6 +7,7 @@
 
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 
 public final class RateLimitCheck: Check, Sendable {
@@ -20,6 +21,9 @@ public final class RateLimitCheck: Check, Sendable {
     private let byState: [ProtocolState: [Int]]
     private let memory: MemoryCounterStore?
     private let logger: Logger
+    /// Store failures not yet logged, and when the last line was written: while a shared
+    /// store is down every request fails, so one line per second at most.
+    private let failureLog = NIOLockedValueBox<(pending: Int, last: NIODeadline?)>((0, nil))
 
     /// A rule with its identity and its metrics, made once per configuration.
     struct Runtime: Sendable {
@@ -195,11 +199,20 @@ extension RateLimitCheck {
                              _ progress: inout Progress) -> Verdict? {
         runtime.failures.increment()
         let rule = runtime.rule
-        context.logger.warning("rate-limit store failed, using the fail action", metadata: [
-            "check": "ratelimit", "rule": "\(rule.name)", "store": "\(store.kind)",
-            "fail_action": "\(LogEscaping.field(rule.failAction.description))",
-            "error": "\(LogEscaping.field("\(error)"))",
-        ])
+        let now = NIODeadline.now()
+        let failures: Int? = failureLog.withLockedValue { log in
+            log.pending += 1
+            if let last = log.last, now - last < .seconds(1) { return nil }
+            defer { log = (0, now) }
+            return log.pending
+        }
+        if let failures {
+            context.logger.warning("rate-limit store failed, using the fail action", metadata: [
+                "check": "ratelimit", "rule": "\(rule.name)", "store": "\(store.kind)",
+                "fail_action": "\(LogEscaping.field(rule.failAction.description))",
+                "error": "\(LogEscaping.field("\(error)"))", "failures": "\(failures)",
+            ])
+        }
         if rule.failAction.isNoOpinion { return nil }
         giveBack(progress)
         return Verdict(rule.failAction, reason: "ratelimit_store_unavailable rule=\(rule.name)")
