@@ -41,6 +41,19 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
         time.sleep(interval)
 
 
+def smtp_greets(port: int) -> bool:
+    """True when an SMTP server on 127.0.0.1:port sends its 220 greeting. A listening port
+    alone proves nothing: master holds it even when every smtpd it starts dies."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            greeting = s.recv(512)
+            s.sendall(b"QUIT\r\n")
+            return greeting.startswith(b"220")
+    except OSError:
+        return False
+
+
 def can_connect(address: str) -> bool:
     """address: "host:port" or "unix:/path"."""
     try:
@@ -341,7 +354,7 @@ in_flow_delay = 0
         self.postfix("start")
         self.started = True
         for s in self.services:
-            wait_until(lambda: can_connect(s.address), 10, what=f"smtpd on {s.address}")
+            wait_until(lambda: smtp_greets(s.port), 10, interval=0.2, what=f"smtpd greeting on {s.address}")
 
     def stop(self):
         if self.started:

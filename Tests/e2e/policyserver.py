@@ -172,12 +172,16 @@ deadline = "5s\"""")
     def start(self, timeout: float = 15):
         if self._log is None:
             self._log = open(self.log_path, "ab")
+        started_before = self.log_text().count("backstop started")
         self.process = subprocess.Popen([str(self.binary), "serve", "--config", str(self.config_path)],
                                         stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
         def ready():
             if self.process.poll() is not None:
                 return True
-            return all(can_connect(a) for a in self.listeners)
+            # "backstop started" comes after every listener is bound and the Unix socket
+            # has its owner and mode; before that, smtpd could be refused by permissions.
+            return (self.log_text().count("backstop started") > started_before
+                    and all(can_connect(a) for a in self.listeners))
         wait_until(ready, timeout, what="backstop to listen on " + ", ".join(self.listeners))
         if self.process.poll() is not None:
             raise RuntimeError(f"backstop exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
