@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -110,3 +111,49 @@ def send(port: int, *, sender: str, recipients: list[str], client_ip: str = "127
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 30)
     transcript = p.stdout + p.stderr
     return SmtpResult(p.returncode, transcript, parse_transcript(transcript))
+
+
+def send_bdat(port: int, *, sender: str, recipients: list[str], client_ip: str,
+              helo: str = "client.pass.spf.test", token: str = "", timeout: float = 30) -> SmtpResult:
+    """One transaction with BDAT (RFC 3030 CHUNKING) instead of DATA, as large senders
+    (Exchange, Gmail) do. swaks cannot send BDAT, hence this small client. With BDAT,
+    Postfix evaluates no smtpd_data_restrictions: only END-OF-MESSAGE sees the message."""
+    body = (f"From: <{sender or 'MAILER-DAEMON@client.pass.spf.test'}>\r\nTo: <{recipients[0]}>\r\n"
+            f"Subject: BDAT test\r\nX-Backstop-Test: {token}\r\n\r\nsent with BDAT\r\n").encode()
+    exchanges: list[Exchange] = []
+    log: list[str] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(client_ip, 0)) as s:
+        f = s.makefile("rb")
+
+        def reply(command: str):
+            lines = []
+            while True:
+                line = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    raise ConnectionError(f"connection closed after {command!r}")
+                lines.append(line)
+                log.append("<-  " + line)
+                if len(line) < 4 or line[3] != "-":
+                    break
+            exchanges.append(Exchange(command, lines))
+            return exchanges[-1]
+
+        def command(text: str, payload: bytes = b""):
+            log.append(" -> " + text)
+            s.sendall(text.encode() + b"\r\n" + payload)
+            return reply(text)
+
+        reply("(greeting)")
+        ehlo = command(f"EHLO {helo}")
+        if not any("CHUNKING" in l for l in ehlo.reply):
+            raise AssertionError("server does not announce CHUNKING:\n" + ehlo.text)
+        ok = command(f"MAIL FROM:<{sender}>").code == 250
+        accepted = [r for r in recipients if command(f"RCPT TO:<{r}>").code == 250]
+        if ok and accepted:
+            exchanges_before = len(exchanges)
+            bdat = command(f"BDAT {len(body)} LAST", body)
+            # Report the end of the message as "." like the DATA path does.
+            exchanges[exchanges_before] = Exchange(".", bdat.reply)
+        command("QUIT")
+    code = 0 if exchanges and exchanges[-2].command == "." and exchanges[-2].code == 250 else 26
+    return SmtpResult(code, "\n".join(log), exchanges)

@@ -110,11 +110,13 @@ def test_spf_fail_is_refused_at_rcpt(mail: MailSystem, wiring):
 @pytest.mark.needs("spf")
 def test_spf_pass_adds_received_spf_header(mail: MailSystem, wiring):
     token = mail.token("spf-pass")
-    r = mail.send(wiring, sender=f"{token}@pass.spf.test", recipients=[KNOWN], token=token)
+    # Two recipients: two RCPT requests, but the message must carry the header once.
+    r = mail.send(wiring, sender=f"{token}@pass.spf.test", recipients=[KNOWN, OTHER_KNOWN], token=token)
     assert r.exit_code == smtpclient.SWAKS_OK, r.explain()
-    copy = mail.delivered(token, r.queue_id, [KNOWN])
+    copy = mail.delivered(token, r.queue_id, [KNOWN, OTHER_KNOWN])
     values = copy.header("Received-SPF")
-    assert len(values) == 1 and values[0].lower().startswith("pass"), copy.text
+    assert values and values[0].lower().startswith("pass"), copy.text
+    assert len(values) == 1, f"{len(values)} Received-SPF headers for one message:\n{copy.text}"
 
 
 # 6 -------------------------------------------------------------------------------------
@@ -158,6 +160,20 @@ def test_null_sender_to_several_recipients_is_refused_at_data(mail: MailSystem, 
     r = mail.send(wiring, sender="", recipients=[KNOWN], token=token)
     assert r.exit_code == smtpclient.SWAKS_OK, r.explain()
     mail.delivered(token, r.queue_id, [KNOWN])
+
+
+@pytest.mark.needs("bounces")
+def test_null_sender_to_several_recipients_with_bdat_is_refused_at_end_of_message(mail: MailSystem, wiring):
+    # BDAT skips smtpd_data_restrictions: the END-OF-MESSAGE wiring must catch it.
+    token = mail.token("null-bdat")
+    ip = mail.next_ip()
+    mark = mail.postfix.log.mark()
+    r = smtpclient.send_bdat(mail.smtpd[wiring].port, sender="", recipients=[KNOWN, OTHER_KNOWN],
+                             client_ip=ip, token=token)
+    assert all(e.code == 250 for e in r.replies_to("RCPT")), r.explain()
+    assert r.end_of_data and r.end_of_data.reply[-1].startswith("550 5.7.1 "), r.explain()
+    mail.postfix.log.wait_for(rf"reject: END-OF-MESSAGE from \S*\[{re.escape(ip)}\]: 550 5\.7\.1 ", since=mark)
+    assert not mail.sink.find(token)
 
 
 # 8 -------------------------------------------------------------------------------------
