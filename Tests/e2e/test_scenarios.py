@@ -87,8 +87,8 @@ def test_known_and_unknown_recipient_delivers_to_the_known_only(mail: MailSystem
     assert r.rcpt_reply(UNKNOWN).reply[-1].startswith("550 5.1.1 "), r.explain()
     assert r.queue_id, r.explain()
     assert reject_lines(mail, mark, "RCPT", ip, "550 5.1.1"), mail.postfix.log.text(mark)
-    copy = mail.delivered(token, r.queue_id, [KNOWN])
-    assert UNKNOWN not in copy.text.split("\n\n", 1)[0].replace(f"To: {KNOWN}", "")
+    # delivered() also checks that the sink's envelope names the known recipient only.
+    mail.delivered(token, r.queue_id, [KNOWN])
 
 
 # 4 -------------------------------------------------------------------------------------
@@ -218,7 +218,8 @@ def test_recipient_table_edit_takes_effect_while_receiving(mail: MailSystem):
         stop.set()
         sender_thread.join(60)
 
-    assert background, "no mail was sent during the edit"
+    assert len(background) >= 2, f"only {len(background)} messages were sent during the edit"
+    print(f"[e2e] {len(background)} messages arrived during the table edits")
     for token, r in background:
         assert r.exit_code == smtpclient.SWAKS_OK, r.explain()
         mail.delivered(token, r.queue_id, [KNOWN])
