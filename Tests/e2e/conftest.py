@@ -90,6 +90,11 @@ class MailSystem:
         n = next(self._ips)
         return f"127.0.{n // 250}.{n % 250 + 2}"
 
+    def next_internet_ip(self) -> str:
+        """A TEST-NET-2 address (198.51.100.0/24) for XCLIENT: SPF-permitted for pass.spf.test."""
+        n = next(self._ips)
+        return f"198.51.100.{n % 250 + 2}"
+
     def token(self, hint: str = "t") -> str:
         return f"{re.sub(r'[^A-Za-z0-9]+', '-', hint)[-40:]}-{next(self._tokens)}-{os.getpid()}"
 

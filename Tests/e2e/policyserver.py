@@ -82,13 +82,13 @@ def _bounces(env: Environment) -> str:
     return "[bounces]\n"
 
 
-# Order matters within a stage: the first check with an opinion decides. bounces is at
-# END-OF-MESSAGE too because Postfix skips smtpd_data_restrictions for BDAT clients.
+# Order matters within a stage: the first check with an opinion decides. bounces only at
+# DATA: Postfix evaluates smtpd_data_restrictions for BDAT clients too (a scenario shows it).
 CHECK_SETUPS = [
     CheckSetup("recipients", ["rcpt"], _recipients),
     CheckSetup("spf", ["rcpt"], _spf),
     CheckSetup("ratelimit", ["rcpt"], _ratelimit),
-    CheckSetup("bounces", ["data", "end_of_message"], _bounces),
+    CheckSetup("bounces", ["data"], _bounces),
 ]
 
 
@@ -226,11 +226,12 @@ deadline = "5s\"""")
 # the loopback DNS server of the SPF tests (Tests/Support/dns_server.py, from issue 5)
 
 SPF_ZONE = {
-    # every loopback client may send for pass.spf.test and the HELO names below
-    "pass.spf.test": [{"TXT": "v=spf1 ip4:127.0.0.0/8 -all"}],
-    "client.pass.spf.test": [{"TXT": "v=spf1 ip4:127.0.0.0/8 -all"}, {"A": "127.0.0.1"}],
-    # nobody on loopback may send for fail.spf.test
-    "fail.spf.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
+    # clients in 198.51.100.0/24 (named with XCLIENT) may send for pass.spf.test, and the
+    # HELO name the test client uses
+    "pass.spf.test": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}],
+    "client.pass.spf.test": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}, {"A": "198.51.100.1"}],
+    # only 203.0.113.0/24 may send for fail.spf.test
+    "fail.spf.test": [{"TXT": "v=spf1 ip4:203.0.113.0/24 -all"}],
 }
 
 

@@ -96,9 +96,11 @@ def parse_transcript(transcript: str) -> list[Exchange]:
 
 def send(port: int, *, sender: str, recipients: list[str], client_ip: str = "127.0.0.1",
          helo: str = "client.pass.spf.test", token: str = "", quit_after: str | None = None,
-         timeout: int = 30) -> SmtpResult:
+         xclient_addr: str | None = None, timeout: int = 30) -> SmtpResult:
     """One SMTP session to 127.0.0.1:port from client_ip. sender "" sends MAIL FROM:<>.
-    token goes into an X-Backstop-Test header so the delivered copy can be found."""
+    token goes into an X-Backstop-Test header so the delivered copy can be found.
+    xclient_addr: Postfix's XCLIENT makes smtpd (and so Backstop) see this client address
+    instead of the loopback one the connection really comes from."""
     args = [SWAKS, "--server", "127.0.0.1", "--port", str(port),
             "--local-interface", client_ip, "--helo", helo,
             "--from", sender if sender else "<>",
@@ -108,6 +110,8 @@ def send(port: int, *, sender: str, recipients: list[str], client_ip: str = "127
         args += ["--header", f"X-Backstop-Test: {token}"]
     if quit_after:
         args += ["--quit-after", quit_after]
+    if xclient_addr:
+        args += ["--xclient-addr", xclient_addr]
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 30)
     transcript = p.stdout + p.stderr
     return SmtpResult(p.returncode, transcript, parse_transcript(transcript))
