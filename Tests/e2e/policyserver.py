@@ -65,6 +65,7 @@ resolvers = ["{env.dns_address}"]
 trusted_networks = []         # the test clients are on loopback, trusted by default
 receiver = "mx.backstop.test"
 dns_timeout = "1s"
+evaluation_deadline = "4s"    # inside [policy] deadline (5s)
 """
 
 

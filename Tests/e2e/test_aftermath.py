@@ -40,3 +40,11 @@ def test_postfix_log_has_no_unexpected_warnings(mail: MailSystem):
 def test_machine_postfix_untouched(mail: MailSystem):
     assert machine_postfix_fingerprint() == mail.machine_fingerprint, \
         "the machine's own /etc/postfix, /var/spool/postfix or /var/lib/postfix changed"
+
+
+@pytest.mark.after_all
+def test_backstop_log_has_no_warnings(mail: MailSystem):
+    # Backstop's lines are "<timestamp> <level> <message>".
+    bad = [l for l in mail.backstop.log_text().splitlines()
+           if len(l.split(" ", 2)) > 1 and l.split(" ", 2)[1] in ("warning", "error", "critical")]
+    assert not bad, "\n".join(bad)
