@@ -34,12 +34,11 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: 1 if item.get_closest_marker("after_all") else 0)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@pytest.hookimpl(hookwrapper=True)  # old-style wrapper: Debian 12 has pytest 7.2 / pluggy 1.0
 def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.failed:
+    outcome = yield
+    if outcome.get_result().failed:
         item.session.config._e2e_failed = True
-    return report
 
 
 def wiring_from_example(tcp_port: int) -> tuple[str, str]:
