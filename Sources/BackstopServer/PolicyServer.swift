@@ -18,6 +18,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
     public private(set) var boundAddresses: [String] = []
     private let ownsGroup: Bool
     private let shutdownGrace: TimeAmount
+    private var stopHooks: [@Sendable () async -> Void] = []
+
+    /// Runs `hook` during stop, before the event loops shut down (e.g. the metrics listener).
+    public func onStop(_ hook: @escaping @Sendable () async -> Void) { stopHooks.append(hook) }
 
     public init(config: Configuration, engine: PolicyEngine, logger: Logger,
                 group: (any EventLoopGroup)? = nil, metrics: ServerMetrics = ServerMetrics()) {
@@ -171,6 +175,8 @@ public final class PolicyServer: Service, @unchecked Sendable {
         for listener in listeners {
             if case .unix(let path) = listener.endpoint { unlink(path) }
         }
+        for hook in stopHooks { await hook() }
+        stopHooks = []
         if ownsGroup { try? await group.shutdownGracefully() }
     }
 

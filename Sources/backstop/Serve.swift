@@ -7,6 +7,7 @@ import BackstopCore
 import BackstopServer
 import Foundation
 import Logging
+import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
@@ -24,15 +25,33 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "backstop")
         let configuration: Configuration
         let engine: PolicyEngine
+        var registry: PrometheusCollectorRegistry?
         do {
             configuration = try Configuration.load(path: config)
             LogOutput.shared.configure(configuration.log)
+            // Metrics are routed before any check creates its counters.
+            if configuration.metrics.listen != nil { registry = MetricsSetup.bootstrap() }
             engine = try EngineBuilder.build(configuration, previous: nil, logger: logger)
         } catch let error as ConfigError {
             for issue in error.issues { logger.critical("cannot start: \(issue.description)") }
             throw ExitCode(78)  // EX_CONFIG
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
+        var metricsEndpoint: MetricsEndpoint?
+        defer { _ = metricsEndpoint }
+        if let registry, let listen = configuration.metrics.listen,
+           case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) {
+            do {
+                metricsEndpoint = try await MetricsEndpoint.start(host: host, port: port, registry: registry, group: server.group)
+                logger.info("metrics at http://\(metricsEndpoint!.address)/metrics")
+                let endpoint = metricsEndpoint!
+                server.onStop { await endpoint.stop() }
+            } catch {
+                logger.critical("cannot start: metrics listener \(listen): \(error)")
+                await server.stop()
+                throw ExitCode(71)
+            }
+        }
         do {
             try await server.start()
         } catch {
