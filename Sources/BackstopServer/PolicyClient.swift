@@ -94,6 +94,19 @@ public final class PolicyClient {
         }
     }
 
+    /// Reads until the peer closes (for simple HTTP in tests).
+    public func readAll() throws -> String {
+        var all = pending
+        pending = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            all.append(contentsOf: buffer[..<n])
+        }
+        return String(decoding: all, as: UTF8.self)
+    }
+
     private func findBlockEnd() -> Int? {
         guard pending.count >= 2 else { return nil }
         for i in 0..<(pending.count - 1) where pending[i] == 10 && pending[i + 1] == 10 { return i }
