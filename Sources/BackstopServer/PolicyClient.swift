@@ -57,6 +57,12 @@ public final class PolicyClient {
 
     deinit { close(fd) }
 
+    /// Makes a blocked send fail after `seconds` instead of waiting forever.
+    public func setSendTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Sends raw bytes as they are.
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0

@@ -66,7 +66,7 @@ public final class PolicyServer: Service, @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 8 * 1024, high: 64 * 1024))
             .childChannelOption(.maxMessagesPerRead, value: 4)
@@ -121,7 +121,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
                 return channel.close()
             }
         }
-        if state.draining.load(ordering: .relaxed) { return channel.close() }
+        if state.draining.load(ordering: .relaxed) {
+            state.logger.debug("connection closed: server is stopping: peer=\(LogEscaping.field(peer))")
+            return channel.close()
+        }
         let maxConnections = state.settings.withLockedValue { $0.maxConnections }
         let open = state.openConnections.add(1, ordering: .relaxed).newValue
         if open > maxConnections {
@@ -139,7 +142,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
             state.metrics.connectionsOpen.record(now)
             state.connections.withLockedValue { _ = $0.removeValue(forKey: id) }
         }
-        guard let loopEngine = state.engine(for: channel.eventLoop) else { return channel.close() }
+        guard let loopEngine = state.engine(for: channel.eventLoop) else {
+            state.logger.error("internal error: no engine for this event loop; closing: peer=\(LogEscaping.field(peer))")
+            return channel.close()
+        }
         return channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(
                 PolicyConnectionHandler(state: state, loopEngine: loopEngine, peer: peer))

@@ -4,7 +4,7 @@
 import ArgumentParser
 
 @main
-struct Backstop: AsyncParsableCommand {
+struct Backstop: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",

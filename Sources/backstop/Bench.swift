@@ -10,7 +10,7 @@ import Logging
 import NIOCore
 import NIOPosix
 
-struct Bench: AsyncParsableCommand {
+struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure throughput and latency with Postfix-like load.",
         discussion: """
@@ -28,7 +28,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(name: [.customShort("N"), .long], help: "Open a new connection for every request.") var newConnection = false
     @Option(help: "Label printed with the results.") var label = "backstop"
 
-    func run() async throws {
+    func run() throws {
+        let command = self
+        try runBlocking { try await command.measure() }
+    }
+
+    func measure() async throws {
         let mixText = try mix.map { try String(contentsOfFile: $0, encoding: .utf8) } ?? BenchMix.builtinRcpt
         let requestMix = try BenchMix(text: mixText)
         var server: PolicyServer?

@@ -137,7 +137,7 @@ enum BenchLoad {
                         let promise = loop.makePromise(of: BenchTally.self)
                         let handler = BenchConnectionHandler(run: run, index: index, tally: tally, done: promise)
                         let bootstrap = ClientBootstrap(group: loop)
-                            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                             .channelInitializer { channel in
                                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
                             }

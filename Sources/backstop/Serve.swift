@@ -11,7 +11,7 @@ import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
-struct Serve: AsyncParsableCommand {
+struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the policy server.")
 
     @Option(name: .shortAndLong, help: "Configuration file.")
@@ -20,7 +20,12 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Stay in the foreground (always the case; accepted for systemd unit files).")
     var foreground = false
 
-    func run() async throws {
+    func run() throws {
+        let command = self
+        try runBlocking { try await command.serveAsync() }
+    }
+
+    func serveAsync() async throws {
         LogOutput.bootstrap()
         let logger = Logger(label: "backstop")
         let configuration: Configuration
@@ -58,6 +63,17 @@ struct Serve: AsyncParsableCommand {
             logger.critical("cannot start: \(error)")
             await server.stop()
             throw ExitCode(71)  // EX_OSERR
+        }
+        let fileLimit = Privileges.raiseFileLimit()
+        if fileLimit > 0 && fileLimit < configuration.server.maxConnections + 64 {
+            logger.warning("open-file limit \(fileLimit) is below server.max_connections (\(configuration.server.maxConnections)) + 64: raise LimitNOFILE")
+        }
+        do {
+            try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            await server.stop()
+            throw ExitCode(77)  // EX_NOPERM
         }
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
