@@ -75,6 +75,10 @@ struct Serve: ParsableCommand {
             await server.stop()
             throw ExitCode(77)  // EX_NOPERM
         }
+        if configuration.log.summaryInterval > .zero {
+            let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)
+            server.onStop { summary.stop() }
+        }
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
         let group = ServiceGroup(

@@ -167,6 +167,19 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.stop() == 0)
     }
 
+    @Test func summaryLineCountsAnswers() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[log]\nlevel = \"notice\"\nsummary_interval = \"1s\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        for _ in 0..<5 { _ = try client.ask(rcptRequest) }
+        #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
+    }
+
     @Test func metricsEndpointCountsRealTraffic() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
