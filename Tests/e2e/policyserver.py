@@ -150,6 +150,12 @@ class Backstop:
             else:
                 out.append('allow = ["127.0.0.0/8"]')
         out.append("""
+[server]
+# Started as root (to create the socket in Postfix's private/ and give it to postfix),
+# then running as an unprivileged user, as docs/postfix.md describes.
+user = "nobody"
+group = "nogroup"
+
 [log]
 level = "info"
 destination = "stderr"
