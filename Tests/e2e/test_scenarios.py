@@ -54,6 +54,18 @@ def test_known_recipient_is_accepted_and_delivered(mail: MailSystem, wiring):
                              + "\n".join(backstop_decisions(mail, sender))) from None
 
 
+def test_relay_attempt_is_refused_by_postfix_before_backstop_is_asked(mail: MailSystem, wiring):
+    # Backstop sits after reject_unauth_destination (examples/postfix/main.cf).
+    token = mail.token("relay")
+    sender = f"{token}@pass.spf.test"
+    r = mail.send(wiring, sender=sender, recipients=["someone@elsewhere.test"], token=token)
+    assert r.exit_code == smtpclient.SWAKS_NO_RCPT_ACCEPTED, r.explain()
+    reply = r.rcpt_reply("someone@elsewhere.test").reply[-1]
+    assert reply.startswith("554 5.7.1 ") and "Relay access denied" in reply, r.explain()
+    time.sleep(0.2)
+    assert not backstop_decisions(mail, sender), "Backstop was asked about a relay attempt"
+
+
 # 2 -------------------------------------------------------------------------------------
 
 @pytest.mark.needs("recipients")
