@@ -7,17 +7,16 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mailsystem import can_connect, free_port, wait_until
+from mailsystem import can_connect, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DNS_SERVER = REPO / "Tests" / "Support" / "dns_server.py"
