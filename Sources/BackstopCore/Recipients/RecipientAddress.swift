@@ -201,7 +201,7 @@ enum AddressNormaliser {
         let count = word.utf8CodeUnitCount
         guard bytes.count >= count else { return false }
         let w = word.utf8Start
-        for i in 0..<count where lower(bytes[i]) != w[i] { return false }
+        for i in 0..<count where lower(bytes[i]) != lower(w[i]) { return false }
         return true
     }
 

@@ -207,7 +207,7 @@ public final class RecipientDirectory: @unchecked Sendable {
             pendingSignatures = nil
             return .unchanged
         }
-        if !force && signatures == failedSignatures { return .unchanged }  // reported already
+        if settle && signatures == failedSignatures { return .unchanged }  // polling: reported already
         if settle && signatures != pendingSignatures {
             pendingSignatures = signatures
             return .settling
