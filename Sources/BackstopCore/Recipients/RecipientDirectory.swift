@@ -119,7 +119,9 @@ public final class RecipientDirectory: @unchecked Sendable {
     private var failedSignatures: [FileSignature?]?
     private var reportedMissing: Set<String> = []
 
-    private let entriesGauge: Gauge
+    private let mailboxGauge: Gauge
+    private let catchAllGauge: Gauge
+    private let domainGauge: Gauge
     private let reloadTimeGauge: Gauge
     private let failures: Counter
 
@@ -127,7 +129,9 @@ public final class RecipientDirectory: @unchecked Sendable {
         self.source = source
         self.interval = interval
         self.logger = logger
-        entriesGauge = Gauge(label: "backstop_recipients_table_entries")
+        mailboxGauge = Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "mailbox")])
+        catchAllGauge = Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "catch_all")])
+        domainGauge = Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "domain")])
         reloadTimeGauge = Gauge(label: "backstop_recipients_last_reload_timestamp_seconds")
         failures = Counter(label: "backstop_recipients_reload_failures_total")
     }
@@ -139,10 +143,15 @@ public final class RecipientDirectory: @unchecked Sendable {
     /// The snapshot in force, or nil when none could be loaded yet.
     public var table: RecipientTable? { slot.current }
 
+    /// Puts an already loaded snapshot in force (benchmarks); watching still compares files.
+    func adopt(_ table: RecipientTable) {
+        slot.replace(table)
+    }
+
     /// Loads the tables for the first time; throws every problem (file:line) so start-up
     /// and `check-config` can fail clearly.
     public func loadInitial() throws(ConfigError) {
-        let outcome = queue.sync { load(force: true, settle: false) }
+        let outcome = queue.sync { load(force: true, settle: false, initial: true) }
         if case .failed(let error) = outcome { throw error }
     }
 
@@ -182,7 +191,7 @@ public final class RecipientDirectory: @unchecked Sendable {
     /// Runs on `queue`. With `settle`, a change is only loaded once the files looked the
     /// same at two polls in a row, so a table caught half-written by an editor that writes
     /// in place is not loaded.
-    private func load(force: Bool, settle: Bool) -> RecipientReloadOutcome {
+    private func load(force: Bool, settle: Bool, initial: Bool = false) -> RecipientReloadOutcome {
         let signatures = source.files.map(FileSignature.of)
         var missing: [String] = []
         for (file, signature) in zip(source.files, signatures) where signature == nil { missing.append(file) }
@@ -191,7 +200,7 @@ public final class RecipientDirectory: @unchecked Sendable {
                 ConfigIssue(file: $0, line: nil, key: "", message: "the recipient table is missing (\(String(cString: strerror(ENOENT))))")
             })
             let new = Set(missing).subtracting(reportedMissing)
-            if !new.isEmpty || force {
+            if !initial && (!new.isEmpty || force) {
                 for file in missing where force || new.contains(file) {
                     logger.warning("recipient table missing; the last good table stays in force",
                                    metadata: ["file": "\(file)"])
@@ -226,7 +235,9 @@ public final class RecipientDirectory: @unchecked Sendable {
             slot.replace(table)
             loadedSignatures = signatures
             failedSignatures = nil
-            entriesGauge.record(table.entryCount)
+            mailboxGauge.record(table.addressCount)
+            catchAllGauge.record(table.catchAllCount)
+            domainGauge.record(table.domainCount)
             reloadTimeGauge.record(Date().timeIntervalSince1970)
             logger.info("recipient table loaded", metadata: [
                 "files": "\(source.files.joined(separator: ","))", "addresses": "\(table.addressCount)",
@@ -237,7 +248,7 @@ public final class RecipientDirectory: @unchecked Sendable {
         } catch {
             failedSignatures = signatures
             failures.increment()
-            for issue in error.issues {
+            for issue in error.issues where !initial {  // at start-up the caller reports them
                 logger.error("recipient table not loaded; the last good table stays in force: \(issue)")
             }
             return .failed(error)

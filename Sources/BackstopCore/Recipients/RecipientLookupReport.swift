@@ -2,6 +2,7 @@
 // here so the CLI only wires arguments to these functions. No argument parsing, no printing.
 
 import Foundation
+import Logging
 
 public struct RecipientLookupReport: Sendable {
     public var address: String
@@ -88,17 +89,21 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
     public var residentBytes: Int
     public var peakResidentBytes: Int
     public var lookupsPerSecond: Double
+    /// Whole requests through RecipientsCheck (read lock, counters, verdict), one thread.
+    public var checkRequestsPerSecond: Double
 
     public var description: String {
         func mb(_ n: Int) -> String { String(format: "%.1f MB", Double(n) / 1_048_576) }
         return "recipients: \(entries) addresses (\(mb(fileBytes)) file) loaded in \(String(format: "%.3f", loadSeconds)) s; "
             + "table \(mb(tableBytes)), RSS \(mb(residentBytes)) (peak \(mb(peakResidentBytes))); "
-            + "\(String(format: "%.0f", lookupsPerSecond)) lookups/s"
+            + "\(String(format: "%.0f", lookupsPerSecond)) lookups/s, "
+            + "\(String(format: "%.0f", checkRequestsPerSecond)) requests/s through the check"
     }
 
     /// Writes N addresses (1,000 per domain) to a temporary file, loads it, looks up each
     /// address once, and removes the file.
-    public static func run(entries: Int, directory: String = NSTemporaryDirectory()) throws -> RecipientLoadBenchmark {
+    /// `probes` lookups (default: one per address, at most a million) are timed after the load.
+    public static func run(entries: Int, probes: Int? = nil, directory: String = NSTemporaryDirectory()) throws -> RecipientLoadBenchmark {
         let path = (directory as NSString).appendingPathComponent("backstop-bench-recipients-\(getpid())")
         try writeTable(entries: entries, to: path)
         defer { unlink(path) }
@@ -110,7 +115,7 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
         let rules = RecipientNormalisation(recipientDelimiter: "+")
         var hits = 0
         let lookupStart = DispatchTime.now().uptimeNanoseconds
-        let probes = min(entries, 1_000_000)
+        let probes = min(entries, probes ?? 1_000_000)
         var buffer = [UInt8](repeating: 0, count: 64)
         for i in 0..<probes {
             let length = address(i, into: &buffer)
@@ -121,9 +126,27 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
         guard hits == probes else {
             throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "benchmark: only \(hits) of \(probes) generated addresses were found")])
         }
+        // The same through the check, as the server calls it (memory was measured above).
+        let directory = RecipientDirectory(source: RecipientTableSource(files: [path]), interval: .zero,
+                                           logger: Logger(label: "backstop.bench"))
+        directory.adopt(table)  // the snapshot just measured; loading it twice would double the time
+        let check = RecipientsCheck(settings: RecipientsSettings(source: directory.source, rules: rules), directory: directory)
+        let requests = (0..<1000).map { i in
+            let k = i * 997 % max(entries, 1)
+            return PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"),
+                                  ("recipient", i % 2 == 0 ? "user\(k)@d\(k / 1000).example" : "nobody\(i)@d0.example")])
+        }
+        let checkStart = DispatchTime.now().uptimeNanoseconds
+        var refused = 0
+        for i in 0..<probes where !check.verdict(for: requests[i % requests.count]).isNoOpinion { refused += 1 }
+        guard refused == probes / 2 else {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "benchmark: \(refused) of \(probes) requests refused, expected half")])
+        }
+        let checkSeconds = Double(DispatchTime.now().uptimeNanoseconds - checkStart) / 1e9
         return RecipientLoadBenchmark(entries: entries, fileBytes: fileBytes, loadSeconds: loadSeconds,
                                       tableBytes: table.memoryBytes, residentBytes: rss, peakResidentBytes: peak,
-                                      lookupsPerSecond: Double(probes) / max(lookupSeconds, 1e-9))
+                                      lookupsPerSecond: Double(probes) / max(lookupSeconds, 1e-9),
+                                      checkRequestsPerSecond: Double(probes) / max(checkSeconds, 1e-9))
     }
 
     /// "user<i>@d<i/1000>.example" without allocating; returns the length.

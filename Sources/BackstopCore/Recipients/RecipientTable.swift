@@ -200,14 +200,15 @@ struct RecipientTableBuilder {
     /// The domain of the previous mailbox line, so runs of one domain register it once.
     private var lastDomain: [UInt8] = []
 
-    init(expectedEntries: Int, rules: RecipientNormalisation) {
+    init(expectedEntries: Int, expectedKeyBytes: Int = 0, rules: RecipientNormalisation) {
         self.rules = rules
         self.seed = UInt64.random(in: 0...UInt64.max)
         var capacity = 16
         while capacity < expectedEntries * 2 { capacity <<= 1 }
         slots = Array(repeating: 0, count: capacity)
         entries.reserveCapacity(expectedEntries)
-        arena.reserveCapacity(expectedEntries * 24)
+        // Keys are at most as long as the files (values and comments make them shorter).
+        arena.reserveCapacity(min(expectedKeyBytes > 0 ? expectedKeyBytes : Int.max, expectedEntries * 32))
     }
 
     /// Adds one key as written in a table; returns why it was refused, if it was.
@@ -296,7 +297,11 @@ struct RecipientTableBuilder {
     var arenaSize: Int { arena.count }
 
     func finish(files: [String]) -> RecipientTable {
-        RecipientTable(arena: arena, entries: entries, slots: slots, seed: seed, overrides: overrides,
-                       files: files, caseSensitiveLocalPart: rules.caseSensitiveLocalPart)
+        // Give back what the estimates reserved too much of: the snapshot lives long.
+        let arena = arena.capacity > arena.count + arena.count / 8 + 4096 ? arena.withUnsafeBufferPointer { Array($0) } : arena
+        let entries = entries.capacity > entries.count + entries.count / 8 + 256
+            ? entries.withUnsafeBufferPointer { Array($0) } : entries
+        return RecipientTable(arena: arena, entries: entries, slots: slots, seed: seed, overrides: overrides,
+                              files: files, caseSensitiveLocalPart: rules.caseSensitiveLocalPart)
     }
 }

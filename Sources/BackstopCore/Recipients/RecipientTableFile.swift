@@ -43,8 +43,12 @@ public struct RecipientTableSource: Sendable, Equatable {
         }
         if !issues.isEmpty { throw ConfigError(issues: issues) }
         var expected = domains.count + 16
-        for bytes in contents { expected += RecipientTableFile.countLines(bytes) }
-        var builder = RecipientTableBuilder(expectedEntries: expected,
+        var totalBytes = 0
+        for bytes in contents {
+            expected += RecipientTableFile.countLines(bytes)
+            totalBytes += bytes.count
+        }
+        var builder = RecipientTableBuilder(expectedEntries: expected, expectedKeyBytes: totalBytes,
                                             rules: RecipientNormalisation(caseSensitiveLocalPart: caseSensitiveLocalPart))
         for domain in domains {
             if let failure = builder.addDomain(domain, file: files.count) {
@@ -52,8 +56,9 @@ public struct RecipientTableSource: Sendable, Equatable {
                                           message: "\"\(LogEscaping.escape(domain))\" \(failure)"))
             }
         }
-        for (index, bytes) in contents.enumerated() {
-            RecipientTableFile.parse(bytes, file: files[index], fileIndex: index, into: &builder, issues: &issues)
+        for index in contents.indices {
+            RecipientTableFile.parse(contents[index], file: files[index], fileIndex: index, into: &builder, issues: &issues)
+            contents[index] = []  // keep peak memory down on large tables
         }
         if builder.arenaSize > Int(UInt32.max) {
             issues.append(ConfigIssue(file: files.last ?? "", line: nil, key: "", message: "the tables hold more than 4 GiB of keys: split the service"))
@@ -113,7 +118,10 @@ enum RecipientTableFile {
     struct Pending {
         var line: Int
         var key: Range<Int>
-        var value: [Range<Int>]
+        /// The value on the entry's first line; continuation lines go to `more` (rare, so
+        /// the common entry allocates nothing).
+        var value: Range<Int>?
+        var more: [Range<Int>] = []
     }
 
     static func parse(_ bytes: [UInt8], file: String, fileIndex: Int, into builder: inout RecipientTableBuilder,
@@ -126,8 +134,9 @@ enum RecipientTableFile {
             func finish(_ entry: Pending) {
                 let keyBytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(text)[entry.key])
                 var override: PolicyAction?
-                if let first = entry.value.first, startsWithOverride(text, first) {
-                    let value = entry.value.map { String(decoding: text[$0], as: UTF8.self) }.joined(separator: " ")
+                if let first = entry.value ?? entry.more.first, startsWithOverride(text, first) {
+                    let parts = (entry.value.map { [$0] } ?? []) + entry.more
+                    let value = parts.map { String(decoding: text[$0], as: UTF8.self) }.joined(separator: " ")
                     do { override = try PolicyAction(parsing: value) } catch {
                         report(entry.line, "the value \"\(LogEscaping.escape(value, limit: 80))\" is not a valid answer: \(error)")
                         return
@@ -160,23 +169,31 @@ enum RecipientTableFile {
                     if pending == nil {
                         report(lineNumber, "the line starts with whitespace, so it continues an entry, but there is no entry before it: remove the leading whitespace")
                     } else {
-                        pending!.value.append(first..<end)
+                        pending!.more.append(first..<end)
                     }
                     start = next
                     continue
                 }
                 if let entry = pending { finish(entry) }
                 // The key runs to the first blank outside a quoted local part.
+                // Quotes only count when the key starts with one ("john doe"@example.com).
                 var keyEnd = start
                 var quoted = false
+                let quotable = text[start] == UInt8(ascii: "\"")
                 while keyEnd < end {
                     let b = text[keyEnd]
-                    if b == UInt8(ascii: "\"") { quoted.toggle() } else if b == UInt8(ascii: "\\"), quoted, keyEnd + 1 < end { keyEnd += 1 } else if !quoted, isBlank(b) { break }
+                    if quotable, b == UInt8(ascii: "\"") {
+                        quoted.toggle()
+                    } else if quoted, b == UInt8(ascii: "\\"), keyEnd + 1 < end {
+                        keyEnd += 1
+                    } else if !quoted, isBlank(b) {
+                        break
+                    }
                     keyEnd += 1
                 }
                 var valueStart = keyEnd
                 while valueStart < end, isBlank(text[valueStart]) { valueStart += 1 }
-                pending = Pending(line: lineNumber, key: start..<keyEnd, value: valueStart < end ? [valueStart..<end] : [])
+                pending = Pending(line: lineNumber, key: start..<keyEnd, value: valueStart < end ? valueStart..<end : nil)
                 start = next
             }
             if let entry = pending { finish(entry) }

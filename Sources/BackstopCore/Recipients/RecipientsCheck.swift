@@ -66,12 +66,19 @@ public struct RecipientsSettings: CheckSettings {
                   testMode: testMode, failAction: fail)
     }
 
+    /// Reads the tables once and throws what is wrong with them (file:line), whatever
+    /// start_without_table says: for `backstop check-config`.
+    public func validateTables() throws(ConfigError) {
+        _ = try source.load()
+    }
+
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
         // Same files and key rules as the running check: keep its snapshot and watcher,
         // and pick up edits now (a config reload is often an admin's "I changed things").
         if let previous = context.previous as? RecipientsCheck,
            previous.directory.source == source, previous.directory.interval == reloadInterval {
-            previous.directory.reload()
+            let outcome = previous.directory.reload()
+            if case .failed(let error) = outcome, previous.directory.table == nil, !startWithoutTable { throw error }
             return RecipientsCheck(settings: self, directory: previous.directory)
         }
         let directory = RecipientDirectory(source: source, interval: reloadInterval, logger: context.logger)
@@ -126,6 +133,13 @@ public final class RecipientsCheck: Check {
     @discardableResult
     public func reloadTables(force: Bool = false) -> RecipientReloadOutcome {
         directory.reload(force: force)
+    }
+
+    /// The SIGHUP hook for the server: re-reads the recipient tables of `engine`'s
+    /// recipients check, if it has one. Blocks while parsing; call it off the event loops.
+    @discardableResult
+    public static func reloadTables(in engine: PolicyEngine, force: Bool = false) -> RecipientReloadOutcome? {
+        (engine.checks["recipients"] as? RecipientsCheck)?.reloadTables(force: force)
     }
 
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {

@@ -76,12 +76,12 @@ import Testing
                 recipient_delimiter = "@"
                 reject_action = "DUNNO"
                 reload_interval = "1ms"
-                table = "typo"
+                tabels = ["typo"]
                 """)
         } throws: { error in
             let text = "\(error)"
             return ["recipients.tables", "recipients.domains", "recipients.recipient_delimiter", "recipients.reject_action",
-                    "recipients.reload_interval", "recipients.table"].allSatisfy { text.contains($0) }
+                    "recipients.reload_interval", "recipients.tabels"].allSatisfy { text.contains($0) }
         }
     }
 
@@ -123,5 +123,36 @@ import Testing
         #expect(throws: ConfigError.self) {
             try RecipientLookupReport.lookup(address: "a@b", configPath: nil, tablePath: dir.file("missing"))
         }
+    }
+}
+
+/// The shipped examples must load and say what their comments claim.
+@Suite struct RecipientsExampleTests {
+    static let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples").path
+
+    @Test func exampleTableLoads() throws {
+        let path = Self.examples + "/recipients"
+        let table = try RecipientTableSource(files: [path]).load()
+        let rules = RecipientNormalisation(recipientDelimiter: "+")
+        #expect(table.lookup("Alice+news@Example.com", rules: rules) == .valid(file: path, line: 18))
+        #expect(table.lookup("john doe@example.com", rules: rules) == .valid(file: path, line: 21))
+        #expect(table.lookup("JÖRG.MÜLLER@example.com", rules: rules) == .valid(file: path, line: 22))
+        #expect(table.lookup("office@xn--bcher-kva.example", rules: rules) == .valid(file: path, line: 43))
+        #expect(table.lookup("anyone@example.org", rules: rules) == .valid(file: path, line: 46))
+        #expect(table.lookup("nobody@example.com", rules: rules) == .unknown)
+        #expect(table.lookup("someone@example.edu", rules: rules) == .notOurDomain)
+        #expect(table.lookup("dave@example.com", rules: rules) == .override(
+            .reply(code: 550, enhanced: "5.1.6", text: "<{recipient}>: Dave has left Example Ltd; please write to sales@example.com instead"),
+            file: path, line: 34))
+        #expect(table.lookup("frank@example.com", rules: rules) == .override(
+            .deferTemporarily("4.2.1 Mailbox is being moved, try again in a few hours"), file: path, line: 39))
+    }
+
+    @Test func exampleConfigurationReadsTheRecipientsSection() throws {
+        let config = try Configuration.load(path: Self.examples + "/backstop.toml")
+        let settings = try #require(config.checks["recipients"] as? RecipientsSettings)
+        #expect(settings.source.files == [Self.examples + "/recipients"])
+        try settings.validateTables()
     }
 }
