@@ -1,0 +1,49 @@
+// One holder of the current PolicyEngine per event loop. Connections read it without a
+// lock because only its own loop touches it; a reload hands every loop the new engine.
+
+import BackstopCore
+import NIOCore
+
+final class LoopEngine: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    private var current: PolicyEngine
+    private(set) var generation: Int
+
+    init(eventLoop: any EventLoop, engine: PolicyEngine, generation: Int) {
+        self.eventLoop = eventLoop
+        self.current = engine
+        self.generation = generation
+    }
+
+    /// Only on `eventLoop`.
+    var engine: PolicyEngine {
+        eventLoop.assertInEventLoop()
+        return current
+    }
+
+    /// Counts since the last summary, by ServerMetrics.actionClasses, plus deadline expiries.
+    private(set) var counts = [Int](repeating: 0, count: ServerMetrics.actionClasses.count)
+    private(set) var expiries = 0
+
+    /// Only on `eventLoop`.
+    func count(_ decision: Decision) {
+        counts[ServerMetrics.actionClass(decision.action)] += 1
+        if decision.deadlineExpired { expiries += 1 }
+    }
+
+    /// Only on `eventLoop`: returns and resets the counts.
+    func takeCounts() -> ([Int], Int) {
+        defer {
+            for i in counts.indices { counts[i] = 0 }
+            expiries = 0
+        }
+        return (counts, expiries)
+    }
+
+    func replace(with engine: PolicyEngine, generation: Int) {
+        eventLoop.execute {
+            self.current = engine
+            self.generation = generation
+        }
+    }
+}
