@@ -94,7 +94,7 @@ public struct RecipientsSettings: CheckSettings {
     }
 }
 
-public final class RecipientsCheck: Check {
+public final class RecipientsCheck: ReloadableCheck {
     public let name = "recipients"
     public let settings: RecipientsSettings
     public let directory: RecipientDirectory
@@ -126,6 +126,12 @@ public final class RecipientsCheck: Check {
         self.lookups = LookupCounter.allCases.map {
             Counter(label: "backstop_recipients_lookups_total", dimensions: [("result", $0.label)])
         }
+    }
+
+    /// SIGHUP (ReloadableCheck): looks at the files now and loads any change at once,
+    /// without waiting for the next poll; a still-broken version is reported again.
+    public func reload() {
+        directory.reload()
     }
 
     /// Re-reads the tables if they changed (always, with `force`); for SIGHUP. Blocks while

@@ -92,6 +92,28 @@ import Testing
         #expect(!wrong.isSet, "a lookup saw a missing or half-loaded table")
     }
 
+    @Test func sighupReloadsThroughTheEngine() throws {
+        // What the server does on SIGHUP: rebuild the engine with the running one as
+        // `previous`, then call reload() on every ReloadableCheck.
+        let dir = try TableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let path = try dir.write("backstop.toml", "[policy]\nrcpt = [\"recipients\"]\n[recipients]\nreload_interval = \"0s\"\n")
+        let engine = try EngineBuilder.build(try Configuration.load(path: path), previous: nil, logger: logger)
+        let check = try #require(engine.checks["recipients"] as? RecipientsCheck)
+        try dir.replace("recipients", "alice@example.com OK\nbob@example.com OK\n")
+        #expect(check.verdict(for: rcpt("bob@example.com")).reason == "unknown_recipient")  // no polling
+        (engine.checks["recipients"] as? any ReloadableCheck)?.reload()
+        #expect(check.verdict(for: rcpt("bob@example.com")) == .noOpinion("known_recipient"))
+
+        // A configuration reload keeps the loaded table and picks up edits too.
+        try dir.replace("recipients", "alice@example.com OK\nbob@example.com OK\ncarol@example.com OK\n")
+        let rebuilt = try EngineBuilder.build(try Configuration.load(path: path), previous: engine, logger: logger)
+        let again = try #require(rebuilt.checks["recipients"] as? RecipientsCheck)
+        #expect(again.directory === check.directory)
+        #expect(again.verdict(for: rcpt("carol@example.com")) == .noOpinion("known_recipient"))
+        #expect(RecipientsCheck.reloadTables(in: rebuilt) == .unchanged)
+    }
+
     @Test func vanishedFileKeepsTheLastGoodTable() async throws {
         let dir = try TableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
