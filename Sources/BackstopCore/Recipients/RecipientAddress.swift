@@ -38,7 +38,7 @@ struct NormalisedAddress {
 enum AddressNormaliser {
     /// Why a table key was refused; addresses being looked up simply do not match.
     enum Failure: Error, CustomStringConvertible {
-        case noAt, emptyDomain, badDomain(String), invalidUTF8(Int), unterminatedQuote
+        case noAt, emptyDomain, badDomain(String), invalidUTF8(Int), unterminatedQuote, emptyQuotedLocalPart
         var description: String {
             switch self {
             case .noAt: "is neither user@domain nor @domain"
@@ -46,6 +46,7 @@ enum AddressNormaliser {
             case .badDomain(let d): "has a domain that cannot be converted to its IDNA A-label form (\(d))"
             case .invalidUTF8(let offset): "is not valid UTF-8 (at octet \(offset + 1) of the key): save the file as UTF-8"
             case .unterminatedQuote: "has a quoted local part without its closing quote"
+            case .emptyQuotedLocalPart: "has an empty quoted local part (\"\"@domain); write @domain for a catch-all"
             }
         }
     }
@@ -147,6 +148,8 @@ enum AddressNormaliser {
                 length += 1
                 i += 1
             }
+            // In a table, ""@domain must not silently become the catch-all @domain.
+            if length == 0 && !forLookup { return .failure(.emptyQuotedLocalPart) }
         } else {
             for i in start..<at {
                 out[length] = input[i]

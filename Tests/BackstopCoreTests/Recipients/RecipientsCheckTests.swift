@@ -10,7 +10,7 @@ import Testing
 @Suite struct RecipientsCheckTests {
     let logger = Logger(label: "test.recipients")
 
-    func configuration(_ dir: TableDirectory, _ section: String) throws -> Configuration {
+    func configuration(_ dir: RecipientTableDirectory, _ section: String) throws -> Configuration {
         let text = """
             [policy]
             rcpt = ["recipients"]
@@ -23,25 +23,25 @@ import Testing
     }
 
     @Test func unknownRecipientGets550UserUnknown() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\ngone@example.com REJECT 5.1.6 {recipient} has left\n")
         let config = try configuration(dir, "reload_interval = \"0s\"")
         let check = try #require(try config.checks["recipients"]?.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
 
-        let unknown = check.verdict(for: rcpt("Nobody@Example.com"))
+        let unknown = check.verdict(for: recipientRequest("Nobody@Example.com"))
         #expect(unknown.reason == "unknown_recipient")
         #expect(unknown.action == .reply(code: 550, enhanced: "5.1.1", text: "<Nobody@Example.com>: Recipient address rejected: User unknown"))
         #expect(ResponseEncoder.actionText(unknown.action) == "550 5.1.1 <Nobody@Example.com>: Recipient address rejected: User unknown")
 
-        #expect(check.verdict(for: rcpt("alice@example.com")) == .noOpinion("known_recipient"))
-        #expect(check.verdict(for: rcpt("alice@example.org")) == .noOpinion("not_our_domain"))
-        #expect(check.verdict(for: rcpt("")) == .noOpinion("no_recipient"))
-        let gone = check.verdict(for: rcpt("gone@example.com"))
+        #expect(check.verdict(for: recipientRequest("alice@example.com")) == .noOpinion("known_recipient"))
+        #expect(check.verdict(for: recipientRequest("alice@example.org")) == .noOpinion("not_our_domain"))
+        #expect(check.verdict(for: recipientRequest("")) == .noOpinion("no_recipient"))
+        let gone = check.verdict(for: recipientRequest("gone@example.com"))
         #expect(gone == Verdict(.reject("5.1.6 gone@example.com has left"), reason: "recipient_override"))
     }
 
     @Test func settingsAreReadAndChecked() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
         let config = try configuration(dir, """
             tables = ["recipients"]
@@ -63,12 +63,12 @@ import Testing
         #expect(settings.testMode)
         #expect(settings.failAction == .deferIfPermit("4.3.0 try later"))
         let check = try #require(try settings.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
-        #expect(check.verdict(for: rcpt("alice-x@example.com")) == .noOpinion("known_recipient"))
-        #expect(check.verdict(for: rcpt("bob@example.net")).action == .reply(code: 550, enhanced: "5.1.1", text: "Sorry, no mailbox here by that name"))
+        #expect(check.verdict(for: recipientRequest("alice-x@example.com")) == .noOpinion("known_recipient"))
+        #expect(check.verdict(for: recipientRequest("bob@example.net")).action == .reply(code: 550, enhanced: "5.1.1", text: "Sorry, no mailbox here by that name"))
     }
 
     @Test func badSettingsAreReportedWithTheirKeys() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         #expect {
             _ = try configuration(dir, """
                 tables = []
@@ -86,18 +86,18 @@ import Testing
     }
 
     @Test func testModeIsTheChecksOwn() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
         let config = try configuration(dir, "test_mode = true\nreload_interval = \"0s\"")
         let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
         let check = try #require(engine.checks["recipients"] as? RecipientsCheck)
         #expect(check.testMode)
         // The engine turns the refusal into WARN; the verdict itself stays the refusal.
-        #expect(check.verdict(for: rcpt("bob@example.com")).reason == "unknown_recipient")
+        #expect(check.verdict(for: recipientRequest("bob@example.com")).reason == "unknown_recipient")
     }
 
     @Test func lookupReportForTheCLI() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.write("recipients", "# staff\nalice@example.com OK\n@catchall.example OK\ngone@example.com REJECT left\n")
         let config = try configuration(dir, "recipient_delimiter = \"+\"")
 

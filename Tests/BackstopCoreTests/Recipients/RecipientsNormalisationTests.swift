@@ -6,12 +6,12 @@ import Testing
 @testable import BackstopCore
 
 @Suite struct RecipientsNormalisationTests {
-    let dir: TableDirectory
+    let dir: RecipientTableDirectory
     let file: String
     let table: RecipientTable
 
     init() throws {
-        dir = try TableDirectory()
+        dir = try RecipientTableDirectory()
         table = try dir.table("""
             alice@example.com            OK
             bob@example.com              OK
@@ -42,7 +42,7 @@ import Testing
     }
 
     @Test func caseSensitiveLocalPartWhenConfigured() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let sensitive = try dir.table("Alice@Example.com OK\n", caseSensitive: true)
         let rules = RecipientNormalisation(caseSensitiveLocalPart: true)
         #expect(sensitive.lookup("Alice@example.COM", rules: rules) == .valid(file: dir.file("recipients"), line: 1))
@@ -163,7 +163,7 @@ import Testing
     }
 
     @Test func configuredDomainsAreOurs() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.table("alice@example.com OK\n", domains: ["Example.NET", "bücher.example"])
         #expect(table.lookup("alice@example.net") == .unknown)
         #expect(table.lookup("x@xn--bcher-kva.example") == .unknown)

@@ -16,7 +16,7 @@ import Testing
     #endif
 
     @Test func generatedTableLoads() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let result = try RecipientLoadBenchmark.run(entries: Self.entries, probes: Self.probes, directory: dir.path)
         print("recipients scale:", result)
         #expect(result.entries == Self.entries)

@@ -7,7 +7,7 @@ import Testing
 
 @Suite struct RecipientsTableFormatTests {
     @Test func commentsBlankLinesAndValues() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.table("""
             # relay_recipient_maps for example.com
             alice@example.com   OK
@@ -29,7 +29,7 @@ import Testing
     }
 
     @Test func continuationLinesExtendTheValue() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.table("""
             gone@example.com  REJECT This person
             \tleft the company;
@@ -45,7 +45,7 @@ import Testing
     }
 
     @Test func continuationWithoutAnEntryIsAnError() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         #expect {
             try dir.table("# header\n   indented@example.com OK\n")
         } throws: { error in
@@ -55,7 +55,7 @@ import Testing
     }
 
     @Test func crlfAndTabs() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.table("# windows\r\nalice@example.com\tOK\r\n\t\r\nbob@example.com \t REJECT  moved away \r\n")
         let file = dir.file("recipients")
         #expect(table.lookup("alice@example.com") == .valid(file: file, line: 2))
@@ -63,7 +63,7 @@ import Testing
     }
 
     @Test func duplicateKeysLaterWins() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let first = try dir.write("first", "alice@example.com OK\nbob@example.com REJECT gone\nAlice@Example.COM DEFER wait\n")
         let second = try dir.write("second", "bob@example.com OK\n@example.org OK\n@example.org 550 5.1.6 moved\n")
         let table = try RecipientTableSource(files: [first, second]).load()
@@ -74,7 +74,7 @@ import Testing
     }
 
     @Test func laterFilesAddToEarlierOnes() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let first = try dir.write("first", "alice@example.com OK\n")
         let second = try dir.write("second", "bob@example.net OK\n")
         let table = try RecipientTableSource(files: [first, second]).load()
@@ -85,7 +85,7 @@ import Testing
     }
 
     @Test func veryLongLines() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let longLocal = String(repeating: "l", count: 100_000)
         let longValue = "OK " + String(repeating: "v", count: 1_000_000)
         let table = try dir.table("\(longLocal)@example.com \(longValue)\nshort@example.com OK\n")
@@ -96,7 +96,7 @@ import Testing
     }
 
     @Test func nonUTF8InCommentsAndValuesIsTolerated() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         var bytes = Array("# Bj".utf8) + [0xF6, 0x72, 0x6E] + Array(" (Latin-1)\nbjorn@example.com OK ".utf8) + [0xE9, 0xFF]
         bytes += Array("\ngone@example.com REJECT d".utf8) + [0xE9] + Array("part\n".utf8)
         let path = try dir.write("recipients", bytes: bytes)
@@ -106,7 +106,7 @@ import Testing
     }
 
     @Test func nonUTF8InAKeyIsAnErrorWithItsLine() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let bytes = Array("ok@example.com OK\nj".utf8) + [0xF6] + Array("rg@example.com OK\n".utf8)
         let path = try dir.write("recipients", bytes: bytes)
         #expect {
@@ -118,29 +118,31 @@ import Testing
     }
 
     @Test func badKeysAndValuesAreReportedWithFileAndLine() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let path = try dir.write("recipients", """
             good@example.com OK
             example.com OK
             user@ OK
             bad@example.com 550 4.1.1 mismatched
             "unterminated@example.com OK
+            ""@example.com OK
             """)
         do {
             _ = try RecipientTableSource(files: [path]).load()
             Issue.record("a broken table loaded")
         } catch {
             let lines = error.issues.map(\.description)
-            #expect(lines.count == 4)
+            #expect(lines.count == 5)
             #expect(lines.contains { $0.hasPrefix("\(path):2: ") && $0.contains("neither user@domain nor @domain") })
             #expect(lines.contains { $0.hasPrefix("\(path):3: ") && $0.contains("empty domain") })
             #expect(lines.contains { $0.hasPrefix("\(path):4: ") && $0.contains("not a valid answer") })
-            #expect(lines.contains { $0.hasPrefix("\(path):5: ") })
+            #expect(lines.contains { $0.hasPrefix("\(path):5: ") && $0.contains("closing quote") })
+            #expect(lines.contains { $0.hasPrefix("\(path):6: ") && $0.contains("empty quoted local part") })
         }
     }
 
     @Test func missingFileIsAnError() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let path = dir.file("nonexistent")
         #expect {
             try RecipientTableSource(files: [path]).load()
@@ -150,7 +152,7 @@ import Testing
     }
 
     @Test func emptyFileHasNoDomains() throws {
-        let dir = try TableDirectory()
+        let dir = try RecipientTableDirectory()
         let table = try dir.table("")
         #expect(table.lookup("anyone@example.com") == .notOurDomain)
         #expect(table.entryCount == 0)

@@ -4,7 +4,7 @@
 import Foundation
 @testable import BackstopCore
 
-final class TableDirectory: @unchecked Sendable {
+final class RecipientTableDirectory: @unchecked Sendable {
     let path: String
 
     init() throws {
@@ -54,7 +54,7 @@ final class TableDirectory: @unchecked Sendable {
 }
 
 /// Waits until `condition` holds, polling every 10 ms, for at most `seconds`.
-func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+func recipientsEventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
     let end = Date().addingTimeInterval(seconds)
     while Date() < end {
         if condition() { return true }
@@ -63,6 +63,6 @@ func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
     return condition()
 }
 
-func rcpt(_ recipient: String) -> PolicyRequest {
+func recipientRequest(_ recipient: String) -> PolicyRequest {
     PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("recipient", recipient)])
 }
