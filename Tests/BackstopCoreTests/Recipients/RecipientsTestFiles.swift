@@ -53,8 +53,9 @@ final class RecipientTableDirectory: @unchecked Sendable {
     }
 }
 
-/// Waits until `condition` holds, polling every 10 ms, for at most `seconds`.
-func recipientsEventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+/// Waits until `condition` holds, polling every 10 ms, for at most `seconds` (generous:
+/// parallel tests such as the million-entry load can starve the reload thread).
+func recipientsEventually(_ seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     let end = Date().addingTimeInterval(seconds)
     while Date() < end {
         if condition() { return true }
