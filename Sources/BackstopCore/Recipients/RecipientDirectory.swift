@@ -151,8 +151,15 @@ public final class RecipientDirectory: @unchecked Sendable {
     /// Loads the tables for the first time; throws every problem (file:line) so start-up
     /// and `check-config` can fail clearly.
     public func loadInitial() throws(ConfigError) {
-        let outcome = queue.sync { load(force: true, settle: false, initial: true) }
-        if case .failed(let error) = outcome { throw error }
+        let outcome = queue.sync { loadWaitingForWriters(force: true, initial: true) }
+        switch outcome {
+        case .failed(let error): throw error
+        case .settling:
+            throw ConfigError(issues: source.files.map {
+                ConfigIssue(file: $0, line: nil, key: "", message: "the recipient table kept changing while it was read: try again when it is written")
+            })
+        default: break
+        }
     }
 
     /// Re-reads the files now if they changed since the snapshot in force was read (or
@@ -160,7 +167,20 @@ public final class RecipientDirectory: @unchecked Sendable {
     /// off the event loops, since parsing a large table takes a moment.
     @discardableResult
     public func reload(force: Bool = false) -> RecipientReloadOutcome {
-        queue.sync { load(force: force, settle: false) }
+        queue.sync { loadWaitingForWriters(force: force, initial: false) }
+    }
+
+    /// Runs on `queue`: a load that found the files changing under it is retried for up to
+    /// two seconds, so start-up and SIGHUP do not give up because a writer was busy.
+    private func loadWaitingForWriters(force: Bool, initial: Bool) -> RecipientReloadOutcome {
+        var outcome = load(force: force, settle: false, initial: initial)
+        var attempts = 0
+        while case .settling = outcome, attempts < 20 {
+            attempts += 1
+            usleep(100_000)
+            outcome = load(force: force, settle: false, initial: initial)
+        }
+        return outcome
     }
 
     /// Starts polling the files every `interval` (nothing happens when it is zero).
