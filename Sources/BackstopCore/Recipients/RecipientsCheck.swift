@@ -73,12 +73,15 @@ public struct RecipientsSettings: CheckSettings {
     }
 
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
-        // Same files and key rules as the running check: keep its snapshot and watcher,
-        // and pick up edits now (a config reload is often an admin's "I changed things").
+        // Same files and key rules as the running check: keep its snapshot and watcher.
+        // Edits are picked up by the poller, or at once by reload() (ReloadableCheck),
+        // which the server calls on every check after a configuration reload.
         if let previous = context.previous as? RecipientsCheck,
            previous.directory.source == source, previous.directory.interval == reloadInterval {
-            let outcome = previous.directory.reload()
-            if case .failed(let error) = outcome, previous.directory.table == nil, !startWithoutTable { throw error }
+            if previous.directory.table == nil, !startWithoutTable,
+               case .failed(let error) = previous.directory.reload() {
+                throw error  // start_without_table was switched off while no table loads
+            }
             return RecipientsCheck(settings: self, directory: previous.directory)
         }
         let directory = RecipientDirectory(source: source, interval: reloadInterval, logger: context.logger)

@@ -105,11 +105,13 @@ import Testing
         (engine.checks["recipients"] as? any ReloadableCheck)?.reload()
         #expect(check.verdict(for: recipientRequest("bob@example.com")) == .noOpinion("known_recipient"))
 
-        // A configuration reload keeps the loaded table and picks up edits too.
+        // A configuration reload keeps the loaded table; reload() then picks up edits.
         try dir.replace("recipients", "alice@example.com OK\nbob@example.com OK\ncarol@example.com OK\n")
         let rebuilt = try EngineBuilder.build(try Configuration.load(path: path), previous: engine, logger: logger)
         let again = try #require(rebuilt.checks["recipients"] as? RecipientsCheck)
         #expect(again.directory === check.directory)
+        #expect(again.verdict(for: recipientRequest("carol@example.com")).reason == "unknown_recipient")
+        for check in rebuilt.checks.values { (check as? any ReloadableCheck)?.reload() }
         #expect(again.verdict(for: recipientRequest("carol@example.com")) == .noOpinion("known_recipient"))
         #expect(RecipientsCheck.reloadTables(in: rebuilt) == .unchanged)
     }
