@@ -9,7 +9,7 @@ import Metrics
 import NIOCore
 
 public struct RecipientsSettings: CheckSettings {
-    public static let defaultRejectText = "550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
+    public static let defaultRejectText = "550 5.1.1 User unknown"
 
     public var source: RecipientTableSource
     public var rules: RecipientNormalisation

@@ -30,8 +30,8 @@ import Testing
 
         let unknown = check.verdict(for: recipientRequest("Nobody@Example.com"))
         #expect(unknown.reason == "unknown_recipient")
-        #expect(unknown.action == .reply(code: 550, enhanced: "5.1.1", text: "<Nobody@Example.com>: Recipient address rejected: User unknown"))
-        #expect(ResponseEncoder.actionText(unknown.action) == "550 5.1.1 <Nobody@Example.com>: Recipient address rejected: User unknown")
+        #expect(unknown.action == .reply(code: 550, enhanced: "5.1.1", text: "User unknown"))
+        #expect(ResponseEncoder.actionText(unknown.action) == "550 5.1.1 User unknown")
 
         #expect(check.verdict(for: recipientRequest("alice@example.com")) == .noOpinion("known_recipient"))
         #expect(check.verdict(for: recipientRequest("alice@example.org")) == .noOpinion("not_our_domain"))
@@ -106,7 +106,7 @@ import Testing
         #expect(valid.exitStatus == 0)
 
         let unknown = try RecipientLookupReport.lookup(address: "bob@example.com", configPath: nil, tablePath: table)
-        #expect(unknown.text == "bob@example.com: unknown (our domain, no entry; answer: 550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown)")
+        #expect(unknown.text == "bob@example.com: unknown (our domain, no entry; answer: 550 5.1.1 User unknown)")
         #expect(unknown.exitStatus == 1)
 
         let foreign = try RecipientLookupReport.lookup(address: "bob@example.org", configPath: nil, tablePath: table)
