@@ -82,7 +82,7 @@ public struct PolicySettings: Sendable {
     /// Turns every refusal into WARN (logged, not enforced).
     public var testMode = false
     /// Every request is answered within this long, whatever the checks do.
-    public var deadline: TimeAmount = .seconds(10)
+    public var deadline: TimeAmount = .seconds(5)
     /// Which checks run, in order, for each protocol_state.
     public var stages: [ProtocolState: [String]] = [:]
 }

@@ -16,7 +16,7 @@ public struct CheckBuildContext: Sendable {
     public var previous: (any Check)?
     public var deadline: TimeAmount
 
-    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(10)) {
+    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(5)) {
         self.logger = logger
         self.previous = previous
         self.deadline = deadline

@@ -37,7 +37,7 @@ public final class PolicyEngine: Sendable {
     /// Every check by name, for reuse across reloads and for the CLI.
     public let checks: [String: any Check]
 
-    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(10),
+    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(5),
                 allChecks: [String: any Check] = [:]) {
         self.stages = stages
         self.testMode = testMode
