@@ -43,3 +43,8 @@ public enum CheckCatalog {
         kinds.first { $0.name == name }
     }
 }
+
+/// A check whose data lives in files re-reads them when asked (SIGHUP).
+public protocol ReloadableCheck: Check {
+    func reload()
+}

@@ -15,6 +15,14 @@ public struct Decision: Sendable {
     /// When test mode softened a refusal: the answer that would have been sent.
     public var wouldHave: PolicyAction?
     public var deadlineExpired: Bool = false
+
+    public init(action: PolicyAction, check: String?, reason: String, wouldHave: PolicyAction? = nil, deadlineExpired: Bool = false) {
+        self.action = action
+        self.check = check
+        self.reason = reason
+        self.wouldHave = wouldHave
+        self.deadlineExpired = deadlineExpired
+    }
 }
 
 public enum EngineResult: Sendable {

@@ -74,7 +74,7 @@ public struct PolicyRequest: Sendable {
     }
 
     public var protocolState: ProtocolState {
-        withValueBytes(.protocolState) { ProtocolState(wire: String(decoding: $0, as: UTF8.self)) } ?? .other
+        withValueBytes(.protocolState) { ProtocolState(bytes: $0) } ?? .other
     }
 
     public var sender: String { self[.sender] }

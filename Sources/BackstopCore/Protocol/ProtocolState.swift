@@ -22,6 +22,16 @@ public enum ProtocolState: String, CaseIterable, Sendable, Hashable {
         }
     }
 
+    private static let wireBytes: [(ProtocolState, [UInt8])] = allCases.map { ($0, Array($0.rawValue.utf8)) }
+
+    /// Matches the exact upper-case spelling without building a String (the hot path).
+    public init(bytes: UnsafeRawBufferPointer) {
+        for (state, name) in Self.wireBytes where name.count == bytes.count {
+            if name.withUnsafeBytes({ $0.elementsEqual(bytes) }) { self = state; return }
+        }
+        self.init(wire: String(decoding: bytes, as: UTF8.self))
+    }
+
     public init(wire: String) {
         self = ProtocolState(rawValue: wire.uppercased()) ?? .other
     }

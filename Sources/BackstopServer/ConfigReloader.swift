@@ -1,0 +1,50 @@
+// Re-reads the configuration file on SIGHUP and installs the new engine when, and only
+// when, the whole file and every table it names are valid. A broken edit is logged with
+// file:line and the running configuration stays in force.
+
+import BackstopCore
+import Logging
+import NIOConcurrencyHelpers
+
+public final class ConfigReloader: Sendable {
+    let path: String
+    let server: PolicyServer
+    let logger: Logger
+    private let current: NIOLockedValueBox<(Configuration, PolicyEngine)>
+
+    public init(path: String, server: PolicyServer, config: Configuration, engine: PolicyEngine, logger: Logger) {
+        self.path = path
+        self.server = server
+        self.logger = logger
+        self.current = NIOLockedValueBox((config, engine))
+    }
+
+    public var engine: PolicyEngine { current.withLockedValue { $0.1 } }
+
+    /// Returns true when the new configuration is in force.
+    @discardableResult
+    public func reload() -> Bool {
+        let previous = current.withLockedValue { $0.1 }
+        do {
+            let config = try Configuration.load(path: path)
+            let engine = try EngineBuilder.build(config, previous: previous, logger: logger)
+            LogOutput.shared.configure(config.log)
+            for check in engine.checks.values {
+                (check as? any ReloadableCheck)?.reload()
+            }
+            current.withLockedValue { $0 = (config, engine) }
+            server.install(engine, config: config)
+            logger.notice("configuration reloaded from \(path)")
+            return true
+        } catch let error as ConfigError {
+            server.metrics.configReloadFailures.increment()
+            for issue in error.issues {
+                logger.error("reload failed, keeping the running configuration: \(issue.description)")
+            }
+        } catch {
+            server.metrics.configReloadFailures.increment()
+            logger.error("reload failed, keeping the running configuration: \(error)")
+        }
+        return false
+    }
+}

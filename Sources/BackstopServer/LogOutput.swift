@@ -1,0 +1,125 @@
+// Log lines in key=value form to stderr, stdout or syslog. The level is shared by every
+// logger and can change on reload. Message texts are already escaped by the caller where
+// they hold outside data; metadata values are escaped here.
+
+import Foundation
+import Logging
+import BackstopCore
+import Synchronization
+
+public final class LogOutput: Sendable {
+    public static let shared = LogOutput()
+
+    private let levelValue = Atomic<Int>(Logger.Level.info.rank)
+    private let destinationValue = Atomic<Int>(0)
+
+    public var level: Logger.Level {
+        get { Logger.Level.allCases.first { $0.rank == levelValue.load(ordering: .relaxed) } ?? .info }
+    }
+
+    public func configure(_ settings: LogSettings) {
+        levelValue.store(Logger.Level(rawValue: settings.level == "notice" ? "notice" : settings.level)?.rank ?? Logger.Level.info.rank,
+                         ordering: .relaxed)
+        let destination: Int
+        switch settings.destination {
+        case .stderr: destination = 0
+        case .stdout: destination = 1
+        case .syslog:
+            destination = 2
+            openlog("backstop", LOG_PID | LOG_NDELAY, LOG_MAIL)
+        }
+        destinationValue.store(destination, ordering: .relaxed)
+    }
+
+    public func setLevel(_ level: Logger.Level) { levelValue.store(level.rank, ordering: .relaxed) }
+
+    func isEnabled(_ level: Logger.Level) -> Bool { level.rank >= levelValue.load(ordering: .relaxed) }
+
+    func write(level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) {
+        var line = message
+        if !metadata.isEmpty {
+            for key in metadata.keys.sorted() {
+                line += " \(key)=\(LogEscaping.field("\(metadata[key]!)"))"
+            }
+        }
+        switch destinationValue.load(ordering: .relaxed) {
+        case 2:
+            let priority: Int32 = switch level {
+            case .trace, .debug: LOG_DEBUG
+            case .info: LOG_INFO
+            case .notice: LOG_NOTICE
+            case .warning: LOG_WARNING
+            case .error: LOG_ERR
+            case .critical: LOG_CRIT
+            }
+            withVaList([line]) { vsyslog(priority, "%s", $0) }
+        default:
+            let text = "\(Self.timestamp()) \(level.name) \(line)\n"
+            let fd: Int32 = destinationValue.load(ordering: .relaxed) == 1 ? 1 : 2
+            text.utf8CString.withUnsafeBufferPointer { buffer in
+                _ = Glibc.write(fd, buffer.baseAddress, buffer.count - 1)
+            }
+        }
+    }
+
+    static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var tm = tm()
+        var seconds = now.tv_sec
+        gmtime_r(&seconds, &tm)
+        let ms = now.tv_nsec / 1_000_000
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                      tm.tm_hour, tm.tm_min, tm.tm_sec, ms)
+    }
+
+    /// Installs this output as swift-log's backend. Call once at start.
+    public static func bootstrap() {
+        LoggingSystem.bootstrap { label in KeyValueLogHandler(label: label, output: .shared) }
+    }
+}
+
+public struct KeyValueLogHandler: LogHandler {
+    public let label: String
+    let output: LogOutput
+    public var metadata: Logger.Metadata = [:]
+
+    public init(label: String, output: LogOutput) {
+        self.label = label
+        self.output = output
+    }
+
+    /// The level lives in LogOutput so a reload changes it for every logger at once.
+    public var logLevel: Logger.Level {
+        get { output.level }
+        set { }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        guard output.isEnabled(event.level) else { return }
+        var merged = self.metadata
+        if let metadata = event.metadata { merged.merge(metadata) { $1 } }
+        if let error = event.error { merged["error"] = "\(error)" }
+        output.write(level: event.level, label: label, message: event.message.description, metadata: merged)
+    }
+}
+
+extension Logger.Level {
+    var rank: Int {
+        switch self {
+        case .trace: 0
+        case .debug: 1
+        case .info: 2
+        case .notice: 3
+        case .warning: 4
+        case .error: 5
+        case .critical: 6
+        }
+    }
+    var name: String { rawValue }
+}

@@ -1,0 +1,15 @@
+// The `backstop` command: its subcommands are the ways an administrator runs and inspects
+// the server. Each subcommand lives in its own file.
+
+import ArgumentParser
+
+@main
+struct Backstop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backstop",
+        abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
+        version: "0.1.0",
+        subcommands: [Serve.self, CheckConfig.self, Query.self],
+        defaultSubcommand: Serve.self
+    )
+}

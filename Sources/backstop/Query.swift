@@ -1,0 +1,68 @@
+// `backstop query`: sends one request to a running server and prints its answer, what an
+// administrator would otherwise type into nc. Attributes come from flags, or raw
+// name=value lines from standard input with --stdin.
+
+import ArgumentParser
+import BackstopCore
+import BackstopServer
+import Foundation
+
+struct Query: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send one policy request to a running server and print the answer.")
+
+    @Option(help: "Server address: host:port, [ipv6]:port or unix:/path.")
+    var server = "127.0.0.1:10033"
+    @Option(help: "protocol_state (RCPT, DATA, END-OF-MESSAGE, …).") var state = "RCPT"
+    @Option(help: "Envelope sender (empty for a bounce).") var sender = "sender@example.org"
+    @Option(help: "Envelope recipient.") var recipient = "postmaster@example.com"
+    @Option(name: .customLong("client-address"), help: "SMTP client IP address.") var clientAddress = "192.0.2.1"
+    @Option(name: .customLong("client-name"), help: "SMTP client host name.") var clientName = "unknown"
+    @Option(help: "HELO/EHLO name.") var helo = "client.example.org"
+    @Option(help: "Message instance (same for every recipient of one message).") var instance = "backstop.query.1"
+    @Option(name: .customLong("sasl-username"), help: "SASL login name, if authenticated.") var saslUsername = ""
+    @Option(name: .customLong("recipient-count"), help: "recipient_count (DATA stage).") var recipientCount = 0
+    @Option(help: "Message size in octets.") var size = 0
+    @Option(name: .customLong("attribute"), help: "Extra name=value attribute (repeatable).")
+    var attributes: [String] = []
+    @Flag(help: "Read the request's name=value lines from standard input instead.")
+    var stdin = false
+
+    func run() throws {
+        guard let endpoint = ListenerSettings.parseEndpoint(server) else {
+            throw ValidationError("--server must be host:port, [ipv6]:port or unix:/path")
+        }
+        let client = try PolicyClient(endpoint: endpoint)
+        if stdin {
+            var bytes: [UInt8] = []
+            while let line = readLine(strippingNewline: true) {
+                if line.isEmpty { break }
+                bytes.append(contentsOf: line.utf8)
+                bytes.append(10)
+            }
+            bytes.append(10)
+            try client.send(bytes)
+        } else {
+            var pairs: [(String, String)] = [
+                ("request", "smtpd_access_policy"), ("protocol_state", state), ("protocol_name", "ESMTP"),
+                ("client_address", clientAddress), ("client_name", clientName), ("reverse_client_name", clientName),
+                ("helo_name", helo), ("sender", sender), ("recipient", recipient),
+                ("recipient_count", String(recipientCount)), ("queue_id", ""), ("instance", instance),
+                ("size", String(size)), ("sasl_method", saslUsername.isEmpty ? "" : "plain"),
+                ("sasl_username", saslUsername), ("sasl_sender", ""),
+            ]
+            for attribute in attributes {
+                guard let eq = attribute.firstIndex(of: "=") else {
+                    throw ValidationError("--attribute expects name=value, got \(attribute)")
+                }
+                pairs.append((String(attribute[..<eq]), String(attribute[attribute.index(after: eq)...])))
+            }
+            try client.send(pairs)
+        }
+        guard let answer = try client.readAnswer() else {
+            printError("the server closed the connection without an answer (protocol error? see its log)")
+            throw ExitCode(2)
+        }
+        print(answer)
+    }
+}

@@ -1,0 +1,68 @@
+// `backstop serve`: loads the configuration, builds the checks, binds the listeners and
+// runs until SIGTERM/SIGINT (graceful stop) while SIGHUP reloads. Stays in the foreground,
+// as systemd and other supervisors expect.
+
+import ArgumentParser
+import BackstopCore
+import BackstopServer
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the policy server.")
+
+    @Option(name: .shortAndLong, help: "Configuration file.")
+    var config: String = "/etc/backstop/backstop.toml"
+
+    @Flag(help: "Stay in the foreground (always the case; accepted for systemd unit files).")
+    var foreground = false
+
+    func run() async throws {
+        LogOutput.bootstrap()
+        let logger = Logger(label: "backstop")
+        let configuration: Configuration
+        let engine: PolicyEngine
+        do {
+            configuration = try Configuration.load(path: config)
+            LogOutput.shared.configure(configuration.log)
+            engine = try EngineBuilder.build(configuration, previous: nil, logger: logger)
+        } catch let error as ConfigError {
+            for issue in error.issues { logger.critical("cannot start: \(issue.description)") }
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        let server = PolicyServer(config: configuration, engine: engine, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            await server.stop()
+            throw ExitCode(71)  // EX_OSERR
+        }
+        let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
+        logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server), .init(service: SignalReload(reloader: reloader))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: Logger(label: "backstop.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
+            ))
+        try await group.run()
+        logger.notice("backstop stopped")
+    }
+}
+
+/// Reloads on every SIGHUP until shutdown.
+struct SignalReload: Service {
+    let reloader: ConfigReloader
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await withGracefulShutdownHandler {
+            for await _ in signals.cancelOnGracefulShutdown() {
+                reloader.reload()
+            }
+        } onGracefulShutdown: {}
+    }
+}

@@ -1,0 +1,136 @@
+// Reading the configuration: defaults, every error reported with file:line:key, unknown
+// keys refused, and the shipped example valid.
+
+import Testing
+import Foundation
+import NIOCore
+@testable import BackstopCore
+
+@Suite struct ConfigurationTests {
+    @Test func emptyFileGivesDefaults() throws {
+        let config = try Configuration.parse("", file: "x.toml")
+        #expect(config.listeners == [.defaultTCP])
+        #expect(config.server.idleTimeout == .seconds(330))
+        #expect(config.limits == .defaults)
+        #expect(config.policy.deadline == .seconds(10))
+    }
+
+    @Test func readsEverySection() throws {
+        let text = """
+        [[listen]]
+        address = "[::1]:10040"
+        allow = ["::1/128"]
+        [[listen]]
+        address = "unix:/run/backstop.sock"
+        mode = "0600"
+        [server]
+        max_connections = 50
+        idle_timeout = "10m"
+        read_timeout = "2s"
+        [protocol]
+        max_line_length = 1000
+        [log]
+        level = "debug"
+        [policy]
+        test_mode = true
+        deadline = "1500ms"
+        """
+        let config = try Configuration.parse(text, file: "x.toml")
+        #expect(config.listeners.count == 2)
+        #expect(config.listeners[0].endpoint == .tcp(host: "::1", port: 10040))
+        #expect(config.listeners[1].endpoint == .unix(path: "/run/backstop.sock"))
+        #expect(config.listeners[1].mode == 0o600)
+        #expect(config.server.maxConnections == 50)
+        #expect(config.server.idleTimeout == .minutes(10))
+        #expect(config.server.readTimeout == .seconds(2))
+        #expect(config.limits.maxLineLength == 1000)
+        #expect(config.log.level == "debug")
+        #expect(config.policy.testMode)
+        #expect(config.policy.deadline == .milliseconds(1500))
+    }
+
+    @Test func everyErrorIsReportedWithFileLineAndKey() {
+        let text = """
+        [server]
+        max_conections = 5
+        idle_timeout = "forever"
+
+        [log]
+        level = "loud"
+
+        [policy]
+        rcpt = ["nonsense"]
+        deadline = 100
+
+        [[listen]]
+        address = "localhost"
+        """
+        do {
+            _ = try Configuration.parse(text, file: "/etc/backstop/backstop.toml")
+            Issue.record("expected errors")
+        } catch {
+            let lines = error.issues.map(\.description)
+            #expect(lines.contains("/etc/backstop/backstop.toml:2: server.max_conections: unknown key (check the spelling; see docs/configuration.md)"))
+            #expect(lines.contains { $0.hasPrefix("/etc/backstop/backstop.toml:3: server.idle_timeout: expected a duration") })
+            #expect(lines.contains { $0.hasPrefix("/etc/backstop/backstop.toml:6: log.level: unknown level \"loud\"") })
+            #expect(lines.contains { $0.hasPrefix("/etc/backstop/backstop.toml:9: policy.rcpt: unknown check \"nonsense\"") })
+            #expect(lines.contains { $0.hasPrefix("/etc/backstop/backstop.toml:10: policy.deadline: 100s is out of range") })
+            #expect(lines.contains { $0.hasPrefix("/etc/backstop/backstop.toml:13: listen.0.address:") })
+            #expect(error.issues.count == 6)
+        }
+    }
+
+    @Test func syntaxErrorNamesTheLine() {
+        do {
+            _ = try Configuration.parse("[server]\nmax_connections = = 3\n", file: "b.toml")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.issues.first?.line == 2)
+            #expect(error.description.hasPrefix("b.toml:2: TOML syntax error"))
+        }
+    }
+
+    @Test func wrongTypesAreReported() {
+        do {
+            _ = try Configuration.parse("[server]\nmax_connections = \"many\"\n[protocol]\nmax_attributes = 3\n", file: "c.toml")
+            Issue.record("expected errors")
+        } catch {
+            #expect(error.issues.map(\.description) == [
+                "c.toml:2: server.max_connections: expected an integer, found a string",
+                "c.toml:4: protocol.max_attributes: 3 is out of range: use a value from 16 to 10000",
+            ])
+        }
+    }
+
+    @Test func endpoints() {
+        #expect(ListenerSettings.parseEndpoint("127.0.0.1:10033") == .tcp(host: "127.0.0.1", port: 10033))
+        #expect(ListenerSettings.parseEndpoint("[::1]:1") == .tcp(host: "::1", port: 1))
+        #expect(ListenerSettings.parseEndpoint("unix:/a/b") == .unix(path: "/a/b"))
+        #expect(ListenerSettings.parseEndpoint("::1:10033") == nil)
+        #expect(ListenerSettings.parseEndpoint("unix:relative") == nil)
+        #expect(ListenerSettings.parseEndpoint("host:99999") == nil)
+    }
+
+    @Test func durations() {
+        #expect(BackstopCore.Duration.parse("250ms") == .milliseconds(250))
+        #expect(BackstopCore.Duration.parse("1.5s") == .milliseconds(1500))
+        #expect(BackstopCore.Duration.parse("2h") == .hours(2))
+        #expect(BackstopCore.Duration.parse("-1s") == nil)
+        #expect(BackstopCore.Duration.parse("soon") == nil)
+    }
+
+    @Test func cidr() {
+        let net = CIDR("192.0.2.0/24")!
+        #expect(net.contains(IPAddress("192.0.2.200")!))
+        #expect(!net.contains(IPAddress("192.0.3.1")!))
+        #expect(net.contains(IPAddress("::ffff:192.0.2.9")!))
+        let v6 = CIDR("2001:db8::/32")!
+        #expect(v6.contains(IPAddress("2001:db8:1::5")!))
+        #expect(!v6.contains(IPAddress("2001:db9::5")!))
+        #expect(CIDR("0.0.0.0/0")!.contains(IPAddress("8.8.8.8")!))
+        #expect(CIDR("10.0.0.0/33") == nil)
+        #expect(CIDR("nonsense") == nil)
+        #expect(IPAddress("2001:db8::1")!.masked(to: 64).description == "2001:db8::")
+        #expect(IPAddress("192.0.2.77")!.masked(to: 24).description == "192.0.2.0")
+    }
+}

@@ -1,0 +1,114 @@
+// The engine's ordering rules, test mode and deadline, with small checks defined here.
+
+import Testing
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import Logging
+@testable import BackstopCore
+
+struct FixedCheck: Check {
+    let name: String
+    var testMode = false
+    var failVerdict = Verdict(.deferIfPermit("4.4.3 check timed out"), reason: "timeout")
+    let verdict: Verdict
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult { .done(verdict) }
+}
+
+/// Answers after `delay` on the event loop; counts how often it was asked.
+final class SlowCheck: Check, @unchecked Sendable {
+    let name = "slow"
+    let testMode = false
+    let failVerdict = Verdict(.deferIfPermit("4.4.3 slow check timed out"), reason: "timeout")
+    let delay: TimeAmount
+    let verdict: Verdict
+    init(delay: TimeAmount, verdict: Verdict) { self.delay = delay; self.verdict = verdict }
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        let verdict = self.verdict
+        return .pending(context.eventLoop.scheduleTask(in: delay) { verdict }.futureResult)
+    }
+}
+
+private let rcpt = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("recipient", "a@b")])
+private let logger = Logger(label: "test")
+
+private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) -> Decision? {
+    switch engine.decide(rcpt, eventLoop: loop, logger: logger) {
+    case .immediate(let d): return d
+    case .pending: return nil
+    }
+}
+
+@Suite struct PolicyEngineTests {
+    @Test func firstDecisionWins() {
+        let engine = PolicyEngine(stages: [.rcpt: [
+            FixedCheck(name: "a", verdict: .noOpinion()),
+            FixedCheck(name: "b", verdict: Verdict(.reply(code: 550, enhanced: "5.1.1", text: "unknown"), reason: "unknown")),
+            FixedCheck(name: "c", verdict: Verdict(.ok, reason: "c")),
+        ]])
+        let d = decide(engine)
+        #expect(d?.check == "b")
+        #expect(d?.action == .reply(code: 550, enhanced: "5.1.1", text: "unknown"))
+    }
+
+    @Test func prependIsKeptWhenLaterChecksHaveNoOpinion() {
+        let engine = PolicyEngine(stages: [.rcpt: [
+            FixedCheck(name: "spf", verdict: Verdict(.prepend("Received-SPF: pass"), reason: "spf=pass")),
+            FixedCheck(name: "later", verdict: .noOpinion()),
+        ]])
+        #expect(decide(engine)?.action == .prepend("Received-SPF: pass"))
+        let refused = PolicyEngine(stages: [.rcpt: [
+            FixedCheck(name: "spf", verdict: Verdict(.prepend("Received-SPF: pass"), reason: "spf=pass")),
+            FixedCheck(name: "rate", verdict: Verdict(.deferTemporarily("4.7.1 slow down"), reason: "rate")),
+        ]])
+        #expect(decide(refused)?.action == .deferTemporarily("4.7.1 slow down"))
+    }
+
+    @Test func onlyTheRequestsStageRuns() {
+        let engine = PolicyEngine(stages: [.data: [FixedCheck(name: "x", verdict: Verdict(.reject("no"), reason: "x"))]])
+        #expect(decide(engine)?.action == .dunno)
+    }
+
+    @Test func testModeTurnsRefusalsIntoWarn() {
+        var check = FixedCheck(name: "recipients", verdict: Verdict(.reply(code: 550, enhanced: "5.1.1", text: "User unknown"), reason: "unknown"))
+        check.testMode = true
+        let engine = PolicyEngine(stages: [.rcpt: [check]])
+        let d = decide(engine)
+        #expect(d?.action == .warn("backstop test mode: recipients would answer: 550 5.1.1 User unknown"))
+        #expect(d?.wouldHave == .reply(code: 550, enhanced: "5.1.1", text: "User unknown"))
+        let global = PolicyEngine(stages: [.rcpt: [FixedCheck(name: "r", verdict: Verdict(.reject("x"), reason: "x"))]], testMode: true)
+        #expect(decide(global)?.action == .warn("backstop test mode: r would answer: REJECT x"))
+        // Test mode never softens an accept.
+        let accept = PolicyEngine(stages: [.rcpt: [FixedCheck(name: "r", verdict: Verdict(.ok, reason: "x"))]], testMode: true)
+        #expect(decide(accept)?.action == .ok)
+    }
+
+    @Test func deadlineGivesTheCheckFailAction() async throws {
+        let group = NIOSingletons.posixEventLoopGroup
+        let loop = group.next()
+        let engine = PolicyEngine(stages: [.rcpt: [SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late"))]],
+                                  deadline: .milliseconds(100))
+        guard case .pending(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+            Issue.record("expected a pending decision"); return
+        }
+        let started = NIODeadline.now()
+        let d = try await future.get()
+        #expect(NIODeadline.now() - started < .seconds(2))
+        #expect(d.deadlineExpired)
+        #expect(d.action == .deferIfPermit("4.4.3 slow check timed out"))
+    }
+
+    @Test func asyncCheckThenLaterChecksRun() async throws {
+        let loop = NIOSingletons.posixEventLoopGroup.next()
+        let engine = PolicyEngine(stages: [.rcpt: [
+            SlowCheck(delay: .milliseconds(10), verdict: Verdict(.prepend("X-Slow: yes"), reason: "slow")),
+            FixedCheck(name: "after", verdict: Verdict(.reject("after"), reason: "after")),
+        ]])
+        guard case .pending(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+            Issue.record("expected a pending decision"); return
+        }
+        let d = try await future.get()
+        #expect(d.action == .reject("after"))
+        #expect(!d.deadlineExpired)
+    }
+}

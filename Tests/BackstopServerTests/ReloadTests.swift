@@ -1,0 +1,38 @@
+// Reloading the configuration: a good file takes effect on open connections, a broken one
+// is refused and the running configuration stays in force.
+
+import Testing
+import Foundation
+import Logging
+@testable import BackstopCore
+@testable import BackstopServer
+
+@Suite(.serialized) struct ReloadTests {
+    @Test func goodReloadTakesEffectAndBadReloadKeepsTheOld() async throws {
+        let dir = tempDirectory()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\ntest_mode = false\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let config = try Configuration.load(path: path)
+        let engine = PolicyEngine(stages: [.rcpt: [RecipientPrefixCheck()]])
+        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        try await server.start()
+        let reloader = ConfigReloader(path: path, server: server, config: config, engine: engine, logger: testLogger)
+        let c = try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!)
+        var request = rcptRequest
+        request[4] = ("recipient", "bad@x")
+        #expect(try c.ask(request) == "action=550 5.1.1 no")
+
+        // Broken edit: refused, old engine stays.
+        try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\ntest_mode = maybe\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(reloader.reload() == false)
+        #expect(try c.ask(request) == "action=550 5.1.1 no")
+
+        // Good edit: the new engine (no checks configured) answers on the same connection.
+        try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\ntest_mode = true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(reloader.reload() == true)
+        try await Task.sleep(nanoseconds: 50_000_000)
+        #expect(try c.ask(request) == "action=DUNNO")
+        #expect(reloader.engine.testMode)
+        await server.stop()
+    }
+}

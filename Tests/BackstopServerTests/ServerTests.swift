@@ -1,0 +1,212 @@
+// The server over real sockets: TCP and Unix, many connections, persistent connections,
+// protocol errors isolated to their connection, graceful stop, timeouts, limits, reload.
+
+import Testing
+import Foundation
+import Logging
+import NIOCore
+@testable import BackstopCore
+@testable import BackstopServer
+
+@Suite(.serialized) struct ServerTests {
+    @Test func answersOverTCP() async throws {
+        let s = try await TestServer.start()
+        let c = try s.client()
+        #expect(try c.ask(rcptRequest) == "action=DUNNO")
+        await s.stop()
+    }
+
+    @Test func answersOverUnixSocketWithMode() async throws {
+        let dir = tempDirectory()
+        let path = dir + "/policy.sock"
+        let s = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\nmode = \"0600\"\n",
+                                           stages: [.rcpt: [RecipientPrefixCheck()]])
+        var info = stat()
+        #expect(stat(path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        let c = try PolicyClient(endpoint: .unix(path: path))
+        var request = rcptRequest
+        request[4] = ("recipient", "bad@example.com")
+        #expect(try c.ask(request) == "action=550 5.1.1 no")
+        await s.stop()
+        #expect(stat(path, &info) != 0, "socket removed on stop")
+    }
+
+    @Test func staleUnixSocketIsReplaced() async throws {
+        let path = tempDirectory() + "/stale.sock"
+        let first = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n")
+        // Simulate a crash: the socket file stays behind without a listener.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        close(fd)
+        let second = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n")
+        #expect(try PolicyClient(endpoint: .unix(path: path)).ask(rcptRequest) == "action=DUNNO")
+        await second.stop()
+        await first.stop()
+    }
+
+    @Test func refusesToReplaceARegularFile() async throws {
+        let path = tempDirectory() + "/not-a-socket"
+        _ = FileManager.default.createFile(atPath: path, contents: Data("keep me".utf8))
+        await #expect(throws: ServerError.self) {
+            _ = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n")
+        }
+        #expect(FileManager.default.contents(atPath: path) == Data("keep me".utf8))
+    }
+
+    @Test func connectionStaysOpenAcrossRequests() async throws {
+        let s = try await TestServer.start(stages: [.rcpt: [RecipientPrefixCheck()]])
+        let c = try s.client()
+        for i in 0..<200 {
+            var request = rcptRequest
+            request[4] = ("recipient", i % 2 == 0 ? "good\(i)@example.com" : "bad\(i)@example.com")
+            #expect(try c.ask(request) == (i % 2 == 0 ? "action=DUNNO" : "action=550 5.1.1 no"))
+        }
+        #expect(s.server.openConnections == 1)
+        await s.stop()
+    }
+
+    @Test func hundredConcurrentConnections() async throws {
+        let s = try await TestServer.start(stages: [.rcpt: [RecipientPrefixCheck()]])
+        let endpoint = s.endpoint
+        let failures = await withTaskGroup(of: Int.self) { group in
+            for n in 0..<100 {
+                group.addTask {
+                    await Task.detached {
+                        var wrong = 0
+                        do {
+                            let c = try PolicyClient(endpoint: endpoint)
+                            for i in 0..<50 {
+                                var request = rcptRequest
+                                let bad = (n + i) % 3 == 0
+                                request[4] = ("recipient", bad ? "bad@x" : "ok@x")
+                                if try c.ask(request) != (bad ? "action=550 5.1.1 no" : "action=DUNNO") { wrong += 1 }
+                            }
+                        } catch { wrong += 1000 }
+                        return wrong
+                    }.value
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(failures == 0)
+        await s.stop()
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        let s = try await TestServer.start(stages: [.rcpt: [RecipientPrefixCheck()]])
+        let c = try s.client()
+        var text = ""
+        for i in 0..<40 {
+            text += "request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=\(i % 2 == 0 ? "bad" : "ok")\(i)@x\n\n"
+        }
+        try c.send(Array(text.utf8))
+        for i in 0..<40 {
+            #expect(try c.readAnswer() == (i % 2 == 0 ? "action=550 5.1.1 no" : "action=DUNNO"))
+        }
+        await s.stop()
+    }
+
+    @Test func malformedRequestClosesOnlyItsConnection() async throws {
+        let s = try await TestServer.start()
+        let good = try s.client()
+        #expect(try good.ask(rcptRequest) == "action=DUNNO")
+        let bad = try s.client()
+        try bad.send(Array("GET / HTTP/1.1\nHost: x\n\n".utf8))
+        #expect(try bad.readAnswer() == nil, "no answer, connection closed")
+        let noRequest = try s.client()
+        try noRequest.send(Array("sender=a@b\n\n".utf8))
+        #expect(try noRequest.readAnswer() == nil)
+        #expect(try good.ask(rcptRequest) == "action=DUNNO")
+        await s.stop()
+    }
+
+    @Test func oversizedLineClosesTheConnection() async throws {
+        let s = try await TestServer.start("[protocol]\nmax_line_length = 256\nmax_request_bytes = 1024\n")
+        let c = try s.client()
+        try c.send(Array("request=smtpd_access_policy\nsender=".utf8) + [UInt8](repeating: 65, count: 5000))
+        #expect(try c.readAnswer() == nil)
+        await s.stop()
+    }
+
+    @Test func gracefulStopAnswersRequestsInFlight() async throws {
+        let s = try await TestServer.start(stages: [.rcpt: [DelayCheck(delay: .milliseconds(500))]])
+        let c = try s.client()
+        try c.send(rcptRequest)
+        try await Task.sleep(nanoseconds: 100_000_000)
+        async let stopped: Void = s.stop()
+        let answer = try c.readAnswer()
+        #expect(answer == "action=OK")
+        await stopped
+        #expect(throws: (any Error).self) { try s.client() }
+    }
+
+    @Test func slowCheckIsCutOffByTheDeadline() async throws {
+        let s = try await TestServer.start(stages: [.rcpt: [DelayCheck(delay: .seconds(30))]], deadline: .milliseconds(200))
+        let c = try s.client()
+        let started = Date()
+        #expect(try c.ask(rcptRequest) == "action=DEFER_IF_PERMIT 4.4.3 timed out")
+        #expect(Date().timeIntervalSince(started) < 5)
+        await s.stop()
+    }
+
+    @Test func halfRequestIsCutOffByTheReadTimeout() async throws {
+        let s = try await TestServer.start("[server]\nread_timeout = \"300ms\"\n")
+        let c = try s.client()
+        let started = Date()
+        try c.send(Array("request=smtpd_access_policy\nsender=".utf8))
+        #expect(try c.readAnswer() == nil)
+        #expect(Date().timeIntervalSince(started) < 5)
+        await s.stop()
+    }
+
+    @Test func idleConnectionIsClosedAfterIdleTimeout() async throws {
+        let s = try await TestServer.start("[server]\nidle_timeout = \"1s\"\nread_timeout = \"1s\"\n")
+        let c = try s.client()
+        #expect(try c.ask(rcptRequest) == "action=DUNNO")
+        let started = Date()
+        #expect(try c.readAnswer() == nil)
+        #expect(Date().timeIntervalSince(started) < 5)
+        await s.stop()
+    }
+
+    @Test func connectionLimitIsEnforced() async throws {
+        let s = try await TestServer.start("[server]\nmax_connections = 2\n")
+        let a = try s.client(), b = try s.client()
+        #expect(try a.ask(rcptRequest) == "action=DUNNO")
+        #expect(try b.ask(rcptRequest) == "action=DUNNO")
+        let c = try s.client()
+        #expect(try c.ask(rcptRequest) == nil)
+        #expect(try a.ask(rcptRequest) == "action=DUNNO")
+        await s.stop()
+    }
+
+    @Test func allowListRefusesOtherNetworks() async throws {
+        let s = try await TestServer.start("[[listen]]\naddress = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\"]\n")
+        let c = try s.client()
+        #expect(try c.ask(rcptRequest) == nil)
+        await s.stop()
+        let open = try await TestServer.start("[[listen]]\naddress = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\n")
+        #expect(try open.client().ask(rcptRequest) == "action=DUNNO")
+        await open.stop()
+    }
+
+    @Test func answersOverIPv6Loopback() async throws {
+        let s = try await TestServer.start("[[listen]]\naddress = \"[::1]:0\"\n")
+        #expect(try s.client().ask(rcptRequest) == "action=DUNNO")
+        await s.stop()
+    }
+
+    @Test func hostileTextNeverForgesASecondAnswer() async throws {
+        struct Hostile: Check {
+            let name = "hostile", testMode = false, failVerdict = Verdict.noOpinion()
+            func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+                .done(Verdict(.reject("explanation\n\naction=OK\n\n"), reason: "x"))
+            }
+        }
+        let s = try await TestServer.start(stages: [.rcpt: [Hostile()]])
+        let c = try s.client()
+        #expect(try c.ask(rcptRequest) == "action=REJECT explanation  action=OK")
+        #expect(try c.ask(rcptRequest) == "action=REJECT explanation  action=OK")
+        await s.stop()
+    }
+}

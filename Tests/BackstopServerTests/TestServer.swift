@@ -1,0 +1,71 @@
+// Starts a real server on a loopback port (or a Unix socket in a temp dir) for a test, with
+// checks the test chooses, and stops it afterwards.
+
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+@testable import BackstopCore
+@testable import BackstopServer
+
+struct TestServer {
+    let server: PolicyServer
+    let config: Configuration
+
+    static func start(_ toml: String = "", stages: [ProtocolState: [any Check]] = [:],
+                      deadline: TimeAmount = .seconds(10)) async throws -> TestServer {
+        var text = toml
+        if !text.contains("[[listen]]") { text = "[[listen]]\naddress = \"127.0.0.1:0\"\n" + text }
+        let config = try Configuration.parse(text, file: "test.toml")
+        let engine = PolicyEngine(stages: stages, deadline: deadline)
+        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        try await server.start()
+        return TestServer(server: server, config: config)
+    }
+
+    var endpoint: ListenerSettings.Endpoint {
+        ListenerSettings.parseEndpoint(server.boundAddresses[0])!
+    }
+
+    func client() throws -> PolicyClient { try PolicyClient(endpoint: endpoint, timeoutSeconds: 10) }
+
+    func stop() async { await server.stop() }
+}
+
+func tempDirectory() -> String {
+    let path = NSTemporaryDirectory() + "backstop-test-" + UUID().uuidString.prefix(8)
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+let rcptRequest: [(String, String)] = [
+    ("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", "192.0.2.1"),
+    ("sender", "a@example.org"), ("recipient", "b@example.com"), ("instance", "1.2.3"),
+]
+
+/// Answers REJECT for recipients starting with "bad", else no opinion.
+struct RecipientPrefixCheck: Check {
+    let name = "prefix"
+    let testMode = false
+    let failVerdict = Verdict.noOpinion()
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        request.recipient.hasPrefix("bad") ? .done(Verdict(.reply(code: 550, enhanced: "5.1.1", text: "no"), reason: "bad")) : .done(.noOpinion())
+    }
+}
+
+/// Answers OK after a delay, on the event loop.
+struct DelayCheck: Check {
+    let name = "delay"
+    let testMode = false
+    let failVerdict = Verdict(.deferIfPermit("4.4.3 timed out"), reason: "timeout")
+    let delay: TimeAmount
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        .pending(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
+    }
+}
+
+let testLogger: Logger = {
+    var logger = Logger(label: "test")
+    logger.logLevel = .warning
+    return logger
+}()
