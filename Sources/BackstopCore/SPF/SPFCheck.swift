@@ -53,7 +53,7 @@ public final class SPFCheck: Check {
         let key = "\(client)|\(sender)|\(helo)"
         let deadline = context.deadline - .milliseconds(20)
         let start: () -> EventLoopFuture<SPFEvaluated> = { self.evaluations(client: client, sender: sender, helo: helo, deadline: deadline, on: context.eventLoop) }
-        let future = instance.isEmpty ? start() : instances.future(for: instance + "|" + key, start: start).0
+        let future = instance.isEmpty ? start() : instances.future(for: instance + "|" + key, on: context.eventLoop, start: start).0
         let eventLoop = context.eventLoop
         return .pending(future.hop(to: eventLoop).map { evaluated in
             let headerAllowed = instance.isEmpty ? true : self.instances.claimFlag(instance + "|" + key)
@@ -83,7 +83,7 @@ public final class SPFCheck: Check {
     /// One evaluation, shared with identical ones of the last `result_cache_ttl`.
     func outcome(_ query: SPFQuery, deadline: NIODeadline, on eventLoop: any EventLoop) -> EventLoopFuture<SPFOutcome> {
         let key = "\(query.identity.rawValue)|\(query.clientAddress)|\(query.sender)|\(query.helo)"
-        let (future, _) = recent.future(for: key) { self.verifier.evaluate(query, deadline: deadline, on: eventLoop) }
+        let (future, _) = recent.future(for: key, on: eventLoop) { self.verifier.evaluate(query, deadline: deadline, on: eventLoop) }
         future.whenSuccess { outcome in
             // A temporary error is not worth remembering: the next message may do better.
             if outcome.result == .temperror { self.recent.remove(key, ifSame: future) }
@@ -297,19 +297,11 @@ final class SPFFutureCache<Value: Sendable>: @unchecked Sendable {
     var count: Int { lock.withLock { entries.count } }
 
     /// The cached future for `key`, or a new one from `start`; `first` says which.
-    func future(for key: String, start: () -> EventLoopFuture<Value>) -> (EventLoopFuture<Value>, first: Bool) {
+    func future(for key: String, on eventLoop: any EventLoop, start: () -> EventLoopFuture<Value>) -> (EventLoopFuture<Value>, first: Bool) {
         guard capacity > 0, lifetime > .zero else { return (start(), true) }
         let now = NIODeadline.now()
-        if let cached = lock.withLock({ () -> EventLoopFuture<Value>? in
-            guard let entry = entries[key], entry.expires > now else { return nil }
-            return entry.future
-        }) {
-            return (cached, false)
-        }
-        // Started outside the lock: `start` may complete at once and call back into us.
-        let future = start()
-        return lock.withLock {
-            if let entry = entries[key], entry.expires > now { return (entry.future, false) }
+        let (future, promise) = lock.withLock { () -> (EventLoopFuture<Value>, EventLoopPromise<Value>?) in
+            if let entry = entries[key], entry.expires > now { return (entry.future, nil) }
             // Drop expired entries from the old end, and the oldest live ones when full.
             while head < order.count {
                 let (old, oldSerial) = order[head]
@@ -323,10 +315,15 @@ final class SPFFutureCache<Value: Sendable>: @unchecked Sendable {
                 head = 0
             }
             serial += 1
-            entries[key] = Entry(future: future, expires: now + lifetime, serial: serial, flag: false)
+            let promise = eventLoop.makePromise(of: Value.self)
+            entries[key] = Entry(future: promise.futureResult, expires: now + lifetime, serial: serial, flag: false)
             order.append((key, serial))
-            return (future, true)
+            return (promise.futureResult, promise)
         }
+        // Started outside the lock: `start` may complete at once and call back into us.
+        guard let promise else { return (future, false) }
+        promise.completeWith(start())
+        return (future, true)
     }
 
     /// True the first time it is asked for `key` (while the entry lives), false after.
