@@ -1,6 +1,7 @@
 // Starts Tests/Support/dns_server.py (a real DNS server on loopback) for the SPF tests and
 // talks to it over its stdin/stdout control lines. Closing stdin stops it, so a test that
-// dies never leaves it running.
+// dies never leaves it running. The blocking pipe reads run on a thread of their own, not
+// on Swift concurrency's few shared threads (other tests' timers would starve).
 
 import Foundation
 @testable import BackstopCore
@@ -19,8 +20,19 @@ final class LoopbackDNSServer: @unchecked Sendable {
 
     static var script: String { packageRoot.appendingPathComponent("Tests/Support/dns_server.py").path }
 
+    private static let io = DispatchQueue(label: "backstop.test.dns-server")
+
     /// Serves `zone` (name -> records as in rfc7208-tests.yml) or the scenarios of `suite`.
-    init(zone: [String: Any]? = nil, suite: String? = nil, delayMilliseconds: Int = 0) throws {
+    static func start(zone: [String: Any]? = nil, suite: String? = nil, delayMilliseconds: Int = 0) async throws -> LoopbackDNSServer {
+        nonisolated(unsafe) let zone = zone
+        return try await withCheckedThrowingContinuation { continuation in
+            io.async {
+                continuation.resume(with: Result { try LoopbackDNSServer(zone: zone, suite: suite, delayMilliseconds: delayMilliseconds) })
+            }
+        }
+    }
+
+    private init(zone: [String: Any]? = nil, suite: String? = nil, delayMilliseconds: Int = 0) throws {
         var arguments = [LoopbackDNSServer.script, "--delay-ms", String(delayMilliseconds)]
         if let zone {
             let file = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-zone-\(UUID().uuidString).json")
@@ -46,12 +58,18 @@ final class LoopbackDNSServer: @unchecked Sendable {
 
     /// Sends one control command and returns its one-line answer.
     @discardableResult
-    func command(_ line: String) -> String {
+    func command(_ line: String) async -> String {
+        await withCheckedContinuation { continuation in
+            LoopbackDNSServer.io.async { continuation.resume(returning: self.commandNow(line)) }
+        }
+    }
+
+    private func commandNow(_ line: String) -> String {
         input.fileHandleForWriting.write(Data((line + "\n").utf8))
         return LoopbackDNSServer.readLine(output.fileHandleForReading, &buffer) ?? ""
     }
 
-    var queryCount: Int { Int(command("count")) ?? -1 }
+    func queryCount() async -> Int { Int(await command("count")) ?? -1 }
 
     private static func readLine(_ handle: FileHandle, _ buffer: inout [UInt8]) -> String? {
         while true {
@@ -66,9 +84,9 @@ final class LoopbackDNSServer: @unchecked Sendable {
         }
     }
 
+    /// Closes stdin, which stops the server; does not wait for it to exit.
     func stop() {
         try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
     }
 
     deinit {

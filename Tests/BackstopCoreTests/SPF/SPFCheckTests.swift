@@ -58,7 +58,7 @@ private func decide(_ engine: PolicyEngine, _ request: PolicyRequest) async thro
 @Suite("SPF check", .serialized)
 struct SPFCheckTests {
     @Test func verifierPassFailAndExplanation() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         let verifier = SPFVerifier(settings: settings(server).verifier)
         defer { verifier.shutdown() }
@@ -132,13 +132,13 @@ struct SPFCheckTests {
     }
 
     @Test func oneEvaluationPerMessage() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         let s = settings(server)
         let check = try #require(try s.makeCheck(CheckBuildContext(logger: logger)) as? SPFCheck)
         defer { check.verifier.shutdown() }
         let engine = PolicyEngine(stages: [.rcpt: [check]])
-        server.command("reset")
+        await server.command("reset")
         let decisions = try await withThrowingTaskGroup(of: Decision.self) { group in
             for n in 0..<50 {
                 group.addTask {
@@ -155,7 +155,7 @@ struct SPFCheckTests {
         // The recipient never appears in the header (pypolicyd-spf's BCC leak).
         if case .prepend(let header) = prepends.first?.action { #expect(!header.contains("local.example")) }
         #expect(check.verifier.evaluationCount == 1)
-        #expect(server.queryCount == 1)
+        #expect(await server.queryCount() == 1)
         // Another message from the same client and sender within result_cache_ttl: no new evaluation.
         let other = try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: "other"))
         if case .prepend = other.action {} else { Issue.record("expected a header for the new message, got \(other.action)") }
@@ -163,7 +163,7 @@ struct SPFCheckTests {
     }
 
     @Test func deadlineHoldsWhenDNSNeverAnswers() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         let s = settings(server, workers: 2, dnsTimeout: .milliseconds(300), deadline: .milliseconds(700))
         let check = try #require(try s.makeCheck(CheckBuildContext(logger: logger, deadline: .seconds(5))) as? SPFCheck)
@@ -191,7 +191,7 @@ struct SPFCheckTests {
     }
 
     @Test func fullQueueAnswersTemperrorAtOnce() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         let s = settings(server, workers: 1, dnsTimeout: .milliseconds(400), deadline: .milliseconds(500), queue: 1)
         let verifier = SPFVerifier(settings: s.verifier)
@@ -212,7 +212,7 @@ struct SPFCheckTests {
     }
 
     @Test func hostileExplanationGivesOneResponse() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         let check = try #require(try settings(server).makeCheck(CheckBuildContext(logger: logger)) as? SPFCheck)
         defer { check.verifier.shutdown() }
@@ -230,7 +230,7 @@ struct SPFCheckTests {
     }
 
     @Test func skipRules() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         var s = settings(server)
         s.trustedNetworks = NetworkList([CIDR("127.0.0.0/8")!, CIDR("172.17.0.0/16")!])
@@ -251,7 +251,7 @@ struct SPFCheckTests {
     }
 
     @Test func heloCheckRefusesFirst() async throws {
-        let server = try LoopbackDNSServer(zone: zone)
+        let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
         var s = settings(server)
         s.heloCheck = true

@@ -46,7 +46,7 @@ struct SPFConformanceTests {
     @Test("RFC 7208 test suite through SPFVerifier")
     func suite() async throws {
         let (path, cases) = try SPFConformanceTests.loadSuite()
-        let server = try LoopbackDNSServer(suite: path)
+        let server = try await LoopbackDNSServer.start(suite: path)
         defer { server.stop() }
         var passed = 0
         var misses: [String] = []
@@ -55,7 +55,7 @@ struct SPFConformanceTests {
         for test in cases {
             if test.scenario != currentScenario {
                 currentScenario = test.scenario
-                #expect(server.command("scenario \(test.scenario)") == "ok")
+                #expect(await server.command("scenario \(test.scenario)") == "ok")
                 verifier?.shutdown()
                 var settings = SPFVerifier.Settings()
                 settings.resolvers = [server.resolver]
