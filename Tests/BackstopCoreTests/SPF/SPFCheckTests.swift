@@ -83,6 +83,36 @@ struct SPFCheckTests {
         #expect(many.queries <= 12)
     }
 
+    /// Each worker owns its libspf2 server; many evaluations at once on several workers must
+    /// give exactly what they give one at a time.
+    @Test func concurrentEvaluationsAgree() async throws {
+        let server = try await LoopbackDNSServer.start(zone: zone)
+        defer { server.stop() }
+        let verifier = SPFVerifier(settings: settings(server, workers: 4, queue: 1000).verifier)
+        defer { verifier.shutdown() }
+        let cases: [(String, String, SPFResult, String?)] = [
+            ("192.0.2.10", "a@pass.example", .pass, nil),
+            ("198.51.100.9", "b@pass.example", .fail, "198.51.100.9 is not one of pass.example's designated mail servers."),
+            ("2001:db8::9", "c@soft.example", .softfail, nil),
+            ("192.0.2.10", "d@broken.example", .permerror, nil),
+            ("192.0.2.10", "e@many.example", .permerror, nil),
+            ("192.0.2.10", "f@loop.example", .permerror, nil),
+        ]
+        let outcomes = await withTaskGroup(of: (Int, SPFOutcome).self) { group in
+            for n in 0..<240 {
+                let (ip, sender, _, _) = cases[n % cases.count]
+                group.addTask { (n, await verifier.evaluate(ip: ip, sender: sender, helo: "h.example")) }
+            }
+            return await group.reduce(into: [(Int, SPFOutcome)]()) { $0.append($1) }
+        }
+        #expect(outcomes.count == 240)
+        for (n, outcome) in outcomes {
+            let (_, _, result, explanation) = cases[n % cases.count]
+            #expect(outcome.result == result, "case \(n): \(outcome.result) \(outcome.problem ?? "") \(outcome.elapsed)")
+            if let explanation { #expect(outcome.explanation == explanation) }
+        }
+    }
+
     @Test func actionMappingAndHeaders() throws {
         var s = SPFSettings()
         s.receiver = "mx.test"
