@@ -191,6 +191,8 @@ private struct DNSSocket {
         guard fd >= 0 else { return nil }
         #if !canImport(Glibc)
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, socklen_t(MemoryLayout<Int32>.size))
         #endif
         self.fd = fd
         let rc = withUnsafePointer(to: &storage) {
@@ -198,14 +200,14 @@ private struct DNSSocket {
         }
         if rc != 0 {
             guard errno == EINPROGRESS, DNSSocket.wait(fd, events: Int16(POLLOUT), until: end) else {
-                _ = Glibc.close(fd)
+                closeSocket(fd)
                 return nil
             }
             var error: Int32 = 0
             var size = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
             if error != 0 {
-                _ = Glibc.close(fd)
+                closeSocket(fd)
                 return nil
             }
         }
@@ -225,7 +227,7 @@ private struct DNSSocket {
     func send(_ bytes: [UInt8]) -> Bool {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = bytes[offset...].withUnsafeBytes { sendSocket(fd, $0) }
             if n < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN, DNSSocket.wait(fd, events: Int16(POLLOUT), until: Date().addingTimeInterval(1)) { continue }
@@ -262,7 +264,18 @@ private struct DNSSocket {
         return out
     }
 
-    func close() { _ = Glibc.close(fd) }
+    func close() { closeSocket(fd) }
+}
+
+// Free functions, so the system calls are not shadowed by DNSSocket's methods.
+private func closeSocket(_ fd: Int32) { _ = close(fd) }
+
+private func sendSocket(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+    #if os(Linux)
+    return send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+    #else
+    return send(fd, bytes.baseAddress, bytes.count, 0)
+    #endif
 }
 
 /// DNS message encoding and decoding (RFC 1035), only as much as SPF needs.

@@ -282,9 +282,8 @@ final class SPFWorker: @unchecked Sendable {
             let addresses = shared.resolve(host, state.client.isV4 ? .a : .aaaa, timeout: timeout())
             if addresses.records.contains(.address(octets)) { found.append(host) }
         }
-        let lower = found.map { $0.lowercased() }
         let chosen = found.first(where: { $0.lowercased() == key }) ?? found.first(where: { $0.lowercased().hasSuffix("." + key) })
-            ?? lower.first.flatMap { _ in found.first } ?? "unknown"
+            ?? found.first ?? "unknown"
         state.validated[key] = chosen
         return chosen
     }

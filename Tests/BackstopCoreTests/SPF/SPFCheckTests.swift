@@ -22,6 +22,8 @@ nonisolated(unsafe) private let zone: [String: Any] = [
     "slow.example": ["TIMEOUT"],
     "mail.helo.example": [["TXT": "v=spf1 -all"]],
     "loop.example": [["TXT": "v=spf1 include:loop.example -all"]],
+    // Over 512 octets: the UDP answer is truncated and the client asks again over TCP.
+    "big.example": [["TXT": ["v=spf1 " + (1...40).map { "ip4:203.0.113.\($0)" }.joined(separator: " "), " -all"]]],
     "many.example": [["TXT": "v=spf1 " + (1...12).map { "a:h\($0).many.example" }.joined(separator: " ") + " -all"]],
 ]
 
@@ -81,6 +83,8 @@ struct SPFCheckTests {
         let many = await verifier.evaluate(ip: "192.0.2.10", sender: "a@many.example", helo: "x")
         #expect(many.result == .permerror)   // 12 a: terms with no address: void lookups, then the limit
         #expect(many.queries <= 12)
+        #expect(await verifier.evaluate(ip: "203.0.113.40", sender: "a@big.example", helo: "x").result == .pass)
+        #expect(await verifier.evaluate(ip: "203.0.113.41", sender: "a@big.example", helo: "x").result == .fail)
     }
 
     /// Each worker owns its libspf2 server; many evaluations at once on several workers must
