@@ -83,6 +83,9 @@ struct SPFCheckTests {
         let many = await verifier.evaluate(ip: "192.0.2.10", sender: "a@many.example", helo: "x")
         #expect(many.result == .permerror)   // 12 a: terms with no address: void lookups, then the limit
         #expect(many.queries <= 12)
+        // libspf2's own rule, documented in docs/spf-conformance.md.
+        let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
+        #expect(loopback.result == .pass && loopback.mechanism == "localhost")
         #expect(await verifier.evaluate(ip: "203.0.113.40", sender: "a@big.example", helo: "x").result == .pass)
         #expect(await verifier.evaluate(ip: "203.0.113.41", sender: "a@big.example", helo: "x").result == .fail)
     }
@@ -327,6 +330,12 @@ struct SPFCheckTests {
         #expect(s.trustedNetworks.contains("10.1.2.3") && !s.trustedNetworks.contains("127.0.0.1"))
         #expect(s.actions[.permerror] == .reply(code: 550, enhanced: "5.7.24", text: "SPF permerror: {domain}"))
         #expect(s.actions[.fail] == SPFSettings.defaultActions[.fail])
+
+        // The example configuration's [spf] section is valid and shows the defaults.
+        let example = LoopbackDNSServer.packageRoot.appendingPathComponent("examples/backstop.toml").path
+        let exampleSettings = SPFSettings.from(try Configuration.load(path: example))
+        #expect(exampleSettings.actions == SPFSettings.defaultActions)
+        #expect(exampleSettings.verifier == SPFSettings().verifier)
 
         let bad = "[policy]\nrcpt = [\"spf\"]\n[spf]\nheader = \"x-spf\"\nresolvers = [\"dns.example\"]\nworkerz = 3\n"
         do {
