@@ -216,39 +216,104 @@ final class SPFWorker: @unchecked Sendable {
         return nil
     }
 
-    /// The term that most plausibly decided: libspf2 does not say which one did, so this is
-    /// the first term of the record (or its redirect target) whose qualifier gives `result`
-    /// and which could have matched the client.
+    /// The term that decided. libspf2 does not say, so the record is walked again in order
+    /// against the DNS answers the evaluation left in the cache: the first term that matches
+    /// is it; a term whose answers are not cached (or an include/exists that cannot be
+    /// re-checked) is taken when its qualifier gives `result`.
     func matchedMechanism(_ result: SPFResult, state: SPFEvaluation) -> String? {
-        let qualifier: Character
+        guard let top = state.records.first else { return nil }
+        return matchedTerm(in: top, result: result, state: state, depth: 0)
+    }
+
+    private static func qualifier(for result: SPFResult) -> Character? {
         switch result {
-        case .pass: qualifier = "+"
-        case .fail: qualifier = "-"
-        case .softfail: qualifier = "~"
-        case .neutral: qualifier = "?"
-        default: return nil
+        case .pass: "+"
+        case .fail: "-"
+        case .softfail: "~"
+        case .neutral: "?"
+        default: nil
         }
-        guard var current = state.records.first else { return nil }
-        var seen = 0
-        while seen < 12 {
-            seen += 1
-            for directive in current.record.directives where directive.qualifier == qualifier {
-                switch directive.mechanism {
-                case .ip4, .ip6:
-                    if let network = directive.network {
-                        let prefix = directive.mechanism == .ip4 ? (directive.cidr4 ?? 32) : (directive.cidr6 ?? 128)
-                        if let cidr = CIDR("\(network)/\(prefix)"), cidr.contains(state.client) { return directive.text }
-                    }
-                default:
-                    return directive.text
-                }
+    }
+
+    private func matchedTerm(in entry: (domain: String, record: SPFRecord), result: SPFResult, state: SPFEvaluation, depth: Int) -> String? {
+        guard depth < 12, let wanted = SPFWorker.qualifier(for: result) else { return nil }
+        for directive in entry.record.directives {
+            switch matches(directive, domain: entry.domain, state: state, depth: depth) {
+            case true?: return directive.qualifier == wanted ? directive.text : nil
+            case false?: continue
+            case nil: if directive.qualifier == wanted { return directive.text }
             }
-            guard let redirect = current.record.redirect, !current.record.hasAll else { break }
-            let target = macroContext(state, domain: current.domain).expand(redirect, explanation: false) ?? redirect
-            guard let next = state.records.first(where: { $0.domain.lowercased() == target.lowercased() }) else { break }
-            current = next
         }
-        return nil
+        guard let redirect = entry.record.redirect, !entry.record.hasAll else { return nil }
+        let target = macroContext(state, domain: entry.domain).expandDomain(redirect) ?? redirect
+        guard let next = state.records.first(where: { $0.domain.lowercased() == target.lowercased() }) else { return nil }
+        return matchedTerm(in: next, result: result, state: state, depth: depth + 1)
+    }
+
+    /// Whether `directive` matched the client, from cached answers only; nil when unknown.
+    private func matches(_ directive: SPFRecord.Directive, domain: String, state: SPFEvaluation, depth: Int) -> Bool? {
+        let client = state.client
+        let family: DNSType = client.isV4 ? .a : .aaaa
+        let prefix = client.isV4 ? (directive.cidr4 ?? 32) : (directive.cidr6 ?? 128)
+        func name() -> String {
+            guard let spec = directive.domainSpec else { return domain }
+            return macroContext(state, domain: domain).expandDomain(spec) ?? spec
+        }
+        func contains(_ records: [DNSRecordData], prefix: Int) -> Bool {
+            records.contains { record in
+                guard case .address(let octets) = record, let address = IPAddress(octets: octets), address.isV4 == client.isV4 else { return false }
+                return address.masked(to: prefix) == client.masked(to: prefix)
+            }
+        }
+        switch directive.mechanism {
+        case .all:
+            return true
+        case .ip4, .ip6:
+            guard let network = directive.network, let cidr = CIDR("\(network)/\(directive.mechanism == .ip4 ? (directive.cidr4 ?? 32) : (directive.cidr6 ?? 128))") else { return false }
+            return cidr.contains(client)
+        case .a:
+            guard let answer = shared.cache.answer(name(), family) else { return nil }
+            return contains(answer.records, prefix: prefix)
+        case .mx:
+            guard let answer = shared.cache.answer(name(), .mx) else { return nil }
+            var unknown = false
+            for case .mx(_, let exchange) in answer.records {
+                guard let addresses = shared.cache.answer(exchange, family) else { unknown = true; continue }
+                if contains(addresses.records, prefix: prefix) { return true }
+            }
+            return unknown ? nil : false
+        case .exists:
+            guard let answer = shared.cache.answer(name(), .a) else { return nil }
+            return !answer.records.isEmpty
+        case .ptr, .include:
+            let target = name()
+            if directive.mechanism == .include {
+                guard let included = state.records.first(where: { $0.domain.lowercased() == target.lowercased() }) else { return nil }
+                guard let term = matchedTerm(in: included, result: .pass, state: state, depth: depth + 1) else { return nil }
+                return term.first.map { !"-~?".contains($0) }
+            }
+            let validated = validatedNameFromCache(state)
+            guard let validated else { return nil }
+            return validated.contains { $0 == target.lowercased() || $0.hasSuffix("." + target.lowercased()) }
+        }
+    }
+
+    /// The client's PTR names confirmed by cached A/AAAA answers; nil when not cached.
+    private func validatedNameFromCache(_ state: SPFEvaluation) -> [String]? {
+        guard let ptr = shared.cache.answer(SPFWorker.reverseName(state.client), .ptr) else { return nil }
+        var confirmed: [String] = []
+        for case .name(let host) in ptr.records.prefix(10) {
+            guard let addresses = shared.cache.answer(host, state.client.isV4 ? .a : .aaaa) else { continue }
+            if addresses.records.contains(.address(state.client.octets)) { confirmed.append(host.lowercased()) }
+        }
+        return confirmed
+    }
+
+    static func reverseName(_ client: IPAddress) -> String {
+        let octets = client.octets
+        if client.isV4 { return octets.reversed().map(String.init).joined(separator: ".") + ".in-addr.arpa" }
+        return octets.reversed().flatMap { [String($0 & 0xF, radix: 16), String($0 >> 4, radix: 16)] }
+            .joined(separator: ".") + ".ip6.arpa"
     }
 
     func macroContext(_ state: SPFEvaluation, domain: String, needsValidatedName: Bool = false) -> SPFMacroContext {
@@ -267,13 +332,7 @@ final class SPFWorker: @unchecked Sendable {
         if let known = state.validated[key] { return known }
         var found: [String] = []
         let octets = state.client.octets
-        let reverse: String
-        if state.client.isV4 {
-            reverse = octets.reversed().map(String.init).joined(separator: ".") + ".in-addr.arpa"
-        } else {
-            reverse = octets.reversed().flatMap { [String($0 & 0xF, radix: 16), String($0 >> 4, radix: 16)] }
-                .joined(separator: ".") + ".ip6.arpa"
-        }
+        let reverse = SPFWorker.reverseName(state.client)
         let timeout = { min(max(state.remaining, 0), Double(state.settings.dnsTimeout.nanoseconds) / 1e9) }
         state.queries += 1
         let ptr = shared.resolve(reverse, .ptr, timeout: timeout())
@@ -591,6 +650,18 @@ extension SPFWorker {
 }
 
 extension IPAddress {
+    /// An address from 4 or 16 octets in network order.
+    init?(octets: [UInt8]) {
+        switch octets.count {
+        case 4:
+            self = .v4(octets.reduce(0) { $0 << 8 | UInt32($1) })
+        case 16:
+            self = .v6(octets[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, octets[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+        default:
+            return nil
+        }
+    }
+
     /// The address in network order: 4 octets or 16.
     var octets: [UInt8] {
         switch self {

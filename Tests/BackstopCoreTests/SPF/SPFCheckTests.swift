@@ -24,6 +24,10 @@ nonisolated(unsafe) private let zone: [String: Any] = [
     "loop.example": [["TXT": "v=spf1 include:loop.example -all"]],
     // Over 512 octets: the UDP answer is truncated and the client asks again over TCP.
     "big.example": [["TXT": ["v=spf1 " + (1...40).map { "ip4:203.0.113.\($0)" }.joined(separator: " "), " -all"]]],
+    "mech.example": [["TXT": "v=spf1 a:nohost.mech.example mx ptr ~all"], ["MX": [10, "mx1.mech.example"]]],
+    "mx1.mech.example": [["A": "192.0.2.77"]],
+    "78.2.0.192.in-addr.arpa": [["PTR": "h.mech.example"]],
+    "h.mech.example": [["A": "192.0.2.78"]],
     "many.example": [["TXT": "v=spf1 " + (1...12).map { "a:h\($0).many.example" }.joined(separator: " ") + " -all"]],
 ]
 
@@ -83,6 +87,11 @@ struct SPFCheckTests {
         let many = await verifier.evaluate(ip: "192.0.2.10", sender: "a@many.example", helo: "x")
         #expect(many.result == .permerror)   // 12 a: terms with no address: void lookups, then the limit
         #expect(many.queries <= 12)
+        // The Received-SPF mechanism names the term that matched.
+        for (ip, result, mechanism) in [("192.0.2.77", SPFResult.pass, "mx"), ("192.0.2.78", .pass, "ptr"), ("192.0.2.79", .softfail, "~all")] {
+            let outcome = await verifier.evaluate(ip: ip, sender: "a@mech.example", helo: "x")
+            #expect(outcome.result == result && outcome.mechanism == mechanism, "\(ip): \(outcome.result) \(outcome.mechanism ?? "-")")
+        }
         // libspf2's own rule, documented in docs/spf-conformance.md.
         let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
         #expect(loopback.result == .pass && loopback.mechanism == "localhost")
