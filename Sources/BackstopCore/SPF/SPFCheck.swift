@@ -26,13 +26,22 @@ public final class SPFCheck: Check {
         ]), reason: "spf=temperror")
     }
 
-    public init(settings: SPFSettings, verifier: SPFVerifier, logger: Logger = Logger(label: "backstop.spf")) {
+    /// `previous`: the check this one replaces on reload; its caches are kept when their
+    /// settings did not change, so a message in flight still gets one header.
+    public init(settings: SPFSettings, verifier: SPFVerifier, logger: Logger = Logger(label: "backstop.spf"),
+                previous: SPFCheck? = nil) {
         self.settings = settings
         self.verifier = verifier
         self.logger = logger
-        // Instances live as long as a message transaction may reasonably take.
-        instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 1), lifetime: .minutes(30))
-        recent = SPFFutureCache(capacity: settings.resultCacheSize, lifetime: settings.resultCacheTTL)
+        if let previous, previous.settings.resultCacheSize == settings.resultCacheSize,
+           previous.settings.resultCacheTTL == settings.resultCacheTTL, previous.verifier === verifier {
+            instances = previous.instances
+            recent = previous.recent
+        } else {
+            // Instances live as long as a message transaction may reasonably take.
+            instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 1), lifetime: .minutes(30))
+            recent = SPFFutureCache(capacity: settings.resultCacheSize, lifetime: settings.resultCacheTTL)
+        }
     }
 
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {

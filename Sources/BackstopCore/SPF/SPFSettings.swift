@@ -129,7 +129,7 @@ public struct SPFSettings: CheckSettings, Equatable {
             settings.verifier.evaluationDeadline = max(ceiling, .milliseconds(50))
         }
         if let previous = context.previous as? SPFCheck, previous.settings.verifier == settings.verifier {
-            return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger)
+            return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, previous: previous)
         }
         return SPFCheck(settings: settings, verifier: SPFVerifier(settings: settings.verifier, logger: context.logger),
                         logger: context.logger)

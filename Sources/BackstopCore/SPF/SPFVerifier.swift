@@ -25,8 +25,9 @@ public final class SPFVerifier: Sendable {
         public var queueSize = 1_000
         /// The receiving host's name, for the %{r} macro.
         public var receiver = "unknown"
-        /// Hard cap on DNS queries (cached or not) per evaluation, whatever the record says.
-        public var maxQueries = 120
+        /// Hard cap on DNS queries (cached or not) per evaluation, whatever the record says:
+        /// above what RFC 7208's limits allow (10 terms × (1 + 10 MX/PTR names) + exp + %{p}).
+        public var maxQueries = 140
 
         public init() {}
     }

@@ -334,9 +334,11 @@ final class SPFWorker: @unchecked Sendable {
         let octets = state.client.octets
         let reverse = SPFWorker.reverseName(state.client)
         let timeout = { min(max(state.remaining, 0), Double(state.settings.dnsTimeout.nanoseconds) / 1e9) }
+        let budget = { state.remaining > 0 && state.queries < state.settings.maxQueries }
+        guard budget() else { return "unknown" }
         state.queries += 1
         let ptr = shared.resolve(reverse, .ptr, timeout: timeout())
-        for case .name(let host) in ptr.records.prefix(10) where state.remaining > 0 {
+        for case .name(let host) in ptr.records.prefix(10) where budget() {
             state.queries += 1
             let addresses = shared.resolve(host, state.client.isV4 ? .a : .aaaa, timeout: timeout())
             if addresses.records.contains(.address(octets)) { found.append(host) }
@@ -615,7 +617,8 @@ final class SPFWorker: @unchecked Sendable {
         if name.hasSuffix(".") { name.removeLast() }
         if let (real, _) = state.unalias(name.lowercased()) { name = real }
         SPFWorker.trace("explanation \(name)")
-        guard SPFWorker.domainProblem(name) == nil, state.forced == nil, state.remaining > 0 else { return SPF_E_DNS_ERROR }
+        guard SPFWorker.domainProblem(name) == nil, state.forced == nil, state.remaining > 0,
+              state.queries < state.settings.maxQueries else { return SPF_E_DNS_ERROR }
         let answer = shared.resolve(name, .txt, timeout: min(state.remaining, Double(state.settings.dnsTimeout.nanoseconds) / 1e9))
         state.queries += 1
         let texts = answer.records.compactMap { record -> [UInt8]? in

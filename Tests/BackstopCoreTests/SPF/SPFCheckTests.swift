@@ -208,6 +208,29 @@ struct SPFCheckTests {
         #expect(check.verifier.evaluationCount == 1)
     }
 
+    @Test func reloadKeepsVerifierAndCaches() async throws {
+        let server = try await LoopbackDNSServer.start(zone: zone)
+        defer { server.stop() }
+        let s = settings(server)
+        let first = try #require(try s.makeCheck(CheckBuildContext(logger: logger)) as? SPFCheck)
+        defer { first.verifier.shutdown() }
+        let r1 = try await decide(PolicyEngine(stages: [.rcpt: [first]]), request(sender: "a@pass.example", client: "192.0.2.10", instance: "r1"))
+        if case .prepend = r1.action {} else { Issue.record("expected a header, got \(r1.action)") }
+        var changed = s
+        changed.actions[.permerror] = .reply(code: 550, enhanced: "5.7.24", text: "x")
+        let second = try #require(try changed.makeCheck(CheckBuildContext(logger: logger, previous: first)) as? SPFCheck)
+        #expect(second.verifier === first.verifier)
+        // The same message, next recipient, after the reload: still one header.
+        let r2 = try await decide(PolicyEngine(stages: [.rcpt: [second]]),
+                                  request(sender: "a@pass.example", client: "192.0.2.10", instance: "r1", recipient: "x@local.example"))
+        #expect(r2.action == .dunno)
+        var resized = s
+        resized.verifier.workers = 3
+        let third = try #require(try resized.makeCheck(CheckBuildContext(logger: logger, previous: second)) as? SPFCheck)
+        defer { third.verifier.shutdown() }
+        #expect(third.verifier !== first.verifier)
+    }
+
     @Test func deadlineHoldsWhenDNSNeverAnswers() async throws {
         let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
