@@ -208,6 +208,35 @@ struct SPFCheckTests {
         #expect(check.verifier.evaluationCount == 1)
     }
 
+    /// RFC 7208 §4.6.4's limits bound the queries one evaluation can cost, however the
+    /// records are built: 10 terms, 10 MX names each, and no more.
+    @Test func hostileRecordsCostBoundedQueries() async throws {
+        var hostile: [String: Any] = [:]
+        hostile["fan.example"] = [["TXT": "v=spf1 " + (1...10).map { "mx:m\($0).fan.example" }.joined(separator: " ") + " -all"]]
+        for m in 1...10 {
+            hostile["m\(m).fan.example"] = (1...10).map { ["MX": [$0, "h\($0).m\(m).fan.example"]] }
+            for h in 1...10 { hostile["h\(h).m\(m).fan.example"] = [["AAAA": "2001:db8::\(h)"]] }
+        }
+        hostile["eleven.example"] = [["TXT": "v=spf1 mx -all"]] + (1...11).map { ["MX": [$0, "x\($0).eleven.example"]] }
+        hostile["chain1.example"] = [["TXT": "v=spf1 include:chain2.example -all"]]
+        for n in 2...14 { hostile["chain\(n).example"] = [["TXT": "v=spf1 include:chain\(n + 1).example -all"]] }
+        let server = try await LoopbackDNSServer.start(zone: hostile)
+        defer { server.stop() }
+        let verifier = SPFVerifier(settings: settings(server).verifier)
+        defer { verifier.shutdown() }
+        await server.command("reset")
+        let fan = await verifier.evaluate(ip: "192.0.2.1", sender: "a@fan.example", helo: "x")
+        #expect(fan.result == .fail)
+        #expect(fan.lookups == 10)
+        #expect(fan.queries <= 1 + 10 + 100)
+        #expect(await server.queryCount() <= 1 + 10 + 100)
+        let eleven = await verifier.evaluate(ip: "192.0.2.1", sender: "a@eleven.example", helo: "x")
+        #expect(eleven.result == .permerror)
+        let chain = await verifier.evaluate(ip: "192.0.2.1", sender: "a@chain1.example", helo: "x")
+        #expect(chain.result == .permerror)
+        #expect(chain.queries <= 11)
+    }
+
     @Test func reloadKeepsVerifierAndCaches() async throws {
         let server = try await LoopbackDNSServer.start(zone: zone)
         defer { server.stop() }
