@@ -205,7 +205,7 @@ public final class SPFCheck: Check {
 
     func log(_ evaluated: SPFEvaluated, _ verdict: Verdict, _ logger: Logger) {
         for outcome in [evaluated.helo, evaluated.mailfrom].compactMap({ $0 }) {
-            Counter(label: "backstop_spf_results_total", dimensions: [("result", outcome.result.rawValue)]).increment()
+            verifier.shared.metrics.results[outcome.result]?.increment()
             logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
         }
     }

@@ -91,7 +91,7 @@ public final class SPFVerifier: Sendable {
         }
         promise.futureResult.whenComplete { _ in timer.cancel() }
         if !queue.submit(job) {
-            Counter(label: "backstop_spf_queue_full_total").increment()
+            shared.metrics.queueFull.increment()
             var outcome = SPFOutcome(result: .temperror, query: query, problem: "all SPF workers are busy and the queue is full")
             outcome.elapsed = NIODeadline.now() - started
             job.expire(outcome)
@@ -132,6 +132,7 @@ final class SPFShared: Sendable {
     let logger: Logger
     let evaluations = LockedCounter()
     let networkQueries = LockedCounter()
+    let metrics = SPFMetrics()
 
     init(client: DNSClient, cache: DNSCache, settings: SPFVerifier.Settings, logger: Logger) {
         self.client = client
@@ -144,10 +145,29 @@ final class SPFShared: Sendable {
     func resolve(_ name: String, _ type: DNSType, timeout: TimeInterval) -> DNSAnswer {
         if let cached = cache.answer(name, type) { return cached }
         networkQueries.add(1)
-        Counter(label: "backstop_spf_dns_queries_total").increment()
+        metrics.dnsQueries.increment()
         let answer = client.query(name, type, timeout: timeout)
         cache.store(name, type, answer)
         return answer
+    }
+}
+
+/// The SPF metrics, made once (not per request). Listed in docs/spf.md.
+struct SPFMetrics: Sendable {
+    let evaluations: [SPFResult: Counter]
+    let results: [SPFResult: Counter]
+    let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
+    let queueFull = Counter(label: "backstop_spf_queue_full_total")
+
+    init() {
+        var evaluations: [SPFResult: Counter] = [:]
+        var results: [SPFResult: Counter] = [:]
+        for result in SPFResult.allCases {
+            evaluations[result] = Counter(label: "backstop_spf_evaluations_total", dimensions: [("result", result.rawValue)])
+            results[result] = Counter(label: "backstop_spf_results_total", dimensions: [("result", result.rawValue)])
+        }
+        self.evaluations = evaluations
+        self.results = results
     }
 }
 

@@ -110,7 +110,7 @@ final class SPFWorker: @unchecked Sendable {
         shared.evaluations.add(1)
         var outcome = run(query, deadline: deadline)
         outcome.elapsed = NIODeadline.now() - started
-        Counter(label: "backstop_spf_evaluations_total", dimensions: [("result", outcome.result.rawValue)]).increment()
+        shared.metrics.evaluations[outcome.result]?.increment()
         return outcome
     }
 

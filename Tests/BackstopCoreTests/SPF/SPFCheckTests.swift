@@ -129,6 +129,21 @@ struct SPFCheckTests {
         }
     }
 
+    @Test func commandLineReport() async throws {
+        let server = try await LoopbackDNSServer.start(zone: zone)
+        defer { server.stop() }
+        let s = settings(server)
+        let pass = await SPFReport.run(settings: s, ip: "192.0.2.10", sender: "a@pass.example", helo: "mail.pass.example")
+        let lines = pass.split(separator: "\n").map(String.init)
+        #expect(lines.first == "pass")
+        #expect(lines.contains("mechanism: ip4:192.0.2.0/24"))
+        #expect(lines.contains { $0.hasPrefix("header: Received-SPF: pass (mx.test: domain of a@pass.example designates 192.0.2.10") })
+        #expect(lines.contains { $0.hasPrefix("time: ") })
+        let bounce = await SPFReport.run(settings: s, ip: "192.0.2.10", sender: "", helo: "mail.helo.example")
+        #expect(bounce.hasPrefix("fail\nidentity: helo postmaster@mail.helo.example\n"))
+        #expect(bounce.contains("answer: 550 5.7.23 SPF fail: mail.helo.example does not allow 192.0.2.10"))
+    }
+
     @Test func actionMappingAndHeaders() throws {
         var s = SPFSettings()
         s.receiver = "mx.test"
