@@ -144,7 +144,9 @@ final class SPFWorker: @unchecked Sendable {
             SPF_request_set_ipv6(request, addr)
         }
         if !query.helo.isEmpty { SPF_request_set_helo_dom(request, query.helo) }
-        SPF_request_set_env_from(request, query.checkedMailbox)
+        guard SPF_request_set_env_from(request, query.checkedMailbox) == 0 else {
+            return SPFOutcome(result: .none, query: query, problem: "the sender is not a usable mailbox")
+        }
 
         var response: UnsafeMutablePointer<SPF_response_t>?
         let code = SPF_request_query_mailfrom(request, &response)
