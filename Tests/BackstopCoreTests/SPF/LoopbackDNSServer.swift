@@ -96,3 +96,11 @@ final class LoopbackDNSServer: @unchecked Sendable {
         }
     }
 }
+
+/// Runs blocking work (the DNS client waits on sockets) on a thread of its own, so the few
+/// threads Swift concurrency shares between tests stay free.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
