@@ -75,15 +75,18 @@ public final class SPFCheck: Check {
     /// The outcomes for one message: HELO first when configured, then MAIL FROM.
     func evaluations(client: String, sender: String, helo: String, deadline: NIODeadline, on eventLoop: any EventLoop) -> EventLoopFuture<SPFEvaluated> {
         let heloQuery = SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo)
-        let mailQuery = SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: sender.isEmpty ? .helo : .mailfrom)
+        // A bounce's MAIL FROM identity is postmaster@helo (RFC 7208 §2.4); still "mailfrom".
+        let mailQuery = SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom)
         let heloUsable = !helo.isEmpty && SPFWorker.domainProblem(helo) == nil
         guard settings.heloCheck, heloUsable else {
             return outcome(mailQuery, deadline: deadline, on: eventLoop).map { SPFEvaluated(helo: nil, mailfrom: $0) }
         }
         return outcome(heloQuery, deadline: deadline, on: eventLoop).flatMap { heloOutcome in
             if heloOutcome.result == .fail || sender.isEmpty {
-                // A bounce's MAIL FROM identity is the HELO identity: no second evaluation.
-                return eventLoop.makeSucceededFuture(SPFEvaluated(helo: heloOutcome, mailfrom: sender.isEmpty ? heloOutcome : nil))
+                // A bounce's MAIL FROM identity is postmaster@helo, just evaluated: no second evaluation.
+                var mailfrom = heloOutcome
+                mailfrom.query.identity = .mailfrom
+                return eventLoop.makeSucceededFuture(SPFEvaluated(helo: heloOutcome, mailfrom: sender.isEmpty ? mailfrom : nil))
             }
             return self.outcome(mailQuery, deadline: deadline, on: eventLoop).map { SPFEvaluated(helo: heloOutcome, mailfrom: $0) }
         }

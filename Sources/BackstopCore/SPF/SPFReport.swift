@@ -18,11 +18,11 @@ public enum SPFReport {
             evaluated.helo = await verifier.evaluate(ip: ip, sender: "", helo: helo, identity: .helo)
         }
         if evaluated.helo?.result != .fail {
-            if sender.isEmpty, let helo = evaluated.helo {
-                evaluated.mailfrom = helo
+            if sender.isEmpty, var same = evaluated.helo {
+                same.query.identity = .mailfrom
+                evaluated.mailfrom = same
             } else {
-                evaluated.mailfrom = await verifier.evaluate(ip: ip, sender: sender, helo: helo,
-                                                             identity: sender.isEmpty ? .helo : .mailfrom)
+                evaluated.mailfrom = await verifier.evaluate(ip: ip, sender: sender, helo: helo, identity: .mailfrom)
             }
         }
         let deciding = evaluated.helo?.result == .fail ? evaluated.helo! : (evaluated.mailfrom ?? evaluated.helo!)
