@@ -158,6 +158,7 @@ struct SPFMetrics: Sendable {
     let results: [SPFResult: Counter]
     let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
     let queueFull = Counter(label: "backstop_spf_queue_full_total")
+    let duration = Metrics.Timer(label: "backstop_spf_evaluation_duration_seconds", preferredDisplayUnit: .seconds)
 
     init() {
         var evaluations: [SPFResult: Counter] = [:]

@@ -111,6 +111,7 @@ final class SPFWorker: @unchecked Sendable {
         var outcome = run(query, deadline: deadline)
         outcome.elapsed = NIODeadline.now() - started
         shared.metrics.evaluations[outcome.result]?.increment()
+        shared.metrics.duration.recordNanoseconds(outcome.elapsed.nanoseconds)
         return outcome
     }
 
