@@ -38,8 +38,10 @@ public final class SPFCheck: Check {
             instances = previous.instances
             recent = previous.recent
         } else {
-            // Instances live as long as a message transaction may reasonably take.
-            instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 1), lifetime: .minutes(30))
+            // A message's outcome is kept as long as its transaction may reasonably take
+            // (smtpd allows 300 s per command), and for at least 10,000 messages at a time:
+            // the header-once rule depends on it even when result caching is off.
+            instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 10_000), lifetime: .minutes(15))
             recent = SPFFutureCache(capacity: settings.resultCacheSize, lifetime: settings.resultCacheTTL)
         }
     }
