@@ -316,6 +316,8 @@ enum DNSWire {
               let qd = reader.u16(), let an = reader.u16(), reader.u16() != nil, reader.u16() != nil else { return nil }
         let truncated = flags & 0x0200 != 0
         let rcode = flags & 0x000F
+        // Some servers send REFUSED or SERVFAIL without the question: take it as the failure it is.
+        if qd == 0, rcode != 0, rcode != 3 { return Parsed(truncated: false, answer: DNSAnswer(status: .serverFailure)) }
         guard qd == 1, let qname = reader.name(), reader.u16() == type.rawValue, reader.u16() == 1 else { return nil }
         guard let asked = decodeNameForComparison(question), qname.lowercased() == asked.lowercased() else { return nil }
         if truncated { return Parsed(truncated: true, answer: DNSAnswer(status: .timeout)) }
