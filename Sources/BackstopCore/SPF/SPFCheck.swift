@@ -79,7 +79,7 @@ public final class SPFCheck: Check {
         let heloQuery = SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo)
         // A bounce's MAIL FROM identity is postmaster@helo (RFC 7208 §2.4); still "mailfrom".
         let mailQuery = SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom)
-        let heloUsable = !helo.isEmpty && SPFWorker.domainProblem(helo) == nil
+        let heloUsable = !helo.isEmpty && SPFQuery.domainProblem(helo) == nil
         guard settings.heloCheck, heloUsable else {
             return outcome(mailQuery, deadline: deadline, on: eventLoop).map { SPFEvaluated(helo: nil, mailfrom: $0) }
         }

@@ -38,6 +38,22 @@ public struct SPFQuery: Sendable, Hashable {
         return sender
     }
 
+    /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can.
+    static func domainProblem(_ domain: String) -> String? {
+        var name = Substring(domain)
+        if name.hasSuffix(".") { name = name.dropLast() }
+        if name.isEmpty { return "empty domain" }
+        if name.hasPrefix("[") || IPAddress(String(name)) != nil { return "domain is an address literal" }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        if labels.count < 2 { return "domain \"\(domain)\" is not a fully qualified name" }
+        for label in labels {
+            if label.isEmpty { return "domain \"\(domain)\" has an empty label" }
+            if label.utf8.count > 63 { return "domain has a label longer than 63 octets" }
+        }
+        if name.utf8.count > 253 { return "domain is longer than 253 octets" }
+        return nil
+    }
+
     /// The domain whose policy is evaluated.
     public var domain: String {
         let mailbox = checkedMailbox

@@ -14,7 +14,7 @@ public enum SPFReport {
         defer { verifier.shutdown() }
         let check = SPFCheck(settings: settings, verifier: verifier)
         var evaluated = SPFEvaluated()
-        if settings.heloCheck, !helo.isEmpty, SPFWorker.domainProblem(helo) == nil {
+        if settings.heloCheck, !helo.isEmpty, SPFQuery.domainProblem(helo) == nil {
             evaluated.helo = await verifier.evaluate(ip: ip, sender: "", helo: helo, identity: .helo)
         }
         if evaluated.helo?.result != .fail {

@@ -1,6 +1,6 @@
 // The one place Backstop calls libspf2. SPFVerifier owns a bounded pool of worker threads,
 // each with its own libspf2 server (those are not safe to share between threads), and
-// gives libspf2 a DNS layer of Backstop's own (SPFWorker's lookup/get_spf/get_exp
+// gives libspf2 a DNS layer of Backstop's own (Worker's lookup/get_spf/get_exp
 // callbacks): queries go through DNSClient and DNSCache, every SPF record is checked
 // against the RFC 7208 grammar and rewritten into forms libspf2 reads right, and the
 // DNS-mechanism and void-lookup limits are counted across include and redirect. It does
@@ -43,7 +43,7 @@ public final class SPFVerifier: Sendable {
         shared = SPFShared(client: client, cache: DNSCache(capacity: settings.dnsCacheSize), settings: settings, logger: logger)
         queue = SPFWorkQueue(capacity: settings.queueSize)
         for index in 0..<max(1, settings.workers) {
-            let worker = SPFWorker(shared: shared)
+            let worker = Worker(shared: shared)
             let queue = self.queue
             let thread = Thread {
                 while let job = queue.next() {
