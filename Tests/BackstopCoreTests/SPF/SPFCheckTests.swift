@@ -33,8 +33,8 @@ nonisolated(unsafe) private let zone: [String: Any] = [
 
 private let logger = Logger(label: "test")
 
-private func settings(_ server: LoopbackDNSServer, workers: Int = 2, dnsTimeout: TimeAmount = .milliseconds(500),
-                      deadline: TimeAmount = .seconds(3), queue: Int = 100) -> SPFSettings {
+private func settings(_ server: LoopbackDNSServer, workers: Int = 2, dnsTimeout: TimeAmount = .seconds(2),
+                      deadline: TimeAmount = .seconds(5), queue: Int = 100) -> SPFSettings {
     var s = SPFSettings()
     s.verifier.resolvers = [server.resolver]
     s.verifier.workers = workers

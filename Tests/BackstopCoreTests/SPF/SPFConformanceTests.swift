@@ -52,20 +52,32 @@ struct SPFConformanceTests {
         var misses: [String] = []
         var currentScenario = -1
         var verifier: SPFVerifier?
+        var patient: SPFVerifier?
+        func make(_ timeout: TimeAmount) -> SPFVerifier {
+            var settings = SPFVerifier.Settings()
+            settings.resolvers = [server.resolver]
+            settings.dnsTimeout = timeout
+            settings.evaluationDeadline = .seconds(8)
+            settings.workers = 1
+            settings.receiver = "receiver.example"
+            return SPFVerifier(settings: settings)   // a fresh DNS cache per scenario
+        }
         for test in cases {
             if test.scenario != currentScenario {
                 currentScenario = test.scenario
                 #expect(await server.command("scenario \(test.scenario)") == "ok")
                 verifier?.shutdown()
-                var settings = SPFVerifier.Settings()
-                settings.resolvers = [server.resolver]
-                settings.dnsTimeout = .milliseconds(400)
-                settings.evaluationDeadline = .seconds(4)
-                settings.workers = 1
-                settings.receiver = "receiver.example"
-                verifier = SPFVerifier(settings: settings)   // a fresh DNS cache per scenario
+                patient?.shutdown()
+                // The zone data's TIMEOUT entries cost one DNS timeout each: keep it short,
+                // and ask again with a long one when a temperror was not expected (a busy
+                // machine can be slower than the short timeout).
+                verifier = make(.milliseconds(400))
+                patient = make(.seconds(3))
             }
-            let outcome = await verifier!.evaluate(ip: test.host, sender: test.mailfrom, helo: test.helo)
+            var outcome = await verifier!.evaluate(ip: test.host, sender: test.mailfrom, helo: test.helo)
+            if outcome.result == .temperror && !test.results.contains("temperror") {
+                outcome = await patient!.evaluate(ip: test.host, sender: test.mailfrom, helo: test.helo)
+            }
             var ok = test.results.contains(outcome.result.rawValue)
             var detail = "got \(outcome.result.rawValue), want \(test.results.joined(separator: "|"))"
             if ok, let want = test.explanation, outcome.result == .fail {
@@ -82,6 +94,7 @@ struct SPFConformanceTests {
             }
         }
         verifier?.shutdown()
+        patient?.shutdown()
         print("SPF conformance: \(passed) of \(cases.count) passed")
         for miss in misses { print("  miss: \(miss)") }
         #expect(cases.count == 203)
