@@ -1,6 +1,6 @@
 // What `backstop spf` prints: the result word alone on the first line (for scripts), then
-// the identity, the mechanism that matched, the answer Backstop would give, the header it
-// would add and the time taken. Uses the same settings, verifier and rules as the server.
+// the mechanism that matched, the header it would add, the time taken, and the identity,
+// explanation or problem and the answer Backstop would give. Uses the same settings, verifier and rules as the server.
 
 import Foundation
 import Logging
@@ -27,7 +27,10 @@ public enum SPFReport {
         }
         let deciding = evaluated.helo?.result == .fail ? evaluated.helo! : (evaluated.mailfrom ?? evaluated.helo!)
         let verdict = check.verdict(for: evaluated, header: true)
-        var text = describe(deciding, header: check.header(for: deciding))
+        // The header only when the answer adds it (a refusal adds none).
+        var header: String?
+        if case .prepend(let line) = verdict.action { header = line }
+        var text = describe(deciding, header: header)
         text += "answer: \(ResponseEncoder.actionText(verdict.action))\n"
         if let address = IPAddress(ip), settings.trustedNetworks.contains(address) {
             text += "note: \(ip) is in trusted_networks: the server would skip SPF for it\n"
@@ -35,19 +38,20 @@ public enum SPFReport {
         return text
     }
 
-    /// The outcome as lines of text, the result word alone on the first.
+    /// The outcome as lines of text: the result word alone on the first, then the mechanism,
+    /// the header, the time taken, and the details.
     public static func describe(_ outcome: SPFOutcome, header: String?) -> String {
         var lines = [outcome.result.rawValue]
-        lines.append("identity: \(outcome.query.identity.rawValue) \(outcome.query.checkedMailbox)")
         lines.append("mechanism: \(outcome.mechanism ?? "-")")
-        if let explanation = outcome.explanation {
-            lines.append("explanation: \(ResponseEncoder.sanitise(explanation, limit: 400))")
-        }
-        if let problem = outcome.problem { lines.append("problem: \(ResponseEncoder.sanitise(problem, limit: 400))") }
         lines.append("header: \(header.map { ResponseEncoder.sanitise($0, limit: ResponseEncoder.maxHeaderLine) } ?? "-")")
         let ms = Double(outcome.elapsed.nanoseconds) / 1e6
         lines.append(String(format: "time: %.1f ms (%d DNS-mechanism lookups, %d void, %d queries)",
                             ms, outcome.lookups, outcome.voidLookups, outcome.queries))
+        lines.append("identity: \(outcome.query.identity.rawValue) \(outcome.query.checkedMailbox)")
+        if let explanation = outcome.explanation {
+            lines.append("explanation: \(ResponseEncoder.sanitise(explanation, limit: 400))")
+        }
+        if let problem = outcome.problem { lines.append("problem: \(ResponseEncoder.sanitise(problem, limit: 400))") }
         return lines.joined(separator: "\n") + "\n"
     }
 }

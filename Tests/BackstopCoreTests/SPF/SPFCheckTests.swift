@@ -140,7 +140,8 @@ struct SPFCheckTests {
         #expect(lines.contains { $0.hasPrefix("header: Received-SPF: pass (mx.test: domain of a@pass.example designates 192.0.2.10") })
         #expect(lines.contains { $0.hasPrefix("time: ") })
         let bounce = await SPFReport.run(settings: s, ip: "192.0.2.10", sender: "", helo: "mail.helo.example")
-        #expect(bounce.hasPrefix("fail\nidentity: mailfrom postmaster@mail.helo.example\n"))
+        #expect(bounce.hasPrefix("fail\nmechanism: -all\nheader: -\ntime: "))
+        #expect(bounce.contains("\nidentity: mailfrom postmaster@mail.helo.example\n"))
         #expect(bounce.contains("answer: 550 5.7.23 SPF fail: mail.helo.example does not allow 192.0.2.10"))
     }
 
