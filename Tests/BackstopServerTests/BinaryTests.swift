@@ -140,6 +140,25 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.log.contains("backstop stopped"))
     }
 
+    @Test func lookupSaysValidUnknownOrNotOurDomain() throws {
+        let config = packageRoot + "/examples/backstop.toml"
+        let valid = try runBackstop(["lookup", "alice@example.com", "--config", config])
+        #expect(valid.status == 0)
+        #expect(valid.stdout.contains("valid ("))
+        #expect(valid.stdout.contains("recipients:"))
+        let unknown = try runBackstop(["lookup", "nobody-here@example.com", "--config", config])
+        #expect(unknown.status == 1)
+        #expect(unknown.stdout.contains("unknown"))
+        let foreign = try runBackstop(["lookup", "someone@elsewhere.example", "--config", config])
+        #expect(foreign.status == 2)
+        #expect(foreign.stdout.contains("not our domain"))
+        let dir = tempDirectory()
+        try "good@example.net OK\nbad line without a domain\n".write(toFile: dir + "/table", atomically: true, encoding: .utf8)
+        let broken = try runBackstop(["lookup", "good@example.net", "--table", dir + "/table"])
+        #expect(broken.status == 3)
+        #expect(broken.stderr.contains(dir + "/table:2:"))
+    }
+
     @Test func startupFailsClearlyOnABrokenConfig() throws {
         let dir = tempDirectory()
         let path = dir + "/broken.toml"

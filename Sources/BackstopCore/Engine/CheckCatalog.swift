@@ -36,6 +36,7 @@ public struct CheckKind: Sendable {
 
 public enum CheckCatalog {
     public static let kinds: [CheckKind] = [
+        CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) },
     ]
 
