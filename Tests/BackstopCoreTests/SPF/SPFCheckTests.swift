@@ -283,15 +283,23 @@ struct SPFCheckTests {
         let check = try #require(try s.makeCheck(CheckBuildContext(logger: logger, deadline: .seconds(5))) as? SPFCheck)
         defer { check.verifier.shutdown() }
         let engine = PolicyEngine(stages: [.rcpt: [check]], deadline: .seconds(5))
+        // All asked at once; each answer's time is taken where it is produced (on the event
+        // loop), not when a busy test machine gets round to resuming this task.
+        let loop = NIOSingletons.posixEventLoopGroup.next()
         let started = NIODeadline.now()
-        let decisions = try await withThrowingTaskGroup(of: Decision.self) { group in
-            for n in 0..<8 {   // more than the workers: the rest wait in the queue
-                group.addTask { try await decide(engine, request(sender: "u\(n)@slow.example", instance: "slow\(n)")) }
+        var futures: [EventLoopFuture<(Decision, NIODeadline)>] = []
+        for n in 0..<8 {   // more than the workers: the rest wait in the queue
+            switch engine.decide(request(sender: "u\(n)@slow.example", instance: "slow\(n)"), eventLoop: loop, logger: logger) {
+            case .immediate(let d): futures.append(loop.makeSucceededFuture((d, NIODeadline.now())))
+            case .pending(let f): futures.append(f.map { ($0, NIODeadline.now()) })
             }
-            return try await group.reduce(into: []) { $0.append($1) }
         }
-        let elapsed = NIODeadline.now() - started
-        #expect(elapsed < .seconds(3), "the evaluation deadline must bound the wait, took \(elapsed)")
+        var decisions: [Decision] = []
+        for future in futures {
+            let (decision, answered) = try await future.get()
+            decisions.append(decision)
+            #expect(answered - started < .seconds(3), "the evaluation deadline must bound the wait, took \(answered - started)")
+        }
         for d in decisions {
             #expect(ResponseEncoder.actionText(d.action).hasPrefix("DEFER_IF_PERMIT 4.7.24"))
             #expect(d.reason == "spf=temperror")
