@@ -37,6 +37,7 @@ public struct CheckKind: Sendable {
 public enum CheckCatalog {
     public static let kinds: [CheckKind] = [
         CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) },
     ]
 
     public static func kind(named name: String) -> CheckKind? {
