@@ -61,7 +61,7 @@ public struct SPFSettings: CheckSettings, Equatable {
         }
         verifier.resolvers = resolvers
         verifier.dnsTimeout = section.duration("dns_timeout", default: .seconds(2), range: .milliseconds(50)...(.seconds(30)))
-        verifier.evaluationDeadline = section.duration("evaluation_deadline", default: .seconds(8), range: .milliseconds(100)...(.seconds(60)))
+        verifier.evaluationDeadline = section.duration("evaluation_deadline", default: .seconds(4), range: .milliseconds(100)...(.seconds(60)))
         if verifier.dnsTimeout > verifier.evaluationDeadline {
             section.report("dns_timeout", "is longer than evaluation_deadline (\(Duration.format(verifier.evaluationDeadline))): make it shorter")
         }

@@ -18,7 +18,7 @@ public final class SPFVerifier: Sendable {
         public var resolvers: [DNSResolverAddress] = []
         public var dnsTimeout: TimeAmount = .seconds(2)
         /// One evaluation never takes longer than this, however many queries it needs.
-        public var evaluationDeadline: TimeAmount = .seconds(8)
+        public var evaluationDeadline: TimeAmount = .seconds(4)
         public var dnsCacheSize = 10_000
         public var workers = 4
         /// Evaluations waiting for a worker; beyond this they get temperror at once.
