@@ -21,6 +21,25 @@ final class LoopEngine: @unchecked Sendable {
         return current
     }
 
+    /// Counts since the last summary, by ServerMetrics.actionClasses, plus deadline expiries.
+    private(set) var counts = [Int](repeating: 0, count: ServerMetrics.actionClasses.count)
+    private(set) var expiries = 0
+
+    /// Only on `eventLoop`.
+    func count(_ decision: Decision) {
+        counts[ServerMetrics.actionClass(decision.action)] += 1
+        if decision.deadlineExpired { expiries += 1 }
+    }
+
+    /// Only on `eventLoop`: returns and resets the counts.
+    func takeCounts() -> ([Int], Int) {
+        defer {
+            for i in counts.indices { counts[i] = 0 }
+            expiries = 0
+        }
+        return (counts, expiries)
+    }
+
     func replace(with engine: PolicyEngine, generation: Int) {
         eventLoop.execute {
             self.current = engine

@@ -57,6 +57,12 @@ public final class PolicyClient {
 
     deinit { close(fd) }
 
+    /// Makes a blocked send fail after `seconds` instead of waiting forever.
+    public func setSendTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Sends raw bytes as they are.
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0
@@ -92,6 +98,19 @@ public final class PolicyClient {
             }
             pending.append(contentsOf: buffer[..<n])
         }
+    }
+
+    /// Reads until the peer closes (for simple HTTP in tests).
+    public func readAll() throws -> String {
+        var all = pending
+        pending = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            all.append(contentsOf: buffer[..<n])
+        }
+        return String(decoding: all, as: UTF8.self)
     }
 
     private func findBlockEnd() -> Int? {

@@ -149,6 +149,7 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func answer(_ request: PolicyRequest, _ decision: Decision, started: NIODeadline, context: ChannelHandlerContext) {
         let elapsed = (NIODeadline.now() - started).nanoseconds
         state.metrics.record(request: request, decision: decision, elapsedNanos: elapsed)
+        loopEngine.count(decision)
         if decision.deadlineExpired || decision.action != .dunno || LogOutput.shared.isEnabled(.info) {
             state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
         }

@@ -18,6 +18,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
     public private(set) var boundAddresses: [String] = []
     private let ownsGroup: Bool
     private let shutdownGrace: TimeAmount
+    private var stopHooks: [@Sendable () async -> Void] = []
+
+    /// Runs `hook` during stop, before the event loops shut down (e.g. the metrics listener).
+    public func onStop(_ hook: @escaping @Sendable () async -> Void) { stopHooks.append(hook) }
 
     public init(config: Configuration, engine: PolicyEngine, logger: Logger,
                 group: (any EventLoopGroup)? = nil, metrics: ServerMetrics = ServerMetrics()) {
@@ -62,7 +66,7 @@ public final class PolicyServer: Service, @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 8 * 1024, high: 64 * 1024))
             .childChannelOption(.maxMessagesPerRead, value: 4)
@@ -117,7 +121,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
                 return channel.close()
             }
         }
-        if state.draining.load(ordering: .relaxed) { return channel.close() }
+        if state.draining.load(ordering: .relaxed) {
+            state.logger.debug("connection closed: server is stopping: peer=\(LogEscaping.field(peer))")
+            return channel.close()
+        }
         let maxConnections = state.settings.withLockedValue { $0.maxConnections }
         let open = state.openConnections.add(1, ordering: .relaxed).newValue
         if open > maxConnections {
@@ -135,7 +142,10 @@ public final class PolicyServer: Service, @unchecked Sendable {
             state.metrics.connectionsOpen.record(now)
             state.connections.withLockedValue { _ = $0.removeValue(forKey: id) }
         }
-        guard let loopEngine = state.engine(for: channel.eventLoop) else { return channel.close() }
+        guard let loopEngine = state.engine(for: channel.eventLoop) else {
+            state.logger.error("internal error: no engine for this event loop; closing: peer=\(LogEscaping.field(peer))")
+            return channel.close()
+        }
         return channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(
                 PolicyConnectionHandler(state: state, loopEngine: loopEngine, peer: peer))
@@ -171,6 +181,8 @@ public final class PolicyServer: Service, @unchecked Sendable {
         for listener in listeners {
             if case .unix(let path) = listener.endpoint { unlink(path) }
         }
+        for hook in stopHooks { await hook() }
+        stopHooks = []
         if ownsGroup { try? await group.shutdownGracefully() }
     }
 

@@ -4,12 +4,12 @@
 import ArgumentParser
 
 @main
-struct Backstop: AsyncParsableCommand {
+struct Backstop: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
         version: "0.1.0",
-        subcommands: [Serve.self, CheckConfig.self, Query.self],
+        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, Bench.self],
         defaultSubcommand: Serve.self
     )
 }

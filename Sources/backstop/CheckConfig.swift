@@ -19,6 +19,8 @@ struct CheckConfig: ParsableCommand {
             let config = try Configuration.load(path: file)
             let logger = Logger(label: "backstop.check-config", factory: { _ in SwiftLogNoOpLogHandler() })
             _ = try EngineBuilder.build(config, previous: nil, logger: logger)
+            // With start_without_table the build tolerates a broken table; check-config does not.
+            try (config.checks["recipients"] as? RecipientsSettings)?.validateTables()
             print("\(file): OK")
         } catch let error as ConfigError {
             for issue in error.issues { printError(issue.description) }

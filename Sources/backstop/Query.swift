@@ -16,9 +16,9 @@ struct Query: ParsableCommand {
     @Option(help: "protocol_state (RCPT, DATA, END-OF-MESSAGE, …).") var state = "RCPT"
     @Option(help: "Envelope sender (empty for a bounce).") var sender = "sender@example.org"
     @Option(help: "Envelope recipient.") var recipient = "postmaster@example.com"
-    @Option(name: .customLong("client-address"), help: "SMTP client IP address.") var clientAddress = "192.0.2.1"
-    @Option(name: .customLong("client-name"), help: "SMTP client host name.") var clientName = "unknown"
-    @Option(help: "HELO/EHLO name.") var helo = "client.example.org"
+    @Option(name: .customLong("client-address"), help: "SMTP client IP address (default: this host, which the example treats as trusted).") var clientAddress = "127.0.0.1"
+    @Option(name: .customLong("client-name"), help: "SMTP client host name.") var clientName = "localhost"
+    @Option(help: "HELO/EHLO name.") var helo = "localhost"
     @Option(help: "Message instance (same for every recipient of one message).") var instance = "backstop.query.1"
     @Option(name: .customLong("sasl-username"), help: "SASL login name, if authenticated.") var saslUsername = ""
     @Option(name: .customLong("recipient-count"), help: "recipient_count (DATA stage).") var recipientCount = 0

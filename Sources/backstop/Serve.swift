@@ -7,10 +7,11 @@ import BackstopCore
 import BackstopServer
 import Foundation
 import Logging
+import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
-struct Serve: AsyncParsableCommand {
+struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the policy server.")
 
     @Option(name: .shortAndLong, help: "Configuration file.")
@@ -19,26 +20,64 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Stay in the foreground (always the case; accepted for systemd unit files).")
     var foreground = false
 
-    func run() async throws {
+    func run() throws {
+        let command = self
+        try runBlocking { try await command.serveAsync() }
+    }
+
+    func serveAsync() async throws {
         LogOutput.bootstrap()
         let logger = Logger(label: "backstop")
         let configuration: Configuration
         let engine: PolicyEngine
+        var registry: PrometheusCollectorRegistry?
         do {
             configuration = try Configuration.load(path: config)
             LogOutput.shared.configure(configuration.log)
+            // Metrics are routed before any check creates its counters.
+            if configuration.metrics.listen != nil { registry = MetricsSetup.bootstrap() }
             engine = try EngineBuilder.build(configuration, previous: nil, logger: logger)
         } catch let error as ConfigError {
             for issue in error.issues { logger.critical("cannot start: \(issue.description)") }
             throw ExitCode(78)  // EX_CONFIG
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
+        var metricsEndpoint: MetricsEndpoint?
+        defer { _ = metricsEndpoint }
+        if let registry, let listen = configuration.metrics.listen,
+           case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) {
+            do {
+                metricsEndpoint = try await MetricsEndpoint.start(host: host, port: port, registry: registry, group: server.group)
+                logger.info("metrics at http://\(metricsEndpoint!.address)/metrics")
+                let endpoint = metricsEndpoint!
+                server.onStop { await endpoint.stop() }
+            } catch {
+                logger.critical("cannot start: metrics listener \(listen): \(error)")
+                await server.stop()
+                throw ExitCode(71)
+            }
+        }
         do {
             try await server.start()
         } catch {
             logger.critical("cannot start: \(error)")
             await server.stop()
             throw ExitCode(71)  // EX_OSERR
+        }
+        let fileLimit = Privileges.raiseFileLimit()
+        if fileLimit > 0 && fileLimit < configuration.server.maxConnections + 64 {
+            logger.warning("open-file limit \(fileLimit) is below server.max_connections (\(configuration.server.maxConnections)) + 64: raise LimitNOFILE")
+        }
+        do {
+            try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            await server.stop()
+            throw ExitCode(77)  // EX_NOPERM
+        }
+        if configuration.log.summaryInterval > .zero {
+            let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)
+            server.onStop { summary.stop() }
         }
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")

@@ -99,7 +99,7 @@ public struct Configuration: Sendable {
 
         let policy = root.section("policy")
         config.policy.testMode = policy.bool("test_mode", default: false)
-        config.policy.deadline = policy.duration("deadline", default: .seconds(10), range: .milliseconds(10)...(.seconds(90)))
+        config.policy.deadline = policy.duration("deadline", default: .seconds(5), range: .milliseconds(10)...(.seconds(90)))
         var named = Set<String>()
         for state in ProtocolState.allCases where state != .other {
             let names = policy.stringArray(state.configKey, default: [])

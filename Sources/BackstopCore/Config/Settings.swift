@@ -16,6 +16,14 @@ public struct ListenerSettings: Sendable, Equatable {
     /// TCP only: clients outside these networks are disconnected before a byte is read.
     public var allow: NetworkList
 
+    public init(endpoint: Endpoint, mode: Int = 0o660, owner: String? = nil, group: String? = nil, allow: NetworkList = NetworkList([])) {
+        self.endpoint = endpoint
+        self.mode = mode
+        self.owner = owner
+        self.group = group
+        self.allow = allow
+    }
+
     public static let defaultTCP = ListenerSettings(endpoint: .tcp(host: "127.0.0.1", port: 10033), mode: 0o660,
                                                     owner: nil, group: nil, allow: NetworkList([]))
 
@@ -74,7 +82,7 @@ public struct PolicySettings: Sendable {
     /// Turns every refusal into WARN (logged, not enforced).
     public var testMode = false
     /// Every request is answered within this long, whatever the checks do.
-    public var deadline: TimeAmount = .seconds(10)
+    public var deadline: TimeAmount = .seconds(5)
     /// Which checks run, in order, for each protocol_state.
     public var stages: [ProtocolState: [String]] = [:]
 }

@@ -16,7 +16,7 @@ public struct CheckBuildContext: Sendable {
     public var previous: (any Check)?
     public var deadline: TimeAmount
 
-    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(10)) {
+    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(5)) {
         self.logger = logger
         self.previous = previous
         self.deadline = deadline
@@ -36,6 +36,8 @@ public struct CheckKind: Sendable {
 
 public enum CheckCatalog {
     public static let kinds: [CheckKind] = [
+        CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "ratelimit") { section, baseDir in RateLimitSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "bounces") { section, baseDir in BouncesSettings(reading: section, baseDirectory: baseDir) },
     ]

@@ -37,7 +37,7 @@ public final class PolicyEngine: Sendable {
     /// Every check by name, for reuse across reloads and for the CLI.
     public let checks: [String: any Check]
 
-    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(10),
+    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(5),
                 allChecks: [String: any Check] = [:]) {
         self.stages = stages
         self.testMode = testMode
@@ -126,10 +126,13 @@ public final class PolicyEngine: Sendable {
     struct Accumulator: Sendable {
         var prepend: (Verdict, String)?
         var warning: (Verdict, String, PolicyAction)?
+        /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
+        var quiet: (String, String)?
 
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
             switch verdict.action {
             case .dunno:
+                if quiet == nil && !verdict.reason.isEmpty { quiet = (check.name, verdict.reason) }
                 return nil
             case .prepend:
                 if prepend == nil { prepend = (verdict, check.name) }
@@ -151,6 +154,9 @@ public final class PolicyEngine: Sendable {
             }
             if let (verdict, name) = prepend {
                 return Decision(action: verdict.action, check: name, reason: verdict.reason)
+            }
+            if let (name, reason) = quiet {
+                return Decision(action: .dunno, check: name, reason: reason)
             }
             return Decision(action: .dunno, check: nil, reason: "no_opinion")
         }

@@ -12,7 +12,7 @@ import NIOCore
         #expect(config.listeners == [.defaultTCP])
         #expect(config.server.idleTimeout == .seconds(330))
         #expect(config.limits == .defaults)
-        #expect(config.policy.deadline == .seconds(10))
+        #expect(config.policy.deadline == .seconds(5))
     }
 
     @Test func readsEverySection() throws {

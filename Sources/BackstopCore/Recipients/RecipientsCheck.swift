@@ -1,0 +1,199 @@
+// The recipients check: at RCPT TO, refuse recipients in our domains that the tables do
+// not list (550 5.1.1 by default), so the message is never accepted and never bounced.
+// Recipients in other domains, and empty recipients, get no opinion. Reading the
+// [recipients] section is here too; the tables themselves are in RecipientTable*.swift.
+
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+
+public struct RecipientsSettings: CheckSettings {
+    public static let defaultRejectText = "550 5.1.1 User unknown"
+
+    public var source: RecipientTableSource
+    public var rules: RecipientNormalisation
+    /// The answer for an unknown recipient; "{recipient}" in its text becomes the address.
+    public var rejectAction: PolicyAction
+    public var reloadInterval: TimeAmount
+    public var startWithoutTable: Bool
+    public var testMode: Bool
+    /// The answer while no table has been loaded (only with start_without_table).
+    public var failAction: PolicyAction
+
+    public init(source: RecipientTableSource, rules: RecipientNormalisation = RecipientNormalisation(),
+                rejectAction: PolicyAction? = nil, reloadInterval: TimeAmount = .seconds(5),
+                startWithoutTable: Bool = false, testMode: Bool = false, failAction: PolicyAction = .dunno) {
+        self.source = source
+        self.rules = rules
+        self.rejectAction = rejectAction ?? (try! PolicyAction(parsing: Self.defaultRejectText))
+        self.reloadInterval = reloadInterval
+        self.startWithoutTable = startWithoutTable
+        self.testMode = testMode
+        self.failAction = failAction
+    }
+
+    public init(reading section: ConfigSection, baseDirectory: String) {
+        let tables = section.stringArray("tables", default: ["recipients"])
+        if tables.isEmpty { section.report("tables", "list at least one table file, e.g. [\"recipients\"]") }
+        let files = tables.map { $0.hasPrefix("/") || baseDirectory.isEmpty ? $0 : baseDirectory + "/" + $0 }
+        let domains = section.stringArray("domains", default: [])
+        for domain in domains where DomainName.asciiForm(domain) == nil || domain.contains("@") || domain.isEmpty {
+            section.report("domains", "\"\(LogEscaping.escape(domain))\" is not a domain name (write example.com, without @)")
+        }
+        let caseSensitive = section.bool("case_sensitive_local_part", default: false)
+        let delimiter = section.string("recipient_delimiter", default: "")
+        if delimiter.utf8.contains(where: { $0 >= 0x80 || $0 <= 0x20 || $0 == UInt8(ascii: "@") || $0 == UInt8(ascii: "\"") }) {
+            section.report("recipient_delimiter", "use ASCII punctuation such as \"+\" or \"+-\" (no @, quotes or blanks)")
+        }
+        let batv = section.bool("strip_batv", default: true)
+        let reject = section.action("reject_action", default: try! PolicyAction(parsing: Self.defaultRejectText))
+        if !reject.isRefusal {
+            section.report("reject_action", "must refuse: use a 5NN or 4NN reply such as \"550 5.1.1 User unknown\", REJECT or DEFER")
+        }
+        var interval = section.duration("reload_interval", default: .seconds(5))
+        if interval.nanoseconds != 0 && (interval < .milliseconds(10) || interval > .hours(24)) {
+            section.report("reload_interval", "use \"0s\" (no polling) or a duration from 10ms to 24h")
+            interval = .seconds(5)
+        }
+        let startWithout = section.bool("start_without_table", default: false)
+        let testMode = section.bool("test_mode", default: false)
+        let fail = section.action("fail_action", default: .dunno)
+        self.init(source: RecipientTableSource(files: files, domains: domains, caseSensitiveLocalPart: caseSensitive),
+                  rules: RecipientNormalisation(caseSensitiveLocalPart: caseSensitive, recipientDelimiter: delimiter,
+                                                stripBATV: batv),
+                  rejectAction: reject, reloadInterval: interval, startWithoutTable: startWithout,
+                  testMode: testMode, failAction: fail)
+    }
+
+    /// Reads the tables once and throws what is wrong with them (file:line), whatever
+    /// start_without_table says: for `backstop check-config`.
+    public func validateTables() throws(ConfigError) {
+        _ = try source.load()
+    }
+
+    public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        // Same files and key rules as the running check: keep its snapshot and watcher.
+        // Edits are picked up by the poller, or at once by reload() (ReloadableCheck),
+        // which the server calls on every check after a configuration reload.
+        if let previous = context.previous as? RecipientsCheck,
+           previous.directory.source == source, previous.directory.interval == reloadInterval {
+            if previous.directory.table == nil, !startWithoutTable,
+               case .failed(let error) = previous.directory.reload() {
+                throw error  // start_without_table was switched off while no table loads
+            }
+            return RecipientsCheck(settings: self, directory: previous.directory)
+        }
+        let directory = RecipientDirectory(source: source, interval: reloadInterval, logger: context.logger)
+        do {
+            try directory.loadInitial()
+        } catch {
+            guard startWithoutTable else { throw error }
+            context.logger.warning("starting without a recipient table (start_without_table = true); answering fail_action until one loads",
+                                   metadata: ["error": "\(error)"])
+        }
+        directory.startWatching()
+        return RecipientsCheck(settings: self, directory: directory)
+    }
+}
+
+public final class RecipientsCheck: ReloadableCheck {
+    public let name = "recipients"
+    public let settings: RecipientsSettings
+    public let directory: RecipientDirectory
+    public var testMode: Bool { settings.testMode }
+    public let failVerdict: Verdict
+
+    private let rejectHasPlaceholder: Bool
+    private let lookups: [Counter]  // indexed by LookupCounter
+
+    enum LookupCounter: Int, CaseIterable {
+        case known, unknown, override, notOurDomain, noRecipient, noTable
+        var label: String {
+            switch self {
+            case .known: "known"
+            case .unknown: "unknown"
+            case .override: "override"
+            case .notOurDomain: "not_our_domain"
+            case .noRecipient: "no_recipient"
+            case .noTable: "no_table"
+            }
+        }
+    }
+
+    public init(settings: RecipientsSettings, directory: RecipientDirectory) {
+        self.settings = settings
+        self.directory = directory
+        self.failVerdict = Verdict(settings.failAction, reason: "recipients_no_table")
+        self.rejectHasPlaceholder = settings.rejectAction.text?.contains("{recipient}") ?? false
+        self.lookups = LookupCounter.allCases.map {
+            Counter(label: "backstop_recipients_lookups_total", dimensions: [("result", $0.label)])
+        }
+    }
+
+    /// SIGHUP (ReloadableCheck): looks at the files now and loads any change at once,
+    /// without waiting for the next poll; a still-broken version is reported again.
+    public func reload() {
+        directory.reload()
+    }
+
+    /// Re-reads the tables if they changed (always, with `force`); for SIGHUP. Blocks while
+    /// a large table is parsed, so call it off the event loops.
+    @discardableResult
+    public func reloadTables(force: Bool = false) -> RecipientReloadOutcome {
+        directory.reload(force: force)
+    }
+
+    /// The SIGHUP hook for the server: re-reads the recipient tables of `engine`'s
+    /// recipients check, if it has one. Blocks while parsing; call it off the event loops.
+    @discardableResult
+    public static func reloadTables(in engine: PolicyEngine, force: Bool = false) -> RecipientReloadOutcome? {
+        (engine.checks["recipients"] as? RecipientsCheck)?.reloadTables(force: force)
+    }
+
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        .done(verdict(for: request))
+    }
+
+    /// The decision without the engine around it (the engine adds test mode and deadlines).
+    public func verdict(for request: PolicyRequest) -> Verdict {
+        guard let table = directory.table else {
+            lookups[LookupCounter.noTable.rawValue].increment()
+            return failVerdict
+        }
+        let match = request.withValueBytes(.recipient) { table.match($0, rules: settings.rules) } ?? .noAddress
+        switch match {
+        case .noAddress:
+            lookups[LookupCounter.noRecipient.rawValue].increment()
+            return .noOpinion("no_recipient")
+        case .notOurDomain:
+            lookups[LookupCounter.notOurDomain.rawValue].increment()
+            return .noOpinion("not_our_domain")
+        case .unknown:
+            lookups[LookupCounter.unknown.rawValue].increment()
+            let action = rejectHasPlaceholder ? Self.fill(settings.rejectAction, recipient: request.recipient) : settings.rejectAction
+            return Verdict(action, reason: "unknown_recipient")
+        case .entry(let index):
+            let override = table.entries[index].override
+            if override >= 0 {
+                lookups[LookupCounter.override.rawValue].increment()
+                return Verdict(Self.fill(table.overrides[Int(override)], recipient: request.recipient), reason: "recipient_override")
+            }
+            lookups[LookupCounter.known.rawValue].increment()
+            return .noOpinion("known_recipient")
+        }
+    }
+
+    /// Puts the address (as the client sent it; the response encoder sanitises it) into "{recipient}".
+    static func fill(_ action: PolicyAction, recipient: String) -> PolicyAction {
+        func put(_ text: String?) -> String? { text?.replacingOccurrences(of: "{recipient}", with: recipient) }
+        switch action {
+        case .reply(let code, let enhanced, let text): return .reply(code: code, enhanced: enhanced, text: put(text) ?? "")
+        case .reject(let text): return .reject(put(text))
+        case .deferTemporarily(let text): return .deferTemporarily(put(text))
+        case .deferIfPermit(let text): return .deferIfPermit(put(text))
+        case .deferIfReject(let text): return .deferIfReject(put(text))
+        default: return action
+        }
+    }
+}

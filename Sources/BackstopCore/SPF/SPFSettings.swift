@@ -1,0 +1,142 @@
+// The [spf] configuration section: DNS and worker settings for SPFVerifier, the actions per
+// SPF result, the header style and the skip rules. Reading only; SPFCheck acts on it.
+
+import Foundation
+import NIOCore
+
+public struct SPFSettings: CheckSettings, Equatable {
+    public enum HeaderStyle: String, Sendable, Equatable {
+        case receivedSPF = "received-spf"
+        case authenticationResults = "authentication-results"
+        case none
+    }
+
+    public var verifier = SPFVerifier.Settings()
+    public var testMode = false
+    /// Check the HELO identity first and refuse on its fail (pypolicyd-spf's HELO_reject).
+    public var heloCheck = false
+    public var header: HeaderStyle = .receivedSPF
+    /// The receiving host's name in headers and for %{r}; never a recipient address.
+    public var receiver: String
+    public var authservID: String
+    /// A page explaining SPF refusals; {domain}, {client}, {sender}, … are filled in.
+    public var explanationURL: String?
+    public var skipAuthenticated = true
+    public var trustedNetworks = NetworkList(CIDR.loopback)
+    public var skipSenderDomains: [String] = []
+    public var strictDomains: [String] = []
+    public var resultCacheTTL: TimeAmount = .seconds(60)
+    public var resultCacheSize = 10_000
+    public var actions: [SPFResult: PolicyAction] = SPFSettings.defaultActions
+
+    public static let defaultActions: [SPFResult: PolicyAction] = [
+        .pass: .dunno, .neutral: .dunno, .none: .dunno, .softfail: .dunno, .permerror: .dunno,
+        .fail: .reply(code: 550, enhanced: "5.7.23",
+                      text: "SPF fail: {domain} does not allow {client} to send mail as {sender}. {explanation}"),
+        .temperror: .deferIfPermit("4.7.24 SPF temperror: cannot check the SPF policy of {domain} now, try again later"),
+    ]
+
+    public static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let length = buffer.firstIndex(of: 0) ?? buffer.count
+        let name = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
+    }
+
+    public init() {
+        receiver = SPFSettings.hostName
+        authservID = receiver
+        verifier.receiver = receiver
+    }
+
+    public init(reading section: ConfigSection, baseDirectory: String) {
+        self.init()
+        testMode = section.bool("test_mode", default: false)
+        var resolvers: [DNSResolverAddress] = []
+        for text in section.stringArray("resolvers", default: []) {
+            if let address = DNSResolverAddress(text) { resolvers.append(address) } else {
+                section.report("resolvers", "\"\(LogEscaping.escape(text))\" is not a resolver address: use \"192.0.2.53\", \"192.0.2.53:53\" or \"[2001:db8::53]:53\"")
+            }
+        }
+        verifier.resolvers = resolvers
+        verifier.dnsTimeout = section.duration("dns_timeout", default: .seconds(2), range: .milliseconds(50)...(.seconds(30)))
+        verifier.evaluationDeadline = section.duration("evaluation_deadline", default: .seconds(4), range: .milliseconds(100)...(.seconds(60)))
+        if verifier.dnsTimeout > verifier.evaluationDeadline {
+            section.report("dns_timeout", "is longer than evaluation_deadline (\(Duration.format(verifier.evaluationDeadline))): make it shorter")
+        }
+        verifier.dnsCacheSize = section.int("dns_cache_size", default: 10_000, range: 0...10_000_000)
+        verifier.workers = section.int("workers", default: 4, range: 1...256)
+        verifier.queueSize = section.int("queue_size", default: 1_000, range: 1...1_000_000)
+        resultCacheTTL = section.duration("result_cache_ttl", default: .seconds(60), range: .zero...(.hours(1)))
+        resultCacheSize = section.int("result_cache_size", default: 10_000, range: 0...10_000_000)
+        heloCheck = section.bool("helo_check", default: false)
+        let style = section.string("header", default: HeaderStyle.receivedSPF.rawValue)
+        if let parsed = HeaderStyle(rawValue: style.lowercased()) { header = parsed } else {
+            section.report("header", "unknown header style \"\(LogEscaping.escape(style))\": use \"received-spf\", \"authentication-results\" or \"none\"")
+        }
+        receiver = section.string("receiver", default: receiver)
+        if !SPFSettings.isHeaderToken(receiver) {
+            section.report("receiver", "must be a host name such as \"mx.example.org\"")
+            receiver = SPFSettings.hostName
+        }
+        verifier.receiver = receiver
+        authservID = section.string("authserv_id", default: receiver)
+        if !SPFSettings.isHeaderToken(authservID) {
+            section.report("authserv_id", "must be a single token such as \"mx.example.org\"")
+            authservID = receiver
+        }
+        explanationURL = section.optionalString("explanation_url")
+        if let url = explanationURL, url.isEmpty { explanationURL = nil }
+        skipAuthenticated = section.bool("skip_authenticated", default: true)
+        trustedNetworks = section.networks("trusted_networks", default: CIDR.loopback)
+        skipSenderDomains = section.stringArray("skip_sender_domains", default: []).map(SPFSettings.normaliseDomain)
+        strictDomains = section.stringArray("strict_domains", default: []).map(SPFSettings.normaliseDomain)
+
+        let actionSection = section.section("actions")
+        for result in SPFResult.allCases {
+            actions[result] = actionSection.action(result.rawValue, default: SPFSettings.defaultActions[result]!)
+        }
+        actionSection.finish()
+    }
+
+    static func isHeaderToken(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 255
+            && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }
+    }
+
+    static func normaliseDomain(_ text: String) -> String {
+        var d = text.trimmingSpaces.lowercased()
+        if d.hasPrefix("@") { d.removeFirst() }
+        if d.hasSuffix(".") { d.removeLast() }
+        return d
+    }
+
+    /// True when `domain` is one of `list` or a subdomain of one.
+    static func listed(_ domain: String, in list: [String]) -> Bool {
+        guard !list.isEmpty else { return false }
+        let d = normaliseDomain(domain)
+        return list.contains { d == $0 || d.hasSuffix("." + $0) }
+    }
+
+    public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        var settings = self
+        // The evaluation must end well inside the request deadline, so that the temperror
+        // action (not the engine's fallback) answers a slow DNS.
+        let ceiling = context.deadline - .milliseconds(max(context.deadline.nanoseconds / 1_000_000 / 5, 50))
+        if settings.verifier.evaluationDeadline > ceiling {
+            context.logger.warning("spf.evaluation_deadline is not inside policy.deadline; using \(Duration.format(ceiling))")
+            settings.verifier.evaluationDeadline = max(ceiling, .milliseconds(50))
+        }
+        if let previous = context.previous as? SPFCheck, previous.settings.verifier == settings.verifier {
+            return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, previous: previous)
+        }
+        return SPFCheck(settings: settings, verifier: SPFVerifier(settings: settings.verifier, logger: context.logger),
+                        logger: context.logger)
+    }
+
+    /// The [spf] settings of a configuration, or the defaults when it has none (for the CLI).
+    public static func from(_ configuration: Configuration) -> SPFSettings {
+        configuration.checks["spf"] as? SPFSettings ?? SPFSettings()
+    }
+}

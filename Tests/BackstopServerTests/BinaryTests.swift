@@ -1,0 +1,238 @@
+// The `backstop` executable as an administrator runs it: check-config's messages and exit
+// codes, serve + query with the example configuration, SIGHUP reload, SIGTERM stop, and
+// the metrics endpoint scraped after real traffic.
+
+import Testing
+import Foundation
+@testable import BackstopCore
+@testable import BackstopServer
+
+/// The package root, found from this file's path.
+let packageRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
+let backstopBinary = packageRoot + "/.build/debug/backstop"
+
+struct Run {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+func runBackstop(_ arguments: [String], stdin: String? = nil) throws -> Run {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: backstopBinary)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return Run(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// A `backstop serve` child process with its log collected in a file.
+final class ServeProcess {
+    let process = Process()
+    let logPath: String
+
+    init(config: String) throws {
+        logPath = (config as NSString).deletingLastPathComponent + "/serve.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.executableURL = URL(fileURLWithPath: backstopBinary)
+        process.arguments = ["serve", "--config", config]
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func waitForLog(_ text: String, seconds: Double = 20) -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            if log.contains(text) { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    func stop() -> Int32 {
+        if process.isRunning { signal(SIGTERM) }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Copies examples/ to a temp dir and points its listener at a free port.
+func exampleCopy() throws -> (dir: String, config: String, port: Int) {
+    let dir = tempDirectory()
+    let examples = packageRoot + "/examples"
+    for name in try FileManager.default.contentsOfDirectory(atPath: examples) {
+        try FileManager.default.copyItem(atPath: examples + "/" + name, toPath: dir + "/" + name)
+    }
+    let port = freePort()
+    let config = dir + "/backstop.toml"
+    let text = try String(contentsOfFile: config, encoding: .utf8)
+        .replacingOccurrences(of: "address = \"127.0.0.1:10033\"", with: "address = \"127.0.0.1:\(port)\"")
+    try text.write(toFile: config, atomically: true, encoding: .utf8)
+    return (dir, config, port)
+}
+
+@Suite(.serialized) struct BinaryTests {
+    @Test func checkConfigAcceptsTheExample() throws {
+        let run = try runBackstop(["check-config", packageRoot + "/examples/backstop.toml"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.hasSuffix(": OK\n"))
+    }
+
+    @Test func checkConfigListsEveryProblemWithFileAndLine() throws {
+        let dir = tempDirectory()
+        let path = dir + "/bad.toml"
+        try "[server]\nmax_connections = 0\nidle = \"5s\"\n[policy]\nrcpt = [\"nope\"]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let run = try runBackstop(["check-config", path])
+        #expect(run.status == 1)
+        let lines = run.stderr.split(separator: "\n").map(String.init)
+        #expect(lines.count == 3)
+        #expect(lines.contains { $0.hasPrefix("\(path):2: server.max_connections: 0 is out of range") })
+        #expect(lines.contains("\(path):3: server.idle: unknown key (check the spelling; see docs/configuration.md)"))
+        #expect(lines.contains { $0.hasPrefix("\(path):5: policy.rcpt: unknown check \"nope\"") })
+        let missing = try runBackstop(["check-config", dir + "/missing.toml"])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("missing.toml: cannot read"))
+    }
+
+    @Test func serveWithTheExampleAndQueryPrintsDunno() throws {
+        let (_, config, port) = try exampleCopy()
+        let serve = try ServeProcess(config: config)
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let query = try runBackstop(["query", "--server", "127.0.0.1:\(port)"])
+        #expect(query.status == 0)
+        #expect(query.stdout == "action=DUNNO\n")
+        let raw = try runBackstop(["query", "--server", "127.0.0.1:\(port)", "--stdin"],
+                                  stdin: "request=smtpd_access_policy\nprotocol_state=DATA\nsender=\nrecipient_count=1\n\n")
+        #expect(raw.stdout.hasPrefix("action="))
+        #expect(serve.stop() == 0)
+        #expect(serve.log.contains("backstop stopped"))
+    }
+
+    @Test func lookupSaysValidUnknownOrNotOurDomain() throws {
+        let config = packageRoot + "/examples/backstop.toml"
+        let valid = try runBackstop(["lookup", "alice@example.com", "--config", config])
+        #expect(valid.status == 0)
+        #expect(valid.stdout.contains("valid ("))
+        #expect(valid.stdout.contains("recipients:"))
+        let unknown = try runBackstop(["lookup", "nobody-here@example.com", "--config", config])
+        #expect(unknown.status == 1)
+        #expect(unknown.stdout.contains("unknown"))
+        let foreign = try runBackstop(["lookup", "someone@elsewhere.example", "--config", config])
+        #expect(foreign.status == 2)
+        #expect(foreign.stdout.contains("not our domain"))
+        let dir = tempDirectory()
+        try "good@example.net OK\nbad line without a domain\n".write(toFile: dir + "/table", atomically: true, encoding: .utf8)
+        let broken = try runBackstop(["lookup", "good@example.net", "--table", dir + "/table"])
+        #expect(broken.status == 3)
+        #expect(broken.stderr.contains(dir + "/table:2:"))
+    }
+
+    @Test func startupFailsClearlyOnABrokenConfig() throws {
+        let dir = tempDirectory()
+        let path = dir + "/broken.toml"
+        try "[policy]\ndeadline = \"eventually\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let run = try runBackstop(["serve", "--config", path])
+        #expect(run.status == 78)
+        #expect(run.stderr.contains("\(path):2: policy.deadline: expected a duration"))
+    }
+
+    @Test func sighupReloadsAndABrokenEditKeepsTheRunningConfig() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        let good = "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\ntest_mode = false\n"
+        try good.write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        #expect(serve.waitForLog("backstop started"))
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\ntest_mode = perhaps\n".write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(serve.waitForLog("reload failed, keeping the running configuration: \(path):4: TOML syntax error"))
+        #expect(try runBackstop(["query", "--server", "127.0.0.1:\(port)"]).stdout == "action=DUNNO\n")
+        try good.write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(serve.waitForLog("configuration reloaded"))
+        #expect(serve.stop() == 0)
+    }
+
+    @Test func summaryLineCountsAnswers() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[log]\nlevel = \"notice\"\nsummary_interval = \"1s\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        for _ in 0..<5 { _ = try client.ask(rcptRequest) }
+        #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
+    }
+
+    @Test func metricsEndpointCountsRealTraffic() throws {
+        let dir = tempDirectory()
+        let port = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n[log]\nlevel = \"warning\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        for _ in 0..<7 { _ = try client.ask(rcptRequest) }
+        let bad = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port))
+        try bad.send(Array("nonsense\n\n".utf8))
+        _ = try bad.readAnswer()
+        let text = try scrape(port: metricsPort)
+        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"dunno\"} 7"), "\(text)")
+        #expect(text.contains("backstop_protocol_errors_total 1"))
+        #expect(text.contains("backstop_request_duration_seconds_count 7"))
+        #expect(text.contains("backstop_config_generation 1"))
+    }
+}
+
+func waitForClient(port: Int) throws -> PolicyClient {
+    let end = Date().addingTimeInterval(20)
+    while true {
+        do { return try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)) } catch {
+            if Date() > end { throw error }
+            usleep(50_000)
+        }
+    }
+}
+
+/// A minimal HTTP GET over a socket, so the test needs nothing but the server.
+func scrape(port: Int, path: String = "/metrics") throws -> String {
+    let client = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port))
+    try client.send(Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8))
+    return try client.readAll()
+}

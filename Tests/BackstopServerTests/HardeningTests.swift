@@ -1,0 +1,109 @@
+// The executable under hostile conditions: privileges dropped after binding, 10,000 idle
+// connections held with bounded memory, and a client that never reads its answers.
+
+import Testing
+import Foundation
+@testable import BackstopCore
+@testable import BackstopServer
+
+func processStatus(_ pid: Int32, _ field: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+        return line.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces)
+    }
+    return nil
+}
+
+func rssKiB(_ pid: Int32) -> Int {
+    Int(processStatus(pid, "VmRSS")?.split(separator: " ").first ?? "0") ?? 0
+}
+
+@Suite(.serialized) struct HardeningTests {
+    @Test(.enabled(if: geteuid() == 0, "needs root to switch users"))
+    func dropsPrivilegesAfterBinding() throws {
+        let dir = tempDirectory()
+        chmod(dir, 0o755)
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[[listen]]\naddress = \"unix:\(dir)/policy.sock\"\nmode = \"0600\"\nowner = \"nobody\"\n[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o644)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let pid = serve.process.processIdentifier
+        // The main thread has exited (Dispatch's main loop replaces it); every live thread
+        // must run as nobody.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+        var live = 0
+        for task in tasks {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8),
+                  !text.contains("State:\tZ") else { continue }
+            live += 1
+            let uid = text.split(separator: "\n").first { $0.hasPrefix("Uid:") } ?? ""
+            #expect(uid.split(separator: "\t").dropFirst().allSatisfy { $0 == "65534" }, "task \(task): \(uid)")
+        }
+        #expect(live >= 2)
+        #expect(serve.log.contains("dropped privileges to uid=65534 gid=65534"))
+        var info = stat()
+        #expect(stat(dir + "/policy.sock", &info) == 0 && info.st_uid == 65534)
+        #expect(try waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
+        #expect(try PolicyClient(endpoint: .unix(path: dir + "/policy.sock")).ask(rcptRequest) == "action=DUNNO")
+    }
+
+    @Test func tenThousandIdleConnectionsStayCheap() throws {
+        Privileges.raiseFileLimit()
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[server]\nmax_connections = 12000\n[log]\nlevel = \"warning\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let first = try waitForClient(port: port)
+        #expect(try first.ask(rcptRequest) == "action=DUNNO")
+        let pid = serve.process.processIdentifier
+        let before = rssKiB(pid)
+        var held: [PolicyClient] = []
+        for _ in 0..<10_000 { held.append(try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port))) }
+        // Every one of them is served, not just accepted.
+        #expect(try held[0].ask(rcptRequest) == "action=DUNNO")
+        #expect(try held[9_999].ask(rcptRequest) == "action=DUNNO")
+        let after = rssKiB(pid)
+        let perConnection = Double(after - before) * 1024 / 10_000
+        print("10,000 idle connections: RSS \(before / 1024) MiB -> \(after / 1024) MiB, \(Int(perConnection)) bytes per connection")
+        #expect(after - before < 200 * 1024, "RSS grew by \((after - before) / 1024) MiB")
+        held.removeAll()
+    }
+
+    @Test func clientThatNeverReadsCannotGrowMemory() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[log]\nlevel = \"warning\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(rcptRequest) == "action=DUNNO")
+        let pid = serve.process.processIdentifier
+        let before = rssKiB(pid)
+        // Pipeline requests without ever reading answers, until the kernel buffers fill
+        // and sending blocks (the send timeout ends the attempt).
+        let request = Array("request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=x@y\n\n".utf8)
+        var batch: [UInt8] = []
+        for _ in 0..<1000 { batch += request }
+        var sent = 0
+        let sender = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port), timeoutSeconds: 2)
+        sender.setSendTimeout(seconds: 2)
+        while sent < 200_000_000 {
+            do { try sender.send(batch) } catch { break }
+            sent += batch.count
+        }
+        let after = rssKiB(pid)
+        print("client that never reads: sent \(sent / 1024) KiB before the server stopped reading; server RSS \(before / 1024) -> \(after / 1024) MiB")
+        #expect(sent < 100_000_000, "the server kept reading without answers being read")
+        #expect(after - before < 64 * 1024)
+        // The server is still answering others.
+        #expect(try waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
+    }
+}
