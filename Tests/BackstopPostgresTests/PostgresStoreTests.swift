@@ -113,11 +113,24 @@ private func ask(_ connection: Connection, _ pairs: [(String, String)]) async th
     action(try await blocking { try connection.ask(pairs) })
 }
 
-/// Runs blocking socket work off the cooperative pool, which postgres-nio needs.
+/// Runs blocking work (sockets, pg_ctl) on a thread of its own: the cooperative pool (on
+/// Linux, Dispatch's workers) must stay free for postgres-nio and for other tests.
 private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
+}
+
+/// Runs `body` on `count` threads of their own at once and waits for all of them.
+private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let done = DispatchSemaphore(value: 0)
+    for index in 0..<count {
+        Thread {
+            body(index)
+            done.signal()
+        }.start()
+    }
+    for _ in 0..<count { done.wait() }
 }
 
 @Suite(.serialized) struct PostgresStoreTests {
@@ -138,7 +151,7 @@ private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) a
             let answers = try await blocking { () -> [String] in
                 let collected = NSLock()
                 nonisolated(unsafe) var all: [String] = []
-                DispatchQueue.concurrentPerform(iterations: 6) { worker in
+                onThreads(6) { worker in
                     guard let client = try? (worker % 2 == 0 ? a : b).client() else { return }
                     var mine: [String] = []
                     for _ in 0..<20 { mine.append(action(try? client.ask(rcpt("203.0.113.9")))) }

@@ -173,6 +173,15 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         shards.reduce(0) { sum, shard in sum + shard.lock.withLock { shard.entries.count } }
     }
 
+    /// Bytes held by the entry tables: slots × (key + TAT) plus one metadata bit per slot.
+    /// Excludes allocator overhead (a few percent); `backstop ratelimit` reports use it.
+    public var tableBytes: Int {
+        let slot = MemoryLayout<Key>.stride + MemoryLayout<Int64>.stride
+        return shards.reduce(0) { sum, shard in
+            sum + shard.lock.withLock { shard.entries.capacity * slot + shard.entries.capacity / 8 }
+        }
+    }
+
     /// Drops every expired entry and publishes the key counts. Holds one shard lock at a time.
     public func sweep() {
         let now = clock.now

@@ -4,6 +4,7 @@
 
 import Testing
 import Logging
+import NIOCore
 import NIOEmbedded
 @testable import BackstopCore
 
