@@ -57,15 +57,10 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         let run = Task { await client.run() }
         let maintain = Task { [weak self] in
             while !Task.isCancelled {
-                guard let self else { return }
-                let ready = self.health.withLockedValue { $0.schemaReady }
-                if !ready {
-                    await self.migrate()
-                } else {
-                    await self.sweep()
-                }
-                let pause: UInt64 = self.health.withLockedValue { $0.schemaReady } ? UInt64(settings.sweepInterval.nanoseconds) : 1_000_000_000
-                try? await Task.sleep(nanoseconds: pause)
+                // Holds the store only while working, not while sleeping, so a replaced
+                // store is released (and its pool closed) promptly.
+                guard let ready = await self?.maintain() else { return }
+                try? await Task.sleep(nanoseconds: ready ? UInt64(settings.sweepInterval.nanoseconds) : 1_000_000_000)
             }
         }
         tasks.withLockedValue { $0 = [run, maintain] }
@@ -84,6 +79,16 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     public var isReady: Bool { health.withLockedValue { $0.schemaReady } }
 
     // MARK: - Schema
+
+    /// Creates the schema until that works, then sweeps. Returns whether the schema is ready.
+    private func maintain() async -> Bool {
+        if health.withLockedValue({ $0.schemaReady }) {
+            await sweep()
+        } else {
+            await migrate()
+        }
+        return health.withLockedValue { $0.schemaReady }
+    }
 
     /// Creates or upgrades the table. Several hosts may start at once: an advisory lock
     /// serialises them, and the statements are idempotent.
