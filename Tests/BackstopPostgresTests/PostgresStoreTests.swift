@@ -240,4 +240,29 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
         }
         await server.stop()
     }
+
+    @Test func withoutADatabaseTheDefaultFailActionLetsMailThrough() async throws {
+        // Nothing listens on this port: the store never gets its schema, every hit fails at once.
+        let toml = configuration(port: PrivatePostgres.freePort(), limit: "1/1h")
+            .replacingOccurrences(of: "fail_action = \"\(storeDown)\"", with: "")
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        let config = try Configuration.parse(toml, file: "pg.toml")
+        let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
+        let server = PolicyServer(config: config, engine: engine, logger: logger)
+        try await server.start()
+        do {
+            let client = Connection(try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!,
+                                                     timeoutSeconds: 10))
+            for _ in 0..<3 {
+                let started = DispatchTime.now().uptimeNanoseconds
+                #expect(try await ask(client, rcpt("192.0.2.1")) == "DUNNO", "no opinion: mail flows")
+                let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+                #expect(elapsed < 5.0, "answered in \(elapsed)s")
+            }
+        } catch {
+            Issue.record("\(error)")
+        }
+        await server.stop()
+        ((engine.checks["ratelimit"] as? RateLimitCheck)?.store as? PostgresCounterStore)?.shutdown()
+    }
 }
