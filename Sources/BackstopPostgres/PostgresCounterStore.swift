@@ -119,6 +119,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
             logger.info("rate-limit store ready", metadata: ["store": "postgres", "host": "\(settings.host)",
                                                              "port": "\(settings.port)", "database": "\(settings.database)"])
         } catch {
+            if Task.isCancelled { return }  // the store is shutting down
             noteFailure(error, during: "creating the schema")
         }
     }

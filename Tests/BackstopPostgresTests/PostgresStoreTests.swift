@@ -108,6 +108,20 @@ private func waitUntilCounting(_ connection: Connection, key: String) async thro
     Issue.record("the store did not start counting within 30 s")
 }
 
+/// Runs `body` with a private PostgreSQL cluster, then removes the cluster, also when `body`
+/// fails. Starting and stopping block, so they run off the cooperative pool. Without the
+/// PostgreSQL binaries `body` does not run (PrivatePostgres prints why).
+private func withCluster(_ body: (PrivatePostgres) async throws -> Void) async throws {
+    guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
+    do {
+        try await body(pg)
+    } catch {
+        _ = try? await blocking { pg.destroy() }
+        throw error
+    }
+    _ = try? await blocking { pg.destroy() }
+}
+
 /// Asks over a connection, off the cooperative pool; returns the action text.
 private func ask(_ connection: Connection, _ pairs: [(String, String)]) async throws -> String {
     action(try await blocking { try connection.ask(pairs) })
@@ -135,110 +149,110 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
 
 @Suite(.serialized) struct PostgresStoreTests {
     @Test func twoServersShareOneLimitExactly() async throws {
-        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
-        defer { pg.destroy() }
-        let toml = configuration(port: pg.port, limit: "25/1h")
-        let a = try await Instance.start(toml)
-        let b = try await Instance.start(toml)
-        do {
-            // Sequential: the second server sees what the first counted.
-            let ca = try a.client(), cb = try b.client()
-            try await waitUntilCounting(ca, key: "192.0.2.250")
-            try await waitUntilCounting(cb, key: "192.0.2.251")
-            #expect((try await ask(ca, rcpt("198.51.100.1"))) == "DUNNO")
-            #expect((try await ask(cb, rcpt("198.51.100.1"))) == "DUNNO")
-            // Concurrent: six connections, three per server, 20 requests each on one key.
-            let answers = try await blocking { () -> [String] in
-                let collected = NSLock()
-                nonisolated(unsafe) var all: [String] = []
-                onThreads(6) { worker in
-                    guard let client = try? (worker % 2 == 0 ? a : b).client() else { return }
-                    var mine: [String] = []
-                    for _ in 0..<20 { mine.append(action(try? client.ask(rcpt("203.0.113.9")))) }
-                    collected.lock(); all += mine; collected.unlock()
+        try await withCluster { pg in
+            let toml = configuration(port: pg.port, limit: "25/1h")
+            let a = try await Instance.start(toml)
+            let b = try await Instance.start(toml)
+            do {
+                // Sequential: the second server sees what the first counted.
+                let ca = try a.client(), cb = try b.client()
+                try await waitUntilCounting(ca, key: "192.0.2.250")
+                try await waitUntilCounting(cb, key: "192.0.2.251")
+                #expect((try await ask(ca, rcpt("198.51.100.1"))) == "DUNNO")
+                #expect((try await ask(cb, rcpt("198.51.100.1"))) == "DUNNO")
+                // Concurrent: six connections, three per server, 20 requests each on one key.
+                let answers = try await blocking { () -> [String] in
+                    let collected = NSLock()
+                    nonisolated(unsafe) var all: [String] = []
+                    onThreads(6) { worker in
+                        guard let client = try? (worker % 2 == 0 ? a : b).client() else { return }
+                        var mine: [String] = []
+                        for _ in 0..<20 { mine.append(action(try? client.ask(rcpt("203.0.113.9")))) }
+                        collected.lock(); all += mine; collected.unlock()
+                    }
+                    return all
                 }
-                return all
+                #expect(answers.count == 120)
+                #expect(answers.filter { $0 == "DUNNO" }.count == 25, "120 hits from two servers, exactly 25 admitted")
+                #expect(answers.filter { $0 == overLimit }.count == 95, "\(Set(answers))")
             }
-            #expect(answers.count == 120)
-            #expect(answers.filter { $0 == "DUNNO" }.count == 25, "120 hits from two servers, exactly 25 admitted")
-            #expect(answers.filter { $0 == overLimit }.count == 95, "\(Set(answers))")
+            await a.stop()
+            await b.stop()
         }
-        await a.stop()
-        await b.stop()
     }
 
     @Test func storeDownMeansFailActionWithinTheDeadlineThenCountingResumes() async throws {
-        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
-        defer { pg.destroy() }
-        let server = try await Instance.start(configuration(port: pg.port, limit: "3/1h"))
-        do {
-            let client = try server.client()
-            try await waitUntilCounting(client, key: "192.0.2.250")
-            let key = "192.0.2.44"
-            #expect((try await ask(client, rcpt(key))) == "DUNNO")
-            #expect((try await ask(client, rcpt(key))) == "DUNNO")
+        try await withCluster { pg in
+            let server = try await Instance.start(configuration(port: pg.port, limit: "3/1h"))
+            do {
+                let client = try server.client()
+                try await waitUntilCounting(client, key: "192.0.2.250")
+                let key = "192.0.2.44"
+                #expect((try await ask(client, rcpt(key))) == "DUNNO")
+                #expect((try await ask(client, rcpt(key))) == "DUNNO")
 
-            try await blocking { try pg.stopServer() }
-            for i in 0..<8 {
-                let started = DispatchTime.now().uptimeNanoseconds
-                let answer = action(try await blocking { try client.ask(rcpt(key)) })
-                let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-                #expect(answer == storeDown, "request \(i) with PostgreSQL down")
-                #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
-            }
+                try await blocking { try pg.stopServer() }
+                for i in 0..<8 {
+                    let started = DispatchTime.now().uptimeNanoseconds
+                    let answer = action(try await blocking { try client.ask(rcpt(key)) })
+                    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+                    #expect(answer == storeDown, "request \(i) with PostgreSQL down")
+                    #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
+                }
 
-            try await blocking { try pg.startServer() }
-            // It recovers by itself: poll with another key until the store answers again.
-            var recovered = false
-            for _ in 0..<100 {
-                if action(try await blocking { try client.ask(rcpt("192.0.2.200")) }) == "DUNNO" { recovered = true; break }
-                try await Task.sleep(nanoseconds: 200_000_000)
+                try await blocking { try pg.startServer() }
+                // It recovers by itself: poll with another key until the store answers again.
+                var recovered = false
+                for _ in 0..<100 {
+                    if action(try await blocking { try client.ask(rcpt("192.0.2.200")) }) == "DUNNO" { recovered = true; break }
+                    try await Task.sleep(nanoseconds: 200_000_000)
+                }
+                #expect(recovered, "the store came back without a restart of Backstop")
+                // The two hits from before the outage are still counted: one left, then refused.
+                #expect((try await ask(client, rcpt(key))) == "DUNNO")
+                #expect((try await ask(client, rcpt(key))) == overLimit)
+            } catch {
+                Issue.record("\(error)\n\(pg.log.suffix(2000))")
             }
-            #expect(recovered, "the store came back without a restart of Backstop")
-            // The two hits from before the outage are still counted: one left, then refused.
-            #expect((try await ask(client, rcpt(key))) == "DUNNO")
-            #expect((try await ask(client, rcpt(key))) == overLimit)
-        } catch {
-            Issue.record("\(error)\n\(pg.log.suffix(2000))")
+            await server.stop()
         }
-        await server.stop()
     }
 
     @Test func aSlowStoreIsCutOffByTheStatementTimeout() async throws {
-        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
-        defer { pg.destroy() }
-        let server = try await Instance.start(configuration(port: pg.port, limit: "100/1h"))
-        do {
-            let client = try server.client()
-            try await waitUntilCounting(client, key: "192.0.2.8")
-            // Another session holds the row lock for five seconds: the hit must wait for it.
-            let locker = Task {
-                try await blocking { try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
-                    "-d", "postgres", "-c",
-                    "BEGIN; SELECT * FROM backstop_ratelimit FOR UPDATE; SELECT pg_sleep(5); COMMIT;"]) }
-            }
-            // Wait until that session really holds the lock (a busy machine may be slow to start psql).
-            var locked = false
-            for _ in 0..<100 where !locked {
-                let sessions = try await blocking {
-                    try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
-                        "-d", "postgres", "-tA", "-c",
-                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()"])
+        try await withCluster { pg in
+            let server = try await Instance.start(configuration(port: pg.port, limit: "100/1h"))
+            do {
+                let client = try server.client()
+                try await waitUntilCounting(client, key: "192.0.2.8")
+                // Another session holds the row lock for five seconds: the hit must wait for it.
+                let locker = Task {
+                    try await blocking { try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
+                        "-d", "postgres", "-c",
+                        "BEGIN; SELECT * FROM backstop_ratelimit FOR UPDATE; SELECT pg_sleep(5); COMMIT;"]) }
                 }
-                locked = sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
-                if !locked { try await Task.sleep(nanoseconds: 100_000_000) }
+                // Wait until that session really holds the lock (a busy machine may be slow to start psql).
+                var locked = false
+                for _ in 0..<100 where !locked {
+                    let sessions = try await blocking {
+                        try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
+                            "-d", "postgres", "-tA", "-c",
+                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()"])
+                    }
+                    locked = sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+                    if !locked { try await Task.sleep(nanoseconds: 100_000_000) }
+                }
+                #expect(locked, "the locking session started")
+                let started = DispatchTime.now().uptimeNanoseconds
+                let answer = action(try await blocking { try client.ask(rcpt("192.0.2.8")) })
+                let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+                #expect(answer == storeDown)
+                #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
+                _ = try await locker.value
+            } catch {
+                Issue.record("\(error)")
             }
-            #expect(locked, "the locking session started")
-            let started = DispatchTime.now().uptimeNanoseconds
-            let answer = action(try await blocking { try client.ask(rcpt("192.0.2.8")) })
-            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-            #expect(answer == storeDown)
-            #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
-            _ = try await locker.value
-        } catch {
-            Issue.record("\(error)")
+            await server.stop()
         }
-        await server.stop()
     }
 
     @Test func withoutADatabaseTheDefaultFailActionLetsMailThrough() async throws {

@@ -8,7 +8,7 @@ import Foundation
 
 final class PrivatePostgres: @unchecked Sendable {
     let directory: String
-    let port: Int
+    private(set) var port: Int
     private let bin: String
     private let asPostgresUser: Bool
 
@@ -35,7 +35,20 @@ final class PrivatePostgres: @unchecked Sendable {
         if root { try run("/bin/chown", ["-R", "postgres:postgres", directory]) }
         let pg = PrivatePostgres(directory: directory, port: freePort(), bin: bin, asPostgresUser: root)
         try pg.postgres("initdb", ["-D", pg.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        try pg.startServer()
+        // The port was free a moment ago; if something took it since, try another one.
+        for attempt in 1...3 {
+            do {
+                try pg.startServer()
+                break
+            } catch {
+                if attempt == 3 {
+                    let log = pg.log
+                    pg.destroy()
+                    throw CommandFailed(description: "\(error)\nserver log:\n\(log.suffix(3000))")
+                }
+                pg.port = freePort()
+            }
+        }
         return pg
     }
 
@@ -78,7 +91,8 @@ final class PrivatePostgres: @unchecked Sendable {
 
     /// Runs a command and returns its output. posix_spawn and waitpid rather than Foundation's
     /// Process, whose wait does not return here once `pg_ctl start` has left a server running
-    /// (the server inherits the descriptors Process watches). The output goes through a file.
+    /// (the server inherits the descriptors Process watches), and so that every descriptor
+    /// but 0, 1 and 2 is closed in the child. The output goes through a file.
     @discardableResult
     static func run(_ path: String, _ arguments: [String]) throws -> String {
         let outputPath = NSTemporaryDirectory() + "backstop-pg-cmd-" + UUID().uuidString.prefix(8)
@@ -89,6 +103,10 @@ final class PrivatePostgres: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of this process may leak into PostgreSQL: tests running alongside hold
+        // thousands of sockets, which would count against the server's descriptor limit and
+        // stay open for as long as the server runs.
+        if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
@@ -104,6 +122,13 @@ final class PrivatePostgres: @unchecked Sendable {
         }
         return text
     }
+
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), which the Glibc module does not export.
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let addCloseFrom: AddCloseFrom? = {
+        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: AddCloseFrom.self)
+    }()
 
     /// A port that was free a moment ago (bind to 0, read it back, close).
     static func freePort() -> Int {
