@@ -3,6 +3,7 @@
 // counters, status text, and configuration errors with their line numbers.
 
 import Testing
+import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -52,6 +53,13 @@ private func stage(_ state: String, recipients: Int = 1, size: Int = 1000, sende
     [("request", "smtpd_access_policy"), ("protocol_state", state), ("client_address", client),
      ("sender", sender), ("recipient", ""), ("recipient_count", "\(recipients)"), ("size", "\(size)"),
      ("instance", instance)]
+}
+
+/// CPU time used by the calling thread.
+func threadCPUNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 
 @Suite struct RateLimitCheckTests {
@@ -282,19 +290,20 @@ private func stage(_ state: String, recipients: Int = 1, size: Int = 1000, sende
             }
             let context = CheckContext(eventLoop: limiter.loop, deadline: .now() + .seconds(5), logger: logger)
             let count = 30_000
-            let started = NIODeadline.now()
+            let started = threadCPUNanoseconds()
             var refused = 0
             for i in 0..<count {
                 if case .done(let verdict) = limiter.check.evaluate(requests[i % requests.count], context: context),
                    verdict.action.isRefusal { refused += 1 }
             }
-            let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
-            print("ratelimit hot path: \(count) requests with 3 rules in \(seconds)s = \(Int(Double(count) / seconds))/s on one thread, \(refused) refused")
+            // CPU time of this thread, not wall time: the figure holds on a busy machine too.
+            let seconds = Double(threadCPUNanoseconds() - started) / 1e9
+            print("ratelimit hot path: \(count) requests with 3 rules in \(seconds) s of CPU = \(Int(Double(count) / seconds)) per CPU second, \(refused) refused")
             return (refused, Double(count) / seconds)
         }
         #expect(refused == 0, "30 requests per client: all under 200/1h")
-        // A sanity bound only (debug build, shared machine); the figure is printed above.
-        #expect(rate > 1_000, "\(Int(rate)) requests/s on one thread")
+        // Debug build; a release build is several times faster. The figure is printed above.
+        #expect(rate > 5_000, "\(Int(rate)) requests per CPU second")
     }
 
     @Test func configurationErrorsNameTheLine() {
