@@ -2,6 +2,8 @@
 // the server. Each subcommand lives in its own file.
 
 import ArgumentParser
+import BackstopCore
+import BackstopPostgres
 
 @main
 struct Backstop: ParsableCommand {
@@ -12,4 +14,10 @@ struct Backstop: ParsableCommand {
         subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, Bench.self],
         defaultSubcommand: Serve.self
     )
+
+    /// Registers the backends that live in their own targets, then runs the command.
+    static func main() {
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        main(nil)
+    }
 }
