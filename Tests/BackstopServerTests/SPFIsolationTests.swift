@@ -207,6 +207,10 @@ import Testing
         #expect(ids("Gid") == Array(repeating: String(gid), count: 4), "\(status)")
         #expect(ids("Groups").allSatisfy { $0 == String(gid) }, "\(status)")
         #expect(ids("CapEff") == ["0000000000000000"], "\(status)")
+        // Nothing of this process's (pipes to dns_server.py, sockets) leaked into the worker:
+        // stdin (/dev/null), stdout and stderr, the socketpair's two descriptors, perhaps a DNS socket.
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int($0) }.sorted()
+        #expect(fds.count <= 6 && fds.allSatisfy { $0 <= 5 }, "worker descriptors: \(fds)")
 
         // A worker_user that cannot be used: the worker refuses to run as root.
         var broken = SPFIsolationTests.settings(dns, .process)

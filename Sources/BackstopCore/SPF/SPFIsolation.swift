@@ -200,7 +200,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
             (SPFOutcome(result: .temperror, query: query, problem: problem), 0)
         }
         if let pid = lock.withLock({ self.pid }), hasHungUp() {
-            // Died while idle: restart now, so this evaluation does not pay for it.
+            // Died while idle (or spoke unasked, which only a broken worker does): restart
+            // now, so this evaluation does not pay for it.
+            kill(pid, SIGKILL)
             restarted(pid, after: reap(pid), query: nil)
         }
         if pid == nil {
