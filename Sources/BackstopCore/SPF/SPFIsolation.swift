@@ -161,6 +161,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
     /// Failures since the last good answer; sets the respawn backoff.
     private var failures = 0
     private var notBefore = NIODeadline.uptimeNanoseconds(0)
+    /// A worker was started and has since been lost (killed, crashed, exited).
+    private var lost = false
     private let encoder = JSONEncoder()
     private let decoder = JSONDecoder()
 
@@ -185,6 +187,14 @@ final class SPFWorkerSlot: @unchecked Sendable {
         shared.metrics.evaluations[outcome.result]?.increment()
         shared.metrics.duration.recordNanoseconds(outcome.elapsed.nanoseconds)
         return outcome
+    }
+
+    /// After a worker was lost, starts its replacement while the slot is idle, so that the
+    /// next evaluation does not wait for a process to start. The very first start stays
+    /// lazy (the first evaluation), so it happens after `serve` has dropped root.
+    func replaceLost() {
+        guard lost, lock.withLock({ pid == nil }) else { return }
+        _ = spawn(deadline: NIODeadline.now() + .seconds(5))
     }
 
     /// Kills the child (it may be in the middle of nothing or of a hang) and reaps it.
@@ -275,6 +285,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
 
     private func restart(_ pid: pid_t, _ reason: RestartReason, _ why: String, query: SPFQuery?) -> String {
         forget()
+        lost = true
         failures += 1
         // First failure: respawn at once; then 50 ms, 100 ms, ... up to 2 s between attempts.
         let backoff = failures <= 1 ? TimeAmount.zero : .milliseconds(min(2_000, 50 << min(failures - 2, 6)))

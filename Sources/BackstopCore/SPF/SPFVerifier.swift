@@ -73,7 +73,7 @@ public final class SPFVerifier: Sendable {
             for slot in slots {
                 let queue = self.queue
                 let thread = Thread {
-                    SPFVerifier.serve(queue) { slot.evaluate($0, deadline: $1) }
+                    SPFVerifier.serve(queue, then: { if !queue.isStopped { slot.replaceLost() } }) { slot.evaluate($0, deadline: $1) }
                     slot.close()
                 }
                 thread.name = "backstop-spf-\(slot.index)"
@@ -101,7 +101,7 @@ public final class SPFVerifier: Sendable {
     }
 
     /// One worker's loop: takes jobs until the queue stops.
-    private static func serve(_ queue: SPFWorkQueue, _ evaluate: (SPFQuery, NIODeadline) -> SPFOutcome) {
+    private static func serve(_ queue: SPFWorkQueue, then: () -> Void = {}, _ evaluate: (SPFQuery, NIODeadline) -> SPFOutcome) {
         while let job = queue.next() {
             switch job.start() {
             case .answered:
@@ -112,6 +112,7 @@ public final class SPFVerifier: Sendable {
             case .run:
                 job.finish(evaluate(job.query, job.deadline))
             }
+            then()
         }
     }
 
