@@ -148,6 +148,13 @@ import Testing
         }
         let third = try #require(verifier.workerProcessIDs.first)
         #expect(third != second && third != first)
+
+        // Shutting the verifier down (a reload that replaced it) ends and reaps its workers.
+        verifier.shutdown()
+        for _ in 0..<200 where SPFIsolationTests.state(third) != nil {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(SPFIsolationTests.state(third) == nil, "worker \(third) outlived its verifier")
     }
 
     @Test func stoppedWorkerIsTimedOutAndReplaced() async throws {
