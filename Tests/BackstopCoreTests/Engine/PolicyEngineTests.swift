@@ -84,7 +84,9 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
     }
 
     @Test func deadlineGivesTheCheckFailAction() async throws {
-        let group = NIOSingletons.posixEventLoopGroup
+        // A group of its own: other tests may keep the shared loops busy.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
         let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late"))]],
                                   deadline: .milliseconds(100))
@@ -99,7 +101,9 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
     }
 
     @Test func asyncCheckThenLaterChecksRun() async throws {
-        let loop = NIOSingletons.posixEventLoopGroup.next()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [
             SlowCheck(delay: .milliseconds(10), verdict: Verdict(.prepend("X-Slow: yes"), reason: "slow")),
             FixedCheck(name: "after", verdict: Verdict(.reject("after"), reason: "after")),
