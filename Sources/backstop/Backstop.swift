@@ -11,7 +11,7 @@ struct Backstop: ParsableCommand {
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
         version: "0.1.0",
-        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, Bench.self, SPFWorkerCommand.self],
+        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, Bench.self, SPFWorkerCommand.self],
         defaultSubcommand: Serve.self
     )
 

@@ -199,6 +199,30 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
     }
 
+    @Test func rateLimitStatusOfARunningServer() throws {
+        let dir = tempDirectory()
+        let port = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        try ("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n"
+            + "[policy]\nrcpt = [\"ratelimit\"]\n[ratelimit]\n[[ratelimit.rule]]\nname = \"per_client\"\nkey = \"client_address\"\n"
+            + "count = \"recipient\"\nlimit = \"3/1h\"\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        var answers: [String] = []
+        for _ in 0..<4 { answers.append(try client.ask(rcptRequest) ?? "closed") }
+        #expect(answers[0..<3].allSatisfy { $0 == "action=DUNNO" || $0.hasPrefix("action=DUNNO") }, "\(answers)")
+        #expect(answers[3].hasPrefix("action=DEFER 4.7.1"), "\(answers)")
+        let status = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.1", "--config", path])
+        #expect(status.status == 0, "\(status.stderr)")
+        #expect(status.stdout.contains("rule per_client"))
+        #expect(status.stdout.contains("key 192.0.2.1: over the limit: 0 of 3 available"), "\(status.stdout)")
+        let unknown = try runBackstop(["ratelimit", "status", "--rule", "nope", "--key", "x", "--metrics", "127.0.0.1:\(metricsPort)"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stderr.contains("no rule named \"nope\""))
+    }
+
     @Test func metricsEndpointCountsRealTraffic() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
