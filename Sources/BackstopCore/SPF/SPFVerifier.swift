@@ -218,7 +218,11 @@ final class SPFShared: Sendable {
 
     /// A cached or fresh answer, following aliases.
     func resolve(_ name: String, _ type: DNSType, timeout: TimeInterval) -> DNSAnswer {
-        if let cached = cache.answer(name, type) { return cached }
+        if let cached = cache.answer(name, type) {
+            metrics.dnsCacheHits.increment()
+            return cached
+        }
+        metrics.dnsCacheMisses.increment()
         networkQueries.add(1)
         metrics.dnsQueries.increment()
         let answer = client.query(name, type, timeout: timeout)
@@ -233,6 +237,8 @@ struct SPFMetrics: Sendable {
     let results: [SPFResult: Counter]
     let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
     let queueFull = Counter(label: "backstop_spf_queue_full_total")
+    let dnsCacheHits = Counter(label: "backstop_spf_dns_cache_total", dimensions: [("result", "hit")])
+    let dnsCacheMisses = Counter(label: "backstop_spf_dns_cache_total", dimensions: [("result", "miss")])
     let duration = Metrics.Timer(label: "backstop_spf_evaluation_duration_seconds", preferredDisplayUnit: .seconds)
     let workerRestarts: [SPFWorkerSlot.RestartReason: Counter]
 
@@ -305,6 +311,8 @@ final class SPFWorkQueue: @unchecked Sendable {
     private var head = 0
     private var stopped = false
     let capacity: Int
+    /// Evaluations waiting for a worker.
+    private let depth = Gauge(label: "backstop_spf_queue_depth")
 
     init(capacity: Int) { self.capacity = max(1, capacity) }
 
@@ -313,6 +321,7 @@ final class SPFWorkQueue: @unchecked Sendable {
         defer { condition.unlock() }
         guard !stopped, jobs.count - head < capacity else { return false }
         jobs.append(job)
+        depth.record(jobs.count - head)
         condition.signal()
         return true
     }
@@ -327,6 +336,7 @@ final class SPFWorkQueue: @unchecked Sendable {
         }
         let job = jobs[head]
         head += 1
+        depth.record(jobs.count - head)
         if head > 1024 && head * 2 > jobs.count {
             jobs.removeFirst(head)
             head = 0
