@@ -227,19 +227,29 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
-        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n[log]\nlevel = \"warning\"\n"
+        try "known@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        try ("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n[log]\nlevel = \"warning\"\n"
+            + "[policy]\nrcpt = [\"recipients\"]\n[recipients]\ntables = [\"recipients\"]\n")
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
         let client = try waitForClient(port: port)
-        for _ in 0..<7 { _ = try client.ask(rcptRequest) }
+        for _ in 0..<7 { _ = try client.ask(rcptRequest) }  // b@example.com: unknown
+        var known = rcptRequest
+        known[4] = ("recipient", "known@example.com")
+        _ = try client.ask(known)
         let bad = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port))
         try bad.send(Array("nonsense\n\n".utf8))
         _ = try bad.readAnswer()
         let text = try scrape(port: metricsPort)
-        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"dunno\"} 7"), "\(text)")
+        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"reject\"} 7"), "\(text)")
+        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"dunno\"} 1"))
+        #expect(text.contains("backstop_recipients_lookups_total{result=\"unknown\"} 7"))
+        #expect(text.contains("backstop_recipients_lookups_total{result=\"known\"} 1"))
+        #expect(text.contains("backstop_check_duration_seconds_count{check=\"recipients\"} 8"))
+        #expect(text.contains("backstop_recipients_table_entries{kind=\"mailbox\"} 1"))
         #expect(text.contains("backstop_protocol_errors_total 1"))
-        #expect(text.contains("backstop_request_duration_seconds_count 7"))
+        #expect(text.contains("backstop_request_duration_seconds_count 8"))
         #expect(text.contains("backstop_config_generation 1"))
     }
 }
