@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "BackstopCore",
                 "BackstopServer",
+                "BackstopPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

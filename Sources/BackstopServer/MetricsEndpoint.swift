@@ -1,5 +1,6 @@
-// Serves the Prometheus text format at GET /metrics over plain HTTP on a loopback address.
-// It answers nothing else (404) and keeps no state besides the registry it renders.
+// Serves the Prometheus text format at GET /metrics over plain HTTP on a loopback address,
+// and GET /ratelimit/status?rule=R&key=K for `backstop ratelimit status`. It answers
+// nothing else (404) and keeps no state besides the registry it renders.
 
 import Logging
 import Metrics
@@ -7,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import Foundation
 
 public enum MetricsSetup {
     /// Latency buckets fine enough for a server that answers in microseconds.
@@ -32,14 +34,17 @@ public final class MetricsEndpoint: Sendable {
 
     public var address: String { channel.localAddress.map(PolicyServer.describe) ?? "?" }
 
+    /// Answers a rate-limit status question (rule, key) from the running configuration.
+    public typealias StatusProvider = @Sendable (_ rule: String, _ key: String) async throws -> String
+
     public static func start(host: String, port: Int, registry: PrometheusCollectorRegistry,
-                             group: any EventLoopGroup) async throws -> MetricsEndpoint {
+                             group: any EventLoopGroup, status: StatusProvider? = nil) async throws -> MetricsEndpoint {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status))
                 }
             }
             .bind(host: host, port: port).get()
@@ -59,9 +64,42 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     let registry: PrometheusCollectorRegistry
+    let status: MetricsEndpoint.StatusProvider?
     private var head: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+    init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?) {
+        self.registry = registry
+        self.status = status
+    }
+
+    /// Splits "/path?a=1&b=%2B" into the path and its percent-decoded parameters.
+    static func parse(_ uri: String) -> (path: String, query: [String: String]) {
+        let parts = uri.split(separator: "?", maxSplits: 1)
+        var query: [String: String] = [:]
+        if parts.count == 2 {
+            for pair in parts[1].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                let name = String(kv[0]).removingPercentEncoding ?? String(kv[0])
+                query[name] = kv.count == 2 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
+            }
+        }
+        return (parts.first.map(String.init) ?? "/", query)
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus,
+                         contentType: String, body bytes: [UInt8]) {
+        var body = context.channel.allocator.buffer(capacity: bytes.count)
+        body.writeBytes(bytes)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let keepAlive = head.isKeepAlive
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -69,24 +107,26 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .body: break
         case .end:
             guard let head else { return }
-            let found = head.method == .GET && (head.uri == "/metrics" || head.uri.hasPrefix("/metrics?"))
-            var body = context.channel.allocator.buffer(capacity: 4096)
-            if found {
-                body.writeBytes(registry.emitToBuffer())
-            } else {
-                body.writeString("not found: metrics are at /metrics\n")
-            }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
-            headers.add(name: "Content-Length", value: String(body.readableBytes))
-            let response = HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers)
-            context.write(wrapOutboundOut(.head(response)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            let keepAlive = head.isKeepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
-            }
             self.head = nil
+            let (path, query) = Self.parse(head.uri)
+            if head.method == .GET && path == "/metrics" {
+                respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                        body: registry.emitToBuffer())
+            } else if head.method == .GET && path == "/ratelimit/status", let provider = status {
+                let rule = query["rule"] ?? "", key = query["key"] ?? ""
+                let loop = context.eventLoop
+                let promise = loop.makePromise(of: (HTTPResponseStatus, String).self)
+                promise.completeWithTask {
+                    do { return (.ok, try await provider(rule, key) + "\n") } catch { return (.badRequest, "\(error)\n") }
+                }
+                promise.futureResult.assumeIsolated().whenSuccess { (status, text) in
+                    self.respond(context: context, head: head, status: status, contentType: "text/plain; charset=utf-8",
+                                 body: Array(text.utf8))
+                }
+            } else {
+                respond(context: context, head: head, status: .notFound, contentType: "text/plain",
+                        body: Array("not found: metrics are at /metrics, rate-limit state at /ratelimit/status?rule=R&key=K\n".utf8))
+            }
         }
     }
 }

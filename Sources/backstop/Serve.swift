@@ -27,6 +27,7 @@ struct Serve: ParsableCommand {
 
     func serveAsync() async throws {
         LogOutput.bootstrap()
+        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
         let logger = Logger(label: "backstop")
         let configuration: Configuration
         let engine: PolicyEngine
@@ -42,12 +43,19 @@ struct Serve: ParsableCommand {
             throw ExitCode(78)  // EX_CONFIG
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
+        let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         var metricsEndpoint: MetricsEndpoint?
         defer { _ = metricsEndpoint }
         if let registry, let listen = configuration.metrics.listen,
            case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) {
             do {
-                metricsEndpoint = try await MetricsEndpoint.start(host: host, port: port, registry: registry, group: server.group)
+                metricsEndpoint = try await MetricsEndpoint.start(host: host, port: port, registry: registry, group: server.group,
+                                                                  status: { rule, key in
+                    guard let check = reloader.engine.checks["ratelimit"] as? RateLimitCheck else {
+                        throw ServerError("the ratelimit check is not configured")
+                    }
+                    return try await check.status(rule: rule, key: key)
+                })
                 logger.info("metrics at http://\(metricsEndpoint!.address)/metrics")
                 let endpoint = metricsEndpoint!
                 server.onStop { await endpoint.stop() }
@@ -79,7 +87,6 @@ struct Serve: ParsableCommand {
             let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)
             server.onStop { summary.stop() }
         }
-        let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
         let group = ServiceGroup(
             configuration: .init(

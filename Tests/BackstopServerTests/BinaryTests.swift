@@ -199,23 +199,57 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
     }
 
-    @Test func metricsEndpointCountsRealTraffic() throws {
+    @Test func rateLimitStatusOfARunningServer() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
-        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n[log]\nlevel = \"warning\"\n"
+        try ("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n"
+            + "[policy]\nrcpt = [\"ratelimit\"]\n[ratelimit]\n[[ratelimit.rule]]\nname = \"per_client\"\nkey = \"client_address\"\n"
+            + "count = \"recipient\"\nlimit = \"3/1h\"\n")
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
         let client = try waitForClient(port: port)
-        for _ in 0..<7 { _ = try client.ask(rcptRequest) }
+        var answers: [String] = []
+        for _ in 0..<4 { answers.append(try client.ask(rcptRequest) ?? "closed") }
+        #expect(answers[0..<3].allSatisfy { $0 == "action=DUNNO" || $0.hasPrefix("action=DUNNO") }, "\(answers)")
+        #expect(answers[3].hasPrefix("action=DEFER 4.7.1"), "\(answers)")
+        let status = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.1", "--config", path])
+        #expect(status.status == 0, "\(status.stderr)")
+        #expect(status.stdout.contains("rule per_client"))
+        #expect(status.stdout.contains("key 192.0.2.1: over the limit: 0 of 3 available"), "\(status.stdout)")
+        let unknown = try runBackstop(["ratelimit", "status", "--rule", "nope", "--key", "x", "--metrics", "127.0.0.1:\(metricsPort)"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stderr.contains("no rule named \"nope\""))
+    }
+
+    @Test func metricsEndpointCountsRealTraffic() throws {
+        let dir = tempDirectory()
+        let port = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        try "known@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        try ("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n[log]\nlevel = \"warning\"\n"
+            + "[policy]\nrcpt = [\"recipients\"]\n[recipients]\ntables = [\"recipients\"]\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        for _ in 0..<7 { _ = try client.ask(rcptRequest) }  // b@example.com: unknown
+        var known = rcptRequest
+        known[4] = ("recipient", "known@example.com")
+        _ = try client.ask(known)
         let bad = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port))
         try bad.send(Array("nonsense\n\n".utf8))
         _ = try bad.readAnswer()
         let text = try scrape(port: metricsPort)
-        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"dunno\"} 7"), "\(text)")
+        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"reject\"} 7"), "\(text)")
+        #expect(text.contains("backstop_requests_total{protocol_state=\"RCPT\",action=\"dunno\"} 1"))
+        #expect(text.contains("backstop_recipients_lookups_total{result=\"unknown\"} 7"))
+        #expect(text.contains("backstop_recipients_lookups_total{result=\"known\"} 1"))
+        #expect(text.contains("backstop_check_duration_seconds_count{check=\"recipients\"} 8"))
+        #expect(text.contains("backstop_recipients_table_entries{kind=\"mailbox\"} 1"))
         #expect(text.contains("backstop_protocol_errors_total 1"))
-        #expect(text.contains("backstop_request_duration_seconds_count 7"))
+        #expect(text.contains("backstop_request_duration_seconds_count 8"))
         #expect(text.contains("backstop_config_generation 1"))
     }
 }

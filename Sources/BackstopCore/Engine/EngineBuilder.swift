@@ -25,6 +25,6 @@ public enum EngineBuilder {
             stages[state] = names.compactMap { built[$0] }
         }
         return PolicyEngine(stages: stages, testMode: config.policy.testMode, deadline: config.policy.deadline,
-                            allChecks: built)
+                            allChecks: built, timeChecks: config.metrics.listen != nil)
     }
 }

@@ -5,6 +5,7 @@
 
 import NIOCore
 import Logging
+import Metrics
 
 /// The final answer for a request, with what is needed to log it.
 public struct Decision: Sendable {
@@ -37,14 +38,26 @@ public final class PolicyEngine: Sendable {
     /// Every check by name, for reuse across reloads and for the CLI.
     public let checks: [String: any Check]
 
+    /// Per-check latency histograms, only when metrics are served (reading the clock per
+    /// check is then worth it).
+    let timers: [String: Metrics.Timer]
+
     public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(5),
-                allChecks: [String: any Check] = [:]) {
+                allChecks: [String: any Check] = [:], timeChecks: Bool = false) {
         self.stages = stages
         self.testMode = testMode
         self.deadline = deadline
         var byName = allChecks
         for list in stages.values { for check in list { byName[check.name] = check } }
         self.checks = byName
+        var timers: [String: Metrics.Timer] = [:]
+        if timeChecks {
+            for name in byName.keys {
+                timers[name] = Metrics.Timer(label: "backstop_check_duration_seconds", dimensions: [("check", name)],
+                                             preferredDisplayUnit: .seconds)
+            }
+        }
+        self.timers = timers
     }
 
     /// Decides `request`. Runs synchronously as far as the checks allow.
@@ -56,7 +69,7 @@ public final class PolicyEngine: Sendable {
         while index < checks.count {
             let check = checks[index]
             index += 1
-            switch check.evaluate(request, context: context) {
+            switch evaluate(check, request, context) {
             case .done(let verdict):
                 if let decision = state.add(verdict, from: check, engineTestMode: testMode) {
                     return .immediate(decision)
@@ -67,6 +80,19 @@ public final class PolicyEngine: Sendable {
             }
         }
         return .immediate(state.final())
+    }
+
+    /// Runs one check, timing it when metrics are on.
+    private func evaluate(_ check: any Check, _ request: PolicyRequest, _ context: CheckContext) -> CheckResult {
+        guard let timer = timers[check.name] else { return check.evaluate(request, context: context) }
+        let started = NIODeadline.now()
+        let result = check.evaluate(request, context: context)
+        switch result {
+        case .done: timer.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+        case .pending(let future):
+            future.whenComplete { _ in timer.recordNanoseconds((NIODeadline.now() - started).nanoseconds) }
+        }
+        return result
     }
 
     private func continueAsync(
@@ -105,7 +131,7 @@ public final class PolicyEngine: Sendable {
             while index < remaining.endIndex {
                 let later = remaining[index]
                 index += 1
-                switch later.evaluate(request, context: context) {
+                switch self.evaluate(later, request, context) {
                 case .done(let v):
                     if let decision = next.add(v, from: later, engineTestMode: self.testMode) {
                         promise.succeed(decision)

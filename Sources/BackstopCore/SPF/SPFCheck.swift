@@ -41,8 +41,8 @@ public final class SPFCheck: Check {
             // A message's outcome is kept as long as its transaction may reasonably take
             // (smtpd allows 300 s per command), and for at least 10,000 messages at a time:
             // the header-once rule depends on it even when result caching is off.
-            instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 10_000), lifetime: .minutes(15))
-            recent = SPFFutureCache(capacity: settings.resultCacheSize, lifetime: settings.resultCacheTTL)
+            instances = SPFFutureCache(capacity: max(settings.resultCacheSize, 10_000), lifetime: .minutes(15), name: "instance")
+            recent = SPFFutureCache(capacity: settings.resultCacheSize, lifetime: settings.resultCacheTTL, name: "recent")
         }
     }
 
@@ -303,9 +303,15 @@ final class SPFFutureCache<Value: Sendable>: @unchecked Sendable {
     let capacity: Int
     let lifetime: TimeAmount
 
-    init(capacity: Int, lifetime: TimeAmount) {
+    /// Lookups answered from the cache and lookups that started an evaluation.
+    let hits: Counter
+    let misses: Counter
+
+    init(capacity: Int, lifetime: TimeAmount, name: String = "instance") {
         self.capacity = capacity
         self.lifetime = lifetime
+        hits = Counter(label: "backstop_spf_result_cache_total", dimensions: [("cache", name), ("result", "hit")])
+        misses = Counter(label: "backstop_spf_result_cache_total", dimensions: [("cache", name), ("result", "miss")])
     }
 
     var count: Int { lock.withLock { entries.count } }
@@ -335,7 +341,11 @@ final class SPFFutureCache<Value: Sendable>: @unchecked Sendable {
             return (promise.futureResult, promise)
         }
         // Started outside the lock: `start` may complete at once and call back into us.
-        guard let promise else { return (future, false) }
+        guard let promise else {
+            hits.increment()
+            return (future, false)
+        }
+        misses.increment()
         promise.completeWith(start())
         return (future, true)
     }

@@ -84,7 +84,8 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
     }
 
     @Test func deadlineGivesTheCheckFailAction() async throws {
-        let group = NIOSingletons.posixEventLoopGroup
+        // A group of its own: other tests may keep the shared loops busy.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late"))]],
                                   deadline: .milliseconds(100))
@@ -96,10 +97,12 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         #expect(NIODeadline.now() - started < .seconds(2))
         #expect(d.deadlineExpired)
         #expect(d.action == .deferIfPermit("4.4.3 slow check timed out"))
+        try await group.shutdownGracefully()
     }
 
     @Test func asyncCheckThenLaterChecksRun() async throws {
-        let loop = NIOSingletons.posixEventLoopGroup.next()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [
             SlowCheck(delay: .milliseconds(10), verdict: Verdict(.prepend("X-Slow: yes"), reason: "slow")),
             FixedCheck(name: "after", verdict: Verdict(.reject("after"), reason: "after")),
@@ -110,5 +113,6 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         let d = try await future.get()
         #expect(d.action == .reject("after"))
         #expect(!d.deadlineExpired)
+        try await group.shutdownGracefully()
     }
 }
