@@ -56,11 +56,13 @@ def main():
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--log")
     parser.add_argument("--pidfile")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.mode == "wait":
         sys.exit(0 if poll(args.port, args.timeout) else 1)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command or not args.log or not args.pidfile:
+        parser.error("start needs --log, --pidfile and -- COMMAND")
     log = open(args.log, "ab")
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
