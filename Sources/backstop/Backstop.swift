@@ -2,6 +2,8 @@
 // the server. Each subcommand lives in its own file.
 
 import ArgumentParser
+import BackstopCore
+import BackstopPostgres
 
 @main
 struct Backstop: ParsableCommand {
@@ -9,7 +11,13 @@ struct Backstop: ParsableCommand {
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
         version: "0.1.0",
-        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, Bench.self],
+        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, Bench.self, SPFWorkerCommand.self],
         defaultSubcommand: Serve.self
     )
+
+    /// Registers the backends that live in their own targets, then runs the command.
+    static func main() {
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        main(nil)
+    }
 }

@@ -34,6 +34,7 @@ struct Bench: ParsableCommand {
     }
 
     func measure() async throws {
+        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
         let mixText = try mix.map { try String(contentsOfFile: $0, encoding: .utf8) } ?? BenchMix.builtinRcpt
         let requestMix = try BenchMix(text: mixText)
         var server: PolicyServer?

@@ -16,6 +16,7 @@ struct SPFCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Configuration file whose [spf] settings are used.") var config: String?
 
     func run() throws {
+        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
         let settings: SPFSettings
         do {
             settings = try config.map { SPFSettings.from(try Configuration.load(path: $0)) } ?? SPFSettings()

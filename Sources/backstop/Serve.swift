@@ -27,6 +27,7 @@ struct Serve: ParsableCommand {
 
     func serveAsync() async throws {
         LogOutput.bootstrap()
+        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
         let logger = Logger(label: "backstop")
         let configuration: Configuration
         let engine: PolicyEngine

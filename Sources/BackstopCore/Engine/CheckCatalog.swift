@@ -38,6 +38,8 @@ public enum CheckCatalog {
     public static let kinds: [CheckKind] = [
         CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "ratelimit") { section, baseDir in RateLimitSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "bounces") { section, baseDir in BouncesSettings(reading: section, baseDirectory: baseDir) },
     ]
 
     public static func kind(named name: String) -> CheckKind? {

@@ -1,20 +1,20 @@
 // The values that cross the SPFVerifier boundary: what to check (SPFQuery) and what came
 // out (SPFOutcome). Plain Sendable values, no libspf2 types, so the rest of Backstop never
-// sees C.
+// sees C. Codable, because in process isolation they cross a pipe to a worker process.
 
 import NIOCore
 
 /// RFC 7208 §2.6 results.
-public enum SPFResult: String, Sendable, CaseIterable, Equatable {
+public enum SPFResult: String, Sendable, CaseIterable, Equatable, Codable {
     case pass, fail, softfail, neutral, none, permerror, temperror
 }
 
 /// Which identity was checked (RFC 7208 §2.3, §2.4).
-public enum SPFIdentity: String, Sendable, Equatable {
+public enum SPFIdentity: String, Sendable, Equatable, Codable {
     case mailfrom, helo
 }
 
-public struct SPFQuery: Sendable, Hashable {
+public struct SPFQuery: Sendable, Hashable, Codable {
     /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
     public var clientAddress: String
     /// The envelope sender; empty for a bounce (then postmaster@helo is checked).
@@ -62,7 +62,7 @@ public struct SPFQuery: Sendable, Hashable {
     }
 }
 
-public struct SPFOutcome: Sendable, Equatable {
+public struct SPFOutcome: Sendable, Equatable, Codable {
     public var result: SPFResult
     public var query: SPFQuery
     /// The term that decided, as written in the record ("ip4:192.0.2.0/24", "-all"), or
@@ -85,5 +85,36 @@ public struct SPFOutcome: Sendable, Equatable {
         self.mechanism = mechanism
         self.explanation = explanation
         self.problem = problem
+    }
+
+    /// Explicit because TimeAmount is not Codable: `elapsed` travels as nanoseconds.
+    private enum CodingKeys: String, CodingKey {
+        case result, query, mechanism, explanation, problem, lookups, voidLookups, queries, elapsedNanoseconds
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        result = try c.decode(SPFResult.self, forKey: .result)
+        query = try c.decode(SPFQuery.self, forKey: .query)
+        mechanism = try c.decodeIfPresent(String.self, forKey: .mechanism)
+        explanation = try c.decodeIfPresent(String.self, forKey: .explanation)
+        problem = try c.decodeIfPresent(String.self, forKey: .problem)
+        lookups = try c.decode(Int.self, forKey: .lookups)
+        voidLookups = try c.decode(Int.self, forKey: .voidLookups)
+        queries = try c.decode(Int.self, forKey: .queries)
+        elapsed = .nanoseconds(try c.decode(Int64.self, forKey: .elapsedNanoseconds))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(result, forKey: .result)
+        try c.encode(query, forKey: .query)
+        try c.encodeIfPresent(mechanism, forKey: .mechanism)
+        try c.encodeIfPresent(explanation, forKey: .explanation)
+        try c.encodeIfPresent(problem, forKey: .problem)
+        try c.encode(lookups, forKey: .lookups)
+        try c.encode(voidLookups, forKey: .voidLookups)
+        try c.encode(queries, forKey: .queries)
+        try c.encode(elapsed.nanoseconds, forKey: .elapsedNanoseconds)
     }
 }

@@ -68,6 +68,15 @@ public struct SPFSettings: CheckSettings, Equatable {
         verifier.dnsCacheSize = section.int("dns_cache_size", default: 10_000, range: 0...10_000_000)
         verifier.workers = section.int("workers", default: 4, range: 1...256)
         verifier.queueSize = section.int("queue_size", default: 1_000, range: 1...1_000_000)
+        let isolation = section.string("isolation", default: SPFVerifier.Isolation.process.rawValue)
+        if let parsed = SPFVerifier.Isolation(rawValue: isolation.lowercased()) { verifier.isolation = parsed } else {
+            section.report("isolation", "unknown isolation \"\(LogEscaping.escape(isolation))\": use \"process\" (libspf2 in worker processes) or \"thread\"")
+        }
+        verifier.workerUser = section.string("worker_user", default: "nobody")
+        if verifier.workerUser.isEmpty || verifier.workerUser == "root" || verifier.workerUser.contains(where: { $0.isWhitespace || $0 == ":" || $0 == "/" }) {
+            section.report("worker_user", "must name an unprivileged user, such as \"nobody\" or a dedicated \"backstop-spf\"")
+            verifier.workerUser = "nobody"
+        }
         resultCacheTTL = section.duration("result_cache_ttl", default: .seconds(60), range: .zero...(.hours(1)))
         resultCacheSize = section.int("result_cache_size", default: 10_000, range: 0...10_000_000)
         heloCheck = section.bool("helo_check", default: false)

@@ -1,5 +1,7 @@
-// The one place Backstop calls libspf2. SPFVerifier owns a bounded pool of worker threads,
-// each with its own libspf2 server (those are not safe to share between threads), and
+// The one place Backstop calls libspf2. SPFVerifier owns a bounded pool of workers, each
+// with its own libspf2 server (those are not safe to share between threads): threads in
+// this process, or (isolation = "process", SPFIsolation.swift) slots whose thread hands
+// the evaluation to a child process running the same Worker code. It gives libspf2
 // gives libspf2 a DNS layer of Backstop's own (Worker's lookup/get_spf/get_exp
 // callbacks): queries go through DNSClient and DNSCache, every SPF record is checked
 // against the RFC 7208 grammar and rewritten into forms libspf2 reads right, and the
@@ -28,35 +30,64 @@ public final class SPFVerifier: Sendable {
         /// Hard cap on DNS queries (cached or not) per evaluation, whatever the record says:
         /// above what RFC 7208's limits allow (10 terms × (1 + 10 MX/PTR names) + exp + %{p}).
         public var maxQueries = 140
+        /// Where libspf2 runs: in worker processes (a crash or hang costs one answer) or in
+        /// threads of this process.
+        public var isolation: Isolation = .process
+        /// The user worker processes switch to when Backstop is still root when it spawns them.
+        public var workerUser = "nobody"
 
         public init() {}
+    }
+
+    public enum Isolation: String, Sendable, Equatable, Codable {
+        case process, thread
     }
 
     public let settings: Settings
     let queue: SPFWorkQueue
     let shared: SPFShared
+    /// The worker processes' slots in process isolation; empty in thread isolation.
+    let slots: [SPFWorkerSlot]
 
-    public init(settings: Settings, logger: Logger = Logger(label: "backstop.spf")) {
+    /// `workerExecutable` is the `backstop` binary whose `spf-worker` mode runs the worker
+    /// processes; without one (library tests), process isolation falls back to threads.
+    public init(settings: Settings, logger: Logger = Logger(label: "backstop.spf"),
+                workerExecutable: String? = SPFVerifier.workerExecutable) {
         self.settings = settings
-        SPFVerifier.quietLibrary()
         let client = DNSClient(resolvers: settings.resolvers)
-        shared = SPFShared(client: client, cache: DNSCache(capacity: settings.dnsCacheSize), settings: settings, logger: logger)
+        let shared = SPFShared(client: client, cache: DNSCache(capacity: settings.dnsCacheSize), settings: settings, logger: logger)
+        self.shared = shared
         queue = SPFWorkQueue(capacity: settings.queueSize)
+        var slots: [SPFWorkerSlot] = []
+        if settings.isolation == .process {
+            if let workerExecutable {
+                slots = (0..<max(1, settings.workers)).map {
+                    SPFWorkerSlot(index: $0, executable: workerExecutable, shared: shared)
+                }
+            } else {
+                logger.notice("spf.isolation is \"process\" but no worker executable is registered: evaluating SPF in threads of this process")
+            }
+        }
+        self.slots = slots
+        if !slots.isEmpty {
+            for slot in slots {
+                let queue = self.queue
+                let thread = Thread {
+                    SPFVerifier.serve(queue, then: { if !queue.isStopped { slot.replaceLost() } }) { slot.evaluate($0, deadline: $1) }
+                    slot.close()
+                }
+                thread.name = "backstop-spf-\(slot.index)"
+                thread.stackSize = 1 << 20
+                thread.start()
+            }
+            return
+        }
+        SPFVerifier.quietLibrary()
         for index in 0..<max(1, settings.workers) {
             let worker = Worker(shared: shared)
             let queue = self.queue
             let thread = Thread {
-                while let job = queue.next() {
-                    switch job.start() {
-                    case .answered:
-                        continue
-                    case .expired:
-                        job.finish(SPFOutcome(result: .temperror, query: job.query,
-                                              problem: "SPF evaluation deadline expired while waiting for a worker"))
-                    case .run:
-                        job.finish(worker.evaluate(job.query, deadline: job.deadline))
-                    }
-                }
+                SPFVerifier.serve(queue) { worker.evaluate($0, deadline: $1) }
                 worker.close()
             }
             thread.name = "backstop-spf-\(index)"
@@ -68,6 +99,31 @@ public final class SPFVerifier: Sendable {
     deinit {
         queue.stop()
     }
+
+    /// One worker's loop: takes jobs until the queue stops.
+    private static func serve(_ queue: SPFWorkQueue, then: () -> Void = {}, _ evaluate: (SPFQuery, NIODeadline) -> SPFOutcome) {
+        while let job = queue.next() {
+            switch job.start() {
+            case .answered:
+                continue
+            case .expired:
+                job.finish(SPFOutcome(result: .temperror, query: job.query,
+                                      problem: "SPF evaluation deadline expired while waiting for a worker"))
+            case .run:
+                job.finish(evaluate(job.query, job.deadline))
+            }
+            then()
+        }
+    }
+
+    /// True when evaluations run in worker processes.
+    public var isolated: Bool { !slots.isEmpty }
+
+    /// The process ids of the running worker processes (for tests and operators).
+    public var workerProcessIDs: [Int32] { slots.compactMap(\.processID) }
+
+    /// Worker processes restarted (killed, crashed or failed to start) since start.
+    public var workerRestartCount: Int { shared.workerRestarts.value }
 
     /// Stops the workers once the queued evaluations are done.
     public func shutdown() { queue.stop() }
@@ -111,6 +167,24 @@ public final class SPFVerifier: Sendable {
         }
     }
 
+    nonisolated(unsafe) private static var registeredExecutable: String?
+
+    /// The `backstop` executable that worker processes run (`backstop spf-worker`);
+    /// registered by the commands that evaluate SPF, nil inside library tests.
+    public static var workerExecutable: String? {
+        get { quietLock.withLock { registeredExecutable } }
+        set { quietLock.withLock { registeredExecutable = newValue } }
+    }
+
+    /// Registers the running executable (resolved through /proc/self/exe now, before any
+    /// privilege drop) as the worker executable.
+    public static func registerRunningExecutable() {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return }
+        workerExecutable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     nonisolated(unsafe) private static var quieted = false
     private static let quietLock = NSLock()
 
@@ -132,6 +206,7 @@ final class SPFShared: Sendable {
     let logger: Logger
     let evaluations = LockedCounter()
     let networkQueries = LockedCounter()
+    let workerRestarts = LockedCounter()
     let metrics = SPFMetrics()
 
     init(client: DNSClient, cache: DNSCache, settings: SPFVerifier.Settings, logger: Logger) {
@@ -159,6 +234,7 @@ struct SPFMetrics: Sendable {
     let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
     let queueFull = Counter(label: "backstop_spf_queue_full_total")
     let duration = Metrics.Timer(label: "backstop_spf_evaluation_duration_seconds", preferredDisplayUnit: .seconds)
+    let workerRestarts: [SPFWorkerSlot.RestartReason: Counter]
 
     init() {
         var evaluations: [SPFResult: Counter] = [:]
@@ -169,6 +245,11 @@ struct SPFMetrics: Sendable {
         }
         self.evaluations = evaluations
         self.results = results
+        var restarts: [SPFWorkerSlot.RestartReason: Counter] = [:]
+        for reason in SPFWorkerSlot.RestartReason.allCases {
+            restarts[reason] = Counter(label: "backstop_spf_worker_restarts_total", dimensions: [("reason", reason.rawValue)])
+        }
+        workerRestarts = restarts
     }
 }
 
@@ -251,6 +332,12 @@ final class SPFWorkQueue: @unchecked Sendable {
             head = 0
         }
         return job
+    }
+
+    var isStopped: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return stopped
     }
 
     func stop() {

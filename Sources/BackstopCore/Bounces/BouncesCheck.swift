@@ -1,0 +1,81 @@
+// The "bounces" check: refuses null-sender mail (MAIL FROM:<>) that cannot be a genuine
+// bounce. A delivery status notification goes to exactly one address, the envelope sender
+// of the message it reports on, so a null-sender message with more than one recipient is
+// backscatter or spam (checked at DATA or END-OF-MESSAGE, where Postfix sends
+// recipient_count). Addresses listed as no_reply_addresses never send mail, so they can
+// never receive a genuine bounce (checked at RCPT). Mail with a sender is never judged here.
+
+public struct BouncesSettings: CheckSettings, Equatable {
+    public var testMode = false
+    public var failAction: PolicyAction = .dunno
+    public var action: PolicyAction = BouncesSettings.defaultAction
+    public var noReplyAddresses: Set<String> = []
+    public var noReplyDomains: Set<String> = []
+    public var noReplyAction: PolicyAction = BouncesSettings.defaultNoReplyAction
+
+    public static let defaultAction = PolicyAction.reply(
+        code: 550, enhanced: "5.7.1", text: "A bounce (null sender) must have exactly one recipient")
+    public static let defaultNoReplyAction = PolicyAction.reply(
+        code: 550, enhanced: "5.7.1", text: "This address sends no mail, so it receives no bounces")
+
+    public init() {}
+
+    public init(reading section: ConfigSection, baseDirectory: String) {
+        testMode = section.bool("test_mode", default: false)
+        failAction = section.action("fail_action", default: .dunno)
+        action = section.action("action", default: Self.defaultAction)
+        noReplyAction = section.action("no_reply_action", default: Self.defaultNoReplyAction)
+        for entry in section.stringArray("no_reply_addresses", default: []) {
+            let address = entry.trimmingSpaces.lowercased()
+            if address.hasPrefix("@"), address.count > 1, !address.dropFirst().contains("@") {
+                noReplyDomains.insert(String(address.dropFirst()))
+            } else if let at = address.firstIndex(of: "@"), at != address.startIndex,
+                      address.index(after: at) != address.endIndex {
+                noReplyAddresses.insert(address)
+            } else {
+                section.report("no_reply_addresses", "\"\(LogEscaping.escape(entry))\" is not an address: write noreply@example.org, or @example.org for a whole domain")
+            }
+        }
+    }
+
+    public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        BouncesCheck(settings: self)
+    }
+}
+
+public struct BouncesCheck: Check {
+    public let name = "bounces"
+    public let settings: BouncesSettings
+    public var testMode: Bool { settings.testMode }
+    public let failVerdict: Verdict
+
+    public init(settings: BouncesSettings) {
+        self.settings = settings
+        self.failVerdict = Verdict(settings.failAction, reason: "bounces_failed")
+    }
+
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        // Only the null sender is judged; an absent sender attribute is not a null sender.
+        guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .done(.noOpinion()) }
+        switch request.protocolState {
+        case .rcpt:
+            guard !settings.noReplyAddresses.isEmpty || !settings.noReplyDomains.isEmpty else { return .done(.noOpinion()) }
+            let recipient = request.recipient.lowercased()
+            if settings.noReplyAddresses.contains(recipient) {
+                return .done(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
+            }
+            if let at = recipient.lastIndex(of: "@"), settings.noReplyDomains.contains(String(recipient[recipient.index(after: at)...])) {
+                return .done(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
+            }
+            return .done(.noOpinion())
+        case .data, .endOfMessage:
+            let count = request.recipientCount
+            if count > 1 {
+                return .done(Verdict(settings.action, reason: "bounce_recipients=\(count)"))
+            }
+            return .done(.noOpinion())
+        default:
+            return .done(.noOpinion())
+        }
+    }
+}

@@ -1,0 +1,106 @@
+// Where rate-limit state lives. The in-memory store (the default) answers at once; a shared
+// store such as PostgreSQL answers later with a future. Backends that need a heavy
+// dependency register themselves in `CounterStoreRegistry` at startup, so the core never
+// links them. This file defines the contract; it stores nothing itself.
+
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Identifies one rule's counters inside a store.
+public struct RateRuleIdentity: Sendable, Hashable {
+    /// The rule's name (shared stores key rows by it, so it is stable across hosts).
+    public let name: String
+    /// Changes whenever what the rule counts changes; in-memory counters of an edited rule start afresh.
+    public let fingerprint: UInt64
+
+    public init(name: String, fingerprint: UInt64) {
+        self.name = name
+        self.fingerprint = fingerprint
+    }
+}
+
+/// One hit, ready for a store.
+public struct RateHit: Sendable {
+    public let rule: RateRuleIdentity
+    public let parameters: GCRAParameters
+    /// The key bytes as built by `RateKeySpec.build`.
+    public let key: [UInt8]
+    public let cost: Int64
+
+    public init(rule: RateRuleIdentity, parameters: GCRAParameters, key: [UInt8], cost: Int64) {
+        self.rule = rule
+        self.parameters = parameters
+        self.key = key
+        self.cost = cost
+    }
+}
+
+/// Why a store could not answer; the rule's fail action applies.
+public struct CounterStoreFailure: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public enum CounterStoreAnswer: Sendable {
+    case ready(GCRAOutcome)
+    /// Completes within the store's own timeout, or fails with `CounterStoreFailure`.
+    case pending(EventLoopFuture<GCRAOutcome>)
+}
+
+/// The stored state of one key, for `status`.
+public struct RateKeyState: Sendable, Equatable {
+    /// The key's TAT, or nil when the store holds nothing for it (a full bucket).
+    public let tat: Int64?
+    /// The store's clock at the time of the answer, in the same unit and time line as `tat`.
+    public let now: Int64
+    public init(tat: Int64?, now: Int64) {
+        self.tat = tat
+        self.now = now
+    }
+}
+
+public protocol CounterStore: AnyObject, Sendable {
+    /// "memory", "postgres": for logs and `status`.
+    var kind: String { get }
+    /// Applies one hit atomically: counted when it fits, nothing consumed when refused.
+    func hit(_ hit: RateHit, eventLoop: any EventLoop) -> CounterStoreAnswer
+    /// Gives back an admitted hit (a later rule refused the same request). Best effort.
+    func refund(_ hit: RateHit)
+    /// The current state of a key, without changing it.
+    func state(rule: RateRuleIdentity, key: [UInt8]) async throws -> RateKeyState
+    /// Keys held per rule are published to these gauges from now on (replaces earlier ones).
+    func publishKeyCounts(to gauges: [RateRuleIdentity: Gauge])
+}
+
+// MARK: - Registry of store backends
+
+/// A store backend other than memory: reads its configuration table and makes stores.
+public protocol CounterStoreBackend: Sendable {
+    /// Reads `[ratelimit.<name>]`; reports problems on the section. Must call `finish()` on it.
+    func readSettings(_ section: ConfigSection, baseDirectory: String) -> any CounterStoreSettings
+}
+
+public protocol CounterStoreSettings: Sendable {
+    /// Equal identities mean the running store is kept across a reload (with its connections).
+    var identity: String { get }
+    func makeStore(logger: Logger) throws -> any CounterStore
+}
+
+/// Backends registered by the executable at startup (e.g. "postgres" from BackstopPostgres).
+public enum CounterStoreRegistry {
+    private static let backends = NIOLockedValueBox<[String: any CounterStoreBackend]>([:])
+
+    public static func register(_ name: String, _ backend: any CounterStoreBackend) {
+        backends.withLockedValue { $0[name] = backend }
+    }
+
+    public static func backend(named name: String) -> (any CounterStoreBackend)? {
+        backends.withLockedValue { $0[name] }
+    }
+
+    public static var names: [String] {
+        backends.withLockedValue { Array($0.keys).sorted() }
+    }
+}

@@ -1,0 +1,172 @@
+// What a rate-limit rule counts by: one request attribute or a combination such as
+// `sasl_username+client_address`, turned into a compact byte string (the key). Client
+// addresses are aggregated to a network (/32 and /64 by default) and stored as 4 or 16
+// bytes; names and addresses are lowercased so a change of case cannot dodge a limit.
+// This file builds and displays keys; counting happens in the stores.
+
+/// One attribute a key can be made of.
+public enum RateKeyPart: String, CaseIterable, Sendable, Hashable {
+    case clientAddress = "client_address"
+    case clientName = "client_name"
+    case sender
+    case senderDomain = "sender_domain"
+    case saslUsername = "sasl_username"
+    case recipient
+    case recipientDomain = "recipient_domain"
+
+    var attribute: Attribute {
+        switch self {
+        case .clientAddress: .clientAddress
+        case .clientName: .clientName
+        case .sender, .senderDomain: .sender
+        case .saslUsername: .saslUsername
+        case .recipient, .recipientDomain: .recipient
+        }
+    }
+}
+
+/// The key definition of one rule.
+public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
+    public let parts: [RateKeyPart]
+    /// IPv4 client addresses count by this network prefix (32: each address alone).
+    public let ipv4Prefix: Int
+    /// IPv6 client addresses count by this network prefix (64: one customer's /64 together).
+    public let ipv6Prefix: Int
+
+    public init(parts: [RateKeyPart], ipv4Prefix: Int = 32, ipv6Prefix: Int = 64) {
+        self.parts = parts
+        self.ipv4Prefix = ipv4Prefix
+        self.ipv6Prefix = ipv6Prefix
+    }
+
+    /// Parses "client_address" or "sasl_username+client_address"; nil with a message when wrong.
+    public static func parseParts(_ text: String) -> Result<[RateKeyPart], KeyParseError> {
+        let names = text.split(separator: "+", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
+        var parts: [RateKeyPart] = []
+        for name in names {
+            guard let part = RateKeyPart(rawValue: name.lowercased()) else {
+                return .failure(KeyParseError(message: "unknown key part \"\(LogEscaping.escape(name))\": use "
+                    + RateKeyPart.allCases.map(\.rawValue).joined(separator: ", ")
+                    + ", or several joined with + (e.g. \"sasl_username+client_address\")"))
+            }
+            guard !parts.contains(part) else {
+                return .failure(KeyParseError(message: "\"\(part.rawValue)\" appears twice in the key"))
+            }
+            parts.append(part)
+        }
+        return .success(parts)
+    }
+
+    public struct KeyParseError: Error, Sendable { public let message: String }
+
+    public var description: String { parts.map(\.rawValue).joined(separator: "+") }
+
+    /// Appends this rule's key for `request` to `out`. Returns false (and leaves `out` in an
+    /// unspecified state) when the request has no value for a part, so the rule does not apply.
+    public func build(from request: PolicyRequest, into out: inout [UInt8]) -> Bool {
+        for part in parts {
+            let ok: Bool? = request.withValueBytes(part.attribute) { value -> Bool in
+                switch part {
+                case .sender:
+                    // The null sender is a key of its own.
+                    append(part, value, to: &out)
+                    return true
+                case .senderDomain, .recipientDomain:
+                    guard !value.isEmpty else { return false }
+                    let domain: UnsafeRawBufferPointer
+                    if let at = value.lastIndex(of: UInt8(ascii: "@")) {
+                        domain = UnsafeRawBufferPointer(rebasing: value[(at + 1)...])
+                    } else {
+                        domain = UnsafeRawBufferPointer(rebasing: value[value.endIndex...])
+                    }
+                    append(part, domain, to: &out)
+                    return true
+                default:
+                    guard !value.isEmpty else { return false }
+                    append(part, value, to: &out)
+                    return true
+                }
+            }
+            guard ok == true else { return false }
+        }
+        return true
+    }
+
+    /// Builds the key from values written by an administrator, one per part in order
+    /// (`status` uses this): a domain part takes the domain itself, `<>` is the null sender.
+    public func build(values: [String]) -> [UInt8]? {
+        guard values.count == parts.count else { return nil }
+        var out: [UInt8] = []
+        for (part, text) in zip(parts, values) {
+            var value = text.trimmingSpaces
+            if part == .sender, value == "<>" { value = "" }
+            if part == .sender, value.hasPrefix("<"), value.hasSuffix(">") { value = String(value.dropFirst().dropLast()) }
+            if part != .sender, value.isEmpty { return nil }
+            var bytes = Array(value.utf8)
+            bytes.withUnsafeMutableBytes { append(part, UnsafeRawBufferPointer($0), to: &out) }
+        }
+        return out
+    }
+
+    /// Appends one component: a two-byte length, then the bytes (so "a+b"+"c" and "a"+"b+c"
+    /// are different keys). Values longer than 65535 bytes are cut there.
+    private func append(_ part: RateKeyPart, _ value: UnsafeRawBufferPointer, to out: inout [UInt8]) {
+        if part == .clientAddress, let address = IPAddress(String(decoding: value, as: UTF8.self)) {
+            // Binary form, tagged with a leading NUL (a request value never starts with one).
+            switch address.masked(to: address.isV4 ? ipv4Prefix : ipv6Prefix) {
+            case .v4(let a):
+                out.append(contentsOf: [0, 7, 0, 4])
+                for shift in stride(from: 24, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: a >> UInt32(shift))) }
+                out.append(UInt8(ipv4Prefix))
+            case .v6(let hi, let lo):
+                out.append(contentsOf: [0, 19, 0, 6])
+                for word in [hi, lo] {
+                    for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+                }
+                out.append(UInt8(ipv6Prefix))
+            }
+            return
+        }
+        let length = min(value.count, 65535)
+        out.append(UInt8(length >> 8))
+        out.append(UInt8(length & 0xFF))
+        for byte in value.prefix(length) {
+            // ASCII lowercase: addresses, domains and user names are compared without case.
+            out.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
+        }
+    }
+
+    /// The key as an administrator reads it: "192.0.2.0/24+alice".
+    public func display(_ key: [UInt8]) -> String {
+        var components: [String] = []
+        var index = 0
+        for part in parts {
+            guard index + 2 <= key.count else { break }
+            let length = Int(key[index]) << 8 | Int(key[index + 1])
+            index += 2
+            guard index + length <= key.count else { break }
+            let bytes = key[index..<(index + length)]
+            index += length
+            components.append(Self.render(part, bytes))
+        }
+        return components.joined(separator: "+")
+    }
+
+    private static func render(_ part: RateKeyPart, _ bytes: ArraySlice<UInt8>) -> String {
+        if part == .clientAddress, bytes.first == 0, bytes.count >= 2 {
+            let b = Array(bytes)
+            if b[1] == 4, b.count == 7 {
+                let address = IPAddress.v4(UInt32(b[2]) << 24 | UInt32(b[3]) << 16 | UInt32(b[4]) << 8 | UInt32(b[5]))
+                return b[6] == 32 ? "\(address)" : "\(address)/\(b[6])"
+            }
+            if b[1] == 6, b.count == 19 {
+                var hi: UInt64 = 0, lo: UInt64 = 0
+                for i in 0..<8 { hi = hi << 8 | UInt64(b[2 + i]) }
+                for i in 0..<8 { lo = lo << 8 | UInt64(b[10 + i]) }
+                return b[18] == 128 ? "\(IPAddress.v6(hi, lo))" : "\(IPAddress.v6(hi, lo))/\(b[18])"
+            }
+        }
+        if part == .sender, bytes.isEmpty { return "<>" }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,289 @@
+// The "ratelimit" check: for each rule that counts at the request's protocol_state and
+// applies to it, one hit on the rule's key. Every rule must admit; when one refuses, the hits
+// the earlier rules of the same request took are given back, so a refused request consumes
+// nothing. A store that cannot answer (a shared store down or slow) makes the rule answer
+// its fail action (default: no opinion, so mail flows), and the failure is logged and counted.
+// This file decides; counting is in the stores and the arithmetic in GCRA.
+
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+
+public final class RateLimitCheck: Check, Sendable {
+    public let name = "ratelimit"
+    public let testMode: Bool
+    public let failVerdict: Verdict
+    public let store: any CounterStore
+    let instances: RecentInstances
+    let storeIdentity: String
+    let rules: [Runtime]
+    private let byState: [ProtocolState: [Int]]
+    private let memory: MemoryCounterStore?
+    private let logger: Logger
+    /// Store failures not yet logged, and when the last line was written: while a shared
+    /// store is down every request fails, so one line per second at most.
+    private let failureLog = NIOLockedValueBox<(pending: Int, last: NIODeadline?)>((0, nil))
+
+    /// A rule with its identity and its metrics, made once per configuration.
+    struct Runtime: Sendable {
+        let rule: RateLimitRule
+        let identity: RateRuleIdentity
+        let hits: Counter
+        let refusals: Counter
+        let failures: Counter
+        let keys: Gauge
+    }
+
+    public init(settings: RateLimitSettings, store: any CounterStore, instances: RecentInstances = RecentInstances(),
+                logger: Logger = Logger(label: "backstop.ratelimit")) {
+        self.testMode = settings.testMode
+        self.failVerdict = Verdict(settings.failAction, reason: "ratelimit_store_unavailable")
+        self.store = store
+        self.instances = instances
+        self.storeIdentity = settings.storeIdentity
+        self.memory = store as? MemoryCounterStore
+        self.logger = logger
+        self.rules = settings.rules.map { rule in
+            let dims = [("rule", rule.name)]
+            return Runtime(rule: rule, identity: rule.identity,
+                           hits: Counter(label: "backstop_ratelimit_hits_total", dimensions: dims),
+                           refusals: Counter(label: "backstop_ratelimit_refusals_total", dimensions: dims),
+                           failures: Counter(label: "backstop_ratelimit_store_failures_total", dimensions: dims),
+                           keys: Gauge(label: "backstop_ratelimit_keys", dimensions: dims))
+        }
+        var byState: [ProtocolState: [Int]] = [:]
+        for (index, runtime) in rules.enumerated() { byState[runtime.rule.state, default: []].append(index) }
+        self.byState = byState
+        var gauges: [RateRuleIdentity: Gauge] = [:]
+        for runtime in rules { gauges[runtime.identity] = runtime.keys }
+        store.publishKeyCounts(to: gauges)
+    }
+
+    public var ruleNames: [String] { rules.map(\.rule.name) }
+
+    // MARK: - Evaluation
+
+    /// Hits admitted so far for this request (to give back on a refusal) and messages to remember.
+    private struct Progress {
+        var admitted: [RateHit] = []
+        var counted: [UInt64] = []
+    }
+
+    private enum Step: Sendable {
+        case decided(Verdict)
+        case proceed(Progress)
+    }
+
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        guard let indices = byState[request.protocolState] else { return .done(.noOpinion()) }
+        return run(indices[...], request, context, Progress())
+    }
+
+    private func run(_ pending: ArraySlice<Int>, _ request: PolicyRequest, _ context: CheckContext,
+                     _ progress: Progress) -> CheckResult {
+        var progress = progress
+        var pending = pending
+        while let index = pending.popFirst() {
+            let runtime = rules[index]
+            guard let (hit, mark) = prepare(runtime, request) else { continue }
+            runtime.hits.increment()
+            if let memory {
+                // The embedded store answers synchronously: no future on the hot path.
+                if let verdict = settle(memory.apply(hit), hit, mark, runtime, request, context, &progress) {
+                    return .done(verdict)
+                }
+                continue
+            }
+            switch store.hit(hit, eventLoop: context.eventLoop) {
+            case .ready(let outcome):
+                if let verdict = settle(outcome, hit, mark, runtime, request, context, &progress) { return .done(verdict) }
+            case .pending(let future):
+                let rest = pending
+                let carried = progress
+                let step = future.hop(to: context.eventLoop).map { outcome -> Step in
+                    var p = carried
+                    if let verdict = self.settle(outcome, hit, mark, runtime, request, context, &p) { return .decided(verdict) }
+                    return .proceed(p)
+                }.recover { error -> Step in
+                    var p = carried
+                    if let verdict = self.storeFailed(error, hit, runtime, context, &p) { return .decided(verdict) }
+                    return .proceed(p)
+                }
+                return .pending(step.flatMap { step -> EventLoopFuture<Verdict> in
+                    switch step {
+                    case .decided(let verdict):
+                        return context.eventLoop.makeSucceededFuture(verdict)
+                    case .proceed(let p):
+                        switch self.run(rest, request, context, p) {
+                        case .done(let verdict): return context.eventLoop.makeSucceededFuture(verdict)
+                        case .pending(let future): return future
+                        }
+                    }
+                })
+            }
+        }
+        for mark in progress.counted { instances.remember(mark) }
+        return .done(.noOpinion())
+    }
+}
+
+extension RateLimitCheck {
+    /// The hit this rule takes for `request`, or nil when the rule does not count it. The second
+    /// value marks the message for once-per-instance counting.
+    private func prepare(_ runtime: Runtime, _ request: PolicyRequest) -> (RateHit, UInt64?)? {
+        let rule = runtime.rule
+        guard rule.applies(to: request) else { return nil }
+        let cost: Int64
+        switch rule.count {
+        case .recipient: cost = rule.state == .rcpt ? 1 : Int64(request.recipientCount)
+        case .message: cost = 1
+        case .bytes: cost = (request.withValueBytes(.size) { Self.decimal($0) } ?? nil) ?? 0
+        }
+        guard cost > 0 else { return nil }
+        var key: [UInt8] = []
+        key.reserveCapacity(48)
+        guard rule.key.build(from: request, into: &key) else { return nil }
+        var mark: UInt64?
+        if rule.count != .recipient || rule.state != .rcpt {
+            // A message is counted once per key, however often the policy is asked about it.
+            mark = request.withValueBytes(.instance) { instance -> UInt64? in
+                instance.isEmpty ? nil : instances.fingerprint(rule: runtime.identity.fingerprint, instance: instance, key: key)
+            } ?? nil
+            if let mark, instances.contains(mark) { return nil }
+        }
+        return (RateHit(rule: runtime.identity, parameters: rule.parameters, key: key, cost: cost), mark)
+    }
+
+    static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int64? {
+        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
+        var value: Int64 = 0
+        for byte in bytes {
+            guard byte >= 0x30 && byte <= 0x39 else { return nil }
+            value = value * 10 + Int64(byte - 0x30)
+        }
+        return value
+    }
+
+    /// Records an outcome; returns the verdict when the rule refused.
+    private func settle(_ outcome: GCRAOutcome, _ hit: RateHit, _ mark: UInt64?, _ runtime: Runtime,
+                        _ request: PolicyRequest, _ context: CheckContext, _ progress: inout Progress) -> Verdict? {
+        switch outcome {
+        case .admitted:
+            progress.admitted.append(hit)
+            if let mark { progress.counted.append(mark) }
+            return nil
+        case .refused(let retryAfter):
+            giveBack(progress)
+            runtime.refusals.increment()
+            let rule = runtime.rule
+            var metadata: Logger.Metadata = [
+                "check": "ratelimit",
+                "rule": "\(rule.name)",
+                "key": "\(LogEscaping.field(rule.key.display(hit.key)))",
+                "count": "\(rule.count.rawValue)",
+                "cost": "\(hit.cost)",
+                "limit": "\(rule.limitCount)/\(Duration.format(.nanoseconds(rule.period)))",
+                "burst": "\(rule.parameters.burst)",
+            ]
+            if let retryAfter { metadata["retry_after"] = "\(RateLimitCheck.format(nanoseconds: retryAfter))" }
+            else { metadata["over_burst"] = "true" }
+            let instance = request.instance
+            if !instance.isEmpty { metadata["instance"] = "\(LogEscaping.field(instance))" }
+            context.logger.notice("rate limit exceeded", metadata: metadata)
+            return Verdict(rule.action, reason: "ratelimit=\(rule.name)" + (retryAfter == nil ? " over_burst" : ""))
+        }
+    }
+
+    private func storeFailed(_ error: any Error, _ hit: RateHit, _ runtime: Runtime, _ context: CheckContext,
+                             _ progress: inout Progress) -> Verdict? {
+        runtime.failures.increment()
+        let rule = runtime.rule
+        let now = NIODeadline.now()
+        let failures: Int? = failureLog.withLockedValue { log in
+            log.pending += 1
+            if let last = log.last, now - last < .seconds(1) { return nil }
+            defer { log = (0, now) }
+            return log.pending
+        }
+        if let failures {
+            context.logger.warning("rate-limit store failed, using the fail action", metadata: [
+                "check": "ratelimit", "rule": "\(rule.name)", "store": "\(store.kind)",
+                "fail_action": "\(LogEscaping.field(rule.failAction.description))",
+                "error": "\(LogEscaping.field("\(error)"))", "failures": "\(failures)",
+            ])
+        }
+        if rule.failAction.isNoOpinion { return nil }
+        giveBack(progress)
+        return Verdict(rule.failAction, reason: "ratelimit_store_unavailable rule=\(rule.name)")
+    }
+
+    private func giveBack(_ progress: Progress) {
+        for hit in progress.admitted { store.refund(hit) }
+    }
+}
+
+// MARK: - Status
+
+public struct RateLimitStatusError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+extension RateLimitCheck {
+    /// Describes a key's state for one rule, as `backstop ratelimit status --rule R --key K` shows it.
+    /// `key` is the value of the rule's key (a client address is aggregated like a request's); for
+    /// a combined key give the values in the rule's order joined by "+". A domain part takes the
+    /// domain itself; `<>` is the null sender.
+    public func status(rule name: String, key: String) async throws -> String {
+        guard let runtime = rules.first(where: { $0.rule.name == name }) else {
+            throw RateLimitStatusError(description: "no rule named \"\(LogEscaping.escape(name))\": the rules are "
+                + (rules.isEmpty ? "(none)" : rules.map(\.rule.name).joined(separator: ", ")))
+        }
+        let spec = runtime.rule.key
+        let values = spec.parts.count == 1 ? [key] : key.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+        guard let bytes = spec.build(values: values) else {
+            throw RateLimitStatusError(description: "rule \(name) counts by \(spec): give "
+                + spec.parts.map(\.rawValue).joined(separator: "+") + " (values joined by +, none empty)")
+        }
+        let state = try await store.state(rule: runtime.identity, key: bytes)
+        return Self.describe(runtime.rule, key: spec.display(bytes), state: state, store: store.kind)
+    }
+
+    static func describe(_ rule: RateLimitRule, key: String, state: RateKeyState, store: String) -> String {
+        let p = rule.parameters
+        var lines = ["rule \(rule.name): counts \(rule.count.unitName) at \(rule.state.rawValue) by \(rule.key), "
+            + "\(rule.limitDescription), one unit back every \(format(nanoseconds: p.emissionInterval)), store \(store)"]
+        let available = GCRA.available(tat: state.tat, now: state.now, p)
+        guard let tat = state.tat, tat > state.now else {
+            lines.append("key \(key): no state held: all \(p.burst) available")
+            return lines.joined(separator: "\n")
+        }
+        let full = format(nanoseconds: tat - state.now)
+        if available > 0 {
+            lines.append("key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)")
+        } else {
+            let next = tat + p.emissionInterval - state.now - p.tolerance
+            lines.append("key \(key): over the limit: 0 of \(p.burst) available; the next one in \(format(nanoseconds: next)); all \(p.burst) again in \(full)")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// "1h2m3s", "4.5s", "250ms".
+    static func format(nanoseconds ns: Int64) -> String {
+        if ns < 1_000_000 { return "\(max(0, ns) / 1000)µs" }
+        if ns < 10_000_000_000 {
+            let ms = ns / 1_000_000
+            return ms < 1000 ? "\(ms)ms" : "\(ms / 1000).\((ms % 1000) / 100)s"
+        }
+        var seconds = (ns + 999_999_999) / 1_000_000_000
+        var out = ""
+        let days = seconds / 86_400
+        if days > 0 { out += "\(days)d"; seconds %= 86_400 }
+        let hours = seconds / 3600
+        if hours > 0 { out += "\(hours)h"; seconds %= 3600 }
+        let minutes = seconds / 60
+        if minutes > 0 { out += "\(minutes)m"; seconds %= 60 }
+        if seconds > 0 || out.isEmpty { out += "\(seconds)s" }
+        return out
+    }
+}

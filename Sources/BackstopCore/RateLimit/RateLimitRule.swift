@@ -1,0 +1,255 @@
+// One `[[ratelimit.rule]]`: what it counts (recipients, messages or bytes), by which key,
+// at which stage, how much is allowed, what to answer when over, and which traffic it
+// applies to. Reading reports every bad value with file:line through ConfigSection.
+// Evaluation lives in RateLimitCheck; this file only describes and reads a rule.
+
+import NIOCore
+
+/// What one hit is.
+public enum RateCount: String, Sendable, Hashable, CaseIterable {
+    /// One per recipient at RCPT; at DATA / END-OF-MESSAGE one message costs `recipient_count`.
+    case recipient
+    /// One per message (Postfix `instance`), counted once per key.
+    case message
+    /// The message size in bytes (`size` at END-OF-MESSAGE).
+    case bytes
+
+    var unitName: String {
+        switch self {
+        case .recipient: "recipients"
+        case .message: "messages"
+        case .bytes: "bytes"
+        }
+    }
+
+    /// Stages at which this kind may count, the first one being the default.
+    var stages: [ProtocolState] {
+        switch self {
+        case .recipient: [.rcpt, .data, .endOfMessage]
+        case .message: [.endOfMessage, .data, .rcpt]
+        case .bytes: [.endOfMessage]
+        }
+    }
+}
+
+public struct RateLimitRule: Sendable {
+    public var name: String
+    public var key: RateKeySpec
+    public var count: RateCount
+    /// The stage at which the rule counts (Postfix protocol_state).
+    public var state: ProtocolState
+    /// The limit as written: `limitCount` units per `period` nanoseconds.
+    public var limitCount: Int64
+    public var period: Int64
+    public var parameters: GCRAParameters
+    public var action: PolicyAction
+    public var failAction: PolicyAction
+    // Selectors: the rule applies only to requests that match all of them.
+    public var onlySASL = false
+    public var onlyUnauthenticated = false
+    public var onlyNullSender = false
+    public var onlyNetworks = NetworkList([])
+    // Exemptions: a request matching any of them is not counted.
+    public var exemptNetworks = NetworkList([])
+    public var exemptSASLUsers: Set<String> = []
+    public var exemptSenderDomains: [String] = []
+
+    public static let defaultAction = PolicyAction.deferTemporarily("4.7.1 Rate limit exceeded, try again later")
+
+    public init(name: String, key: RateKeySpec, count: RateCount, state: ProtocolState? = nil,
+                limitCount: Int64, period: TimeAmount, burst: Int64? = nil,
+                action: PolicyAction = RateLimitRule.defaultAction, failAction: PolicyAction = .dunno) {
+        self.name = name
+        self.key = key
+        self.count = count
+        self.state = state ?? count.stages[0]
+        self.limitCount = limitCount
+        self.period = period.nanoseconds
+        self.parameters = GCRAParameters(count: limitCount, period: period.nanoseconds, burst: burst ?? limitCount)
+            ?? GCRAParameters(count: 1, period: 1_000_000_000, burst: 1)!
+        self.action = action
+        self.failAction = failAction
+    }
+
+    /// Changes whenever the counting changes (name, key, what is counted, where, the numbers),
+    /// not when only the answers, selectors or exemptions change.
+    public var identity: RateRuleIdentity {
+        var h = Hasher()
+        h.combine(name)
+        h.combine(key)
+        h.combine(count)
+        h.combine(state)
+        h.combine(limitCount)
+        h.combine(period)
+        h.combine(parameters)
+        return RateRuleIdentity(name: name, fingerprint: UInt64(bitPattern: Int64(h.finalize())))
+    }
+
+    /// "200 recipients per 1h (burst 200)".
+    public var limitDescription: String {
+        "\(limitCount) \(count.unitName) per \(Duration.format(.nanoseconds(period))) (burst \(parameters.burst))"
+    }
+
+    /// Whether the selectors and exemptions let this rule count `request`.
+    func applies(to request: PolicyRequest) -> Bool {
+        let sasl = request.withValueBytes(.saslUsername) { $0.count } ?? 0
+        if onlySASL && sasl == 0 { return false }
+        if onlyUnauthenticated && sasl != 0 { return false }
+        if onlyNullSender && (request.withValueBytes(.sender) { $0.count } ?? 0) != 0 { return false }
+        if !onlyNetworks.isEmpty || !exemptNetworks.isEmpty {
+            let address = IPAddress(request.clientAddress)
+            if !onlyNetworks.isEmpty && !(address.map(onlyNetworks.contains) ?? false) { return false }
+            if let address, exemptNetworks.contains(address) { return false }
+        }
+        if !exemptSASLUsers.isEmpty && sasl != 0 && exemptSASLUsers.contains(request.saslUsername.lowercased()) {
+            return false
+        }
+        if !exemptSenderDomains.isEmpty {
+            let sender = request.sender.lowercased()
+            if let at = sender.lastIndex(of: "@") {
+                let domain = sender[sender.index(after: at)...]
+                for exempt in exemptSenderDomains {
+                    if exempt.hasPrefix(".") ? domain.hasSuffix(exempt) : domain == exempt { return false }
+                }
+            }
+        }
+        return true
+    }
+}
+
+// MARK: - Reading
+
+extension RateLimitRule {
+    /// Reads one `[[ratelimit.rule]]` table; nil when it is too broken to use (issues reported).
+    static func read(_ s: ConfigSection, defaultFailAction: PolicyAction) -> RateLimitRule? {
+        defer { s.finish() }
+        var usable = true
+        let name = s.string("name", default: "")
+        if name.isEmpty || !name.utf8.allSatisfy({ $0.isRuleNameByte }) {
+            s.report("name", name.isEmpty ? "missing: every rule needs a name (letters, digits, _ . -)"
+                                          : "\"\(LogEscaping.escape(name))\" may contain only letters, digits, _ . and -")
+            usable = false
+        }
+        var parts: [RateKeyPart] = []
+        if !s.has("key") {
+            _ = s.raw("key")
+            s.report("key", "missing: e.g. key = \"client_address\" or \"sasl_username+client_address\"")
+            usable = false
+        } else {
+            switch RateKeySpec.parseParts(s.string("key", default: "")) {
+            case .success(let p): parts = p
+            case .failure(let e): s.report("key", e.message); usable = false
+            }
+        }
+        let hasAddress = parts.contains(.clientAddress)
+        let v4 = s.int("ipv4_prefix", default: 32, range: 1...32)
+        let v6 = s.int("ipv6_prefix", default: 64, range: 1...128)
+        if !hasAddress && !parts.isEmpty {
+            for k in ["ipv4_prefix", "ipv6_prefix"] where s.has(k) {
+                s.report(k, "only applies when the key includes client_address")
+            }
+        }
+        let countText = s.string("count", default: "")
+        let count = RateCount(rawValue: countText.lowercased())
+        if count == nil {
+            s.report("count", countText.isEmpty ? "missing: use \"recipient\", \"message\" or \"bytes\""
+                                                : "\"\(LogEscaping.escape(countText))\" is not one of recipient, message, bytes")
+            usable = false
+        }
+        var state = count?.stages[0] ?? .rcpt
+        if let text = s.optionalString("protocol_state"), let count {
+            let parsed = ProtocolState(wire: text)
+            if count.stages.contains(parsed) { state = parsed } else {
+                s.report("protocol_state", "a \(count.rawValue) rule counts at "
+                    + count.stages.map(\.rawValue).joined(separator: " or ") + ", not \"\(LogEscaping.escape(text))\"")
+            }
+        }
+        var limitCount: Int64 = 0
+        var period: Int64 = 0
+        let limitText = s.string("limit", default: "")
+        if let (c, p) = parseLimit(limitText) {
+            limitCount = c
+            period = p
+        } else {
+            s.report("limit", limitText.isEmpty ? "missing: e.g. limit = \"200/1h\" (COUNT/DURATION)"
+                : "\"\(LogEscaping.escape(limitText))\" is not COUNT/DURATION such as \"200/1h\", \"1000/1d\" or \"50M/1h\"")
+            usable = false
+        }
+        var burst = limitCount
+        if let raw = s.raw("burst") {
+            switch raw {
+            case .int(let b) where b > 0: burst = Int64(b)
+            case .string(let t) where parseCount(t) != nil: burst = parseCount(t)!
+            default: s.report("burst", "expected a positive whole number (e.g. 20, or \"10M\" for bytes)")
+            }
+        }
+        var parameters: GCRAParameters?
+        if usable {
+            parameters = GCRAParameters(count: limitCount, period: period, burst: burst)
+            if parameters == nil {
+                s.report("limit", "too fine or too large: the duration divided by the count must be at least 1ns and burst × that at most 146 years")
+                usable = false
+            } else if let p = parameters, p.emissionInterval < 1000, period % limitCount != 0 {
+                s.report("limit", "too fine to count exactly: the duration divided by the count must be at least 1µs (or divide exactly); use a longer duration")
+                usable = false
+            }
+        }
+        let action = s.action("action", default: defaultAction)
+        let failAction = s.action("fail_action", default: defaultFailAction)
+        var rule = RateLimitRule(name: name, key: RateKeySpec(parts: parts, ipv4Prefix: v4, ipv6Prefix: v6),
+                                 count: count ?? .recipient, state: state,
+                                 limitCount: max(1, limitCount), period: .nanoseconds(max(1, period)),
+                                 burst: burst, action: action, failAction: failAction)
+        if let parameters { rule.parameters = parameters }
+        rule.onlySASL = s.bool("only_sasl", default: false)
+        rule.onlyUnauthenticated = s.bool("only_unauthenticated", default: false)
+        if rule.onlySASL && rule.onlyUnauthenticated {
+            s.report("only_unauthenticated", "cannot be combined with only_sasl: the rule would never apply")
+        }
+        rule.onlyNullSender = s.bool("only_null_sender", default: false)
+        if rule.onlyNullSender, parts.contains(.senderDomain) {
+            s.report("only_null_sender", "a null sender has no domain, so a sender_domain key never applies")
+        }
+        rule.onlyNetworks = s.networks("only_networks", default: [])
+        rule.exemptNetworks = s.networks("exempt_networks", default: [])
+        rule.exemptSASLUsers = Set(s.stringArray("exempt_sasl_users", default: []).map { $0.lowercased() })
+        rule.exemptSenderDomains = s.stringArray("exempt_sender_domains", default: []).map { $0.lowercased().trimmingSpaces }
+        for domain in rule.exemptSenderDomains where domain.isEmpty || domain.contains("@") {
+            s.report("exempt_sender_domains", "\"\(LogEscaping.escape(domain))\" is not a domain: write example.org, or .example.org for its subdomains")
+        }
+        return usable ? rule : nil
+    }
+
+    /// "200/1h", "200 / 1h", "50M/1d", "10/m" → (count, period ns).
+    public static func parseLimit(_ text: String) -> (Int64, Int64)? {
+        let halves = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard halves.count == 2, let count = parseCount(String(halves[0])) else { return nil }
+        var periodText = halves[1].trimmingSpaces
+        if let first = periodText.first, !first.isNumber { periodText = "1" + periodText }
+        guard let period = Duration.parse(periodText), period.nanoseconds > 0 else { return nil }
+        return (count, period.nanoseconds)
+    }
+
+    /// A positive count with an optional decimal suffix: k (×1000), M (×10⁶), G (×10⁹).
+    public static func parseCount(_ text: String) -> Int64? {
+        var t = text.trimmingSpaces
+        var multiplier: Int64 = 1
+        switch t.last {
+        case "k", "K": multiplier = 1_000
+        case "m", "M": multiplier = 1_000_000
+        case "g", "G": multiplier = 1_000_000_000
+        default: break
+        }
+        if multiplier != 1 { t = String(t.dropLast()).trimmingSpaces }
+        guard let n = Int64(t), n > 0 else { return nil }
+        let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : v
+    }
+}
+
+extension UInt8 {
+    var isRuleNameByte: Bool {
+        (self >= 0x30 && self <= 0x39) || (self >= 0x41 && self <= 0x5A) || (self >= 0x61 && self <= 0x7A)
+            || self == 0x5F || self == 0x2E || self == 0x2D
+    }
+}

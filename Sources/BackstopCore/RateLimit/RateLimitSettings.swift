@@ -1,0 +1,80 @@
+// The `[ratelimit]` section: the store (memory, or a registered shared backend such as
+// postgres), the key cap, test mode, the default fail action and the rules. Builds the
+// running RateLimitCheck, keeping the previous check's store (and so its counters) when
+// the store settings are unchanged.
+
+import Logging
+
+public struct RateLimitSettings: CheckSettings {
+    public enum Store: Sendable {
+        case memory
+        case backend(name: String, settings: any CounterStoreSettings)
+    }
+
+    public var testMode = false
+    public var failAction: PolicyAction = .dunno
+    public var maxKeys = 1_000_000
+    public var store: Store = .memory
+    public var rules: [RateLimitRule] = []
+
+    public init() {}
+
+    public init(reading section: ConfigSection, baseDirectory: String) {
+        testMode = section.bool("test_mode", default: false)
+        failAction = section.action("fail_action", default: .dunno)
+        maxKeys = section.int("max_keys", default: 1_000_000, range: 1_000...100_000_000)
+        let storeName = section.string("store", default: "memory")
+        if storeName == "memory" {
+            // A backend table may stay in the file while the memory store is used.
+            for name in section.keys where name != "rule" {
+                if let backend = CounterStoreRegistry.backend(named: name) {
+                    _ = backend.readSettings(section.section(name), baseDirectory: baseDirectory)
+                } else if name == "postgres" {
+                    _ = section.raw(name)
+                }
+            }
+        } else if let backend = CounterStoreRegistry.backend(named: storeName) {
+            store = .backend(name: storeName, settings: backend.readSettings(section.section(storeName), baseDirectory: baseDirectory))
+        } else {
+            let available = (["memory"] + CounterStoreRegistry.names).map { "\"\($0)\"" }.joined(separator: ", ")
+            section.report("store", "\"\(LogEscaping.escape(storeName))\" is not available in this build: use \(available)")
+            if section.has(storeName) { _ = section.raw(storeName) }
+        }
+        var names = Set<String>()
+        for ruleSection in section.sections("rule") {
+            guard let rule = RateLimitRule.read(ruleSection, defaultFailAction: failAction) else { continue }
+            if !names.insert(rule.name).inserted {
+                ruleSection.report("name", "another rule is already called \"\(rule.name)\": names must be unique")
+                continue
+            }
+            rules.append(rule)
+        }
+    }
+
+    /// Stores are reused across a reload while this stays the same.
+    public var storeIdentity: String {
+        switch store {
+        case .memory: "memory max_keys=\(maxKeys)"
+        case .backend(let name, let settings): "\(name) \(settings.identity)"
+        }
+    }
+
+    public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        let previous = context.previous as? RateLimitCheck
+        let store: any CounterStore
+        let instances: RecentInstances
+        if let previous, previous.storeIdentity == storeIdentity {
+            store = previous.store
+            instances = previous.instances
+        } else {
+            switch self.store {
+            case .memory:
+                store = MemoryCounterStore(maxKeys: maxKeys, logger: context.logger)
+            case .backend(_, let settings):
+                store = try settings.makeStore(logger: context.logger)
+            }
+            instances = RecentInstances()
+        }
+        return RateLimitCheck(settings: self, store: store, instances: instances, logger: context.logger)
+    }
+}

@@ -1,0 +1,300 @@
+// Rate-limit counters kept in PostgreSQL, so several Backstop hosts (MX machines) share one
+// limit. Each hit is one atomic INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING statement
+// that runs GCRA inside the database with the database's clock, so there is no read-modify-
+// write race between connections or hosts and host clocks need not agree. Connections come
+// from a postgres-nio pool. Every hit is answered within statement_timeout: when the database
+// is slow or down the hit fails and the rule's fail action applies; after three failures in a
+// row later hits fail at once for retry_interval, without waiting, and then the store is
+// tried again, so it recovers by itself.
+// This file does not decide anything; RateLimitCheck does.
+
+import BackstopCore
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresNIO
+
+public final class PostgresCounterStore: CounterStore, Sendable {
+    public var kind: String { "postgres" }
+    public let settings: PostgresStoreSettings
+    private let client: PostgresClient
+    private let logger: Logger
+    private let tasks = NIOLockedValueBox<[Task<Void, Never>]>([])
+    private let health = NIOLockedValueBox(Health())
+    private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
+    private let failuresTotal = Counter(label: "backstop_ratelimit_postgres_failures_total")
+
+    struct Health {
+        var schemaReady = false
+        /// While the clock is before this, hits fail at once (the store failed repeatedly).
+        var unavailableUntil: NIODeadline = .uptimeNanoseconds(0)
+        /// Failures since the last success; a single slow statement does not stop the store.
+        var consecutiveFailures = 0
+        var lastError = ""
+        var failing = false
+    }
+
+    public static let table = "backstop_ratelimit"
+
+    public init(settings: PostgresStoreSettings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        var configuration = PostgresClient.Configuration(
+            host: settings.host, port: settings.port, username: settings.user, password: settings.password,
+            database: settings.database, tls: settings.tls.configuration)
+        configuration.options.maximumConnections = settings.poolSize
+        // Keep connections open so a burst does not wait for new ones to be set up.
+        configuration.options.minimumConnections = max(0, settings.poolSize - 1)
+        configuration.options.connectTimeout = .nanoseconds(settings.connectTimeout.nanoseconds)
+        // The server cancels a statement that runs longer than this (the client stops waiting then too).
+        configuration.options.additionalStartupParameters = [
+            ("statement_timeout", "\(max(1, settings.statementTimeout.nanoseconds / 1_000_000))"),
+            ("application_name", "backstop"),
+        ]
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let client = self.client
+        let run = Task { await client.run() }
+        let maintain = Task { [weak self] in
+            while !Task.isCancelled {
+                guard let self else { return }
+                let ready = self.health.withLockedValue { $0.schemaReady }
+                if !ready {
+                    await self.migrate()
+                } else {
+                    await self.sweep()
+                }
+                let pause: UInt64 = self.health.withLockedValue { $0.schemaReady } ? UInt64(settings.sweepInterval.nanoseconds) : 1_000_000_000
+                try? await Task.sleep(nanoseconds: pause)
+            }
+        }
+        tasks.withLockedValue { $0 = [run, maintain] }
+    }
+
+    deinit {
+        for task in tasks.withLockedValue({ $0 }) { task.cancel() }
+    }
+
+    /// Stops the pool and background work (tests; a replaced store also stops when released).
+    public func shutdown() {
+        for task in tasks.withLockedValue({ $0 }) { task.cancel() }
+    }
+
+    /// Whether the schema is in place (the first migration succeeded).
+    public var isReady: Bool { health.withLockedValue { $0.schemaReady } }
+
+    // MARK: - Schema
+
+    /// Creates or upgrades the table. Several hosts may start at once: an advisory lock
+    /// serialises them, and the statements are idempotent.
+    func migrate() async {
+        let table = Self.table
+        let unlogged = settings.unlogged ? "UNLOGGED " : ""
+        do {
+            try await client.withTransaction(logger: logger) { connection in
+                try await connection.query("SELECT pg_advisory_xact_lock(4242424242)", logger: self.logger)
+                try await connection.query(PostgresQuery(unsafeSQL: """
+                    CREATE \(unlogged)TABLE IF NOT EXISTS \(table) (
+                        rule text NOT NULL,
+                        key bytea NOT NULL,
+                        tat bigint NOT NULL,
+                        PRIMARY KEY (rule, key))
+                    """), logger: self.logger)
+                try await connection.query(PostgresQuery(unsafeSQL:
+                    "CREATE INDEX IF NOT EXISTS \(table)_tat ON \(table) (tat)"), logger: self.logger)
+                try await connection.query(PostgresQuery(unsafeSQL: """
+                    CREATE TABLE IF NOT EXISTS backstop_schema (component text PRIMARY KEY, version integer NOT NULL)
+                    """), logger: self.logger)
+                try await connection.query(PostgresQuery(unsafeSQL: """
+                    INSERT INTO backstop_schema (component, version) VALUES ('ratelimit', 1)
+                    ON CONFLICT (component) DO UPDATE SET version = GREATEST(backstop_schema.version, 1)
+                    """), logger: self.logger)
+            }
+            health.withLockedValue { $0.schemaReady = true }
+            logger.info("rate-limit store ready", metadata: ["store": "postgres", "host": "\(settings.host)",
+                                                             "port": "\(settings.port)", "database": "\(settings.database)"])
+        } catch {
+            noteFailure(error, during: "creating the schema")
+        }
+    }
+
+    // MARK: - Hits
+
+    /// One statement: GCRA on the row for (rule, key) using the database clock (nanoseconds).
+    /// $3 is cost × T, $4 the tolerance. A refused hit updates nothing.
+    static let hitSQL = """
+        WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now),
+        hit AS (
+            INSERT INTO \(table) AS r (rule, key, tat)
+            SELECT $1, $2, clock.now + $3::bigint FROM clock
+            ON CONFLICT (rule, key) DO UPDATE
+                SET tat = GREATEST(r.tat, EXCLUDED.tat - $3::bigint) + $3::bigint
+                WHERE GREATEST(r.tat, EXCLUDED.tat - $3::bigint) + $3::bigint - (EXCLUDED.tat - $3::bigint) <= $4::bigint
+            RETURNING r.tat)
+        SELECT (SELECT now FROM clock), (SELECT tat FROM hit),
+               (SELECT tat FROM \(table) WHERE rule = $1 AND key = $2)
+        """
+
+    public func hit(_ hit: RateHit, eventLoop: any EventLoop) -> CounterStoreAnswer {
+        let p = hit.parameters
+        guard hit.cost <= p.burst else { return .ready(.refused(retryAfter: nil)) }
+        if let reason = unavailableReason() {
+            return .pending(eventLoop.makeFailedFuture(CounterStoreFailure(reason)))
+        }
+        let increment = hit.cost * p.emissionInterval
+        var binds = PostgresBindings(capacity: 4)
+        binds.append(hit.rule.name)
+        binds.append(ByteBuffer(bytes: hit.key))
+        binds.append(increment)
+        binds.append(p.tolerance)
+        let query = PostgresQuery(unsafeSQL: Self.hitSQL, binds: binds)
+        return .pending(within(eventLoop) { [client, logger] in
+            let rows = try await client.query(query, logger: logger)
+            for try await (now, newTAT, oldTAT) in rows.decode((Int64, Int64?, Int64?).self) {
+                if let newTAT {
+                    return .admitted(remaining: (p.tolerance - (newTAT - now)) / p.emissionInterval, newTAT: newTAT)
+                }
+                let ahead = max(oldTAT ?? now, now) + increment - now
+                return .refused(retryAfter: max(1, ahead - p.tolerance))
+            }
+            throw CounterStoreFailure("the hit statement returned no row")
+        })
+    }
+
+    public func refund(_ hit: RateHit) {
+        guard unavailableReason() == nil else { return }
+        var binds = PostgresBindings(capacity: 3)
+        binds.append(hit.rule.name)
+        binds.append(ByteBuffer(bytes: hit.key))
+        binds.append(hit.cost * hit.parameters.emissionInterval)
+        let query = PostgresQuery(unsafeSQL: "UPDATE \(Self.table) SET tat = tat - $3 WHERE rule = $1 AND key = $2", binds: binds)
+        Task { [client, logger] in
+            do { try await client.query(query, logger: logger) } catch {
+                logger.debug("rate-limit refund failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    public func state(rule: RateRuleIdentity, key: [UInt8]) async throws -> RateKeyState {
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(rule.name)
+        binds.append(ByteBuffer(bytes: key))
+        let query = PostgresQuery(unsafeSQL: """
+            SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000,
+                   (SELECT tat FROM \(Self.table) WHERE rule = $1 AND key = $2)
+            """, binds: binds)
+        let rows = try await client.query(query, logger: logger)
+        for try await (now, tat) in rows.decode((Int64, Int64?).self) {
+            return RateKeyState(tat: tat.flatMap { $0 > now ? $0 : nil }, now: now)
+        }
+        throw CounterStoreFailure("no answer")
+    }
+
+    public func publishKeyCounts(to gauges: [RateRuleIdentity: Gauge]) {
+        var byName: [String: Gauge] = [:]
+        for (rule, gauge) in gauges { byName[rule.name] = gauge }
+        self.gauges.withLockedValue { $0 = byName }
+    }
+
+    /// Deletes rows whose TAT has passed (they carry no state) and publishes key counts.
+    func sweep() async {
+        do {
+            let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
+            try await client.query(PostgresQuery(unsafeSQL: "DELETE FROM \(Self.table) WHERE tat <= \(clock)"), logger: logger)
+            let rows = try await client.query(PostgresQuery(unsafeSQL:
+                "SELECT rule, count(*) FROM \(Self.table) WHERE tat > \(clock) GROUP BY rule"), logger: logger)
+            var counts: [String: Int64] = [:]
+            for try await (rule, count) in rows.decode((String, Int64).self) { counts[rule] = count }
+            for (rule, gauge) in gauges.withLockedValue({ $0 }) { gauge.record(counts[rule] ?? 0) }
+        } catch {
+            logger.debug("rate-limit sweep failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - Failure handling
+
+    private func unavailableReason() -> String? {
+        health.withLockedValue { health in
+            if !health.schemaReady { return "the store is not ready (schema not created yet: \(health.lastError))" }
+            if NIODeadline.now() < health.unavailableUntil { return "the store failed recently (\(health.lastError)); retrying shortly" }
+            return nil
+        }
+    }
+
+    /// Consecutive failures after which hits stop waiting for retry_interval.
+    static let failuresBeforePause = 3
+
+    private func noteFailure(_ error: any Error, during what: String) {
+        failuresTotal.increment()
+        let text = Self.describe(error)
+        let first = health.withLockedValue { health -> Bool in
+            health.consecutiveFailures += 1
+            if health.consecutiveFailures >= Self.failuresBeforePause {
+                health.unavailableUntil = .now() + settings.retryInterval
+            }
+            health.lastError = text
+            defer { health.failing = true }
+            return !health.failing
+        }
+        if first {
+            logger.error("rate-limit store unavailable: rules use their fail action until it is back",
+                         metadata: ["store": "postgres", "during": "\(what)", "error": "\(LogEscaping.field(text))"])
+        }
+    }
+
+    private func noteSuccess() {
+        let recovered = health.withLockedValue { health -> Bool in
+            health.consecutiveFailures = 0
+            defer { health.failing = false }
+            return health.failing
+        }
+        if recovered { logger.notice("rate-limit store is back", metadata: ["store": "postgres"]) }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
+            if let message = error.serverInfo?[.message] { return "\(error.code): \(message)" }
+            return "\(error.code)"
+        }
+        return "\(error)"
+    }
+
+    /// Runs `body` and completes the future with its result, or fails it once
+    /// statement_timeout has passed (and cancels the work), whichever comes first.
+    private func within(_ eventLoop: any EventLoop,
+                        _ body: @escaping @Sendable () async throws -> GCRAOutcome) -> EventLoopFuture<GCRAOutcome> {
+        let promise = eventLoop.makePromise(of: GCRAOutcome.self)
+        let answered = NIOLockedValueBox(false)
+        @Sendable func claim() -> Bool {
+            answered.withLockedValue { done in
+                if done { return false }
+                done = true
+                return true
+            }
+        }
+        let task = Task {
+            do {
+                let outcome = try await body()
+                if claim() {
+                    self.noteSuccess()
+                    promise.succeed(outcome)
+                }
+            } catch {
+                if claim() {
+                    self.noteFailure(error, during: "a hit")
+                    promise.fail(CounterStoreFailure(Self.describe(error)))
+                }
+            }
+        }
+        let timeout = settings.statementTimeout
+        let timer = eventLoop.scheduleTask(in: timeout) {
+            guard claim() else { return }
+            task.cancel()
+            let failure = CounterStoreFailure("no answer within \(BackstopCore.Duration.format(timeout))")
+            self.noteFailure(failure, during: "a hit")
+            promise.fail(failure)
+        }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        return promise.futureResult
+    }
+}

@@ -1,0 +1,84 @@
+// The bounces check: null-sender mail with several recipients is refused at DATA and
+// END-OF-MESSAGE, null-sender mail to no-reply addresses at RCPT; mail with a sender and
+// genuine bounces pass; the configuration is read and checked.
+
+import Testing
+import Logging
+import NIOCore
+import NIOEmbedded
+@testable import BackstopCore
+
+private let logger = Logger(label: "test.bounces")
+
+private func check(_ section: String = "") throws -> BouncesCheck {
+    let config = try Configuration.parse("[policy]\ndata = [\"bounces\"]\n[bounces]\n" + section, file: "b.toml")
+    let settings = try #require(config.checks["bounces"] as? BouncesSettings)
+    return BouncesCheck(settings: settings)
+}
+
+private func verdict(_ check: BouncesCheck, _ pairs: [(String, String)]) -> Verdict {
+    let context = CheckContext(eventLoop: EmbeddedEventLoop(), deadline: NIODeadline.now() + TimeAmount.seconds(1), logger: logger)
+    if case .done(let verdict) = check.evaluate(PolicyRequest(pairs), context: context) { return verdict }
+    Issue.record("bounces answers synchronously")
+    return .noOpinion()
+}
+
+private func request(_ state: String, sender: String = "", recipient: String = "", count: Int = 0) -> [(String, String)] {
+    [("request", "smtpd_access_policy"), ("protocol_state", state), ("client_address", "192.0.2.1"),
+     ("sender", sender), ("recipient", recipient), ("recipient_count", "\(count)")]
+}
+
+@Suite struct BouncesCheckTests {
+    @Test func aBounceWithSeveralRecipientsIsRefused() throws {
+        let bounces = try check()
+        let refused = verdict(bounces, request("DATA", count: 2))
+        #expect(refused.action == .reply(code: 550, enhanced: "5.7.1", text: "A bounce (null sender) must have exactly one recipient"))
+        #expect(refused.reason == "bounce_recipients=2")
+        #expect(verdict(bounces, request("END-OF-MESSAGE", count: 40)).action.isRefusal)
+        #expect(verdict(bounces, request("DATA", count: 1)).isNoOpinion, "a genuine bounce has one recipient")
+        #expect(verdict(bounces, request("DATA", sender: "a@example.org", count: 50)).isNoOpinion, "mail with a sender")
+        #expect(verdict(bounces, request("RCPT", recipient: "x@example.com")).isNoOpinion)
+    }
+
+    @Test func anAbsentSenderIsNotANullSender() throws {
+        let bounces = try check()
+        let pairs: [(String, String)] = [("request", "smtpd_access_policy"), ("protocol_state", "DATA"), ("recipient_count", "5")]
+        #expect(verdict(bounces, pairs).isNoOpinion)
+    }
+
+    @Test func noReplyAddressesGetNoBounces() throws {
+        let bounces = try check("""
+            no_reply_addresses = ["NoReply@example.org", "@notifications.example.org"]
+            action = "REJECT 5.7.1 Not a bounce"
+            """)
+        let refused = verdict(bounces, request("RCPT", recipient: "noreply@EXAMPLE.org"))
+        #expect(refused.action == .reply(code: 550, enhanced: "5.7.1", text: "This address sends no mail, so it receives no bounces"))
+        #expect(refused.reason == "bounce_to_no_reply_address")
+        #expect(verdict(bounces, request("RCPT", recipient: "anyone@notifications.example.org")).action.isRefusal)
+        #expect(verdict(bounces, request("RCPT", recipient: "anyone@example.org")).isNoOpinion)
+        #expect(verdict(bounces, request("RCPT", sender: "a@example.net", recipient: "noreply@example.org")).isNoOpinion)
+        #expect(verdict(bounces, request("DATA", count: 3)).action == .reject("5.7.1 Not a bounce"))
+    }
+
+    @Test func badEntriesAreReportedWithTheirLine() {
+        do {
+            _ = try check("""
+                no_reply_addresses = ["not-an-address"]
+                action = "BOUNCE"
+                """)
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            let text = error.description
+            #expect(text.contains("b.toml:4: bounces.no_reply_addresses: \"not-an-address\" is not an address"), "\(text)")
+            #expect(text.contains("b.toml:5: bounces.action"), "\(text)")
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+
+    @Test func testModeAndFailActionAreRead() throws {
+        let bounces = try check("test_mode = true\nfail_action = \"DEFER 4.3.0 try later\"")
+        #expect(bounces.testMode)
+        #expect(bounces.failVerdict.action == .deferTemporarily("4.3.0 try later"))
+    }
+}

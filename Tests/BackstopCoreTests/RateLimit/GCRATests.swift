@@ -1,0 +1,156 @@
+// The limiter's arithmetic with an injected clock: exact boundaries, bursts, refused hits
+// that consume nothing, long idle periods, and hits larger than the bucket.
+
+import Testing
+import NIOConcurrencyHelpers
+@testable import BackstopCore
+
+/// A clock the test moves by hand.
+final class ManualRateClock: RateClock, @unchecked Sendable {
+    private let value = NIOLockedValueBox<Int64>(1_000_000_000_000)
+    var now: Int64 { value.withLockedValue { $0 } }
+    func advance(_ ns: Int64) { value.withLockedValue { $0 += ns } }
+    func advance(seconds: Int64) { advance(seconds * 1_000_000_000) }
+}
+
+let second: Int64 = 1_000_000_000
+let hour: Int64 = 3600 * second
+
+/// One key, one rule, an in-memory store on a manual clock.
+struct Bench {
+    let clock = ManualRateClock()
+    let store: MemoryCounterStore
+    let rule: RateRuleIdentity
+    let parameters: GCRAParameters
+
+    init(count: Int64, period: Int64, burst: Int64? = nil, maxKeys: Int = 10_000) {
+        store = MemoryCounterStore(maxKeys: maxKeys, clock: clock, sweepInterval: nil)
+        rule = RateRuleIdentity(name: "r", fingerprint: 42)
+        parameters = GCRAParameters(count: count, period: period, burst: burst ?? count)!
+    }
+
+    func hit(_ key: String = "k", cost: Int64 = 1) -> GCRAOutcome {
+        store.apply(RateHit(rule: rule, parameters: parameters, key: Array(key.utf8), cost: cost))
+    }
+
+    func admitted(_ key: String = "k", cost: Int64 = 1) -> Bool {
+        if case .admitted = hit(key, cost: cost) { return true }
+        return false
+    }
+}
+
+@Suite struct GCRATests {
+    @Test func theWholeAllowanceAtOnceThenRefused() {
+        let bench = Bench(count: 200, period: hour)
+        for i in 1...200 { #expect(bench.admitted(), "hit \(i) of 200 must be admitted") }
+        #expect(!bench.admitted(), "hit 201 must be refused")
+        if case .refused(let retry) = bench.hit() {
+            #expect(retry == 18 * second, "one unit comes back every 3600/200 = 18 s")
+        } else { Issue.record("expected a refusal") }
+    }
+
+    @Test func refillsOneUnitEveryEmissionIntervalExactly() {
+        let bench = Bench(count: 200, period: hour)
+        for _ in 1...200 { _ = bench.hit() }
+        bench.clock.advance(18 * second - 1)
+        #expect(!bench.admitted(), "1 ns before the interval nothing is back")
+        bench.clock.advance(1)
+        #expect(bench.admitted(), "exactly at 18 s one unit is back")
+        #expect(!bench.admitted())
+    }
+
+    @Test func refusedHitsConsumeNothing() {
+        let bench = Bench(count: 10, period: 10 * second)  // one per second
+        for _ in 1...10 { _ = bench.hit() }
+        for _ in 1...1000 { #expect(!bench.admitted()) }  // a client hammering while over
+        bench.clock.advance(second)
+        #expect(bench.admitted(), "the hammering did not push the next unit further away")
+        bench.clock.advance(3 * second)
+        for _ in 1...3 { #expect(bench.admitted()) }
+        #expect(!bench.admitted())
+    }
+
+    @Test func noDoubleBurstAtAWindowBoundary() {
+        // A fixed window would allow 10 at 0:59 and 10 more at 1:00; GCRA allows 10 then one per 6 s.
+        let bench = Bench(count: 10, period: 60 * second)
+        bench.clock.advance(59 * second)
+        for _ in 1...10 { #expect(bench.admitted()) }
+        bench.clock.advance(second)
+        #expect(!bench.admitted())
+        var admitted = 0
+        for _ in 0..<60 {
+            bench.clock.advance(second)
+            if bench.admitted() { admitted += 1 }
+        }
+        #expect(admitted == 10, "60 s later exactly 10 more, one every 6 s")
+    }
+
+    @Test func longIdleFillsTheBucketOnlyToTheBurst() {
+        let bench = Bench(count: 5, period: 5 * second, burst: 5)
+        for _ in 1...5 { _ = bench.hit() }
+        bench.clock.advance(365 * 24 * hour)
+        for _ in 1...5 { #expect(bench.admitted()) }
+        #expect(!bench.admitted(), "a year of silence still allows only the burst")
+    }
+
+    @Test func smallerBurstSpreadsTheAllowance() {
+        let bench = Bench(count: 60, period: 60 * second, burst: 3)
+        for _ in 1...3 { #expect(bench.admitted()) }
+        #expect(!bench.admitted())
+        bench.clock.advance(second)
+        #expect(bench.admitted())
+        #expect(!bench.admitted())
+    }
+
+    @Test func costsAndHitsLargerThanTheBucket() {
+        let bench = Bench(count: 1000, period: hour)  // bytes, say
+        #expect(bench.admitted(cost: 600))
+        #expect(!bench.admitted(cost: 401))
+        #expect(bench.admitted(cost: 400), "the refused 401 took nothing, so exactly 400 remain")
+        if case .refused(let retry) = bench.hit("other", cost: 1001) {
+            #expect(retry == nil, "larger than the whole bucket: never fits")
+        } else { Issue.record("a hit larger than the burst must be refused") }
+    }
+
+    @Test func keysAndRulesAreIndependent() {
+        let bench = Bench(count: 1, period: hour)
+        #expect(bench.admitted("a"))
+        #expect(!bench.admitted("a"))
+        #expect(bench.admitted("b"))
+        let other = RateRuleIdentity(name: "other", fingerprint: 43)
+        let outcome = bench.store.apply(RateHit(rule: other, parameters: bench.parameters, key: Array("a".utf8), cost: 1))
+        #expect(outcome != .refused(retryAfter: 3600 * second))
+        if case .admitted = outcome {} else { Issue.record("another rule has its own counter") }
+    }
+
+    @Test func refundGivesBackExactly() {
+        let bench = Bench(count: 3, period: 3 * second)
+        for _ in 1...3 { _ = bench.hit() }
+        bench.store.refund(RateHit(rule: bench.rule, parameters: bench.parameters, key: Array("k".utf8), cost: 1))
+        #expect(bench.admitted())
+        #expect(!bench.admitted())
+    }
+
+    @Test func expiredEntriesCarryNoStateAndAreSwept() {
+        let bench = Bench(count: 10, period: 10 * second)
+        for i in 0..<100 { _ = bench.hit("key\(i)") }
+        #expect(bench.store.count == 100)
+        bench.clock.advance(second - 1)
+        bench.store.sweep()
+        #expect(bench.store.count == 100, "each key is 1 s ahead: still state")
+        bench.clock.advance(1)
+        bench.store.sweep()
+        #expect(bench.store.count == 0, "full buckets are forgotten")
+    }
+
+    @Test func limitParsing() {
+        #expect(RateLimitRule.parseLimit("200/1h")! == (200, hour))
+        #expect(RateLimitRule.parseLimit(" 10 / m ")! == (10, 60 * second))
+        #expect(RateLimitRule.parseLimit("50M/1d")! == (50_000_000, 24 * hour))
+        #expect(RateLimitRule.parseLimit("200") == nil)
+        #expect(RateLimitRule.parseLimit("0/1h") == nil)
+        #expect(RateLimitRule.parseLimit("-3/1h") == nil)
+        #expect(RateLimitRule.parseLimit("5/0s") == nil)
+        #expect(GCRAParameters(count: 7, period: 1, burst: 7) == nil, "T below 1 ns")
+    }
+}

@@ -1,0 +1,339 @@
+// The ratelimit check as configured in TOML: keys, selectors, exemptions, what counts as
+// a hit at each stage, once-per-message counting, refunds across rules, reload keeping
+// counters, status text, and configuration errors with their line numbers.
+
+import Testing
+import Logging
+import NIOCore
+import NIOEmbedded
+@testable import BackstopCore
+
+private let logger = Logger(label: "test.ratelimit")
+
+/// A check built from a `[ratelimit]` section, on a manual clock.
+private struct Limiter {
+    let clock = ManualRateClock()
+    let check: RateLimitCheck
+    let loop = EmbeddedEventLoop()
+
+    init(_ section: String, maxKeys: Int = 10_000) throws {
+        let config = try Configuration.parse("[policy]\nrcpt = [\"ratelimit\"]\n" + section, file: "test.toml")
+        let settings = try #require(config.checks["ratelimit"] as? RateLimitSettings)
+        check = RateLimitCheck(settings: settings,
+                               store: MemoryCounterStore(maxKeys: maxKeys, clock: clock, sweepInterval: nil),
+                               logger: logger)
+    }
+
+    func ask(_ pairs: [(String, String)]) -> Verdict {
+        let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(5), logger: logger)
+        switch check.evaluate(PolicyRequest(pairs), context: context) {
+        case .done(let verdict): return verdict
+        case .pending: Issue.record("the memory store answers synchronously"); return .noOpinion()
+        }
+    }
+
+    func refused(_ pairs: [(String, String)]) -> Bool { ask(pairs).action.isRefusal }
+
+    /// How many of `n` identical requests pass.
+    func admitted(_ n: Int, _ pairs: [(String, String)]) -> Int {
+        (0..<n).reduce(0) { count, _ in count + (refused(pairs) ? 0 : 1) }
+    }
+}
+
+private func rcpt(client: String = "192.0.2.10", sender: String = "alice@example.org", recipient: String = "bob@example.net",
+                  sasl: String = "", instance: String = "A1") -> [(String, String)] {
+    [("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
+     ("client_name", "mail.example.org"), ("sender", sender), ("recipient", recipient),
+     ("sasl_username", sasl), ("instance", instance)]
+}
+
+private func stage(_ state: String, recipients: Int = 1, size: Int = 1000, sender: String = "alice@example.org",
+                   client: String = "192.0.2.10", instance: String = "A1") -> [(String, String)] {
+    [("request", "smtpd_access_policy"), ("protocol_state", state), ("client_address", client),
+     ("sender", sender), ("recipient", ""), ("recipient_count", "\(recipients)"), ("size", "\(size)"),
+     ("instance", instance)]
+}
+
+@Suite struct RateLimitCheckTests {
+    @Test func perClientRecipientsWithTheDefaultAction() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_client"
+            key = "client_address"
+            count = "recipient"
+            limit = "3/1h"
+            """)
+        #expect(limiter.admitted(5, rcpt()) == 3)
+        let verdict = limiter.ask(rcpt())
+        #expect(verdict.action == .deferTemporarily("4.7.1 Rate limit exceeded, try again later"))
+        #expect(verdict.reason == "ratelimit=per_client")
+        #expect(!limiter.refused(rcpt(client: "192.0.2.11")), "another address has its own allowance")
+        limiter.clock.advance(20 * 60 * second)
+        #expect(limiter.admitted(2, rcpt()) == 1, "one back after 1h/3")
+    }
+
+    @Test func addressesAggregateToTheConfiguredPrefix() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_net"
+            key = "client_address"
+            ipv4_prefix = 24
+            count = "recipient"
+            limit = "2/1h"
+            """)
+        #expect(!limiter.refused(rcpt(client: "192.0.2.1")))
+        #expect(!limiter.refused(rcpt(client: "192.0.2.200")))
+        #expect(limiter.refused(rcpt(client: "192.0.2.77")), "the whole /24 shares one allowance")
+        #expect(!limiter.refused(rcpt(client: "192.0.3.1")))
+        // IPv6 defaults to /64.
+        #expect(!limiter.refused(rcpt(client: "2001:db8:1:2::1")))
+        #expect(!limiter.refused(rcpt(client: "2001:db8:1:2:ffff::9")))
+        #expect(limiter.refused(rcpt(client: "2001:db8:1:2::abcd")))
+        #expect(!limiter.refused(rcpt(client: "2001:db8:1:3::1")))
+    }
+
+    @Test func combinedKeysAndCaseInsensitivity() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "user_ip"
+            key = "sasl_username+client_address"
+            count = "recipient"
+            limit = "1/1h"
+            """)
+        #expect(!limiter.refused(rcpt(sasl: "Alice")))
+        #expect(limiter.refused(rcpt(sasl: "ALICE")), "case does not make a new key")
+        #expect(!limiter.refused(rcpt(client: "192.0.2.99", sasl: "alice")))
+        #expect(!limiter.refused(rcpt(sasl: "")), "no SASL user: the key is incomplete, the rule does not apply")
+        #expect(!limiter.refused(rcpt(sasl: "")))
+    }
+
+    @Test func selectorsAndExemptions() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "outbound"
+            key = "sasl_username"
+            count = "recipient"
+            limit = "1/1d"
+            only_sasl = true
+            exempt_sasl_users = ["Newsletter"]
+            exempt_networks = ["198.51.100.0/24"]
+            exempt_sender_domains = [".trusted.example"]
+
+            [[ratelimit.rule]]
+            name = "bounces"
+            key = "client_address"
+            count = "recipient"
+            limit = "1/1d"
+            only_null_sender = true
+            """)
+        #expect(!limiter.refused(rcpt(sasl: "bob")))
+        #expect(limiter.refused(rcpt(sasl: "bob")))
+        #expect(limiter.admitted(3, rcpt(sasl: "newsletter")) == 3, "exempt user")
+        #expect(limiter.admitted(3, rcpt(client: "198.51.100.7", sasl: "bob")) == 3, "exempt network")
+        #expect(limiter.admitted(3, rcpt(sender: "x@mx.trusted.example", sasl: "bob")) == 3, "exempt sender subdomain")
+        #expect(limiter.refused(rcpt(sender: "x@trusted.example", sasl: "bob")), ".domain matches subdomains only")
+        // The null-sender rule ignores mail with a sender.
+        #expect(limiter.admitted(3, rcpt(client: "203.0.113.5")) == 3)
+        #expect(limiter.admitted(3, rcpt(client: "203.0.113.5", sender: "")) == 1)
+    }
+
+    @Test func aMessageCountsOncePerInstanceAndKey() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "messages"
+            key = "client_address"
+            count = "message"
+            protocol_state = "RCPT"
+            limit = "2/1h"
+            """)
+        // Message A1 with five recipients: one hit.
+        for r in 0..<5 { #expect(!limiter.refused(rcpt(recipient: "r\(r)@example.net", instance: "A1"))) }
+        #expect(!limiter.refused(rcpt(instance: "A2")))
+        #expect(limiter.refused(rcpt(instance: "A3")), "the third message is over")
+        #expect(limiter.refused(rcpt(recipient: "other@example.net", instance: "A3")), "refused, so not remembered")
+        #expect(!limiter.refused(rcpt(instance: "A1")), "A1 was counted already")
+    }
+
+    @Test func messagesAtEndOfMessageAndBytes() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "messages"
+            key = "client_address"
+            count = "message"
+            limit = "2/1h"
+
+            [[ratelimit.rule]]
+            name = "volume"
+            key = "sender"
+            count = "bytes"
+            limit = "10k/1h"
+            """)
+        #expect(!limiter.refused(stage("END-OF-MESSAGE", size: 6000, instance: "M1")))
+        #expect(!limiter.refused(stage("END-OF-MESSAGE", size: 6000, instance: "M1")), "same message asked twice: counted once")
+        let verdict = limiter.ask(stage("END-OF-MESSAGE", size: 6000, instance: "M2"))
+        #expect(verdict.reason == "ratelimit=volume", "6000 + 6000 bytes is over 10k")
+        #expect(!limiter.refused(stage("END-OF-MESSAGE", size: 4000, instance: "M3")),
+                "the refused M2 took no message from the message rule either (refunded)")
+        #expect(limiter.ask(stage("END-OF-MESSAGE", size: 10, instance: "M4")).reason == "ratelimit=messages")
+        #expect(!limiter.refused(stage("RCPT", instance: "M5")), "nothing counts at RCPT here")
+    }
+
+    @Test func recipientsAtDataCostTheRecipientCount() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "recipients"
+            key = "client_address"
+            count = "recipient"
+            protocol_state = "DATA"
+            limit = "10/1h"
+            """)
+        #expect(!limiter.refused(stage("DATA", recipients: 7, instance: "D1")))
+        #expect(limiter.refused(stage("DATA", recipients: 4, instance: "D2")), "7 + 4 > 10: the whole message is refused")
+        #expect(!limiter.refused(stage("DATA", recipients: 3, instance: "D3")))
+        #expect(limiter.ask(stage("DATA", recipients: 11, client: "192.0.2.99", instance: "D4")).reason
+                == "ratelimit=recipients over_burst")
+    }
+
+    @Test func aReloadKeepsCountersOfUnchangedRules() throws {
+        let text = """
+            [policy]
+            rcpt = ["ratelimit"]
+
+            [[ratelimit.rule]]
+            name = "a"
+            key = "client_address"
+            count = "recipient"
+            limit = "2/1h"
+
+            [[ratelimit.rule]]
+            name = "b"
+            key = "sender"
+            count = "recipient"
+            limit = "LIMIT_B"
+            """
+        let first = try EngineBuilder.build(Configuration.parse(text.replacingOccurrences(of: "LIMIT_B", with: "2/1h"), file: "t.toml"),
+                                            previous: nil, logger: logger)
+        let loop = EmbeddedEventLoop()
+        func ask(_ engine: PolicyEngine, _ pairs: [(String, String)]) -> PolicyAction {
+            if case .immediate(let decision) = engine.decide(PolicyRequest(pairs), eventLoop: loop, logger: logger) {
+                return decision.action
+            }
+            return .dunno
+        }
+        #expect(ask(first, rcpt(sender: "s1@example.org")) == .dunno)
+        #expect(ask(first, rcpt(sender: "s2@example.org")) == .dunno)
+        #expect(ask(first, rcpt(sender: "s2@example.org")).isRefusal, "rule b: s2 used up (rule a refunded)")
+        // Same rules: counters survive.
+        let second = try EngineBuilder.build(Configuration.parse(text.replacingOccurrences(of: "LIMIT_B", with: "2/1h"), file: "t.toml"),
+                                             previous: first, logger: logger)
+        #expect(ask(second, rcpt(sender: "s3@example.org")).isRefusal, "rule a: the client used its 2 before the reload")
+        // Rule b changed: its counters start afresh; rule a's stay.
+        let third = try EngineBuilder.build(Configuration.parse(text.replacingOccurrences(of: "LIMIT_B", with: "5/1h"), file: "t.toml"),
+                                            previous: second, logger: logger)
+        #expect(ask(third, rcpt(client: "192.0.2.50", sender: "s2@example.org")) == .dunno)
+        #expect(ask(third, rcpt(sender: "s4@example.org")).isRefusal)
+    }
+
+    @Test func statusDescribesAKey() async throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_client"
+            key = "client_address"
+            ipv4_prefix = 24
+            count = "recipient"
+            limit = "4/1h"
+            """)
+        let fresh = try await limiter.check.status(rule: "per_client", key: "192.0.2.10")
+        #expect(fresh.contains("key 192.0.2.0/24: no state held: all 4 available"), "\(fresh)")
+        _ = limiter.admitted(3, rcpt())
+        let used = try await limiter.check.status(rule: "per_client", key: "192.0.2.77")
+        #expect(used.contains("1 of 4 available now; all 4 again in 45m"), "\(used)")
+        _ = limiter.admitted(2, rcpt())
+        let over = try await limiter.check.status(rule: "per_client", key: "192.0.2.1")
+        #expect(over.contains("over the limit: 0 of 4 available; the next one in 15m"), "\(over)")
+        await #expect(throws: RateLimitStatusError.self) { try await limiter.check.status(rule: "nope", key: "x") }
+    }
+
+    @Test func throughputOnTheHotPath() async throws {
+        // CPU-bound: off the cooperative pool, so async tests running alongside are not starved.
+        try await offThePool {
+            let limiter = try Limiter("""
+                [[ratelimit.rule]]
+                name = "per_client"
+                key = "client_address"
+                count = "recipient"
+                limit = "200/1h"
+
+                [[ratelimit.rule]]
+                name = "per_sender"
+                key = "sender_domain+client_address"
+                count = "recipient"
+                limit = "1000/1h"
+
+                [[ratelimit.rule]]
+                name = "per_user"
+                key = "sasl_username"
+                count = "recipient"
+                limit = "500/1d"
+                only_sasl = true
+                """, maxKeys: 1_000_000)
+            let requests = (0..<1000).map { i in
+                PolicyRequest(rcpt(client: "10.\(i / 256).\(i % 256).9", sender: "user\(i)@example.org", sasl: i % 3 == 0 ? "u\(i)" : ""))
+            }
+            let context = CheckContext(eventLoop: limiter.loop, deadline: .now() + .seconds(5), logger: logger)
+            let count = 30_000
+            let started = NIODeadline.now()
+            var refused = 0
+            for i in 0..<count {
+                if case .done(let verdict) = limiter.check.evaluate(requests[i % requests.count], context: context),
+                   verdict.action.isRefusal { refused += 1 }
+            }
+            let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+            let rate = Double(count) / seconds
+            print("ratelimit hot path: \(count) requests with 3 rules in \(seconds)s = \(Int(rate))/s on one thread, \(refused) refused")
+            #expect(refused == 0, "100 requests per client: all under 200/1h")
+            #expect(rate > 5_000, "\(Int(rate)) requests/s on one thread")
+        }
+    }
+
+    @Test func configurationErrorsNameTheLine() {
+        let text = """
+            [policy]
+            rcpt = ["ratelimit"]
+
+            [ratelimit]
+            store = "redis"
+
+            [[ratelimit.rule]]
+            name = "bad one"
+            key = "client_address+helo"
+            count = "emails"
+            limit = "lots"
+            colour = "red"
+
+            [[ratelimit.rule]]
+            name = "b"
+            key = "sender"
+            count = "bytes"
+            protocol_state = "RCPT"
+            limit = "3G/1s"
+            """
+        do {
+            _ = try Configuration.parse(text, file: "t.toml")
+            Issue.record("expected errors")
+        } catch {
+            let messages = error.issues.map(\.description)
+            func has(_ line: Int, _ fragment: String) -> Bool {
+                messages.contains { $0.hasPrefix("t.toml:\(line):") && $0.contains(fragment) }
+            }
+            #expect(has(5, "\"redis\" is not available"), "\(messages)")
+            #expect(has(8, "may contain only letters"), "\(messages)")
+            #expect(has(9, "unknown key part \"helo\""), "\(messages)")
+            #expect(has(10, "not one of recipient, message, bytes"), "\(messages)")
+            #expect(has(11, "is not COUNT/DURATION"), "\(messages)")
+            #expect(has(12, "unknown key"), "\(messages)")
+            #expect(has(18, "a bytes rule counts at END-OF-MESSAGE"), "\(messages)")
+            #expect(has(19, "too fine"), "\(messages)")
+        }
+    }
+}

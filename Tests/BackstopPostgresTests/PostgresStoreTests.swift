@@ -1,0 +1,230 @@
+// Two real Backstop servers share one limit through one real PostgreSQL; with PostgreSQL
+// stopped mid-test every request is still answered within the deadline with the rule's fail
+// action, and once it is back counting resumes where it stopped.
+
+import Testing
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+@testable import BackstopCore
+@testable import BackstopServer
+@testable import BackstopPostgres
+
+private let logger: Logger = {
+    var logger = Logger(label: "test.postgres")
+    logger.logLevel = .error
+    return logger
+}()
+
+private let storeDown = "DEFER 4.3.0 Rate-limit store unavailable"
+private let overLimit = "DEFER 4.7.1 Rate limit exceeded, try again later"
+
+private func configuration(port: Int, limit: String) -> String {
+    """
+    [[listen]]
+    address = "127.0.0.1:0"
+
+    [policy]
+    rcpt = ["ratelimit"]
+    deadline = "6s"
+
+    [ratelimit]
+    store = "postgres"
+
+    [ratelimit.postgres]
+    host = "127.0.0.1"
+    port = \(port)
+    user = "postgres"
+    database = "postgres"
+    pool_size = 4
+    connect_timeout = "2s"
+    statement_timeout = "2s"
+    retry_interval = "300ms"
+
+    [[ratelimit.rule]]
+    name = "shared"
+    key = "client_address"
+    count = "recipient"
+    limit = "\(limit)"
+    fail_action = "\(storeDown)"
+    """
+}
+
+/// One Backstop server with its own engine and its own PostgreSQL store.
+private struct Instance {
+    let server: PolicyServer
+    let store: PostgresCounterStore
+
+    static func start(_ toml: String) async throws -> Instance {
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        let config = try Configuration.parse(toml, file: "pg.toml")
+        let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
+        let check = try #require(engine.checks["ratelimit"] as? RateLimitCheck)
+        let store = try #require(check.store as? PostgresCounterStore)
+        let server = PolicyServer(config: config, engine: engine, logger: logger)
+        try await server.start()
+        // The store creates its schema in the background; wait for it.
+        for _ in 0..<200 where !store.isReady { try await Task.sleep(nanoseconds: 100_000_000) }
+        #expect(store.isReady, "the schema was created")
+        return Instance(server: server, store: store)
+    }
+
+    func client() throws -> Connection {
+        Connection(try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!, timeoutSeconds: 10))
+    }
+
+    func stop() async {
+        await server.stop()
+        store.shutdown()
+    }
+}
+
+private func rcpt(_ client: String) -> [(String, String)] {
+    [("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
+     ("sender", "a@example.org"), ("recipient", "b@example.net"), ("instance", "1.2.3")]
+}
+
+/// One policy connection, used by one thread at a time (the tests hand it between threads).
+private final class Connection: @unchecked Sendable {
+    let client: PolicyClient
+    init(_ client: PolicyClient) { self.client = client }
+    func ask(_ pairs: [(String, String)]) throws -> String? { try client.ask(pairs) }
+}
+
+/// The action text of an answer block ("action=DUNNO" → "DUNNO").
+private func action(_ answer: String?) -> String {
+    guard let answer, answer.hasPrefix("action=") else { return "no answer: \(answer ?? "nil")" }
+    return String(answer.dropFirst("action=".count))
+}
+
+/// Waits until the store counts (the pool is up), using a key of its own. A busy test
+/// machine may need a while for the first connections.
+private func waitUntilCounting(_ connection: Connection, key: String) async throws {
+    for _ in 0..<150 {
+        if action(try await blocking { try connection.ask(rcpt(key)) }) == "DUNNO" { return }
+        try await Task.sleep(nanoseconds: 200_000_000)
+    }
+    Issue.record("the store did not start counting within 30 s")
+}
+
+/// Asks over a connection, off the cooperative pool; returns the action text.
+private func ask(_ connection: Connection, _ pairs: [(String, String)]) async throws -> String {
+    action(try await blocking { try connection.ask(pairs) })
+}
+
+/// Runs blocking socket work off the cooperative pool, which postgres-nio needs.
+private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+@Suite(.serialized) struct PostgresStoreTests {
+    @Test func twoServersShareOneLimitExactly() async throws {
+        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
+        defer { pg.destroy() }
+        let toml = configuration(port: pg.port, limit: "25/1h")
+        let a = try await Instance.start(toml)
+        let b = try await Instance.start(toml)
+        do {
+            // Sequential: the second server sees what the first counted.
+            let ca = try a.client(), cb = try b.client()
+            try await waitUntilCounting(ca, key: "192.0.2.250")
+            try await waitUntilCounting(cb, key: "192.0.2.251")
+            #expect((try await ask(ca, rcpt("198.51.100.1"))) == "DUNNO")
+            #expect((try await ask(cb, rcpt("198.51.100.1"))) == "DUNNO")
+            // Concurrent: six connections, three per server, 20 requests each on one key.
+            let answers = try await blocking { () -> [String] in
+                let collected = NSLock()
+                nonisolated(unsafe) var all: [String] = []
+                DispatchQueue.concurrentPerform(iterations: 6) { worker in
+                    guard let client = try? (worker % 2 == 0 ? a : b).client() else { return }
+                    var mine: [String] = []
+                    for _ in 0..<20 { mine.append(action(try? client.ask(rcpt("203.0.113.9")))) }
+                    collected.lock(); all += mine; collected.unlock()
+                }
+                return all
+            }
+            #expect(answers.count == 120)
+            #expect(answers.filter { $0 == "DUNNO" }.count == 25, "120 hits from two servers, exactly 25 admitted")
+            #expect(answers.filter { $0 == overLimit }.count == 95, "\(Set(answers))")
+        }
+        await a.stop()
+        await b.stop()
+    }
+
+    @Test func storeDownMeansFailActionWithinTheDeadlineThenCountingResumes() async throws {
+        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
+        defer { pg.destroy() }
+        let server = try await Instance.start(configuration(port: pg.port, limit: "3/1h"))
+        do {
+            let client = try server.client()
+            try await waitUntilCounting(client, key: "192.0.2.250")
+            let key = "192.0.2.44"
+            #expect((try await ask(client, rcpt(key))) == "DUNNO")
+            #expect((try await ask(client, rcpt(key))) == "DUNNO")
+
+            try await blocking { try pg.stopServer() }
+            for i in 0..<8 {
+                let started = DispatchTime.now().uptimeNanoseconds
+                let answer = action(try await blocking { try client.ask(rcpt(key)) })
+                let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+                #expect(answer == storeDown, "request \(i) with PostgreSQL down")
+                #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
+            }
+
+            try await blocking { try pg.startServer() }
+            // It recovers by itself: poll with another key until the store answers again.
+            var recovered = false
+            for _ in 0..<100 {
+                if action(try await blocking { try client.ask(rcpt("192.0.2.200")) }) == "DUNNO" { recovered = true; break }
+                try await Task.sleep(nanoseconds: 200_000_000)
+            }
+            #expect(recovered, "the store came back without a restart of Backstop")
+            // The two hits from before the outage are still counted: one left, then refused.
+            #expect((try await ask(client, rcpt(key))) == "DUNNO")
+            #expect((try await ask(client, rcpt(key))) == overLimit)
+        } catch {
+            Issue.record("\(error)\n\(pg.log.suffix(2000))")
+        }
+        await server.stop()
+    }
+
+    @Test func aSlowStoreIsCutOffByTheStatementTimeout() async throws {
+        guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
+        defer { pg.destroy() }
+        let server = try await Instance.start(configuration(port: pg.port, limit: "100/1h"))
+        do {
+            let client = try server.client()
+            try await waitUntilCounting(client, key: "192.0.2.8")
+            // Another session holds the row lock for five seconds: the hit must wait for it.
+            let locker = Task {
+                try await blocking { try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
+                    "-d", "postgres", "-c",
+                    "BEGIN; SELECT * FROM backstop_ratelimit FOR UPDATE; SELECT pg_sleep(5); COMMIT;"]) }
+            }
+            // Wait until that session really holds the lock (a busy machine may be slow to start psql).
+            var locked = false
+            for _ in 0..<100 where !locked {
+                let sessions = try await blocking {
+                    try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
+                        "-d", "postgres", "-tA", "-c",
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()"])
+                }
+                locked = sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+                if !locked { try await Task.sleep(nanoseconds: 100_000_000) }
+            }
+            #expect(locked, "the locking session started")
+            let started = DispatchTime.now().uptimeNanoseconds
+            let answer = action(try await blocking { try client.ask(rcpt("192.0.2.8")) })
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            #expect(answer == storeDown)
+            #expect(elapsed < 5.0, "answered in \(elapsed)s: statement_timeout is 2s, the deadline 6s")
+            _ = try await locker.value
+        } catch {
+            Issue.record("\(error)")
+        }
+        await server.stop()
+    }
+}
