@@ -104,6 +104,7 @@ config() {
                 ratelimit) printf '\n[ratelimit]\nmax_keys = 1000000\n\n[[ratelimit.rule]]\nname = "per_client"\nkey = "client_address"\ncount = "recipient"\nlimit = "200/1h"\naction = "DEFER 4.7.1 Rate limit exceeded, try again later"\n' ;;
                 bounces) printf '\n[bounces]\nno_reply_addresses = ["@notify.bench.test"]\n' ;;
                 spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT" ;;
+                metrics) printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" ;;
             esac
         done
     } > "$WORK/$name.toml"
@@ -166,7 +167,8 @@ dns_command() {  # sends one command to the DNS server, prints its one-line answ
 # ---- DNS server for SPF (loopback, stops when its stdin closes) ----
 mkfifo "$WORK/dns.in"
 python3 Tests/Support/dns_server.py --zone "$WORK/zone.json" --ttl 3600 < "$WORK/dns.in" > "$DNS_OUT" 2>>"$OUT/dns.log" &
-PIDS+=($!)
+DNS_PID=$!
+PIDS+=($DNS_PID)
 exec 7> "$WORK/dns.in"
 for _ in $(seq 100); do [ -s "$DNS_OUT" ] && break; sleep 0.05; done
 DNS_PORT=$(head -n 1 "$DNS_OUT")
@@ -203,9 +205,11 @@ record "{\"rss\":\"spf_after_load\",\"kib\":$(rss_kib "$SPF_PID")}"
 # Cold DNS: every request a domain never seen, the DNS server answering 1 ms late.
 dns_command "delay 1" > /dev/null
 dns_command reset > /dev/null
-cold_started=$(date +%s.%N)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+cold_started=$(date +%s.%N) dns_ticks=$(cpu_ticks "$DNS_PID") spf_ticks=$(cpu_ticks "$SPF_PID")
 load spf-cold backstop 1 "$SPF_PORT" "$MIXES/spf-cold.mix" -d "$DURATION" -w "$WARMUP"
-record "{\"dns_queries\":\"spf-cold\",\"count\":$(dns_command count),\"seconds\":$(awk -v a="$cold_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')}"
+cold_seconds=$(awk -v a="$cold_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
+record "{\"dns_queries\":\"spf-cold\",\"count\":$(dns_command count),\"seconds\":$cold_seconds,\"dns_cpu_s\":$(( $(cpu_ticks "$DNS_PID") - dns_ticks ))e-2,\"backstop_cpu_s\":$(( $(cpu_ticks "$SPF_PID") - spf_ticks ))e-2}"
 dns_command "delay 0" > /dev/null
 stop_pid "$SPF_PID"
 
@@ -217,12 +221,17 @@ stop_pid "$CHECKS_PID"
 
 # Rate limits alone (issue 5): RSS before and after the same 1,000,000 keys.
 RL_PORT=$(free_port)
-config ratelimit "$RL_PORT" '"ratelimit"' ratelimit
+METRICS_PORT=$(free_port)   # only here: its gauge says how many keys the store holds
+config ratelimit "$RL_PORT" '"ratelimit"' ratelimit metrics
 start_backstop ratelimit "$RL_PORT"
 sleep 1
 record "{\"rss\":\"ratelimit_idle\",\"kib\":$(rss_kib "$BS_PID")}"
 load keys-fill-ratelimit backstop 1 "$RL_PORT" "$MIXES/ratelimit-keys.mix" -n "$KEYS_REQUESTS"
 record "{\"rss\":\"ratelimit_keys\",\"kib\":$(rss_kib "$BS_PID")}"
+keys=$(python3 -c 'import sys, urllib.request
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode().splitlines():
+    if line.startswith("backstop_ratelimit_keys"): print(int(float(line.split()[-1])))' "$METRICS_PORT" | head -n 1)
+record "{\"ratelimit_keys_held\":${keys:-null}}"
 stop_pid "$BS_PID"
 
 # Idle with the example configuration (its tables, another port).

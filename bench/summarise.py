@@ -30,6 +30,7 @@ def main():
     dns = {row["dns_queries"]: row["count"] for row in rows if "dns_queries" in row}
     dns_seconds = {row["dns_queries"]: row.get("seconds") for row in rows if "dns_queries" in row}
     startups = [row for row in rows if "startup" in row]
+    held = next((row["ratelimit_keys_held"] for row in rows if "ratelimit_keys_held" in row), None)
 
     out = []
     def line(target, measured, ratio, goal, met):
@@ -64,6 +65,10 @@ def main():
         queries = dns.get("spf-cold")
         seconds = dns_seconds.get("spf-cold")
         qps = " (DNS server: %.0f queries/s over the run)" % (queries / seconds) if queries and seconds else ""
+        cpu = next((row for row in rows if row.get("dns_queries") == "spf-cold"), {})
+        if "dns_cpu_s" in cpu and seconds:
+            qps += "; CPU busy: DNS server %.0f %% of a core, Backstop %.0f %%" % (
+                100 * cpu["dns_cpu_s"] / seconds, 100 * cpu["backstop_cpu_s"] / seconds)
         line("spf-cold (DNS answers after 1 ms)", "%.0f req/s, p99 %.2f ms%s; errors %d" % (
             cold["rps"], cold["p99_us"] / 1000, qps, cold["errors"]), "—", "limited by DNS: state it", True)
     if "spf-warm" in dns:
@@ -88,8 +93,8 @@ def main():
              table_rss < 200 * MB)
     if "ratelimit_keys" in rss:
         idle = rss.get("ratelimit_idle", 0)
-        line("issue 5: RSS with 1M rate-limit keys (whole process)", "%.0f MB (%.0f MB idle before, +%.0f MB)" % (
-            rss["ratelimit_keys"] / MB, idle / MB, (rss["ratelimit_keys"] - idle) / MB), "—", "< 150 MB",
+        line("issue 5: RSS with 1M rate-limit keys (whole process)", "%.0f MB (%.0f MB idle before, +%.0f MB; keys held: %s)" % (
+            rss["ratelimit_keys"] / MB, idle / MB, (rss["ratelimit_keys"] - idle) / MB, "?" if held is None else "{:,}".format(held)), "—", "< 150 MB",
             rss["ratelimit_keys"] < 150 * MB)
     print("\n".join(out))
     fills = [(s, r) for (s, server), rs in runs.items() if s.startswith("keys-fill") for r in rs.values()]
