@@ -67,7 +67,7 @@ max_keys = 1000000
 name = "per_client"
 key = "client_address"
 count = "recipient"
-limit = "200/1h"
+limit = "200/1d"
 action = "DEFER 4.7.1 Rate limit exceeded, try again later"
 [bounces]
 no_reply_addresses = ["@notify.bench.test"]

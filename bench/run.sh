@@ -101,7 +101,7 @@ config() {
         for section in "$@"; do
             case $section in
                 recipients) printf '\n[recipients]\ntables = ["%s/recipients"]\n' "$WORK" ;;
-                ratelimit) printf '\n[ratelimit]\nmax_keys = 1000000\n\n[[ratelimit.rule]]\nname = "per_client"\nkey = "client_address"\ncount = "recipient"\nlimit = "200/1h"\naction = "DEFER 4.7.1 Rate limit exceeded, try again later"\n' ;;
+                ratelimit) printf '\n[ratelimit]\nmax_keys = 1000000\n\n[[ratelimit.rule]]\nname = "per_client"\nkey = "client_address"\ncount = "recipient"\nlimit = "200/1d"\naction = "DEFER 4.7.1 Rate limit exceeded, try again later"\n' ;;
                 bounces) printf '\n[bounces]\nno_reply_addresses = ["@notify.bench.test"]\n' ;;
                 spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT" ;;
                 metrics) printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" ;;
@@ -129,7 +129,14 @@ start_backstop() {
         || { echo "backstop ($name) did not answer; see $OUT/backstop-$name.log" >&2; exit 1; }
 }
 
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# stop_pid PID: SIGTERM, then wait until it is gone (also for processes not started by
+# this shell, e.g. by first_answer.py, which `wait` cannot wait for).
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for _ in $(seq 300); do [ -e "/proc/$1" ] || return 0; sleep 0.05; done
+    kill -9 "$1" 2>/dev/null || true
+}
 
 # load SCENARIO SERVER ROUND PORT MIX [policyload options]: one measured run, recorded.
 load() {
@@ -246,10 +253,10 @@ stop_pid "$BS_PID"
 
 # Start-up to the first answer with the 1,000,000-entry table (issue 7), and the table's
 # own load time and memory (issue 4): the recipients check alone, log level info.
-TABLE_PORT=$(free_port)
-config table "$TABLE_PORT" '"recipients"' recipients
-sed -i 's/^level = "warning"/level = "info"/' "$WORK/table.toml"
 for attempt in 1 2 3; do
+    TABLE_PORT=$(free_port)   # a fresh port each time: no answer from the previous server
+    config table "$TABLE_PORT" '"recipients"' recipients
+    sed -i 's/^level = "warning"/level = "info"/' "$WORK/table.toml"
     : > "$OUT/backstop-table.log"
     secs=$(python3 bench/first_answer.py start "$TABLE_PORT" --log "$OUT/backstop-table.log" --pidfile "$WORK/table.pid" -- "$BIN" serve -c "$WORK/table.toml")
     pid=$(cat "$WORK/table.pid")
