@@ -234,6 +234,7 @@ start_backstop ratelimit "$RL_PORT"
 sleep 1
 record "{\"rss\":\"ratelimit_idle\",\"kib\":$(rss_kib "$BS_PID")}"
 load keys-fill-ratelimit backstop 1 "$RL_PORT" "$MIXES/ratelimit-keys.mix" -n "$KEYS_REQUESTS"
+sleep 11   # the store publishes its key count in its sweep, every 10 s
 record "{\"rss\":\"ratelimit_keys\",\"kib\":$(rss_kib "$BS_PID")}"
 keys=$(python3 -c 'import sys, urllib.request
 for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode().splitlines():
