@@ -6,7 +6,7 @@
 # Instruction counts do not vary with the machine's load, unlike req/s; they do not show
 # time lost to context switches and cache misses either (docs/benchmarks.md uses perf for that).
 #
-#   bench/profile.sh checks|spf-warm [REQUESTS]     (default 24000; run bench/run.sh's build first)
+#   bench/profile.sh checks|spf-warm [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
 #
 # Uses a 1,000,000-entry recipient table like run.sh; valgrind 3.19 cannot read the Swift
 # binary's DWARF 5, so a copy without debug sections is profiled (symbols stay).
@@ -15,6 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIO=${1:?usage: profile.sh checks|spf-warm [REQUESTS]}
 REQUESTS=${2:-24000}
+WARMUP=${3:-12000}
 cd "$ROOT"
 BIN=$(swift build -c release --show-bin-path)/backstop
 POLICYLOAD=$ROOT/.build/bench/policyload
@@ -78,7 +79,7 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgri
 PIDS+=($!)
 python3 bench/first_answer.py wait "$PORT" --timeout 300
 callgrind_control -i on > /dev/null
-"$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n 12000 > /dev/null   # warm-up (DNS cache, keys)
+"$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$WARMUP" > /dev/null   # warm-up (DNS cache, keys)
 callgrind_control -z > /dev/null
 "$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$REQUESTS" | cut -c1-120 >&2
 callgrind_control -d > /dev/null
