@@ -154,7 +154,7 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
         }
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
-        buffer.writeBytes(ResponseEncoder.encode(decision.action))
+        ResponseEncoder.encode(decision.action, into: &buffer)
         outBuffer = buffer
         needsFlush = true
         lastActivity = .now()

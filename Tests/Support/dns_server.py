@@ -17,6 +17,9 @@ records, each record one of
     "TIMEOUT"                         queries for this name are never answered
     {"TXT": "TIMEOUT"}                queries of this type for this name are never answered
 As in the suite's reference driver, an unknown name starting with "error." times out.
+A name "*.zone.example" is a wildcard (RFC 4592, simplified): a name below zone.example
+that has no records of its own is answered from the nearest such wildcard above it, so a
+benchmark can ask for millions of distinct domains without listing them.
 
 Usage:
     dns_server.py --zone zone.json [--port 0] [--delay-ms 0] [--ttl 300]
@@ -123,11 +126,24 @@ class Zone:
         self.ttl = 300
         self.count = 0
 
+    @property
+    def wildcards(self):
+        """True when the zone has a "*." name (looked up lazily, cached per zone)."""
+        if getattr(self, "_wildcards_of", None) is not self.zone:
+            self._wildcards_of = self.zone
+            self._wildcards = any(name.startswith("*.") for name in self.zone)
+        return self._wildcards
+
     def lookup(self, name, qtype, depth=0):
         """Returns (rcode, [(owner, rtype, value)]) or None for "never answer"."""
         key = normalise(name)
         with self.lock:
             records = self.zone.get(key)
+            if records is None and self.wildcards:
+                parent = key
+                while records is None and "." in parent:
+                    parent = parent.split(".", 1)[1]
+                    records = self.zone.get("*." + parent)
         if records is None:
             if key.startswith("error."):
                 return None

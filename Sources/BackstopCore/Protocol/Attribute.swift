@@ -2,6 +2,8 @@
 // attribute name to its case. Names not listed here are kept in the request but ignored.
 // This file does not interpret values; PolicyRequest does.
 
+import Foundation
+
 public enum Attribute: Int, CaseIterable, Sendable {
     case request
     case protocolState
@@ -60,30 +62,53 @@ public enum Attribute: Int, CaseIterable, Sendable {
         }
     }
 
-    /// Name bytes grouped by length so a lookup compares only names of the right size.
-    private static let byLength: [[(bytes: [UInt8], attribute: Attribute)]] = {
-        var table = [[(bytes: [UInt8], attribute: Attribute)]](repeating: [], count: 32)
-        for attribute in Attribute.allCases {
-            let bytes = Array(attribute.wireName.utf8)
-            table[bytes.count].append((bytes, attribute))
-        }
-        return table
-    }()
-
     /// Finds the attribute whose name is `name`, without building a String.
     @inlinable
     public static func lookup(_ name: UnsafeRawBufferPointer) -> Attribute? {
         lookupSlow(name)
     }
 
+    /// A switch on the length, then memcmp against the name literals: no table, no
+    /// reference counting, no lazy global, because this runs for every attribute line of
+    /// every request. `AttributeTests` checks it against `wireName` for every case.
     @usableFromInline
     static func lookupSlow(_ name: UnsafeRawBufferPointer) -> Attribute? {
-        guard name.count < byLength.count else { return nil }
-        for candidate in byLength[name.count] {
-            if candidate.bytes.withUnsafeBytes({ $0.elementsEqual(name) }) {
-                return candidate.attribute
-            }
+        guard let base = name.baseAddress else { return nil }
+        @inline(__always) func isName(_ literal: StaticString) -> Bool {
+            memcmp(literal.utf8Start, base, literal.utf8CodeUnitCount) == 0
         }
-        return nil
+        switch name.count {
+        case 4: return isName("size") ? .size : nil
+        case 6: return isName("sender") ? .sender : isName("stress") ? .stress : nil
+        case 7: return isName("request") ? .request : nil
+        case 8: return isName("instance") ? .instance : isName("queue_id") ? .queueID : nil
+        case 9: return isName("recipient") ? .recipient : isName("helo_name") ? .heloName : nil
+        case 11:
+            if isName("client_name") { return .clientName }
+            if isName("client_port") { return .clientPort }
+            if isName("server_port") { return .serverPort }
+            if isName("sasl_method") { return .saslMethod }
+            if isName("sasl_sender") { return .saslSender }
+            if isName("etrn_domain") { return .etrnDomain }
+            return nil
+        case 13:
+            if isName("protocol_name") { return .protocolName }
+            if isName("sasl_username") { return .saslUsername }
+            if isName("ccert_subject") { return .ccertSubject }
+            return nil
+        case 14:
+            if isName("client_address") { return .clientAddress }
+            if isName("protocol_state") { return .protocolState }
+            if isName("server_address") { return .serverAddress }
+            if isName("policy_context") { return .policyContext }
+            return nil
+        case 15: return isName("recipient_count") ? .recipientCount : nil
+        case 17: return isName("ccert_fingerprint") ? .ccertFingerprint : nil
+        case 19:
+            if isName("reverse_client_name") { return .reverseClientName }
+            if isName("encryption_protocol") { return .encryptionProtocol }
+            return nil
+        default: return nil
+        }
     }
 }

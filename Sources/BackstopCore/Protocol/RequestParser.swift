@@ -72,10 +72,14 @@ public struct RequestParser: Sendable {
             return try finishRequest(allowMissingRequest: allowMissingRequest)
         }
         let lineNumber = all.count + 1
-        var equals = -1
-        for index in lineStart..<lineEnd where pending[index] == UInt8(ascii: "=") {
-            equals = index
-            break
+        // One pass over the buffer: memchr finds the '=', the name is looked up in place.
+        let (equals, attribute): (Int, Attribute?) = pending.withUnsafeBytes { raw in
+            let base = raw.baseAddress!
+            guard let hit = memchr(base + lineStart, Int32(UInt8(ascii: "=")), lineEnd - lineStart) else {
+                return (-1, nil)
+            }
+            let equals = base.distance(to: UnsafeRawPointer(hit))
+            return (equals, Attribute.lookup(UnsafeRawBufferPointer(start: base + lineStart, count: equals - lineStart)))
         }
         guard equals >= 0 else { throw ProtocolError.missingEquals(line: lineNumber) }
         guard equals > lineStart else { throw ProtocolError.emptyName(line: lineNumber) }
@@ -83,9 +87,6 @@ public struct RequestParser: Sendable {
             throw ProtocolError.tooManyAttributes(limit: limits.maxAttributes)
         }
         all.append((Int32(lineStart), Int32(equals), Int32(lineEnd)))
-        let attribute = pending.withUnsafeBytes {
-            Attribute.lookup(UnsafeRawBufferPointer(rebasing: $0[lineStart..<equals]))
-        }
         if let attribute {
             // The last occurrence of a duplicated name wins.
             known[attribute.rawValue * 2] = Int32(equals + 1)

@@ -2,6 +2,8 @@
 // sanitised here, whatever its origin: control characters (CR, LF, NUL, …) become spaces,
 // invalid UTF-8 becomes U+FFFD, and the result is cut at a UTF-8 boundary to SMTP's limits.
 
+import NIOCore
+
 public enum ResponseEncoder {
     /// A reply line is at most 512 octets with its CRLF (RFC 5321 §4.5.3.1.5).
     public static let maxReplyLine = 510
@@ -17,6 +19,14 @@ public enum ResponseEncoder {
         out.append(contentsOf: actionText(action).utf8)
         out.append(contentsOf: "\n\n".utf8)
         return out
+    }
+
+    /// The same bytes as `encode(_:)`, appended to `buffer` in place: the server's path,
+    /// which so builds no intermediate array per answer.
+    public static func encode(_ action: PolicyAction, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("action=")
+        buffer.writeString(actionText(action))
+        buffer.writeStaticString("\n\n")
     }
 
     /// The part after `action=`, sanitised and cut.
@@ -42,6 +52,18 @@ public enum ResponseEncoder {
     /// Replaces control characters with spaces, collapses the leading/trailing blanks,
     /// and cuts to at most `limit` octets without splitting a UTF-8 sequence.
     public static func sanitise(_ text: String, limit: Int) -> String {
+        // Most texts (DSNs, Received-SPF headers) are printable ASCII that fits: nothing to
+        // replace or cut, so only the trimming below applies. This skips the per-scalar copy.
+        let utf8 = text.utf8
+        if utf8.count <= limit, !utf8.contains(where: { $0 < 0x20 || $0 > 0x7E }) {
+            if utf8.first != UInt8(ascii: " ") && utf8.last != UInt8(ascii: " ") { return text }
+            return text.trimmingSpaces
+        }
+        return sanitiseScalars(text, limit: limit)
+    }
+
+    /// The general path of `sanitise`, scalar by scalar (tests compare the two).
+    static func sanitiseScalars(_ text: String, limit: Int) -> String {
         var scalars = String.UnicodeScalarView()
         var octets = 0
         for scalar in text.unicodeScalars {

@@ -1,11 +1,17 @@
 // Encoding answers: one action line whatever the text holds, valid UTF-8, SMTP's limits.
 
+import NIOCore
 import Testing
 @testable import BackstopCore
 
 @Suite struct ResponseEncoderTests {
+    /// The bytes of `encode(_:)`, checked to be the same as the server's in-place path.
     private func wire(_ action: PolicyAction) -> String {
-        String(decoding: ResponseEncoder.encode(action), as: UTF8.self)
+        let bytes = ResponseEncoder.encode(action)
+        var buffer = ByteBuffer()
+        ResponseEncoder.encode(action, into: &buffer)
+        #expect(buffer.readableBytesView.elementsEqual(bytes))
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     @Test func injectedNewlinesCannotForgeASecondAnswer() {
@@ -63,5 +69,21 @@ import Testing
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "FROBNICATE") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "PREPEND") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "250 ok") }
+    }
+
+    @Test func asciiFastPathAnswersLikeTheGeneralPath() {
+        var texts = ["", " ", "  a  ", "a", "Received-SPF: pass (mx: domain of a@b designates 192.0.2.1 as permitted sender)",
+                     " lead", "trail ", "tab\tinside", "del\u{7F}", "caf\u{E9}", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./"]
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let length = Int.random(in: 0...40, using: &generator)
+            texts.append(String((0..<length).map { _ in Character(Unicode.Scalar(UInt8.random(in: 0x1E...0x7F, using: &generator))) }))
+        }
+        for text in texts {
+            for limit in [0, 1, 5, 10, 39, 40, 41, 998] {
+                #expect(ResponseEncoder.sanitise(text, limit: limit) == ResponseEncoder.sanitiseScalars(text, limit: limit),
+                        "\(text.debugDescription) limit \(limit)")
+            }
+        }
     }
 }

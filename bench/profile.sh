@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Instructions per request, and where they go, for one benchmark scenario: runs the release
+# binary under valgrind's callgrind (one event loop thread, so the count is the whole
+# server's), sends a warm-up and then a fixed number of requests of the scenario's mix,
+# and prints total instructions / requests and the top functions (self and inclusive).
+# Instruction counts do not vary with the machine's load, unlike req/s; they do not show
+# time lost to context switches and cache misses either (docs/benchmarks.md uses perf for that).
+#
+#   bench/profile.sh checks|spf-warm [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
+#
+# Uses a 1,000,000-entry recipient table like run.sh; valgrind 3.19 cannot read the Swift
+# binary's DWARF 5, so a copy without debug sections is profiled (symbols stay).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCENARIO=${1:?usage: profile.sh checks|spf-warm [REQUESTS]}
+REQUESTS=${2:-24000}
+WARMUP=${3:-12000}
+cd "$ROOT"
+BIN=$(swift build -c release --show-bin-path)/backstop
+POLICYLOAD=$ROOT/.build/bench/policyload
+[ -x "$POLICYLOAD" ] || gcc -O2 -Wall -o "$POLICYLOAD" ../shared/bench/policyload.c -lpthread
+
+WORK=$(mktemp -d /tmp/backstop-profile.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    exec 7>&- 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+awk 'BEGIN { for (d = 1; d <= 1000; d++) for (u = 1; u <= 1000; u++) printf "user%d@dom%d.bench.test OK\n", u, d }' > "$WORK/recipients"
+objcopy --strip-debug "$BIN" "$WORK/backstop"
+PORT=$(free_port)
+RCPT='"recipients", "bounces", "ratelimit"'
+SPF=""
+if [ "$SCENARIO" = spf-warm ]; then
+    python3 -c '
+import json, sys
+record = {"TXT": "v=spf1 ip4:198.18.0.0/15 -all"}
+json.dump({"d%d.spf.bench.test" % i: [record] for i in range(1, 3001)}, open(sys.argv[1], "w"))' "$WORK/zone.json"
+    mkfifo "$WORK/dns.in"
+    python3 Tests/Support/dns_server.py --zone "$WORK/zone.json" --ttl 3600 < "$WORK/dns.in" > "$WORK/dns.out" &
+    PIDS+=($!)
+    exec 7> "$WORK/dns.in"
+    for _ in $(seq 100); do [ -s "$WORK/dns.out" ] && break; sleep 0.05; done
+    RCPT='"recipients", "bounces", "spf", "ratelimit"'
+    SPF=$(printf '[spf]\nresolvers = ["127.0.0.1:%s"]' "$(head -n 1 "$WORK/dns.out")")
+fi
+cat > "$WORK/backstop.toml" <<EOF
+[[listen]]
+address = "127.0.0.1:$PORT"
+[server]
+threads = 1
+[log]
+level = "warning"
+[policy]
+rcpt = [$RCPT]
+data = ["bounces"]
+[recipients]
+tables = ["$WORK/recipients"]
+[ratelimit]
+max_keys = 1000000
+[[ratelimit.rule]]
+name = "per_client"
+key = "client_address"
+count = "recipient"
+limit = "200/1d"
+action = "DEFER 4.7.1 Rate limit exceeded, try again later"
+[bounces]
+no_reply_addresses = ["@notify.bench.test"]
+$SPF
+EOF
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
+    "$WORK/backstop" serve -c "$WORK/backstop.toml" 2> "$WORK/valgrind.log" &
+PIDS+=($!)
+python3 bench/first_answer.py wait "$PORT" --timeout 300
+callgrind_control -i on > /dev/null
+"$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$WARMUP" > /dev/null   # warm-up (DNS cache, keys)
+callgrind_control -z > /dev/null
+"$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$REQUESTS" | cut -c1-120 >&2
+callgrind_control -d > /dev/null
+sleep 1
+OUTFILE=$(ls "$WORK"/callgrind.out.* | head -n 1)
+total=$(callgrind_annotate "$OUTFILE" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "scenario $SCENARIO: $total instructions for $REQUESTS requests = $((total / REQUESTS)) per request"
+echo "--- self"
+callgrind_annotate "$OUTFILE" | grep -E '^ *[0-9,]+ +\(' | sed -n '2,26p' | cut -c1-180
+echo "--- inclusive (Backstop's own functions)"
+callgrind_annotate --inclusive=yes "$OUTFILE" | grep -E 'Backstop(Core|Server)|libspf2' | head -25 | cut -c1-180
+mkdir -p .build/bench && cp "$OUTFILE" ".build/bench/callgrind-$SCENARIO.out"
+echo "(kept in .build/bench/callgrind-$SCENARIO.out; open with callgrind_annotate or kcachegrind)"
