@@ -32,6 +32,37 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
         self = .v6(hi, lo)
     }
 
+    /// Parses a plain dotted-quad IPv4 address straight from request bytes (the hot path of
+    /// rate-limit keys); nil for anything else, which the String initialiser then handles.
+    /// Accepts exactly what inet_pton(AF_INET) accepts: four decimal parts 0–255 without
+    /// leading zeros.
+    public init?(dottedQuad bytes: UnsafeRawBufferPointer) {
+        var value: UInt32 = 0
+        var part: UInt32 = 0
+        var digits = 0
+        var parts = 0
+        var leadingZero = false
+        for byte in bytes {
+            if byte >= 0x30 && byte <= 0x39 {
+                if digits == 1 && leadingZero { return nil }
+                if digits == 0 { leadingZero = byte == 0x30 }
+                part = part * 10 + UInt32(byte - 0x30)
+                digits += 1
+                if digits > 3 || part > 255 { return nil }
+            } else if byte == 0x2E {
+                guard digits > 0, parts < 3 else { return nil }
+                value = value << 8 | part
+                parts += 1
+                part = 0
+                digits = 0
+            } else {
+                return nil
+            }
+        }
+        guard digits > 0, parts == 3 else { return nil }
+        self = .v4(value << 8 | part)
+    }
+
     public var isV4: Bool { if case .v4 = self { true } else { false } }
 
     public var description: String {

@@ -111,7 +111,8 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
     /// Appends one component: a two-byte length, then the bytes (so "a+b"+"c" and "a"+"b+c"
     /// are different keys). Values longer than 65535 bytes are cut there.
     private func append(_ part: RateKeyPart, _ value: UnsafeRawBufferPointer, to out: inout [UInt8]) {
-        if part == .clientAddress, let address = IPAddress(String(decoding: value, as: UTF8.self)) {
+        if part == .clientAddress,
+           let address = IPAddress(dottedQuad: value) ?? IPAddress(String(decoding: value, as: UTF8.self)) {
             // Binary form, tagged with a leading NUL (a request value never starts with one).
             switch address.masked(to: address.isV4 ? ipv4Prefix : ipv6Prefix) {
             case .v4(let a):

@@ -119,6 +119,24 @@ import NIOCore
         #expect(BackstopCore.Duration.parse("soon") == nil)
     }
 
+    @Test func dottedQuadFastPathAgreesWithInetPton() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789.".utf8) + Array("0123456789.:abx ".utf8)
+        var samples = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5",
+                       "1..2.3", ".1.2.3", "1.2.3.4.", "1.2.3.04", "10.0.0.0", "1.2.3.4 ", "::1", "", "1234.1.1.1"]
+        for _ in 0..<5000 {
+            samples.append(String(decoding: (0..<Int.random(in: 0...16, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self))
+        }
+        for text in samples {
+            let fast = Array(text.utf8).withUnsafeBytes { IPAddress(dottedQuad: $0) }
+            let slow = IPAddress(text)
+            if let fast { #expect(fast == slow, "\(text)") }
+            if case .v4 = slow, !text.contains(":"), !text.contains("["), !text.contains("%") {
+                #expect(fast == slow, "\(text)")
+            }
+        }
+    }
+
     @Test func cidr() {
         let net = CIDR("192.0.2.0/24")!
         #expect(net.contains(IPAddress("192.0.2.200")!))
