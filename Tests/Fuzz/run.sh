@@ -31,7 +31,8 @@ run() {  # name, corpus
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$out/$name.log" | sed "s/^/  $name /"
 }
 
-build request-fuzzer Tests/Fuzz/RequestFuzzer.swift $core/Protocol/*.swift
+# Everything in Protocol/ but the NIO-specific encoder entry point.
+build request-fuzzer Tests/Fuzz/RequestFuzzer.swift $(ls $core/Protocol/*.swift | grep -v '+ByteBuffer')
 run request-fuzzer Tests/Fuzz/corpus/request
 if [ -f Tests/Fuzz/TableFuzzer.swift ]; then
     build table-fuzzer Tests/Fuzz/TableFuzzer.swift $(cat Tests/Fuzz/table-sources.txt)

@@ -2,8 +2,6 @@
 // sanitised here, whatever its origin: control characters (CR, LF, NUL, …) become spaces,
 // invalid UTF-8 becomes U+FFFD, and the result is cut at a UTF-8 boundary to SMTP's limits.
 
-import NIOCore
-
 public enum ResponseEncoder {
     /// A reply line is at most 512 octets with its CRLF (RFC 5321 §4.5.3.1.5).
     public static let maxReplyLine = 510
@@ -19,14 +17,6 @@ public enum ResponseEncoder {
         out.append(contentsOf: actionText(action).utf8)
         out.append(contentsOf: "\n\n".utf8)
         return out
-    }
-
-    /// The same bytes as `encode(_:)`, appended to `buffer` in place: the server's path,
-    /// which so builds no intermediate array per answer.
-    public static func encode(_ action: PolicyAction, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("action=")
-        buffer.writeString(actionText(action))
-        buffer.writeStaticString("\n\n")
     }
 
     /// The part after `action=`, sanitised and cut.
