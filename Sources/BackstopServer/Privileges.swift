@@ -31,17 +31,10 @@ public enum Privileges {
             guard let gr = getgrnam(group) else { throw ServerError("server.group: no such group \"\(group)\"") }
             gid = gr.pointee.gr_gid
         }
-        // Order matters: supplementary groups and gid while still root, uid last.
-        if user != nil {
-            guard initgroups(name, gid) == 0 else { throw ServerError("initgroups(\(name)) failed: \(String(cString: strerror(errno)))") }
-        } else {
-            guard setgroups(1, [gid]) == 0 else { throw ServerError("setgroups failed: \(String(cString: strerror(errno)))") }
-        }
-        guard setgid(gid) == 0 else { throw ServerError("setgid(\(gid)) failed: \(String(cString: strerror(errno)))") }
-        if user != nil {
-            guard setuid(uid) == 0 else { throw ServerError("setuid(\(uid)) failed: \(String(cString: strerror(errno)))") }
-            // Paranoia: regaining root must now be impossible.
-            if uid != 0 && setuid(0) == 0 { throw ServerError("could still regain root after dropping privileges") }
+        // Supplementary groups are the user's own (as initgroups sets them), or just the group.
+        let groups = user != nil ? PrivilegeSwitch.groups(of: name, primary: gid) : [gid]
+        if let problem = PrivilegeSwitch.become(uid: uid, gid: gid, groups: groups) {
+            throw ServerError("cannot drop privileges to \(name): \(problem)")
         }
         logger.notice("dropped privileges to uid=\(getuid()) gid=\(getgid())")
     }

@@ -464,15 +464,6 @@ public enum SPFWorkerProcess {
         guard let entry = getpwnam(user) else { return "no such user" }
         let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
         guard uid != 0 else { return "it is root" }
-        var groups = [gid]
-        guard setgroups(1, &groups) == 0 else { return "setgroups: \(String(cString: strerror(errno)))" }
-        guard setgid(gid) == 0 else { return "setgid(\(gid)): \(String(cString: strerror(errno)))" }
-        guard setuid(uid) == 0 else { return "setuid(\(uid)): \(String(cString: strerror(errno)))" }
-        guard getuid() == uid, geteuid() == uid, getgid() == gid, getegid() == gid else { return "ids did not change" }
-        guard setuid(0) != 0, setgid(0) != 0 else { return "root could be regained" }
-        var list = [gid_t](repeating: 0, count: 64)
-        let count = getgroups(Int32(list.count), &list)
-        guard count >= 0, list[..<Int(count)].allSatisfy({ $0 == gid }) else { return "supplementary groups remain" }
-        return nil
+        return PrivilegeSwitch.become(uid: uid, gid: gid, groups: [gid])
     }
 }
