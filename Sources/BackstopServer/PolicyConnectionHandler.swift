@@ -150,9 +150,8 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         let elapsed = (NIODeadline.now() - started).nanoseconds
         state.metrics.record(request: request, decision: decision, elapsedNanos: elapsed)
         loopEngine.count(decision)
-        if decision.deadlineExpired || decision.action != .dunno || LogOutput.shared.isEnabled(.info) {
-            state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
-        }
+        // The line is only built when the log level keeps it (swift-log's autoclosure).
+        state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
         ResponseEncoder.encode(decision.action, into: &buffer)
         outBuffer = buffer
