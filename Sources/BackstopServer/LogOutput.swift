@@ -18,7 +18,7 @@ public final class LogOutput: Sendable {
     }
 
     public func configure(_ settings: LogSettings) {
-        levelValue.store(Logger.Level(rawValue: settings.level == "notice" ? "notice" : settings.level)?.rank ?? Logger.Level.info.rank,
+        levelValue.store(Logger.Level(rawValue: settings.level)?.rank ?? Logger.Level.info.rank,
                          ordering: .relaxed)
         let destination: Int
         switch settings.destination {
