@@ -29,12 +29,24 @@ let package = Package(
         .target(
             name: "BackstopCore",
             dependencies: [
-                "CSPF2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        // SPF: the only importer of CSPF2 (libspf2, run in worker processes only).
+        .target(
+            name: "BackstopSPF",
+            dependencies: [
+                "BackstopCore",
+                "CSPF2",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(
@@ -66,6 +78,7 @@ let package = Package(
             dependencies: [
                 "BackstopCore",
                 "BackstopServer",
+                "BackstopSPF",
                 "BackstopPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -83,6 +96,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "BackstopSPFTests",
+            dependencies: [
+                "BackstopCore",
+                "BackstopSPF",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             resources: [.copy("Fixtures")]
         ),
@@ -91,6 +113,7 @@ let package = Package(
             dependencies: [
                 "BackstopCore",
                 "BackstopServer",
+                "BackstopSPF",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

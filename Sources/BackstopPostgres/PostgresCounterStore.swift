@@ -296,7 +296,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         let timer = eventLoop.scheduleTask(in: timeout) {
             guard claim() else { return }
             task.cancel()
-            let failure = CounterStoreFailure("no answer within \(BackstopCore.Duration.format(timeout))")
+            let failure = CounterStoreFailure("no answer within \(BackstopCore.DurationText.format(timeout))")
             self.noteFailure(failure, during: "a hit")
             promise.fail(failure)
         }

@@ -34,6 +34,10 @@ public final class ConfigReloader: Sendable {
             }
             current.withLockedValue { $0 = (config, engine) }
             server.install(engine, config: config)
+            // What the old engine held and the new one does not take over is released.
+            for (name, check) in previous.checks {
+                (check as? any RetirableCheck)?.retire(replacedBy: engine.checks[name])
+            }
             logger.notice("configuration reloaded from \(path)")
             return true
         } catch let error as ConfigError {

@@ -154,6 +154,8 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
         ResponseEncoder.encode(decision.action, into: &buffer)
+        // The message has its once-per-message header only now that an answer carries it.
+        decision.headerOnce?.markSent()
         outBuffer = buffer
         needsFlush = true
         lastActivity = .now()
@@ -198,7 +200,7 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         if expired {
             if midRequest {
                 state.metrics.readTimeouts.increment()
-                state.logger.warning("read timeout: request not completed within \(Duration.format(readTimeout)), closing: peer=\(LogEscaping.field(peer))")
+                state.logger.warning("read timeout: request not completed within \(DurationText.format(readTimeout)), closing: peer=\(LogEscaping.field(peer))")
             } else {
                 state.logger.debug("idle timeout, closing: peer=\(LogEscaping.field(peer))")
             }

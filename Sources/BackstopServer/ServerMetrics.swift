@@ -21,6 +21,8 @@ public final class ServerMetrics: Sendable {
     let configGeneration = Gauge(label: "backstop_config_generation")
     let configReloads: Counter
     let configReloadFailures: Counter
+    /// Refusals test mode turned into a log line (and a header or WARN), by check.
+    let testModeRefusals: [String: Counter]
 
     public init() {
         requests = ProtocolState.allCases.map { state in
@@ -34,6 +36,11 @@ public final class ServerMetrics: Sendable {
         connectionsLimited = Counter(label: "backstop_connections_rejected_total", dimensions: [("reason", "max_connections")])
         configReloads = Counter(label: "backstop_config_reloads_total", dimensions: [("result", "success")])
         configReloadFailures = Counter(label: "backstop_config_reloads_total", dimensions: [("result", "failure")])
+        var testMode: [String: Counter] = [:]
+        for kind in CheckCatalog.kinds {
+            testMode[kind.name] = Counter(label: "backstop_test_mode_refusals_total", dimensions: [("check", kind.name)])
+        }
+        testModeRefusals = testMode
     }
 
     static func actionClass(_ action: PolicyAction) -> Int {
@@ -56,5 +63,6 @@ public final class ServerMetrics: Sendable {
         requests[state][Self.actionClass(decision.action)].increment()
         latency.recordNanoseconds(elapsedNanos)
         if decision.deadlineExpired { deadlineExpiries.increment() }
+        if decision.wouldHave != nil, let check = decision.check { testModeRefusals[check]?.increment() }
     }
 }

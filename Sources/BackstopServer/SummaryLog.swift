@@ -23,7 +23,7 @@ public final class SummaryLog: Sendable {
                     for i in counts.indices { totals[i] += counts[i] }
                     expiries += expired
                 }
-                var line = "summary interval=\(Duration.format(interval)) requests=\(totals.reduce(0, +))"
+                var line = "summary interval=\(DurationText.format(interval)) requests=\(totals.reduce(0, +))"
                 for (i, name) in ServerMetrics.actionClasses.enumerated() { line += " \(name)=\(totals[i])" }
                 line += " deadline_expired=\(expiries) connections_open=\(state.openConnections.load(ordering: .relaxed))"
                 logger.notice("\(line)")

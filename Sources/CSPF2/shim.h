@@ -1,10 +1,20 @@
-/* The only C that Swift sees: libspf2's public headers, in the order they need.
- * Nothing outside SPFVerifier imports this module. */
+/* The only C that Swift sees, for BackstopSPF alone: libspf2's public headers in the order
+ * they need, and the few Linux calls a worker's sandbox and its spawning need that Swift's
+ * Glibc module does not offer (variadic prctl, seccomp's structures, closefrom). */
 #ifndef BACKSTOP_CSPF2_SHIM_H
 #define BACKSTOP_CSPF2_SHIM_H
 #include <sys/types.h>
 #include <netinet/in.h>
 #include <arpa/nameser.h>
+#include <spawn.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/audit.h>
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
 #include <spf2/spf_dns_rr.h>
@@ -21,5 +31,87 @@ static inline void backstop_spf_quiet(void) {
     SPF_warning_handler = backstop_spf_silent_handler;
     SPF_info_handler = backstop_spf_silent_handler;
     SPF_debug_handler = backstop_spf_silent_handler;
+}
+
+/* Asks for `sig` when the parent process ends. */
+static inline int backstop_set_parent_death_signal(int sig) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);
+}
+
+/* No new privileges (setuid binaries, file capabilities) for this process and its children. */
+static inline int backstop_set_no_new_privs(void) {
+    return prctl(PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL);
+}
+
+/* Installs a seccomp filter of `count` instructions. */
+static inline int backstop_install_seccomp(struct sock_filter *filter, unsigned short count) {
+    struct sock_fprog program = { .len = count, .filter = filter };
+    return prctl(PR_SET_SECCOMP, (unsigned long)SECCOMP_MODE_FILTER, (unsigned long)&program, 0UL, 0UL);
+}
+
+/* Closes every descriptor from `first` up. */
+static inline int backstop_close_from(unsigned int first) {
+#ifdef SYS_close_range
+    return (int)syscall(SYS_close_range, first, ~0U, 0);
+#else
+    (void)first;
+    return -1;
+#endif
+}
+
+/* Lets posix_spawn close every descriptor from `first` up in the child (glibc 2.34+;
+ * declared here because spawn.h declares it only for _GNU_SOURCE, which would change
+ * structures other modules see). */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *, int);
+#endif
+static inline int backstop_spawn_close_from(posix_spawn_file_actions_t *actions, int first) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    return posix_spawn_file_actions_addclosefrom_np(actions, first);
+#else
+    (void)actions; (void)first;
+    return -1;
+#endif
+}
+/* Sends `len` octets and, when fd >= 0, a descriptor with them (SCM_RIGHTS). */
+static inline ssize_t backstop_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = sizeof(control.bytes);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+/* Receives up to `len` octets and at most one descriptor (*fd, else -1); close-on-exec. */
+static inline ssize_t backstop_recv_with_fd(int sock, void *buf, size_t len, int *fd) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof(control.bytes);
+    *fd = -1;
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
+            memcpy(fd, CMSG_DATA(c), sizeof(int));
+        }
+    }
+    return n;
 }
 #endif

@@ -4,6 +4,7 @@
 import ArgumentParser
 import BackstopCore
 import BackstopPostgres
+import BackstopSPF
 
 @main
 struct Backstop: ParsableCommand {
@@ -11,13 +12,14 @@ struct Backstop: ParsableCommand {
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
         version: "0.1.0",
-        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, Bench.self, SPFWorkerCommand.self],
+        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, Bench.self, SPFWorkerCommand.self, SPFSupervisorCommand.self],
         defaultSubcommand: Serve.self
     )
 
     /// Registers the backends that live in their own targets, then runs the command.
     static func main() {
         CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        SPFSettings.register()
         main(nil)
     }
 }

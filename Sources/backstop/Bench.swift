@@ -5,6 +5,7 @@
 import ArgumentParser
 import BackstopCore
 import BackstopServer
+import BackstopSPF
 import Foundation
 import Logging
 import NIOCore
@@ -34,7 +35,7 @@ struct Bench: ParsableCommand {
     }
 
     func measure() async throws {
-        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
+        SPFProcesses.registerRunningExecutable()  // SPF evaluations run in `backstop spf-worker` processes
         let mixText = try mix.map { try String(contentsOfFile: $0, encoding: .utf8) } ?? BenchMix.builtinRcpt
         let requestMix = try BenchMix(text: mixText)
         var server: PolicyServer?
@@ -56,7 +57,7 @@ struct Bench: ParsableCommand {
             let engine = try EngineBuilder.build(loaded, previous: nil, logger: logger)
             let s = PolicyServer(config: loaded, engine: engine, logger: logger)
             try await s.start()
-            print("in-process server on \(s.boundAddresses[0]) (config \(config)) ready after \(Duration.format((NIODeadline.now() - startedAt)))")
+            print("in-process server on \(s.boundAddresses[0]) (config \(config)) ready after \(DurationText.format((NIODeadline.now() - startedAt)))")
             server = s
             endpoint = ListenerSettings.parseEndpoint(s.boundAddresses[0])!
         }

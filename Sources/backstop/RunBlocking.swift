@@ -5,17 +5,19 @@
 
 import Dispatch
 
-final class BlockingResult: @unchecked Sendable {
-    var error: (any Error)?
+/// Written by the task before it signals, read by the caller after the wait.
+final class BlockingResult<T>: @unchecked Sendable {
+    var value: Result<T, any Error>?
 }
 
-func runBlocking(_ body: @escaping @Sendable () async throws -> Void) throws {
+@discardableResult
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
     let done = DispatchSemaphore(value: 0)
-    let result = BlockingResult()
+    let result = BlockingResult<T>()
     Task.detached {
-        do { try await body() } catch { result.error = error }
+        do { result.value = .success(try await body()) } catch { result.value = .failure(error) }
         done.signal()
     }
     done.wait()
-    if let error = result.error { throw error }
+    return try result.value!.get()
 }

@@ -1,21 +1,36 @@
-// `backstop spf-worker`: the worker process behind spf.isolation = "process". Spawned by
-// the server's SPF verifier with a socketpair as stdin and stdout; reads the settings and
-// then evaluation requests as frames, answers each, and exits when stdin closes. Not for
-// people: hidden from help. All the work is SPFWorkerProcess's (BackstopCore).
+// `backstop spf-worker` and `backstop spf-supervisor`: the processes behind SPF. The server
+// (or its supervisor) spawns them with their socket as descriptor 0; they are not for
+// people and are hidden from help. All the work is BackstopSPF's.
 
 import ArgumentParser
-import BackstopCore
+import BackstopSPF
 
 struct SPFWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spf-worker",
-        abstract: "Internal: an SPF worker process spawned by the server (spf.isolation = \"process\").",
+        abstract: "Internal: an SPF worker process spawned by the server.",
         shouldDisplay: false)
 
-    @Option(help: "Process id of the server that spawned this worker.") var parent: Int32
+    @Option(help: "The user to switch to when started as root (spf.worker_user).") var user = "nobody"
+    @Option(help: "Process id of the process that spawned this worker.") var parent: Int32 = 0
+    @Flag(help: "Set up the sandbox, then try to open a socket (the filter must kill the process).") var sandboxTest = false
 
     func run() throws {
-        let status = SPFWorkerProcess.run(parent: parent)
+        let status = sandboxTest ? SPFWorkerProcess.sandboxTest(user: user) : SPFWorkerProcess.run(user: user, parent: parent)
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct SPFSupervisorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spf-supervisor",
+        abstract: "Internal: starts SPF workers as spf.worker_user for a server that gave up root.",
+        shouldDisplay: false)
+
+    @Option(help: "Process id of the server.") var parent: Int32 = 0
+
+    func run() throws {
+        let status = SPFSupervisor.run(parent: parent)
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -5,6 +5,7 @@
 import ArgumentParser
 import BackstopCore
 import BackstopServer
+import BackstopSPF
 import Foundation
 import Logging
 import Prometheus
@@ -27,7 +28,7 @@ struct Serve: ParsableCommand {
 
     func serveAsync() async throws {
         LogOutput.bootstrap()
-        SPFVerifier.registerRunningExecutable()  // spf.isolation = "process" spawns `backstop spf-worker`
+        SPFProcesses.registerRunningExecutable()  // SPF evaluations run in `backstop spf-worker` processes
         let logger = Logger(label: "backstop")
         let configuration: Configuration
         let engine: PolicyEngine
@@ -77,6 +78,11 @@ struct Serve: ParsableCommand {
             logger.warning("open-file limit \(fileLimit) is below server.max_connections (\(configuration.server.maxConnections)) + 64: raise LimitNOFILE")
         }
         do {
+            // Workers must still be able to switch to spf.worker_user once the server is not
+            // root: a supervisor that keeps root for that alone is started first.
+            if configuration.server.user != nil, configuration.checks["spf"] != nil {
+                try SPFProcesses.startSupervisor()
+            }
             try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
         } catch {
             logger.critical("cannot start: \(error)")

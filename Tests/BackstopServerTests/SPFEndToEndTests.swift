@@ -8,6 +8,7 @@ import NIOCore
 import Testing
 @testable import BackstopCore
 @testable import BackstopServer
+@testable import BackstopSPF
 
 @Suite(.serialized) struct SPFEndToEndTests {
     @Test func failRefusedPassWithHeaderOncePerMessage() async throws {

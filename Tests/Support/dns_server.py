@@ -31,6 +31,8 @@ Commands on stdin (one per line, each answered with one line on stdout):
     zone FILE    serve the zone in FILE                              -> "ok"
     delay MS     answer every query after MS milliseconds            -> "ok"
     count        how many queries arrived since the last reset       -> "<number>"
+    loops MODE   an alias loop is answered "partial" (the chain as far
+                 as it goes, the default) or "servfail"               -> "ok"
     reset        set the query count to zero                         -> "ok"
 Needs dnslib (pip install dnslib).
 """
@@ -125,6 +127,7 @@ class Zone:
         self.delay = 0.0
         self.ttl = 300
         self.count = 0
+        self.loops = "partial"
 
     @property
     def wildcards(self):
@@ -134,9 +137,13 @@ class Zone:
             self._wildcards = any(name.startswith("*.") for name in self.zone)
         return self._wildcards
 
-    def lookup(self, name, qtype, depth=0):
+    def lookup(self, name, qtype, depth=0, seen=None):
         """Returns (rcode, [(owner, rtype, value)]) or None for "never answer"."""
         key = normalise(name)
+        seen = set() if seen is None else seen
+        if key in seen and self.loops == "servfail":
+            return RCODE.SERVFAIL, []
+        seen.add(key)
         with self.lock:
             records = self.zone.get(key)
             if records is None and self.wildcards:
@@ -165,9 +172,11 @@ class Zone:
             if TYPES.get(rtype) == qtype or (rtype == "CNAME" and qtype != QTYPE.CNAME):
                 answers.append((key, rtype, value))
                 if rtype == "CNAME" and depth < 8:
-                    chased = self.lookup(value, qtype, depth + 1)
+                    chased = self.lookup(value, qtype, depth + 1, seen)
                     if chased is None:
                         return None
+                    if chased[0] == RCODE.SERVFAIL:
+                        return chased
                     answers.extend(chased[1])
         return RCODE.NOERROR, answers
 
@@ -337,6 +346,12 @@ def main():
             elif command == "count":
                 with zone.lock:
                     print(zone.count, flush=True)
+            elif command == "loops":
+                if rest not in ("partial", "servfail"):
+                    raise ValueError("loops takes partial or servfail")
+                with zone.lock:
+                    zone.loops = rest
+                print("ok", flush=True)
             elif command == "reset":
                 with zone.lock:
                     zone.count = 0

@@ -65,6 +65,33 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
 
     public var isV4: Bool { if case .v4 = self { true } else { false } }
 
+    /// An address from 4 or 16 octets in network order (IPv4-mapped IPv6 becomes IPv4).
+    public init?(octets: some Collection<UInt8>) {
+        switch octets.count {
+        case 4:
+            self = .v4(octets.reduce(0) { $0 << 8 | UInt32($1) })
+        case 16:
+            let hi = octets.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+            let lo = octets.suffix(8).reduce(0) { $0 << 8 | UInt64($1) }
+            self = hi == 0 && lo >> 32 == 0xFFFF ? .v4(UInt32(truncatingIfNeeded: lo)) : .v6(hi, lo)
+        default:
+            return nil
+        }
+    }
+
+    /// The address in network order: 4 octets or 16.
+    public var octets: [UInt8] {
+        switch self {
+        case .v4(let a):
+            return [UInt8(a >> 24), UInt8(a >> 16 & 0xFF), UInt8(a >> 8 & 0xFF), UInt8(a & 0xFF)]
+        case .v6(let hi, let lo):
+            var out: [UInt8] = []
+            out.reserveCapacity(16)
+            for word in [hi, lo] { for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) } }
+            return out
+        }
+    }
+
     public var description: String {
         switch self {
         case .v4(let a):

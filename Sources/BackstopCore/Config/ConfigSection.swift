@@ -86,7 +86,7 @@ public final class ConfigSection: @unchecked Sendable {
         let parsed: TimeAmount?
         switch value {
         case .int(let seconds): parsed = seconds >= 0 ? .seconds(Int64(seconds)) : nil
-        case .string(let text): parsed = Duration.parse(text)
+        case .string(let text): parsed = DurationText.parse(text)
         default: parsed = nil
         }
         guard let parsed else {
@@ -94,7 +94,7 @@ public final class ConfigSection: @unchecked Sendable {
             return fallback
         }
         if let range, !range.contains(parsed) {
-            report(key, "\(Duration.format(parsed)) is out of range: use \(Duration.format(range.lowerBound)) to \(Duration.format(range.upperBound))")
+            report(key, "\(DurationText.format(parsed)) is out of range: use \(DurationText.format(range.lowerBound)) to \(DurationText.format(range.upperBound))")
             return fallback
         }
         return parsed
@@ -147,7 +147,8 @@ public final class ConfigSection: @unchecked Sendable {
     }
 }
 
-public enum Duration {
+/// Durations as administrators write them ("250ms", "5s", "2m", "1h", "1d").
+public enum DurationText {
     public static func parse(_ text: String) -> TimeAmount? {
         let t = text.trimmingSpaces.lowercased()
         let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000),

@@ -34,3 +34,11 @@ public protocol Check: Sendable {
 
     func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult
 }
+
+/// A check that holds resources beyond its own lifetime (worker processes, sockets): the
+/// engine that replaces it on reload tells it so, once the new engine is in force.
+public protocol RetirableCheck: Check {
+    /// `successor` is the check of the same name in the new engine (nil when there is none);
+    /// release what it does not take over.
+    func retire(replacedBy successor: (any Check)?)
+}

@@ -1,7 +1,9 @@
 // The list of checks Backstop knows, each with the reader of its configuration section.
-// Adding a check means adding its type, its settings, and one line here.
+// Adding a check means adding its type, its settings, and one line here; a check that
+// lives in a target of its own (spf, in BackstopSPF) registers itself at start-up.
 
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Settings of one check, read from its section; builds the running check.
@@ -35,12 +37,23 @@ public struct CheckKind: Sendable {
 }
 
 public enum CheckCatalog {
-    public static let kinds: [CheckKind] = [
+    private static let builtIn: [CheckKind] = [
         CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
-        CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "ratelimit") { section, baseDir in RateLimitSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "bounces") { section, baseDir in BouncesSettings(reading: section, baseDirectory: baseDir) },
     ]
+    private static let registered = NIOLockedValueBox<[CheckKind]>([])
+
+    /// Adds (or replaces) a check kind from another target.
+    public static func register(_ kind: CheckKind) {
+        registered.withLockedValue { list in
+            list.removeAll { $0.name == kind.name }
+            list.append(kind)
+        }
+    }
+
+    /// Every known check: the built-in ones first, then the registered ones.
+    public static var kinds: [CheckKind] { builtIn + registered.withLockedValue { $0 } }
 
     public static func kind(named name: String) -> CheckKind? {
         kinds.first { $0.name == name }

@@ -1,7 +1,8 @@
 // Runs the checks configured for a request's protocol_state, in order, under one
-// deadline. The first verdict that is not "no opinion" wins; a PREPEND from an earlier
-// check is kept when the later ones have no opinion. Test mode turns refusals into WARN.
-// This file decides; it neither parses nor writes to the network.
+// deadline. The first verdict that is not "no opinion" wins; a header due from an earlier
+// check is added when no later one refuses, and also when a refusal is only logged (test
+// mode), so test mode never costs a message its Received-SPF. Without a header, test mode
+// turns refusals into WARN. This file decides; it neither parses nor writes to the network.
 
 import NIOCore
 import Logging
@@ -16,13 +17,17 @@ public struct Decision: Sendable {
     /// When test mode softened a refusal: the answer that would have been sent.
     public var wouldHave: PolicyAction?
     public var deadlineExpired: Bool = false
+    /// Set when the answer carries a once-per-message header: mark it when written.
+    public var headerOnce: HeaderOnce?
 
-    public init(action: PolicyAction, check: String?, reason: String, wouldHave: PolicyAction? = nil, deadlineExpired: Bool = false) {
+    public init(action: PolicyAction, check: String?, reason: String, wouldHave: PolicyAction? = nil,
+                deadlineExpired: Bool = false, headerOnce: HeaderOnce? = nil) {
         self.action = action
         self.check = check
         self.reason = reason
         self.wouldHave = wouldHave
         self.deadlineExpired = deadlineExpired
+        self.headerOnce = headerOnce
     }
 }
 
@@ -63,23 +68,37 @@ public final class PolicyEngine: Sendable {
     /// Decides `request`. Runs synchronously as far as the checks allow.
     public func decide(_ request: PolicyRequest, eventLoop: any EventLoop, logger: Logger) -> EngineResult {
         let checks = stages[request.protocolState] ?? []
-        var state = Accumulator()
         let context = CheckContext(eventLoop: eventLoop, deadline: .now() + deadline, logger: logger)
-        var index = 0
+        switch run(checks, from: 0, Accumulator(), request, context) {
+        case .decided(let decision):
+            return .immediate(decision)
+        case .waiting(let future, let check, let next, let state):
+            return .pending(wait(for: future, from: check, then: next, checks, state, request, context))
+        }
+    }
+
+    private enum Step {
+        case decided(Decision)
+        /// `check` answers later; the checks from index `next` on come after it.
+        case waiting(EventLoopFuture<Verdict>, check: any Check, next: Int, Accumulator)
+    }
+
+    /// The one loop over the checks: runs them from `index` until one decides or one answers later.
+    private func run(_ checks: [any Check], from index: Int, _ state: Accumulator, _ request: PolicyRequest,
+                     _ context: CheckContext) -> Step {
+        var state = state
+        var index = index
         while index < checks.count {
             let check = checks[index]
             index += 1
             switch evaluate(check, request, context) {
             case .done(let verdict):
-                if let decision = state.add(verdict, from: check, engineTestMode: testMode) {
-                    return .immediate(decision)
-                }
+                if let decision = state.add(verdict, from: check, engineTestMode: testMode) { return .decided(decision) }
             case .pending(let future):
-                return .pending(continueAsync(future, check: check, remaining: checks[index...],
-                                              state: state, request: request, context: context))
+                return .waiting(future, check: check, next: index, state)
             }
         }
-        return .immediate(state.final())
+        return .decided(state.final())
     }
 
     /// Runs one check, timing it when metrics are on.
@@ -95,10 +114,9 @@ public final class PolicyEngine: Sendable {
         return result
     }
 
-    private func continueAsync(
-        _ future: EventLoopFuture<Verdict>, check: any Check, remaining: ArraySlice<any Check>,
-        state: Accumulator, request: PolicyRequest, context: CheckContext
-    ) -> EventLoopFuture<Decision> {
+    /// Waits for a check that answers later, under the request's deadline, then carries on.
+    private func wait(for future: EventLoopFuture<Verdict>, from check: any Check, then next: Int, _ checks: [any Check],
+                      _ state: Accumulator, _ request: PolicyRequest, _ context: CheckContext) -> EventLoopFuture<Decision> {
         let promise = context.eventLoop.makePromise(of: Decision.self)
         let answered = LoopFlag()
         let timer = context.eventLoop.scheduleTask(deadline: context.deadline) {
@@ -114,7 +132,6 @@ public final class PolicyEngine: Sendable {
             timer.cancel()
             guard !answered.value else { return }  // the deadline already answered
             answered.value = true
-            var next = state
             let verdict: Verdict
             switch result {
             case .success(let v): verdict = v
@@ -122,46 +139,37 @@ public final class PolicyEngine: Sendable {
                 context.logger.warning("check failed", metadata: ["check": "\(check.name)", "error": "\(error)"])
                 verdict = check.failVerdict.failed(check.name)
             }
-            if let decision = next.add(verdict, from: check, engineTestMode: self.testMode) {
+            var after = state
+            if let decision = after.add(verdict, from: check, engineTestMode: self.testMode) {
                 promise.succeed(decision)
                 return
             }
-            // Carry on with the checks after the one that was waited for.
-            var index = remaining.startIndex
-            while index < remaining.endIndex {
-                let later = remaining[index]
-                index += 1
-                switch self.evaluate(later, request, context) {
-                case .done(let v):
-                    if let decision = next.add(v, from: later, engineTestMode: self.testMode) {
-                        promise.succeed(decision)
-                        return
-                    }
-                case .pending(let f):
-                    promise.completeWith(self.continueAsync(f, check: later, remaining: remaining[index...],
-                                                            state: next, request: request, context: context))
-                    return
-                }
+            switch self.run(checks, from: next, after, request, context) {
+            case .decided(let decision):
+                promise.succeed(decision)
+            case .waiting(let later, let laterCheck, let laterNext, let laterState):
+                promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, checks, laterState, request, context))
             }
-            promise.succeed(next.final())
         }
         return promise.futureResult
     }
 
     /// Collects verdicts in check order and says when one is final.
     struct Accumulator: Sendable {
-        var prepend: (Verdict, String)?
+        /// The first header due, the check it came from and that check's reason.
+        var header: (DueHeader, String, String)?
         var warning: (Verdict, String, PolicyAction)?
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
         var quiet: (String, String)?
 
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
+            if header == nil, let due = verdict.header { header = (due, check.name, verdict.reason) }
             switch verdict.action {
             case .dunno:
                 if quiet == nil && !verdict.reason.isEmpty { quiet = (check.name, verdict.reason) }
                 return nil
-            case .prepend:
-                if prepend == nil { prepend = (verdict, check.name) }
+            case .prepend(let line):
+                if header == nil { header = (DueHeader(line: line), check.name, verdict.reason) }
                 return nil
             case let action where action.isRefusal && (engineTestMode || check.testMode):
                 if warning == nil {
@@ -170,16 +178,22 @@ public final class PolicyEngine: Sendable {
                 }
                 return nil
             default:
+                // A refusal (or another final action) decides; a header due is not added.
                 return Decision(action: verdict.action, check: check.name, reason: verdict.reason)
             }
         }
 
         func final() -> Decision {
+            if let (due, name, reason) = header {
+                // The header is added even when test mode turned a refusal into a log line.
+                if let (verdict, warned, would) = warning {
+                    return Decision(action: .prepend(due.line), check: warned, reason: verdict.reason, wouldHave: would,
+                                    headerOnce: due.once)
+                }
+                return Decision(action: .prepend(due.line), check: name, reason: reason, headerOnce: due.once)
+            }
             if let (verdict, name, would) = warning {
                 return Decision(action: verdict.action, check: name, reason: verdict.reason, wouldHave: would)
-            }
-            if let (verdict, name) = prepend {
-                return Decision(action: verdict.action, check: name, reason: verdict.reason)
             }
             if let (name, reason) = quiet {
                 return Decision(action: .dunno, check: name, reason: reason)

@@ -28,6 +28,15 @@ public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// A temporary refusal (4xx): the sender retries later.
+    public var isTemporary: Bool {
+        switch self {
+        case .deferTemporarily, .deferIfPermit, .deferIfReject: true
+        case .reply(let code, _, _): code < 500
+        default: false
+        }
+    }
+
     /// The keyword as Postfix reads it (`REJECT`, `DEFER_IF_PERMIT`, `550`, …).
     public var keyword: String {
         switch self {
@@ -122,7 +131,8 @@ extension Character {
 }
 
 extension StringProtocol {
-    var trimmingSpaces: String {
+    /// The text without leading and trailing spaces and tabs.
+    public var trimmingSpaces: String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }

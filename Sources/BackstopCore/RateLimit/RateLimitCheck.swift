@@ -183,7 +183,7 @@ extension RateLimitCheck {
                 "key": "\(LogEscaping.field(rule.key.display(hit.key)))",
                 "count": "\(rule.count.rawValue)",
                 "cost": "\(hit.cost)",
-                "limit": "\(rule.limitCount)/\(Duration.format(.nanoseconds(rule.period)))",
+                "limit": "\(rule.limitCount)/\(DurationText.format(.nanoseconds(rule.period)))",
                 "burst": "\(rule.parameters.burst)",
             ]
             if let retryAfter { metadata["retry_after"] = "\(RateLimitCheck.format(nanoseconds: retryAfter))" }

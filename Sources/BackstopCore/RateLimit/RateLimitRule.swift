@@ -87,7 +87,7 @@ public struct RateLimitRule: Sendable {
 
     /// "200 recipients per 1h (burst 200)".
     public var limitDescription: String {
-        "\(limitCount) \(count.unitName) per \(Duration.format(.nanoseconds(period))) (burst \(parameters.burst))"
+        "\(limitCount) \(count.unitName) per \(DurationText.format(.nanoseconds(period))) (burst \(parameters.burst))"
     }
 
     /// Whether the selectors and exemptions let this rule count `request`.
@@ -226,7 +226,7 @@ extension RateLimitRule {
         guard halves.count == 2, let count = parseCount(String(halves[0])) else { return nil }
         var periodText = halves[1].trimmingSpaces
         if let first = periodText.first, !first.isNumber { periodText = "1" + periodText }
-        guard let period = Duration.parse(periodText), period.nanoseconds > 0 else { return nil }
+        guard let period = DurationText.parse(periodText), period.nanoseconds > 0 else { return nil }
         return (count, period.nanoseconds)
     }
 

@@ -112,11 +112,11 @@ import NIOCore
     }
 
     @Test func durations() {
-        #expect(BackstopCore.Duration.parse("250ms") == .milliseconds(250))
-        #expect(BackstopCore.Duration.parse("1.5s") == .milliseconds(1500))
-        #expect(BackstopCore.Duration.parse("2h") == .hours(2))
-        #expect(BackstopCore.Duration.parse("-1s") == nil)
-        #expect(BackstopCore.Duration.parse("soon") == nil)
+        #expect(BackstopCore.DurationText.parse("250ms") == .milliseconds(250))
+        #expect(BackstopCore.DurationText.parse("1.5s") == .milliseconds(1500))
+        #expect(BackstopCore.DurationText.parse("2h") == .hours(2))
+        #expect(BackstopCore.DurationText.parse("-1s") == nil)
+        #expect(BackstopCore.DurationText.parse("soon") == nil)
     }
 
     @Test func dottedQuadFastPathAgreesWithInetPton() {

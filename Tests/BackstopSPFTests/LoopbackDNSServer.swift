@@ -4,7 +4,7 @@
 // on Swift concurrency's few shared threads (other tests' timers would starve).
 
 import Foundation
-@testable import BackstopCore
+@testable import BackstopSPF
 
 final class LoopbackDNSServer: @unchecked Sendable {
     let process = Process()
@@ -15,7 +15,7 @@ final class LoopbackDNSServer: @unchecked Sendable {
 
     static var packageRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
     }
 
     static var script: String { packageRoot.appendingPathComponent("Tests/Support/dns_server.py").path }

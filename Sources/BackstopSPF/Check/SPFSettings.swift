@@ -1,7 +1,9 @@
-// The [spf] configuration section: DNS and worker settings for SPFVerifier, the actions per
-// SPF result, the header style and the skip rules. Reading only; SPFCheck acts on it.
+// The [spf] configuration section: DNS and worker settings for SPFVerifier, the actions
+// per SPF result, the header style and the skip rules. Defaults are those of the settings'
+// own init (written once). Reading only; SPFCheck acts on it.
 
-import Foundation
+import BackstopCore
+import Glibc
 import NIOCore
 
 public struct SPFSettings: CheckSettings, Equatable {
@@ -25,8 +27,6 @@ public struct SPFSettings: CheckSettings, Equatable {
     public var trustedNetworks = NetworkList(CIDR.loopback)
     public var skipSenderDomains: [String] = []
     public var strictDomains: [String] = []
-    public var resultCacheTTL: TimeAmount = .seconds(60)
-    public var resultCacheSize = 10_000
     public var actions: [SPFResult: PolicyAction] = SPFSettings.defaultActions
 
     public static let defaultActions: [SPFResult: PolicyAction] = [
@@ -52,7 +52,8 @@ public struct SPFSettings: CheckSettings, Equatable {
 
     public init(reading section: ConfigSection, baseDirectory: String) {
         self.init()
-        testMode = section.bool("test_mode", default: false)
+        let d = SPFSettings()
+        testMode = section.bool("test_mode", default: d.testMode)
         var resolvers: [DNSResolverAddress] = []
         for text in section.stringArray("resolvers", default: []) {
             if let address = DNSResolverAddress(text) { resolvers.append(address) } else {
@@ -60,34 +61,37 @@ public struct SPFSettings: CheckSettings, Equatable {
             }
         }
         verifier.resolvers = resolvers
-        verifier.dnsTimeout = section.duration("dns_timeout", default: .seconds(2), range: .milliseconds(50)...(.seconds(30)))
-        verifier.evaluationDeadline = section.duration("evaluation_deadline", default: .seconds(4), range: .milliseconds(100)...(.seconds(60)))
+        verifier.dnsTimeout = section.duration("dns_timeout", default: d.verifier.dnsTimeout, range: .milliseconds(50)...(.seconds(30)))
+        verifier.evaluationDeadline = section.duration("evaluation_deadline", default: d.verifier.evaluationDeadline,
+                                                       range: .milliseconds(100)...(.seconds(60)))
         if verifier.dnsTimeout > verifier.evaluationDeadline {
-            section.report("dns_timeout", "is longer than evaluation_deadline (\(Duration.format(verifier.evaluationDeadline))): make it shorter")
+            section.report("dns_timeout", "is longer than evaluation_deadline (\(DurationText.format(verifier.evaluationDeadline))): make it shorter")
         }
-        verifier.dnsCacheSize = section.int("dns_cache_size", default: 10_000, range: 0...10_000_000)
-        verifier.workers = section.int("workers", default: 4, range: 1...256)
-        verifier.queueSize = section.int("queue_size", default: 1_000, range: 1...1_000_000)
-        let isolation = section.string("isolation", default: SPFVerifier.Isolation.process.rawValue)
-        if let parsed = SPFVerifier.Isolation(rawValue: isolation.lowercased()) { verifier.isolation = parsed } else {
-            section.report("isolation", "unknown isolation \"\(LogEscaping.escape(isolation))\": use \"process\" (libspf2 in worker processes) or \"thread\"")
+        verifier.dnsCache.entries = section.int("dns_cache_size", default: d.verifier.dnsCache.entries, range: 0...10_000_000)
+        verifier.dnsCache.bytes = section.int("dns_cache_bytes", default: d.verifier.dnsCache.bytes, range: 0...(1 << 34))
+        verifier.workers = section.int("workers", default: d.verifier.workers, range: 1...256)
+        verifier.queueSize = section.int("queue_size", default: d.verifier.queueSize, range: 1...1_000_000)
+        let isolation = section.string("isolation", default: "process")
+        if isolation.lowercased() != "process" {
+            section.report("isolation", "libspf2 runs only in worker processes now: remove the key or set \"process\"")
         }
-        verifier.workerUser = section.string("worker_user", default: "nobody")
+        verifier.workerUser = section.string("worker_user", default: d.verifier.workerUser)
         if verifier.workerUser.isEmpty || verifier.workerUser == "root" || verifier.workerUser.contains(where: { $0.isWhitespace || $0 == ":" || $0 == "/" }) {
             section.report("worker_user", "must name an unprivileged user, such as \"nobody\" or a dedicated \"backstop-spf\"")
-            verifier.workerUser = "nobody"
+            verifier.workerUser = d.verifier.workerUser
         }
-        resultCacheTTL = section.duration("result_cache_ttl", default: .seconds(60), range: .zero...(.hours(1)))
-        resultCacheSize = section.int("result_cache_size", default: 10_000, range: 0...10_000_000)
-        heloCheck = section.bool("helo_check", default: false)
-        let style = section.string("header", default: HeaderStyle.receivedSPF.rawValue)
+        verifier.resultCacheTTL = section.duration("result_cache_ttl", default: d.verifier.resultCacheTTL, range: .zero...(.hours(1)))
+        verifier.resultCacheSize = section.int("result_cache_size", default: d.verifier.resultCacheSize, range: 0...10_000_000)
+        verifier.resultCacheBytes = section.int("result_cache_bytes", default: d.verifier.resultCacheBytes, range: 0...(1 << 34))
+        heloCheck = section.bool("helo_check", default: d.heloCheck)
+        let style = section.string("header", default: d.header.rawValue)
         if let parsed = HeaderStyle(rawValue: style.lowercased()) { header = parsed } else {
             section.report("header", "unknown header style \"\(LogEscaping.escape(style))\": use \"received-spf\", \"authentication-results\" or \"none\"")
         }
-        receiver = section.string("receiver", default: receiver)
+        receiver = section.string("receiver", default: d.receiver)
         if !SPFSettings.isHeaderToken(receiver) {
             section.report("receiver", "must be a host name such as \"mx.example.org\"")
-            receiver = SPFSettings.hostName
+            receiver = d.receiver
         }
         verifier.receiver = receiver
         authservID = section.string("authserv_id", default: receiver)
@@ -97,7 +101,7 @@ public struct SPFSettings: CheckSettings, Equatable {
         }
         explanationURL = section.optionalString("explanation_url")
         if let url = explanationURL, url.isEmpty { explanationURL = nil }
-        skipAuthenticated = section.bool("skip_authenticated", default: true)
+        skipAuthenticated = section.bool("skip_authenticated", default: d.skipAuthenticated)
         trustedNetworks = section.networks("trusted_networks", default: CIDR.loopback)
         skipSenderDomains = section.stringArray("skip_sender_domains", default: []).map(SPFSettings.normaliseDomain)
         strictDomains = section.stringArray("strict_domains", default: []).map(SPFSettings.normaliseDomain)
@@ -134,7 +138,7 @@ public struct SPFSettings: CheckSettings, Equatable {
         // action (not the engine's fallback) answers a slow DNS.
         let ceiling = context.deadline - .milliseconds(max(context.deadline.nanoseconds / 1_000_000 / 5, 50))
         if settings.verifier.evaluationDeadline > ceiling {
-            context.logger.warning("spf.evaluation_deadline is not inside policy.deadline; using \(Duration.format(ceiling))")
+            context.logger.warning("spf.evaluation_deadline is not inside policy.deadline; using \(DurationText.format(ceiling))")
             settings.verifier.evaluationDeadline = max(ceiling, .milliseconds(50))
         }
         if let previous = context.previous as? SPFCheck, previous.settings.verifier == settings.verifier {
@@ -147,5 +151,10 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// The [spf] settings of a configuration, or the defaults when it has none (for the CLI).
     public static func from(_ configuration: Configuration) -> SPFSettings {
         configuration.checks["spf"] as? SPFSettings ?? SPFSettings()
+    }
+
+    /// Makes the "spf" check known to the configuration reader (at start-up).
+    public static func register() {
+        CheckCatalog.register(CheckKind(name: "spf") { section, baseDir in SPFSettings(reading: section, baseDirectory: baseDir) })
     }
 }

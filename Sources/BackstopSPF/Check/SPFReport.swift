@@ -1,41 +1,46 @@
 // What `backstop spf` prints: the result word alone on the first line (for scripts), then
-// the mechanism that matched, the header it would add, the time taken, and the identity,
-// explanation or problem and the answer Backstop would give. Uses the same settings, verifier and rules as the server.
+// the mechanism that matched, the header it would add, the time taken, the identity, the
+// explanation or problem, and the answer the server would give, test mode included. Uses
+// the same settings, verifier and rules as the server; it does not evaluate on its own.
 
+import BackstopCore
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 
 public enum SPFReport {
     /// Evaluates as the server would for a client `ip`, MAIL FROM `sender` ("" for a
-    /// bounce) and HELO `helo`, and returns the text to print.
-    public static func run(settings: SPFSettings, ip: String, sender: String, helo: String) async -> String {
+    /// bounce) and HELO `helo`, and returns the text to print with the answer's action.
+    public static func run(settings: SPFSettings, ip: String, sender: String, helo: String,
+                           testMode: Bool = false) async -> (text: String, answer: PolicyAction) {
         let verifier = SPFVerifier(settings: settings.verifier, logger: Logger(label: "backstop.spf"))
         defer { verifier.shutdown() }
         let check = SPFCheck(settings: settings, verifier: verifier)
-        var evaluated = SPFEvaluated()
-        if settings.heloCheck, !helo.isEmpty, SPFQuery.domainProblem(helo) == nil {
-            evaluated.helo = await verifier.evaluate(ip: ip, sender: "", helo: helo, identity: .helo)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let queries = check.queries(client: ip, sender: sender, helo: helo)
+        let deadline = NIODeadline.now() + settings.verifier.evaluationDeadline
+        let evaluated = (try? await check.evaluations(queries, deadline: deadline, on: loop).get()) ?? SPFEvaluated()
+        guard let deciding = evaluated.helo?.result == .fail ? evaluated.helo : (evaluated.mailfrom ?? evaluated.helo) else {
+            return ("temperror\n", .dunno)
         }
-        if evaluated.helo?.result != .fail {
-            if sender.isEmpty, var same = evaluated.helo {
-                same.query.identity = .mailfrom
-                evaluated.mailfrom = same
-            } else {
-                evaluated.mailfrom = await verifier.evaluate(ip: ip, sender: sender, helo: helo, identity: .mailfrom)
-            }
+        var verdict = check.verdict(for: evaluated, header: nil)
+        var text = ""
+        if verdict.action.isRefusal && (testMode || settings.testMode) {
+            text += "note: test mode: the server would only log \(ResponseEncoder.actionText(verdict.action))\n"
+            verdict = Verdict(verdict.header.map { .prepend($0.line) } ?? .dunno, reason: verdict.reason)
+        } else if verdict.action.isNoOpinion, let due = verdict.header {
+            verdict = Verdict(.prepend(due.line), reason: verdict.reason)
         }
-        let deciding = evaluated.helo?.result == .fail ? evaluated.helo! : (evaluated.mailfrom ?? evaluated.helo!)
-        let verdict = check.verdict(for: evaluated, header: true)
         // The header only when the answer adds it (a refusal adds none).
         var header: String?
         if case .prepend(let line) = verdict.action { header = line }
-        var text = describe(deciding, header: header)
+        text = describe(deciding, header: header) + text
         text += "answer: \(ResponseEncoder.actionText(verdict.action))\n"
         if let address = IPAddress(ip), settings.trustedNetworks.contains(address) {
             text += "note: \(ip) is in trusted_networks: the server would skip SPF for it\n"
         }
-        return text
+        return (text, verdict.action)
     }
 
     /// The outcome as lines of text: the result word alone on the first, then the mechanism,

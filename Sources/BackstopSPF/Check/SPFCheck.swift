@@ -1,0 +1,268 @@
+// The "spf" check: decides what to answer Postfix from SPF results. It applies the skip
+// rules, takes the outcome from the verifier (its cache answers at once, a miss waits for
+// a worker), maps each result to its configured action, and makes the Received-SPF or
+// Authentication-Results header due once per message: the header is marked as added only
+// when an answer that carries it is written (see HeaderOnce). It never calls libspf2.
+
+import BackstopCore
+import Logging
+import NIOCore
+
+public final class SPFCheck: RetirableCheck {
+    public let name = "spf"
+    public let settings: SPFSettings
+    public let verifier: SPFVerifier
+    /// Per message (instance, client, sender, HELO): its outcomes and whether its header was added.
+    let messages: BoundedCache<String, MessageState>
+    let logger: Logger
+
+    final class MessageState: Sendable {
+        let evaluated: SPFEvaluated
+        let header = HeaderOnce()
+        init(_ evaluated: SPFEvaluated) { self.evaluated = evaluated }
+    }
+
+    /// How long one message's outcome and header flag are kept: as long as a transaction
+    /// may reasonably take (smtpd allows 300 s per command).
+    static let messageLifetime: TimeAmount = .minutes(15)
+
+    public var testMode: Bool { settings.testMode }
+
+    public var failVerdict: Verdict {
+        let action = settings.actions[.temperror] ?? .dunno
+        return Verdict(SPFCheck.fill(action, [
+            "result": "temperror", "domain": "the sender's domain", "client": "this client", "sender": "this sender",
+            "helo": "", "identity": "mailfrom", "explanation": "", "why": settings.explanationURL ?? "",
+        ]), reason: "spf=temperror")
+    }
+
+    /// `previous`: the check this one replaces on reload; its per-message state is kept when
+    /// the verifier is, so a message in flight still gets one header.
+    public init(settings: SPFSettings, verifier: SPFVerifier, logger: Logger = Logger(label: "backstop.spf"),
+                previous: SPFCheck? = nil) {
+        self.settings = settings
+        self.verifier = verifier
+        self.logger = logger
+        if let previous, previous.verifier === verifier {
+            messages = previous.messages
+        } else {
+            messages = BoundedCache(maxEntries: max(settings.verifier.resultCacheSize, 10_000), maxBytes: 16 << 20)
+        }
+    }
+
+    /// Stops the verifier's workers when the check that replaces this one does not use them.
+    public func retire(replacedBy successor: (any Check)?) {
+        guard (successor as? SPFCheck)?.verifier !== verifier else { return }
+        verifier.shutdown()
+    }
+
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        if settings.skipAuthenticated && !request.saslUsername.isEmpty {
+            return .done(.noOpinion("spf=skipped(authenticated)"))
+        }
+        let client = request.clientAddress
+        guard let address = IPAddress(client) else { return .done(.noOpinion("spf=skipped(no_client_address)")) }
+        if settings.trustedNetworks.contains(address) { return .done(.noOpinion("spf=skipped(trusted_network)")) }
+        let sender = request.sender
+        let helo = request.heloName
+        if !sender.isEmpty, SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain,
+                                                in: settings.skipSenderDomains) {
+            return .done(.noOpinion("spf=skipped(sender_domain)"))
+        }
+        let instance = request.instance
+        let key = instance.isEmpty ? nil : instance + "|" + client + "|" + sender + "|" + helo
+        if let key, let state = messages.value(key) {
+            return .done(verdict(for: state.evaluated, header: state.header))
+        }
+        let queries = self.queries(client: client, sender: sender, helo: helo)
+        if let evaluated = cached(queries) {
+            return .done(decided(evaluated, key: key, logger: context.logger))
+        }
+        let deadline = context.deadline - .milliseconds(20)
+        return .pending(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
+            self.decided(evaluated, key: key, logger: context.logger)
+        })
+    }
+
+    private func decided(_ evaluated: SPFEvaluated, key: String?, logger: Logger) -> Verdict {
+        log(evaluated, logger)
+        guard let key else { return verdict(for: evaluated, header: nil) }
+        let state = MessageState(evaluated)
+        let now = NIODeadline.now()
+        messages.insert(key, state, cost: evaluated.cost + key.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
+        return verdict(for: evaluated, header: state.header)
+    }
+
+    /// The HELO query (when the HELO identity is checked) and the MAIL FROM query.
+    func queries(client: String, sender: String, helo: String) -> (helo: SPFQuery?, mailfrom: SPFQuery) {
+        let heloUsable = settings.heloCheck && !helo.isEmpty && SPFQuery.domainProblem(helo) == nil
+        // A bounce's MAIL FROM identity is postmaster@helo (RFC 7208 §2.4); still "mailfrom".
+        return (heloUsable ? SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo) : nil,
+                SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom))
+    }
+
+    /// The outcomes for one message from the verifier's cache alone, or nil.
+    func cached(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery)) -> SPFEvaluated? {
+        var evaluated = SPFEvaluated()
+        if let helo = queries.helo {
+            guard let outcome = verifier.cachedOutcome(helo) else { return nil }
+            evaluated.helo = outcome
+            if let same = SPFCheck.mailfromFromHelo(outcome, queries.mailfrom) {
+                evaluated.mailfrom = same
+                return evaluated
+            }
+            if outcome.result == .fail { return evaluated }
+        }
+        guard let outcome = verifier.cachedOutcome(queries.mailfrom) else { return nil }
+        evaluated.mailfrom = outcome
+        return evaluated
+    }
+
+    /// The outcomes for one message: HELO first when configured, then MAIL FROM.
+    func evaluations(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery), deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<SPFEvaluated> {
+        guard let heloQuery = queries.helo else {
+            return verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { SPFEvaluated(helo: nil, mailfrom: $0) }
+        }
+        return verifier.evaluate(heloQuery, deadline: deadline, on: loop).flatMap { helo in
+            if let same = SPFCheck.mailfromFromHelo(helo, queries.mailfrom) {
+                return loop.makeSucceededFuture(SPFEvaluated(helo: helo, mailfrom: same))
+            }
+            if helo.result == .fail { return loop.makeSucceededFuture(SPFEvaluated(helo: helo, mailfrom: nil)) }
+            return self.verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { SPFEvaluated(helo: helo, mailfrom: $0) }
+        }
+    }
+
+    /// A bounce's MAIL FROM identity is postmaster@helo, just evaluated: no second evaluation.
+    static func mailfromFromHelo(_ helo: SPFOutcome, _ mailfrom: SPFQuery) -> SPFOutcome? {
+        guard mailfrom.sender.isEmpty else { return nil }
+        var same = helo
+        same.query = mailfrom
+        return same
+    }
+
+    // MARK: actions and headers
+
+    func verdict(for evaluated: SPFEvaluated, header once: HeaderOnce?) -> Verdict {
+        if let helo = evaluated.helo, helo.result == .fail {
+            return refusalOrHeader(helo, once: once, strict: false)
+        }
+        guard let outcome = evaluated.mailfrom ?? evaluated.helo else { return .noOpinion("spf=none") }
+        let strict = outcome.query.identity == .mailfrom && SPFSettings.listed(outcome.query.domain, in: settings.strictDomains)
+        return refusalOrHeader(outcome, once: once, strict: strict)
+    }
+
+    func refusalOrHeader(_ outcome: SPFOutcome, once: HeaderOnce?, strict: Bool) -> Verdict {
+        var action = settings.actions[outcome.result] ?? .dunno
+        var reason = "spf=\(outcome.result.rawValue)"
+        if outcome.query.identity == .helo { reason += " identity=helo" }
+        if outcome.cached { reason += " cached" }
+        if strict && outcome.result != .pass && outcome.result != .temperror && !action.isRefusal {
+            action = settings.actions[.fail] ?? action
+            reason += " strict_domain"
+        }
+        // The header is due once per message; a refusal carries it too, for test mode.
+        var due: DueHeader?
+        if once?.isSent != true, let line = header(for: outcome) { due = DueHeader(line: line, once: once) }
+        if action.isNoOpinion {
+            if due == nil && once?.isSent == true { reason += " header_already_added" }
+            return Verdict(.dunno, reason: reason, header: due)
+        }
+        return Verdict(SPFCheck.fill(action, values(for: outcome)), reason: reason, header: due)
+    }
+
+    func values(for outcome: SPFOutcome) -> [String: String] {
+        var explanation = ""
+        if let text = outcome.explanation {
+            explanation = ResponseEncoder.sanitise(text, limit: 200)
+        } else if let url = settings.explanationURL {
+            explanation = "See " + SPFCheck.fillText(url, urlValues(for: outcome))
+        }
+        return [
+            "result": outcome.result.rawValue,
+            "domain": outcome.query.domain,
+            "client": outcome.query.clientAddress,
+            "sender": outcome.query.checkedMailbox,
+            "helo": outcome.query.helo,
+            "identity": outcome.query.identity.rawValue,
+            "explanation": explanation,
+            "why": settings.explanationURL.map { SPFCheck.fillText($0, urlValues(for: outcome)) } ?? "",
+        ]
+    }
+
+    func urlValues(for outcome: SPFOutcome) -> [String: String] {
+        func escape(_ s: String) -> String { String(decoding: SPFMacroContext.urlEscape(Array(s.utf8)), as: UTF8.self) }
+        return [
+            "result": outcome.result.rawValue,
+            "domain": escape(outcome.query.domain),
+            "client": escape(outcome.query.clientAddress),
+            "sender": escape(outcome.query.checkedMailbox),
+            "helo": escape(outcome.query.helo),
+            "identity": outcome.query.identity.rawValue,
+        ]
+    }
+
+    /// `{name}` placeholders in an action's text replaced by `values`.
+    static func fill(_ action: PolicyAction, _ values: [String: String]) -> PolicyAction {
+        switch action {
+        case .reject(let t): return .reject(t.map { fillText($0, values) })
+        case .deferTemporarily(let t): return .deferTemporarily(t.map { fillText($0, values) })
+        case .deferIfPermit(let t): return .deferIfPermit(t.map { fillText($0, values) })
+        case .deferIfReject(let t): return .deferIfReject(t.map { fillText($0, values) })
+        case .reply(let code, let enhanced, let text): return .reply(code: code, enhanced: enhanced, text: fillText(text, values))
+        case .prepend(let t): return .prepend(fillText(t, values))
+        case .warn(let t): return .warn(fillText(t, values))
+        case .info(let t): return .info(fillText(t, values))
+        case .hold(let t): return .hold(t.map { fillText($0, values) })
+        case .discard(let t): return .discard(t.map { fillText($0, values) })
+        case .dunno, .ok: return action
+        }
+    }
+
+    static func fillText(_ text: String, _ values: [String: String]) -> String {
+        guard text.contains("{") else { return text }
+        var out = ""
+        var rest = Substring(text)
+        while let open = rest.firstIndex(of: "{") {
+            out += rest[..<open]
+            guard let close = rest[open...].firstIndex(of: "}"),
+                  let value = values[String(rest[rest.index(after: open)..<close])] else {
+                out.append("{")
+                rest = rest[rest.index(after: open)...]
+                continue
+            }
+            out += value
+            rest = rest[rest.index(after: close)...]
+        }
+        out += rest
+        return out
+    }
+
+    /// The header this outcome adds, without "PREPEND "; nil when headers are off.
+    public func header(for outcome: SPFOutcome) -> String? {
+        switch settings.header {
+        case .none: return nil
+        case .receivedSPF: return SPFHeader.receivedSPF(outcome, receiver: settings.receiver)
+        case .authenticationResults: return SPFHeader.authenticationResults(outcome, authservID: settings.authservID)
+        }
+    }
+
+    func log(_ evaluated: SPFEvaluated, _ logger: Logger) {
+        for outcome in [evaluated.helo, evaluated.mailfrom].compactMap({ $0 }) {
+            verifier.metrics.results[outcome.result]?.increment()
+            logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) cached=\(outcome.cached) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
+        }
+    }
+}
+
+/// The outcomes that decide one message.
+public struct SPFEvaluated: Sendable {
+    public var helo: SPFOutcome?
+    public var mailfrom: SPFOutcome?
+
+    public init(helo: SPFOutcome? = nil, mailfrom: SPFOutcome? = nil) {
+        self.helo = helo
+        self.mailfrom = mailfrom
+    }
+
+    var cost: Int { (helo?.cost ?? 0) + (mailfrom?.cost ?? 0) + 64 }
+}

@@ -1,0 +1,125 @@
+// The values that cross the SPF engine's boundary: what to check (SPFQuery) and what came
+// out (SPFOutcome). Plain Sendable values with every string cut to a fixed size when the
+// value is made, so nothing a domain owner writes is kept at its own length.
+
+import BackstopCore
+import NIOCore
+
+/// RFC 7208 §2.6 results.
+public enum SPFResult: String, Sendable, CaseIterable, Equatable {
+    case pass, fail, softfail, neutral, none, permerror, temperror
+}
+
+/// Which identity was checked (RFC 7208 §2.3, §2.4).
+public enum SPFIdentity: String, Sendable, Equatable {
+    case mailfrom, helo
+}
+
+public struct SPFQuery: Sendable, Hashable {
+    /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
+    public var clientAddress: String
+    /// The envelope sender; empty for a bounce (then postmaster@helo is checked).
+    public var sender: String
+    public var helo: String
+    public var identity: SPFIdentity
+
+    public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom) {
+        self.clientAddress = clientAddress
+        self.sender = sender
+        self.helo = helo
+        self.identity = identity
+    }
+
+    /// The mailbox actually checked: the sender, `postmaster@domain` when it has no local
+    /// part, `postmaster@helo` for a bounce or a HELO check. A domain in U-labels (an
+    /// SMTPUTF8 sender) is written in A-labels, as RFC 8616 §3 asks.
+    public var checkedMailbox: String {
+        let mailbox: String
+        if identity == .helo || sender.isEmpty {
+            mailbox = "postmaster@" + helo
+        } else if sender.hasPrefix("@") {
+            mailbox = "postmaster" + sender
+        } else if !sender.contains("@") {
+            mailbox = "postmaster@" + sender
+        } else {
+            mailbox = sender
+        }
+        guard let at = mailbox.lastIndex(of: "@") else { return mailbox }
+        let domain = mailbox[mailbox.index(after: at)...]
+        guard domain.utf8.contains(where: { $0 >= 0x80 }), let ascii = DomainName.asciiForm(String(domain)) else { return mailbox }
+        return mailbox[...at] + ascii
+    }
+
+    /// The domain whose policy is evaluated.
+    public var domain: String {
+        let mailbox = checkedMailbox
+        guard let at = mailbox.lastIndex(of: "@") else { return mailbox }
+        return String(mailbox[mailbox.index(after: at)...])
+    }
+
+    /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can.
+    public static func domainProblem(_ domain: String) -> String? {
+        var name = Substring(domain)
+        if name.hasSuffix(".") { name = name.dropLast() }
+        if name.isEmpty { return "empty domain" }
+        if name.hasPrefix("[") || IPAddress(String(name)) != nil { return "domain is an address literal" }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        if labels.count < 2 { return "domain is not a fully qualified name" }
+        for label in labels {
+            if label.isEmpty { return "domain has an empty label" }
+            if label.utf8.count > 63 { return "domain has a label longer than 63 octets" }
+        }
+        if name.utf8.count > 253 { return "domain is longer than 253 octets" }
+        return nil
+    }
+}
+
+public struct SPFOutcome: Sendable, Equatable {
+    public var result: SPFResult
+    public var query: SPFQuery
+    /// The term that decided, as written in the record ("ip4:192.0.2.0/24", "-all"),
+    /// "default" when evaluation fell off the end of the record, "localhost"; nil otherwise.
+    public var mechanism: String?
+    /// The explanation the domain publishes (exp=), expanded; only for fail.
+    /// Attacker-controlled text: sanitise before use.
+    public var explanation: String?
+    /// Why a permerror/temperror/none happened, for the log.
+    public var problem: String?
+    /// DNS-mechanism lookups, void lookups and DNS queries this evaluation cost.
+    public var lookups = 0
+    public var voidLookups = 0
+    public var queries = 0
+    public var elapsed: TimeAmount = .zero
+    /// True when the outcome came from the outcome cache.
+    public var cached = false
+
+    /// Longest strings an outcome keeps.
+    public static let maxMechanism = SPFWire.maxMechanism
+    public static let maxExplanation = SPFWire.maxExplanation
+    public static let maxProblem = SPFWire.maxProblem
+
+    public init(result: SPFResult, query: SPFQuery, mechanism: String? = nil, explanation: String? = nil, problem: String? = nil) {
+        self.result = result
+        self.query = query
+        self.mechanism = mechanism.map { SPFOutcome.cut($0, SPFOutcome.maxMechanism) }
+        self.explanation = explanation.map { SPFOutcome.cut($0, SPFOutcome.maxExplanation) }
+        self.problem = problem.map { SPFOutcome.cut($0, SPFOutcome.maxProblem) }
+    }
+
+    /// At most `limit` octets of `text`, cut at a character boundary.
+    static func cut(_ text: String, _ limit: Int) -> String {
+        guard text.utf8.count > limit else { return text }
+        var out = ""
+        for c in text {
+            if out.utf8.count + c.utf8.count > limit { break }
+            out.append(c)
+        }
+        return out
+    }
+
+    /// Approximate memory held, for cache budgets.
+    var cost: Int {
+        200 + query.clientAddress.utf8.count + query.sender.utf8.count + query.helo.utf8.count
+            + (mechanism?.utf8.count ?? 0) + (explanation?.utf8.count ?? 0) + (problem?.utf8.count ?? 0)
+    }
+}

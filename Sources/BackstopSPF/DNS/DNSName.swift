@@ -1,0 +1,155 @@
+// A DNS name as the wire carries it: labels of octets, at most 63 each and 255 in all
+// (RFC 1035 §2.3.4), compared without regard to ASCII case. A label may hold any octet,
+// a dot included, so a name is never confused with one that has more labels. Text forms
+// are for people and for libspf2; the labels are the truth. It does not resolve anything.
+
+/// A DNS name of at most 255 octets in wire form.
+public struct DNSName: Hashable, Sendable, CustomStringConvertible {
+    /// Uncompressed wire form: length-prefixed labels and the final zero octet.
+    public let wire: [UInt8]
+
+    public static let maxWireLength = 255
+    public static let maxLabelLength = 63
+
+    /// A name from wire form that is already checked (DNSMessage's decoder builds it).
+    init(checkedWire wire: [UInt8]) { self.wire = wire }
+
+    /// Labels as given: each must be 1–63 octets, the whole ≤ 255 in wire form.
+    public init?<S: Sequence>(labels: S) where S.Element: Collection, S.Element.Element == UInt8 {
+        var out: [UInt8] = []
+        for label in labels {
+            guard (1...DNSName.maxLabelLength).contains(label.count) else { return nil }
+            out.append(UInt8(label.count))
+            out.append(contentsOf: label)
+            guard out.count < DNSName.maxWireLength else { return nil }
+        }
+        guard !out.isEmpty else { return nil }
+        out.append(0)
+        wire = out
+    }
+
+    /// A name written as text, split at every dot with no escapes (SPF domain-specs and
+    /// the query names Backstop builds); one trailing dot is allowed. nil when a label is
+    /// empty or too long, or the name is over 255 octets.
+    public init?(text: some StringProtocol) {
+        var bytes = Array(text.utf8)
+        if bytes.last == UInt8(ascii: ".") { bytes.removeLast() }
+        guard !bytes.isEmpty else { return nil }
+        self.init(labels: bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false))
+    }
+
+    /// The labels, in order.
+    public var labels: [ArraySlice<UInt8>] {
+        var out: [ArraySlice<UInt8>] = []
+        var i = 0
+        while i < wire.count, wire[i] != 0 {
+            let length = Int(wire[i])
+            out.append(wire[(i + 1)..<(i + 1 + length)])
+            i += 1 + length
+        }
+        return out
+    }
+
+    public var labelCount: Int { labels.count }
+
+    /// Octets of the text form without escapes (labels and the dots between them).
+    public var textLength: Int { max(0, wire.count - 2) }
+
+    /// True when every label is letters, digits, hyphens or underscores: such a name reads
+    /// back to the same labels from its text, and libspf2 may be given it literally.
+    public var isPlain: Bool {
+        var i = 0
+        while i < wire.count, wire[i] != 0 {
+            let length = Int(wire[i])
+            for b in wire[(i + 1)..<(i + 1 + length)] {
+                guard DNSName.isPlainOctet(b) else { return false }
+            }
+            i += 1 + length
+        }
+        return true
+    }
+
+    static func isPlainOctet(_ b: UInt8) -> Bool {
+        (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39) || b == 0x2D || b == 0x5F
+    }
+
+    /// Dotted text without the final dot; a dot, backslash or unprintable octet inside a
+    /// label is written \DDD (RFC 1035 §5.1), so the text is never ambiguous.
+    public var description: String {
+        var out: [UInt8] = []
+        out.reserveCapacity(wire.count)
+        var i = 0
+        while i < wire.count, wire[i] != 0 {
+            if !out.isEmpty { out.append(UInt8(ascii: ".")) }
+            let length = Int(wire[i])
+            for b in wire[(i + 1)..<(i + 1 + length)] {
+                if b <= 0x20 || b >= 0x7F || b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") {
+                    out.append(UInt8(ascii: "\\"))
+                    out.append(0x30 + b / 100)
+                    out.append(0x30 + (b / 10) % 10)
+                    out.append(0x30 + b % 10)
+                } else {
+                    out.append(b)
+                }
+            }
+            i += 1 + length
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The lower-case text form when the name is plain (see `isPlain`), else nil.
+    public var plainText: String? {
+        guard isPlain else { return nil }
+        return description.lowercased()
+    }
+
+    /// True when `self` is `other` or a name below it.
+    public func isSubdomain(of other: DNSName) -> Bool {
+        guard wire.count >= other.wire.count else { return false }
+        // Walk label boundaries of self until the remaining suffix has other's length.
+        var i = 0
+        while wire.count - i > other.wire.count {
+            i += 1 + Int(wire[i])
+        }
+        guard wire.count - i == other.wire.count else { return false }
+        return DNSName.equalFolded(wire[i...], other.wire[...])
+    }
+
+    public static func == (a: DNSName, b: DNSName) -> Bool {
+        a.wire.count == b.wire.count && equalFolded(a.wire[...], b.wire[...])
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for b in wire { hasher.combine(DNSName.fold(b)) }
+    }
+
+    @inline(__always) static func fold(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
+
+    static func equalFolded(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        var i = a.startIndex, j = b.startIndex
+        while i < a.endIndex {
+            if fold(a[i]) != fold(b[j]) { return false }
+            i += 1
+            j += 1
+        }
+        return true
+    }
+
+    /// The reverse-lookup name of an address: d.c.b.a.in-addr.arpa or the 32 nibbles.ip6.arpa.
+    public static func reverse(_ octets: [UInt8]) -> DNSName {
+        let hex = Array("0123456789abcdef".utf8)
+        var labels: [[UInt8]] = []
+        if octets.count == 4 {
+            for b in octets.reversed() { labels.append(Array(String(b).utf8)) }
+            labels += [Array("in-addr".utf8), Array("arpa".utf8)]
+        } else {
+            for b in octets.reversed() {
+                labels.append([hex[Int(b & 0xF)]])
+                labels.append([hex[Int(b >> 4)]])
+            }
+            labels += [Array("ip6".utf8), Array("arpa".utf8)]
+        }
+        return DNSName(labels: labels)!
+    }
+}

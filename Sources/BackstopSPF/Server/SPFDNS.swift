@@ -1,0 +1,122 @@
+// The server's DNS for SPF: one cache shared by every event loop and worker, bounded in
+// entries and octets, on the monotonic clock; one query in flight per question (everyone
+// who needs the same answer waits for the same query); each answer turned into its SPF
+// view (record checked against the grammar) once, on its way into the cache. It also
+// picks, from the cache, the answers a record will need, to send them with it.
+
+import BackstopCore
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+
+public final class SPFDNS: Sendable {
+    public struct Limits: Sendable, Equatable {
+        public var entries = 10_000
+        public var bytes = 16 << 20
+        /// TTLs are kept within these bounds; NXDOMAIN and NODATA at most `negativeTTL`.
+        public var minTTL: UInt32 = 1
+        public var maxTTL: UInt32 = 3_600
+        public var negativeTTL: UInt32 = 60
+        public init() {}
+    }
+
+    let resolver: DNSResolver
+    let cache: BoundedCache<DNSQuestion, SPFAnswer>
+    let limits: Limits
+    private let inFlight = NIOLockedValueBox<[DNSQuestion: [EventLoopPromise<SPFAnswer>]]>([:])
+    let metrics: SPFMetrics
+
+    /// Answers sent along with a record at most.
+    static let maxPrefetch = 64
+
+    init(resolver: DNSResolver, limits: Limits, metrics: SPFMetrics) {
+        self.resolver = resolver
+        self.limits = limits
+        self.cache = BoundedCache(maxEntries: limits.entries, maxBytes: limits.bytes)
+        self.metrics = metrics
+    }
+
+    /// Questions being asked now (for tests and the metrics).
+    public var queriesInFlight: Int { inFlight.withLockedValue { $0.count } }
+
+    public func cached(_ question: DNSQuestion) -> SPFAnswer? {
+        cache.value(question)
+    }
+
+    /// The answer, from the cache or from one query shared with everyone asking now. The
+    /// future always succeeds; it completes on `loop`.
+    public func answer(_ question: DNSQuestion, on loop: any EventLoop) -> EventLoopFuture<SPFAnswer> {
+        if let hit = cache.value(question) {
+            metrics.dnsCacheHits.increment()
+            return loop.makeSucceededFuture(hit)
+        }
+        let promise = loop.makePromise(of: SPFAnswer.self)
+        let first = inFlight.withLockedValue { waiting -> Bool in
+            if waiting[question] != nil {
+                waiting[question]!.append(promise)
+                return false
+            }
+            waiting[question] = [promise]
+            return true
+        }
+        guard first else { return promise.futureResult }
+        metrics.dnsCacheMisses.increment()
+        metrics.dnsQueries.increment()
+        resolver.resolve(question, on: loop).whenComplete { result in
+            let decoded = (try? result.get()) ?? DNSAnswer(status: .serverFailure)
+            let answer = SPFAnswer(decoded, question: question)
+            self.store(question, answer)
+            let waiters = self.inFlight.withLockedValue { $0.removeValue(forKey: question) } ?? []
+            for waiter in waiters { waiter.succeed(answer) }
+        }
+        return promise.futureResult
+    }
+
+    private func store(_ question: DNSQuestion, _ answer: SPFAnswer) {
+        let ttl: UInt32
+        switch answer.status {
+        case .success where answer.recordCount > 0:
+            ttl = min(max(answer.ttl, limits.minTTL), limits.maxTTL)
+        case .success, .nameError:
+            ttl = min(max(answer.ttl, limits.minTTL), limits.negativeTTL)
+        case .serverFailure, .timeout:
+            return  // failures are never kept: the next evaluation may do better
+        }
+        let now = NIODeadline.now()
+        cache.insert(question, answer, cost: answer.cost + question.name.wire.count, expires: now + .seconds(Int64(ttl)), now: now)
+    }
+
+    /// Cached answers `answer` (a TXT answer carrying a record) will need for `client`,
+    /// appended to `out` unless already in `sent`; follows include and redirect.
+    func related(to answer: SPFAnswer, client: [UInt8], sent: inout Set<DNSQuestion>, into out: inout [SPFWire.Answer], depth: Int = 0) {
+        guard depth < 10, !answer.related.isEmpty else { return }
+        let family: DNSType = client.count == 4 ? .a : .aaaa
+        func add(_ question: DNSQuestion) -> SPFAnswer? {
+            guard out.count < SPFDNS.maxPrefetch, !sent.contains(question), let hit = cache.value(question) else { return nil }
+            sent.insert(question)
+            out.append(SPFWire.Answer(question, hit))
+            return hit
+        }
+        for item in answer.related {
+            guard out.count < SPFDNS.maxPrefetch else { return }
+            switch item.kind {
+            case .address:
+                if let name = item.name { _ = add(DNSQuestion(name, family)) }
+            case .exists:
+                if let name = item.name { _ = add(DNSQuestion(name, .a)) }
+            case .mx:
+                if let name = item.name, let mx = add(DNSQuestion(name, .mx)) {
+                    for exchange in mx.names.prefix(10) { _ = add(DNSQuestion(exchange, family)) }
+                }
+            case .ptr:
+                if let ptr = add(DNSQuestion(DNSName.reverse(client), .ptr)) {
+                    for host in ptr.names.prefix(10) { _ = add(DNSQuestion(host, family)) }
+                }
+            case .txt:
+                if let name = item.name, let txt = add(DNSQuestion(name, .txt)) {
+                    related(to: txt, client: client, sent: &sent, into: &out, depth: depth + 1)
+                }
+            }
+        }
+    }
+}

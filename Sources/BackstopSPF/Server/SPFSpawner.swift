@@ -1,0 +1,136 @@
+// Starting and ending worker processes. A worker gets a socketpair end as descriptor 0,
+// /dev/null as 1 and 2, no other descriptor, an empty environment, its own process group
+// and default signal handling. When the server will give up root (server.user), workers
+// are started by a small supervisor process that keeps root for exactly this
+// (SPFSupervisor), so each worker can still switch to spf.worker_user, a uid that is not
+// the server's and so cannot signal it. Otherwise the server starts them itself. It knows
+// nothing of the protocol spoken on the socket.
+
+import BackstopCore
+import CSPF2
+import Glibc
+import NIOConcurrencyHelpers
+
+public struct SPFSpawnError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    /// errno of the system call that failed, when one did.
+    public let errno: Int32?
+    init(_ description: String, errno: Int32? = nil) {
+        self.description = description + (errno.map { ": " + String(cString: strerror($0)) } ?? "")
+        self.errno = errno
+    }
+}
+
+/// How worker processes are started and ended.
+public protocol SPFSpawner: Sendable {
+    /// Starts `executable spf-worker`; the server's end of its socket and its pid.
+    func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t)
+    /// Kills the worker if it still runs and reaps it; its wait status, nil when unknown.
+    func killAndReap(_ pid: pid_t) -> Int32?
+}
+
+public enum SPFProcesses {
+    /// The spawner workers are started with: the supervisor once `startSupervisor` ran,
+    /// else the server itself.
+    public static var spawner: any SPFSpawner { current.withLockedValue { $0 } }
+    private static let current = NIOLockedValueBox<any SPFSpawner>(DirectSpawner())
+
+    /// The `backstop` binary whose `spf-worker` mode runs the workers; registered by the
+    /// commands that evaluate SPF (resolved through /proc/self/exe before any privilege
+    /// drop), or set by tests.
+    public static var executable: String? {
+        get { registered.withLockedValue { $0 } }
+        set { registered.withLockedValue { $0 = newValue } }
+    }
+    private static let registered = NIOLockedValueBox<String?>(nil)
+
+    public static func registerRunningExecutable() {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return }
+        executable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Starts the supervisor (while still root) so that workers can be started as
+    /// spf.worker_user after the server drops root. Call before dropping privileges.
+    public static func startSupervisor() throws(SPFSpawnError) {
+        guard geteuid() == 0 else { return }
+        guard let executable else { throw SPFSpawnError("no worker executable is registered") }
+        let supervisor = try SupervisorSpawner.start(executable: executable)
+        current.withLockedValue { $0 = supervisor }
+    }
+
+    /// Spawns `executable` with `arguments`; `socket` becomes descriptor 0 and 1, 2 are
+    /// /dev/null (or inherited, with `inheritStandardError`). Returns the pid.
+    static func spawn(_ executable: String, _ arguments: [String], socket: Int32,
+                      inheritStandardError: Bool = false) throws(SPFSpawnError) -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, socket, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        if !inheritStandardError { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
+        // Everything else is closed (also descriptors without O_CLOEXEC): no listener or
+        // client socket reaches the child.
+        _ = backstop_spawn_close_from(&actions, 3)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // Its own process group (a Ctrl-C on the terminal is for the server, which stops its
+        // workers), default signal handling, nothing blocked.
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        var envp: [UnsafeMutablePointer<CChar>?] = [nil]  // an empty environment
+        defer { for p in argv { free(p) } }
+        var child: pid_t = 0
+        let code = posix_spawn(&child, executable, &actions, &attributes, &argv, &envp)
+        guard code == 0 else { throw SPFSpawnError("cannot run \(executable)", errno: code) }
+        return child
+    }
+
+    /// A connected pair of stream sockets, close-on-exec.
+    static func socketPair(_ type: Int32 = Int32(SOCK_STREAM.rawValue)) throws(SPFSpawnError) -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw SPFSpawnError("socketpair", errno: errno)
+        }
+        return (fds[0], fds[1])
+    }
+
+    /// Waits for `pid` to end; its wait status, nil when it is not our child.
+    static func reap(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR { return nil }
+        }
+        return status
+    }
+}
+
+/// Workers started by the server process itself.
+struct DirectSpawner: SPFSpawner {
+    func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
+        let (mine, theirs) = try SPFProcesses.socketPair()
+        defer { close(theirs) }
+        do throws(SPFSpawnError) {
+            let pid = try SPFProcesses.spawn(executable, ["spf-worker", "--user", user, "--parent", String(getpid())], socket: theirs)
+            return (mine, pid)
+        } catch {
+            close(mine)
+            throw error
+        }
+    }
+
+    func killAndReap(_ pid: pid_t) -> Int32? {
+        kill(pid, SIGKILL)
+        return SPFProcesses.reap(pid)
+    }
+}

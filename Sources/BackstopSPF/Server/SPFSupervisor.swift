@@ -1,0 +1,144 @@
+// The SPF supervisor: a small process the server starts while it is still root, that
+// keeps root for one job only, starting worker processes (which then switch to
+// spf.worker_user) and ending them on request. It speaks request/answer messages on a
+// SOCK_SEQPACKET socket (descriptor 0): "spawn for user U" is answered with the pid and
+// the server's end of the worker's socket (SCM_RIGHTS); "kill pid" with its wait status,
+// for its own children only. When the server's end closes it kills its workers and exits.
+// The server side (SupervisorSpawner) sends one request at a time.
+
+import BackstopCore
+import CSPF2
+import Glibc
+import NIOConcurrencyHelpers
+
+enum SupervisorMessage {
+    static let spawn: UInt8 = 1
+    static let kill: UInt8 = 2
+    static let failed: UInt8 = 0xFF
+    static let maxMessage = 512
+}
+
+/// The server's side: asks the supervisor, one request at a time.
+final class SupervisorSpawner: SPFSpawner {
+    private let socket: Int32
+    private let pid: pid_t
+    private let lock = NIOLock()
+
+    private init(socket: Int32, pid: pid_t) {
+        self.socket = socket
+        self.pid = pid
+    }
+
+    static func start(executable: String) throws(SPFSpawnError) -> SupervisorSpawner {
+        let (mine, theirs) = try SPFProcesses.socketPair(Int32(SOCK_SEQPACKET.rawValue))
+        defer { close(theirs) }
+        do throws(SPFSpawnError) {
+            let pid = try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid())], socket: theirs,
+                                             inheritStandardError: true)
+            return SupervisorSpawner(socket: mine, pid: pid)
+        } catch {
+            close(mine)
+            throw error
+        }
+    }
+
+    private func exchange(_ request: [UInt8]) throws(SPFSpawnError) -> (reply: [UInt8], fd: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        do {
+            let sent = request.withUnsafeBytes { backstop_send_with_fd(socket, $0.baseAddress, $0.count, -1) }
+            guard sent == request.count else { throw SPFSpawnError("the SPF supervisor is gone", errno: errno) }
+            var reply = [UInt8](repeating: 0, count: SupervisorMessage.maxMessage)
+            var fd: Int32 = -1
+            var n: Int
+            repeat {
+                n = reply.withUnsafeMutableBytes { backstop_recv_with_fd(socket, $0.baseAddress, $0.count, &fd) }
+            } while n < 0 && errno == EINTR
+            guard n > 0 else { throw SPFSpawnError("the SPF supervisor is gone", errno: n < 0 ? errno : nil) }
+            return (Array(reply[..<n]), fd)
+        }
+    }
+
+    func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
+        let (reply, fd) = try exchange([SupervisorMessage.spawn] + Array(user.utf8.prefix(255)))
+        guard reply.count == 5, reply[0] == SupervisorMessage.spawn, fd >= 0 else {
+            if fd >= 0 { close(fd) }
+            let why = reply.count > 5 ? String(decoding: reply[5...], as: UTF8.self) : "no answer"
+            throw SPFSpawnError("the SPF supervisor could not start a worker: \(why)")
+        }
+        let pid = reply[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) }
+        return (fd, pid)
+    }
+
+    func killAndReap(_ pid: pid_t) -> Int32? {
+        let p = UInt32(bitPattern: pid)
+        guard let (reply, fd) = try? exchange([SupervisorMessage.kill, UInt8(p >> 24), UInt8(p >> 16 & 0xFF), UInt8(p >> 8 & 0xFF), UInt8(p & 0xFF)]) else {
+            return nil
+        }
+        if fd >= 0 { close(fd) }
+        guard reply.count == 5, reply[0] == SupervisorMessage.kill else { return nil }
+        return reply[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) }
+    }
+}
+
+/// `backstop spf-supervisor`: the supervisor process. Returns its exit status.
+public enum SPFSupervisor {
+    public static func run(parent: Int32) -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        _ = backstop_close_from(3)
+        guard SPFSandbox.dieWithParent(parent) else { return 0 }
+        guard let executable = readExecutable() else { return 71 }
+        var children = Set<pid_t>()
+        var request = [UInt8](repeating: 0, count: SupervisorMessage.maxMessage)
+        while true {
+            var ignored: Int32 = -1
+            let n = request.withUnsafeMutableBytes { backstop_recv_with_fd(0, $0.baseAddress, $0.count, &ignored) }
+            if ignored >= 0 { close(ignored) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            var reply: [UInt8]
+            var passed: Int32 = -1
+            switch request[0] {
+            case SupervisorMessage.spawn:
+                let user = String(decoding: request[1..<n], as: UTF8.self)
+                do {
+                    let (mine, theirs) = try SPFProcesses.socketPair()
+                    defer { close(theirs) }
+                    let pid = try SPFProcesses.spawn(executable, ["spf-worker", "--user", user, "--parent", String(getpid())], socket: theirs)
+                    children.insert(pid)
+                    let p = UInt32(bitPattern: pid)
+                    reply = [SupervisorMessage.spawn, UInt8(p >> 24), UInt8(p >> 16 & 0xFF), UInt8(p >> 8 & 0xFF), UInt8(p & 0xFF)]
+                    passed = mine
+                } catch {
+                    reply = [SupervisorMessage.failed, 0, 0, 0, 0] + Array(error.description.utf8.prefix(400))
+                }
+            case SupervisorMessage.kill where n == 5:
+                let pid = request[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) }
+                var status: Int32 = -1
+                if children.remove(pid) != nil {
+                    kill(pid, SIGKILL)
+                    status = SPFProcesses.reap(pid) ?? -1
+                }
+                let s = UInt32(bitPattern: status)
+                reply = [SupervisorMessage.kill, UInt8(s >> 24), UInt8(s >> 16 & 0xFF), UInt8(s >> 8 & 0xFF), UInt8(s & 0xFF)]
+            default:
+                reply = [SupervisorMessage.failed, 0, 0, 0, 0] + Array("unknown request".utf8)
+            }
+            _ = reply.withUnsafeBytes { backstop_send_with_fd(0, $0.baseAddress, $0.count, passed) }
+            if passed >= 0 { close(passed) }
+        }
+        for pid in children {
+            kill(pid, SIGKILL)
+            _ = SPFProcesses.reap(pid)
+        }
+        return 0
+    }
+
+    /// The binary this process runs (the workers run the same one).
+    private static func readExecutable() -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return nil }
+        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

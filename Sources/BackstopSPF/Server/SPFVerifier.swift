@@ -1,0 +1,250 @@
+// The SPF engine as the rest of Backstop sees it: evaluate(query) → outcome. An outcome is
+// kept in the outcome cache on exactly the inputs its records read (client address and
+// domain; the local part or HELO only when a macro reads them), so a hit is answered on
+// the caller's event loop with no hop. A miss goes to a worker process on the same loop
+// when one is there, with the DNS answers it will need. It decides nothing about what to
+// answer Postfix (SPFCheck does) and never runs libspf2 itself.
+
+import BackstopCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+public final class SPFVerifier: Sendable {
+    public struct Settings: Sendable, Equatable {
+        /// Resolvers to ask; empty means the nameservers of /etc/resolv.conf.
+        public var resolvers: [DNSResolverAddress] = []
+        /// One DNS question never takes longer than this (all resolvers together).
+        public var dnsTimeout: TimeAmount = .seconds(2)
+        /// One evaluation never takes longer than this, however many queries it needs.
+        public var evaluationDeadline: TimeAmount = .seconds(4)
+        public var dnsCache = SPFDNS.Limits()
+        /// Worker processes in all.
+        public var workers = 4
+        /// Evaluations waiting for a worker, per worker; beyond this they get temperror at once.
+        public var queueSize = 1_000
+        /// The receiving host's name, for %{r}.
+        public var receiver = "unknown"
+        /// Hard cap on DNS queries per evaluation, whatever the record says: above what RFC
+        /// 7208's limits allow (10 terms × (1 + 10 MX/PTR names) + exp + %{p}).
+        public var maxQueries = 140
+        /// The user worker processes run as (they switch to it when started as root).
+        public var workerUser = "nobody"
+        /// How long an outcome is kept at most (shorter when its DNS answers expire sooner).
+        public var resultCacheTTL: TimeAmount = .seconds(60)
+        public var resultCacheSize = 10_000
+        public var resultCacheBytes = 8 << 20
+
+        public init() {}
+    }
+
+    public let settings: Settings
+    let dns: SPFDNS
+    let spawner: any SPFSpawner
+    let executable: String
+    let logger: Logger
+    let metrics = SPFMetrics()
+    private let outcomes: BoundedCache<OutcomeKey, OutcomeEntry>
+    private let slots = NIOLockedValueBox<[SPFWorkerSlot]>([])
+    private let stopped = NIOLockedValueBox(false)
+
+    /// `executable` is the `backstop` binary whose `spf-worker` mode runs the workers
+    /// (tests may name a stand-in); `spawner` starts them.
+    public init(settings: Settings, logger: Logger = Logger(label: "backstop.spf"),
+                executable: String? = SPFProcesses.executable, spawner: (any SPFSpawner)? = nil) {
+        self.settings = settings
+        self.logger = logger
+        self.executable = executable ?? "/proc/self/exe"
+        self.spawner = spawner ?? SPFProcesses.spawner
+        dns = SPFDNS(resolver: DNSResolver(resolvers: settings.resolvers, timeout: settings.dnsTimeout),
+                     limits: settings.dnsCache, metrics: metrics)
+        outcomes = BoundedCache(maxEntries: settings.resultCacheSize, maxBytes: settings.resultCacheBytes)
+    }
+
+    deinit { shutdown() }
+
+    // MARK: the outcome cache
+
+    struct OutcomeKey: Hashable, Sendable {
+        var identity: SPFIdentity
+        var client: IPAddress
+        var upperNibbles: Bool
+        var domain: DNSName
+        /// Set only when a record or explanation on the outcome's path reads the sender.
+        var localPart: String?
+        var helo: String?
+    }
+
+    enum OutcomeEntry: Sendable {
+        case outcome(SPFOutcome)
+        /// The outcome depends on more than client and domain: look again with these.
+        case refine(SPFMacroSet)
+    }
+
+    /// What an evaluation of `query` is keyed on before its records are known.
+    private func baseKey(_ query: SPFQuery, client: IPAddress, domain: DNSName) -> OutcomeKey {
+        OutcomeKey(identity: query.identity, client: client,
+                   upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
+                   domain: domain, localPart: nil, helo: nil)
+    }
+
+    private func refined(_ key: OutcomeKey, _ query: SPFQuery, _ macros: SPFMacroSet) -> OutcomeKey {
+        var key = key
+        if !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) { key.localPart = query.checkedMailbox }
+        if macros.contains(.helo) { key.helo = query.helo }
+        return key
+    }
+
+    /// A cached outcome for `query`, or nil: no evaluation, no hop.
+    public func cachedOutcome(_ query: SPFQuery) -> SPFOutcome? {
+        guard settings.resultCacheTTL > .zero, let client = IPAddress(query.clientAddress),
+              let domain = DNSName(text: query.domain) else { return nil }
+        let key = baseKey(query, client: client, domain: domain)
+        var entry = outcomes.value(key)
+        if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros)) }
+        guard case .outcome(var outcome)? = entry else {
+            metrics.outcomeCacheMisses.increment()
+            return nil
+        }
+        metrics.outcomeCacheHits.increment()
+        outcome.query = query
+        outcome.cached = true
+        outcome.elapsed = .zero
+        return outcome
+    }
+
+    /// Keeps a worker's outcome for as long as its answers and `result_cache_ttl` allow.
+    func record(_ job: SPFJob, _ outcome: SPFOutcome) {
+        guard outcome.result != .temperror, settings.resultCacheTTL > .zero,
+              let client = IPAddress(job.query.clientAddress), let domain = DNSName(text: job.query.domain) else { return }
+        let seconds = min(Int64(settings.resultCacheTTL.nanoseconds / 1_000_000_000), Int64(job.ttl))
+        guard seconds >= 1 else { return }
+        let now = NIODeadline.now()
+        let expires = now + .seconds(seconds)
+        let key = baseKey(job.query, client: client, domain: domain)
+        let dependsOnMore = !job.macros.isDisjoint(with: SPFMacroSet.readsLocalPart.union(.helo))
+        if dependsOnMore {
+            outcomes.insert(key, .refine(job.macros), cost: 120, expires: expires, now: now)
+            outcomes.insert(refined(key, job.query, job.macros), .outcome(outcome), cost: outcome.cost, expires: expires, now: now)
+        } else {
+            outcomes.insert(key, .outcome(outcome), cost: outcome.cost, expires: expires, now: now)
+        }
+    }
+
+    // MARK: evaluating
+
+    /// The outcome of `query`; the future always succeeds (temperror when no answer is
+    /// possible in time), on `loop`.
+    public func evaluate(_ query: SPFQuery, deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<SPFOutcome> {
+        if let immediate = SPFVerifier.precheck(query) { return loop.makeSucceededFuture(immediate) }
+        if let hit = cachedOutcome(query) { return loop.makeSucceededFuture(hit) }
+        let client = IPAddress(query.clientAddress)!
+        let mailbox = Array(query.checkedMailbox.utf8)
+        let domain = DNSName(text: query.domain)!
+        let promise = loop.makePromise(of: SPFOutcome.self)
+        let base = SPFWire.Evaluate(id: 0, identity: query.identity,
+                                       upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
+                                       client: client.octets, sender: mailbox, helo: Array(query.helo.utf8), answers: [])
+        let effective = min(deadline, .now() + settings.evaluationDeadline)
+        let top = DNSQuestion(domain, .txt)
+        let submit: @Sendable (SPFAnswer) -> Void = { answer in
+            var request = base
+            request.answers = [SPFWire.Answer(top, answer)]
+            var sent: Set<DNSQuestion> = [top]
+            self.dns.related(to: answer, client: request.client, sent: &sent, into: &request.answers)
+            let job = SPFJob(query: query, request: request, promise: promise, deadline: effective)
+            let slot = self.slot(for: loop)
+            if slot.loop.inEventLoop {
+                slot.submit(job)
+            } else {
+                slot.loop.execute { slot.submit(job) }
+            }
+        }
+        // Every evaluation starts with the domain's TXT record: fetch it before the worker
+        // has to ask. A temperror answers at the deadline if DNS is slower than that.
+        if let cached = dns.cached(top) {
+            submit(cached)
+        } else {
+            let timer = loop.scheduleTask(deadline: effective) {
+                promise.succeed(SPFOutcome(result: .temperror, query: query, problem: "SPF evaluation deadline expired"))
+            }
+            dns.answer(top, on: loop).whenSuccess { answer in
+                guard NIODeadline.now() < effective else { return }
+                timer.cancel()
+                submit(answer)
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// The outcome without an evaluation, when the query cannot be evaluated at all.
+    static func precheck(_ query: SPFQuery) -> SPFOutcome? {
+        guard IPAddress(query.clientAddress) != nil else {
+            return SPFOutcome(result: .none, query: query, problem: "client address is not an IP address")
+        }
+        if let problem = SPFQuery.domainProblem(query.domain) {
+            // RFC 7208 §4.3: a malformed or single-label domain gives none.
+            return SPFOutcome(result: .none, query: query, problem: problem)
+        }
+        if query.checkedMailbox.utf8.count > SPFWire.maxSender {
+            return SPFOutcome(result: .permerror, query: query, problem: "sender longer than \(SPFWire.maxSender) octets")
+        }
+        if query.helo.utf8.count > SPFWire.maxHelo {
+            return SPFOutcome(result: .permerror, query: query, problem: "HELO name longer than \(SPFWire.maxHelo) octets")
+        }
+        guard DNSName(text: query.domain) != nil else {
+            return SPFOutcome(result: .none, query: query, problem: "domain cannot be asked in DNS")
+        }
+        return nil
+    }
+
+    /// The slot for evaluations from `loop`: the least busy one on that loop, a new one
+    /// there while fewer than `workers` exist, else the least busy anywhere.
+    private func slot(for loop: any EventLoop) -> SPFWorkerSlot {
+        slots.withLockedValue { list in
+            let local = list.filter { $0.loop === loop }
+            let best = local.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) }
+            if let best, best.load.load(ordering: .relaxed) == 0 || list.count >= max(1, settings.workers) { return best }
+            if list.count < max(1, settings.workers) {
+                let slot = SPFWorkerSlot(index: list.count, loop: loop, verifier: self)
+                list.append(slot)
+                return slot
+            }
+            return list.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) }!
+        }
+    }
+
+    /// The same evaluation for the CLI and tests, on a shared event loop.
+    public func evaluate(ip: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom) async -> SPFOutcome {
+        let query = SPFQuery(clientAddress: ip, sender: sender, helo: helo, identity: identity)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        return (try? await evaluate(query, deadline: .now() + settings.evaluationDeadline, on: loop).get())
+            ?? SPFOutcome(result: .temperror, query: query, problem: "internal error")
+    }
+
+    // MARK: lifecycle
+
+    /// The process ids of the running workers (for tests and operators).
+    public var workerProcessIDs: [pid_t] {
+        get async {
+            var pids: [pid_t] = []
+            for slot in slots.withLockedValue({ $0 }) {
+                if let pid = try? await slot.loop.submit({ slot.processID }).get() { pids.append(pid) }
+            }
+            return pids
+        }
+    }
+
+    /// DNS questions asked of the resolvers since start.
+    public var dnsCacheEntries: Int { dns.cache.count }
+    public var outcomeCacheEntries: Int { outcomes.count }
+
+    /// Stops every worker and answers what waits; the verifier is done after this.
+    public func shutdown() {
+        guard stopped.withLockedValue({ s in defer { s = true }; return !s }) else { return }
+        for slot in slots.withLockedValue({ $0 }) {
+            slot.loop.execute { slot.stop() }
+        }
+    }
+}

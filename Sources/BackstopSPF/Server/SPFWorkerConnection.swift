@@ -1,0 +1,235 @@
+// One worker process as the server sees it: its socket as a NIO channel on one event loop,
+// and the evaluations in flight on it. An evaluation goes out with the DNS answers it will
+// need that are already cached; each answer the worker then asks for is fetched and sent
+// with those its record needs next. Every frame from the worker is checked: an answer to
+// an evaluation that was not asked, a question asked twice, a count out of range or a
+// malformed frame is a protocol fault, and the worker is killed and replaced. Its
+// evaluations end as temperror within their deadline, always. Only its event loop
+// touches it.
+
+import BackstopCore
+import Glibc
+import Logging
+import NIOCore
+
+/// One evaluation on a worker. Touched only on its slot's event loop once submitted.
+final class SPFJob: @unchecked Sendable {
+    let query: SPFQuery
+    let request: SPFWire.Evaluate
+    let promise: EventLoopPromise<SPFOutcome>
+    let started: NIODeadline
+    let deadline: NIODeadline
+    var id: UInt32 = 0
+    var timer: Scheduled<Void>?
+    /// Answers already sent to the worker.
+    var sent = Set<DNSQuestion>()
+    /// Macro letters of every record and explanation sent: what the outcome depends on.
+    var macros = SPFMacroSet()
+    /// Shortest TTL of the answers sent: how long the outcome may be kept.
+    var ttl = UInt32.max
+    /// When the worker was last handed something it must answer; nil while DNS is awaited.
+    var owedSince: NIODeadline?
+    var needs = 0
+
+    init(query: SPFQuery, request: SPFWire.Evaluate, promise: EventLoopPromise<SPFOutcome>, deadline: NIODeadline) {
+        self.query = query
+        self.request = request
+        self.promise = promise
+        self.started = .now()
+        self.deadline = deadline
+    }
+
+    func note(_ answers: [SPFWire.Answer]) {
+        for entry in answers {
+            sent.insert(entry.question)
+            macros.formUnion(entry.answer.macros)
+            ttl = min(ttl, entry.answer.ttl)
+        }
+    }
+}
+
+/// Confined to `loop`: every method runs there (the handler's and the slot's calls).
+final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+
+    let pid: pid_t
+    let loop: any EventLoop
+    unowned let slot: SPFWorkerSlot
+    private(set) var channel: (any Channel)?
+    private var jobs: [UInt32: SPFJob] = [:]
+    private var nextID: UInt32 = 1
+    private(set) var evaluations = 0
+    private(set) var ended = false
+    /// Set when the worker broke the protocol or hung: how it ends is then ours to say.
+    private var fault: (SPFRestartReason, String)?
+
+    var inFlight: Int { jobs.count }
+
+    init(pid: pid_t, slot: SPFWorkerSlot) {
+        self.pid = pid
+        self.slot = slot
+        self.loop = slot.loop
+    }
+
+    func attach(_ channel: any Channel, hello: [UInt8]) {
+        self.channel = channel
+        write(hello)
+    }
+
+    // MARK: evaluations
+
+    func start(_ job: SPFJob) {
+        job.id = nextID
+        nextID &+= 1
+        if nextID == 0 { nextID = 1 }
+        jobs[job.id] = job
+        evaluations += 1
+        var request = job.request
+        request.id = job.id
+        job.note(request.answers)
+        job.owedSince = .now()
+        job.timer = loop.scheduleTask(deadline: job.deadline) { [weak self] in self?.expired(job) }
+        write(SPFWire.frame(.evaluate(request)))
+    }
+
+    private func expired(_ job: SPFJob) {
+        guard jobs[job.id] === job else { return }
+        finish(job, SPFOutcome(result: .temperror, query: job.query, problem: "SPF evaluation deadline expired"))
+        // A pass over answers already sent takes microseconds: a worker that owes one for
+        // this long is stuck, and so are its other evaluations.
+        if let owed = job.owedSince, NIODeadline.now() - owed >= slot.wedgeLimit {
+            kill(.timeout, "did not answer within \(DurationText.format(slot.wedgeLimit))")
+        } else {
+            write(SPFWire.frame(.cancel(id: job.id)))
+        }
+    }
+
+    private func finish(_ job: SPFJob, _ outcome: SPFOutcome) {
+        jobs[job.id] = nil
+        job.timer?.cancel()
+        var outcome = outcome
+        outcome.elapsed = .now() - job.started
+        job.promise.succeed(outcome)
+        slot.finished(job, outcome, on: self)
+    }
+
+    // MARK: frames from the worker
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let message: SPFWire.FromWorker
+        do {
+            message = try buffer.withUnsafeReadableBytes { raw throws(SPFWire.DecodeError) in
+                try SPFWire.decodeFromWorker(Array(raw)[...])
+            }
+        } catch {
+            kill(.protocol, "sent a malformed frame (\(error.description))")
+            return
+        }
+        switch message {
+        case .need(let id, let question):
+            guard let job = live(id, "asked for DNS") else { return }
+            guard job.owedSince != nil else { return kill(.protocol, "asked for DNS while waiting for an answer") }
+            guard !job.sent.contains(question) else { return kill(.protocol, "asked again for an answer it was given") }
+            job.needs += 1
+            guard job.needs <= slot.maxQueries + 1 else { return kill(.protocol, "asked for more answers than an evaluation may use") }
+            job.owedSince = nil
+            slot.dns.answer(question, on: loop).whenSuccess { [weak self] answer in
+                guard let self, self.jobs[id] === job, !self.ended else { return }
+                var answers = [SPFWire.Answer(question, answer)]
+                var sent = job.sent
+                sent.insert(question)
+                if question.type == .txt { self.slot.dns.related(to: answer, client: job.request.client, sent: &sent, into: &answers) }
+                job.note(answers)
+                job.owedSince = .now()
+                self.write(SPFWire.frame(.answers(id: id, answers)))
+            }
+        case .done(let id, let result):
+            guard let job = live(id, "answered") else { return }
+            guard job.owedSince != nil else { return kill(.protocol, "answered while waiting for DNS") }
+            guard result.lookups <= 11, result.voidLookups <= 3, result.queries <= slot.maxQueries + 1 else {
+                return kill(.protocol, "reported counts out of range")
+            }
+            var outcome = SPFOutcome(result: result.result, query: job.query,
+                                     mechanism: result.mechanism.isEmpty ? nil : String(decoding: result.mechanism, as: UTF8.self),
+                                     explanation: result.explanation.isEmpty ? nil : String(decoding: result.explanation, as: UTF8.self),
+                                     problem: result.problem.isEmpty ? nil : String(decoding: result.problem, as: UTF8.self))
+            outcome.lookups = result.lookups
+            outcome.voidLookups = result.voidLookups
+            outcome.queries = result.queries
+            finish(job, outcome)
+        case .notice(let text):
+            slot.logger.warning("spf worker \(slot.index) (pid \(pid)): \(LogEscaping.field(String(decoding: text, as: UTF8.self)))")
+        }
+    }
+
+    /// The job `id` names, or nil: an id never issued is a fault; one whose job already
+    /// ended (its deadline passed as the worker answered) is ignored.
+    private func live(_ id: UInt32, _ what: String) -> SPFJob? {
+        if let job = jobs[id] { return job }
+        if id == 0 || id >= nextID { kill(.protocol, "\(what) for an evaluation never sent") }
+        return nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        end()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is SPFWire.DecodeError {
+            kill(.protocol, "sent an oversized or malformed frame")
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: ending
+
+    private func write(_ frame: [UInt8]) {
+        guard let channel, !ended else { return }
+        channel.writeAndFlush(channel.allocator.buffer(bytes: frame), promise: nil)
+    }
+
+    /// Ends the worker for `reason`: it is killed, its evaluations answered temperror.
+    func kill(_ reason: SPFRestartReason, _ why: String) {
+        if fault == nil { fault = (reason, why) }
+        channel?.close(promise: nil)
+        end()
+    }
+
+    /// Closes the socket of a retired worker once it has nothing in flight.
+    func closeIfIdle() {
+        if jobs.isEmpty { channel?.close(promise: nil) }
+    }
+
+    private func end() {
+        guard !ended else { return }
+        ended = true
+        let status = slot.spawner.killAndReap(pid)
+        let lost = jobs.values
+        jobs.removeAll()
+        slot.ended(self, status: status, fault: fault, lost: lost.count)
+        for job in lost {
+            job.timer?.cancel()
+            var outcome = SPFOutcome(result: .temperror, query: job.query, problem: "SPF worker ended during the evaluation")
+            outcome.elapsed = .now() - job.started
+            job.promise.succeed(outcome)
+        }
+    }
+}
+
+/// Frames from a worker: the 4-octet length and the body, at most `SPFWire.maxFromWorker`.
+struct SPFFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
+        guard length >= 1, length <= UInt32(SPFWire.maxFromWorker) else {
+            throw SPFWire.DecodeError("frame length \(length) outside 1...\(SPFWire.maxFromWorker)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        context.fireChannelRead(NIOAny(buffer.readSlice(length: Int(length))!))
+        return .continue
+    }
+}

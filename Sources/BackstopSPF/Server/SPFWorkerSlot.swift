@@ -1,0 +1,244 @@
+// One `spf.workers` slot: keeps one worker process running on one event loop. It starts
+// the worker when the first evaluation comes (so after the server has dropped root),
+// queues evaluations while it starts, replaces a worker that died, hung or broke the
+// protocol (with a backoff, so a crash loop cannot spin), and retires a worker after
+// `retireAfter` evaluations so no process lives forever. Only its loop touches it.
+
+import BackstopCore
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Confined to `loop`, except `load`, which is atomic.
+final class SPFWorkerSlot: @unchecked Sendable {
+    let index: Int
+    let loop: any EventLoop
+    let dns: SPFDNS
+    let spawner: any SPFSpawner
+    let executable: String
+    let user: String
+    let logger: Logger
+    let metrics: SPFMetrics
+    let maxQueries: Int
+    let receiver: [UInt8]
+    let queueSize: Int
+    /// A worker that owes an answer this long is stuck.
+    let wedgeLimit: TimeAmount
+    /// Called with each outcome a worker produced (the verifier caches it).
+    let onOutcome: @Sendable (SPFJob, SPFOutcome) -> Void
+
+    /// Evaluations in flight on one worker process at most; more wait in the slot's queue.
+    static let maxInFlight = 64
+    /// Evaluations after which a worker is replaced by a fresh one.
+    static let retireAfter = 100_000
+
+    /// Evaluations submitted and not yet finished (read by the verifier from any thread).
+    let load = Atomic<Int>(0)
+
+    private var current: SPFWorkerConnection?
+    private var retiring: [SPFWorkerConnection] = []
+    private var starting = false
+    private var queue = CircularBuffer<SPFJob>()
+    private var failures = 0
+    private var notBefore = NIODeadline.uptimeNanoseconds(0)
+    private var retryScheduled = false
+    private var stopped = false
+
+    init(index: Int, loop: any EventLoop, verifier: SPFVerifier) {
+        self.index = index
+        self.loop = loop
+        dns = verifier.dns
+        spawner = verifier.spawner
+        executable = verifier.executable
+        user = verifier.settings.workerUser
+        logger = verifier.logger
+        metrics = verifier.metrics
+        maxQueries = verifier.settings.maxQueries
+        receiver = Array(verifier.settings.receiver.utf8)
+        queueSize = verifier.settings.queueSize
+        wedgeLimit = max(.milliseconds(50), .nanoseconds(verifier.settings.evaluationDeadline.nanoseconds / 2))
+        onOutcome = { [weak verifier] job, outcome in verifier?.record(job, outcome) }
+    }
+
+    /// The current worker's pid (tests and operators); only on `loop`.
+    var processID: pid_t? { current?.pid }
+
+    // MARK: evaluations
+
+    func submit(_ job: SPFJob) {
+        loop.assertInEventLoop()
+        load.add(1, ordering: .relaxed)
+        guard !stopped else { return reject(job, "SPF is stopping") }
+        if let worker = current, !worker.ended, worker.inFlight < SPFWorkerSlot.maxInFlight, queue.isEmpty {
+            worker.start(job)
+            return
+        }
+        guard queue.count < queueSize else {
+            metrics.queueFull.increment()
+            return reject(job, "all SPF workers are busy and the queue is full")
+        }
+        queue.append(job)
+        metrics.queueDepth.record(queue.count)
+        job.timer = loop.scheduleTask(deadline: job.deadline) { [weak self] in self?.expireQueued(job) }
+        if current == nil { ensureWorker() }
+    }
+
+    private func reject(_ job: SPFJob, _ why: String) {
+        var outcome = SPFOutcome(result: .temperror, query: job.query, problem: why)
+        outcome.elapsed = .now() - job.started
+        done(job, outcome)
+    }
+
+    private func done(_ job: SPFJob, _ outcome: SPFOutcome) {
+        load.add(-1, ordering: .relaxed)
+        job.promise.succeed(outcome)
+    }
+
+    private func expireQueued(_ job: SPFJob) {
+        guard let index = queue.firstIndex(where: { $0 === job }) else { return }
+        queue.remove(at: index)
+        metrics.queueDepth.record(queue.count)
+        reject(job, "SPF evaluation deadline expired while waiting for a worker")
+    }
+
+    /// Hands queued evaluations to the worker while it has room.
+    private func drain() {
+        guard let worker = current, !worker.ended else { return }
+        while worker.inFlight < SPFWorkerSlot.maxInFlight, let job = queue.popFirst() {
+            job.timer?.cancel()
+            worker.start(job)
+        }
+        metrics.queueDepth.record(queue.count)
+    }
+
+    /// A worker finished an evaluation (the connection already answered its promise).
+    func finished(_ job: SPFJob, _ outcome: SPFOutcome, on worker: SPFWorkerConnection) {
+        load.add(-1, ordering: .relaxed)
+        metrics.evaluations[outcome.result]?.increment()
+        metrics.duration.recordNanoseconds(outcome.elapsed.nanoseconds)
+        onOutcome(job, outcome)
+        if outcome.result != .temperror { failures = 0 }
+        if worker === current, worker.evaluations >= SPFWorkerSlot.retireAfter {
+            retiring.append(worker)
+            current = nil
+            ensureWorker()
+        }
+        if retiring.contains(where: { $0 === worker }) { worker.closeIfIdle() }
+        drain()
+    }
+
+    // MARK: the worker process
+
+    private func ensureWorker() {
+        guard !stopped, current == nil, !starting, !retryScheduled else { return }
+        let now = NIODeadline.now()
+        if notBefore > now {
+            retryScheduled = true
+            loop.scheduleTask(deadline: notBefore) { [weak self] in
+                guard let self else { return }
+                self.retryScheduled = false
+                self.ensureWorker()
+            }
+            return
+        }
+        start()
+    }
+
+    private func start() {
+        starting = true
+        let spawned: (fd: Int32, pid: pid_t)
+        do {
+            spawned = try spawner.spawn(executable: executable, user: user)
+        } catch {
+            starting = false
+            restarted(.spawnFailed, "cannot be started: \(error.description)", pid: nil, lost: 0)
+            return
+        }
+        let worker = SPFWorkerConnection(pid: spawned.pid, slot: self)
+        let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
+        ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SPFFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(worker)
+                }
+            }
+            .withConnectedSocket(spawned.fd)
+            .whenComplete { [self] result in
+                starting = false
+                switch result {
+                case .success(let channel):
+                    worker.attach(channel, hello: hello)
+                    if stopped {
+                        worker.kill(.exited, "stopped")
+                        return
+                    }
+                    current = worker
+                    logger.debug("spf worker \(index) started: pid \(spawned.pid)")
+                    drain()
+                case .failure(let error):
+                    close(spawned.fd)
+                    _ = spawner.killAndReap(spawned.pid)
+                    restarted(.spawnFailed, "cannot be attached: \(error)", pid: spawned.pid, lost: 0)
+                }
+            }
+    }
+
+    /// A worker process ended; `status` is its wait status when known.
+    func ended(_ worker: SPFWorkerConnection, status: Int32?, fault: (SPFRestartReason, String)?, lost: Int) {
+        let wasRetiring = retiring.contains { $0 === worker }
+        retiring.removeAll { $0 === worker }
+        if worker === current { current = nil }
+        load.add(-lost, ordering: .relaxed)
+        if stopped { return }
+        if wasRetiring && fault == nil {
+            metrics.workerRestarts[.retired]?.increment()
+            logger.debug("spf worker \(index) (pid \(worker.pid)) retired after \(worker.evaluations) evaluations")
+            return
+        }
+        let (reason, why) = fault ?? SPFWorkerSlot.describe(status)
+        restarted(reason, why, pid: worker.pid, lost: lost)
+    }
+
+    /// How a process ended, from its wait status.
+    static func describe(_ status: Int32?) -> (SPFRestartReason, String) {
+        guard let status else { return (.crashed, "vanished") }
+        let signal = status & 0x7F
+        if signal != 0 { return (.crashed, "was killed by signal \(signal)") }
+        let code = (status >> 8) & 0xFF
+        var why = "exited with status \(code)"
+        if code == SPFWorkerProcess.exitCannotDropPrivileges { why += " (it could not switch to spf.worker_user)" }
+        if code == SPFWorkerProcess.exitNoSandbox { why += " (it could not set its resource limits)" }
+        return (.exited, why)
+    }
+
+    private func restarted(_ reason: SPFRestartReason, _ why: String, pid: pid_t?, lost: Int) {
+        failures += 1
+        notBefore = .now() + SPFWorkerSlot.backoff(afterFailures: failures)
+        metrics.workerRestarts[reason]?.increment()
+        let who = pid.map { " (pid \($0))" } ?? ""
+        let during = lost > 0 ? " with \(lost) evaluations in flight (answered temperror)" : ""
+        logger.warning("spf worker \(index)\(who) \(why)\(during); restarting (reason=\(reason.rawValue))")
+        if !queue.isEmpty { ensureWorker() }
+    }
+
+    /// The one restart backoff: at once after a first failure, then 50 ms doubling up to 2 s.
+    static func backoff(afterFailures failures: Int) -> TimeAmount {
+        failures <= 1 ? .zero : .milliseconds(min(2_000, 50 << min(failures - 2, 6)))
+    }
+
+    /// Ends the worker and answers every evaluation still waiting.
+    func stop() {
+        loop.assertInEventLoop()
+        stopped = true
+        while let job = queue.popFirst() {
+            job.timer?.cancel()
+            reject(job, "SPF is stopping")
+        }
+        current?.kill(.exited, "stopped")
+        for worker in retiring { worker.kill(.exited, "stopped") }
+        current = nil
+        retiring.removeAll()
+    }
+}
