@@ -92,6 +92,7 @@ let package = Package(
             name: "BackstopCoreTests",
             dependencies: [
                 "BackstopCore",
+                "BackstopSPF",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

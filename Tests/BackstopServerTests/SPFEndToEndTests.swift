@@ -27,6 +27,7 @@ import Testing
         dns_timeout = "1s"
         evaluation_deadline = "3s"
         """
+        SPFSettings.register()
         let config = try Configuration.parse(toml, file: "test.toml")
         let engine = try EngineBuilder.build(config, previous: nil, logger: testLogger)
         let server = PolicyServer(config: config, engine: engine, logger: testLogger)

@@ -10,6 +10,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Synchronization
 
 public final class SPFVerifier: Sendable {
     public struct Settings: Sendable, Equatable {
@@ -48,6 +49,10 @@ public final class SPFVerifier: Sendable {
     private let outcomes: BoundedCache<OutcomeKey, OutcomeEntry>
     private let slots = NIOLockedValueBox<[SPFWorkerSlot]>([])
     private let stopped = NIOLockedValueBox(false)
+    private let completed = Atomic<Int>(0)
+
+    /// Evaluations workers completed since start (cache hits are not evaluations).
+    public var evaluationCount: Int { completed.load(ordering: .relaxed) }
 
     /// `executable` is the `backstop` binary whose `spf-worker` mode runs the workers
     /// (tests may name a stand-in); `spawner` starts them.
@@ -116,6 +121,7 @@ public final class SPFVerifier: Sendable {
 
     /// Keeps a worker's outcome for as long as its answers and `result_cache_ttl` allow.
     func record(_ job: SPFJob, _ outcome: SPFOutcome) {
+        completed.add(1, ordering: .relaxed)
         guard outcome.result != .temperror, settings.resultCacheTTL > .zero,
               let client = IPAddress(job.query.clientAddress), let domain = DNSName(text: job.query.domain) else { return }
         let seconds = min(Int64(settings.resultCacheTTL.nanoseconds / 1_000_000_000), Int64(job.ttl))

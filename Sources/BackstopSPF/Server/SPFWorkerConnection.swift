@@ -109,8 +109,9 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         job.timer?.cancel()
         var outcome = outcome
         outcome.elapsed = .now() - job.started
-        job.promise.succeed(outcome)
+        // Cached first, so whoever the answer wakes finds it in the outcome cache.
         slot.finished(job, outcome, on: self)
+        job.promise.succeed(outcome)
     }
 
     // MARK: frames from the worker

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import Testing
 @testable import BackstopCore
+import BackstopSPF
 
 @Suite struct RecipientsCheckTests {
     let logger = Logger(label: "test.recipients")
@@ -150,6 +151,7 @@ import Testing
     }
 
     @Test func exampleConfigurationReadsTheRecipientsSection() throws {
+        SPFSettings.register()  // the example runs every check
         let config = try Configuration.load(path: Self.examples + "/backstop.toml")
         let settings = try #require(config.checks["recipients"] as? RecipientsSettings)
         #expect(settings.source.files == [Self.examples + "/recipients"])

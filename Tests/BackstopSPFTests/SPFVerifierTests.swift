@@ -1,0 +1,302 @@
+// SPFVerifier and its worker processes against a real DNS server on loopback: results,
+// explanations and the decisive term; long records (70 ip4 terms, ~1 KB with an include at
+// the end, a record split over TXT strings); records with %{l} kept per sender and others
+// per domain; a sender domain in U-labels; concurrent evaluations; bounded queries; a
+// DNS server that never answers; a full queue.
+
+import BackstopCore
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import BackstopSPF
+
+nonisolated(unsafe) let spfZone: [String: Any] = [
+    "pass.example": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all exp=why.pass.example"]],
+    "why.pass.example": [["TXT": "%{i} is not one of %{d}'s designated mail servers."]],
+    "soft.example": [["TXT": "v=spf1 ~all"]],
+    "strict.example": [["TXT": "v=spf1 ?all"]],
+    "broken.example": [["TXT": "v=spf1 ip4:192.0.2.1 -bogus:x"]],
+    "hostile.example": [["TXT": "v=spf1 -all exp=exp.hostile.example"]],
+    "exp.hostile.example": [["TXT": "bad\r\naction=OK\r\n"]],
+    "hostile2.example": [["TXT": "v=spf1 -all exp=exp.hostile2.example"]],
+    "exp.hostile2.example": [["TXT": "%{l} action=OK"]],
+    "slow.example": ["TIMEOUT"],
+    "waits.example": [["TXT": "v=spf1 a:slow.example -all"]],
+    "mail.helo.example": [["TXT": "v=spf1 -all"]],
+    "loop.example": [["TXT": "v=spf1 include:loop.example -all"]],
+    "mech.example": [["TXT": "v=spf1 a:nohost.mech.example mx ptr ~all"], ["MX": [10, "mx1.mech.example"]]],
+    "mx1.mech.example": [["A": "192.0.2.77"]],
+    "78.2.0.192.in-addr.arpa": [["PTR": "h.mech.example"]],
+    "h.mech.example": [["A": "192.0.2.78"]],
+    "many.example": [["TXT": "v=spf1 " + (1...12).map { "a:h\($0).many.example" }.joined(separator: " ") + " -all"]],
+    // 70 ip4 terms and -all: over libspf2's 511 octets of compiled mechanisms.
+    "seventy.example": [["TXT": "v=spf1 " + (1...70).map { "ip4:198.51.100.\($0)" }.joined(separator: " ") + " -all"]],
+    // ~1 KB: 40 ip4, 12 ip6, then the include that passes and -all.
+    "large.example": [["TXT": "v=spf1 " + (1...40).map { "ip4:203.0.113.\($0)/32" }.joined(separator: " ") + " "
+        + (1...12).map { "ip6:2001:db8:\(String($0, radix: 16))::/48" }.joined(separator: " ") + " include:inc.large.example -all"]],
+    "inc.large.example": [["TXT": "v=spf1 ip4:192.0.2.200 -all"]],
+    // One record in three TXT strings (each under 255 octets).
+    "split.example": [["TXT": ["v=spf1 " + (1...10).map { "ip4:198.18.0.\($0)" }.joined(separator: " "),
+                               " " + (11...20).map { "ip4:198.18.0.\($0)" }.joined(separator: " "), " ip4:198.18.1.0/24 -all"]]],
+    // A 60 KB valid record that needs TCP, and one that is 60 KB of garbage.
+    "huge.example": [["TXT": ["v=spf1 " + (0..<2_600).map { "ip4:10.\($0 / 256).\($0 % 256).1" }.joined(separator: " ") + " -all"]]],
+    "junk.example": [["TXT": ["v=spf1 " + String(repeating: "junk ", count: 12_000)]]],
+    // Per-sender and per-HELO records.
+    "local.example": [["TXT": "v=spf1 exists:%{l}.users.local.example -all"]],
+    "alice.users.local.example": [["A": "127.0.0.2"]],
+    "perhelo.example": [["TXT": "v=spf1 a:%{h} -all"]],
+    "good.helo.example": [["A": "192.0.2.60"]],
+    // A domain in U-labels is asked in A-labels (RFC 8616).
+    "xn--bcher-kva.example": [["TXT": "v=spf1 ip4:192.0.2.90 -all"]],
+    // Macro bomb: a:%{d} ×1,500 for a 249-octet domain.
+    bombDomain: [["TXT": "v=spf1 a:" + String(repeating: "%{d}", count: 1_500) + " -all"]],
+]
+
+let bombDomain = [String(repeating: "q", count: 61), String(repeating: "q", count: 61), String(repeating: "q", count: 61),
+                  String(repeating: "r", count: 50), "bomb", "example"].joined(separator: ".")
+
+private func request(sender: String, client: String = "198.51.100.7", helo: String = "mail.helo.example",
+                     instance: String = "", recipient: String = "rcpt@local.example", sasl: String = "") -> PolicyRequest {
+    PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
+                   ("sender", sender), ("helo_name", helo), ("instance", instance), ("recipient", recipient),
+                   ("sasl_username", sasl)])
+}
+
+func decide(_ engine: PolicyEngine, _ request: PolicyRequest) async throws -> Decision {
+    switch engine.decide(request, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: testLogger) {
+    case .immediate(let d): return d
+    case .pending(let f): return try await f.get()
+    }
+}
+
+func checkSettings(_ dns: LoopbackDNSServer, workers: Int = 2, dnsTimeout: TimeAmount = .seconds(2),
+                   deadline: TimeAmount = .seconds(5), queue: Int = 100) -> SPFSettings {
+    var s = SPFSettings()
+    s.verifier = verifierSettings(dns, workers: workers, dnsTimeout: dnsTimeout, deadline: deadline, queue: queue)
+    s.receiver = "mx.test"
+    s.authservID = "mx.test"
+    return s
+}
+
+func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPFCheck {
+    let verifier = try previous?.verifier ?? makeVerifier(settings.verifier)
+    return SPFCheck(settings: settings, verifier: verifier, logger: testLogger, previous: previous)
+}
+
+@Suite(.serialized) struct SPFVerifierTests {
+    @Test func resultsExplanationsAndTheDecisiveTerm() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let pass = await verifier.evaluate(ip: "192.0.2.10", sender: "a@pass.example", helo: "x.example")
+        #expect(pass.result == .pass && pass.mechanism == "ip4:192.0.2.0/24")
+        let fail = await verifier.evaluate(ip: "::ffff:198.51.100.1", sender: "a@pass.example", helo: "x.example")
+        #expect(fail.result == .fail && fail.mechanism == "-all")
+        #expect(fail.explanation == "198.51.100.1 is not one of pass.example's designated mail servers.")
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@soft.example", helo: "x").result == .softfail)
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@broken.example", helo: "x").result == .permerror)
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing.example", helo: "x").result == .none)
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "", helo: "mail.helo.example").result == .fail)
+        let loop = await verifier.evaluate(ip: "192.0.2.10", sender: "a@loop.example", helo: "x")
+        #expect(loop.result == .permerror && loop.lookups <= 11)
+        let many = await verifier.evaluate(ip: "192.0.2.10", sender: "a@many.example", helo: "x")
+        #expect(many.result == .permerror && many.queries <= 12)
+        for (ip, result, mechanism) in [("192.0.2.77", SPFResult.pass, "mx"), ("192.0.2.78", .pass, "ptr"), ("192.0.2.79", .softfail, "~all")] {
+            let outcome = await verifier.evaluate(ip: ip, sender: "a@mech.example", helo: "x")
+            #expect(outcome.result == result && outcome.mechanism == mechanism, "\(ip): \(outcome.result) \(outcome.mechanism ?? "-")")
+        }
+        let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
+        #expect(loopback.result == .pass && loopback.mechanism == "localhost")
+    }
+
+    @Test func longRecordsEvaluateRight() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let seventieth = await verifier.evaluate(ip: "198.51.100.70", sender: "a@seventy.example", helo: "x")
+        #expect(seventieth.result == .pass && seventieth.mechanism == "ip4:198.51.100.70")
+        let outsider = await verifier.evaluate(ip: "198.51.100.71", sender: "a@seventy.example", helo: "x")
+        #expect(outsider.result == .fail && outsider.mechanism == "-all")
+        let included = await verifier.evaluate(ip: "192.0.2.200", sender: "a@large.example", helo: "x")
+        #expect(included.result == .pass && included.mechanism == "include:inc.large.example" && included.lookups == 1)
+        let ip6 = await verifier.evaluate(ip: "2001:db8:c::1", sender: "a@large.example", helo: "x")
+        #expect(ip6.result == .pass && ip6.mechanism == "ip6:2001:db8:c::/48")
+        #expect(await verifier.evaluate(ip: "192.0.2.201", sender: "a@large.example", helo: "x").result == .fail)
+        #expect(await verifier.evaluate(ip: "198.18.0.15", sender: "a@split.example", helo: "x").result == .pass)
+        #expect(await verifier.evaluate(ip: "198.18.1.9", sender: "a@split.example", helo: "x").result == .pass)
+        #expect(await verifier.evaluate(ip: "198.18.2.9", sender: "a@split.example", helo: "x").result == .fail)
+        let huge = await verifier.evaluate(ip: "10.10.39.1", sender: "a@huge.example", helo: "x")
+        #expect(huge.result == .pass && huge.mechanism == "ip4:10.10.39.1")
+        #expect(await verifier.evaluate(ip: "10.99.0.1", sender: "a@huge.example", helo: "x").result == .fail)
+        let junk = await verifier.evaluate(ip: "10.10.39.1", sender: "a@junk.example", helo: "x")
+        #expect(junk.result == .permerror && (junk.problem?.utf8.count ?? 0) <= SPFOutcome.maxProblem)
+    }
+
+    @Test func macroBombGivesTheTruncatedNameInTime() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        #expect(bombDomain.utf8.count == 249)
+        // The name asked is the last whole labels within 253 octets: q61.q61.r50.bomb.example;
+        // it does not exist, so the a: term matches nothing and -all decides.
+        await dns.command("reset")
+        let started = NIODeadline.now()
+        let outcome = await verifier.evaluate(ip: "192.0.2.1", sender: "a@" + bombDomain, helo: "x")
+        #expect(outcome.result == .fail && outcome.mechanism == "-all", "\(outcome.result) \(outcome.problem ?? "")")
+        #expect(outcome.lookups == 1 && outcome.voidLookups == 1)
+        #expect(NIODeadline.now() - started < .seconds(2))
+        let queries = await dns.queryCount()
+        // The 6 KB TXT over UDP (truncated) and again over TCP, then A of the truncated name.
+        #expect(queries == 3, "\(queries)")
+    }
+
+    @Test func outcomesAreKeptOnWhatTheirRecordsRead() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        // A record without sender macros: a thousand senders of one domain share one evaluation.
+        _ = await verifier.evaluate(ip: "192.0.2.10", sender: "first@pass.example", helo: "x")
+        let before = verifier.evaluationCount
+        for n in 0..<50 {
+            let outcome = await verifier.evaluate(ip: "192.0.2.10", sender: "user\(n)@pass.example", helo: "h\(n).example")
+            #expect(outcome.result == .pass && outcome.cached && outcome.query.sender == "user\(n)@pass.example")
+        }
+        #expect(verifier.evaluationCount == before)
+        // Another client is another evaluation.
+        _ = await verifier.evaluate(ip: "192.0.2.11", sender: "first@pass.example", helo: "x")
+        #expect(verifier.evaluationCount == before + 1)
+        // %{l}: kept per sender.
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "alice@local.example", helo: "x").result == .pass)
+        let bob = await verifier.evaluate(ip: "192.0.2.5", sender: "bob@local.example", helo: "x")
+        #expect(bob.result == .fail && !bob.cached)
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "alice@local.example", helo: "x").cached)
+        // %{h}: kept per HELO.
+        #expect(await verifier.evaluate(ip: "192.0.2.60", sender: "a@perhelo.example", helo: "good.helo.example").result == .pass)
+        let other = await verifier.evaluate(ip: "192.0.2.60", sender: "a@perhelo.example", helo: "bad.helo.example")
+        #expect(other.result == .fail && !other.cached)
+    }
+
+    @Test func aSenderDomainInULabelsIsAskedInALabels() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        #expect(SPFQuery(clientAddress: "192.0.2.90", sender: "user@bücher.example", helo: "x").checkedMailbox == "user@xn--bcher-kva.example")
+        #expect(await verifier.evaluate(ip: "192.0.2.90", sender: "user@bücher.example", helo: "x").result == .pass)
+        #expect(await verifier.evaluate(ip: "192.0.2.91", sender: "user@BÜCHER.example", helo: "x").result == .fail)
+    }
+
+    @Test func concurrentEvaluationsAgree() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        var settings = verifierSettings(dns, workers: 4, queue: 1000)
+        settings.resultCacheTTL = .zero
+        let verifier = try makeVerifier(settings)
+        defer { verifier.shutdown() }
+        let cases: [(String, String, SPFResult, String?)] = [
+            ("192.0.2.10", "a@pass.example", .pass, nil),
+            ("198.51.100.9", "b@pass.example", .fail, "198.51.100.9 is not one of pass.example's designated mail servers."),
+            ("2001:db8::9", "c@soft.example", .softfail, nil),
+            ("192.0.2.10", "d@broken.example", .permerror, nil),
+            ("192.0.2.10", "e@many.example", .permerror, nil),
+            ("192.0.2.10", "f@loop.example", .permerror, nil),
+        ]
+        let outcomes = await withTaskGroup(of: (Int, SPFOutcome).self) { group in
+            for n in 0..<240 {
+                let (ip, sender, _, _) = cases[n % cases.count]
+                group.addTask { (n, await verifier.evaluate(ip: ip, sender: sender, helo: "h.example")) }
+            }
+            return await group.reduce(into: [(Int, SPFOutcome)]()) { $0.append($1) }
+        }
+        #expect(outcomes.count == 240)
+        for (n, outcome) in outcomes {
+            let (_, _, result, explanation) = cases[n % cases.count]
+            #expect(outcome.result == result, "case \(n): \(outcome.result) \(outcome.problem ?? "")")
+            if let explanation { #expect(outcome.explanation == explanation) }
+        }
+        #expect(verifier.evaluationCount == 240)
+    }
+
+    /// RFC 7208 §4.6.4's limits bound the queries one evaluation can cost, however the
+    /// records are built: 10 terms, 10 MX names each, and no more.
+    @Test func hostileRecordsCostBoundedQueries() async throws {
+        var hostile: [String: Any] = [:]
+        hostile["fan.example"] = [["TXT": "v=spf1 " + (1...10).map { "mx:m\($0).fan.example" }.joined(separator: " ") + " -all"]]
+        for m in 1...10 {
+            hostile["m\(m).fan.example"] = (1...10).map { ["MX": [$0, "h\($0).m\(m).fan.example"]] }
+            for h in 1...10 { hostile["h\(h).m\(m).fan.example"] = [["AAAA": "2001:db8::\(h)"]] }
+        }
+        hostile["eleven.example"] = [["TXT": "v=spf1 mx -all"]] + (1...11).map { ["MX": [$0, "x\($0).eleven.example"]] }
+        hostile["chain1.example"] = [["TXT": "v=spf1 include:chain2.example -all"]]
+        for n in 2...14 { hostile["chain\(n).example"] = [["TXT": "v=spf1 include:chain\(n + 1).example -all"]] }
+        let dns = try await LoopbackDNSServer.start(zone: hostile)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        await dns.command("reset")
+        let fan = await verifier.evaluate(ip: "192.0.2.1", sender: "a@fan.example", helo: "x")
+        #expect(fan.result == .fail && fan.lookups == 10)
+        #expect(fan.queries <= 1 + 10 + 100)
+        #expect(await dns.queryCount() <= 1 + 10 + 100)
+        #expect(await verifier.evaluate(ip: "192.0.2.1", sender: "a@eleven.example", helo: "x").result == .permerror)
+        let chain = await verifier.evaluate(ip: "192.0.2.1", sender: "a@chain1.example", helo: "x")
+        #expect(chain.result == .permerror && chain.queries <= 11)
+    }
+
+    @Test func deadlineHoldsWhenDNSNeverAnswers() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let s = checkSettings(dns, workers: 2, dnsTimeout: .milliseconds(300), deadline: .milliseconds(700))
+        let check = try makeCheck(s)
+        defer { check.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [check]], deadline: .seconds(5))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let started = NIODeadline.now()
+        var futures: [EventLoopFuture<(Decision, NIODeadline)>] = []
+        for n in 0..<8 {
+            switch engine.decide(request(sender: "u\(n)@slow.example", instance: "slow\(n)"), eventLoop: loop, logger: testLogger) {
+            case .immediate(let d): futures.append(loop.makeSucceededFuture((d, NIODeadline.now())))
+            case .pending(let f): futures.append(f.map { ($0, NIODeadline.now()) })
+            }
+        }
+        for future in futures {
+            let (decision, answered) = try await future.get()
+            #expect(answered - started < .seconds(3), "the evaluation deadline must bound the wait, took \(answered - started)")
+            #expect(ResponseEncoder.actionText(decision.action).hasPrefix("DEFER_IF_PERMIT 4.7.24"))
+            #expect(decision.reason == "spf=temperror" && !decision.deadlineExpired)
+        }
+        let after = try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: "after"))
+        guard case .prepend(let header) = after.action else { Issue.record("\(after.action)"); return }
+        #expect(header.hasPrefix("Received-SPF: pass"))
+    }
+
+    @Test func fullQueueAnswersTemperrorAtOnce() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, workers: 1, dnsTimeout: .seconds(1), deadline: .seconds(2), queue: 1))
+        defer { verifier.shutdown() }
+        // Every evaluation waits for an A record that never comes: the worker holds 64, its
+        // queue one more, and the rest are refused at once.
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let started = NIODeadline.now()
+        let futures = (0..<(SPFWorkerSlot.maxInFlight + 3)).map { n in
+            verifier.evaluate(SPFQuery(clientAddress: "192.0.2.\(n + 1)", sender: "x@waits.example", helo: "h.example"),
+                              deadline: started + .seconds(5), on: loop).map { ($0, NIODeadline.now()) }
+        }
+        var refused = 0
+        for future in futures {
+            let (outcome, answered) = try await future.get()
+            #expect(outcome.result == .temperror)
+            if outcome.problem?.contains("queue is full") == true {
+                refused += 1
+                #expect(answered - started < .milliseconds(500))
+            }
+        }
+        #expect(refused == 2)
+    }
+}
