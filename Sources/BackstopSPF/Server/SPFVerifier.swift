@@ -50,6 +50,15 @@ public final class SPFVerifier: Sendable {
     private let slots = NIOLockedValueBox<[SPFWorkerSlot]>([])
     private let stopped = NIOLockedValueBox(false)
     private let completed = Atomic<Int>(0)
+    private let restarts = NIOLockedValueBox<[SPFRestartReason: Int]>([:])
+
+    /// Worker processes replaced since start, by reason (for tests and operators).
+    public var workerRestarts: [SPFRestartReason: Int] { restarts.withLockedValue { $0 } }
+
+    func countRestart(_ reason: SPFRestartReason) {
+        metrics.workerRestarts[reason]?.increment()
+        restarts.withLockedValue { $0[reason, default: 0] += 1 }
+    }
 
     /// Evaluations workers completed since start (cache hits are not evaluations).
     public var evaluationCount: Int { completed.load(ordering: .relaxed) }

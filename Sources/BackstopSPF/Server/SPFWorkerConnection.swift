@@ -59,6 +59,11 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var jobs: [UInt32: SPFJob] = [:]
     private var nextID: UInt32 = 1
     private(set) var evaluations = 0
+    /// Evaluations ended by their deadline while the worker still had them: a late frame
+    /// for one of these is a race, not a fault. Bounded.
+    private var abandoned = Set<UInt32>()
+    private var abandonedOrder = CircularBuffer<UInt32>()
+    static let maxAbandoned = 1_024
     private(set) var ended = false
     /// Set when the worker broke the protocol or hung: how it ends is then ours to say.
     private var fault: (SPFRestartReason, String)?
@@ -100,7 +105,16 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         if let owed = job.owedSince, NIODeadline.now() - owed >= slot.wedgeLimit {
             kill(.timeout, "did not answer within \(DurationText.format(slot.wedgeLimit))")
         } else {
+            abandon(job.id)
             write(SPFWire.frame(.cancel(id: job.id)))
+        }
+    }
+
+    private func abandon(_ id: UInt32) {
+        abandoned.insert(id)
+        abandonedOrder.append(id)
+        if abandonedOrder.count > SPFWorkerConnection.maxAbandoned, let oldest = abandonedOrder.popFirst() {
+            abandoned.remove(oldest)
         }
     }
 
@@ -117,6 +131,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: frames from the worker
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !ended else { return }
         let buffer = unwrapInboundIn(data)
         let message: SPFWire.FromWorker
         do {
@@ -164,11 +179,12 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// The job `id` names, or nil: an id never issued is a fault; one whose job already
-    /// ended (its deadline passed as the worker answered) is ignored.
+    /// The job `id` names, or nil: an id never issued, or one the worker already answered,
+    /// is a fault; one whose deadline passed as the worker answered is ignored.
     private func live(_ id: UInt32, _ what: String) -> SPFJob? {
         if let job = jobs[id] { return job }
-        if id == 0 || id >= nextID { kill(.protocol, "\(what) for an evaluation never sent") }
+        if abandoned.contains(id) { return nil }
+        kill(.protocol, id == 0 || id >= nextID ? "\(what) for an evaluation never sent" : "\(what) for an evaluation it had already answered")
         return nil
     }
 

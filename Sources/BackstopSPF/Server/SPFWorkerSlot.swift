@@ -27,6 +27,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
     let wedgeLimit: TimeAmount
     /// Called with each outcome a worker produced (the verifier caches it).
     let onOutcome: @Sendable (SPFJob, SPFOutcome) -> Void
+    /// Called with each replacement of a worker.
+    let onRestart: @Sendable (SPFRestartReason) -> Void
 
     /// Evaluations in flight on one worker process at most; more wait in the slot's queue.
     static let maxInFlight = 64
@@ -59,6 +61,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
         queueSize = verifier.settings.queueSize
         wedgeLimit = max(.milliseconds(50), .nanoseconds(verifier.settings.evaluationDeadline.nanoseconds / 2))
         onOutcome = { [weak verifier] job, outcome in verifier?.record(job, outcome) }
+        onRestart = { [weak verifier] reason in verifier?.countRestart(reason) }
     }
 
     /// The current worker's pid (tests and operators); only on `loop`.
@@ -193,7 +196,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
         load.add(-lost, ordering: .relaxed)
         if stopped { return }
         if wasRetiring && fault == nil {
-            metrics.workerRestarts[.retired]?.increment()
+            onRestart(.retired)
             logger.debug("spf worker \(index) (pid \(worker.pid)) retired after \(worker.evaluations) evaluations")
             return
         }
@@ -216,9 +219,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
     private func restarted(_ reason: SPFRestartReason, _ why: String, pid: pid_t?, lost: Int) {
         failures += 1
         notBefore = .now() + SPFWorkerSlot.backoff(afterFailures: failures)
-        metrics.workerRestarts[reason]?.increment()
+        onRestart(reason)
         let who = pid.map { " (pid \($0))" } ?? ""
-        let during = lost > 0 ? " with \(lost) evaluations in flight (answered temperror)" : ""
+        let during = lost > 0 ? " with \(lost) evaluation\(lost == 1 ? "" : "s") in flight (answered temperror)" : ""
         logger.warning("spf worker \(index)\(who) \(why)\(during); restarting (reason=\(reason.rawValue))")
         if !queue.isEmpty { ensureWorker() }
     }

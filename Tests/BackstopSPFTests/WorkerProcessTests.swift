@@ -1,0 +1,190 @@
+// Worker processes as the server sees them: a worker killed or stopped costs the
+// evaluations it held (temperror, in time) and is replaced; a worker that breaks the
+// protocol (Tests/Support/fake_spf_worker.py stands in for `backstop spf-worker`) is killed
+// and replaced while the server stays up; a real worker runs as spf.worker_user with no
+// capabilities, no environment, no descriptor but its socket, resource limits and a
+// seccomp filter, also when started through the supervisor; a replaced verifier leaves no
+// process behind.
+
+import BackstopCore
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import BackstopSPF
+
+/// The state letter of a process ("S", "T", "Z"), nil once it is gone.
+func processState(_ pid: Int32) -> Character? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return nil }
+    return stat[stat.index(close, offsetBy: 2)]
+}
+
+func waitUntilGone(_ pid: Int32) async {
+    for _ in 0..<300 where processState(pid) != nil { try? await Task.sleep(for: .milliseconds(10)) }
+}
+
+/// A field of /proc/PID/status, split into words.
+func status(_ pid: Int32, _ key: String) -> [String] {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return ["gone"] }
+    return text.split(separator: "\n").first { $0.hasPrefix(key + ":") }.map {
+        $0.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+    } ?? ["missing"]
+}
+
+nonisolated(unsafe) let workerZone: [String: Any] = [
+    "example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]],
+    "slow.example": [["TXT": "v=spf1 a:never.slow.example -all"]],
+    "never.slow.example": ["TIMEOUT"],
+]
+
+@Suite(.serialized) struct WorkerProcessTests {
+    @Test func killedWorkerCostsItsEvaluationsAndIsReplaced() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, dnsTimeout: .seconds(3), deadline: .seconds(4), cacheTTL: .zero))
+        #expect(await verifier.workerProcessIDs.isEmpty, "spawned before the first evaluation")
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+        let first = try #require(await verifier.workerProcessIDs.first)
+        // Between evaluations: the next one does not notice.
+        #expect(kill(first, SIGKILL) == 0)
+        await waitUntilGone(first)
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+        let second = try #require(await verifier.workerProcessIDs.first)
+        #expect(second != first && processState(first) == nil)
+        #expect(verifier.workerRestarts[.crashed] == 1)
+        // During an evaluation that waits on DNS: temperror at once, not at the deadline.
+        let started = NIODeadline.now()
+        async let lost = verifier.evaluate(ip: "192.0.2.1", sender: "x@slow.example", helo: "h")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(kill(second, SIGKILL) == 0)
+        let outcome = await lost
+        #expect(outcome.result == .temperror && outcome.problem?.contains("worker ended") == true, "\(outcome)")
+        #expect(NIODeadline.now() - started < .seconds(3))
+        #expect(verifier.workerRestarts[.crashed] == 2)
+        #expect(await verifier.evaluate(ip: "198.51.100.1", sender: "a@example.org", helo: "h").result == .fail)
+        let third = try #require(await verifier.workerProcessIDs.first)
+        // A verifier that is shut down (a reload replaced it) ends and reaps its worker.
+        verifier.shutdown()
+        await waitUntilGone(third)
+        #expect(processState(third) == nil, "worker \(third) outlived its verifier")
+    }
+
+    @Test func stoppedWorkerIsKilledAndReplaced() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, deadline: .seconds(1), cacheTTL: .zero))
+        defer { verifier.shutdown() }
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+        let stopped = try #require(await verifier.workerProcessIDs.first)
+        #expect(kill(stopped, SIGSTOP) == 0)
+        let started = NIODeadline.now()
+        let outcome = await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h")
+        let took = NIODeadline.now() - started
+        #expect(outcome.result == .temperror)
+        #expect(took >= .milliseconds(900) && took < .milliseconds(1_600), "answered after \(took)")
+        await waitUntilGone(stopped)
+        #expect(processState(stopped) == nil, "the stopped worker was not killed and reaped")
+        #expect(verifier.workerRestarts[.timeout] == 1)
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+    }
+
+    /// The interpreter behind `python3` (workers get an empty environment, so no PATH).
+    static let python: String = {
+        let process = Process()
+        let output = Pipe()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", "import sys; print(sys.executable)"]
+        process.standardOutput = output
+        try? process.run()
+        process.waitUntilExit()
+        return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }()
+
+    /// An executable that runs the fake worker in `mode`.
+    static func fakeWorker(_ mode: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-fake-worker-\(mode)-\(getpid())").path
+        let script = "#!/bin/sh\nexec \(python) \(packageRoot)/Tests/Support/fake_spf_worker.py \(mode) \"$@\"\n"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+        return path
+    }
+
+    @Test(arguments: [
+        ("pass", nil), ("huge-counts", SPFRestartReason.protocol), ("bad-result", .protocol), ("oversized", .protocol),
+        ("twice", .protocol), ("never", .timeout), ("garbage", .protocol), ("need-flood", .protocol),
+        ("need-again", .protocol), ("unknown-id", .protocol), ("exit", .exited),
+    ] as [(String, SPFRestartReason?)])
+    func aWorkerThatBreaksTheProtocolIsReplaced(mode: String, reason: SPFRestartReason?) async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(1), cacheTTL: .zero), logger: testLogger,
+                                   executable: try WorkerProcessTests.fakeWorker(mode), spawner: DirectSpawner())
+        defer { verifier.shutdown() }
+        for round in 0..<3 {
+            let started = NIODeadline.now()
+            let outcome = await verifier.evaluate(ip: "192.0.2.\(round + 1)", sender: "a@example.org", helo: "h")
+            let took = NIODeadline.now() - started
+            #expect(took < .milliseconds(1_600), "\(mode) round \(round): answered after \(took)")
+            if reason == nil || mode == "twice" {
+                // "twice" gets its first answer through; the repeat ends that worker.
+                #expect(outcome.result == .pass, "\(mode): \(outcome)")
+            } else {
+                #expect(outcome.result == .temperror, "\(mode) round \(round): \(outcome)")
+            }
+        }
+        if let reason {
+            // Let the last replacement happen (twice: the repeated answer ends the worker).
+            for _ in 0..<100 where (verifier.workerRestarts[reason] ?? 0) < 2 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect((verifier.workerRestarts[reason] ?? 0) >= 2, "\(mode): \(verifier.workerRestarts)")
+        } else {
+            #expect(verifier.workerRestarts.isEmpty)
+        }
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can start workers as another user"))
+    func workersRunSandboxedAsWorkerUser() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let nobody = try #require(getpwnam("nobody"))
+        let (uid, gid) = (nobody.pointee.pw_uid, nobody.pointee.pw_gid)
+        let supervisor = try SupervisorSpawner.start(executable: backstopBinary)
+        for spawner in [DirectSpawner() as any SPFSpawner, supervisor] {
+            var settings = verifierSettings(dns)
+            settings.workerUser = "nobody"
+            let verifier = SPFVerifier(settings: settings, logger: testLogger, executable: backstopBinary, spawner: spawner)
+            defer { verifier.shutdown() }
+            #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+            let pid = try #require(await verifier.workerProcessIDs.first)
+            #expect(status(pid, "Uid") == Array(repeating: String(uid), count: 4))
+            #expect(status(pid, "Gid") == Array(repeating: String(gid), count: 4))
+            #expect(status(pid, "Groups").allSatisfy { $0 == String(gid) })
+            #expect(status(pid, "CapEff") == ["0000000000000000"] && status(pid, "CapPrm") == ["0000000000000000"])
+            #expect(status(pid, "NoNewPrivs") == ["1"])
+            #expect(status(pid, "Seccomp") == ["2"])
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int($0) }.sorted()
+            #expect(fds == [0, 1, 2], "worker descriptors: \(fds)")
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/2") == "/dev/null")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")).isEmpty)
+            let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
+            #expect(limits.contains { _ in true } && limits.split(separator: "\n").contains { $0.hasPrefix("Max address space") && $0.contains("1073741824") })
+            #expect(limits.split(separator: "\n").contains { $0.hasPrefix("Max open files") && $0.contains(" 3 ") })
+        }
+        // A worker_user that does not exist: the worker refuses to run as root.
+        var broken = verifierSettings(dns)
+        broken.workerUser = "backstop-no-such-user"
+        let refused = SPFVerifier(settings: broken, logger: testLogger, executable: backstopBinary, spawner: DirectSpawner())
+        defer { refused.shutdown() }
+        let outcome = await refused.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h")
+        #expect(outcome.result == .temperror)
+        #expect(refused.workerRestarts[.exited] == 1)
+        // The filter kills a worker that tries to open a socket.
+        let test = Process()
+        test.executableURL = URL(fileURLWithPath: backstopBinary)
+        test.arguments = ["spf-worker", "--sandbox-test", "--user", "nobody"]
+        try test.run()
+        test.waitUntilExit()
+        #expect(test.terminationReason == .uncaughtSignal && test.terminationStatus == SIGSYS)
+    }
+}
