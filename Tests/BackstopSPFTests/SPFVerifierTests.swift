@@ -71,7 +71,7 @@ func decide(_ engine: PolicyEngine, _ request: PolicyRequest) async throws -> De
 }
 
 func checkSettings(_ dns: LoopbackDNSServer, workers: Int = 2, dnsTimeout: TimeAmount = .seconds(2),
-                   deadline: TimeAmount = .seconds(5), queue: Int = 100) -> SPFSettings {
+                   deadline: TimeAmount = .seconds(4), queue: Int = 100) -> SPFSettings {
     var s = SPFSettings()
     s.verifier = verifierSettings(dns, workers: workers, dnsTimeout: dnsTimeout, deadline: deadline, queue: queue)
     s.receiver = "mx.test"

@@ -18,6 +18,8 @@ struct TestError: Error, CustomStringConvertible {
 /// Verifier settings against `dns`.
 func verifierSettings(_ dns: LoopbackDNSServer, workers: Int = 1, dnsTimeout: TimeAmount = .seconds(2),
                       deadline: TimeAmount = .seconds(5), queue: Int = 100, cacheTTL: TimeAmount = .seconds(60)) -> SPFVerifier.Settings {
+    // Verifiers that SPFSettings.makeCheck builds run the freshly built binary too.
+    SPFProcesses.executable = backstopBinary
     var s = SPFVerifier.Settings()
     s.resolvers = [dns.resolver]
     s.workers = workers

@@ -1,0 +1,289 @@
+// The "spf" check in the engine: actions and headers per result, one Received-SPF per
+// message that is marked added only when an answer carrying it is written (a later check's
+// refusal of that recipient must not lose it), test mode that keeps the header and logs the
+// refusal, skip rules, the HELO identity, reload, a hostile explanation, the [spf] section.
+
+import BackstopCore
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import BackstopSPF
+
+private func request(sender: String, client: String = "198.51.100.7", helo: String = "mail.helo.example",
+                     instance: String = "", recipient: String = "rcpt@local.example", sasl: String = "") -> PolicyRequest {
+    PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
+                   ("sender", sender), ("helo_name", helo), ("instance", instance), ("recipient", recipient),
+                   ("sasl_username", sasl)])
+}
+
+/// A check that refuses one recipient (as a recipient rate limit would).
+struct RefuseRecipient: Check {
+    let name = "ratelimit"
+    let recipient: String
+    var testMode = false
+    var failVerdict: Verdict { .noOpinion() }
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+        request.recipient == recipient ? .done(Verdict(.deferTemporarily("4.7.1 Rate limit exceeded"), reason: "limited")) : .done(.noOpinion())
+    }
+}
+
+/// What the connection does with a decision: write it, and mark its header as added.
+func written(_ decision: Decision) -> Decision {
+    decision.headerOnce?.markSent()
+    return decision
+}
+
+func isHeader(_ decision: Decision) -> Bool {
+    if case .prepend(let line) = decision.action { return line.hasPrefix("Received-SPF:") }
+    return false
+}
+
+@Suite(.serialized) struct SPFCheckTests {
+    @Test func actionMappingAndHeaders() throws {
+        var s = SPFSettings()
+        s.receiver = "mx.test"
+        s.authservID = "mx.test"
+        s.explanationURL = "https://why.example/?d={domain}&ip={client}"
+        let verifier = SPFVerifier(settings: s.verifier, executable: "/nonexistent")
+        defer { verifier.shutdown() }
+        let check = SPFCheck(settings: s, verifier: verifier)
+        let query = SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "mail.pass.example")
+        var pass = SPFOutcome(result: .pass, query: query, mechanism: "ip4:192.0.2.0/24")
+        let header = try #require(check.header(for: pass))
+        #expect(header == "Received-SPF: pass (mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender) client-ip=192.0.2.10; envelope-from=\"a@pass.example\"; helo=mail.pass.example; receiver=mx.test; identity=mailfrom; mechanism=\"ip4:192.0.2.0/24\";")
+        let once = HeaderOnce()
+        #expect(check.verdict(for: SPFEvaluated(mailfrom: pass), header: once) == Verdict(.dunno, reason: "spf=pass", header: DueHeader(line: header, once: once)))
+        once.markSent()
+        let again = check.verdict(for: SPFEvaluated(mailfrom: pass), header: once)
+        #expect(again.action == .dunno && again.header == nil && again.reason == "spf=pass header_already_added")
+
+        var fail = SPFOutcome(result: .fail, query: query, mechanism: "-all", explanation: "Not\r\nhere action=OK")
+        let refused = check.verdict(for: SPFEvaluated(mailfrom: fail), header: nil)
+        #expect(refused.reason == "spf=fail")
+        #expect(refused.header?.line.hasPrefix("Received-SPF: fail (") == true, "a refusal carries the header test mode adds")
+        guard case .reply(550, "5.7.23", let text) = refused.action else { Issue.record("\(refused.action)"); return }
+        #expect(text.contains("SPF fail") && text.contains("pass.example") && text.contains("192.0.2.10"))
+        let wire = String(decoding: ResponseEncoder.encode(refused.action), as: UTF8.self)
+        #expect(wire.split(separator: "\n").filter { $0.hasPrefix("action=") }.count == 1)
+        #expect(wire.hasSuffix("\n\n") && wire.dropLast(2).allSatisfy { $0 != "\n" && $0 != "\r" })
+        fail.explanation = nil
+        let withURL = ResponseEncoder.actionText(check.verdict(for: SPFEvaluated(mailfrom: fail), header: nil).action)
+        #expect(withURL.contains("https://why.example/?d=pass.example&ip=192.0.2.10"))
+        let temp = check.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .temperror, query: query)), header: nil)
+        #expect(ResponseEncoder.actionText(temp.action).hasPrefix("DEFER_IF_PERMIT 4.7.24 SPF temperror"))
+        let perm = check.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .permerror, query: query)), header: nil)
+        #expect(perm.action == .dunno && perm.header?.line.hasPrefix("Received-SPF: permerror (") == true)
+
+        var strictSettings = s
+        strictSettings.strictDomains = ["pass.example"]
+        strictSettings.actions[.permerror] = try PolicyAction(parsing: "550 5.7.24 SPF permerror for {domain}")
+        strictSettings.header = .authenticationResults
+        let strict = SPFCheck(settings: strictSettings, verifier: verifier)
+        let soft = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .softfail, query: query)), header: nil)
+        #expect(soft.action.keyword == "550" && soft.reason == "spf=softfail strict_domain")
+        #expect(strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .permerror, query: query)), header: nil).action
+                == .reply(code: 550, enhanced: "5.7.24", text: "SPF permerror for pass.example"))
+        pass.query.helo = "we\"ird (helo)"
+        #expect(strict.header(for: pass) == "Authentication-Results: mx.test; spf=pass smtp.mailfrom=a@pass.example")
+        #expect(SPFHeader.receivedSPF(pass, receiver: "mx.test").contains("helo=\"we\\\"ird (helo)\";"))
+        #expect(SPFHeader.comment(pass, receiver: "mx.test") == "mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender")
+    }
+
+    /// Administrators' issue: the header goes to the first recipient that reaches SPF; when
+    /// a later check refuses that recipient, the next accepted one must still carry it.
+    @Test func aRefusedRecipientDoesNotTakeTheHeaderWithIt() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let spf = try makeCheck(checkSettings(dns))
+        defer { spf.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [spf, RefuseRecipient(recipient: "walter@local.example")]])
+        func ask(_ recipient: String) async throws -> Decision {
+            written(try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: "msg1", recipient: recipient)))
+        }
+        let walter = try await ask("walter@local.example")
+        #expect(walter.action.keyword == "DEFER" && walter.check == "ratelimit")
+        let victor = try await ask("victor@local.example")
+        #expect(isHeader(victor), "the accepted recipient must carry the header: \(victor.action)")
+        let third = try await ask("third@local.example")
+        #expect(third.action == .dunno && third.reason.contains("header_already_added"))
+        // A header is only added when the answer is written: one never written leaves it due.
+        let unsent = try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: "msg2", recipient: "x@local.example"))
+        #expect(isHeader(unsent))
+        #expect(isHeader(try await ask2(engine, "msg2")))
+    }
+
+    private func ask2(_ engine: PolicyEngine, _ instance: String) async throws -> Decision {
+        written(try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: instance, recipient: "y@local.example")))
+    }
+
+    /// Test mode keeps the header: a refusal of another check or of SPF itself is logged
+    /// (test_mode_would) and the answer is the header that is due.
+    @Test func testModeKeepsTheHeader() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let spf = try makeCheck(checkSettings(dns))
+        defer { spf.verifier.shutdown() }
+        let limited = PolicyEngine(stages: [.rcpt: [spf, RefuseRecipient(recipient: "walter@local.example", testMode: true)]])
+        let d = written(try await decide(limited, request(sender: "a@pass.example", client: "192.0.2.10", instance: "t1", recipient: "walter@local.example")))
+        #expect(isHeader(d) && d.wouldHave?.keyword == "DEFER" && d.check == "ratelimit")
+        var testing = checkSettings(dns)
+        testing.testMode = true
+        let spfTest = try makeCheck(testing, previous: spf)
+        let engine = PolicyEngine(stages: [.rcpt: [spfTest]])
+        let fail = written(try await decide(engine, request(sender: "a@pass.example", client: "198.51.100.1", instance: "t2")))
+        guard case .prepend(let line) = fail.action else { Issue.record("\(fail.action)"); return }
+        #expect(line.hasPrefix("Received-SPF: fail ("))
+        #expect(fail.wouldHave?.keyword == "550" && fail.reason == "spf=fail")
+        // Global test mode, no header style: WARN as before.
+        var quiet = checkSettings(dns)
+        quiet.header = .none
+        let plain = PolicyEngine(stages: [.rcpt: [try makeCheck(quiet, previous: spf)]], testMode: true)
+        let warn = try await decide(plain, request(sender: "a@pass.example", client: "198.51.100.1", instance: "t3"))
+        guard case .warn = warn.action else { Issue.record("\(warn.action)"); return }
+    }
+
+    @Test func oneEvaluationPerMessage() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let check = try makeCheck(checkSettings(dns))
+        defer { check.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [check]])
+        await dns.command("reset")
+        // Postfix asks about a message's recipients one after another.
+        var decisions: [Decision] = []
+        for n in 0..<50 {
+            decisions.append(written(try await decide(engine, request(sender: "a@pass.example", client: "192.0.2.10", instance: "4a1b.2c3d",
+                                                                     recipient: "user\(n)@local.example"))))
+        }
+        #expect(decisions.filter(isHeader).count == 1 && isHeader(decisions[0]))
+        #expect(decisions.filter { $0.action == .dunno }.count == 49)
+        // The recipient never appears in the header (pypolicyd-spf's BCC leak).
+        if case .prepend(let header) = decisions[0].action { #expect(!header.contains("local.example")) }
+        #expect(check.verifier.evaluationCount == 1)
+        #expect(await dns.queryCount() == 1)
+        // Another message from the same client and sender: no new evaluation, its own header.
+        let other = written(try await decide(engine, request(sender: "b@pass.example", client: "192.0.2.10", instance: "other")))
+        #expect(isHeader(other) && other.reason == "spf=pass cached")
+        #expect(check.verifier.evaluationCount == 1)
+    }
+
+    @Test func reloadKeepsVerifierAndMessages() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let s = checkSettings(dns)
+        let first = try makeCheck(s)
+        let r1 = written(try await decide(PolicyEngine(stages: [.rcpt: [first]]), request(sender: "a@pass.example", client: "192.0.2.10", instance: "r1")))
+        #expect(isHeader(r1))
+        var changed = s
+        changed.actions[.permerror] = .reply(code: 550, enhanced: "5.7.24", text: "x")
+        let second = try #require(try changed.makeCheck(CheckBuildContext(logger: testLogger, previous: first)) as? SPFCheck)
+        #expect(second.verifier === first.verifier)
+        first.retire(replacedBy: second)  // keeps the shared verifier
+        let r2 = try await decide(PolicyEngine(stages: [.rcpt: [second]]),
+                                  request(sender: "a@pass.example", client: "192.0.2.10", instance: "r1", recipient: "x@local.example"))
+        #expect(r2.action == .dunno)
+        var resized = s
+        resized.verifier.workers = 3
+        let third = try #require(try resized.makeCheck(CheckBuildContext(logger: testLogger, previous: second)) as? SPFCheck)
+        defer { third.verifier.shutdown() }
+        #expect(third.verifier !== first.verifier)
+        let pid = try #require(await first.verifier.workerProcessIDs.first)
+        second.retire(replacedBy: third)
+        await waitUntilGone(pid)
+        #expect(processState(pid) == nil, "the replaced verifier's worker is still running")
+    }
+
+    @Test func hostileExplanationGivesOneResponse() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let check = try makeCheck(checkSettings(dns))
+        defer { check.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [check]])
+        for sender in ["a@hostile.example", "action=OK@hostile2.example"] {
+            let d = try await decide(engine, request(sender: sender, instance: sender))
+            #expect(d.reason == "spf=fail")
+            let wire = String(decoding: ResponseEncoder.encode(d.action), as: UTF8.self)
+            #expect(wire.split(separator: "\n", omittingEmptySubsequences: false).filter { $0.hasPrefix("action=") }.count == 1)
+            #expect(wire.filter { $0 == "\n" }.count == 2 && wire.hasSuffix("\n\n") && !wire.contains("\r"))
+            #expect(wire.hasPrefix("action=550 5.7.23 SPF fail"))
+        }
+    }
+
+    @Test func skipRules() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        var s = checkSettings(dns)
+        s.trustedNetworks = NetworkList([CIDR("127.0.0.0/8")!, CIDR("172.17.0.0/16")!])
+        s.skipSenderDomains = ["pass.example"]
+        let check = try makeCheck(s)
+        defer { check.verifier.shutdown() }
+        let context = CheckContext(eventLoop: MultiThreadedEventLoopGroup.singleton.next(), deadline: .now() + .seconds(5), logger: testLogger)
+        func reason(_ r: PolicyRequest) -> String {
+            if case .done(let verdict) = check.evaluate(r, context: context), verdict.isNoOpinion, verdict.header == nil { return verdict.reason }
+            return "evaluated"
+        }
+        #expect(reason(request(sender: "a@hostile.example", sasl: "alice")) == "spf=skipped(authenticated)")
+        #expect(reason(request(sender: "a@hostile.example", client: "172.17.0.1")) == "spf=skipped(trusted_network)")
+        #expect(reason(request(sender: "a@hostile.example", client: "::ffff:127.0.0.1")) == "spf=skipped(trusted_network)")
+        #expect(reason(request(sender: "a@sub.pass.example")) == "spf=skipped(sender_domain)")
+        #expect(check.verifier.evaluationCount == 0)
+        #expect(reason(request(sender: "a@hostile.example")) == "evaluated")
+    }
+
+    @Test func heloCheckRefusesFirst() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        var s = checkSettings(dns)
+        s.heloCheck = true
+        let check = try makeCheck(s)
+        defer { check.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [check]])
+        let d = try await decide(engine, request(sender: "a@soft.example", helo: "mail.helo.example", instance: "h1"))
+        #expect(d.reason == "spf=fail identity=helo" && d.action.keyword == "550")
+        let bounce = try await decide(engine, request(sender: "", helo: "mail.helo.example", instance: "h2"))
+        #expect(bounce.reason.hasPrefix("spf=fail identity=helo"))
+    }
+
+    @Test func configurationSection() throws {
+        SPFSettings.register()
+        let text = """
+        [policy]
+        rcpt = ["spf"]
+        [spf]
+        resolvers = ["127.0.0.1:5353", "[::1]:53"]
+        dns_timeout = "1s"
+        evaluation_deadline = "4s"
+        workers = 2
+        worker_user = "backstop-spf"
+        dns_cache_bytes = 1048576
+        helo_check = true
+        header = "authentication-results"
+        authserv_id = "mx.example.org"
+        receiver = "mx.example.org"
+        trusted_networks = ["10.0.0.0/8"]
+        strict_domains = ["Bank.example."]
+        [spf.actions]
+        permerror = "550 5.7.24 SPF permerror: {domain}"
+        """
+        let config = try Configuration.parse(text, file: "test.toml")
+        let s = SPFSettings.from(config)
+        #expect(s.verifier.resolvers == [DNSResolverAddress(host: "127.0.0.1", port: 5353), DNSResolverAddress(host: "::1", port: 53)])
+        #expect(s.verifier.dnsTimeout == .seconds(1) && s.verifier.evaluationDeadline == .seconds(4) && s.verifier.workers == 2)
+        #expect(s.verifier.workerUser == "backstop-spf" && s.verifier.dnsCache.bytes == 1 << 20)
+        #expect(s.heloCheck && s.header == .authenticationResults && s.authservID == "mx.example.org")
+        #expect(s.strictDomains == ["bank.example"])
+        #expect(s.trustedNetworks.contains("10.1.2.3") && !s.trustedNetworks.contains("127.0.0.1"))
+        #expect(s.actions[.permerror] == .reply(code: 550, enhanced: "5.7.24", text: "SPF permerror: {domain}"))
+        #expect(s.actions[.fail] == SPFSettings.defaultActions[.fail])
+        // The example configuration's [spf] section is valid and shows the defaults.
+        let example = LoopbackDNSServer.packageRoot.appendingPathComponent("examples/backstop.toml").path
+        let exampleSettings = SPFSettings.from(try Configuration.load(path: example))
+        #expect(exampleSettings.actions == SPFSettings.defaultActions)
+        #expect(exampleSettings.verifier == SPFSettings().verifier)
+        for bad in ["header = \"x-spf\"", "resolvers = [\"dns.example\"]", "workerz = 3", "isolation = \"thread\"",
+                    "worker_user = \"root\"", "worker_user = \"\""] {
+            #expect(throws: ConfigError.self, "\(bad)") { try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n\(bad)\n", file: "bad.toml") }
+        }
+    }
+}
