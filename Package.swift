@@ -116,6 +116,7 @@ let package = Package(
                 "BackstopServer",
                 "BackstopSPF",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -57,10 +57,11 @@ final class ServeProcess {
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    func waitForLog(_ text: String, seconds: Double = 20) -> Bool {
+    /// Waits until the log holds `text` at least `count` times.
+    func waitForLog(_ text: String, count: Int = 1, seconds: Double = 20) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
-            if log.contains(text) { return true }
+            if log.components(separatedBy: text).count - 1 >= count { return true }
             usleep(50_000)
         }
         return false

@@ -1,14 +1,35 @@
-// SPF end to end over a real socket: the server built from a configuration with an [spf]
-// section, resolving against Tests/Support/dns_server.py on loopback. A fail is refused, a
-// pass gets its Received-SPF header once per message.
+// SPF through the server: in process over a real socket (a fail refused, a pass with its
+// header once per message), and as `backstop serve` processes: workers started through the
+// supervisor run as spf.worker_user while the server runs as server.user; twenty reloads
+// that change [spf] leave no worker, thread or descriptor behind; 3,000 hostile 60 KB
+// records grow the server by less than 20 MB.
 
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import BackstopCore
 @testable import BackstopServer
 @testable import BackstopSPF
+
+/// The processes whose parent is `pid`.
+func children(of pid: Int32) -> [Int32] {
+    let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return all.compactMap(Int32.init).filter { child in
+        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid
+    }
+}
+
+func count(_ directory: String) -> Int { (try? FileManager.default.contentsOfDirectory(atPath: directory).count) ?? -1 }
+
+func spfRequest(client: String, sender: String, instance: String, recipient: String = "b@local.test") -> [(String, String)] {
+    [("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
+     ("helo_name", "mail.example.org"), ("sender", sender), ("recipient", recipient), ("instance", instance)]
+}
 
 @Suite(.serialized) struct SPFEndToEndTests {
     @Test func failRefusedPassWithHeaderOncePerMessage() async throws {
@@ -28,25 +49,163 @@ import Testing
         evaluation_deadline = "3s"
         """
         SPFSettings.register()
+        SPFProcesses.executable = backstopBinary
         let config = try Configuration.parse(toml, file: "test.toml")
         let engine = try EngineBuilder.build(config, previous: nil, logger: testLogger)
         let server = PolicyServer(config: config, engine: engine, logger: testLogger)
         try await server.start()
         let client = try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!, timeoutSeconds: 10)
-
-        func request(client address: String, instance: String, recipient: String) -> [(String, String)] {
-            [("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", address),
-             ("helo_name", "mail.example.org"), ("sender", "alice@example.org"), ("recipient", recipient),
-             ("instance", instance)]
-        }
-        let refused = try client.ask(request(client: "198.51.100.1", instance: "m1", recipient: "b@local.test"))
+        let refused = try client.ask(spfRequest(client: "198.51.100.1", sender: "alice@example.org", instance: "m1"))
         #expect(refused?.hasPrefix("action=550 5.7.23 SPF fail: example.org does not allow 198.51.100.1") == true, "\(refused ?? "no answer")")
-        let pass = try client.ask(request(client: "192.0.2.25", instance: "m2", recipient: "b@local.test"))
+        let pass = try client.ask(spfRequest(client: "192.0.2.25", sender: "alice@example.org", instance: "m2"))
         #expect(pass == "action=PREPEND Received-SPF: pass (mx.test: domain of alice@example.org designates 192.0.2.25 as permitted sender) client-ip=192.0.2.25; envelope-from=\"alice@example.org\"; helo=mail.example.org; receiver=mx.test; identity=mailfrom; mechanism=\"ip4:192.0.2.0/24\";")
-        let second = try client.ask(request(client: "192.0.2.25", instance: "m2", recipient: "c@local.test"))
+        let second = try client.ask(spfRequest(client: "192.0.2.25", sender: "alice@example.org", instance: "m2", recipient: "c@local.test"))
         #expect(second == "action=DUNNO")
         await server.stop()
         (engine.checks["spf"] as? SPFCheck)?.verifier.shutdown()
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can start a server that drops to another user"))
+    func workersRunAsWorkerUserUnderAServerThatDroppedRoot() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        chmod(dir, 0o755)
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try """
+        [[listen]]
+        address = "127.0.0.1:\(port)"
+        [server]
+        user = "daemon"
+        [policy]
+        rcpt = ["spf"]
+        [spf]
+        resolvers = ["127.0.0.1:\(dns.port)"]
+        worker_user = "nobody"
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o644)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
+        let server = serve.process.processIdentifier
+        let daemon = try #require(getpwnam("daemon")).pointee.pw_uid
+        #expect(processStatus(server, "Uid")?.split(separator: "\t").allSatisfy { UInt32($0) == daemon } == true)
+        // The server's one child is the supervisor (still root); the worker is its child.
+        let supervisors = children(of: server)
+        #expect(supervisors.count == 1, "\(supervisors)")
+        let supervisor = try #require(supervisors.first)
+        #expect(processStatus(supervisor, "Uid")?.hasPrefix("0\t") == true)
+        let workers = children(of: supervisor)
+        #expect(workers.count == 1)
+        let worker = try #require(workers.first)
+        #expect(processStatus(worker, "Uid")?.split(separator: "\t").allSatisfy { $0 == "65534" } == true)
+        #expect(processStatus(worker, "Seccomp") == "2")
+        // The server cannot signal its worker (another uid); the supervisor ends it for it.
+        #expect(kill(worker, SIGKILL) == 0)  // the test runs as root
+        for _ in 0..<100 where children(of: supervisor).first == worker { usleep(20_000) }
+        #expect(try client.ask(spfRequest(client: "198.51.100.1", sender: "a@example.org", instance: "2"))?.hasPrefix("action=550") == true)
+        let replacement = try #require(children(of: supervisor).first)
+        #expect(replacement != worker)
+        // Stopping the server ends the supervisor and its workers.
+        #expect(serve.stop() == 0)
+        for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { usleep(20_000) }
+        #expect(kill(supervisor, 0) != 0 && kill(replacement, 0) != 0)
+    }
+
+    @Test func reloadsReleaseWorkersThreadsAndDescriptors() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        func write(_ n: Int) throws {
+            try """
+            [[listen]]
+            address = "127.0.0.1:\(port)"
+            [policy]
+            rcpt = ["spf"]
+            [spf]
+            resolvers = ["127.0.0.1:\(dns.port)"]
+            workers = 2
+            dns_timeout = "\(1000 + n)ms"
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write(0)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let pid = serve.process.processIdentifier
+        let client = try waitForClient(port: port)
+        func traffic(_ round: Int) throws {
+            for n in 0..<4 {
+                let answer = try client.ask(spfRequest(client: "192.0.2.\(n + 1)", sender: "a@example.org", instance: "\(round).\(n)"))
+                #expect(answer?.hasPrefix("action=PREPEND Received-SPF: pass") == true, "\(answer ?? "none")")
+            }
+        }
+        try traffic(0)
+        var samples: [(workers: Int, threads: Int, fds: Int)] = []
+        for round in 1...20 {
+            try write(round)
+            serve.signal(SIGHUP)
+            #expect(serve.waitForLog("configuration reloaded", count: round), "reload \(round): \(serve.log.suffix(500))")
+            try traffic(round)
+            usleep(100_000)  // retired workers are reaped as their sockets close
+            samples.append((children(of: pid).count, count("/proc/\(pid)/task"), count("/proc/\(pid)/fd")))
+        }
+        let first = samples[2], last = samples[samples.count - 1]
+        #expect(last.workers <= 2, "worker processes after 20 reloads: \(samples.map(\.workers))")
+        #expect(last.threads <= first.threads + 2, "threads: \(samples.map(\.threads))")
+        #expect(last.fds <= first.fds + 4, "descriptors: \(samples.map(\.fds))")
+    }
+
+    @Test func hostileRecordsDoNotGrowTheServer() async throws {
+        // 60 KB records under *.big.test (valid: 3,500 ip4 terms) and *.junk.test (malformed).
+        let valid = "v=spf1 " + (0..<3_500).map { "ip4:10.\($0 / 256).\($0 % 256).1/32" }.joined(separator: " ") + " -all"
+        let junk = "v=spf1 " + String(repeating: "junk ", count: 12_000)
+        #expect(valid.utf8.count > 59_000 && junk.utf8.count > 59_000)
+        let dns = try await SPFTestDNS.start(zone: ["*.big.test": [["TXT": [valid]]], "*.junk.test": [["TXT": [junk]]],
+                                                    "example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try """
+        [[listen]]
+        address = "127.0.0.1:\(port)"
+        [policy]
+        rcpt = ["spf"]
+        [spf]
+        resolvers = ["127.0.0.1:\(dns.port)"]
+        dns_timeout = "3s"
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let pid = serve.process.processIdentifier
+        let warm = try waitForClient(port: port)
+        for n in 0..<100 { _ = try warm.ask(spfRequest(client: "192.0.2.\(n % 200 + 1)", sender: "a@example.org", instance: "w\(n)")) }
+        let before = rssKiB(pid)
+        let failures = NIOLockedValueBox(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { part in
+            guard let client = try? PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port), timeoutSeconds: 30) else {
+                failures.withLockedValue { $0 += 1 }
+                return
+            }
+            // One in ten valid (each fills the DNS cache with 400 KB), the rest malformed.
+            for n in stride(from: part, to: 3_000, by: 4) {
+                let domain = n % 10 == 0 ? "d\(n).big.test" : "d\(n).junk.test"
+                let answer = try? client.ask(spfRequest(client: "10.0.0.1", sender: "u\(n)@" + domain, instance: "h\(n)"))
+                let expected = n % 10 == 0 ? "action=PREPEND Received-SPF: pass" : "action=PREPEND Received-SPF: permerror"
+                if answer?.hasPrefix(expected) != true { failures.withLockedValue { $0 += 1 } }
+            }
+        }
+        let after = rssKiB(pid)
+        #expect(failures.withLockedValue { $0 } == 0)
+        #expect(after - before < 20 * 1024, "RSS grew from \(before) KiB to \(after) KiB")
+        print("hostile records: server RSS \(before) KiB -> \(after) KiB after 3,000 distinct 60 KB records")
     }
 }
 

@@ -139,7 +139,7 @@ public struct SPFAnswer: Sendable, Equatable {
         for name in names { total += name.wire.count + 32 }
         for r in related { total += (r.name?.wire.count ?? 0) + 40 }
         switch spf {
-        case .record(let record): total += record.source.count + record.directives.count * 72
+        case .record(let record): total += record.source.count + record.directives.count * MemoryLayout<SPFRecord.Directive>.stride
         case .invalid(let why): total += why.utf8.count
         case .none, .multiple: break
         }

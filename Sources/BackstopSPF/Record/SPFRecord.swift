@@ -3,6 +3,7 @@
 // source bytes plus the position of every term, so that nothing re-reads the grammar per
 // evaluation. It does not expand macros (SPFMacro) and does not evaluate (libspf2 does).
 
+import BackstopCore
 import Glibc
 
 /// Why a record breaks the grammar; the text is short and quotes at most a little of it.
@@ -41,8 +42,8 @@ public struct SPFRecord: Sendable, Equatable {
         public var mechanism: Mechanism
         /// The domain-spec's position in `source`, when the term has one.
         public var domainSpec: Range<Int>?
-        /// ip4: 4 octets, ip6: 16 octets.
-        public var network: [UInt8] = []
+        /// ip4 and ip6: the network address (kept inline: a long record holds thousands).
+        public var network: IPAddress?
         public var cidr4: UInt8?
         public var cidr6: UInt8?
         /// The term as written, for the Received-SPF `mechanism=` key.
@@ -198,7 +199,7 @@ public struct SPFRecord: Sendable, Equatable {
                 body = body.lowerBound..<slash
             }
             guard let octets = SPFRecord.ipv4(s[body]) else { return fail("invalid IPv4 address") }
-            directive.network = octets
+            directive.network = SPFRecord.address(octets)
         case .ip6:
             guard hasArgument else { return fail("an address is required") }
             if let slash = s[body].firstIndex(of: UInt8(ascii: "/")) {
@@ -207,7 +208,7 @@ public struct SPFRecord: Sendable, Equatable {
                 body = body.lowerBound..<slash
             }
             guard let octets = SPFRecord.ipv6(s[body]) else { return fail("invalid IPv6 address") }
-            directive.network = octets
+            directive.network = SPFRecord.address(octets)
         }
         return .success(directive)
     }
@@ -282,6 +283,16 @@ public struct SPFRecord: Sendable, Equatable {
         var address = in6_addr()
         let ok = String(decoding: text, as: UTF8.self).withCString { inet_pton(AF_INET6, $0, &address) } == 1
         return ok ? withUnsafeBytes(of: address) { Array($0) } : nil
+    }
+
+    /// 4 or 16 octets as an address, an IPv4-mapped IPv6 network kept as IPv6 (it is an
+    /// ip6 term's network, which never matches an IPv4 client).
+    static func address(_ octets: [UInt8]) -> IPAddress? {
+        switch octets.count {
+        case 4: return IPAddress(octets: octets)
+        case 16: return .v6(octets.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }, octets.suffix(8).reduce(0) { $0 << 8 | UInt64($1) })
+        default: return nil
+        }
     }
 
     /// Up to 40 octets of attacker text for an error message (the log escapes it later).

@@ -12,7 +12,7 @@ import NIOCore
 public final class SPFDNS: Sendable {
     public struct Limits: Sendable, Equatable {
         public var entries = 10_000
-        public var bytes = 16 << 20
+        public var bytes = 8 << 20
         /// TTLs are kept within these bounds; NXDOMAIN and NODATA at most `negativeTTL`.
         public var minTTL: UInt32 = 1
         public var maxTTL: UInt32 = 3_600

@@ -42,8 +42,12 @@ public final class SPFVerifier: Sendable {
 
     public let settings: Settings
     let dns: SPFDNS
-    let spawner: any SPFSpawner
+    private let explicitSpawner: (any SPFSpawner)?
     let executable: String
+
+    /// The spawner given, else the process-wide one (read when a worker starts, so a
+    /// supervisor started after this verifier was built is used).
+    var spawner: any SPFSpawner { explicitSpawner ?? SPFProcesses.spawner }
     let logger: Logger
     let metrics = SPFMetrics()
     private let outcomes: BoundedCache<OutcomeKey, OutcomeEntry>
@@ -70,7 +74,7 @@ public final class SPFVerifier: Sendable {
         self.settings = settings
         self.logger = logger
         self.executable = executable ?? "/proc/self/exe"
-        self.spawner = spawner ?? SPFProcesses.spawner
+        self.explicitSpawner = spawner
         dns = SPFDNS(resolver: DNSResolver(resolvers: settings.resolvers, timeout: settings.dnsTimeout),
                      limits: settings.dnsCache, metrics: metrics)
         outcomes = BoundedCache(maxEntries: settings.resultCacheSize, maxBytes: settings.resultCacheBytes)

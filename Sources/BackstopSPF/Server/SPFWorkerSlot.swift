@@ -15,7 +15,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
     let index: Int
     let loop: any EventLoop
     let dns: SPFDNS
-    let spawner: any SPFSpawner
+    private let spawnerOf: @Sendable () -> any SPFSpawner
+    var spawner: any SPFSpawner { spawnerOf() }
     let executable: String
     let user: String
     let logger: Logger
@@ -51,7 +52,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
         self.index = index
         self.loop = loop
         dns = verifier.dns
-        spawner = verifier.spawner
+        spawnerOf = { [weak verifier] in verifier?.spawner ?? SPFProcesses.spawner }
         executable = verifier.executable
         user = verifier.settings.workerUser
         logger = verifier.logger

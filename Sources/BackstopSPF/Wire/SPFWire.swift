@@ -262,7 +262,7 @@ public enum SPFWire {
                         u8(Int(d.qualifier))
                         u8(Int(d.mechanism.rawValue))
                         range(d.domainSpec)
-                        bytes8(d.network)
+                        bytes8(d.network?.octets ?? [])
                         u8(d.cidr4.map(Int.init) ?? 0xFF)
                         u8(d.cidr6.map(Int.init) ?? 0xFF)
                         range(d.text)
@@ -377,7 +377,7 @@ public enum SPFWire {
                         let c4 = try u8(), c6 = try u8()
                         guard let text = try range(within: source.count) else { throw DecodeError("term without text") }
                         record.directives.append(SPFRecord.Directive(
-                            qualifier: qualifier, mechanism: mechanism, domainSpec: spec, network: network,
+                            qualifier: qualifier, mechanism: mechanism, domainSpec: spec, network: SPFRecord.address(network),
                             cidr4: c4 == 0xFF ? nil : UInt8(min(c4, 32)), cidr6: c6 == 0xFF ? nil : UInt8(min(c6, 128)), text: text))
                     }
                     record.redirect = try range(within: source.count)

@@ -115,14 +115,13 @@ extension SPFRun {
     static func matches(_ d: SPFRecord.Directive, _ client: IPAddress) -> Bool {
         switch (d.mechanism, client) {
         case (.ip4, .v4(let address)):
-            guard d.network.count == 4 else { return false }
-            let network = d.network.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            guard case .v4(let network)? = d.network else { return false }
             let prefix = Int(d.cidr4 ?? 32)
             guard prefix > 0 else { return true }
             let mask = prefix >= 32 ? UInt32.max : ~(UInt32.max >> UInt32(prefix))
             return address & mask == network & mask
         case (.ip6, .v6):
-            guard d.network.count == 16, let network = IPAddress(octets: d.network) else { return false }
+            guard let network = d.network, !network.isV4 else { return false }
             let prefix = Int(d.cidr6 ?? 128)
             return client.masked(to: prefix) == network.masked(to: prefix)
         default:
