@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with AddressSanitizer and runs each for a bounded time
-# (FUZZ_SECONDS, default 60). The sources of BackstopCore they need are compiled in
-# directly, so no SwiftPM build with sanitizers is needed. Crashes are saved under
+# (FUZZ_SECONDS, default 60): the policy request parser, the recipient table parser, the
+# DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
+# sources they need are compiled in directly, so no SwiftPM build with sanitizers is needed. Crashes are saved under
 # .build/fuzz/ and make this script fail; turn each into a regression test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,7 +35,11 @@ run() {  # name, corpus
 # Everything in Protocol/ but the NIO-specific encoder entry point.
 build request-fuzzer Tests/Fuzz/RequestFuzzer.swift $(ls $core/Protocol/*.swift | grep -v '+ByteBuffer')
 run request-fuzzer Tests/Fuzz/corpus/request
-if [ -f Tests/Fuzz/TableFuzzer.swift ]; then
-    build table-fuzzer Tests/Fuzz/TableFuzzer.swift $(cat Tests/Fuzz/table-sources.txt)
-    run table-fuzzer Tests/Fuzz/corpus/table
-fi
+build table-fuzzer Tests/Fuzz/TableFuzzer.swift $(cat Tests/Fuzz/table-sources.txt)
+run table-fuzzer Tests/Fuzz/corpus/table
+# SPF: what a DNS server, a domain owner and a worker send.
+for target in dns:DNSFuzzer spf-record:SPFRecordFuzzer spf-macro:SPFMacroFuzzer spf-wire:WireFuzzer; do
+    name=${target%%:*} file=${target#*:}
+    build "$name-fuzzer" "Tests/Fuzz/$file.swift" $(cat Tests/Fuzz/spf-sources.txt)
+    run "$name-fuzzer" "Tests/Fuzz/corpus/$name"
+done

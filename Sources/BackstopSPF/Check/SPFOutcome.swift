@@ -5,16 +5,6 @@
 import BackstopCore
 import NIOCore
 
-/// RFC 7208 §2.6 results.
-public enum SPFResult: String, Sendable, CaseIterable, Equatable {
-    case pass, fail, softfail, neutral, none, permerror, temperror
-}
-
-/// Which identity was checked (RFC 7208 §2.3, §2.4).
-public enum SPFIdentity: String, Sendable, Equatable {
-    case mailfrom, helo
-}
-
 public struct SPFQuery: Sendable, Hashable {
     /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
     public var clientAddress: String

@@ -4,7 +4,9 @@
 // costs the length of the record, not the length of its expansion; an explanation stops
 // at `maxExplanation` octets. It does not look anything up: %{p} is given to it.
 
+#if canImport(BackstopCore)  // the fuzzers compile these files without the package
 import BackstopCore
+#endif
 
 /// The macro letters a string uses (what an evaluation's outcome can depend on).
 public struct SPFMacroSet: OptionSet, Sendable, Hashable {

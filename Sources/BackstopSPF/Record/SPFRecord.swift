@@ -3,7 +3,9 @@
 // source bytes plus the position of every term, so that nothing re-reads the grammar per
 // evaluation. It does not expand macros (SPFMacro) and does not evaluate (libspf2 does).
 
+#if canImport(BackstopCore)  // the fuzzers compile these files without the package
 import BackstopCore
+#endif
 import Glibc
 
 /// Why a record breaks the grammar; the text is short and quotes at most a little of it.

@@ -4,7 +4,9 @@
 // octets: what a worker sends is hostile (a record may have taken it over), and one
 // malformed frame ends that worker. Neither side's logic lives here; it knows no sockets.
 
+#if canImport(BackstopCore)  // the fuzzers compile these files without the package
 import BackstopCore
+#endif
 
 public enum SPFWire {
     /// Largest frame the server sends (an evaluation with the DNS answers it will need).

@@ -5,7 +5,9 @@
 // ten DNS-mechanism lookups, two void lookups, the query cap) starts from zero each pass,
 // so a rerun reaches the same point with the same counts. Pure state: no libspf2 calls.
 
+#if canImport(BackstopCore)  // the fuzzers compile these files without the package
 import BackstopCore
+#endif
 
 /// What an evaluation keeps between passes: what was asked, and the answers so far.
 final class SPFWorkerEvaluation {
