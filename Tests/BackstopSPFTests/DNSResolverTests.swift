@@ -52,10 +52,14 @@ final class ScriptServer: @unchecked Sendable {
         #expect(viaTCP.status == .success && viaTCP.addresses == [192, 0, 2, 1])
         let garbageTCP = try await ask("tc-garbage.test", resolver)
         #expect(garbageTCP.status == .serverFailure)
+        // Timed where the answer is produced (on the event loop), not when a busy test
+        // machine gets round to resuming this task.
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
         let started = NIODeadline.now()
-        let slowTCP = try await ask("tc-slow.test", resolver)
+        let (slowTCP, answered) = try await resolver.resolve(DNSQuestion(DNSName(text: "tc-slow.test")!, .a), on: loop)
+            .map { ($0, NIODeadline.now()) }.get()
         #expect(slowTCP.status == .timeout)
-        #expect(NIODeadline.now() - started < .seconds(3))
+        #expect(answered - started < .seconds(3), "\(answered - started)")
         // Replies that are not ours are ignored; the right one that follows is taken.
         #expect(try await ask("wrong-id.test", resolver).addresses == [192, 0, 2, 2])
         #expect(try await ask("wrong-question.test", resolver).addresses == [192, 0, 2, 3])
