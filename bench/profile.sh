@@ -6,20 +6,39 @@
 # Instruction counts do not vary with the machine's load, unlike req/s; they do not show
 # time lost to context switches and cache misses either (docs/benchmarks.md uses perf for that).
 #
-#   bench/profile.sh checks|spf-warm [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
+#   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
+#   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
 #
+# The server-side scenarios count the server process only: SPF workers are other processes.
+# spf-worker runs `backstop spf-worker --bench N` (N evaluations from a cached DNS answer,
+# through the same code a worker runs per frame: decode, libspf2, encode the answer) under
+# callgrind, counting only inside that per-frame function, and divides by N.
 # Uses a 1,000,000-entry recipient table like run.sh; valgrind 3.19 cannot read the Swift
 # binary's DWARF 5, so a copy without debug sections is profiled (symbols stay).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SCENARIO=${1:?usage: profile.sh checks|spf-warm [REQUESTS]}
+SCENARIO=${1:?usage: profile.sh checks|spf-warm|spf-peers|spf-worker [REQUESTS]}
 REQUESTS=${2:-24000}
 WARMUP=${3:-12000}
 cd "$ROOT"
 BIN=$(swift build -c release --show-bin-path)/backstop
 POLICYLOAD=$ROOT/.build/bench/policyload
+mkdir -p "$ROOT/.build/bench"
 [ -x "$POLICYLOAD" ] || gcc -O2 -Wall -o "$POLICYLOAD" ../shared/bench/policyload.c -lpthread
+
+if [ "$SCENARIO" = spf-worker ]; then
+    count=${2:-2000}
+    tmp=$(mktemp -d /tmp/backstop-profile.XXXXXX)
+    objcopy --strip-debug "$BIN" "$tmp/backstop"
+    valgrind --tool=callgrind --toggle-collect='*benchmarkFrame*' --callgrind-out-file="$tmp/out.$count" \
+        "$tmp/backstop" spf-worker --bench "$count" 2>/dev/null
+    total=$(callgrind_annotate "$tmp/out.$count" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "spf-worker: $(( total / count )) instructions per evaluation ($count evaluations of \"v=spf1 ip4:198.18.0.0/15 -all\")"
+    callgrind_annotate "$tmp/out.$count" | grep -E '^ *[0-9,]+ +\(' | sed -n '2,21p' | cut -c1-180
+    rm -rf "$tmp"
+    exit 0
+fi
 
 WORK=$(mktemp -d /tmp/backstop-profile.XXXXXX)
 PIDS=()
@@ -35,20 +54,29 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 awk 'BEGIN { for (d = 1; d <= 1000; d++) for (u = 1; u <= 1000; u++) printf "user%d@dom%d.bench.test OK\n", u, d }' > "$WORK/recipients"
 objcopy --strip-debug "$BIN" "$WORK/backstop"
 PORT=$(free_port)
+echo "trap@dom1.bench.test 550 5.7.1 Spam trap" >> "$WORK/recipients"
 RCPT='"recipients", "bounces", "ratelimit"'
 SPF=""
-if [ "$SCENARIO" = spf-warm ]; then
+if [ "$SCENARIO" = spf-warm ] || [ "$SCENARIO" = spf-peers ]; then
     python3 -c '
 import json, sys
 record = {"TXT": "v=spf1 ip4:198.18.0.0/15 -all"}
-json.dump({"d%d.spf.bench.test" % i: [record] for i in range(1, 3001)}, open(sys.argv[1], "w"))' "$WORK/zone.json"
+zone = {"d%d.spf.bench.test" % i: [record] for i in range(1, 3001)}
+for i in range(1, 6):
+    zone["p%d.peer.bench.test" % i] = [{"TXT": "v=spf1 ip4:198.51.100.0/25 -all"}]
+for i in range(1, 4):
+    zone["n%d.peer.bench.test" % i] = [{"TXT": "not an SPF record"}]
+json.dump(zone, open(sys.argv[1], "w"))' "$WORK/zone.json"
     mkfifo "$WORK/dns.in"
     python3 Tests/Support/dns_server.py --zone "$WORK/zone.json" --ttl 3600 < "$WORK/dns.in" > "$WORK/dns.out" &
     PIDS+=($!)
     exec 7> "$WORK/dns.in"
     for _ in $(seq 100); do [ -s "$WORK/dns.out" ] && break; sleep 0.05; done
     RCPT='"recipients", "bounces", "spf", "ratelimit"'
-    SPF=$(printf '[spf]\nresolvers = ["127.0.0.1:%s"]' "$(head -n 1 "$WORK/dns.out")")
+    [ "$SCENARIO" = spf-peers ] && RCPT='"recipients", "spf", "ratelimit"'
+    # Outcomes kept for the whole run: callgrind slows the server ~50 times, and the
+    # default result_cache_ttl (60 s) would expire in the middle of the measured requests.
+    SPF=$(printf '[spf]\nresolvers = ["127.0.0.1:%s"]\nresult_cache_ttl = "1h"' "$(head -n 1 "$WORK/dns.out")")
 fi
 cat > "$WORK/backstop.toml" <<EOF
 [[listen]]
@@ -65,10 +93,10 @@ tables = ["$WORK/recipients"]
 [ratelimit]
 max_keys = 1000000
 [[ratelimit.rule]]
-name = "per_client"
-key = "client_address"
+name = "$([ "$SCENARIO" = spf-peers ] && echo per_sender || echo per_client)"
+key = "$([ "$SCENARIO" = spf-peers ] && echo sender || echo client_address)"
 count = "recipient"
-limit = "200/1d"
+limit = "$([ "$SCENARIO" = spf-peers ] && echo 50/60s || echo 200/1d)"
 action = "DEFER 4.7.1 Rate limit exceeded, try again later"
 [bounces]
 no_reply_addresses = ["@notify.bench.test"]

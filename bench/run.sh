@@ -6,13 +6,15 @@
 # throughput ratios, p99 latency, RSS, start-up time. Everything runs on loopback and is
 # stopped on exit. It does not judge a single absolute number: the machine is shared.
 #
-#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR]
+#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR] [--only LIST]
 #
 #   --quick      short runs (3 s, 1 round, 200,000 rate-limit keys) for trying the script out
 #   --no-build   use the release binary already built
 #   --rounds N   measured rounds per scenario, Backstop and refserver alternating (default 3)
 #   --duration S seconds measured per run (default 10, after 2 s of warm-up)
 #   --out DIR    keep raw results here (default .build/bench/<date>)
+#   --only LIST  comma-separated scenarios: checks, spf-warm, spf-peers, new-connection,
+#                spf-cold, keys, ratelimit, example, startup (default: all of them)
 #
 # Needs: swift, gcc, python3 with dnslib (Tests/Support/dns_server.py), and the policyload
 # and refserver sources in ../shared/bench (or BACKSTOP_BENCH_TOOLS=dir).
@@ -20,7 +22,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS_SRC=${BACKSTOP_BENCH_TOOLS:-$ROOT/../shared/bench}
-QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT=""
+QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT="" ONLY="checks,spf-warm,spf-peers,new-connection,spf-cold,keys,ratelimit,example,startup"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -28,7 +30,8 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --only) ONLY=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -57,6 +60,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+wanted() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 log() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -81,11 +85,17 @@ MIXES=$ROOT/bench/mixes
 log "generating a $TABLE_SIZE-entry recipient table and the configurations in $WORK"
 awk -v n="$TABLE_SIZE" 'BEGIN { for (d = 1; d <= 1000; d++) for (u = 1; u <= n / 1000; u++) printf "user%d@dom%d.bench.test OK\n", u, d }' \
     > "$WORK/recipients"
+echo "trap@dom1.bench.test 550 5.7.1 Spam trap" >> "$WORK/recipients"   # spf-peers' spam-trap recipient
 python3 - "$WORK/zone.json" <<'EOF'
 import json, sys
 record = {"TXT": "v=spf1 ip4:198.18.0.0/15 -all"}
 zone = {"d%d.spf.bench.test" % i: [record] for i in range(1, 3001)}
 zone["*.cold.bench.test"] = [record]
+# spf-peers: five sender domains allowing the first half of 198.51.100.0/24, three without SPF.
+for i in range(1, 6):
+    zone["p%d.peer.bench.test" % i] = [{"TXT": "v=spf1 ip4:198.51.100.0/25 -all"}]
+for i in range(1, 4):
+    zone["n%d.peer.bench.test" % i] = [{"TXT": "not an SPF record"}]
 json.dump(zone, open(sys.argv[1], "w"))
 EOF
 
@@ -104,6 +114,8 @@ config() {
                 ratelimit) printf '\n[ratelimit]\nmax_keys = 1000000\n\n[[ratelimit.rule]]\nname = "per_client"\nkey = "client_address"\ncount = "recipient"\nlimit = "200/1d"\naction = "DEFER 4.7.1 Rate limit exceeded, try again later"\n' ;;
                 bounces) printf '\n[bounces]\nno_reply_addresses = ["@notify.bench.test"]\n' ;;
                 spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT" ;;
+                spf1) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\nworkers = 1\n' "$DNS_PORT" ;;
+                persender) printf '\n[ratelimit]\n\n[[ratelimit.rule]]\nname = "per_sender"\nkey = "sender"\ncount = "recipient"\nlimit = "50/60s"\naction = "DEFER 4.7.1 Too many recipients from this sender, try again later"\n' ;;
                 metrics) printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" ;;
             esac
         done
@@ -187,46 +199,88 @@ CHECKS_PORT=$(free_port)
 config checks "$CHECKS_PORT" '"recipients", "bounces", "ratelimit"' recipients bounces ratelimit
 start_backstop checks "$CHECKS_PORT"
 CHECKS_PID=$BS_PID
-SPF_PORT=$(free_port)
-config spf "$SPF_PORT" '"recipients", "bounces", "spf", "ratelimit"' recipients bounces ratelimit spf
-start_backstop spf "$SPF_PORT"
-SPF_PID=$BS_PID
 record "{\"rss\":\"checks_started\",\"kib\":$(rss_kib "$CHECKS_PID")}"
-
-log "warming the SPF DNS cache (3,000 domains)"
-"$POLICYLOAD" -q -t "127.0.0.1:$SPF_PORT" -f "$MIXES/spf-warm.mix" -c $CONNS -n 60000 > /dev/null
+if wanted spf-warm || wanted spf-cold; then
+    SPF_PORT=$(free_port)
+    config spf "$SPF_PORT" '"recipients", "bounces", "spf", "ratelimit"' recipients bounces ratelimit spf
+    start_backstop spf "$SPF_PORT"
+    SPF_PID=$BS_PID
+    log "warming the SPF DNS cache (3,000 domains)"
+    "$POLICYLOAD" -q -t "127.0.0.1:$SPF_PORT" -f "$MIXES/spf-warm.mix" -c $CONNS -n 60000 > /dev/null
+fi
+if wanted spf-peers; then
+    PEERS_PORT=$(free_port)
+    config peers "$PEERS_PORT" '"recipients", "spf", "ratelimit"' recipients spf persender
+    start_backstop peers "$PEERS_PORT"
+    PEERS_PID=$BS_PID
+    "$POLICYLOAD" -q -t "127.0.0.1:$PEERS_PORT" -f "$MIXES/spf-peers.mix" -c $CONNS -n 20000 > /dev/null
+fi
 dns_command reset > /dev/null
 
 for round in $(seq "$ROUNDS"); do
-    load checks refserver "$round" "$REF_PORT" "$MIXES/checks.mix" -d "$DURATION" -w "$WARMUP"
-    load checks backstop "$round" "$CHECKS_PORT" "$MIXES/checks.mix" -d "$DURATION" -w "$WARMUP"
-    load spf-warm refserver "$round" "$REF_PORT" "$MIXES/spf-warm.mix" -d "$DURATION" -w "$WARMUP"
-    load spf-warm backstop "$round" "$SPF_PORT" "$MIXES/spf-warm.mix" -d "$DURATION" -w "$WARMUP"
-    load new-connection refserver "$round" "$REF_PORT" "$MIXES/checks.mix" -N -d "$DURATION" -w "$WARMUP"
-    load new-connection backstop "$round" "$CHECKS_PORT" "$MIXES/checks.mix" -N -d "$DURATION" -w "$WARMUP"
+    if wanted checks; then
+        load checks refserver "$round" "$REF_PORT" "$MIXES/checks.mix" -d "$DURATION" -w "$WARMUP"
+        load checks backstop "$round" "$CHECKS_PORT" "$MIXES/checks.mix" -d "$DURATION" -w "$WARMUP"
+    fi
+    if wanted spf-warm; then
+        load spf-warm refserver "$round" "$REF_PORT" "$MIXES/spf-warm.mix" -d "$DURATION" -w "$WARMUP"
+        load spf-warm backstop "$round" "$SPF_PORT" "$MIXES/spf-warm.mix" -d "$DURATION" -w "$WARMUP"
+    fi
+    if wanted spf-peers; then
+        load spf-peers refserver "$round" "$REF_PORT" "$MIXES/spf-peers.mix" -d "$DURATION" -w "$WARMUP"
+        load spf-peers backstop "$round" "$PEERS_PORT" "$MIXES/spf-peers.mix" -d "$DURATION" -w "$WARMUP"
+    fi
+    if wanted new-connection; then
+        load new-connection refserver "$round" "$REF_PORT" "$MIXES/checks.mix" -N -d "$DURATION" -w "$WARMUP"
+        load new-connection backstop "$round" "$CHECKS_PORT" "$MIXES/checks.mix" -N -d "$DURATION" -w "$WARMUP"
+    fi
 done
-record "{\"dns_queries\":\"spf-warm\",\"count\":$(dns_command count)}"
 record "{\"rss\":\"checks_after_load\",\"kib\":$(rss_kib "$CHECKS_PID")}"
-record "{\"rss\":\"spf_after_load\",\"kib\":$(rss_kib "$SPF_PID")}"
+if wanted spf-warm; then
+    record "{\"dns_queries\":\"spf-warm\",\"count\":$(dns_command count)}"
+    record "{\"rss\":\"spf_after_load\",\"kib\":$(rss_kib "$SPF_PID")}"
+fi
+if wanted spf-peers; then
+    record "{\"rss\":\"peers_after_load\",\"kib\":$(rss_kib "$PEERS_PID")}"
+    stop_pid "$PEERS_PID"
+fi
 
-# Cold DNS: every request a domain never seen, the DNS server answering 1 ms late.
-dns_command "delay 1" > /dev/null
-dns_command reset > /dev/null
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
-cold_started=$(date +%s.%N) dns_ticks=$(cpu_ticks "$DNS_PID") spf_ticks=$(cpu_ticks "$SPF_PID")
-load spf-cold backstop 1 "$SPF_PORT" "$MIXES/spf-cold.mix" -d "$DURATION" -w "$WARMUP"
-cold_seconds=$(awk -v a="$cold_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
-record "{\"dns_queries\":\"spf-cold\",\"count\":$(dns_command count),\"seconds\":$cold_seconds,\"dns_cpu_s\":$(( $(cpu_ticks "$DNS_PID") - dns_ticks ))e-2,\"backstop_cpu_s\":$(( $(cpu_ticks "$SPF_PID") - spf_ticks ))e-2}"
-dns_command "delay 0" > /dev/null
-stop_pid "$SPF_PID"
+# Cold DNS: every request a domain never seen, the DNS server answering 10 ms late. The
+# throughput is set by the queries in flight (one per connection here), not by the number
+# of worker processes: 4 workers and 1 worker with 16 connections, then 1 worker with 64.
+if wanted spf-cold; then
+    dns_command "delay 10" > /dev/null
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+    cold() {  # label, port, pid, connections
+        dns_command reset > /dev/null
+        local started dns_ticks spf_ticks seconds
+        started=$(date +%s.%N) dns_ticks=$(cpu_ticks "$DNS_PID") spf_ticks=$(cpu_ticks "$3")
+        CONNS=$4 load "$1" backstop 1 "$2" "$MIXES/spf-cold.mix" -d "$DURATION" -w "$WARMUP"
+        seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
+        record "{\"dns_queries\":\"$1\",\"count\":$(dns_command count),\"seconds\":$seconds,\"dns_cpu_s\":$(( $(cpu_ticks "$DNS_PID") - dns_ticks ))e-2,\"backstop_cpu_s\":$(( $(cpu_ticks "$3") - spf_ticks ))e-2}"
+    }
+    cold spf-cold "$SPF_PORT" "$SPF_PID" 16
+    COLD1_PORT=$(free_port)
+    config cold1 "$COLD1_PORT" '"recipients", "bounces", "spf", "ratelimit"' recipients bounces ratelimit spf1
+    start_backstop cold1 "$COLD1_PORT"
+    COLD1_PID=$BS_PID
+    cold spf-cold-1-worker "$COLD1_PORT" "$COLD1_PID" 16
+    cold spf-cold-1-worker-64 "$COLD1_PORT" "$COLD1_PID" 64
+    stop_pid "$COLD1_PID"
+    dns_command "delay 0" > /dev/null
+fi
+[ -n "${SPF_PID:-}" ] && stop_pid "$SPF_PID"
 
 # 1,000,000 rate-limit keys on top of the 1,000,000-entry table (the checks server).
+if wanted keys; then
 log "driving $KEYS_REQUESTS requests from random 10.0.0.0/8 clients into the checks server"
 load keys-fill backstop 1 "$CHECKS_PORT" "$MIXES/ratelimit-keys.mix" -n "$KEYS_REQUESTS"
 record "{\"rss\":\"checks_table_and_keys\",\"kib\":$(rss_kib "$CHECKS_PID")}"
+fi
 stop_pid "$CHECKS_PID"
 
 # Rate limits alone (issue 5): RSS before and after the same 1,000,000 keys.
+if wanted ratelimit; then
 RL_PORT=$(free_port)
 METRICS_PORT=$(free_port)   # only here: its gauge says how many keys the store holds
 config ratelimit "$RL_PORT" '"ratelimit"' ratelimit metrics
@@ -241,8 +295,10 @@ for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], 
     if line.startswith("backstop_ratelimit_keys"): print(int(float(line.split()[-1])))' "$METRICS_PORT" | head -n 1)
 record "{\"ratelimit_keys_held\":${keys:-null}}"
 stop_pid "$BS_PID"
+fi
 
 # Idle with the example configuration (its tables, another port).
+if wanted example; then
 EX_PORT=$(free_port)
 mkdir -p "$WORK/example"
 cp examples/recipients "$WORK/example/recipients"
@@ -251,10 +307,11 @@ start_backstop example "$EX_PORT" "$WORK/example/backstop.toml"
 sleep 2
 record "{\"rss\":\"example_idle\",\"kib\":$(rss_kib "$BS_PID")}"
 stop_pid "$BS_PID"
+fi
 
 # Start-up to the first answer with the 1,000,000-entry table (issue 7), and the table's
 # own load time and memory (issue 4): the recipients check alone, log level info.
-for attempt in 1 2 3; do
+wanted startup && for attempt in 1 2 3; do
     TABLE_PORT=$(free_port)   # a fresh port each time: no answer from the previous server
     config table "$TABLE_PORT" '"recipients"' recipients
     sed -i 's/^level = "warning"/level = "info"/' "$WORK/table.toml"

@@ -14,9 +14,16 @@ struct SPFWorkerCommand: ParsableCommand {
     @Option(help: "The user to switch to when started as root (spf.worker_user).") var user = "nobody"
     @Option(help: "Process id of the process that spawned this worker.") var parent: Int32 = 0
     @Flag(help: "Set up the sandbox, then try to open a socket (the filter must kill the process).") var sandboxTest = false
+    @Option(help: "Run this many evaluations of --record in process and exit (instruction counts, bench/profile.sh).") var bench: Int?
+    @Option(help: "The SPF record --bench evaluates.") var record = "v=spf1 ip4:198.18.0.0/15 -all"
 
     func run() throws {
-        let status = sandboxTest ? SPFWorkerProcess.sandboxTest(user: user) : SPFWorkerProcess.run(user: user, parent: parent)
+        let status: Int32
+        if let bench {
+            status = SPFWorkerProcess.benchmark(count: bench, record: record)
+        } else {
+            status = sandboxTest ? SPFWorkerProcess.sandboxTest(user: user) : SPFWorkerProcess.run(user: user, parent: parent)
+        }
         if status != 0 { throw ExitCode(status) }
     }
 }

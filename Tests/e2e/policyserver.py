@@ -36,6 +36,7 @@ class Environment:
     root: Path                  # directory of backstop.toml (relative paths resolve here)
     dns_address: str | None     # "127.0.0.1:PORT" of the loopback DNS server, if running
     rate_limit: int             # requests per client address the ratelimit rule allows
+    test_mode: bool = False     # [spf] and [ratelimit] test_mode (a scenario reloads with it)
 
 
 @dataclass
@@ -46,7 +47,10 @@ class CheckSetup:
 
 
 # Recipients known to the recipient table at start; tests add more at run time.
-KNOWN_RECIPIENTS = ["alice@example.test", "bob@example.test", "postmaster@example.test"]
+KNOWN_RECIPIENTS = ["alice@example.test", "bob@example.test", "postmaster@example.test",
+                    "walter@example.test", "victor@example.test"]
+# The one client the per-recipient rule applies to (a pass for pass.spf.test).
+ONCE_PER_RECIPIENT_CLIENT = "198.51.100.250"
 RECIPIENT_TABLE = "recipients.txt"
 
 
@@ -63,6 +67,8 @@ def _spf(env: Environment) -> str:
 resolvers = ["{env.dns_address}"]
 trusted_networks = []         # the test clients are on loopback, trusted by default
 receiver = "mx.backstop.test"
+worker_user = "daemon"        # the server runs as nobody; workers need a user of their own
+test_mode = {"true" if env.test_mode else "false"}
 dns_timeout = "1s"
 evaluation_deadline = "4s"    # inside [policy] deadline (5s)
 """
@@ -70,11 +76,19 @@ evaluation_deadline = "4s"    # inside [policy] deadline (5s)
 
 def _ratelimit(env: Environment) -> str:
     return f"""[ratelimit]
+test_mode = {"true" if env.test_mode else "false"}
 [[ratelimit.rule]]
 name = "per-client"
 key = "client_address"
 count = "recipient"
 limit = "{env.rate_limit}/1h"
+[[ratelimit.rule]]
+# Refuses a recipient after SPF added its header (the header-once scenarios).
+name = "once-per-recipient"
+key = "recipient"
+count = "recipient"
+limit = "1/1h"
+only_networks = ["{ONCE_PER_RECIPIENT_CLIENT}/32"]
 """
 
 
@@ -216,6 +230,16 @@ deadline = "5s\"""")
     def reload(self):
         assert self.process and self.process.poll() is None
         self.process.send_signal(signal.SIGHUP)
+
+    def reconfigure(self, timeout: float = 15, **env):
+        """Rewrites the configuration with `env` changed, reloads, waits until it is in force."""
+        for key, value in env.items():
+            setattr(self.env, key, value)
+        before = self.log_text().count("configuration reloaded")
+        self.write_config()
+        self.check_config()
+        self.reload()
+        wait_until(lambda: self.log_text().count("configuration reloaded") > before, timeout, what="backstop to reload")
 
     @property
     def pid(self) -> int | None:

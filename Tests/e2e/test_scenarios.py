@@ -13,7 +13,7 @@ import pytest
 
 from conftest import RATE_LIMIT, MailSystem
 from mailsystem import wait_until
-from policyserver import KNOWN_RECIPIENTS, write_recipient_table
+from policyserver import KNOWN_RECIPIENTS, ONCE_PER_RECIPIENT_CLIENT, write_recipient_table
 import smtpclient
 
 KNOWN = "alice@example.test"
@@ -140,6 +140,67 @@ def test_spf_pass_adds_received_spf_header(mail: MailSystem, wiring):
     values = copy.header("Received-SPF")
     assert values and values[0].lower().startswith("pass") and "198.51.100." in values[0], copy.text
     assert len(values) == 1, f"{len(values)} Received-SPF headers for one message:\n{copy.text}"
+
+
+# 5b ------------------------------------------------------------------------------------
+# Administrators' issue: the Received-SPF header goes into the answer for the first
+# recipient that reaches SPF. When a later check refuses that recipient, the header must
+# still reach the message through the next accepted one: exactly one header, with and
+# without test mode.
+
+def _refused_then_accepted(mail: MailSystem, first: str, second: str, sender: str, expect_first: str):
+    ip = ONCE_PER_RECIPIENT_CLIENT
+    token = mail.token("spf-header-" + first.split("@")[0])
+    r = mail.send(sender=sender, recipients=[first, second], token=token, xclient_addr=ip)
+    assert r.rcpt_reply(first).reply[-1].startswith(expect_first), r.explain()
+    assert r.rcpt_reply(second).code == 250, r.explain()
+    return token, r
+
+
+@pytest.mark.needs("spf", "ratelimit")
+def test_a_refused_recipient_does_not_take_the_header_with_it(mail: MailSystem):
+    ip = ONCE_PER_RECIPIENT_CLIENT
+    # walter@ uses up his one recipient from this client; victor@ has his.
+    r = mail.send(sender="first@pass.spf.test", recipients=["walter@example.test"], xclient_addr=ip, quit_after="RCPT")
+    assert r.rcpt_reply("walter@example.test").code == 250, r.explain()
+    token, r = _refused_then_accepted(mail, "walter@example.test", "victor@example.test", f"{token_sender()}@pass.spf.test", "450 4.7.1")
+    assert r.exit_code == smtpclient.SWAKS_OK, r.explain()
+    copy = mail.delivered(token, r.queue_id, ["victor@example.test"])
+    values = copy.header("Received-SPF")
+    assert len(values) == 1 and values[0].lower().startswith("pass"), copy.text
+
+
+@pytest.mark.needs("spf", "ratelimit")
+def test_test_mode_keeps_the_header(mail: MailSystem):
+    ip = ONCE_PER_RECIPIENT_CLIENT
+    mail.backstop.reconfigure(test_mode=True)
+    try:
+        # The rate limit would refuse walter@ (used up above, or now): test mode accepts him and
+        # the message still carries one header.
+        mail.send(sender="first@pass.spf.test", recipients=["walter@example.test"], xclient_addr=ip, quit_after="RCPT")
+        token, r = _refused_then_accepted(mail, "walter@example.test", "alice@example.test", f"{token_sender()}@pass.spf.test", "250")
+        copy = mail.delivered(token, r.queue_id, ["walter@example.test", "alice@example.test"])
+        values = copy.header("Received-SPF")
+        assert len(values) == 1 and values[0].lower().startswith("pass"), copy.text
+        assert any("test_mode_would=" in l for l in backstop_decisions(mail, token_sender.last + "@pass.spf.test")), \
+            mail.backstop.log_text()[-3000:]
+        # An SPF fail in test mode: delivered, with the fail in its one header.
+        token = mail.token("spf-test-mode-fail")
+        r = mail.send(sender="forger@fail.spf.test", recipients=["alice@example.test", "bob@example.test"], token=token,
+                      xclient_addr=mail.next_internet_ip())
+        assert r.exit_code == smtpclient.SWAKS_OK, r.explain()
+        copy = mail.delivered(token, r.queue_id, ["alice@example.test", "bob@example.test"])
+        values = copy.header("Received-SPF")
+        assert len(values) == 1 and values[0].lower().startswith("fail"), copy.text
+    finally:
+        mail.backstop.reconfigure(test_mode=False)
+
+
+def token_sender() -> str:
+    """A sender local part never used before (the decision log is searched by sender)."""
+    token_sender.count = getattr(token_sender, "count", 0) + 1
+    token_sender.last = f"hdr{token_sender.count}x{int(time.time() * 1000) % 100000}"
+    return token_sender.last
 
 
 # 6 -------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ public struct Configuration: Sendable {
             config.checks[kind.name] = kind.read(section, config.baseDirectory)
             section.finish()
         }
+        for (name, settings) in config.checks.sorted(by: { $0.key < $1.key }) {
+            for (key, message) in settings.conflicts(with: config) { root.section(name).report(key, message) }
+        }
         root.finish()
         return config
     }

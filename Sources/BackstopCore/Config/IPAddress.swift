@@ -9,6 +9,12 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
     case v6(UInt64, UInt64)
 
     public init?(_ text: String) {
+        // Postfix reports most clients as a plain dotted quad: parsed from the octets.
+        if let parsed = text.utf8.withContiguousStorageIfAvailable({ IPAddress(dottedQuad: UnsafeRawBufferPointer($0)) }),
+           let address = parsed {
+            self = address
+            return
+        }
         var s = text
         if s.hasPrefix("[") && s.hasSuffix("]") { s = String(s.dropFirst().dropLast()) }
         if s.lowercased().hasPrefix("ipv6:") { s = String(s.dropFirst(5)) }

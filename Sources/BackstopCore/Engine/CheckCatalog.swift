@@ -9,6 +9,12 @@ import NIOCore
 /// Settings of one check, read from its section; builds the running check.
 public protocol CheckSettings: Sendable {
     func makeCheck(_ context: CheckBuildContext) throws -> any Check
+    /// Problems with the rest of the configuration, as (key of this section, message).
+    func conflicts(with configuration: Configuration) -> [(key: String, message: String)]
+}
+
+extension CheckSettings {
+    public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] { [] }
 }
 
 public struct CheckBuildContext: Sendable {

@@ -44,8 +44,14 @@ public enum ResponseEncoder {
     public static func sanitise(_ text: String, limit: Int) -> String {
         // Most texts (DSNs, Received-SPF headers) are printable ASCII that fits: nothing to
         // replace or cut, so only the trimming below applies. This skips the per-scalar copy.
-        let utf8 = text.utf8
-        if utf8.count <= limit, !utf8.contains(where: { $0 < 0x20 || $0 > 0x7E }) {
+        var copy = text
+        let plain = copy.withUTF8 { octets -> Bool in
+            guard octets.count <= limit else { return false }
+            for b in octets where b < 0x20 || b > 0x7E { return false }
+            return true
+        }
+        if plain {
+            let utf8 = text.utf8
             if utf8.first != UInt8(ascii: " ") && utf8.last != UInt8(ascii: " ") { return text }
             return text.trimmingSpaces
         }

@@ -2,7 +2,8 @@
 // clock and a cost in octets, bounded in entries and in octets at once. When either bound
 // would be passed the oldest entries go first (insertion order); expired entries go when
 // met. One lock per cache, held for a dictionary access. It does not load values (callers
-// do, and coalesce their own work in flight).
+// do, and coalesce their own work in flight). Inlinable, so that each user's key and value
+// types are specialised where it is used, not looked up at run time on every call.
 
 import NIOConcurrencyHelpers
 import NIOCore
@@ -11,22 +12,36 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     public let maxEntries: Int
     public let maxBytes: Int
 
-    private struct Entry {
-        var value: Value
-        var expires: NIODeadline
-        var cost: Int
-        var serial: UInt64
+    @usableFromInline
+    struct Entry: Sendable {
+        @usableFromInline var value: Value
+        @usableFromInline var expires: NIODeadline
+        @usableFromInline var cost: Int
+        @usableFromInline var serial: UInt64
+
+        @inlinable
+        init(value: Value, expires: NIODeadline, cost: Int, serial: UInt64) {
+            self.value = value
+            self.expires = expires
+            self.cost = cost
+            self.serial = serial
+        }
     }
 
-    private struct State {
-        var entries: [Key: Entry] = [:]
+    @usableFromInline
+    struct State: Sendable {
+        @usableFromInline var entries: [Key: Entry] = [:]
         /// Insertion order for eviction; a slot whose serial no longer matches is stale.
-        var order = CircularBuffer<(key: Key, serial: UInt64)>()
-        var bytes = 0
-        var serial: UInt64 = 0
+        @usableFromInline var order = CircularBuffer<(key: Key, serial: UInt64)>()
+        @usableFromInline var bytes = 0
+        @usableFromInline var serial: UInt64 = 0
+
+        @inlinable
+        init() {}
     }
 
-    private let state = NIOLockedValueBox(State())
+    @usableFromInline
+    let state = NIOLockedValueBox(State())
 
     public init(maxEntries: Int, maxBytes: Int) {
         self.maxEntries = max(0, maxEntries)
@@ -37,6 +52,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     public var bytes: Int { state.withLockedValue { $0.bytes } }
 
     /// The live value for `key`, or nil.
+    @inlinable
     public func value(_ key: Key, now: NIODeadline = .now()) -> Value? {
         state.withLockedValue { s in
             guard let entry = s.entries[key] else { return nil }
@@ -51,18 +67,20 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
 
     /// Stores `value` until `expires`. A value costing more than a sixteenth of the byte
     /// budget is not kept: one entry must not empty the cache of everything else.
+    @inlinable
     public func insert(_ key: Key, _ value: Value, cost: Int, expires: NIODeadline, now: NIODeadline = .now()) {
         guard maxEntries > 0, expires > now, cost <= maxBytes / 16 else { return }
         state.withLockedValue { s in
             s.serial &+= 1
-            if let old = s.entries[key] { s.bytes -= old.cost }
-            s.entries[key] = Entry(value: value, expires: expires, cost: cost, serial: s.serial)
+            if let old = s.entries.updateValue(Entry(value: value, expires: expires, cost: cost, serial: s.serial), forKey: key) {
+                s.bytes -= old.cost
+            }
             s.bytes += cost
             s.order.append((key, s.serial))
             while s.entries.count > maxEntries || s.bytes > maxBytes, let (oldKey, oldSerial) = s.order.popFirst() {
-                if let old = s.entries[oldKey], old.serial == oldSerial {
-                    s.bytes -= old.cost
-                    s.entries[oldKey] = nil
+                if let index = s.entries.index(forKey: oldKey), s.entries.values[index].serial == oldSerial {
+                    s.bytes -= s.entries.values[index].cost
+                    s.entries.remove(at: index)
                 }
             }
             // Replacements leave stale slots behind: keep the order list near the live count.
@@ -74,6 +92,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
         }
     }
 
+    @inlinable
     public func remove(_ key: Key) {
         state.withLockedValue { s in
             if let old = s.entries.removeValue(forKey: key) { s.bytes -= old.cost }

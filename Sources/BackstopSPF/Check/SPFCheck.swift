@@ -12,14 +12,24 @@ public final class SPFCheck: RetirableCheck {
     public let name = "spf"
     public let settings: SPFSettings
     public let verifier: SPFVerifier
-    /// Per message (instance, client, sender, HELO): its outcomes and whether its header was added.
+    /// Per message (Postfix's instance): its outcomes and whether its header was added.
     let messages: BoundedCache<String, MessageState>
     let logger: Logger
+    /// Whether outcomes are logged (read once: a new check is made on every reload).
+    let logsOutcomes: Bool
 
     final class MessageState: Sendable {
         let evaluated: SPFEvaluated
         let header = HeaderOnce()
-        init(_ evaluated: SPFEvaluated) { self.evaluated = evaluated }
+        /// What the instance was evaluated for: a request with the same instance but another
+        /// client, sender or HELO is another message.
+        let client: String, sender: String, helo: String
+        init(_ evaluated: SPFEvaluated, client: String, sender: String, helo: String) {
+            self.evaluated = evaluated
+            self.client = client
+            self.sender = sender
+            self.helo = helo
+        }
     }
 
     /// How long one message's outcome and header flag are kept: as long as a transaction
@@ -43,6 +53,7 @@ public final class SPFCheck: RetirableCheck {
         self.settings = settings
         self.verifier = verifier
         self.logger = logger
+        logsOutcomes = logger.logLevel <= .debug
         if let previous, previous.verifier === verifier {
             messages = previous.messages
         } else {
@@ -50,10 +61,11 @@ public final class SPFCheck: RetirableCheck {
         }
     }
 
-    /// Stops the verifier's workers when the check that replaces this one does not use them.
+    /// Stops the verifier's workers when the check that replaces this one does not use them
+    /// (after the evaluations in flight have had their time).
     public func retire(replacedBy successor: (any Check)?) {
         guard (successor as? SPFCheck)?.verifier !== verifier else { return }
-        verifier.shutdown()
+        verifier.retire()
     }
 
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
@@ -65,31 +77,32 @@ public final class SPFCheck: RetirableCheck {
         if settings.trustedNetworks.contains(address) { return .done(.noOpinion("spf=skipped(trusted_network)")) }
         let sender = request.sender
         let helo = request.heloName
-        if !sender.isEmpty, SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain,
-                                                in: settings.skipSenderDomains) {
+        if !sender.isEmpty, !settings.skipSenderDomains.isEmpty,
+           SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain, in: settings.skipSenderDomains) {
             return .done(.noOpinion("spf=skipped(sender_domain)"))
         }
         let instance = request.instance
-        let key = instance.isEmpty ? nil : instance + "|" + client + "|" + sender + "|" + helo
-        if let key, let state = messages.value(key) {
+        if !instance.isEmpty, let state = messages.value(instance), state.client == client, state.sender == sender, state.helo == helo {
             return .done(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo)
         if let evaluated = cached(queries) {
-            return .done(decided(evaluated, key: key, logger: context.logger))
+            return .done(decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger))
         }
         let deadline = context.deadline - .milliseconds(20)
         return .pending(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
-            self.decided(evaluated, key: key, logger: context.logger)
+            self.decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger)
         })
     }
 
-    private func decided(_ evaluated: SPFEvaluated, key: String?, logger: Logger) -> Verdict {
+    /// Logs the outcomes and remembers them for the message (`request`: the request's client,
+    /// sender and HELO, as its MAIL FROM query holds them).
+    private func decided(_ evaluated: SPFEvaluated, instance: String, _ request: SPFQuery, logger: Logger) -> Verdict {
         log(evaluated, logger)
-        guard let key else { return verdict(for: evaluated, header: nil) }
-        let state = MessageState(evaluated)
+        guard !instance.isEmpty else { return verdict(for: evaluated, header: nil) }
+        let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
         let now = NIODeadline.now()
-        messages.insert(key, state, cost: evaluated.cost + key.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
+        messages.insert(instance, state, cost: evaluated.cost + instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
         return verdict(for: evaluated, header: state.header)
     }
 
@@ -219,22 +232,22 @@ public final class SPFCheck: RetirableCheck {
     }
 
     static func fillText(_ text: String, _ values: [String: String]) -> String {
-        guard text.contains("{") else { return text }
-        var out = ""
-        var rest = Substring(text)
-        while let open = rest.firstIndex(of: "{") {
-            out += rest[..<open]
-            guard let close = rest[open...].firstIndex(of: "}"),
-                  let value = values[String(rest[rest.index(after: open)..<close])] else {
-                out.append("{")
-                rest = rest[rest.index(after: open)...]
-                continue
+        let octets = Array(text.utf8)
+        guard octets.contains(UInt8(ascii: "{")) else { return text }
+        var out: [UInt8] = []
+        out.reserveCapacity(octets.count + 64)
+        var i = 0
+        while i < octets.count {
+            if octets[i] == UInt8(ascii: "{"), let close = octets[i...].firstIndex(of: UInt8(ascii: "}")),
+               let value = values[String(decoding: octets[(i + 1)..<close], as: UTF8.self)] {
+                out += value.utf8
+                i = close + 1
+            } else {
+                out.append(octets[i])
+                i += 1
             }
-            out += value
-            rest = rest[rest.index(after: close)...]
         }
-        out += rest
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The header this outcome adds, without "PREPEND "; nil when headers are off.
@@ -247,8 +260,13 @@ public final class SPFCheck: RetirableCheck {
     }
 
     func log(_ evaluated: SPFEvaluated, _ logger: Logger) {
-        for outcome in [evaluated.helo, evaluated.mailfrom].compactMap({ $0 }) {
-            verifier.metrics.results[outcome.result]?.increment()
+        if let helo = evaluated.helo { log(helo, logger) }
+        if let mailfrom = evaluated.mailfrom { log(mailfrom, logger) }
+    }
+
+    private func log(_ outcome: SPFOutcome, _ logger: Logger) {
+        verifier.metrics.results[outcome.result]?.increment()
+        if logsOutcomes {
             logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) cached=\(outcome.cached) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
         }
     }

@@ -8,44 +8,43 @@ public enum SPFHeader {
         var out = Builder()
         let query = outcome.query
         let mailbox = query.checkedMailbox
-        out.append("Received-SPF: ")
-        out.append(outcome.result.rawValue)
-        out.append(" (")
+        out.literal("Received-SPF: ")
+        out.literal(outcome.result.word)
+        out.literal(" (")
         out.comment(outcome, mailbox: mailbox, receiver: receiver)
-        out.append(") client-ip=")
+        out.literal(") client-ip=")
         out.value(query.clientAddress)
-        out.append("; envelope-from=")
+        out.literal("; envelope-from=")
         out.quoted(mailbox)
-        out.append(";")
+        out.literal(";")
         if !query.helo.isEmpty {
-            out.append(" helo=")
+            out.literal(" helo=")
             out.value(query.helo)
-            out.append(";")
+            out.literal(";")
         }
-        out.append(" receiver=")
+        out.literal(" receiver=")
         out.value(receiver)
-        out.append("; identity=")
-        out.append(query.identity.rawValue)
-        out.append(";")
+        out.literal(query.identity == .helo ? "; identity=helo" : "; identity=mailfrom")
+        out.literal(";")
         if let mechanism = outcome.mechanism {
-            out.append(" mechanism=")
+            out.literal(" mechanism=")
             out.quoted(mechanism)
-            out.append(";")
+            out.literal(";")
         }
         return out.string
     }
 
     public static func authenticationResults(_ outcome: SPFOutcome, authservID: String) -> String {
         var out = Builder()
-        out.append("Authentication-Results: ")
+        out.literal("Authentication-Results: ")
         out.append(authservID)
-        out.append("; spf=")
-        out.append(outcome.result.rawValue)
+        out.literal("; spf=")
+        out.literal(outcome.result.word)
         if outcome.query.identity == .helo {
-            out.append(" smtp.helo=")
+            out.literal(" smtp.helo=")
             out.value(outcome.query.helo)
         } else {
-            out.append(" smtp.mailfrom=")
+            out.literal(" smtp.mailfrom=")
             out.value(outcome.query.checkedMailbox)
         }
         return out.string
@@ -61,31 +60,52 @@ public enum SPFHeader {
     struct Builder {
         var bytes: [UInt8] = []
 
-        init() { bytes.reserveCapacity(256) }
+        init() { bytes.reserveCapacity(320) }
 
         var string: String { String(decoding: bytes, as: UTF8.self) }
 
-        mutating func append(_ text: String) { bytes.append(contentsOf: text.utf8) }
+        /// Appends a literal without looking at its characters.
+        mutating func literal(_ text: StaticString) {
+            bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        }
+
+        /// Appends a string's octets in one copy.
+        mutating func append(_ text: String) {
+            var copy = text
+            copy.withUTF8 { bytes.append(contentsOf: $0) }
+        }
 
         /// A dot-atom stays as it is; anything else becomes a quoted-string.
         mutating func value(_ text: String) {
-            let utf8 = text.utf8
-            let atom = !utf8.isEmpty && utf8.first != 0x2E && utf8.last != 0x2E && utf8.allSatisfy(Builder.isAtomOctet)
-            if atom { bytes.append(contentsOf: utf8) } else { quoted(text) }
+            var copy = text
+            let atom = copy.withUTF8 { octets -> Bool in
+                guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
+                for b in octets where !Builder.isAtomOctet(b) { return false }
+                return true
+            }
+            if atom { append(text) } else { quoted(text) }
         }
 
         mutating func quoted(_ text: String) {
             bytes.append(0x22)
-            for b in text.utf8 {
-                if b == 0x22 || b == 0x5C { bytes.append(0x5C) }
-                bytes.append(b)
+            let start = bytes.count
+            append(text)
+            if bytes[start...].contains(where: { $0 == 0x22 || $0 == 0x5C }) {
+                let raw = bytes[start...]
+                bytes.removeSubrange(start...)
+                for b in raw {
+                    if b == 0x22 || b == 0x5C { bytes.append(0x5C) }
+                    bytes.append(b)
+                }
             }
             bytes.append(0x22)
         }
 
         /// Text inside a comment: parentheses and backslashes become "_".
         mutating func commentText(_ text: String) {
-            for b in text.utf8 { bytes.append(b == 0x28 || b == 0x29 || b == 0x5C ? 0x5F : b) }
+            let start = bytes.count
+            append(text)
+            for i in start..<bytes.count where bytes[i] == 0x28 || bytes[i] == 0x29 || bytes[i] == 0x5C { bytes[i] = 0x5F }
         }
 
         static func isAtomOctet(_ b: UInt8) -> Bool {
@@ -100,20 +120,20 @@ public enum SPFHeader {
         mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String) {
             let helo = outcome.query.identity == .helo
             commentText(receiver)
-            append(": ")
+            literal(": ")
             func domainOf() {
                 append(helo ? "domain " : "domain of ")
                 commentText(helo ? outcome.query.helo : mailbox)
             }
             func ip() { commentText(outcome.query.clientAddress) }
             switch outcome.result {
-            case .pass: domainOf(); append(" designates "); ip(); append(" as permitted sender")
-            case .fail: domainOf(); append(" does not designate "); ip(); append(" as permitted sender")
-            case .softfail: domainOf(); append(" does not designate "); ip(); append(" as permitted sender (transitioning)")
-            case .neutral: ip(); append(" is neither permitted nor denied by "); domainOf()
-            case .none: domainOf(); append(" does not designate permitted sender hosts")
-            case .permerror: append("permanent error in processing "); domainOf()
-            case .temperror: append("temporary error in processing "); domainOf()
+            case .pass: domainOf(); literal(" designates "); ip(); literal(" as permitted sender")
+            case .fail: domainOf(); literal(" does not designate "); ip(); literal(" as permitted sender")
+            case .softfail: domainOf(); literal(" does not designate "); ip(); literal(" as permitted sender (transitioning)")
+            case .neutral: ip(); literal(" is neither permitted nor denied by "); domainOf()
+            case .none: domainOf(); literal(" does not designate permitted sender hosts")
+            case .permerror: literal("permanent error in processing "); domainOf()
+            case .temperror: literal("temporary error in processing "); domainOf()
             }
         }
     }

@@ -7,44 +7,65 @@ import NIOCore
 
 public struct SPFQuery: Sendable, Hashable {
     /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
-    public var clientAddress: String
+    public let clientAddress: String
     /// The envelope sender; empty for a bounce (then postmaster@helo is checked).
-    public var sender: String
-    public var helo: String
-    public var identity: SPFIdentity
+    public let sender: String
+    public let helo: String
+    public let identity: SPFIdentity
+    /// The client address parsed (nil when it is not one).
+    public let client: IPAddress?
+    /// The mailbox actually checked: the sender, `postmaster@domain` when it has no local
+    /// part, `postmaster@helo` for a bounce or a HELO check. A domain in U-labels (an
+    /// SMTPUTF8 sender) is written in A-labels, as RFC 8616 §3 asks.
+    public let checkedMailbox: String
+    /// The domain whose policy is evaluated (the part of `checkedMailbox` after its last "@").
+    public let domain: String
 
     public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom) {
         self.clientAddress = clientAddress
         self.sender = sender
         self.helo = helo
         self.identity = identity
+        client = IPAddress(clientAddress)
+        (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
     }
 
-    /// The mailbox actually checked: the sender, `postmaster@domain` when it has no local
-    /// part, `postmaster@helo` for a bounce or a HELO check. A domain in U-labels (an
-    /// SMTPUTF8 sender) is written in A-labels, as RFC 8616 §3 asks.
-    public var checkedMailbox: String {
-        let mailbox: String
-        if identity == .helo || sender.isEmpty {
-            mailbox = "postmaster@" + helo
-        } else if sender.hasPrefix("@") {
-            mailbox = "postmaster" + sender
-        } else if !sender.contains("@") {
-            mailbox = "postmaster@" + sender
-        } else {
-            mailbox = sender
+    /// The same query for the other identity.
+    public func with(identity: SPFIdentity) -> SPFQuery {
+        SPFQuery(clientAddress: clientAddress, sender: sender, helo: helo, identity: identity)
+    }
+
+    /// The mailbox checked and its domain, found on octets (this runs for every request).
+    static func mailbox(sender: String, helo: String) -> (String, String) {
+        var copy = sender
+        // Where the last "@" is, and whether any octet is not ASCII.
+        let (at, ascii) = copy.withUTF8 { octets -> (Int?, Bool) in
+            var at: Int?
+            var high: UInt8 = 0
+            for (i, b) in octets.enumerated() {
+                if b == 0x40 { at = i }
+                high |= b
+            }
+            return (at, high < 0x80)
         }
-        guard let at = mailbox.lastIndex(of: "@") else { return mailbox }
-        let domain = mailbox[mailbox.index(after: at)...]
-        guard domain.utf8.contains(where: { $0 >= 0x80 }), let ascii = DomainName.asciiForm(String(domain)) else { return mailbox }
-        return mailbox[...at] + ascii
-    }
-
-    /// The domain whose policy is evaluated.
-    public var domain: String {
-        let mailbox = checkedMailbox
-        guard let at = mailbox.lastIndex(of: "@") else { return mailbox }
-        return String(mailbox[mailbox.index(after: at)...])
+        let mailbox: String, domain: String
+        if sender.isEmpty {
+            mailbox = "postmaster@" + helo
+            domain = helo
+        } else if let at {
+            mailbox = at == 0 ? "postmaster" + sender : sender
+            domain = at == sender.utf8.count - 1 ? "" : String(sender.utf8.suffix(sender.utf8.count - at - 1))!
+        } else {
+            mailbox = "postmaster@" + sender
+            domain = sender
+        }
+        // A domain in U-labels is asked in A-labels; an ASCII sender needs no look.
+        if ascii && !sender.isEmpty { return (mailbox, domain) }
+        guard domain.utf8.contains(where: { $0 >= 0x80 }), let converted = DomainName.asciiForm(domain) else {
+            return (mailbox, domain)
+        }
+        let cut = mailbox.utf8.lastIndex(of: UInt8(ascii: "@"))!
+        return (String(mailbox.utf8[...cut])! + converted, converted)
     }
 
     /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can.

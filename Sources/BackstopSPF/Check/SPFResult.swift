@@ -4,6 +4,19 @@
 /// RFC 7208 §2.6 results.
 public enum SPFResult: String, Sendable, CaseIterable, Equatable {
     case pass, fail, softfail, neutral, none, permerror, temperror
+
+    /// The result word as a literal (cheaper to append than `rawValue`).
+    public var word: StaticString {
+        switch self {
+        case .pass: "pass"
+        case .fail: "fail"
+        case .softfail: "softfail"
+        case .neutral: "neutral"
+        case .none: "none"
+        case .permerror: "permerror"
+        case .temperror: "temperror"
+        }
+    }
 }
 
 /// Which identity was checked (RFC 7208 §2.3, §2.4).

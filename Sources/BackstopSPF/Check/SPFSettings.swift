@@ -148,6 +148,13 @@ public struct SPFSettings: CheckSettings, Equatable {
                         logger: context.logger)
     }
 
+    /// Workers must not share the server's user: a worker taken over by a hostile record
+    /// could then signal the server or read its memory.
+    public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] {
+        guard let user = configuration.server.user, user == verifier.workerUser else { return [] }
+        return [("worker_user", "is server.user (\"\(LogEscaping.escape(user))\"): SPF workers need a user of their own, e.g. \"nobody\" or one made with `adduser --system --no-create-home backstop-spf`")]
+    }
+
     /// The [spf] settings of a configuration, or the defaults when it has none (for the CLI).
     public static func from(_ configuration: Configuration) -> SPFSettings {
         configuration.checks["spf"] as? SPFSettings ?? SPFSettings()

@@ -9,6 +9,7 @@
 import BackstopCore
 import CSPF2
 import Glibc
+import Logging
 import NIOConcurrencyHelpers
 
 public struct SPFSpawnError: Error, Sendable, CustomStringConvertible {
@@ -43,6 +44,14 @@ public enum SPFProcesses {
         set { registered.withLockedValue { $0 = newValue } }
     }
     private static let registered = NIOLockedValueBox<String?>(nil)
+
+    private static let warnedSharedUser = NIOLockedValueBox(false)
+
+    /// Says once per process that workers run as the server's own user (not started as root).
+    static func noteWorkersShareTheServersUser(_ logger: Logger) {
+        guard geteuid() != 0, spawner is DirectSpawner, warnedSharedUser.withLockedValue({ w in defer { w = true }; return !w }) else { return }
+        logger.warning("spf workers run as uid \(geteuid()), the server's own user: start backstop as root (with server.user) so they run as spf.worker_user")
+    }
 
     public static func registerRunningExecutable() {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

@@ -88,7 +88,8 @@ public final class SPFVerifier: Sendable {
         var identity: SPFIdentity
         var client: IPAddress
         var upperNibbles: Bool
-        var domain: DNSName
+        /// As the sender wrote it: a sender who writes another case shares nothing (but is right).
+        var domain: String
         /// Set only when a record or explanation on the outcome's path reads the sender.
         var localPart: String?
         var helo: String?
@@ -101,7 +102,7 @@ public final class SPFVerifier: Sendable {
     }
 
     /// What an evaluation of `query` is keyed on before its records are known.
-    private func baseKey(_ query: SPFQuery, client: IPAddress, domain: DNSName) -> OutcomeKey {
+    private func baseKey(_ query: SPFQuery, client: IPAddress, domain: String) -> OutcomeKey {
         OutcomeKey(identity: query.identity, client: client,
                    upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
                    domain: domain, localPart: nil, helo: nil)
@@ -116,9 +117,8 @@ public final class SPFVerifier: Sendable {
 
     /// A cached outcome for `query`, or nil: no evaluation, no hop.
     public func cachedOutcome(_ query: SPFQuery) -> SPFOutcome? {
-        guard settings.resultCacheTTL > .zero, let client = IPAddress(query.clientAddress),
-              let domain = DNSName(text: query.domain) else { return nil }
-        let key = baseKey(query, client: client, domain: domain)
+        guard settings.resultCacheTTL > .zero, let client = query.client else { return nil }
+        let key = baseKey(query, client: client, domain: query.domain)
         var entry = outcomes.value(key)
         if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros)) }
         guard case .outcome(var outcome)? = entry else {
@@ -135,13 +135,12 @@ public final class SPFVerifier: Sendable {
     /// Keeps a worker's outcome for as long as its answers and `result_cache_ttl` allow.
     func record(_ job: SPFJob, _ outcome: SPFOutcome) {
         completed.add(1, ordering: .relaxed)
-        guard outcome.result != .temperror, settings.resultCacheTTL > .zero,
-              let client = IPAddress(job.query.clientAddress), let domain = DNSName(text: job.query.domain) else { return }
+        guard outcome.result != .temperror, settings.resultCacheTTL > .zero, let client = job.query.client else { return }
         let seconds = min(Int64(settings.resultCacheTTL.nanoseconds / 1_000_000_000), Int64(job.ttl))
         guard seconds >= 1 else { return }
         let now = NIODeadline.now()
         let expires = now + .seconds(seconds)
-        let key = baseKey(job.query, client: client, domain: domain)
+        let key = baseKey(job.query, client: client, domain: job.query.domain)
         let dependsOnMore = !job.macros.isDisjoint(with: SPFMacroSet.readsLocalPart.union(.helo))
         if dependsOnMore {
             outcomes.insert(key, .refine(job.macros), cost: 120, expires: expires, now: now)
@@ -158,7 +157,7 @@ public final class SPFVerifier: Sendable {
     public func evaluate(_ query: SPFQuery, deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<SPFOutcome> {
         if let immediate = SPFVerifier.precheck(query) { return loop.makeSucceededFuture(immediate) }
         if let hit = cachedOutcome(query) { return loop.makeSucceededFuture(hit) }
-        let client = IPAddress(query.clientAddress)!
+        let client = query.client!
         let mailbox = Array(query.checkedMailbox.utf8)
         let domain = DNSName(text: query.domain)!
         let promise = loop.makePromise(of: SPFOutcome.self)
@@ -199,7 +198,7 @@ public final class SPFVerifier: Sendable {
 
     /// The outcome without an evaluation, when the query cannot be evaluated at all.
     static func precheck(_ query: SPFQuery) -> SPFOutcome? {
-        guard IPAddress(query.clientAddress) != nil else {
+        guard query.client != nil else {
             return SPFOutcome(result: .none, query: query, problem: "client address is not an IP address")
         }
         if let problem = SPFQuery.domainProblem(query.domain) {
@@ -258,6 +257,14 @@ public final class SPFVerifier: Sendable {
     /// DNS questions asked of the resolvers since start.
     public var dnsCacheEntries: Int { dns.cache.count }
     public var outcomeCacheEntries: Int { outcomes.count }
+
+    /// Stops every worker once the evaluations in flight have had their time (a reload
+    /// replaced this verifier: requests of the old engine may still be waiting on it).
+    public func retire() {
+        let grace = settings.evaluationDeadline + .seconds(1)
+        let loop = slots.withLockedValue { $0.first?.loop } ?? MultiThreadedEventLoopGroup.singleton.next()
+        loop.scheduleTask(in: grace) { [self] in shutdown() }
+    }
 
     /// Stops every worker and answers what waits; the verifier is done after this.
     public func shutdown() {

@@ -159,6 +159,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
             restarted(.spawnFailed, "cannot be started: \(error.description)", pid: nil, lost: 0)
             return
         }
+        SPFProcesses.noteWorkersShareTheServersUser(logger)
         let worker = SPFWorkerConnection(pid: spawned.pid, slot: self)
         let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
         ClientBootstrap(group: loop)

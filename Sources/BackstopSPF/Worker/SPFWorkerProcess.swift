@@ -60,6 +60,41 @@ public enum SPFWorkerProcess {
         return 0  // reached only without a working filter
     }
 
+    /// `backstop spf-worker --bench N`: N evaluations of `record` (for example.org, the DNS
+    /// answer given) through the same code a worker runs for a frame, without the socket and
+    /// without the sandbox, for counting instructions under callgrind (bench/profile.sh).
+    public static func benchmark(count: Int, record: String) -> Int32 {
+        guard case .success(let parsed) = SPFRecord.parse(Array(record.utf8)) else { return 65 }
+        let name = DNSName(text: "example.org")!
+        var answer = SPFAnswer(status: .success, ttl: 300)
+        answer.recordCount = 1
+        answer.spf = .record(parsed)
+        let receiver = Array("mx.test".utf8)
+        var worker = Worker(engine: LibSPF2(receiver: receiver), receiver: receiver, maxQueries: 140)
+        var output: [UInt8] = []
+        let frames = (0..<count).map { n in
+            let client: [UInt8] = [198, 18, UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)]
+            return SPFWire.frame(.evaluate(SPFWire.Evaluate(
+                id: UInt32(n + 1), identity: .mailfrom, upperNibbles: false, client: client,
+                sender: Array("user@example.org".utf8), helo: Array("mail.example.org".utf8),
+                answers: [SPFWire.Answer(DNSQuestion(name, .txt), answer)])))
+        }
+        for frame in frames {
+            guard benchmarkFrame(frame, worker: &worker, output: &output) else { return 70 }
+            output.removeAll(keepingCapacity: true)
+        }
+        return 0
+    }
+
+    /// What a worker does with one frame: decode it, evaluate, encode the answer. Its own
+    /// function so callgrind can count it alone (--toggle-collect).
+    @inline(never)
+    static func benchmarkFrame(_ frame: [UInt8], worker: inout Worker, output: inout [UInt8]) -> Bool {
+        guard let message = try? SPFWire.decodeToWorker(frame[4...]) else { return false }
+        worker.handle(message, output: &output)
+        return true
+    }
+
     struct Worker {
         let engine: LibSPF2
         let receiver: [UInt8]
