@@ -68,20 +68,34 @@ public struct SPFQuery: Sendable, Hashable {
         return (String(mailbox.utf8[...cut])! + converted, converted)
     }
 
-    /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can.
+    /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can. Read from
+    /// octets: this runs for every evaluation.
     public static func domainProblem(_ domain: String) -> String? {
-        var name = Substring(domain)
-        if name.hasSuffix(".") { name = name.dropLast() }
-        if name.isEmpty { return "empty domain" }
-        if name.hasPrefix("[") || IPAddress(String(name)) != nil { return "domain is an address literal" }
-        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        if labels.count < 2 { return "domain is not a fully qualified name" }
-        for label in labels {
-            if label.isEmpty { return "domain has an empty label" }
-            if label.utf8.count > 63 { return "domain has a label longer than 63 octets" }
+        var copy = domain
+        return copy.withUTF8 { octets -> String? in
+            var name = octets[...]
+            if name.last == UInt8(ascii: ".") { name = name.dropLast() }
+            if name.isEmpty { return "empty domain" }
+            if name.first == UInt8(ascii: "[") { return "domain is an address literal" }
+            var labels = 1, label = 0, digitsAndDots = true, colon = false
+            for b in name {
+                if b == UInt8(ascii: ".") {
+                    if label == 0 { return "domain has an empty label" }
+                    labels += 1
+                    label = 0
+                    continue
+                }
+                label += 1
+                if label > 63 { return "domain has a label longer than 63 octets" }
+                if !(b >= 0x30 && b <= 0x39) { digitsAndDots = false }
+                if b == UInt8(ascii: ":") { colon = true }
+            }
+            if label == 0 { return "domain has an empty label" }
+            if (digitsAndDots || colon), IPAddress(String(decoding: name, as: UTF8.self)) != nil { return "domain is an address literal" }
+            if labels < 2 { return "domain is not a fully qualified name" }
+            if name.count > 253 { return "domain is longer than 253 octets" }
+            return nil
         }
-        if name.utf8.count > 253 { return "domain is longer than 253 octets" }
-        return nil
     }
 }
 

@@ -65,6 +65,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var abandonedOrder = CircularBuffer<UInt32>()
     static let maxAbandoned = 1_024
     private(set) var ended = false
+    private var flushPending = false
     /// Set when the worker broke the protocol or hung: how it ends is then ours to say.
     private var fault: (SPFRestartReason, String)?
 
@@ -202,9 +203,16 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: ending
 
+    /// Frames written in one turn of the event loop go out with one flush (one system call).
     private func write(_ frame: [UInt8]) {
         guard let channel, !ended else { return }
-        channel.writeAndFlush(channel.allocator.buffer(bytes: frame), promise: nil)
+        channel.write(channel.allocator.buffer(bytes: frame), promise: nil)
+        guard !flushPending else { return }
+        flushPending = true
+        loop.execute { [self] in
+            flushPending = false
+            self.channel?.flush()
+        }
     }
 
     /// Ends the worker for `reason`: it is killed, its evaluations answered temperror.
