@@ -45,6 +45,11 @@ struct Serve: ParsableCommand {
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
+        // On stop, checks release what they hold (SPF ends its workers) before the event
+        // loops go, so that a worker's end is not taken for a fault.
+        server.onStop {
+            for check in reloader.engine.checks.values { (check as? any RetirableCheck)?.stop() }
+        }
         var metricsEndpoint: MetricsEndpoint?
         defer { _ = metricsEndpoint }
         if let registry, let listen = configuration.metrics.listen,

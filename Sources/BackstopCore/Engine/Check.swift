@@ -41,4 +41,6 @@ public protocol RetirableCheck: Check {
     /// `successor` is the check of the same name in the new engine (nil when there is none);
     /// release what it does not take over.
     func retire(replacedBy successor: (any Check)?)
+    /// The server stops: release everything now.
+    func stop()
 }

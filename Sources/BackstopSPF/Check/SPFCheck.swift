@@ -68,6 +68,11 @@ public final class SPFCheck: RetirableCheck {
         verifier.retire()
     }
 
+    /// The server stops: the workers end now.
+    public func stop() {
+        verifier.shutdown()
+    }
+
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
         if settings.skipAuthenticated && !request.saslUsername.isEmpty {
             return .done(.noOpinion("spf=skipped(authenticated)"))
