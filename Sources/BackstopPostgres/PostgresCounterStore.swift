@@ -141,11 +141,11 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                (SELECT tat FROM \(table) WHERE rule = $1 AND key = $2)
         """
 
-    public func hit(_ hit: RateHit, eventLoop: any EventLoop) -> CounterStoreAnswer {
+    public func hit(_ hit: RateHit, eventLoop: any EventLoop) -> Answer<GCRAOutcome> {
         let p = hit.parameters
-        guard hit.cost <= p.burst else { return .ready(.refused(retryAfter: nil)) }
+        guard hit.cost <= p.burst else { return .now(.refused(retryAfter: nil)) }
         if let reason = unavailableReason() {
-            return .pending(eventLoop.makeFailedFuture(CounterStoreFailure(reason)))
+            return .later(eventLoop.makeFailedFuture(CounterStoreFailure(reason)))
         }
         let increment = hit.cost * p.emissionInterval
         var binds = PostgresBindings(capacity: 4)
@@ -154,7 +154,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         binds.append(increment)
         binds.append(p.tolerance)
         let query = PostgresQuery(unsafeSQL: Self.hitSQL, binds: binds)
-        return .pending(within(eventLoop) { [client, logger] in
+        return .later(within(eventLoop) { [client, logger] in
             let rows = try await client.query(query, logger: logger)
             for try await (now, newTAT, oldTAT) in rows.decode((Int64, Int64?, Int64?).self) {
                 if let newTAT {

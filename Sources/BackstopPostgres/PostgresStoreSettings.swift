@@ -58,10 +58,15 @@ public struct PostgresStoreSettings: CounterStoreSettings, Equatable {
         if let file = s.optionalString("password_file") {
             if password != nil { s.report("password_file", "give either password or password_file, not both") }
             let path = file.hasPrefix("/") ? file : (baseDirectory as NSString).appendingPathComponent(file)
-            if let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) {
-                password = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            } else {
-                s.report("password_file", "cannot read \(LogEscaping.escape(path)): check the path and that Backstop may read it")
+            do {
+                let bytes = try RegularFile.read(path, maxBytes: 64 * 1024)
+                if let text = String(validating: bytes, as: UTF8.self) {
+                    password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                } else {
+                    s.report("password_file", "\(LogEscaping.escape(path)) is not valid UTF-8")
+                }
+            } catch {
+                s.report("password_file", "cannot read \(LogEscaping.escape(path)): \(error.reason)")
             }
         }
         let tlsText = s.string("tls", default: tls.rawValue)

@@ -29,8 +29,12 @@ public final class ConfigReloader: Sendable {
             let config = try Configuration.load(path: path)
             let engine = try EngineBuilder.build(config, previous: previous, logger: logger)
             LogOutput.shared.configure(config.log)
+            for warning in config.warnings { logger.warning("configuration: \(warning.description)") }
+            // Tables are re-read too; one whose newest edit is broken keeps its last good
+            // version, and the reload is then not a success, whatever the file says.
+            var tableIssues: [ConfigIssue] = []
             for check in engine.checks.values {
-                (check as? any ReloadableCheck)?.reload()
+                tableIssues += (check as? any ReloadableCheck)?.reload() ?? []
             }
             current.withLockedValue { $0 = (config, engine) }
             server.install(engine, config: config)
@@ -38,6 +42,14 @@ public final class ConfigReloader: Sendable {
             for (name, check) in previous.checks {
                 (check as? any RetirableCheck)?.retire(replacedBy: engine.checks[name])
             }
+            if !tableIssues.isEmpty {
+                server.metrics.configReloadFailures.increment()
+                for issue in tableIssues {
+                    logger.error("configuration reloaded from \(path), but a table keeps its last good version: \(issue.description)")
+                }
+                return false
+            }
+            server.metrics.configReloads.increment()
             logger.notice("configuration reloaded from \(path)")
             return true
         } catch let error as ConfigError {

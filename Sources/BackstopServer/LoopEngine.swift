@@ -4,6 +4,8 @@
 import BackstopCore
 import NIOCore
 
+/// @unchecked Sendable: `current`, `generation` and the counts are touched only on
+/// `eventLoop` (`replace` hops there first).
 final class LoopEngine: @unchecked Sendable {
     let eventLoop: any EventLoop
     private var current: PolicyEngine

@@ -1,5 +1,6 @@
-// Serves the Prometheus text format at GET /metrics over plain HTTP on a loopback address,
-// and GET /ratelimit/status?rule=R&key=K for `backstop ratelimit status`. It answers
+// Serves the Prometheus text format at GET /metrics over plain HTTP, and
+// GET /ratelimit/status?rule=R&key=K for `backstop ratelimit status`, to clients in
+// metrics.allow only, with its own connection cap and read/idle timeouts. It answers
 // nothing else (404) and keeps no state besides the registry it renders.
 
 import Logging
@@ -9,6 +10,8 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import Foundation
+import BackstopCore
+import Synchronization
 
 public enum MetricsSetup {
     /// Latency buckets fine enough for a server that answers in microseconds.
@@ -37,14 +40,23 @@ public final class MetricsEndpoint: Sendable {
     /// Answers a rate-limit status question (rule, key) from the running configuration.
     public typealias StatusProvider = @Sendable (_ rule: String, _ key: String) async throws -> String
 
-    public static func start(host: String, port: Int, registry: PrometheusCollectorRegistry,
-                             group: any EventLoopGroup, status: StatusProvider? = nil) async throws -> MetricsEndpoint {
-        let channel = try await ServerBootstrap(group: group)
+    /// Binds `settings.listen` on the server's event loops. Its connections count toward the
+    /// server's max_connections as well as toward `settings.maxConnections`.
+    public static func start(settings: MetricsSettings, registry: PrometheusCollectorRegistry, server: PolicyServer,
+                             status: StatusProvider? = nil) async throws -> MetricsEndpoint {
+        guard let listen = settings.listen, case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) else {
+            throw ServerError("metrics.listen is not host:port")
+        }
+        let admission = MetricsAdmission(settings: settings, state: server.state)
+        let channel = try await ServerBootstrap(group: server.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard admission.admit(channel) else { return channel.close() }
+                return channel.eventLoop.makeCompletedFuture {
+                    let clock = MetricsConnectionClock(settings: settings)
+                    try channel.pipeline.syncOperations.addHandler(MetricsRequestStart(clock: clock))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status, clock: clock))
                 }
             }
             .bind(host: host, port: port).get()
@@ -59,17 +71,104 @@ public final class MetricsEndpoint: Sendable {
     public func stop() async { try? await channel.close() }
 }
 
+/// Who may hold a metrics connection: clients in metrics.allow, at most
+/// metrics.max_connections of them, each also taking a place in server.max_connections.
+final class MetricsAdmission: Sendable {
+    let settings: MetricsSettings
+    let state: ServerState
+    let open = Atomic<Int>(0)
+    let limited = Counter(label: "backstop_connections_rejected_total", dimensions: [("reason", "metrics_max_connections")])
+
+    init(settings: MetricsSettings, state: ServerState) {
+        self.settings = settings
+        self.state = state
+    }
+
+    func admit(_ channel: any Channel) -> Bool {
+        let peer = channel.remoteAddress.map(PolicyServer.describe) ?? "?"
+        guard let address = channel.remoteAddress?.ipAddress.flatMap(IPAddress.init), settings.allow.contains(address) else {
+            state.metrics.connectionsRefused.increment()
+            state.logger.warning("metrics connection refused: client not in metrics.allow: peer=\(LogEscaping.field(peer))")
+            return false
+        }
+        if open.add(1, ordering: .relaxed).newValue > settings.maxConnections {
+            open.subtract(1, ordering: .relaxed)
+            limited.increment()
+            state.logger.warning("metrics connection refused: metrics.max_connections (\(settings.maxConnections)) reached: peer=\(LogEscaping.field(peer))")
+            return false
+        }
+        guard state.takeConnection(peer: peer) else {
+            open.subtract(1, ordering: .relaxed)
+            return false
+        }
+        channel.closeFuture.whenComplete { _ in
+            self.open.subtract(1, ordering: .relaxed)
+            self.state.releaseConnection()
+        }
+        return true
+    }
+}
+
+/// The one timer of a metrics connection: from its start or its last answer, a request must
+/// begin within idle_timeout, and once its first byte has come, be complete within
+/// read_timeout. Only on the connection's event loop.
+final class MetricsConnectionClock {
+    let settings: MetricsSettings
+    private var timer: Scheduled<Void>?
+    private var reading = false
+
+    init(settings: MetricsSettings) { self.settings = settings }
+
+    func arm(_ context: ChannelHandlerContext, reading: Bool) {
+        self.reading = reading
+        timer?.cancel()
+        let after = reading ? settings.readTimeout : settings.idleTimeout
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: after) { channel.close(promise: nil) }
+    }
+
+    func requestStarted(_ context: ChannelHandlerContext) { if !reading { arm(context, reading: true) } }
+    func answered(_ context: ChannelHandlerContext) { arm(context, reading: false) }
+    func cancel() { timer?.cancel() }
+}
+
+/// Sees the raw bytes before the HTTP decoder, to start the read timeout at a request's
+/// first byte (a client trickling a header a byte at a time is still cut off).
+final class MetricsRequestStart: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    let clock: MetricsConnectionClock
+
+    init(clock: MetricsConnectionClock) { self.clock = clock }
+
+    func channelActive(context: ChannelHandlerContext) {
+        clock.arm(context, reading: false)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        clock.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        clock.requestStarted(context)
+        context.fireChannelRead(data)
+    }
+}
+
 final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     let registry: PrometheusCollectorRegistry
     let status: MetricsEndpoint.StatusProvider?
+    let clock: MetricsConnectionClock
     private var head: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?) {
+    init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock) {
         self.registry = registry
         self.status = status
+        self.clock = clock
     }
 
     /// Splits "/path?a=1&b=%2B" into the path and its percent-decoded parameters.
@@ -97,7 +196,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let keepAlive = head.isKeepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            if !keepAlive { context.close(promise: nil) }
+            if !keepAlive { context.close(promise: nil) } else { self.clock.answered(context) }
         }
     }
 

@@ -1,27 +1,40 @@
 // Binds the configured listeners (TCP and Unix), admits connections (allow-list, connection
-// limit), and on graceful stop closes the listeners, lets connections answer what is in
-// flight, then closes them. Reload swaps the engine on every loop; listeners need a restart.
+// limit), and stops gracefully: each listener's ServerQuiescingHelper closes it and tells
+// every connection to finish (answer what is in flight, then close, within shutdown_grace);
+// stop returns when the last connection has closed. Reload swaps the engine on every loop;
+// listeners need a restart. It decides nothing about requests.
 
 import BackstopCore
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOExtras
 import NIOPosix
 import ServiceLifecycle
 
-public final class PolicyServer: Service, @unchecked Sendable {
+public final class PolicyServer: Service, Sendable {
     public let group: any EventLoopGroup
     let state: ServerState
     let logger: Logger
     private let listeners: [ListenerSettings]
-    private var channels: [any Channel] = []
-    public private(set) var boundAddresses: [String] = []
     private let ownsGroup: Bool
-    private let shutdownGrace: TimeAmount
-    private var stopHooks: [@Sendable () async -> Void] = []
+
+    /// What binding and stopping change, behind one lock (touched at start and stop only).
+    private struct Running {
+        var listening: [(channel: any Channel, quiescing: ServerQuiescingHelper)] = []
+        var boundAddresses: [String] = []
+        /// Socket files this server created, with the device and inode they had then.
+        var socketFiles: [(path: String, device: UInt64, inode: UInt64)] = []
+        var stopHooks: [@Sendable () async -> Void] = []
+        var stopped = false
+    }
+    private let running = NIOLockedValueBox(Running())
 
     /// Runs `hook` during stop, before the event loops shut down (e.g. the metrics listener).
-    public func onStop(_ hook: @escaping @Sendable () async -> Void) { stopHooks.append(hook) }
+    public func onStop(_ hook: @escaping @Sendable () async -> Void) {
+        running.withLockedValue { $0.stopHooks.append(hook) }
+    }
 
     public init(config: Configuration, engine: PolicyEngine, logger: Logger,
                 group: (any EventLoopGroup)? = nil, metrics: ServerMetrics = ServerMetrics()) {
@@ -30,24 +43,29 @@ public final class PolicyServer: Service, @unchecked Sendable {
         self.ownsGroup = group == nil
         self.logger = logger
         self.listeners = config.listeners
-        self.shutdownGrace = config.server.shutdownGrace
         self.state = ServerState(logger: logger, config: config, engine: engine, group: self.group, metrics: metrics)
         metrics.configGeneration.record(1)
     }
 
     public var metrics: ServerMetrics { state.metrics }
 
+    /// "127.0.0.1:10033", "[::1]:10033" or "unix:/path" for each bound listener, in order.
+    public var boundAddresses: [String] { running.withLockedValue { $0.boundAddresses } }
+
     /// Binds every listener. Throws (and binds nothing more) when one cannot be bound.
     public func start() async throws {
         for listener in listeners {
-            let channel = try await bind(listener)
-            channels.append(channel)
+            let quiescing = ServerQuiescingHelper(group: group)
+            let channel = try await bind(listener, quiescing: quiescing)
             let shown: String
             switch listener.endpoint {
             case .unix(let path): shown = "unix:" + path
             case .tcp: shown = channel.localAddress.map(Self.describe) ?? "?"
             }
-            boundAddresses.append(shown)
+            running.withLockedValue {
+                $0.listening.append((channel, quiescing))
+                $0.boundAddresses.append(shown)
+            }
             logger.info("listening on \(shown)")
         }
     }
@@ -60,12 +78,17 @@ public final class PolicyServer: Service, @unchecked Sendable {
         }
     }
 
-    private func bind(_ listener: ListenerSettings) async throws -> any Channel {
+    private func bind(_ listener: ListenerSettings, quiescing: ServerQuiescingHelper) async throws -> any Channel {
         let state = self.state
         let allow = listener.allow
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                }
+            }
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 8 * 1024, high: 64 * 1024))
@@ -77,37 +100,13 @@ public final class PolicyServer: Service, @unchecked Sendable {
         case .tcp(let host, let port):
             return try await bootstrap.bind(host: host, port: port).get()
         case .unix(let path):
-            try removeStaleSocket(path)
-            let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-            try applyOwnership(path: path, listener: listener)
+            try UnixSocketFile.claim(path)
+            let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
+            if let identity = UnixSocketFile.identity(path) {
+                running.withLockedValue { $0.socketFiles.append((path, identity.device, identity.inode)) }
+            }
+            try UnixSocketFile.applyOwnership(path: path, mode: listener.mode, owner: listener.owner, group: listener.group)
             return channel
-        }
-    }
-
-    /// Refuses a socket file that is not a socket, so a typo never deletes a real file.
-    private func removeStaleSocket(_ path: String) throws {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return }
-        if info.st_mode & S_IFMT != S_IFSOCK {
-            throw ServerError("\(path) exists and is not a socket: remove it or choose another path")
-        }
-    }
-
-    private func applyOwnership(path: String, listener: ListenerSettings) throws {
-        guard chmod(path, mode_t(listener.mode)) == 0 else {
-            throw ServerError("cannot set mode \(String(listener.mode, radix: 8)) on \(path): \(String(cString: strerror(errno)))")
-        }
-        var uid: uid_t = UInt32.max, gid: gid_t = UInt32.max
-        if let owner = listener.owner {
-            guard let pw = getpwnam(owner) else { throw ServerError("unknown user \"\(owner)\" for \(path)") }
-            uid = pw.pointee.pw_uid
-        }
-        if let group = listener.group {
-            guard let gr = getgrnam(group) else { throw ServerError("unknown group \"\(group)\" for \(path)") }
-            gid = gr.pointee.gr_gid
-        }
-        if listener.owner != nil || listener.group != nil, chown(path, uid, gid) != 0 {
-            throw ServerError("cannot change owner of \(path): \(String(cString: strerror(errno)))")
         }
     }
 
@@ -121,32 +120,14 @@ public final class PolicyServer: Service, @unchecked Sendable {
                 return channel.close()
             }
         }
-        if state.draining.load(ordering: .relaxed) {
-            state.logger.debug("connection closed: server is stopping: peer=\(LogEscaping.field(peer))")
-            return channel.close()
-        }
-        let maxConnections = state.settings.withLockedValue { $0.maxConnections }
-        let open = state.openConnections.add(1, ordering: .relaxed).newValue
-        if open > maxConnections {
-            state.openConnections.subtract(1, ordering: .relaxed)
-            state.metrics.connectionsLimited.increment()
-            state.logger.warning("connection refused: server.max_connections (\(maxConnections)) reached: peer=\(LogEscaping.field(peer))")
-            return channel.close()
-        }
-        state.metrics.connectionsAccepted.increment()
-        state.metrics.connectionsOpen.record(open)
-        let id = ObjectIdentifier(channel)
-        state.connections.withLockedValue { $0[id] = channel }
-        channel.closeFuture.whenComplete { _ in
-            let now = state.openConnections.subtract(1, ordering: .relaxed).newValue
-            state.metrics.connectionsOpen.record(now)
-            state.connections.withLockedValue { _ = $0.removeValue(forKey: id) }
-        }
+        guard state.takeConnection(peer: peer) else { return channel.close() }
+        channel.closeFuture.whenComplete { _ in state.releaseConnection() }
         guard let loopEngine = state.engine(for: channel.eventLoop) else {
             state.logger.error("internal error: no engine for this event loop; closing: peer=\(LogEscaping.field(peer))")
             return channel.close()
         }
         return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(PolicyRequestDecoder.handler(limits: state.currentLimits))
             try channel.pipeline.syncOperations.addHandler(
                 PolicyConnectionHandler(state: state, loopEngine: loopEngine, peer: peer))
         }
@@ -156,7 +137,6 @@ public final class PolicyServer: Service, @unchecked Sendable {
     public func install(_ engine: PolicyEngine, config: Configuration) {
         let generation = state.install(engine, config: config)
         state.metrics.configGeneration.record(generation)
-        state.metrics.configReloads.increment()
         if config.listeners != listeners {
             logger.warning("listener changes take effect after a restart; the old listeners stay in use")
         }
@@ -164,43 +144,60 @@ public final class PolicyServer: Service, @unchecked Sendable {
 
     public var openConnections: Int { state.openConnections.load(ordering: .relaxed) }
 
-    /// Stops accepting, lets connections answer what is in flight (up to the grace period),
-    /// then closes everything.
+    /// Stops accepting, lets connections answer what is in flight (each closes by itself
+    /// within shutdown_grace), waits until the last has closed, then releases the rest.
+    /// A second call returns at once.
     public func stop() async {
-        state.draining.store(true, ordering: .relaxed)
-        for channel in channels { try? await channel.close() }
-        let open = state.connections.withLockedValue { Array($0.values) }
-        for channel in open { channel.pipeline.fireUserInboundEventTriggered(DrainEvent()) }
-        let deadline = NIODeadline.now() + shutdownGrace
-        while state.openConnections.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(nanoseconds: 20_000_000)
+        // The helpers leave `running` here: each touches its event loop when released, so
+        // they must go while the loops still run.
+        let (listening, hooks, first) = running.withLockedValue { r in
+            defer { r.stopped = true; r.stopHooks = []; r.listening = [] }
+            return (r.listening, r.stopHooks, !r.stopped)
         }
-        let left = state.connections.withLockedValue { Array($0.values) }
-        if !left.isEmpty { logger.warning("closing \(left.count) connections still busy after shutdown_grace") }
-        for channel in left { try? await channel.close() }
-        for listener in listeners {
-            if case .unix(let path) = listener.endpoint { unlink(path) }
+        guard first else { return }
+        for (channel, quiescing) in listening {
+            let done = group.next().makePromise(of: Void.self)
+            quiescing.initiateShutdown(promise: done)
+            try? await done.futureResult.get()
+            try? await channel.closeFuture.get()  // the listening socket's own close, too
         }
-        for hook in stopHooks { await hook() }
-        stopHooks = []
+        _ = consume listening
+        removeSocketFiles()
+        for hook in hooks { await hook() }
         if ownsGroup { try? await group.shutdownGracefully() }
     }
 
-    /// Service: bind, run until graceful shutdown is requested, then drain.
-    public func run() async throws {
-        if channels.isEmpty { try await start() }
-        await withGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                try? await Task.sleep(nanoseconds: 200_000_000)
+    /// Removes the socket files this server bound, each only if it is still the one bound (a
+    /// later server's socket at the same path is left alone). After the privilege drop the
+    /// directory may not be writable: then the file stays, and the next start removes it as
+    /// stale because nobody answers there.
+    private func removeSocketFiles() {
+        for file in running.withLockedValue({ $0.socketFiles }) {
+            guard let now = UnixSocketFile.identity(file.path), now.device == file.device, now.inode == file.inode else { continue }
+            if unlink(file.path) != 0 {
+                logger.warning("cannot remove unix:\(file.path) on stop: \(String(cString: strerror(errno))); the next start removes it as stale (give the server user write access to its directory to avoid this)")
             }
-        } onGracefulShutdown: {
-            self.logger.info("graceful stop: answering requests in flight, then closing")
         }
+    }
+
+    /// Service: bind, run until graceful shutdown is requested (or the task is cancelled),
+    /// then stop.
+    public func run() async throws {
+        if boundAddresses.isEmpty { try await start() }
+        do {
+            try await gracefulShutdown()
+            logger.info("graceful stop: answering requests in flight, then closing")
+        } catch {}
         await stop()
     }
 }
 
+/// Why the server cannot start or stop as asked, with errno when a system call failed.
 public struct ServerError: Error, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    public let errno: Int32?
+    public init(_ description: String, errno: Int32? = nil) {
+        self.description = description
+        self.errno = errno
+    }
 }

@@ -33,8 +33,8 @@ public enum Privileges {
         }
         // Supplementary groups are the user's own (as initgroups sets them), or just the group.
         let groups = user != nil ? PrivilegeSwitch.groups(of: name, primary: gid) : [gid]
-        if let problem = PrivilegeSwitch.become(uid: uid, gid: gid, groups: groups) {
-            throw ServerError("cannot drop privileges to \(name): \(problem)")
+        do { try PrivilegeSwitch.become(uid: uid, gid: gid, groups: groups) } catch {
+            throw ServerError("cannot drop privileges to \(name): \(error)", errno: error.errno)
         }
         logger.notice("dropped privileges to uid=\(getuid()) gid=\(getgid())")
     }

@@ -1,6 +1,6 @@
-// What all connections of one server share: settings, the per-loop engines, the count of
-// open connections and the registry used to drain them on shutdown. Touched on connect
-// and disconnect, never per request.
+// What all connections of one server share: settings, the per-loop engines and the count
+// of open connections (policy and metrics alike, against server.max_connections).
+// Touched on connect and disconnect, never per request.
 
 import BackstopCore
 import Logging
@@ -15,8 +15,6 @@ final class ServerState: Sendable {
     let engines: [ObjectIdentifier: LoopEngine]
     let openConnections = Atomic<Int>(0)
     let generation = Atomic<Int>(1)
-    let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
-    let draining = Atomic<Bool>(false)
     let metrics: ServerMetrics
 
     init(logger: Logger, config: Configuration, engine: PolicyEngine, group: any EventLoopGroup, metrics: ServerMetrics) {
@@ -32,6 +30,28 @@ final class ServerState: Sendable {
     }
 
     func engine(for loop: any EventLoop) -> LoopEngine? { engines[ObjectIdentifier(loop)] }
+
+    var currentLimits: ProtocolLimits { limits.withLockedValue { $0 } }
+
+    /// Takes one place in server.max_connections; false (counted and logged) when none is left.
+    func takeConnection(peer: String) -> Bool {
+        let maxConnections = settings.withLockedValue { $0.maxConnections }
+        let open = openConnections.add(1, ordering: .relaxed).newValue
+        if open > maxConnections {
+            openConnections.subtract(1, ordering: .relaxed)
+            metrics.connectionsLimited.increment()
+            logger.warning("connection refused: server.max_connections (\(maxConnections)) reached: peer=\(LogEscaping.field(peer))")
+            return false
+        }
+        metrics.connectionsAccepted.increment()
+        metrics.connectionsOpen.record(open)
+        return true
+    }
+
+    /// Gives back a place taken by `takeConnection`.
+    func releaseConnection() {
+        metrics.connectionsOpen.record(openConnections.subtract(1, ordering: .relaxed).newValue)
+    }
 
     func install(_ engine: PolicyEngine, config: Configuration) -> Int {
         let next = generation.add(1, ordering: .relaxed).newValue

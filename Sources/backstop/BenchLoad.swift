@@ -23,7 +23,7 @@ struct BenchTally: Sendable {
     }
 }
 
-/// Shared per-run state, touched only on the bench event loop.
+/// Shared per-run state. @unchecked Sendable: touched only on the bench event loop.
 final class BenchRun: @unchecked Sendable {
     let mix: BenchMix
     let endpoint: ListenerSettings.Endpoint
@@ -42,6 +42,7 @@ final class BenchRun: @unchecked Sendable {
     }
 }
 
+/// @unchecked Sendable: a channel handler, used only on its channel's event loop.
 final class BenchConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

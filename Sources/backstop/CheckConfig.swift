@@ -1,5 +1,7 @@
 // `backstop check-config FILE`: validates the configuration and every table it names,
 // printing each problem as file:line: key: what is wrong, and exits non-zero on any.
+// Settings that are valid but never take effect are printed as warnings; --strict fails
+// on those too.
 
 import ArgumentParser
 import BackstopCore
@@ -14,6 +16,9 @@ struct CheckConfig: ParsableCommand {
     @Argument(help: "Configuration file.")
     var file: String
 
+    @Flag(help: "Fail (exit 1) on warnings too: settings that can never take effect.")
+    var strict = false
+
     func run() throws {
         do {
             let config = try Configuration.load(path: file)
@@ -21,10 +26,15 @@ struct CheckConfig: ParsableCommand {
             _ = try EngineBuilder.build(config, previous: nil, logger: logger)
             // With start_without_table the build tolerates a broken table; check-config does not.
             try (config.checks["recipients"] as? RecipientsSettings)?.validateTables()
-            print("\(file): OK")
+            for warning in config.warnings { printError("warning: \(warning.description)") }
+            if strict && !config.warnings.isEmpty {
+                printError("\(file): \(config.warnings.count) warning(s), and --strict fails on them")
+                throw ExitStatus.refused.code
+            }
+            print(config.warnings.isEmpty ? "\(file): OK" : "\(file): OK, with \(config.warnings.count) warning(s)")
         } catch let error as ConfigError {
             for issue in error.issues { printError(issue.description) }
-            throw ExitCode(1)
+            throw ExitStatus.refused.code
         }
     }
 }

@@ -21,7 +21,7 @@ struct Lookup: ParsableCommand {
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
         } catch let error as ConfigError {
             for issue in error.issues { printError(issue.description) }
-            throw ExitCode(3)
+            throw ExitStatus.cannotAsk.code
         }
     }
 }

@@ -61,7 +61,7 @@ struct Query: ParsableCommand {
         }
         guard let answer = try client.readAnswer() else {
             printError("the server closed the connection without an answer (protocol error? see its log)")
-            throw ExitCode(2)
+            throw ExitStatus.temporary.code
         }
         print(answer)
     }

@@ -32,13 +32,13 @@ struct RateLimitCommand: ParsableCommand {
                 do { loaded = try Configuration.load(path: config) } catch {
                     let issues = error.issues
                     for issue in issues { printError(issue.description) }
-                    throw ExitCode(3)
+                    throw ExitStatus.cannotAsk.code
                 }
                 address = loaded.metrics.listen
             }
             guard let address, case .tcp(let host, let port) = ListenerSettings.parseEndpoint(address) else {
                 printError("the server has no [metrics] listen address: set one (e.g. \"127.0.0.1:9233\") to query it, or pass --metrics")
-                throw ExitCode(3)
+                throw ExitStatus.cannotAsk.code
             }
             let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
             func encode(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s }
@@ -51,7 +51,7 @@ struct RateLimitCommand: ParsableCommand {
                 print(body, terminator: "")
             } else {
                 printError(body.isEmpty ? response : body)
-                throw ExitCode(1)
+                throw ExitStatus.refused.code
             }
         }
     }

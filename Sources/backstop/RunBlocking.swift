@@ -1,23 +1,22 @@
 // Runs async work from a synchronous command and waits for it on the calling (main)
 // thread. The entry point stays synchronous on purpose: Dispatch's async main parks the
 // main thread in a state where setuid() no longer reaches it, so after a privilege drop
-// that thread would keep root. A main thread blocked on a semaphore is switched too.
+// that thread would keep root. A main thread blocked on a lock is switched too.
 
-import Dispatch
-
-/// Written by the task before it signals, read by the caller after the wait.
-final class BlockingResult<T>: @unchecked Sendable {
-    var value: Result<T, any Error>?
-}
+import NIOConcurrencyHelpers
 
 @discardableResult
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let done = DispatchSemaphore(value: 0)
-    let result = BlockingResult<T>()
+    let done = ConditionLock(value: false)
+    let result = NIOLockedValueBox<Result<T, any Error>?>(nil)
     Task.detached {
-        do { result.value = .success(try await body()) } catch { result.value = .failure(error) }
-        done.signal()
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLockedValue { $0 = outcome }
+        done.lock()
+        done.unlock(withValue: true)
     }
-    done.wait()
-    return try result.value!.get()
+    done.lock(whenValue: true)
+    done.unlock()
+    return try result.withLockedValue { $0! }.get()
 }

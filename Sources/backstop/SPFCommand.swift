@@ -32,7 +32,7 @@ struct SPFCommand: ParsableCommand {
             }
         } catch {
             for issue in error.issues { printError(issue.description) }
-            throw ExitCode(3)
+            throw ExitStatus.cannotAsk.code
         }
         let (ip, sender, helo, configTestMode) = (ip, sender, helo, testMode)
         let answer = try runBlocking { () async -> PolicyAction in
@@ -40,6 +40,6 @@ struct SPFCommand: ParsableCommand {
             print(text, terminator: "")
             return answer
         }
-        if answer.isRefusal { throw ExitCode(answer.isTemporary ? 2 : 1) }
+        if answer.isRefusal { throw (answer.isTemporary ? ExitStatus.temporary : ExitStatus.refused).code }
     }
 }

@@ -39,9 +39,10 @@ struct Serve: ParsableCommand {
             // Metrics are routed before any check creates its counters.
             if configuration.metrics.listen != nil { registry = MetricsSetup.bootstrap() }
             engine = try EngineBuilder.build(configuration, previous: nil, logger: logger)
+            for warning in configuration.warnings { logger.warning("configuration: \(warning.description)") }
         } catch let error as ConfigError {
             for issue in error.issues { logger.critical("cannot start: \(issue.description)") }
-            throw ExitCode(78)  // EX_CONFIG
+            throw ExitStatus.config.code
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
@@ -52,10 +53,9 @@ struct Serve: ParsableCommand {
         }
         var metricsEndpoint: MetricsEndpoint?
         defer { _ = metricsEndpoint }
-        if let registry, let listen = configuration.metrics.listen,
-           case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) {
+        if let registry, let listen = configuration.metrics.listen {
             do {
-                metricsEndpoint = try await MetricsEndpoint.start(host: host, port: port, registry: registry, group: server.group,
+                metricsEndpoint = try await MetricsEndpoint.start(settings: configuration.metrics, registry: registry, server: server,
                                                                   status: { rule, key in
                     guard let check = reloader.engine.checks["ratelimit"] as? RateLimitCheck else {
                         throw ServerError("the ratelimit check is not configured")
@@ -68,7 +68,7 @@ struct Serve: ParsableCommand {
             } catch {
                 logger.critical("cannot start: metrics listener \(listen): \(error)")
                 await server.stop()
-                throw ExitCode(71)
+                throw ExitStatus.osError.code
             }
         }
         do {
@@ -76,7 +76,7 @@ struct Serve: ParsableCommand {
         } catch {
             logger.critical("cannot start: \(error)")
             await server.stop()
-            throw ExitCode(71)  // EX_OSERR
+            throw ExitStatus.osError.code
         }
         let fileLimit = Privileges.raiseFileLimit()
         if fileLimit > 0 && fileLimit < configuration.server.maxConnections + 64 {
@@ -92,7 +92,7 @@ struct Serve: ParsableCommand {
         } catch {
             logger.critical("cannot start: \(error)")
             await server.stop()
-            throw ExitCode(77)  // EX_NOPERM
+            throw ExitStatus.noPermission.code
         }
         if configuration.log.summaryInterval > .zero {
             let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)

@@ -20,14 +20,15 @@ private let logger: Logger = {
 private let storeDown = "DEFER 4.3.0 Rate-limit store unavailable"
 private let overLimit = "DEFER 4.7.1 Rate limit exceeded, try again later"
 
-private func configuration(port: Int, limit: String) -> String {
+/// `timeout` is the store's connect and statement timeout; the deadline is 4 s longer.
+private func configuration(port: Int, limit: String, timeout: Int = 2) -> String {
     """
     [[listen]]
     address = "127.0.0.1:0"
 
     [policy]
     rcpt = ["ratelimit"]
-    deadline = "6s"
+    deadline = "\(timeout + 4)s"
 
     [ratelimit]
     store = "postgres"
@@ -38,8 +39,8 @@ private func configuration(port: Int, limit: String) -> String {
     user = "postgres"
     database = "postgres"
     pool_size = 4
-    connect_timeout = "2s"
-    statement_timeout = "2s"
+    connect_timeout = "\(timeout)s"
+    statement_timeout = "\(timeout)s"
     retry_interval = "300ms"
 
     [[ratelimit.rule]]
@@ -110,9 +111,9 @@ private func waitUntilCounting(_ connection: Connection, key: String) async thro
 
 /// Runs `body` with a private PostgreSQL cluster, then removes the cluster, also when `body`
 /// fails. Starting and stopping block, so they run off the cooperative pool. Without the
-/// PostgreSQL binaries `body` does not run (PrivatePostgres prints why).
+/// PostgreSQL binaries starting fails, and so does the test.
 private func withCluster(_ body: (PrivatePostgres) async throws -> Void) async throws {
-    guard let pg = try await blocking({ try PrivatePostgres.start() }) else { return }
+    let pg = try await blocking({ try PrivatePostgres.start() })
     do {
         try await body(pg)
     } catch {
@@ -147,10 +148,12 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
     for _ in 0..<count { done.wait() }
 }
 
-@Suite(.serialized) struct PostgresStoreTests {
+@Suite(.serialized, .disabled(if: PrivatePostgres.skipped, "BACKSTOP_SKIP_POSTGRES=1")) struct PostgresStoreTests {
     @Test func twoServersShareOneLimitExactly() async throws {
         try await withCluster { pg in
-            let toml = configuration(port: pg.port, limit: "25/1h")
+            // Exactness is the point here, not timeouts: generous ones, so a loaded test
+            // machine cannot turn a slow statement into the fail action.
+            let toml = configuration(port: pg.port, limit: "25/1h", timeout: 8)
             let a = try await Instance.start(toml)
             let b = try await Instance.start(toml)
             do {
@@ -158,8 +161,9 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
                 let ca = try a.client(), cb = try b.client()
                 try await waitUntilCounting(ca, key: "192.0.2.250")
                 try await waitUntilCounting(cb, key: "192.0.2.251")
-                #expect((try await ask(ca, rcpt("198.51.100.1"))) == "DUNNO")
-                #expect((try await ask(cb, rcpt("198.51.100.1"))) == "DUNNO")
+                let viaA = try await ask(ca, rcpt("198.51.100.1"))
+                let viaB = try await ask(cb, rcpt("198.51.100.1"))
+                #expect(viaA == "DUNNO" && viaB == "DUNNO", "\(viaA) / \(viaB)")
                 // Concurrent: six connections, three per server, 20 requests each on one key.
                 let answers = try await blocking { () -> [String] in
                     let collected = NSLock()

@@ -23,8 +23,8 @@ struct RefuseRecipient: Check {
     let recipient: String
     var testMode = false
     var failVerdict: Verdict { .noOpinion() }
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-        request.recipient == recipient ? .done(Verdict(.deferTemporarily("4.7.1 Rate limit exceeded"), reason: "limited")) : .done(.noOpinion())
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        request.recipient == recipient ? .now(Verdict(.deferTemporarily("4.7.1 Rate limit exceeded"), reason: "limited")) : .now(.noOpinion())
     }
 }
 
@@ -220,7 +220,7 @@ func isHeader(_ decision: Decision) -> Bool {
         defer { check.verifier.shutdown() }
         let context = CheckContext(eventLoop: MultiThreadedEventLoopGroup.singleton.next(), deadline: .now() + .seconds(5), logger: testLogger)
         func reason(_ r: PolicyRequest) -> String {
-            if case .done(let verdict) = check.evaluate(r, context: context), verdict.isNoOpinion, verdict.header == nil { return verdict.reason }
+            if case .now(let verdict) = check.evaluate(r, context: context), verdict.isNoOpinion, verdict.header == nil { return verdict.reason }
             return "evaluated"
         }
         #expect(reason(request(sender: "a@hostile.example", sasl: "alice")) == "spf=skipped(authenticated)")

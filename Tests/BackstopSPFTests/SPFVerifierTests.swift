@@ -65,8 +65,8 @@ private func request(sender: String, client: String = "198.51.100.7", helo: Stri
 
 func decide(_ engine: PolicyEngine, _ request: PolicyRequest) async throws -> Decision {
     switch engine.decide(request, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: testLogger) {
-    case .immediate(let d): return d
-    case .pending(let f): return try await f.get()
+    case .now(let d): return d
+    case .later(let f): return try await f.get()
     }
 }
 
@@ -260,8 +260,8 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         var futures: [EventLoopFuture<(Decision, NIODeadline)>] = []
         for n in 0..<8 {
             switch engine.decide(request(sender: "u\(n)@slow.example", instance: "slow\(n)"), eventLoop: loop, logger: testLogger) {
-            case .immediate(let d): futures.append(loop.makeSucceededFuture((d, NIODeadline.now())))
-            case .pending(let f): futures.append(f.map { ($0, NIODeadline.now()) })
+            case .now(let d): futures.append(loop.makeSucceededFuture((d, NIODeadline.now())))
+            case .later(let f): futures.append(f.map { ($0, NIODeadline.now()) })
             }
         }
         for future in futures {

@@ -44,8 +44,8 @@ final class ServeProcess {
     let process = Process()
     let logPath: String
 
-    init(config: String) throws {
-        logPath = (config as NSString).deletingLastPathComponent + "/serve.log"
+    init(config: String, logName: String = "serve.log") throws {
+        logPath = (config as NSString).deletingLastPathComponent + "/" + logName
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
         process.executableURL = URL(fileURLWithPath: backstopBinary)
@@ -106,9 +106,22 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
 
 @Suite(.serialized) struct BinaryTests {
     @Test func checkConfigAcceptsTheExample() throws {
-        let run = try runBackstop(["check-config", packageRoot + "/examples/backstop.toml"])
+        let run = try runBackstop(["check-config", "--strict", packageRoot + "/examples/backstop.toml"])
         #expect(run.status == 0, "\(run.stderr)")
-        #expect(run.stdout.hasSuffix(": OK\n"))
+        #expect(run.stdout.hasSuffix(": OK\n") && run.stderr.isEmpty, "no warnings either: \(run.stderr)")
+    }
+
+    @Test func checkConfigWarnsAboutWhatCanNeverRunAndStrictFails() throws {
+        let dir = tempDirectory()
+        let path = dir + "/dead.toml"
+        try "[policy]\nrcpt = []\n[bounces]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let lenient = try runBackstop(["check-config", path])
+        #expect(lenient.status == 0)
+        #expect(lenient.stdout == "\(path): OK, with 1 warning(s)\n")
+        #expect(lenient.stderr == "warning: \(path):3: bounces: [bounces] is configured but listed in no [policy] stage, so it never runs\n")
+        let strict = try runBackstop(["check-config", "--strict", path])
+        #expect(strict.status == 1)
+        #expect(strict.stderr.contains("1 warning(s), and --strict fails on them"))
     }
 
     @Test func checkConfigListsEveryProblemWithFileAndLine() throws {
@@ -124,7 +137,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(lines.contains { $0.hasPrefix("\(path):5: policy.rcpt: unknown check \"nope\"") })
         let missing = try runBackstop(["check-config", dir + "/missing.toml"])
         #expect(missing.status == 1)
-        #expect(missing.stderr.contains("missing.toml: cannot read"))
+        #expect(missing.stderr.contains("missing.toml: cannot read the configuration: open failed: No such file or directory"), "\(missing.stderr)")
     }
 
     @Test func serveWithTheExampleAndQueryPrintsDunno() throws {

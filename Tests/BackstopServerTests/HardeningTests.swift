@@ -47,8 +47,21 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(serve.log.contains("dropped privileges to uid=65534 gid=65534"))
         var info = stat()
         #expect(stat(dir + "/policy.sock", &info) == 0 && info.st_uid == 65534)
+        #expect(info.st_mode & 0o777 == 0o600, "mode as configured: \(String(info.st_mode & 0o777, radix: 8))")
         #expect(try waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
         #expect(try PolicyClient(endpoint: .unix(path: dir + "/policy.sock")).ask(rcptRequest) == "action=DUNNO")
+        // As nobody, the server cannot remove its socket from a directory only root may
+        // write: it says so, and the next start finds the file stale and replaces it.
+        #expect(serve.stop() == 0)
+        #expect(lstat(dir + "/policy.sock", &info) == 0)
+        #expect(serve.log.contains("cannot remove unix:\(dir)/policy.sock on stop: Permission denied"), "\(serve.log)")
+        chown(dir, 65534, 65534)
+        let again = try ServeProcess(config: path)
+        #expect(again.waitForLog("backstop started"), "\(again.log)")
+        #expect(try PolicyClient(endpoint: .unix(path: dir + "/policy.sock")).ask(rcptRequest) == "action=DUNNO")
+        // In a directory the server user may write, stop removes the socket.
+        #expect(again.stop() == 0)
+        #expect(lstat(dir + "/policy.sock", &info) != 0, "\(again.log)")
     }
 
     @Test func tenThousandIdleConnectionsStayCheap() throws {

@@ -35,4 +35,27 @@ import Logging
         #expect(reloader.engine.testMode)
         await server.stop()
     }
+
+    @Test func aBrokenTableEditMakesTheReloadFail() async throws {
+        let dir = tempDirectory()
+        let path = dir + "/backstop.toml"
+        try "alice@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\nrcpt = [\"recipients\"]\n[recipients]\nreload_interval = \"0s\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let config = try Configuration.load(path: path)
+        let engine = try EngineBuilder.build(config, previous: nil, logger: testLogger)
+        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        try await server.start()
+        let reloader = ConfigReloader(path: path, server: server, config: config, engine: engine, logger: testLogger)
+        try "alice@example.com OK\nbob@example.com OK\nno at sign\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        #expect(reloader.reload() == false, "the configuration is fine, the table is not: not a success")
+        let c = try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!)
+        var request = rcptRequest
+        request[4] = ("recipient", "bob@example.com")
+        #expect(try c.ask(request) == "action=450 4.1.1 Recipient not known yet: the recipient table is being corrected, try again later")
+        try "alice@example.com OK\nbob@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        #expect(reloader.reload() == true)
+        #expect(try c.ask(request) == "action=DUNNO")
+        await server.stop()
+    }
 }

@@ -32,18 +32,6 @@ import NIOCore
         #expect(stat(path, &info) != 0, "socket removed on stop")
     }
 
-    @Test func staleUnixSocketIsReplaced() async throws {
-        let path = tempDirectory() + "/stale.sock"
-        let first = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n")
-        // Simulate a crash: the socket file stays behind without a listener.
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        close(fd)
-        let second = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n")
-        #expect(try PolicyClient(endpoint: .unix(path: path)).ask(rcptRequest) == "action=DUNNO")
-        await second.stop()
-        await first.stop()
-    }
-
     @Test func refusesToReplaceARegularFile() async throws {
         let path = tempDirectory() + "/not-a-socket"
         _ = FileManager.default.createFile(atPath: path, contents: Data("keep me".utf8))
@@ -199,8 +187,8 @@ import NIOCore
     @Test func hostileTextNeverForgesASecondAnswer() async throws {
         struct Hostile: Check {
             let name = "hostile", testMode = false, failVerdict = Verdict.noOpinion()
-            func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-                .done(Verdict(.reject("explanation\n\naction=OK\n\n"), reason: "x"))
+            func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+                .now(Verdict(.reject("explanation\n\naction=OK\n\n"), reason: "x"))
             }
         }
         let s = try await TestServer.start(stages: [.rcpt: [Hostile()]])

@@ -48,8 +48,8 @@ struct RecipientPrefixCheck: Check {
     let name = "prefix"
     let testMode = false
     let failVerdict = Verdict.noOpinion()
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-        request.recipient.hasPrefix("bad") ? .done(Verdict(.reply(code: 550, enhanced: "5.1.1", text: "no"), reason: "bad")) : .done(.noOpinion())
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        request.recipient.hasPrefix("bad") ? .now(Verdict(.reply(code: 550, enhanced: "5.1.1", text: "no"), reason: "bad")) : .now(.noOpinion())
     }
 }
 
@@ -59,8 +59,8 @@ struct DelayCheck: Check {
     let testMode = false
     let failVerdict = Verdict(.deferIfPermit("4.4.3 timed out"), reason: "timeout")
     let delay: TimeAmount
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-        .pending(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        .later(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
     }
 }
 

@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """Soak test: mixed traffic through every check for a bounded time while faults are
-injected, asserting that every request is answered, every answer is the right one, RSS
-stays flat after warm-up and no file descriptor leaks.
+injected, asserting that every request is answered (no retries: a request without an
+answer is counted), every answer is the right one, RSS stays flat after warm-up and no
+file descriptor leaks.
 
-Faults injected in turn: an in-place edit of the recipient table, a SIGHUP config reload,
-a SIGHUP storm, SIGKILL of an SPF worker process (when SPF runs in worker processes),
-and PostgreSQL (the rate-limit store) stopped and started again.
+Faults injected in turn: an in-place edit of the recipient table (after which the new
+canary recipient must be accepted and the previous one refused), a SIGHUP config reload,
+a SIGHUP storm, SIGKILL of an SPF worker process, and PostgreSQL (the rate-limit store)
+stopped and started again (while it is down, the limited traffic must get the store's
+fail action).
+
+Part of the traffic is rate-limited for real: SASL users get LIMIT recipients an hour, so
+each user's answers must be exactly LIMIT admissions, then refusals; a user who met the
+store outage must never get more than LIMIT. SPF temperrors are counted, and each must
+follow an SPF worker kill by at most 3 s.
 
 Everything runs on loopback and stops by itself. Usage (as root, from the repo root):
     SOAK_SECONDS=90 python3 Tests/soak/soak.py [--binary .build/debug/backstop]
@@ -31,6 +39,10 @@ DNS_SERVER = REPO / "Tests" / "Support" / "dns_server.py"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 KNOWN = [f"user{i}@soak.test" for i in range(200)]
+LIMIT = 20  # recipients per hour for each SASL user of the limited traffic
+OVER = "DEFER 4.7.1"
+STORE_DOWN = "DEFER 4.3.0 Rate-limit store unavailable"
+TEMPERROR = "DEFER_IF_PERMIT 4.7.24"
 
 
 def free_port():
@@ -72,7 +84,8 @@ class Postgres:
 
 
 class Client:
-    """One Postfix-like connection: one request at a time, reconnects if closed."""
+    """One Postfix-like connection: one request at a time. A failed request is not retried:
+    it raises, and the next request opens a new connection."""
 
     def __init__(self, port):
         self.port = port
@@ -80,24 +93,22 @@ class Client:
 
     def ask(self, attrs):
         data = "".join(f"{k}={v}\n" for k, v in attrs.items()) + "\n"
-        for attempt in range(2):
-            try:
-                if self.sock is None:
-                    self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=15)
-                self.sock.sendall(data.encode())
-                buf = b""
-                while not buf.endswith(b"\n\n"):
-                    chunk = self.sock.recv(4096)
-                    if not chunk:
-                        raise ConnectionError("closed without an answer")
-                    buf += chunk
-                return buf.decode().strip()
-            except (OSError, ConnectionError):
-                if self.sock:
-                    self.sock.close()
-                self.sock = None
-                if attempt == 1:
-                    raise
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=15)
+            self.sock.sendall(data.encode())
+            buf = b""
+            while not buf.endswith(b"\n\n"):
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed without an answer")
+                buf += chunk
+            return buf.decode().strip()
+        except (OSError, ConnectionError):
+            if self.sock:
+                self.sock.close()
+            self.sock = None
+            raise
 
 
 def rss_kib(pid):
@@ -161,7 +172,7 @@ dns_timeout = "1s"
 evaluation_deadline = "3s"
 [ratelimit]
 store = "postgres"
-fail_action = "DUNNO"
+fail_action = "{STORE_DOWN}"
 [ratelimit.postgres]
 host = "127.0.0.1"
 port = {pg.port}
@@ -170,10 +181,10 @@ database = "postgres"
 connect_timeout = "1s"
 statement_timeout = "500ms"
 [[ratelimit.rule]]
-name = "per_client"
-key = "client_address"
+name = "per_user"
+key = "sasl_username"
 count = "recipient"
-limit = "100000000/1h"
+limit = "{LIMIT}/1h"
 [bounces]
 """
         config.write_text(config_text)
@@ -185,21 +196,35 @@ limit = "100000000/1h"
             raise SystemExit("backstop did not start")
 
         stop = threading.Event()
-        stats = {"requests": 0, "wrong": 0, "unanswered": 0, "temperror": 0, "faults": 0, "examples": []}
+        stats = {"requests": 0, "wrong": 0, "unanswered": 0, "temperror": 0, "temperror_unexplained": 0,
+                 "limited": 0, "limited_admitted": 0, "limited_refused": 0, "store_down": 0,
+                 "canary_checks": 0, "canary_wrong": 0, "examples": []}
         lock = threading.Lock()
+        kill_times = []
+        # Per SASL user of the limited traffic: its answers in order ("admitted", "over", "down").
+        users = {}
+
+        def note(what, example=None):
+            with lock:
+                stats[what] += 1
+                if example and len(stats["examples"]) < 12:
+                    stats["examples"].append(example)
 
         def traffic(index):
             rng = random.Random(index)
             client = Client(port)
             seq = 0
+            user_number = 0
+            user_requests = 0
             while not stop.is_set():
                 seq += 1
                 instance = f"{index}.{seq}"
-                kind = rng.randrange(5)
+                kind = rng.randrange(6)
                 client_ip = f"198.51.100.{rng.randrange(1, 250)}"
                 attrs = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": client_ip,
                          "client_name": "mx.soak", "helo_name": "mx.soak", "instance": instance, "queue_id": "",
                          "recipient_count": "0", "size": "0", "sasl_username": ""}
+                user = None
                 if kind == 0:
                     attrs.update(sender="a@pass.soak", recipient=rng.choice(KNOWN))
                     expect = ("PREPEND Received-SPF: pass",)
@@ -212,28 +237,44 @@ limit = "100000000/1h"
                 elif kind == 3:
                     attrs.update(sender="a@pass.soak", recipient="someone@elsewhere.example")
                     expect = ("PREPEND Received-SPF: pass",)
-                else:
+                elif kind == 4:
                     attrs.update(protocol_state="DATA", sender="", recipient="", recipient_count="2")
                     expect = ("550 5.7.1",)
+                else:
+                    # Rate-limited traffic: a SASL user (SPF skips authenticated clients) sends
+                    # LIMIT + 5 recipients, then the next user takes over.
+                    if user_requests == LIMIT + 5:
+                        user_number += 1
+                        user_requests = 0
+                    user_requests += 1
+                    user = f"t{index}u{user_number}"
+                    attrs.update(sender="a@pass.soak", recipient=rng.choice(KNOWN), sasl_username=user)
+                    expect = ("DUNNO", OVER, STORE_DOWN)
                 try:
                     answer = client.ask(attrs)
                 except Exception as error:
-                    with lock:
-                        stats["unanswered"] += 1
-                        stats["examples"].append(f"unanswered: {error}")
+                    note("unanswered", f"unanswered: {attrs['sender']} -> {attrs['recipient']}: {error}")
                     continue
                 action = answer.removeprefix("action=")
                 ok = any(action.startswith(e) for e in expect)
-                # A request in flight when its SPF worker is killed gets SPF temperror.
-                temperror = action.startswith("DEFER_IF_PERMIT 4.7.24")
                 with lock:
                     stats["requests"] += 1
-                    if temperror:
-                        stats["temperror"] += 1
-                    elif not ok:
-                        stats["wrong"] += 1
-                        if len(stats["examples"]) < 5:
-                            stats["examples"].append(f"{attrs['sender']} -> {attrs['recipient']}: {action}")
+                if user is not None and ok:
+                    outcome = "admitted" if action == "DUNNO" else ("over" if action.startswith(OVER) else "down")
+                    with lock:
+                        users.setdefault(user, []).append(outcome)
+                        stats["limited"] += 1
+                        stats[{"admitted": "limited_admitted", "over": "limited_refused", "down": "store_down"}[outcome]] += 1
+                elif action.startswith(TEMPERROR) and user is None and kind in (0, 2, 3):
+                    # A request in flight when its SPF worker is killed gets SPF temperror.
+                    now = time.time()
+                    with lock:
+                        explained = any(0 <= now - t <= 3.0 for t in kill_times)
+                    note("temperror")
+                    if not explained:
+                        note("temperror_unexplained", f"temperror with no worker kill in the 3 s before: {attrs['sender']}")
+                elif not ok:
+                    note("wrong", f"{attrs['sender']} -> {attrs['recipient']} ({attrs['sasl_username']}): {action}")
 
         def spf_workers():
             out = subprocess.run(["pgrep", "-P", str(backstop.pid)], capture_output=True, text=True).stdout
@@ -241,14 +282,41 @@ limit = "100000000/1h"
 
         faults = {"table_edit": 0, "reload": 0, "hup_storm": 0, "spf_worker_kill": 0, "postgres_bounce": 0}
 
+        def canary_answer(probe, name):
+            attrs = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": "198.51.100.7",
+                     "sender": "a@pass.soak", "recipient": f"{name}@soak.test", "instance": f"canary.{name}.{time.time()}"}
+            try:
+                return probe.ask(attrs).removeprefix("action=")
+            except Exception as error:
+                return f"unanswered: {error}"
+
+        def check_canaries(probe, new, old):
+            """The new canary must be accepted and the old one refused within 5 s of the edit."""
+            end = time.time() + 5
+            while time.time() < end:
+                accepted = canary_answer(probe, new).startswith("PREPEND Received-SPF: pass")
+                refused = canary_answer(probe, old).startswith("550 5.1.1")
+                if accepted and refused:
+                    note("canary_checks")
+                    return
+                time.sleep(0.1)
+            note("canary_checks")
+            note("canary_wrong", f"canary {new} not accepted or {old} not refused 5 s after the table edit: "
+                                 f"{canary_answer(probe, new)} / {canary_answer(probe, old)}")
+
         def chaos():
             step = 0
+            canary = "canary0"
+            probe = Client(port)
             while not stop.wait(2.0):
                 step += 1
                 kind = step % 5
                 if kind == 0:
-                    table.write_text("".join(f"{a} OK\n" for a in KNOWN) + f"canary{step}@soak.test OK\n")
+                    new = f"canary{step}"
+                    table.write_text("".join(f"{a} OK\n" for a in KNOWN) + f"{new}@soak.test OK\n")
                     faults["table_edit"] += 1
+                    check_canaries(probe, new, canary)
+                    canary = new
                 elif kind == 1:
                     backstop.send_signal(signal.SIGHUP)
                     faults["reload"] += 1
@@ -259,6 +327,8 @@ limit = "100000000/1h"
                 elif kind == 3:
                     workers = spf_workers()
                     if workers:
+                        with lock:
+                            kill_times.append(time.time())
                         os.kill(random.choice(workers), signal.SIGKILL)
                         faults["spf_worker_kill"] += 1
                 else:
@@ -290,17 +360,32 @@ limit = "100000000/1h"
         fd_end = fd_count(backstop.pid)
         growth = samples[-1] - rss_start
         injected = sum(faults.values())
+        exact = [u for u, seen in users.items() if "down" not in seen and len(seen) >= LIMIT]
+        inexact = [u for u, seen in users.items() if "down" in seen]
+        not_exact = [u for u in exact if users[u] != ["admitted"] * LIMIT + ["over"] * (len(users[u]) - LIMIT)]
+        too_many = [u for u in users if users[u].count("admitted") > LIMIT]
         print(f"soak: {args.seconds:.0f}s, {stats['requests']} requests answered, {stats['unanswered']} unanswered, "
-              f"{stats['wrong']} wrong, {stats['temperror']} SPF temperror during worker kills; faults injected "
-              f"{injected} {faults}; RSS after warm-up {rss_start // 1024} MiB -> {samples[-1] // 1024} MiB "
+              f"{stats['wrong']} wrong; SPF temperror {stats['temperror']} ({stats['temperror_unexplained']} not after a "
+              f"worker kill); rate-limited {stats['limited']} (admitted {stats['limited_admitted']}, refused "
+              f"{stats['limited_refused']}, store down {stats['store_down']}; {len(exact)} users checked exactly, "
+              f"{len(inexact)} met the outage); canaries checked {stats['canary_checks']}, wrong {stats['canary_wrong']}; "
+              f"faults injected {injected} {faults}; RSS after warm-up {rss_start // 1024} MiB -> {samples[-1] // 1024} MiB "
               f"(max {max(samples) // 1024} MiB, growth {growth} KiB); fds {fd_start} -> {fd_end}", flush=True)
         for example in stats["examples"]:
             print("  " + example)
         check(stats["requests"] > 1000, "traffic flowed (more than 1000 requests answered)")
         check(stats["unanswered"] == 0, "every request was answered")
         check(stats["wrong"] == 0, "no wrong answer")
-        check(stats["temperror"] <= 4 * max(1, faults["spf_worker_kill"]) * 2,
-              "SPF temperror only around worker kills")
+        check(stats["temperror_unexplained"] == 0, "SPF temperror only within 3 s after a worker kill")
+        check(stats["temperror"] <= args.connections * max(1, faults["spf_worker_kill"]),
+              "SPF temperror at most one per connection per worker kill")
+        check(len(exact) >= 10 and not not_exact, f"rate limit exact: {LIMIT} admitted then refused, for every user "
+              f"that did not meet the outage ({len(exact)} users; wrong: {not_exact[:3]})")
+        check(not too_many, f"no user ever admitted more than {LIMIT} ({too_many[:3]})")
+        check(faults["postgres_bounce"] == 0 or stats["store_down"] > 0,
+              "the store's fail action was answered while PostgreSQL was stopped")
+        check(faults["table_edit"] == 0 or (stats["canary_checks"] == faults["table_edit"] and stats["canary_wrong"] == 0),
+              "after every table edit the new canary is accepted and the old one refused")
         check(injected >= 5, "faults were injected")
         check(growth < 32 * 1024, "RSS flat after warm-up (growth under 32 MiB)")
         check(fd_end <= fd_start + 16, "no file-descriptor growth")

@@ -21,10 +21,10 @@ public struct BouncesSettings: CheckSettings, Equatable {
     public init() {}
 
     public init(reading section: ConfigSection, baseDirectory: String) {
-        testMode = section.bool("test_mode", default: false)
-        failAction = section.action("fail_action", default: .dunno)
-        action = section.action("action", default: Self.defaultAction)
-        noReplyAction = section.action("no_reply_action", default: Self.defaultNoReplyAction)
+        testMode = section.bool("test_mode", default: testMode)
+        failAction = section.action("fail_action", default: failAction)
+        action = section.action("action", default: action)
+        noReplyAction = section.action("no_reply_action", default: noReplyAction)
         for entry in section.stringArray("no_reply_addresses", default: []) {
             let address = entry.trimmingSpaces.lowercased()
             if address.hasPrefix("@"), address.count > 1, !address.dropFirst().contains("@") {
@@ -36,6 +36,18 @@ public struct BouncesSettings: CheckSettings, Equatable {
                 section.report("no_reply_addresses", "\"\(LogEscaping.escape(entry))\" is not an address: write noreply@example.org, or @example.org for a whole domain")
             }
         }
+    }
+
+    /// no_reply_addresses are checked at RCPT, the recipient count at DATA or END-OF-MESSAGE.
+    public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
+        var out: [(key: String, message: String)] = []
+        if !(noReplyAddresses.isEmpty && noReplyDomains.isEmpty) && !configuration.policy.runs("bounces", at: .rcpt) {
+            out.append(("no_reply_addresses", "checked at RCPT, but policy.rcpt does not list bounces: they never apply"))
+        }
+        if !configuration.policy.runs("bounces", at: .data) && !configuration.policy.runs("bounces", at: .endOfMessage) {
+            out.append(("action", "a bounce's recipients are counted at DATA or END-OF-MESSAGE, but neither policy.data nor policy.end_of_message lists bounces: it never applies"))
+        }
+        return out
     }
 
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
@@ -54,28 +66,28 @@ public struct BouncesCheck: Check {
         self.failVerdict = Verdict(settings.failAction, reason: "bounces_failed")
     }
 
-    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         // Only the null sender is judged; an absent sender attribute is not a null sender.
-        guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .done(.noOpinion()) }
+        guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .now(.noOpinion()) }
         switch request.protocolState {
         case .rcpt:
-            guard !settings.noReplyAddresses.isEmpty || !settings.noReplyDomains.isEmpty else { return .done(.noOpinion()) }
+            guard !settings.noReplyAddresses.isEmpty || !settings.noReplyDomains.isEmpty else { return .now(.noOpinion()) }
             let recipient = request.recipient.lowercased()
             if settings.noReplyAddresses.contains(recipient) {
-                return .done(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
+                return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
             }
             if let at = recipient.lastIndex(of: "@"), settings.noReplyDomains.contains(String(recipient[recipient.index(after: at)...])) {
-                return .done(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
+                return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
             }
-            return .done(.noOpinion())
+            return .now(.noOpinion())
         case .data, .endOfMessage:
             let count = request.recipientCount
             if count > 1 {
-                return .done(Verdict(settings.action, reason: "bounce_recipients=\(count)"))
+                return .now(Verdict(settings.action, reason: "bounce_recipients=\(count)"))
             }
-            return .done(.noOpinion())
+            return .now(.noOpinion())
         default:
-            return .done(.noOpinion())
+            return .now(.noOpinion())
         }
     }
 }

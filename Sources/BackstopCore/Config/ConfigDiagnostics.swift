@@ -19,10 +19,14 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Collects issues while a file is read; shared by every section reader of one file.
+/// @unchecked Sendable: a file is read on one thread, start to finish; check readers are
+/// @Sendable closures that receive it there and never keep it.
 public final class ConfigDiagnostics: @unchecked Sendable {
     public let file: String
     let locator: KeyLocator
     public private(set) var issues: [ConfigIssue] = []
+    /// Settings that are valid but can never take effect (a check listed in no stage).
+    public private(set) var warnings: [ConfigIssue] = []
 
     public init(file: String, text: String) {
         self.file = file
@@ -31,6 +35,10 @@ public final class ConfigDiagnostics: @unchecked Sendable {
 
     public func report(_ path: [String], _ message: String) {
         issues.append(ConfigIssue(file: file, line: locator.line(of: path), key: path.joined(separator: "."), message: message))
+    }
+
+    public func warn(_ path: [String], _ message: String) {
+        warnings.append(ConfigIssue(file: file, line: locator.line(of: path), key: path.joined(separator: "."), message: message))
     }
 
     public func report(line: Int?, key: String, _ message: String) {

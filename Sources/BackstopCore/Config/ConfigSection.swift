@@ -4,6 +4,7 @@
 
 import NIOCore
 
+/// @unchecked Sendable: like ConfigDiagnostics, used on the one thread that reads the file.
 public final class ConfigSection: @unchecked Sendable {
     public let path: [String]
     public let diagnostics: ConfigDiagnostics
@@ -31,6 +32,11 @@ public final class ConfigSection: @unchecked Sendable {
 
     public func report(_ key: String, _ message: String) {
         diagnostics.report(path + [key], message)
+    }
+
+    /// A warning about `key` (dotted for nested keys; empty for the section itself).
+    public func warn(_ key: String, _ message: String) {
+        diagnostics.warn(path + key.split(separator: ".").map(String.init), message)
     }
 
     /// The raw value, marking the key as known.
@@ -162,11 +168,32 @@ public enum DurationText {
         return nil
     }
 
+    /// Exactly, in the largest unit that divides it, as the configuration writes it:
+    /// "330s", "5m", "1h", "250ms".
     public static func format(_ amount: TimeAmount) -> String {
         let ns = amount.nanoseconds
         if ns % 3_600_000_000_000 == 0 && ns > 0 { return "\(ns / 3_600_000_000_000)h" }
         if ns % 60_000_000_000 == 0 && ns > 0 { return "\(ns / 60_000_000_000)m" }
         if ns % 1_000_000_000 == 0 { return "\(ns / 1_000_000_000)s" }
         return "\(ns / 1_000_000)ms"
+    }
+
+    /// A span for people, rounded: "1h2m3s", "4.5s", "250ms", "12µs".
+    public static func approximate(nanoseconds ns: Int64) -> String {
+        if ns < 1_000_000 { return "\(max(0, ns) / 1000)µs" }
+        if ns < 10_000_000_000 {
+            let ms = ns / 1_000_000
+            return ms < 1000 ? "\(ms)ms" : "\(ms / 1000).\((ms % 1000) / 100)s"
+        }
+        var seconds = (ns + 999_999_999) / 1_000_000_000
+        var out = ""
+        let days = seconds / 86_400
+        if days > 0 { out += "\(days)d"; seconds %= 86_400 }
+        let hours = seconds / 3600
+        if hours > 0 { out += "\(hours)h"; seconds %= 3600 }
+        let minutes = seconds / 60
+        if minutes > 0 { out += "\(minutes)m"; seconds %= 60 }
+        if seconds > 0 || out.isEmpty { out += "\(seconds)s" }
+        return out
     }
 }

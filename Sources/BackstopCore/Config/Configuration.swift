@@ -13,27 +13,27 @@ public struct Configuration: Sendable {
     public var log = LogSettings()
     public var policy = PolicySettings()
     public var metrics = MetricsSettings()
-    /// Settings of every check named in a stage, by check name.
+    /// Settings of every check named in a stage or given a section, by check name.
     public var checks: [String: any CheckSettings] = [:]
+    /// Settings that are valid but never take effect; `check-config` prints them and
+    /// `check-config --strict` fails on them, `serve` logs them.
+    public var warnings: [ConfigIssue] = []
 
     /// The directory relative paths in the file are resolved against.
     public var baseDirectory: String { (file as NSString).deletingLastPathComponent }
 
     public init(file: String = "(defaults)") { self.file = file }
 
+    /// The largest configuration file read (1 MiB); a larger one is refused before parsing.
+    public static let maxFileBytes = 1 << 20
+
     public static func load(path: String) throws(ConfigError) -> Configuration {
-        let text: String
-        do {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
-            guard let decoded = String(data: data, encoding: .utf8) else {
-                throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "file is not valid UTF-8")])
-            }
-            text = decoded
-        } catch let error as ConfigError {
-            throw error
-        } catch {
-            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "",
-                                                   message: "cannot read: \(error.localizedDescription)")])
+        let bytes: [UInt8]
+        do { bytes = try RegularFile.read(path, maxBytes: maxFileBytes) } catch {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "cannot read the configuration: " + error.reason)])
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "file is not valid UTF-8")])
         }
         return try parse(text, file: path)
     }
@@ -41,8 +41,9 @@ public struct Configuration: Sendable {
     public static func parse(_ text: String, file: String) throws(ConfigError) -> Configuration {
         let root = try ConfigValue.parse(text, file: file)
         let diagnostics = ConfigDiagnostics(file: file, text: text)
-        let config = read(ConfigSection(root: root, diagnostics: diagnostics), file: file)
+        var config = read(ConfigSection(root: root, diagnostics: diagnostics), file: file)
         if !diagnostics.issues.isEmpty { throw ConfigError(issues: diagnostics.issues) }
+        config.warnings = diagnostics.warnings
         return config
     }
 
@@ -58,48 +59,60 @@ public struct Configuration: Sendable {
         }
 
         let server = root.section("server")
-        config.server.maxConnections = server.int("max_connections", default: 1000, range: 1...1_000_000)
-        config.server.idleTimeout = server.duration("idle_timeout", default: .seconds(330), range: .seconds(1)...(.hours(24)))
-        config.server.readTimeout = server.duration("read_timeout", default: .seconds(30), range: .milliseconds(100)...(.hours(1)))
-        config.server.shutdownGrace = server.duration("shutdown_grace", default: .seconds(10), range: .zero...(.minutes(10)))
-        config.server.threads = server.int("threads", default: 0, range: 0...256)
+        config.server.maxConnections = server.int("max_connections", default: config.server.maxConnections, range: 1...1_000_000)
+        config.server.idleTimeout = server.duration("idle_timeout", default: config.server.idleTimeout, range: .seconds(1)...(.hours(24)))
+        config.server.readTimeout = server.duration("read_timeout", default: config.server.readTimeout, range: .milliseconds(100)...(.hours(1)))
+        config.server.shutdownGrace = server.duration("shutdown_grace", default: config.server.shutdownGrace, range: .zero...(.minutes(10)))
+        config.server.threads = server.int("threads", default: config.server.threads, range: 0...256)
         config.server.user = server.optionalString("user")
         config.server.group = server.optionalString("group")
         server.finish()
 
         let proto = root.section("protocol")
         config.limits = ProtocolLimits(
-            maxLineLength: proto.int("max_line_length", default: 4096, range: 256...1_048_576),
-            maxAttributes: proto.int("max_attributes", default: 100, range: 16...10_000),
-            maxRequestBytes: proto.int("max_request_bytes", default: 32768, range: 1024...16_777_216))
+            maxLineLength: proto.int("max_line_length", default: ProtocolLimits.defaults.maxLineLength, range: 256...1_048_576),
+            maxAttributes: proto.int("max_attributes", default: ProtocolLimits.defaults.maxAttributes, range: 16...10_000),
+            maxRequestBytes: proto.int("max_request_bytes", default: ProtocolLimits.defaults.maxRequestBytes, range: 1024...16_777_216))
         if config.limits.maxRequestBytes < config.limits.maxLineLength {
             proto.report("max_request_bytes", "must be at least max_line_length (\(config.limits.maxLineLength))")
         }
         proto.finish()
 
         let log = root.section("log")
-        config.log.level = log.string("level", default: "info").lowercased()
+        config.log.level = log.string("level", default: config.log.level).lowercased()
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(config.log.level) {
             log.report("level", "unknown level \"\(LogEscaping.escape(config.log.level))\": use trace, debug, info, notice, warning, error or critical")
             config.log.level = "info"
         }
-        let destination = log.string("destination", default: "stderr")
+        let destination = log.string("destination", default: config.log.destination.rawValue)
         if let d = LogSettings.Destination(rawValue: destination) { config.log.destination = d } else {
             log.report("destination", "unknown destination \"\(LogEscaping.escape(destination))\": use stderr, stdout or syslog")
         }
-        config.log.summaryInterval = log.duration("summary_interval", default: .zero, range: .zero...(.hours(24)))
+        config.log.summaryInterval = log.duration("summary_interval", default: config.log.summaryInterval, range: .zero...(.hours(24)))
         log.finish()
 
         let metrics = root.section("metrics")
         config.metrics.listen = metrics.optionalString("listen")
-        if let listen = config.metrics.listen, case .tcp = ListenerSettings.parseEndpoint(listen) {} else if config.metrics.listen != nil {
-            metrics.report("listen", "expected host:port such as \"127.0.0.1:9233\"")
+        let explicitAllow = metrics.has("allow")
+        config.metrics.allow = metrics.networks("allow", default: config.metrics.allow.networks)
+        config.metrics.maxConnections = metrics.int("max_connections", default: config.metrics.maxConnections, range: 1...1024)
+        config.metrics.readTimeout = metrics.duration("read_timeout", default: config.metrics.readTimeout, range: .milliseconds(100)...(.minutes(5)))
+        config.metrics.idleTimeout = metrics.duration("idle_timeout", default: config.metrics.idleTimeout, range: .seconds(1)...(.hours(1)))
+        if let listen = config.metrics.listen {
+            if case .tcp(let host, _) = ListenerSettings.parseEndpoint(listen) {
+                if !MetricsSettings.isLoopback(host: host) && !explicitAllow {
+                    metrics.report("listen", "\(LogEscaping.escape(listen)) is not a loopback address: list the scrapers' networks in metrics.allow")
+                }
+            } else {
+                metrics.report("listen", "expected host:port such as \"127.0.0.1:9233\"")
+            }
         }
+        if config.metrics.allow.isEmpty { metrics.report("allow", "must list at least one network") }
         metrics.finish()
 
         let policy = root.section("policy")
-        config.policy.testMode = policy.bool("test_mode", default: false)
-        config.policy.deadline = policy.duration("deadline", default: .seconds(5), range: .milliseconds(10)...(.seconds(90)))
+        config.policy.testMode = policy.bool("test_mode", default: config.policy.testMode)
+        config.policy.deadline = policy.duration("deadline", default: config.policy.deadline, range: .milliseconds(10)...(.seconds(90)))
         var named = Set<String>()
         for state in ProtocolState.allCases where state != .other {
             let names = policy.stringArray(state.configKey, default: [])
@@ -122,6 +135,11 @@ public struct Configuration: Sendable {
         }
         for (name, settings) in config.checks.sorted(by: { $0.key < $1.key }) {
             for (key, message) in settings.conflicts(with: config) { root.section(name).report(key, message) }
+            if config.policy.stage(listing: name) == nil {
+                root.section(name).warn("", "[\(name)] is configured but listed in no [policy] stage, so it never runs")
+            } else {
+                for (key, message) in settings.unreachable(in: config) { root.section(name).warn(key, message) }
+            }
         }
         root.finish()
         return config
@@ -138,7 +156,7 @@ public struct Configuration: Sendable {
             return nil
         }
         listener.endpoint = endpoint
-        let modeText = section.string("mode", default: "0660")
+        let modeText = section.string("mode", default: "0" + String(listener.mode, radix: 8))
         if let mode = Int(modeText, radix: 8), (0...0o777).contains(mode) { listener.mode = mode } else {
             section.report("mode", "expected an octal file mode such as \"0660\"")
         }

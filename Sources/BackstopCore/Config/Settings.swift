@@ -82,12 +82,40 @@ public struct PolicySettings: Sendable {
     /// Turns every refusal into WARN (logged, not enforced).
     public var testMode = false
     /// Every request is answered within this long, whatever the checks do.
-    public var deadline: TimeAmount = .seconds(5)
+    public var deadline: TimeAmount = PolicySettings.defaultDeadline
+    public static let defaultDeadline: TimeAmount = .seconds(5)
     /// Which checks run, in order, for each protocol_state.
     public var stages: [ProtocolState: [String]] = [:]
+
+    /// A stage where the check named `name` runs, or nil when it runs at none.
+    public func stage(listing name: String) -> ProtocolState? {
+        stages.first { $0.value.contains(name) }?.key
+    }
+
+    /// True when the check named `name` runs at `state`.
+    public func runs(_ name: String, at state: ProtocolState) -> Bool { stages[state]?.contains(name) ?? false }
 }
 
 public struct MetricsSettings: Sendable, Equatable {
     /// "127.0.0.1:9233" to serve Prometheus metrics over HTTP; nil (the default) for none.
     public var listen: String?
+    /// Clients that may connect (both /metrics and /ratelimit/status); others are closed
+    /// before a byte is read. Loopback by default; must be given when `listen` is not a
+    /// loopback address.
+    public var allow = NetworkList(CIDR.loopback)
+    /// Most simultaneous HTTP connections; they also count toward server.max_connections.
+    public var maxConnections = 16
+    /// A request must arrive complete within this long of the connection or the last answer.
+    public var readTimeout: TimeAmount = .seconds(10)
+    /// A kept-alive connection with no request is closed after this long.
+    public var idleTimeout: TimeAmount = .seconds(60)
+
+    public init() {}
+
+    /// True when `listen` names a loopback address ("localhost" counts).
+    public static func isLoopback(host: String) -> Bool {
+        if host == "localhost" { return true }
+        guard let address = IPAddress(host) else { return false }
+        return NetworkList(CIDR.loopback).contains(address)
+    }
 }

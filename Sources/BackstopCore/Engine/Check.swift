@@ -1,14 +1,9 @@
 // The contract every check fulfils: turn a request into a verdict, now or later.
-// Synchronous checks answer `.done` on the event loop with no allocation beyond the
-// verdict; checks that wait (SPF, a remote store) answer `.pending` with a future.
+// Synchronous checks answer `.now` on the event loop with no allocation beyond the
+// verdict; checks that wait (SPF, a remote store) answer `.later` with a future.
 
 import NIOCore
 import Logging
-
-public enum CheckResult: Sendable {
-    case done(Verdict)
-    case pending(EventLoopFuture<Verdict>)
-}
 
 /// Everything a check may need besides the request itself.
 public struct CheckContext: Sendable {
@@ -32,7 +27,7 @@ public protocol Check: Sendable {
     /// What to answer when the check cannot decide in time or fails internally.
     var failVerdict: Verdict { get }
 
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict>
 }
 
 /// A check that holds resources beyond its own lifetime (worker processes, sockets): the

@@ -11,10 +11,14 @@ public protocol CheckSettings: Sendable {
     func makeCheck(_ context: CheckBuildContext) throws -> any Check
     /// Problems with the rest of the configuration, as (key of this section, message).
     func conflicts(with configuration: Configuration) -> [(key: String, message: String)]
+    /// Settings of a check that runs somewhere but that can never take effect, e.g. a rule
+    /// for a stage where the check is not listed, as (dotted key, message): warnings.
+    func unreachable(in configuration: Configuration) -> [(key: String, message: String)]
 }
 
 extension CheckSettings {
     public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] { [] }
+    public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] { [] }
 }
 
 public struct CheckBuildContext: Sendable {
@@ -24,7 +28,7 @@ public struct CheckBuildContext: Sendable {
     public var previous: (any Check)?
     public var deadline: TimeAmount
 
-    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = .seconds(5)) {
+    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = PolicySettings.defaultDeadline) {
         self.logger = logger
         self.previous = previous
         self.deadline = deadline
@@ -68,5 +72,8 @@ public enum CheckCatalog {
 
 /// A check whose data lives in files re-reads them when asked (SIGHUP).
 public protocol ReloadableCheck: Check {
-    func reload()
+    /// Re-reads the files; returns the problems of an edit that could not be loaded (the
+    /// last good version stays in force), empty when the newest version is in force.
+    @discardableResult
+    func reload() -> [ConfigIssue]
 }

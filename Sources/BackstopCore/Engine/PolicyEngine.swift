@@ -31,11 +31,6 @@ public struct Decision: Sendable {
     }
 }
 
-public enum EngineResult: Sendable {
-    case immediate(Decision)
-    case pending(EventLoopFuture<Decision>)
-}
-
 public final class PolicyEngine: Sendable {
     public let stages: [ProtocolState: [any Check]]
     public let testMode: Bool
@@ -47,7 +42,7 @@ public final class PolicyEngine: Sendable {
     /// check is then worth it).
     let timers: [String: Metrics.Timer]
 
-    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = .seconds(5),
+    public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = PolicySettings.defaultDeadline,
                 allChecks: [String: any Check] = [:], timeChecks: Bool = false) {
         self.stages = stages
         self.testMode = testMode
@@ -66,14 +61,14 @@ public final class PolicyEngine: Sendable {
     }
 
     /// Decides `request`. Runs synchronously as far as the checks allow.
-    public func decide(_ request: PolicyRequest, eventLoop: any EventLoop, logger: Logger) -> EngineResult {
+    public func decide(_ request: PolicyRequest, eventLoop: any EventLoop, logger: Logger) -> Answer<Decision> {
         let checks = stages[request.protocolState] ?? []
         let context = CheckContext(eventLoop: eventLoop, deadline: .now() + deadline, logger: logger)
         switch run(checks, from: 0, Accumulator(), request, context) {
         case .decided(let decision):
-            return .immediate(decision)
+            return .now(decision)
         case .waiting(let future, let check, let next, let state):
-            return .pending(wait(for: future, from: check, then: next, checks, state, request, context))
+            return .later(wait(for: future, from: check, then: next, checks, state, request, context))
         }
     }
 
@@ -92,9 +87,9 @@ public final class PolicyEngine: Sendable {
             let check = checks[index]
             index += 1
             switch evaluate(check, request, context) {
-            case .done(let verdict):
+            case .now(let verdict):
                 if let decision = state.add(verdict, from: check, engineTestMode: testMode) { return .decided(decision) }
-            case .pending(let future):
+            case .later(let future):
                 return .waiting(future, check: check, next: index, state)
             }
         }
@@ -102,13 +97,13 @@ public final class PolicyEngine: Sendable {
     }
 
     /// Runs one check, timing it when metrics are on.
-    private func evaluate(_ check: any Check, _ request: PolicyRequest, _ context: CheckContext) -> CheckResult {
+    private func evaluate(_ check: any Check, _ request: PolicyRequest, _ context: CheckContext) -> Answer<Verdict> {
         guard let timer = timers[check.name] else { return check.evaluate(request, context: context) }
         let started = NIODeadline.now()
         let result = check.evaluate(request, context: context)
         switch result {
-        case .done: timer.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
-        case .pending(let future):
+        case .now: timer.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+        case .later(let future):
             future.whenComplete { _ in timer.recordNanoseconds((NIODeadline.now() - started).nanoseconds) }
         }
         return result
@@ -212,7 +207,8 @@ extension Verdict {
     }
 }
 
-/// A flag touched only on one event loop (the timer and the completion both run there).
+/// A flag. @unchecked Sendable: touched only on one event loop (the timer and the
+/// completion both run there).
 final class LoopFlag: @unchecked Sendable {
     var value = false
 }

@@ -43,12 +43,6 @@ public struct CounterStoreFailure: Error, Sendable, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-public enum CounterStoreAnswer: Sendable {
-    case ready(GCRAOutcome)
-    /// Completes within the store's own timeout, or fails with `CounterStoreFailure`.
-    case pending(EventLoopFuture<GCRAOutcome>)
-}
-
 /// The stored state of one key, for `status`.
 public struct RateKeyState: Sendable, Equatable {
     /// The key's TAT, or nil when the store holds nothing for it (a full bucket).
@@ -64,8 +58,9 @@ public struct RateKeyState: Sendable, Equatable {
 public protocol CounterStore: AnyObject, Sendable {
     /// "memory", "postgres": for logs and `status`.
     var kind: String { get }
-    /// Applies one hit atomically: counted when it fits, nothing consumed when refused.
-    func hit(_ hit: RateHit, eventLoop: any EventLoop) -> CounterStoreAnswer
+    /// Applies one hit atomically: counted when it fits, nothing consumed when refused. A
+    /// `.later` answer completes within the store's own timeout or fails with CounterStoreFailure.
+    func hit(_ hit: RateHit, eventLoop: any EventLoop) -> Answer<GCRAOutcome>
     /// Gives back an admitted hit (a later rule refused the same request). Best effort.
     func refund(_ hit: RateHit)
     /// The current state of a key, without changing it.

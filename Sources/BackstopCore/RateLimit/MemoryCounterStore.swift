@@ -11,8 +11,9 @@ import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
-public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
+public final class MemoryCounterStore: CounterStore, Sendable {
     public var kind: String { "memory" }
     public let maxKeys: Int
     public let shardCount: Int
@@ -24,9 +25,9 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
     private let shards: [Shard]
     private let gauges = NIOLockedValueBox<[UInt16: (Gauge, Int)]>([:])
     private let evictions = Counter(label: "backstop_ratelimit_evictions_total")
-    /// Evictions not yet logged, and when the last line was written: one line per 10 s at most.
-    private let evictionLog = NIOLockedValueBox<(pending: Int, last: Int64?)>((0, nil))
-    private var sweeper: Task<Void, Never>?
+    /// Evictions are logged in one line per 10 s at most.
+    private let evictionLog = LogThrottle(interval: .seconds(10))
+    private let sweeper = NIOLockedValueBox<RepeatedTask?>(nil)
     private let logger: Logger
 
     struct Key: Hashable {
@@ -35,10 +36,8 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         func hash(into hasher: inout Hasher) { hasher.combine(h1) }
     }
 
-    final class Shard: @unchecked Sendable {
-        let lock = NIOLock()
-        var entries: [Key: Int64] = [:]
-    }
+    /// One shard: its keys' TATs behind its own lock.
+    typealias Shard = NIOLockedValueBox<[Key: Int64]>
 
     /// - Parameters:
     ///   - maxKeys: most keys held in total (each shard holds maxKeys / shards).
@@ -55,20 +54,21 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         var rng = SystemRandomNumberGenerator()
         self.salt0 = rng.next()
         self.salt1 = rng.next()
-        self.shards = (0..<shards).map { _ in Shard() }
+        self.shards = (0..<shards).map { _ in Shard([:]) }
         if let sweepInterval {
-            let nanoseconds = UInt64(max(1, sweepInterval.nanoseconds))
-            self.sweeper = Task.detached(priority: .background) { [weak self] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: nanoseconds)
-                    guard let self else { return }
-                    self.sweep()
-                }
+            // On an event loop of NIO's shared group (a sweep holds one shard lock at a time,
+            // briefly); holds the store weakly, so a replaced store stops sweeping.
+            let interval = TimeAmount.nanoseconds(max(1_000_000, sweepInterval.nanoseconds))
+            let task = MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(initialDelay: interval, delay: interval) {
+                [weak self] repeated in
+                guard let self else { return repeated.cancel() }
+                self.sweep()
             }
+            sweeper.withLockedValue { $0 = task }
         }
     }
 
-    deinit { sweeper?.cancel() }
+    deinit { sweeper.withLockedValue { $0?.cancel() } }
 
     static func tag(_ rule: RateRuleIdentity) -> UInt16 { UInt16(truncatingIfNeeded: rule.fingerprint >> 48) }
 
@@ -88,8 +88,8 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
 
     private func shard(_ key: Key) -> Shard { shards[Int(key.h0 & UInt64(shardCount - 1))] }
 
-    public func hit(_ hit: RateHit, eventLoop: any EventLoop) -> CounterStoreAnswer {
-        .ready(apply(hit))
+    public func hit(_ hit: RateHit, eventLoop: any EventLoop) -> Answer<GCRAOutcome> {
+        .now(apply(hit))
     }
 
     /// The synchronous hit the check uses on the hot path.
@@ -98,33 +98,33 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         let shard = shard(key)
         let now = clock.now
         var evicted = 0
-        let outcome: GCRAOutcome = shard.lock.withLock {
-            let old = shard.entries[key]
+        let outcome: GCRAOutcome = shard.withLockedValue { entries in
+            let old = entries[key]
             let outcome = GCRA.apply(tat: old, now: now, cost: hit.cost, hit.parameters)
             if case .admitted(_, let newTAT) = outcome {
-                if old == nil, shard.entries.count >= perShardCap {
-                    evicted = makeRoom(shard, now: now)
+                if old == nil, entries.count >= perShardCap {
+                    evicted = makeRoom(&entries, now: now)
                 }
-                shard.entries[key] = newTAT
+                entries[key] = newTAT
             }
             return outcome
         }
-        if evicted > 0 { noteEvictions(evicted, now: now) }
+        if evicted > 0 { noteEvictions(evicted) }
         return outcome
     }
 
     /// Frees room in a full shard (lock held). Returns how many live keys were evicted.
-    private func makeRoom(_ shard: Shard, now: Int64) -> Int {
-        shard.entries = shard.entries.filter { $0.value > now }
+    private func makeRoom(_ entries: inout [Key: Int64], now: Int64) -> Int {
+        entries = entries.filter { $0.value > now }
         let target = perShardCap - max(1, perShardCap / 16)
-        let excess = shard.entries.count - target
+        let excess = entries.count - target
         guard excess > 0 else { return 0 }
-        var tats = Array(shard.entries.values)
+        var tats = Array(entries.values)
         tats.sort()
         let threshold = tats[excess - 1]
         var removed = 0
         // Ties at the threshold are removed only as far as needed.
-        shard.entries = shard.entries.filter { entry in
+        entries = entries.filter { entry in
             if entry.value < threshold { removed += 1; return false }
             if entry.value == threshold, removed < excess { removed += 1; return false }
             return true
@@ -132,14 +132,9 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         return removed
     }
 
-    private func noteEvictions(_ count: Int, now: Int64) {
+    private func noteEvictions(_ count: Int) {
         evictions.increment(by: count)
-        let report: Int? = evictionLog.withLockedValue { log in
-            log.pending += count
-            if let last = log.last, now - last < 10_000_000_000 { return nil }
-            defer { log = (0, now) }
-            return log.pending
-        }
+        let report = evictionLog.note(count)
         if let report {
             logger.warning("rate-limit store full: evicted the keys with the oldest state (they start again with a full allowance); raise [ratelimit] max_keys if this is not a flood",
                            metadata: ["evicted": "\(report)", "max_keys": "\(maxKeys)"])
@@ -150,9 +145,9 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         let key = storeKey(hit.rule, hit.key)
         let shard = shard(key)
         let now = clock.now
-        shard.lock.withLock {
-            guard let tat = shard.entries[key] else { return }
-            shard.entries[key] = GCRA.refund(tat: tat, now: now, cost: hit.cost, hit.parameters)
+        shard.withLockedValue { entries in
+            guard let tat = entries[key] else { return }
+            entries[key] = GCRA.refund(tat: tat, now: now, cost: hit.cost, hit.parameters)
         }
     }
 
@@ -164,13 +159,13 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         let k = storeKey(rule, key)
         let shard = shard(k)
         let now = clock.now
-        let tat = shard.lock.withLock { shard.entries[k] }
+        let tat = shard.withLockedValue { $0[k] }
         return RateKeyState(tat: tat.flatMap { $0 > now ? $0 : nil }, now: now)
     }
 
     /// Keys held right now (expired ones included until the next sweep).
     public var count: Int {
-        shards.reduce(0) { sum, shard in sum + shard.lock.withLock { shard.entries.count } }
+        shards.reduce(0) { sum, shard in sum + shard.withLockedValue { $0.count } }
     }
 
     /// Bytes held by the entry tables: slots × (key + TAT) plus one metadata bit per slot.
@@ -178,7 +173,7 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
     public var tableBytes: Int {
         let slot = MemoryLayout<Key>.stride + MemoryLayout<Int64>.stride
         return shards.reduce(0) { sum, shard in
-            sum + shard.lock.withLock { shard.entries.capacity * slot + shard.entries.capacity / 8 }
+            sum + shard.withLockedValue { $0.capacity * slot + $0.capacity / 8 }
         }
     }
 
@@ -187,9 +182,9 @@ public final class MemoryCounterStore: CounterStore, @unchecked Sendable {
         let now = clock.now
         var perTag: [UInt16: Int] = [:]
         for shard in shards {
-            shard.lock.withLock {
-                shard.entries = shard.entries.filter { $0.value > now }
-                        for key in shard.entries.keys { perTag[UInt16(truncatingIfNeeded: key.h0 >> 48), default: 0] += 1 }
+            shard.withLockedValue { entries in
+                entries = entries.filter { $0.value > now }
+                for key in entries.keys { perTag[UInt16(truncatingIfNeeded: key.h0 >> 48), default: 0] += 1 }
             }
         }
         gauges.withLockedValue { gauges in

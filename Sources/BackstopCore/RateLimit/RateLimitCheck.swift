@@ -21,9 +21,8 @@ public final class RateLimitCheck: Check, Sendable {
     private let byState: [ProtocolState: [Int]]
     private let memory: MemoryCounterStore?
     private let logger: Logger
-    /// Store failures not yet logged, and when the last line was written: while a shared
-    /// store is down every request fails, so one line per second at most.
-    private let failureLog = NIOLockedValueBox<(pending: Int, last: NIODeadline?)>((0, nil))
+    /// While a shared store is down every request fails: one line per second at most.
+    private let failureLog = LogThrottle(interval: .seconds(1))
 
     /// A rule with its identity and its metrics, made once per configuration.
     struct Runtime: Sendable {
@@ -75,13 +74,13 @@ public final class RateLimitCheck: Check, Sendable {
         case proceed(Progress)
     }
 
-    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-        guard let indices = byState[request.protocolState] else { return .done(.noOpinion()) }
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        guard let indices = byState[request.protocolState] else { return .now(.noOpinion()) }
         return run(indices[...], request, context, Progress())
     }
 
     private func run(_ pending: ArraySlice<Int>, _ request: PolicyRequest, _ context: CheckContext,
-                     _ progress: Progress) -> CheckResult {
+                     _ progress: Progress) -> Answer<Verdict> {
         var progress = progress
         var pending = pending
         while let index = pending.popFirst() {
@@ -91,14 +90,14 @@ public final class RateLimitCheck: Check, Sendable {
             if let memory {
                 // The embedded store answers synchronously: no future on the hot path.
                 if let verdict = settle(memory.apply(hit), hit, mark, runtime, request, context, &progress) {
-                    return .done(verdict)
+                    return .now(verdict)
                 }
                 continue
             }
             switch store.hit(hit, eventLoop: context.eventLoop) {
-            case .ready(let outcome):
-                if let verdict = settle(outcome, hit, mark, runtime, request, context, &progress) { return .done(verdict) }
-            case .pending(let future):
+            case .now(let outcome):
+                if let verdict = settle(outcome, hit, mark, runtime, request, context, &progress) { return .now(verdict) }
+            case .later(let future):
                 let rest = pending
                 let carried = progress
                 let step = future.hop(to: context.eventLoop).map { outcome -> Step in
@@ -110,21 +109,21 @@ public final class RateLimitCheck: Check, Sendable {
                     if let verdict = self.storeFailed(error, hit, runtime, context, &p) { return .decided(verdict) }
                     return .proceed(p)
                 }
-                return .pending(step.flatMap { step -> EventLoopFuture<Verdict> in
+                return .later(step.flatMap { step -> EventLoopFuture<Verdict> in
                     switch step {
                     case .decided(let verdict):
                         return context.eventLoop.makeSucceededFuture(verdict)
                     case .proceed(let p):
                         switch self.run(rest, request, context, p) {
-                        case .done(let verdict): return context.eventLoop.makeSucceededFuture(verdict)
-                        case .pending(let future): return future
+                        case .now(let verdict): return context.eventLoop.makeSucceededFuture(verdict)
+                        case .later(let future): return future
                         }
                     }
                 })
             }
         }
         for mark in progress.counted { instances.remember(mark) }
-        return .done(.noOpinion())
+        return .now(.noOpinion())
     }
 }
 
@@ -186,7 +185,7 @@ extension RateLimitCheck {
                 "limit": "\(rule.limitCount)/\(DurationText.format(.nanoseconds(rule.period)))",
                 "burst": "\(rule.parameters.burst)",
             ]
-            if let retryAfter { metadata["retry_after"] = "\(RateLimitCheck.format(nanoseconds: retryAfter))" }
+            if let retryAfter { metadata["retry_after"] = "\(DurationText.approximate(nanoseconds: retryAfter))" }
             else { metadata["over_burst"] = "true" }
             let instance = request.instance
             if !instance.isEmpty { metadata["instance"] = "\(LogEscaping.field(instance))" }
@@ -199,13 +198,7 @@ extension RateLimitCheck {
                              _ progress: inout Progress) -> Verdict? {
         runtime.failures.increment()
         let rule = runtime.rule
-        let now = NIODeadline.now()
-        let failures: Int? = failureLog.withLockedValue { log in
-            log.pending += 1
-            if let last = log.last, now - last < .seconds(1) { return nil }
-            defer { log = (0, now) }
-            return log.pending
-        }
+        let failures = failureLog.note()
         if let failures {
             context.logger.warning("rate-limit store failed, using the fail action", metadata: [
                 "check": "ratelimit", "rule": "\(rule.name)", "store": "\(store.kind)",
@@ -252,38 +245,19 @@ extension RateLimitCheck {
     static func describe(_ rule: RateLimitRule, key: String, state: RateKeyState, store: String) -> String {
         let p = rule.parameters
         var lines = ["rule \(rule.name): counts \(rule.count.unitName) at \(rule.state.rawValue) by \(rule.key), "
-            + "\(rule.limitDescription), one unit back every \(format(nanoseconds: p.emissionInterval)), store \(store)"]
+            + "\(rule.limitDescription), one unit back every \(DurationText.approximate(nanoseconds: p.emissionInterval)), store \(store)"]
         let available = GCRA.available(tat: state.tat, now: state.now, p)
         guard let tat = state.tat, tat > state.now else {
             lines.append("key \(key): no state held: all \(p.burst) available")
             return lines.joined(separator: "\n")
         }
-        let full = format(nanoseconds: tat - state.now)
+        let full = DurationText.approximate(nanoseconds: tat - state.now)
         if available > 0 {
             lines.append("key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)")
         } else {
             let next = tat + p.emissionInterval - state.now - p.tolerance
-            lines.append("key \(key): over the limit: 0 of \(p.burst) available; the next one in \(format(nanoseconds: next)); all \(p.burst) again in \(full)")
+            lines.append("key \(key): over the limit: 0 of \(p.burst) available; the next one in \(DurationText.approximate(nanoseconds: next)); all \(p.burst) again in \(full)")
         }
         return lines.joined(separator: "\n")
-    }
-
-    /// "1h2m3s", "4.5s", "250ms".
-    static func format(nanoseconds ns: Int64) -> String {
-        if ns < 1_000_000 { return "\(max(0, ns) / 1000)µs" }
-        if ns < 10_000_000_000 {
-            let ms = ns / 1_000_000
-            return ms < 1000 ? "\(ms)ms" : "\(ms / 1000).\((ms % 1000) / 100)s"
-        }
-        var seconds = (ns + 999_999_999) / 1_000_000_000
-        var out = ""
-        let days = seconds / 86_400
-        if days > 0 { out += "\(days)d"; seconds %= 86_400 }
-        let hours = seconds / 3600
-        if hours > 0 { out += "\(hours)h"; seconds %= 3600 }
-        let minutes = seconds / 60
-        if minutes > 0 { out += "\(minutes)m"; seconds %= 60 }
-        if seconds > 0 || out.isEmpty { out += "\(seconds)s" }
-        return out
     }
 }

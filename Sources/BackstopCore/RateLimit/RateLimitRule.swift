@@ -201,12 +201,12 @@ extension RateLimitRule {
                                  limitCount: max(1, limitCount), period: .nanoseconds(max(1, period)),
                                  burst: burst, action: action, failAction: failAction)
         if let parameters { rule.parameters = parameters }
-        rule.onlySASL = s.bool("only_sasl", default: false)
-        rule.onlyUnauthenticated = s.bool("only_unauthenticated", default: false)
+        rule.onlySASL = s.bool("only_sasl", default: rule.onlySASL)
+        rule.onlyUnauthenticated = s.bool("only_unauthenticated", default: rule.onlyUnauthenticated)
         if rule.onlySASL && rule.onlyUnauthenticated {
             s.report("only_unauthenticated", "cannot be combined with only_sasl: the rule would never apply")
         }
-        rule.onlyNullSender = s.bool("only_null_sender", default: false)
+        rule.onlyNullSender = s.bool("only_null_sender", default: rule.onlyNullSender)
         if rule.onlyNullSender, parts.contains(.senderDomain) {
             s.report("only_null_sender", "a null sender has no domain, so a sender_domain key never applies")
         }

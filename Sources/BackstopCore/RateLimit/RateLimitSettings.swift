@@ -20,9 +20,9 @@ public struct RateLimitSettings: CheckSettings {
     public init() {}
 
     public init(reading section: ConfigSection, baseDirectory: String) {
-        testMode = section.bool("test_mode", default: false)
-        failAction = section.action("fail_action", default: .dunno)
-        maxKeys = section.int("max_keys", default: 1_000_000, range: 1_000...100_000_000)
+        testMode = section.bool("test_mode", default: testMode)
+        failAction = section.action("fail_action", default: failAction)
+        maxKeys = section.int("max_keys", default: maxKeys, range: 1_000...100_000_000)
         let storeName = section.string("store", default: "memory")
         if storeName == "memory" {
             // A backend table may stay in the file while the memory store is used.
@@ -56,6 +56,14 @@ public struct RateLimitSettings: CheckSettings {
         switch store {
         case .memory: "memory max_keys=\(maxKeys)"
         case .backend(let name, let settings): "\(name) \(settings.identity)"
+        }
+    }
+
+    /// A rule counts at its stage only: one for a stage where ratelimit is not listed never counts.
+    public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
+        rules.enumerated().compactMap { index, rule in
+            configuration.policy.runs("ratelimit", at: rule.state) ? nil
+                : ("rule.\(index)", "rule \"\(rule.name)\" counts at \(rule.state.configKey), but policy.\(rule.state.configKey) does not list ratelimit: it never counts")
         }
     }
 

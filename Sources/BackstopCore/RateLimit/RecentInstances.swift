@@ -6,21 +6,20 @@
 
 import NIOConcurrencyHelpers
 
-public final class RecentInstances: @unchecked Sendable {
-    private final class Ring: @unchecked Sendable {
-        let lock = NIOLock()
+public final class RecentInstances: Sendable {
+    private struct Ring {
         var slots: [UInt64]
         var next = 0
         var present: Set<UInt64> = []
         init(size: Int) { slots = [UInt64](repeating: 0, count: size) }
     }
 
-    private let rings: [Ring]
+    private let rings: [NIOLockedValueBox<Ring>]
     private let salt: UInt64
 
     public init(capacity: Int = 65_536) {
         let perRing = max(1, capacity / 16)
-        rings = (0..<16).map { _ in Ring(size: perRing) }
+        rings = (0..<16).map { _ in NIOLockedValueBox(Ring(size: perRing)) }
         var rng = SystemRandomNumberGenerator()
         salt = rng.next()
     }
@@ -36,16 +35,14 @@ public final class RecentInstances: @unchecked Sendable {
         return value == 0 ? 1 : value  // 0 marks an empty slot
     }
 
-    private func ring(_ value: UInt64) -> Ring { rings[Int(value >> 60)] }
+    private func ring(_ value: UInt64) -> NIOLockedValueBox<Ring> { rings[Int(value >> 60)] }
 
     public func contains(_ value: UInt64) -> Bool {
-        let ring = ring(value)
-        return ring.lock.withLock { ring.present.contains(value) }
+        ring(value).withLockedValue { $0.present.contains(value) }
     }
 
     public func remember(_ value: UInt64) {
-        let ring = ring(value)
-        ring.lock.withLock {
+        ring(value).withLockedValue { ring in
             guard !ring.present.contains(value) else { return }
             let old = ring.slots[ring.next]
             if old != 0 { ring.present.remove(old) }

@@ -1,22 +1,20 @@
 // Keeps the current recipient table snapshot and replaces it when the files change:
 // polls each file's device, inode, size, mtime and ctime (so editors that write a new
 // file and rename it over the old one are noticed), and reloads on request (SIGHUP).
-// A new snapshot is parsed completely on a background queue and swapped in at once;
-// lookups see the old snapshot or the new one, never a mixture. A broken or vanished
-// file is logged and the last good snapshot stays in force.
+// A new snapshot is parsed completely off the server's event loops (on NIO's blocking
+// thread pool when polled) and swapped in at once; lookups see the old snapshot or the new one, never
+// a mixture. A broken or vanished file is logged and the last good snapshot stays in force.
 //
-// Readers take a pthread read-write lock in read mode just to copy the snapshot reference.
-// Readers never wait for each other; the writer holds the lock only for the pointer swap
-// (never while parsing). An uncontended read lock is one atomic add and one atomic
-// subtract on the lock word, the same kind of cache-line traffic as retaining the snapshot
-// itself, which any scheme handing out a strong reference pays anyway; a lock-free scheme
-// (atomic pointer plus deferred reclamation) would need swift-atomics or macOS 15's
-// Synchronization, neither of which this package may use.
+// Readers take a lock just long enough to copy the snapshot reference; loads run one at a
+// time under a second lock that the request path never touches.
 
 import Foundation
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -72,52 +70,26 @@ struct FileSignature: Equatable, Sendable {
     }
 }
 
-/// The snapshot in force, behind a read-write lock that readers share.
-final class TableSlot: @unchecked Sendable {
-    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
-    private var table: RecipientTable?
-
-    init() {
-        lock = .allocate(capacity: 1)
-        lock.initialize(to: pthread_rwlock_t())
-        pthread_rwlock_init(lock, nil)
-    }
-
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
-    }
-
-    var current: RecipientTable? {
-        pthread_rwlock_rdlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return table
-    }
-
-    func replace(_ new: RecipientTable) {
-        pthread_rwlock_wrlock(lock)
-        let old = table
-        table = new
-        pthread_rwlock_unlock(lock)
-        _ = old  // the old snapshot is released here, outside the lock
-    }
-}
-
-public final class RecipientDirectory: @unchecked Sendable {
+public final class RecipientDirectory: Sendable {
     public let source: RecipientTableSource
     /// How often the files are checked; zero turns polling off (reload() still works).
     public let interval: TimeAmount
     private let logger: Logger
-    private let slot = TableSlot()
-    /// Every reload, polled or requested, runs on this queue, one at a time.
-    private let queue = DispatchQueue(label: "backstop.recipients.reload")
-    private var timer: DispatchSourceTimer?
+    /// The snapshot in force.
+    private let current = NIOLockedValueBox<RecipientTable?>(nil)
+    /// What the loads know about the files; every load, polled or requested, holds it, so
+    /// loads run one at a time.
+    private let loads = NIOLockedValueBox(LoadState())
+    private let watcher = NIOLockedValueBox<RepeatedTask?>(nil)
+    /// True while the newest version of the files could not be loaded (broken or missing).
+    private let editFailed = Atomic<Bool>(false)
 
-    // Touched only on `queue` (or in init before the queue is used).
-    private var loadedSignatures: [FileSignature?] = []
-    private var pendingSignatures: [FileSignature?]?
-    private var failedSignatures: [FileSignature?]?
-    private var reportedMissing: Set<String> = []
+    struct LoadState {
+        var loadedSignatures: [FileSignature?] = []
+        var pendingSignatures: [FileSignature?]?
+        var failedSignatures: [FileSignature?]?
+        var reportedMissing: Set<String> = []
+    }
 
     private let mailboxGauge: Gauge
     private let catchAllGauge: Gauge
@@ -137,21 +109,33 @@ public final class RecipientDirectory: @unchecked Sendable {
     }
 
     deinit {
-        timer?.cancel()
+        watcher.withLockedValue { $0?.cancel() }
     }
 
     /// The snapshot in force, or nil when none could be loaded yet.
-    public var table: RecipientTable? { slot.current }
+    public var table: RecipientTable? { current.withLockedValue { $0 } }
+
+    /// True while the newest edit of a table could not be loaded and an older version is in
+    /// force; false again as soon as a good version loads (or the files are put back).
+    public var newestEditFailed: Bool { editFailed.load(ordering: .relaxed) }
 
     /// Puts an already loaded snapshot in force (benchmarks); watching still compares files.
     func adopt(_ table: RecipientTable) {
-        slot.replace(table)
+        replace(with: table)
+    }
+
+    private func replace(with table: RecipientTable) {
+        let old = current.withLockedValue { slot in
+            defer { slot = table }
+            return slot
+        }
+        _ = old  // the old snapshot is released here, outside the lock
     }
 
     /// Loads the tables for the first time; throws every problem (file:line) so start-up
     /// and `check-config` can fail clearly.
     public func loadInitial() throws(ConfigError) {
-        let outcome = queue.sync { loadWaitingForWriters(force: true, initial: true) }
+        let outcome = loads.withLockedValue { loadWaitingForWriters(&$0, force: true, initial: true) }
         switch outcome {
         case .failed(let error): throw error
         case .settling:
@@ -167,51 +151,64 @@ public final class RecipientDirectory: @unchecked Sendable {
     /// off the event loops, since parsing a large table takes a moment.
     @discardableResult
     public func reload(force: Bool = false) -> RecipientReloadOutcome {
-        queue.sync { loadWaitingForWriters(force: force, initial: false) }
+        loads.withLockedValue { loadWaitingForWriters(&$0, force: force, initial: false) }
     }
 
-    /// Runs on `queue`: a load that found the files changing under it is retried for up to
-    /// two seconds, so start-up and SIGHUP do not give up because a writer was busy.
-    private func loadWaitingForWriters(force: Bool, initial: Bool) -> RecipientReloadOutcome {
-        var outcome = load(force: force, settle: false, initial: initial)
+    /// A load that found the files changing under it is retried for up to two seconds, so
+    /// start-up and SIGHUP do not give up because a writer was busy.
+    private func loadWaitingForWriters(_ state: inout LoadState, force: Bool, initial: Bool) -> RecipientReloadOutcome {
+        var outcome = load(&state, force: force, settle: false, initial: initial)
         var attempts = 0
         while case .settling = outcome, attempts < 20 {
             attempts += 1
             usleep(100_000)
-            outcome = load(force: force, settle: false, initial: initial)
+            outcome = load(&state, force: force, settle: false, initial: initial)
         }
         return outcome
     }
 
-    /// Starts polling the files every `interval` (nothing happens when it is zero).
+    /// Starts polling the files every `interval` (nothing happens when it is zero). The timer
+    /// runs on an event loop of NIO's shared group and each poll on NIO's blocking thread
+    /// pool, never on a server loop; the next poll is timed from the end of the last one.
     public func startWatching() {
         guard interval.nanoseconds > 0 else { return }
-        queue.sync {
-            guard timer == nil else { return }
-            let source = DispatchSource.makeTimerSource(queue: queue)
-            let nanos = Int(interval.nanoseconds)
-            source.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos),
-                            leeway: .nanoseconds(max(nanos / 10, 1_000_000)))
-            source.setEventHandler { [weak self] in
-                _ = self?.load(force: false, settle: true)
+        let interval = self.interval
+        watcher.withLockedValue { task in
+            guard task == nil else { return }
+            let loop = MultiThreadedEventLoopGroup.singleton.any()
+            // Holds the directory weakly, so one no check uses any more is released and its
+            // polling ends.
+            task = loop.scheduleRepeatedAsyncTask(initialDelay: interval, delay: interval) { [weak self] repeated in
+                guard let directory = self else {
+                    repeated.cancel()
+                    return loop.makeSucceededVoidFuture()
+                }
+                return NIOThreadPool.singleton.runIfActive(eventLoop: loop) {
+                    _ = directory.loads.withLockedValue { directory.load(&$0, force: false, settle: true) }
+                }
             }
-            source.resume()
-            timer = source
         }
     }
 
     /// Stops polling; the snapshot in force stays.
     public func stopWatching() {
-        queue.sync {
-            timer?.cancel()
-            timer = nil
+        watcher.withLockedValue { task in
+            task?.cancel()
+            task = nil
         }
     }
 
-    /// Runs on `queue`. With `settle`, a change is only loaded once the files looked the
-    /// same at two polls in a row, so a table caught half-written by an editor that writes
-    /// in place is not loaded.
-    private func load(force: Bool, settle: Bool, initial: Bool = false) -> RecipientReloadOutcome {
+    /// After a failed edit, the newest version is in force again: logged once, at notice.
+    private func noteRecovery(_ message: String) {
+        if editFailed.exchange(false, ordering: .relaxed) {
+            logger.notice("\(message)", metadata: ["files": "\(source.files.joined(separator: ","))"])
+        }
+    }
+
+    /// Runs with `loads` held. With `settle`, a change is only loaded once the files looked
+    /// the same at two polls in a row, so a table caught half-written by an editor that
+    /// writes in place is not loaded.
+    private func load(_ state: inout LoadState, force: Bool, settle: Bool, initial: Bool = false) -> RecipientReloadOutcome {
         let signatures = source.files.map(FileSignature.of)
         var missing: [String] = []
         for (file, signature) in zip(source.files, signatures) where signature == nil { missing.append(file) }
@@ -219,7 +216,7 @@ public final class RecipientDirectory: @unchecked Sendable {
             let error = ConfigError(issues: missing.map {
                 ConfigIssue(file: $0, line: nil, key: "", message: "the recipient table is missing (\(String(cString: strerror(ENOENT))))")
             })
-            let new = Set(missing).subtracting(reportedMissing)
+            let new = Set(missing).subtracting(state.reportedMissing)
             if !initial && (!new.isEmpty || force) {
                 for file in missing where force || new.contains(file) {
                     logger.warning("recipient table missing; the last good table stays in force",
@@ -227,38 +224,41 @@ public final class RecipientDirectory: @unchecked Sendable {
                 }
                 failures.increment()
             }
-            reportedMissing = Set(missing)
-            pendingSignatures = nil
+            state.reportedMissing = Set(missing)
+            state.pendingSignatures = nil
+            if !initial { editFailed.store(true, ordering: .relaxed) }
             return .failed(error)
         }
-        reportedMissing = []
-        if !force && signatures == loadedSignatures && slot.current != nil {
-            pendingSignatures = nil
+        state.reportedMissing = []
+        if !force && signatures == state.loadedSignatures && self.table != nil {
+            state.pendingSignatures = nil
+            noteRecovery("the recipient table is back to the version in force")
             return .unchanged
         }
-        if settle && signatures == failedSignatures { return .unchanged }  // polling: reported already
-        if settle && signatures != pendingSignatures {
-            pendingSignatures = signatures
+        if settle && signatures == state.failedSignatures { return .unchanged }  // polling: reported already
+        if settle && signatures != state.pendingSignatures {
+            state.pendingSignatures = signatures
             return .settling
         }
-        pendingSignatures = nil
-        let started = DispatchTime.now().uptimeNanoseconds
+        state.pendingSignatures = nil
+        let started = NIODeadline.now()
         do {
             let table = try source.load()
             // A file that changed while it was read may be half-written: try again later.
             let after = source.files.map(FileSignature.of)
             if after != signatures {
-                pendingSignatures = after
+                state.pendingSignatures = after
                 return .settling
             }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-            slot.replace(table)
-            loadedSignatures = signatures
-            failedSignatures = nil
+            let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+            replace(with: table)
+            state.loadedSignatures = signatures
+            state.failedSignatures = nil
             mailboxGauge.record(table.addressCount)
             catchAllGauge.record(table.catchAllCount)
             domainGauge.record(table.domainCount)
             reloadTimeGauge.record(Date().timeIntervalSince1970)
+            noteRecovery("recipient table loaded again after a broken edit; unknown recipients get the normal answer")
             logger.info("recipient table loaded", metadata: [
                 "files": "\(source.files.joined(separator: ","))", "addresses": "\(table.addressCount)",
                 "catch_alls": "\(table.catchAllCount)", "domains": "\(table.domainCount)",
@@ -266,7 +266,8 @@ public final class RecipientDirectory: @unchecked Sendable {
             ])
             return .loaded(entries: table.entryCount, seconds: seconds)
         } catch {
-            failedSignatures = signatures
+            state.failedSignatures = signatures
+            if !initial { editFailed.store(true, ordering: .relaxed) }
             failures.increment()
             for issue in error.issues where !initial {  // at start-up the caller reports them
                 logger.error("recipient table not loaded; the last good table stays in force: \(issue)")

@@ -3,6 +3,7 @@
 
 import Foundation
 import Logging
+import NIOCore
 
 public struct RecipientLookupReport: Sendable {
     public var address: String
@@ -108,13 +109,13 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
         try writeTable(entries: entries, to: path)
         defer { unlink(path) }
         let fileBytes = Int((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0)
-        let started = DispatchTime.now().uptimeNanoseconds
+        let started = NIODeadline.now()
         let table = try RecipientTableSource(files: [path]).load()
-        let loadSeconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let loadSeconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
         let (rss, peak) = residentMemory()
         let rules = RecipientNormalisation(recipientDelimiter: "+")
         var hits = 0
-        let lookupStart = DispatchTime.now().uptimeNanoseconds
+        let lookupStart = NIODeadline.now()
         let probes = min(entries, probes ?? 1_000_000)
         var buffer = [UInt8](repeating: 0, count: 64)
         for i in 0..<probes {
@@ -122,7 +123,7 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
             let match = buffer.withUnsafeBytes { table.match(UnsafeRawBufferPointer(rebasing: $0[0..<length]), rules: rules) }
             if case .entry = match { hits += 1 }
         }
-        let lookupSeconds = Double(DispatchTime.now().uptimeNanoseconds - lookupStart) / 1e9
+        let lookupSeconds = Double((NIODeadline.now() - lookupStart).nanoseconds) / 1e9
         guard hits == probes else {
             throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "benchmark: only \(hits) of \(probes) generated addresses were found")])
         }
@@ -136,13 +137,13 @@ public struct RecipientLoadBenchmark: Sendable, CustomStringConvertible {
             return PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"),
                                   ("recipient", i % 2 == 0 ? "user\(k)@d\(k / 1000).example" : "nobody\(i)@d0.example")])
         }
-        let checkStart = DispatchTime.now().uptimeNanoseconds
+        let checkStart = NIODeadline.now()
         var refused = 0
         for i in 0..<probes where !check.verdict(for: requests[i % requests.count]).isNoOpinion { refused += 1 }
         guard refused == probes / 2 else {
             throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "benchmark: \(refused) of \(probes) requests refused, expected half")])
         }
-        let checkSeconds = Double(DispatchTime.now().uptimeNanoseconds - checkStart) / 1e9
+        let checkSeconds = Double((NIODeadline.now() - checkStart).nanoseconds) / 1e9
         return RecipientLoadBenchmark(entries: entries, fileBytes: fileBytes, loadSeconds: loadSeconds,
                                       tableBytes: table.memoryBytes, residentBytes: rss, peakResidentBytes: peak,
                                       lookupsPerSecond: Double(probes) / max(lookupSeconds, 1e-9),

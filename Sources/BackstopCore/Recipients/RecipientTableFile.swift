@@ -72,35 +72,14 @@ enum RecipientTableFile {
     /// At most this many errors are listed per load; the rest are counted.
     static let maxIssues = 50
 
+    /// The largest table file read (1 GiB); the tables together may hold at most 4 GiB of keys.
+    static let maxFileBytes = 1 << 30
+
     /// The whole file, or an issue saying why it cannot be read.
     static func contents(of path: String) throws(ConfigError) -> [UInt8] {
-        func failure(_ what: String) -> ConfigError {
-            let reason = String(cString: strerror(errno))
-            return ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "\(what): \(reason)")])
+        do { return try RegularFile.read(path, maxBytes: maxFileBytes) } catch {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "cannot read the recipient table: " + error.reason)])
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw failure("cannot open the recipient table") }
-        defer { close(fd) }
-        var info = stat()
-        if fstat(fd, &info) != 0 { throw failure("cannot stat the recipient table") }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "is a directory, not a recipient table")])
-        }
-        var bytes: [UInt8] = []
-        var capacity = max(Int(info.st_size) + 1, 4096)
-        bytes.reserveCapacity(capacity)
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw failure("cannot read the recipient table")
-            }
-            if n == 0 { break }
-            if bytes.count + n > capacity { capacity *= 2; bytes.reserveCapacity(capacity) }
-            bytes.append(contentsOf: chunk[0..<n])
-        }
-        return bytes
     }
 
     static func countLines(_ bytes: [UInt8]) -> Int {

@@ -16,14 +16,21 @@ public struct RecipientsSettings: CheckSettings {
     /// The answer for an unknown recipient; "{recipient}" in its text becomes the address.
     public var rejectAction: PolicyAction
     public var reloadInterval: TimeAmount
+    public static let defaultReloadInterval: TimeAmount = .seconds(5)
     public var startWithoutTable: Bool
     public var testMode: Bool
     /// The answer while no table has been loaded (only with start_without_table).
     public var failAction: PolicyAction
+    /// The answer for an unknown recipient while the newest edit of a table failed to load:
+    /// temporary, since that edit may be what adds the mailbox.
+    public var brokenTableAction: PolicyAction
+    public static let defaultBrokenTableAction = PolicyAction.reply(
+        code: 450, enhanced: "4.1.1", text: "Recipient not known yet: the recipient table is being corrected, try again later")
 
     public init(source: RecipientTableSource, rules: RecipientNormalisation = RecipientNormalisation(),
-                rejectAction: PolicyAction? = nil, reloadInterval: TimeAmount = .seconds(5),
-                startWithoutTable: Bool = false, testMode: Bool = false, failAction: PolicyAction = .dunno) {
+                rejectAction: PolicyAction? = nil, reloadInterval: TimeAmount = defaultReloadInterval,
+                startWithoutTable: Bool = false, testMode: Bool = false, failAction: PolicyAction = .dunno,
+                brokenTableAction: PolicyAction = defaultBrokenTableAction) {
         self.source = source
         self.rules = rules
         self.rejectAction = rejectAction ?? (try! PolicyAction(parsing: Self.defaultRejectText))
@@ -31,6 +38,7 @@ public struct RecipientsSettings: CheckSettings {
         self.startWithoutTable = startWithoutTable
         self.testMode = testMode
         self.failAction = failAction
+        self.brokenTableAction = brokenTableAction
     }
 
     public init(reading section: ConfigSection, baseDirectory: String) {
@@ -41,29 +49,36 @@ public struct RecipientsSettings: CheckSettings {
         for domain in domains where DomainName.asciiForm(domain) == nil || domain.contains("@") || domain.isEmpty {
             section.report("domains", "\"\(LogEscaping.escape(domain))\" is not a domain name (write example.com, without @)")
         }
-        let caseSensitive = section.bool("case_sensitive_local_part", default: false)
-        let delimiter = section.string("recipient_delimiter", default: "")
+        // Defaults come from the settings' own initialisers.
+        let normal = RecipientNormalisation()
+        let d = RecipientsSettings(source: RecipientTableSource(files: []))
+        let caseSensitive = section.bool("case_sensitive_local_part", default: normal.caseSensitiveLocalPart)
+        let delimiter = section.string("recipient_delimiter", default: String(decoding: normal.recipientDelimiters, as: UTF8.self))
         if delimiter.utf8.contains(where: { $0 >= 0x80 || $0 <= 0x20 || $0 == UInt8(ascii: "@") || $0 == UInt8(ascii: "\"") }) {
             section.report("recipient_delimiter", "use ASCII punctuation such as \"+\" or \"+-\" (no @, quotes or blanks)")
         }
-        let batv = section.bool("strip_batv", default: true)
-        let reject = section.action("reject_action", default: try! PolicyAction(parsing: Self.defaultRejectText))
+        let batv = section.bool("strip_batv", default: normal.stripBATV)
+        let reject = section.action("reject_action", default: d.rejectAction)
         if !reject.isRefusal {
             section.report("reject_action", "must refuse: use a 5NN or 4NN reply such as \"550 5.1.1 User unknown\", REJECT or DEFER")
         }
-        var interval = section.duration("reload_interval", default: .seconds(5))
+        var interval = section.duration("reload_interval", default: Self.defaultReloadInterval)
         if interval.nanoseconds != 0 && (interval < .milliseconds(10) || interval > .hours(24)) {
             section.report("reload_interval", "use \"0s\" (no polling) or a duration from 10ms to 24h")
-            interval = .seconds(5)
+            interval = Self.defaultReloadInterval
         }
-        let startWithout = section.bool("start_without_table", default: false)
-        let testMode = section.bool("test_mode", default: false)
-        let fail = section.action("fail_action", default: .dunno)
+        let startWithout = section.bool("start_without_table", default: d.startWithoutTable)
+        let testMode = section.bool("test_mode", default: d.testMode)
+        let fail = section.action("fail_action", default: d.failAction)
+        let broken = section.action("broken_table_action", default: d.brokenTableAction)
+        if !broken.isRefusal || !broken.isTemporary {
+            section.report("broken_table_action", "must refuse temporarily (4NN or DEFER): the edit that failed may be what adds the mailbox")
+        }
         self.init(source: RecipientTableSource(files: files, domains: domains, caseSensitiveLocalPart: caseSensitive),
                   rules: RecipientNormalisation(caseSensitiveLocalPart: caseSensitive, recipientDelimiter: delimiter,
                                                 stripBATV: batv),
                   rejectAction: reject, reloadInterval: interval, startWithoutTable: startWithout,
-                  testMode: testMode, failAction: fail)
+                  testMode: testMode, failAction: fail, brokenTableAction: broken)
     }
 
     /// Reads the tables once and throws what is wrong with them (file:line), whatever
@@ -133,8 +148,10 @@ public final class RecipientsCheck: ReloadableCheck {
 
     /// SIGHUP (ReloadableCheck): looks at the files now and loads any change at once,
     /// without waiting for the next poll; a still-broken version is reported again.
-    public func reload() {
-        directory.reload()
+    @discardableResult
+    public func reload() -> [ConfigIssue] {
+        if case .failed(let error) = directory.reload() { return error.issues }
+        return []
     }
 
     /// Re-reads the tables if they changed (always, with `force`); for SIGHUP. Blocks while
@@ -151,8 +168,8 @@ public final class RecipientsCheck: ReloadableCheck {
         (engine.checks["recipients"] as? RecipientsCheck)?.reloadTables(force: force)
     }
 
-    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
-        .done(verdict(for: request))
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        .now(verdict(for: request))
     }
 
     /// The decision without the engine around it (the engine adds test mode and deadlines).
@@ -171,6 +188,10 @@ public final class RecipientsCheck: ReloadableCheck {
             return .noOpinion("not_our_domain")
         case .unknown:
             lookups[LookupCounter.unknown.rawValue].increment()
+            // The newest edit may add this mailbox: refuse for now only, until it loads.
+            if directory.newestEditFailed {
+                return Verdict(Self.fill(settings.brokenTableAction, recipient: request.recipient), reason: "unknown_recipient_table_broken")
+            }
             let action = rejectHasPlaceholder ? Self.fill(settings.rejectAction, recipient: request.recipient) : settings.rejectAction
             return Verdict(action, reason: "unknown_recipient")
         case .entry(let index):

@@ -6,23 +6,26 @@
 import Foundation
 
 public enum PrivilegeSwitch {
-    /// Switches to `uid`/`gid` with exactly `groups` as supplementary groups; nil on
-    /// success, else what went wrong.
-    public static func become(uid: uid_t, gid: gid_t, groups: [gid_t]) -> String? {
+    /// Switches to `uid`/`gid` with exactly `groups` as supplementary groups, or throws what
+    /// went wrong.
+    public static func become(uid: uid_t, gid: gid_t, groups: [gid_t]) throws(SystemCallError) {
         var list = groups
-        guard setgroups(list.count, &list) == 0 else { return "setgroups: \(String(cString: strerror(errno)))" }
-        guard setgid(gid) == 0 else { return "setgid(\(gid)): \(String(cString: strerror(errno)))" }
-        guard setuid(uid) == 0 else { return "setuid(\(uid)): \(String(cString: strerror(errno)))" }
-        guard getuid() == uid, geteuid() == uid, getgid() == gid, getegid() == gid else { return "ids did not change" }
+        guard setgroups(list.count, &list) == 0 else { throw .lastError("setgroups") }
+        guard setgid(gid) == 0 else { throw .lastError("setgid(\(gid))") }
+        guard setuid(uid) == 0 else { throw .lastError("setuid(\(uid))") }
+        guard getuid() == uid, geteuid() == uid, getgid() == gid, getegid() == gid else {
+            throw SystemCallError(operation: "switch to uid \(uid)", detail: "ids did not change")
+        }
         if uid != 0 {
-            guard setuid(0) != 0, setgid(0) != 0 else { return "root could be regained" }
+            guard setuid(0) != 0, setgid(0) != 0 else {
+                throw SystemCallError(operation: "switch to uid \(uid)", detail: "root could be regained")
+            }
         }
         var held = [gid_t](repeating: 0, count: 256)
         let count = getgroups(Int32(held.count), &held)
         guard count >= 0, held[..<Int(count)].allSatisfy({ $0 == gid || groups.contains($0) }) else {
-            return "supplementary groups remain"
+            throw SystemCallError(operation: "switch to uid \(uid)", detail: "supplementary groups remain")
         }
-        return nil
     }
 
     /// The supplementary groups `user` belongs to (as initgroups would set them), `gid` first.

@@ -73,29 +73,29 @@ public final class SPFCheck: RetirableCheck {
         verifier.shutdown()
     }
 
-    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+    public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         if settings.skipAuthenticated && !request.saslUsername.isEmpty {
-            return .done(.noOpinion("spf=skipped(authenticated)"))
+            return .now(.noOpinion("spf=skipped(authenticated)"))
         }
         let client = request.clientAddress
-        guard let address = IPAddress(client) else { return .done(.noOpinion("spf=skipped(no_client_address)")) }
-        if settings.trustedNetworks.contains(address) { return .done(.noOpinion("spf=skipped(trusted_network)")) }
+        guard let address = IPAddress(client) else { return .now(.noOpinion("spf=skipped(no_client_address)")) }
+        if settings.trustedNetworks.contains(address) { return .now(.noOpinion("spf=skipped(trusted_network)")) }
         let sender = request.sender
         let helo = request.heloName
         if !sender.isEmpty, !settings.skipSenderDomains.isEmpty,
            SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain, in: settings.skipSenderDomains) {
-            return .done(.noOpinion("spf=skipped(sender_domain)"))
+            return .now(.noOpinion("spf=skipped(sender_domain)"))
         }
         let instance = request.instance
         if !instance.isEmpty, let state = messages.value(instance), state.client == client, state.sender == sender, state.helo == helo {
-            return .done(verdict(for: state.evaluated, header: state.header))
+            return .now(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo)
         if let evaluated = cached(queries) {
-            return .done(decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger))
+            return .now(decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger))
         }
         let deadline = context.deadline - .milliseconds(20)
-        return .pending(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
+        return .later(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
             self.decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger)
         })
     }

@@ -48,17 +48,14 @@ public struct DNSResolverAddress: Sendable, Hashable, CustomStringConvertible {
     /// The nameservers of /etc/resolv.conf, or 127.0.0.1:53 when there are none.
     public static func system(resolvConf path: String = "/etc/resolv.conf") -> [DNSResolverAddress] {
         var out: [DNSResolverAddress] = []
-        if let file = fopen(path, "r") {
-            defer { fclose(file) }
-            var line = [CChar](repeating: 0, count: 1024)
-            while fgets(&line, Int32(line.count), file) != nil {
-                let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                let words = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
-                guard words.count >= 2, words[0] == "nameserver" else { continue }
-                var host = String(words[1])
-                if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
-                if IPAddress(host) != nil { out.append(DNSResolverAddress(host: host, port: 53)) }
-            }
+        // resolv.conf is a small regular file; anything else (or over 64 KiB) means the default.
+        let bytes = (try? RegularFile.read(path, maxBytes: 64 * 1024)) ?? []
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            let words = line.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") })
+            guard words.count >= 2, words[0].elementsEqual("nameserver".utf8) else { continue }
+            var host = String(decoding: words[1], as: UTF8.self)
+            if let zone = host.firstIndex(of: "%") { host = String(host[..<zone]) }
+            if IPAddress(host) != nil { out.append(DNSResolverAddress(host: host, port: 53)) }
         }
         return out.isEmpty ? [DNSResolverAddress(host: "127.0.0.1", port: 53)] : out
     }
@@ -137,23 +134,32 @@ enum DNSExchange {
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) } }
             .bind(host: bind, port: 0)
             .whenComplete { result in
-                switch result {
-                case .failure:
-                    promise.succeed(.answer(DNSAnswer(status: .serverFailure)))
-                case .success(let channel):
-                    let timer = loop.scheduleTask(deadline: deadline) { promise.succeed(.timeout) }
-                    promise.futureResult.whenComplete { _ in
-                        timer.cancel()
-                        channel.close(promise: nil)
-                    }
-                    let packet = DNSMessage.query(id: id, question)
-                    let buffer = channel.allocator.buffer(bytes: packet)
+                ask(over: result, until: deadline, on: loop, promise: promise) { channel in
+                    let buffer = channel.allocator.buffer(bytes: DNSMessage.query(id: id, question))
                     channel.writeAndFlush(AddressedEnvelope(remoteAddress: server, data: buffer)).whenFailure { _ in
                         promise.succeed(.answer(DNSAnswer(status: .serverFailure)))
                     }
                 }
             }
         return promise.futureResult
+    }
+
+    /// Once the channel is up (or not): the deadline answers `.timeout`, any answer closes the
+    /// channel, and `send` writes the question; a channel that could not be set up is a
+    /// server failure.
+    private static func ask(over result: Result<any Channel, any Error>, until deadline: NIODeadline, on loop: any EventLoop,
+                            promise: EventLoopPromise<Outcome>, send: (any Channel) -> Void) {
+        switch result {
+        case .failure:
+            promise.succeed(.answer(DNSAnswer(status: .serverFailure)))
+        case .success(let channel):
+            let timer = loop.scheduleTask(deadline: deadline) { promise.succeed(.timeout) }
+            promise.futureResult.whenComplete { _ in
+                timer.cancel()
+                channel.close(promise: nil)
+            }
+            send(channel)
+        }
     }
 
     static func tcp(_ question: DNSQuestion, server: SocketAddress, until deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<Outcome> {
@@ -171,15 +177,7 @@ enum DNSExchange {
             }
             .connect(to: server)
             .whenComplete { result in
-                switch result {
-                case .failure:
-                    promise.succeed(.answer(DNSAnswer(status: .serverFailure)))
-                case .success(let channel):
-                    let timer = loop.scheduleTask(deadline: deadline) { promise.succeed(.timeout) }
-                    promise.futureResult.whenComplete { _ in
-                        timer.cancel()
-                        channel.close(promise: nil)
-                    }
+                ask(over: result, until: deadline, on: loop, promise: promise) { channel in
                     let packet = DNSMessage.query(id: id, question)
                     var buffer = channel.allocator.buffer(capacity: packet.count + 2)
                     buffer.writeInteger(UInt16(packet.count))

@@ -254,6 +254,17 @@ public final class SPFVerifier: Sendable {
         }
     }
 
+    /// Evaluations the workers hold right now (written to them, not yet answered).
+    public var evaluationsInFlight: Int {
+        get async {
+            var total = 0
+            for slot in slots.withLockedValue({ $0 }) {
+                total += (try? await slot.loop.submit({ slot.inFlight }).get()) ?? 0
+            }
+            return total
+        }
+    }
+
     /// DNS questions asked of the resolvers since start.
     public var dnsCacheEntries: Int { dns.cache.count }
     public var outcomeCacheEntries: Int { outcomes.count }

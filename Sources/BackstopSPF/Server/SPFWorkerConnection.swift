@@ -12,7 +12,8 @@ import Glibc
 import Logging
 import NIOCore
 
-/// One evaluation on a worker. Touched only on its slot's event loop once submitted.
+/// One evaluation on a worker. @unchecked Sendable: touched only on its slot's event loop
+/// once submitted.
 final class SPFJob: @unchecked Sendable {
     let query: SPFQuery
     let request: SPFWire.Evaluate
@@ -48,7 +49,8 @@ final class SPFJob: @unchecked Sendable {
     }
 }
 
-/// Confined to `loop`: every method runs there (the handler's and the slot's calls).
+/// @unchecked Sendable: confined to `loop`; every method runs there (the handler's and the
+/// slot's calls).
 final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
 

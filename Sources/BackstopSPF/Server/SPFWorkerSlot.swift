@@ -10,7 +10,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// Confined to `loop`, except `load`, which is atomic.
+/// @unchecked Sendable: confined to `loop`, except `load`, which is atomic.
 final class SPFWorkerSlot: @unchecked Sendable {
     let index: Int
     let loop: any EventLoop
@@ -67,6 +67,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
 
     /// The current worker's pid (tests and operators); only on `loop`.
     var processID: pid_t? { current?.pid }
+
+    /// Evaluations the current worker holds (written, not yet answered); only on `loop`.
+    var inFlight: Int { current?.inFlight ?? 0 }
 
     // MARK: evaluations
 

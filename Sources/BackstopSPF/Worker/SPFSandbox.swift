@@ -13,13 +13,13 @@ enum SPFSandbox {
     /// CPU seconds over a worker's whole life (it is retired long before: SPFWorkerSlot).
     static let cpuSeconds: rlim_t = 600
 
-    /// Switches to `user` when running as root; the problem, or nil.
-    static func dropPrivileges(to user: String) -> String? {
-        guard geteuid() == 0 else { return nil }
-        guard let entry = getpwnam(user) else { return "no such user \"\(user)\"" }
+    /// Switches to `user` when running as root.
+    static func dropPrivileges(to user: String) throws(SystemCallError) {
+        guard geteuid() == 0 else { return }
+        guard let entry = getpwnam(user) else { throw SystemCallError(operation: "getpwnam(\(user))", detail: "no such user") }
         let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
-        guard uid != 0 else { return "\"\(user)\" is root" }
-        return PrivilegeSwitch.become(uid: uid, gid: gid, groups: [gid])
+        guard uid != 0 else { throw SystemCallError(operation: "switch to \(user)", detail: "\"\(user)\" is root") }
+        try PrivilegeSwitch.become(uid: uid, gid: gid, groups: [gid])
     }
 
     /// Dies with SIGKILL when the parent ends; false when it already has.
@@ -28,9 +28,9 @@ enum SPFSandbox {
         return getppid() == parent
     }
 
-    /// Caps memory, CPU time, descriptors, processes, file size and core dumps; the
-    /// first limit that could not be set, or nil.
-    static func limitResources() -> String? {
+    /// Caps memory, CPU time, descriptors, processes, file size and core dumps; throws for
+    /// the first limit that could not be set.
+    static func limitResources() throws(SystemCallError) {
         let limits: [(Int32, rlim_t, String)] = [
             (Int32(RLIMIT_AS.rawValue), addressSpace, "RLIMIT_AS"),
             (Int32(RLIMIT_CPU.rawValue), cpuSeconds, "RLIMIT_CPU"),
@@ -41,10 +41,7 @@ enum SPFSandbox {
         ]
         for (resource, value, name) in limits {
             var limit = rlimit(rlim_cur: value, rlim_max: value)
-            if setrlimit(resource, &limit) != 0 {
-                return "setrlimit(\(name)): \(String(cString: strerror(errno)))"
-            }
+            if setrlimit(resource, &limit) != 0 { throw .lastError("setrlimit(\(name))") }
         }
-        return nil
     }
 }

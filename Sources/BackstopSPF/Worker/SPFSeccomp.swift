@@ -4,6 +4,7 @@
 // kill it; anything else fails with EPERM. x86_64 and aarch64 only: elsewhere the worker
 // runs without a filter and says so. It does not set resource limits (SPFSandbox does).
 
+import BackstopCore
 import CSPF2
 import Glibc
 
@@ -97,12 +98,12 @@ enum SPFSeccomp {
         return p
     }
 
-    /// Installs the filter (and no_new_privs, which it needs); the problem, or nil.
-    static func install() -> String? {
-        guard let table else { return "seccomp filters are not written for this architecture" }
-        guard backstop_set_no_new_privs() == 0 else { return "prctl(PR_SET_NO_NEW_PRIVS): \(String(cString: strerror(errno)))" }
+    /// Installs the filter (and no_new_privs, which it needs).
+    static func install() throws(SystemCallError) {
+        guard let table else { throw SystemCallError(operation: "seccomp", detail: "no filter is written for this architecture") }
+        guard backstop_set_no_new_privs() == 0 else { throw .lastError("prctl(PR_SET_NO_NEW_PRIVS)") }
         var filter = program(table)
         let status = filter.withUnsafeMutableBufferPointer { backstop_install_seccomp($0.baseAddress, UInt16($0.count)) }
-        return status == 0 ? nil : "prctl(PR_SET_SECCOMP): \(String(cString: strerror(errno)))"
+        if status != 0 { throw .lastError("prctl(PR_SET_SECCOMP)") }
     }
 }

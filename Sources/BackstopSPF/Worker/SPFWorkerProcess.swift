@@ -24,8 +24,8 @@ public enum SPFWorkerProcess {
         signal(SIGPIPE, SIG_IGN)
         _ = backstop_close_from(3)
         var io = FrameIO(fd: 0)
-        if let problem = SPFSandbox.dropPrivileges(to: user) {
-            io.send(SPFWire.frame(.notice(Array("cannot switch to worker_user \(user): \(problem)".utf8))))
+        do { try SPFSandbox.dropPrivileges(to: user) } catch {
+            io.send(SPFWire.frame(.notice(Array("cannot switch to worker_user \(user): \(error)".utf8))))
             return exitCannotDropPrivileges
         }
         // A credential change clears the parent-death signal: it is set after the switch.
@@ -35,12 +35,12 @@ public enum SPFWorkerProcess {
         // Everything that allocates for the first time, before the filter is in place.
         var worker = Worker(engine: engine, receiver: receiver, maxQueries: maxQueries)
         worker.warmUp()
-        if let problem = SPFSandbox.limitResources() {
-            io.send(SPFWire.frame(.notice(Array("cannot limit resources: \(problem)".utf8))))
+        do { try SPFSandbox.limitResources() } catch {
+            io.send(SPFWire.frame(.notice(Array("cannot limit resources: \(error)".utf8))))
             return exitNoSandbox
         }
-        if let problem = SPFSeccomp.install() {
-            io.send(SPFWire.frame(.notice(Array("runs without a seccomp filter: \(problem)".utf8))))
+        do { try SPFSeccomp.install() } catch {
+            io.send(SPFWire.frame(.notice(Array("runs without a seccomp filter: \(error)".utf8))))
         }
         while let message = io.next() {
             worker.handle(message, output: &io.output)
@@ -53,9 +53,11 @@ public enum SPFWorkerProcess {
     /// `backstop spf-worker --sandbox-test`: sets up the sandbox as a worker does, then
     /// tries to open a socket, which the filter must answer by killing the process.
     public static func sandboxTest(user: String) -> Int32 {
-        if let problem = SPFSandbox.dropPrivileges(to: user) { print(problem); return exitCannotDropPrivileges }
-        if let problem = SPFSandbox.limitResources() { print(problem); return exitNoSandbox }
-        if let problem = SPFSeccomp.install() { print(problem); return exitNoSandbox }
+        do { try SPFSandbox.dropPrivileges(to: user) } catch { print(error); return exitCannotDropPrivileges }
+        do {
+            try SPFSandbox.limitResources()
+            try SPFSeccomp.install()
+        } catch { print(error); return exitNoSandbox }
         _ = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         return 0  // reached only without a working filter
     }

@@ -18,7 +18,7 @@ private func check(_ section: String = "") throws -> BouncesCheck {
 
 private func verdict(_ check: BouncesCheck, _ pairs: [(String, String)]) -> Verdict {
     let context = CheckContext(eventLoop: EmbeddedEventLoop(), deadline: NIODeadline.now() + TimeAmount.seconds(1), logger: logger)
-    if case .done(let verdict) = check.evaluate(PolicyRequest(pairs), context: context) { return verdict }
+    if case .now(let verdict) = check.evaluate(PolicyRequest(pairs), context: context) { return verdict }
     Issue.record("bounces answers synchronously")
     return .noOpinion()
 }

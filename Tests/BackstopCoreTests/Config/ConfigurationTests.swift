@@ -151,4 +151,37 @@ import NIOCore
         #expect(IPAddress("2001:db8::1")!.masked(to: 64).description == "2001:db8::")
         #expect(IPAddress("192.0.2.77")!.masked(to: 24).description == "192.0.2.0")
     }
+
+    @Test func settingsThatNeverTakeEffectAreWarnings() throws {
+        let text = """
+        [policy]
+        rcpt = ["recipients"]
+        end_of_message = ["bounces"]
+        [ratelimit]
+        [[ratelimit.rule]]
+        name = "per_client"
+        key = "client_address"
+        count = "recipient"
+        limit = "10/1h"
+        [bounces]
+        no_reply_addresses = ["noreply@example.org"]
+        """
+        let config = try Configuration.parse(text, file: "t.toml")
+        let descriptions = config.warnings.map(\.description)
+        #expect(descriptions.contains("t.toml:11: bounces.no_reply_addresses: checked at RCPT, but policy.rcpt does not list bounces: they never apply"), "\(descriptions)")
+        #expect(descriptions.contains("t.toml:4: ratelimit: [ratelimit] is configured but listed in no [policy] stage, so it never runs"), "\(descriptions)")
+        #expect(descriptions.count == 2, "\(descriptions)")
+        // Listed at RCPT, a rule for END-OF-MESSAGE is still dead; the example has none of this.
+        let rule = try Configuration.parse("""
+        [policy]
+        rcpt = ["ratelimit"]
+        [ratelimit]
+        [[ratelimit.rule]]
+        name = "messages"
+        key = "client_address"
+        count = "message"
+        limit = "10/1h"
+        """, file: "r.toml")
+        #expect(rule.warnings.map(\.description) == ["r.toml:4: ratelimit.rule.0: rule \"messages\" counts at end_of_message, but policy.end_of_message does not list ratelimit: it never counts"])
+    }
 }

@@ -12,7 +12,7 @@ struct FixedCheck: Check {
     var testMode = false
     var failVerdict = Verdict(.deferIfPermit("4.4.3 check timed out"), reason: "timeout")
     let verdict: Verdict
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult { .done(verdict) }
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> { .now(verdict) }
 }
 
 /// Answers after `delay` on the event loop; counts how often it was asked.
@@ -23,9 +23,9 @@ final class SlowCheck: Check, @unchecked Sendable {
     let delay: TimeAmount
     let verdict: Verdict
     init(delay: TimeAmount, verdict: Verdict) { self.delay = delay; self.verdict = verdict }
-    func evaluate(_ request: PolicyRequest, context: CheckContext) -> CheckResult {
+    func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         let verdict = self.verdict
-        return .pending(context.eventLoop.scheduleTask(in: delay) { verdict }.futureResult)
+        return .later(context.eventLoop.scheduleTask(in: delay) { verdict }.futureResult)
     }
 }
 
@@ -34,8 +34,8 @@ private let logger = Logger(label: "test")
 
 private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) -> Decision? {
     switch engine.decide(rcpt, eventLoop: loop, logger: logger) {
-    case .immediate(let d): return d
-    case .pending: return nil
+    case .now(let d): return d
+    case .later: return nil
     }
 }
 
@@ -89,7 +89,7 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late"))]],
                                   deadline: .milliseconds(100))
-        guard case .pending(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+        guard case .later(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
             Issue.record("expected a pending decision"); return
         }
         let started = NIODeadline.now()
@@ -108,7 +108,7 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
             SlowCheck(delay: .milliseconds(10), verdict: Verdict(.prepend("X-Slow: yes"), reason: "slow")),
             FixedCheck(name: "after", verdict: Verdict(.reject("after"), reason: "after")),
         ]])
-        guard case .pending(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+        guard case .later(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
             Issue.record("expected a pending decision"); return
         }
         let d = try await future.get()

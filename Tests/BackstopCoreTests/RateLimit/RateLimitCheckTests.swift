@@ -28,8 +28,8 @@ private struct Limiter {
     func ask(_ pairs: [(String, String)]) -> Verdict {
         let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(5), logger: logger)
         switch check.evaluate(PolicyRequest(pairs), context: context) {
-        case .done(let verdict): return verdict
-        case .pending: Issue.record("the memory store answers synchronously"); return .noOpinion()
+        case .now(let verdict): return verdict
+        case .later: Issue.record("the memory store answers synchronously"); return .noOpinion()
         }
     }
 
@@ -223,7 +223,7 @@ func threadCPUNanoseconds() -> Int64 {
                                             previous: nil, logger: logger)
         let loop = EmbeddedEventLoop()
         func ask(_ engine: PolicyEngine, _ pairs: [(String, String)]) -> PolicyAction {
-            if case .immediate(let decision) = engine.decide(PolicyRequest(pairs), eventLoop: loop, logger: logger) {
+            if case .now(let decision) = engine.decide(PolicyRequest(pairs), eventLoop: loop, logger: logger) {
                 return decision.action
             }
             return .dunno
@@ -293,7 +293,7 @@ func threadCPUNanoseconds() -> Int64 {
             let started = threadCPUNanoseconds()
             var refused = 0
             for i in 0..<count {
-                if case .done(let verdict) = limiter.check.evaluate(requests[i % requests.count], context: context),
+                if case .now(let verdict) = limiter.check.evaluate(requests[i % requests.count], context: context),
                    verdict.action.isRefusal { refused += 1 }
             }
             // CPU time of this thread, not wall time: the figure holds on a busy machine too.

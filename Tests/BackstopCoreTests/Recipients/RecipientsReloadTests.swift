@@ -70,7 +70,9 @@ import Testing
             let known = recipientRequest("alice@example.com"), unknown = recipientRequest("nobody@example.com")
             while !stop.isSet {
                 if check.verdict(for: known) != .noOpinion("known_recipient") { wrong.set() }
-                if check.verdict(for: unknown).reason != "unknown_recipient" { wrong.set() }
+                // Deferred while the newest edit is broken, refused otherwise: never let through.
+                let reason = check.verdict(for: unknown).reason
+                if reason != "unknown_recipient" && reason != "unknown_recipient_table_broken" { wrong.set() }
             }
             stop.set()
         }
@@ -90,6 +92,41 @@ import Testing
         stop.set()
         #expect(await recipientsEventually { lookups.isFinished })
         #expect(!wrong.isSet, "a lookup saw a missing or half-loaded table")
+    }
+
+    @Test func unknownRecipientsAreDeferredWhileTheNewestEditIsBroken() async throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let watched = try directory(dir, interval: .zero)
+        let check = RecipientsCheck(settings: RecipientsSettings(source: watched.source), directory: watched)
+        #expect(check.verdict(for: recipientRequest("bob@example.com")).action == .reply(code: 550, enhanced: "5.1.1", text: "User unknown"))
+        // The edit that adds bob is broken: bob (and anyone unknown) is deferred, not refused.
+        try dir.replace("recipients", "alice@example.com OK\nbob@example.com OK\nbroken\n")
+        if case .failed = watched.reload() {} else { Issue.record("the broken edit was loaded") }
+        #expect(watched.newestEditFailed)
+        let deferred = check.verdict(for: recipientRequest("bob@example.com"))
+        #expect(deferred.action == RecipientsSettings.defaultBrokenTableAction && deferred.reason == "unknown_recipient_table_broken")
+        #expect(check.verdict(for: recipientRequest("alice@example.com")) == .noOpinion("known_recipient"))
+        // Mended: bob is known, and an unknown recipient is refused for good again.
+        try dir.replace("recipients", "alice@example.com OK\nbob@example.com OK\n")
+        if case .loaded = watched.reload() {} else { Issue.record("the mended edit was not loaded") }
+        #expect(!watched.newestEditFailed)
+        #expect(check.verdict(for: recipientRequest("bob@example.com")) == .noOpinion("known_recipient"))
+        #expect(check.verdict(for: recipientRequest("carol@example.com")).reason == "unknown_recipient")
+        // A vanished file is a broken edit too; putting the same version back ends it.
+        let saved = try String(contentsOfFile: dir.file("recipients"), encoding: .utf8)
+        try FileManager.default.removeItem(atPath: dir.file("recipients"))
+        _ = watched.reload()
+        #expect(check.verdict(for: recipientRequest("carol@example.com")).reason == "unknown_recipient_table_broken")
+        try dir.replace("recipients", saved)
+        _ = watched.reload()
+        #expect(check.verdict(for: recipientRequest("carol@example.com")).reason == "unknown_recipient")
+    }
+
+    @Test func brokenTableActionMustBeTemporary() throws {
+        #expect(throws: ConfigError.self) {
+            try Configuration.parse("[policy]\nrcpt = [\"recipients\"]\n[recipients]\nbroken_table_action = \"550 5.1.1 no\"\n", file: "t.toml")
+        }
     }
 
     @Test func sighupReloadsThroughTheEngine() throws {

@@ -1,0 +1,145 @@
+// The state of one Postfix connection as a plain value: requests waiting, whether an
+// answer is owed, whether reading is held back, when the current request began and when
+// the connection was last busy. Each event returns what the handler must do; the struct
+// touches no channel, timer or clock of its own, so every path can be tested by value.
+
+import BackstopCore
+import NIOCore
+
+struct PolicyConnectionState {
+    /// Requests parsed but not yet answered beyond which reading pauses.
+    static let maxQueued = 16
+
+    enum Phase: Equatable {
+        /// Reading and answering.
+        case open
+        /// Answer what is queued and in flight, read nothing more, then close
+        /// (graceful stop, or a protocol error after which queued requests are dropped).
+        case finishing
+        /// Closed or closing; nothing more happens.
+        case closed
+    }
+
+    /// Why a timer closes the connection.
+    enum Expiry: Equatable { case read, idle }
+
+    enum TimerAction: Equatable {
+        case close(Expiry)
+        case rearm(NIODeadline)
+    }
+
+    private(set) var phase = Phase.open
+    private var queue = CircularBuffer<PolicyRequest>(initialCapacity: 4)
+    /// An answer is being decided (checks may answer later).
+    private(set) var answering = false
+    private var readHeld = false
+    /// First byte of an unfinished request, if one is being read.
+    private var requestStarted: NIODeadline?
+    private var lastActivity: NIODeadline
+    let idleTimeout: TimeAmount
+    let readTimeout: TimeAmount
+
+    init(now: NIODeadline, idleTimeout: TimeAmount, readTimeout: TimeAmount) {
+        lastActivity = now
+        self.idleTimeout = idleTimeout
+        self.readTimeout = readTimeout
+    }
+
+    /// When the first timer should fire.
+    var firstTimer: NIODeadline { lastActivity + min(idleTimeout, readTimeout) }
+
+    // MARK: input
+
+    mutating func received(_ request: PolicyRequest, now: NIODeadline) {
+        guard phase == .open else { return }
+        requestStarted = nil
+        lastActivity = now
+        queue.append(request)
+    }
+
+    mutating func requestBegan(now: NIODeadline) {
+        guard phase == .open else { return }
+        requestStarted = now
+        lastActivity = now
+    }
+
+    /// A malformed request: nothing queued is answered (Postfix retries the request on a new
+    /// connection); an answer in flight is still written. True when the handler should close now.
+    mutating func protocolError() -> Bool {
+        guard phase != .closed else { return false }
+        queue.removeAll()
+        return finish()
+    }
+
+    /// Graceful stop: true when the handler should close now (nothing owed).
+    mutating func quiesce() -> Bool {
+        guard phase != .closed else { return false }
+        return finish()
+    }
+
+    private mutating func finish() -> Bool {
+        phase = .finishing
+        if answering || !queue.isEmpty { return false }
+        phase = .closed
+        return true
+    }
+
+    // MARK: answering
+
+    /// The next request to decide, if no answer is owed; marks an answer as owed.
+    mutating func nextRequest() -> PolicyRequest? {
+        guard !answering, phase != .closed, let request = queue.popFirst() else { return nil }
+        answering = true
+        return request
+    }
+
+    /// The owed answer was written.
+    mutating func answered(now: NIODeadline) {
+        answering = false
+        lastActivity = now
+    }
+
+    /// After the queue ran dry: true when the connection is finishing and owes nothing,
+    /// so the handler closes.
+    mutating func closeIfFinished() -> Bool {
+        guard phase == .finishing, !answering, queue.isEmpty else { return false }
+        phase = .closed
+        return true
+    }
+
+    mutating func closed() { phase = .closed }
+
+    // MARK: reading (back-pressure)
+
+    /// Whether a read may be issued now; if not, it is held until `resumeRead`.
+    mutating func mayRead(writable: Bool) -> Bool {
+        if phase != .open || answering || queue.count >= Self.maxQueued || !writable {
+            readHeld = true
+            return false
+        }
+        return true
+    }
+
+    /// True when a held read should be issued now.
+    mutating func resumeRead(writable: Bool) -> Bool {
+        guard readHeld, phase == .open, !answering, queue.count < Self.maxQueued, writable else { return false }
+        readHeld = false
+        return true
+    }
+
+    // MARK: time
+
+    /// The timer fired at `now`: close for an expired read or idle timeout, or re-arm for
+    /// the next moment one could expire. Nothing expires while an answer is owed (the
+    /// engine's deadline bounds that).
+    mutating func timerFired(now: NIODeadline) -> TimerAction {
+        guard phase != .closed else { return .rearm(now + idleTimeout) }
+        if answering || !queue.isEmpty { return .rearm(now + min(idleTimeout, readTimeout)) }
+        if let started = requestStarted {
+            if now - started >= readTimeout { phase = .closed; return .close(.read) }
+            return .rearm(max(started + readTimeout, now + .milliseconds(10)))
+        }
+        if now - lastActivity >= idleTimeout { phase = .closed; return .close(.idle) }
+        return .rearm(max(lastActivity + min(idleTimeout, readTimeout), now + .milliseconds(10)))
+    }
+}

@@ -1,0 +1,115 @@
+// PolicyConnectionState by value: queueing and one answer at a time, back-pressure, the
+// read and idle timeouts, graceful stop and protocol errors, without a socket or a clock.
+
+import Testing
+import NIOCore
+@testable import BackstopCore
+@testable import BackstopServer
+
+@Suite struct PolicyConnectionStateTests {
+    let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    let request = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT")])
+
+    func fresh() -> PolicyConnectionState {
+        PolicyConnectionState(now: start, idleTimeout: .seconds(330), readTimeout: .seconds(30))
+    }
+
+    @Test func answersOneRequestAtATimeInOrder() {
+        var c = fresh()
+        c.received(request, now: start)
+        c.received(request, now: start)
+        let r1 = c.nextRequest()
+        #expect(r1 != nil)
+        let r2 = c.nextRequest()
+        #expect(r2 == nil, "the second waits until the first is answered")
+        c.answered(now: start)
+        let r3 = c.nextRequest()
+        #expect(r3 != nil)
+        c.answered(now: start)
+        let r4 = c.nextRequest()
+        #expect(r4 == nil)
+    }
+
+    @Test func readingPausesWhileAnsweringOrFullOrNotWritable() {
+        var c = fresh()
+        let r5 = c.mayRead(writable: true)
+        #expect(r5)
+        let r6 = c.mayRead(writable: false)
+        #expect(!r6)
+        let r7 = c.resumeRead(writable: true)
+        #expect(r7, "a held read resumes once writable")
+        let r8 = c.resumeRead(writable: true)
+        #expect(!r8, "only once")
+        c.received(request, now: start)
+        _ = c.nextRequest()
+        let r9 = c.mayRead(writable: true)
+        #expect(!r9, "an answer is owed")
+        c.answered(now: start)
+        let r10 = c.resumeRead(writable: true)
+        #expect(r10)
+        for _ in 0..<PolicyConnectionState.maxQueued { c.received(request, now: start) }
+        let r11 = c.mayRead(writable: true)
+        #expect(!r11, "\(PolicyConnectionState.maxQueued) requests queued")
+    }
+
+    @Test func readTimeoutRunsFromTheFirstByteOfAnUnfinishedRequest() {
+        var c = fresh()
+        c.requestBegan(now: start + .seconds(10))
+        let r12 = c.timerFired(now: start + .seconds(30))
+        #expect(r12 == .rearm(start + .seconds(40)))
+        let r13 = c.timerFired(now: start + .seconds(40))
+        #expect(r13 == .close(.read))
+        #expect(c.phase == .closed)
+    }
+
+    @Test func idleTimeoutRunsFromTheLastAnswer() {
+        var c = PolicyConnectionState(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
+        c.received(request, now: start + .seconds(5))
+        _ = c.nextRequest()
+        let r14 = c.timerFired(now: start + .seconds(100))
+        #expect(r14 == .rearm(start + .seconds(110)), "nothing expires while an answer is owed")
+        c.answered(now: start + .seconds(100))
+        let r15 = c.timerFired(now: start + .seconds(105))
+        #expect(r15 == .rearm(start + .seconds(110)))
+        let r16 = c.timerFired(now: start + .seconds(110))
+        #expect(r16 == .close(.idle))
+    }
+
+    @Test func gracefulStopClosesAtOnceWhenIdleElseAfterTheAnswer() {
+        var idle = fresh()
+        let r17 = idle.quiesce()
+        #expect(r17)
+        var busy = fresh()
+        busy.received(request, now: start)
+        busy.received(request, now: start)
+        _ = busy.nextRequest()
+        let r18 = busy.quiesce()
+        #expect(!r18, "an answer is owed")
+        let r19 = busy.mayRead(writable: true)
+        #expect(!r19, "nothing more is read")
+        busy.answered(now: start)
+        let r20 = busy.nextRequest()
+        #expect(r20 != nil, "what was queued before the stop is still answered")
+        busy.answered(now: start)
+        let r21 = busy.nextRequest()
+        #expect(r21 == nil)
+        let r22 = busy.closeIfFinished()
+        #expect(r22)
+        #expect(busy.phase == .closed)
+    }
+
+    @Test func protocolErrorDropsTheQueueButWritesTheOwedAnswer() {
+        var c = fresh()
+        c.received(request, now: start)
+        c.received(request, now: start)
+        _ = c.nextRequest()
+        let r23 = c.protocolError()
+        #expect(!r23)
+        c.received(request, now: start)
+        c.answered(now: start)
+        let r24 = c.nextRequest()
+        #expect(r24 == nil, "queued and later requests are dropped")
+        let r25 = c.closeIfFinished()
+        #expect(r25)
+    }
+}
