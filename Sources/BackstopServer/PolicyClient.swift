@@ -9,6 +9,15 @@ public final class PolicyClient {
     private var pending: [UInt8] = []
 
     public init(endpoint: ListenerSettings.Endpoint, timeoutSeconds: Int = 10) throws {
+        // Connect before `fd` is set: an initializer that throws after every stored
+        // property is set runs deinit, which would close the descriptor a second time (and
+        // with it whatever another thread opened under the same number meanwhile).
+        fd = try Self.connect(endpoint, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// A connected socket, or an error with the socket already closed.
+    private static func connect(_ endpoint: ListenerSettings.Endpoint, timeoutSeconds: Int) throws -> Int32 {
+        let fd: Int32
         switch endpoint {
         case .tcp(let host, let port):
             var hints = addrinfo()
@@ -20,7 +29,7 @@ public final class PolicyClient {
             defer { freeaddrinfo(result) }
             fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { throw ServerError("socket: \(String(cString: strerror(errno)))") }
-            guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+            guard Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
                 let message = String(cString: strerror(errno))
                 close(fd)
                 throw ServerError("cannot connect to \(host):\(port): \(message)")
@@ -42,7 +51,7 @@ public final class PolicyClient {
             }
             let ok = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
                 }
             }
             guard ok == 0 else {
@@ -53,6 +62,7 @@ public final class PolicyClient {
         }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
     }
 
     deinit { close(fd) }
