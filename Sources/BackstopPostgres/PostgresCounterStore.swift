@@ -52,7 +52,8 @@ public final class PostgresCounterStore: CounterStore, Sendable {
             ("statement_timeout", "\(max(1, settings.statementTimeout.nanoseconds / 1_000_000))"),
             ("application_name", "backstop"),
         ]
-        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        // postgres-nio reports every connection attempt; those lines are debug (LogLabels).
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: Logger(label: LogLabels.library))
         let client = self.client
         let run = Task { await client.run() }
         let maintain = Task { [weak self] in

@@ -1,5 +1,6 @@
 // The one log line written per decision, in key=value form, with every value that came
-// from the client escaped. Built only when the log level keeps it.
+// from the client escaped, naming what every check that ran said. Built only when the log
+// level and log.decisions keep it.
 
 import BackstopCore
 import Logging
@@ -16,10 +17,14 @@ enum DecisionLog {
         add("client_address", request.clientAddress)
         add("sender", request.sender)
         add("recipient", request.recipient)
+        add("helo_name", request.heloName)
+        add("sasl_username", request.saslUsername)
         add("protocol_state", request[.protocolState])
         add("check", decision.check ?? "-")
         add("action", ResponseEncoder.actionText(decision.action))
         add("reason", decision.reason)
+        for entry in decision.trail.entries { add(entry.check, entry.outcome) }
+        if decision.trail.count > CheckTrail.capacity { line += " more_checks=\(decision.trail.count - CheckTrail.capacity)" }
         if let would = decision.wouldHave { add("test_mode_would", ResponseEncoder.actionText(would)) }
         if decision.deadlineExpired { line += " deadline_expired=yes" }
         line += " elapsed_us=\(elapsedNanos / 1000)"

@@ -1,6 +1,9 @@
 // Log lines in key=value form to stderr, stdout or syslog. The level is shared by every
 // logger and can change on reload. Message texts are already escaped by the caller where
-// they hold outside data; metadata values are escaped here.
+// they hold outside data; metadata values are escaped here. When systemd's journal reads
+// the stream (JOURNAL_STREAM names it), each line starts with its sd-daemon(3) priority
+// `<N>`, so `journalctl -p warning` works. Libraries' own chatter (postgres-nio's
+// connection messages) is logged at debug, under the label LogLabels.library.
 
 import Foundation
 import Logging
@@ -12,6 +15,32 @@ public final class LogOutput: Sendable {
 
     private let levelValue = Atomic<Int>(Logger.Level.info.rank)
     private let destinationValue = Atomic<Int>(0)
+    /// Whether the journal reads stderr (bit 0) and stdout (bit 1), per JOURNAL_STREAM.
+    private let journalStreams = Atomic<Int>(LogOutput.journalStreams())
+
+    /// The descriptors among stdout and stderr that JOURNAL_STREAM ("device:inode") names.
+    static func journalStreams(_ value: String? = ProcessInfo.processInfo.environment["JOURNAL_STREAM"]) -> Int {
+        guard let value, let colon = value.firstIndex(of: ":"),
+              let device = UInt64(value[..<colon]), let inode = UInt64(value[value.index(after: colon)...]) else { return 0 }
+        var bits = 0
+        for (fd, bit) in [(Int32(2), 1), (Int32(1), 2)] {
+            var info = stat()
+            if fstat(fd, &info) == 0, UInt64(info.st_dev) == device, UInt64(info.st_ino) == inode { bits |= bit }
+        }
+        return bits
+    }
+
+    /// syslog(3) priority of a level; also the journal's `<N>`.
+    static func priority(_ level: Logger.Level) -> Int32 {
+        switch level {
+        case .trace, .debug: LOG_DEBUG
+        case .info: LOG_INFO
+        case .notice: LOG_NOTICE
+        case .warning: LOG_WARNING
+        case .error: LOG_ERR
+        case .critical: LOG_CRIT
+        }
+    }
 
     public var level: Logger.Level {
         get { Logger.Level.allCases.first { $0.rank == levelValue.load(ordering: .relaxed) } ?? .info }
@@ -44,18 +73,12 @@ public final class LogOutput: Sendable {
         }
         switch destinationValue.load(ordering: .relaxed) {
         case 2:
-            let priority: Int32 = switch level {
-            case .trace, .debug: LOG_DEBUG
-            case .info: LOG_INFO
-            case .notice: LOG_NOTICE
-            case .warning: LOG_WARNING
-            case .error: LOG_ERR
-            case .critical: LOG_CRIT
-            }
-            withVaList([line]) { vsyslog(priority, "%s", $0) }
+            withVaList([line]) { vsyslog(Self.priority(level), "%s", $0) }
         default:
-            let text = "\(Self.timestamp()) \(level.name) \(line)\n"
             let fd: Int32 = destinationValue.load(ordering: .relaxed) == 1 ? 1 : 2
+            let journal = journalStreams.load(ordering: .relaxed) & (fd == 2 ? 1 : 2) != 0
+            // The journal keeps its own time stamp; it takes the priority from the prefix.
+            let text = journal ? "<\(Self.priority(level))>\(level.name) \(line)\n" : "\(Self.timestamp()) \(level.name) \(line)\n"
             text.utf8CString.withUnsafeBufferPointer { buffer in
                 _ = Glibc.write(fd, buffer.baseAddress, buffer.count - 1)
             }
@@ -76,6 +99,12 @@ public final class LogOutput: Sendable {
     /// Installs this output as swift-log's backend. Call once at start.
     public static func bootstrap() {
         LoggingSystem.bootstrap { label in KeyValueLogHandler(label: label, output: .shared) }
+    }
+
+    /// What a handler under `label` writes for an event at `level`: a library's messages
+    /// below warning are demoted to debug.
+    static func effectiveLevel(_ level: Logger.Level, label: String) -> Logger.Level {
+        label == LogLabels.library && level < .warning ? .debug : level
     }
 }
 
@@ -101,11 +130,12 @@ public struct KeyValueLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        guard output.isEnabled(event.level) else { return }
+        let level = LogOutput.effectiveLevel(event.level, label: label)
+        guard output.isEnabled(level) else { return }
         var merged = self.metadata
         if let metadata = event.metadata { merged.merge(metadata) { $1 } }
         if let error = event.error { merged["error"] = "\(error)" }
-        output.write(level: event.level, label: label, message: event.message.description, metadata: merged)
+        output.write(level: level, label: label, message: event.message.description, metadata: merged)
     }
 }
 

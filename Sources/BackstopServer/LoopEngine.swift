@@ -10,11 +10,23 @@ final class LoopEngine: @unchecked Sendable {
     let eventLoop: any EventLoop
     private var current: PolicyEngine
     private(set) var generation: Int
+    /// log.decisions of the configuration in force; only on `eventLoop`.
+    private(set) var decisions: LogSettings.Decisions
 
-    init(eventLoop: any EventLoop, engine: PolicyEngine, generation: Int) {
+    init(eventLoop: any EventLoop, engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) {
         self.eventLoop = eventLoop
         self.current = engine
         self.generation = generation
+        self.decisions = decisions
+    }
+
+    /// Whether `decision` gets a line under log.decisions; only on `eventLoop`.
+    func logs(_ decision: Decision) -> Bool {
+        switch decisions {
+        case .all: true
+        case .refusals: decision.action.isRefusal || decision.wouldHave != nil
+        case .none: false
+        }
     }
 
     /// Only on `eventLoop`.
@@ -42,10 +54,11 @@ final class LoopEngine: @unchecked Sendable {
         return (counts, expiries)
     }
 
-    func replace(with engine: PolicyEngine, generation: Int) {
+    func replace(with engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) {
         eventLoop.execute {
             self.current = engine
             self.generation = generation
+            self.decisions = decisions
         }
     }
 }

@@ -21,8 +21,12 @@ public enum MetricsSetup {
         .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),
     ]
 
+    /// When this process started, for process_start_time_seconds.
+    static let startTime = Date().timeIntervalSince1970
+
     /// Routes swift-metrics to a Prometheus registry. Must run before any metric is created.
     public static func bootstrap() -> PrometheusCollectorRegistry {
+        _ = startTime
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = buckets
@@ -210,7 +214,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let (path, query) = Self.parse(head.uri)
             if head.method == .GET && path == "/metrics" {
                 respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                        body: registry.emitToBuffer())
+                        body: MetricsHelp.render(registry.emitToBuffer(), startTime: MetricsSetup.startTime))
             } else if head.method == .GET && path == "/ratelimit/status", let provider = status {
                 let rule = query["rule"] ?? "", key = query["key"] ?? ""
                 let loop = context.eventLoop

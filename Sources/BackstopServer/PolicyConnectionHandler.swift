@@ -131,7 +131,7 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         state.metrics.record(request: request, decision: decision, elapsedNanos: elapsed)
         loopEngine.count(decision)
         // The line is only built when the log level keeps it (swift-log's autoclosure).
-        state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))")
+        if loopEngine.logs(decision) { state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))") }
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
         ResponseEncoder.encode(decision.action, into: &buffer)
         // The message has its once-per-message header only now that an answer carries it.

@@ -98,10 +98,20 @@ public final class PolicyServer: Service, Sendable {
             }
         switch listener.endpoint {
         case .tcp(let host, let port):
-            return try await bootstrap.bind(host: host, port: port).get()
+            do {
+                return try await bootstrap.bind(host: host, port: port).get()
+            } catch let error as IOError {
+                let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+                throw ServerError("cannot listen on \(shown): \(String(cString: strerror(error.errnoCode)))", errno: error.errnoCode)
+            }
         case .unix(let path):
             try UnixSocketFile.claim(path)
-            let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
+            let channel: any Channel
+            do {
+                channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
+            } catch let error as IOError {
+                throw ServerError("cannot listen on unix:\(path): \(String(cString: strerror(error.errnoCode)))", errno: error.errnoCode)
+            }
             if let identity = UnixSocketFile.identity(path) {
                 running.withLockedValue { $0.socketFiles.append((path, identity.device, identity.inode)) }
             }

@@ -23,7 +23,7 @@ final class ServerState: Sendable {
         self.settings = NIOLockedValueBox(config.server)
         var engines: [ObjectIdentifier: LoopEngine] = [:]
         for loop in group.makeIterator() {
-            engines[ObjectIdentifier(loop)] = LoopEngine(eventLoop: loop, engine: engine, generation: 1)
+            engines[ObjectIdentifier(loop)] = LoopEngine(eventLoop: loop, engine: engine, generation: 1, decisions: config.log.decisions)
         }
         self.engines = engines
         self.metrics = metrics
@@ -57,7 +57,7 @@ final class ServerState: Sendable {
         let next = generation.add(1, ordering: .relaxed).newValue
         limits.withLockedValue { $0 = config.limits }
         settings.withLockedValue { $0 = config.server }
-        for loopEngine in engines.values { loopEngine.replace(with: engine, generation: next) }
+        for loopEngine in engines.values { loopEngine.replace(with: engine, generation: next, decisions: config.log.decisions) }
         return next
     }
 }

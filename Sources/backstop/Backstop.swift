@@ -11,7 +11,7 @@ struct Backstop: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
-        version: "0.1.0",
+        version: BuildInfo.version,
         subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, Bench.self, SPFWorkerCommand.self, SPFSupervisorCommand.self],
         defaultSubcommand: Serve.self
     )

@@ -13,13 +13,18 @@ struct CheckConfig: ParsableCommand {
         commandName: "check-config",
         abstract: "Validate a configuration file and the tables it names.")
 
-    @Argument(help: "Configuration file.")
-    var file: String
+    @Argument(help: "Configuration file (the same as --config).")
+    var file: String?
+
+    @Option(name: .shortAndLong, help: "Configuration file (default: \(Configuration.defaultPath)).")
+    var config: String?
 
     @Flag(help: "Fail (exit 1) on warnings too: settings that can never take effect.")
     var strict = false
 
     func run() throws {
+        if file != nil && config != nil && file != config { throw ValidationError("give the file once: as an argument or with --config") }
+        let file = self.file ?? self.config ?? Configuration.defaultPath
         do {
             let config = try Configuration.load(path: file)
             let logger = Logger(label: "backstop.check-config", factory: { _ in SwiftLogNoOpLogHandler() })

@@ -22,7 +22,7 @@ struct RateLimitCommand: ParsableCommand {
 
         @Option(help: "Rule name.") var rule: String
         @Option(help: "Key value, e.g. 192.0.2.7 or alice+192.0.2.7.") var key: String
-        @Option(name: .shortAndLong, help: "Configuration of the running server.") var config = "/etc/backstop/backstop.toml"
+        @Option(name: .shortAndLong, help: "Configuration of the running server.") var config = Configuration.defaultPath
         @Option(help: "The server's metrics address host:port (instead of reading --config).") var metrics: String?
 
         func run() throws {
@@ -45,6 +45,10 @@ struct RateLimitCommand: ParsableCommand {
             let client = try PolicyClient(endpoint: .tcp(host: host, port: port))
             try client.send(Array("GET /ratelimit/status?rule=\(encode(rule))&key=\(encode(key)) HTTP/1.0\r\nHost: \(host)\r\n\r\n".utf8))
             let response = try client.readAll()
+            guard !response.isEmpty else {
+                printError("no answer from the server at \(address) (is it running, and is this host in metrics.allow?)")
+                throw ExitStatus.refused.code
+            }
             let parts = response.components(separatedBy: "\r\n\r\n")
             let body = parts.dropFirst().joined(separator: "\r\n\r\n")
             if parts.first?.hasPrefix("HTTP/1.0 200") == true || parts.first?.hasPrefix("HTTP/1.1 200") == true {

@@ -16,7 +16,7 @@ struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the policy server.")
 
     @Option(name: .shortAndLong, help: "Configuration file.")
-    var config: String = "/etc/backstop/backstop.toml"
+    var config: String = Configuration.defaultPath
 
     @Flag(help: "Stay in the foreground (always the case; accepted for systemd unit files).")
     var foreground = false

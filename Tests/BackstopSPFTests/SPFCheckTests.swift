@@ -82,6 +82,10 @@ func isHeader(_ decision: Decision) -> Bool {
         let strict = SPFCheck(settings: strictSettings, verifier: verifier)
         let soft = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .softfail, query: query)), header: nil)
         #expect(soft.action.keyword == "550" && soft.reason == "spf=softfail strict_domain")
+        // The refusal says which result it was, not "fail".
+        let neutral = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .neutral, query: query)), header: nil)
+        let neutralText = ResponseEncoder.actionText(neutral.action)
+        #expect(neutralText.hasPrefix("550 5.7.23 SPF neutral: pass.example requires an SPF pass for its mail") && !neutralText.contains("fail"), "\(neutralText)")
         #expect(strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .permerror, query: query)), header: nil).action
                 == .reply(code: 550, enhanced: "5.7.24", text: "SPF permerror for pass.example"))
         pass.query = SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "we\"ird (helo)")
@@ -216,6 +220,9 @@ func isHeader(_ decision: Decision) -> Bool {
         var s = checkSettings(dns)
         s.trustedNetworks = NetworkList([CIDR("127.0.0.0/8")!, CIDR("172.17.0.0/16")!])
         s.skipSenderDomains = ["pass.example"]
+        s.trustedClientNames = [".outbound.forwarder.example", "backup-mx.example.net"]
+        s.trustedHeloNames = ["relay.internal.example"]
+        s.skipRecipients = ["postmaster@", "abuse@local.example", "@open.example"]
         let check = try makeCheck(s)
         defer { check.verifier.shutdown() }
         let context = CheckContext(eventLoop: MultiThreadedEventLoopGroup.singleton.next(), deadline: .now() + .seconds(5), logger: testLogger)
@@ -227,7 +234,22 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(reason(request(sender: "a@hostile.example", client: "172.17.0.1")) == "spf=skipped(trusted_network)")
         #expect(reason(request(sender: "a@hostile.example", client: "::ffff:127.0.0.1")) == "spf=skipped(trusted_network)")
         #expect(reason(request(sender: "a@sub.pass.example")) == "spf=skipped(sender_domain)")
+        func named(_ name: String) -> PolicyRequest {
+            PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", "198.51.100.7"),
+                           ("sender", "a@hostile.example"), ("helo_name", "mail.helo.example"), ("client_name", name),
+                           ("recipient", "rcpt@local.example")])
+        }
+        #expect(reason(named("mail-1.outbound.forwarder.example")) == "spf=skipped(trusted_client_name)")
+        #expect(reason(named("Backup-MX.example.net.")) == "spf=skipped(trusted_client_name)")
+        #expect(reason(request(sender: "a@hostile.example", helo: "relay.internal.example")) == "spf=skipped(trusted_helo_name)")
+        #expect(reason(request(sender: "a@hostile.example", recipient: "Postmaster@anything.example")) == "spf=skipped(recipient)")
+        #expect(reason(request(sender: "a@hostile.example", recipient: "abuse@local.example")) == "spf=skipped(recipient)")
+        #expect(reason(request(sender: "a@hostile.example", recipient: "anyone@open.example")) == "spf=skipped(recipient)")
         #expect(check.verifier.evaluationCount == 0)
+        // Near misses are checked.
+        #expect(reason(named("outbound.forwarder.example.evil.example")) == "evaluated")
+        #expect(reason(named("unknown")) == "evaluated")
+        #expect(reason(request(sender: "a@hostile.example", instance: "m9", recipient: "abuse@elsewhere.example")) == "evaluated")
         #expect(reason(request(sender: "a@hostile.example")) == "evaluated")
     }
 

@@ -44,10 +44,18 @@ final class ServeProcess {
     let process = Process()
     let logPath: String
 
-    init(config: String, logName: String = "serve.log") throws {
+    /// `journal`: run as under systemd, with JOURNAL_STREAM naming the log file.
+    init(config: String, logName: String = "serve.log", journal: Bool = false) throws {
         logPath = (config as NSString).deletingLastPathComponent + "/" + logName
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
+        if journal {
+            var info = stat()
+            stat(logPath, &info)
+            var environment = ProcessInfo.processInfo.environment
+            environment["JOURNAL_STREAM"] = "\(info.st_dev):\(info.st_ino)"
+            process.environment = environment
+        }
         process.executableURL = URL(fileURLWithPath: backstopBinary)
         process.arguments = ["serve", "--config", config]
         process.standardOutput = log
@@ -150,6 +158,12 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         let raw = try runBackstop(["query", "--server", "127.0.0.1:\(port)", "--stdin"],
                                   stdin: "request=smtpd_access_policy\nprotocol_state=DATA\nsender=\nrecipient_count=1\n\n")
         #expect(raw.stdout.hasPrefix("action="))
+        // The server from --config; the exit status says what the answer was.
+        let refused = try runBackstop(["query", "--config", config, "--recipient", "nobody@example.com", "--client-address", "192.0.2.9"])
+        #expect(refused.stdout == "action=550 5.1.1 User unknown\n", "\(refused.stdout)\(refused.stderr)")
+        #expect(refused.status == 1)
+        let unreachable = try runBackstop(["query", "--server", "127.0.0.1:1"])
+        #expect(unreachable.status == 3)
         #expect(serve.stop() == 0)
         #expect(serve.log.contains("backstop stopped"))
     }
@@ -213,6 +227,50 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
     }
 
+    @Test func underTheJournalEachLineCarriesItsPriority() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path, journal: true)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("<5>notice backstop started"), "\(serve.log)")
+        #expect(serve.log.contains("<4>warning running as root") || geteuid() != 0, "\(serve.log)")
+        let plain = try ServeProcess(config: path, logName: "plain.log")
+        defer { _ = plain.stop() }
+        _ = plain.waitForLog("cannot start")
+        #expect(!plain.log.contains("<2>") && plain.log.contains(" critical cannot start"), "no prefix without the journal: \(plain.log)")
+        // The bind failure names the address in use.
+        #expect(plain.log.contains("cannot start: cannot listen on 127.0.0.1:\(port): Address already in use"), "\(plain.log)")
+        #expect(plain.stop() == 71)
+    }
+
+    @Test func decisionLinesNameEveryCheckAndFollowLogDecisions() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "known@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        let base = "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\nrcpt = [\"recipients\", \"bounces\"]\n[recipients]\ntables = [\"recipients\"]\n[log]\n"
+        try (base + "decisions = \"all\"\n").write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        var known = rcptRequest
+        known[4] = ("recipient", "known@example.com")
+        known.append(("helo_name", "mx.example.org"))
+        known.append(("sasl_username", "alice"))
+        _ = try client.ask(known)
+        #expect(serve.waitForLog("helo_name=mx.example.org sasl_username=alice protocol_state=RCPT check=recipients action=DUNNO reason=known_recipient recipients=known_recipient bounces=ok elapsed_us="), "\(serve.log)")
+        // Only refusals: the accepted recipient writes no line, the unknown one does.
+        try (base + "decisions = \"refusals\"\n").write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(serve.waitForLog("configuration reloaded"))
+        _ = try client.ask(known)
+        _ = try client.ask(rcptRequest)
+        #expect(serve.waitForLog("reason=unknown_recipient recipients=unknown_recipient elapsed_us="), "\(serve.log)")
+        #expect(serve.log.components(separatedBy: "reason=known_recipient").count == 2, "one line for the first request only")
+    }
+
     @Test func rateLimitStatusOfARunningServer() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
@@ -235,6 +293,12 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         let unknown = try runBackstop(["ratelimit", "status", "--rule", "nope", "--key", "x", "--metrics", "127.0.0.1:\(metricsPort)"])
         #expect(unknown.status == 1)
         #expect(unknown.stderr.contains("no rule named \"nope\""))
+        // The key as the log prints it (the rule's network) is the same key.
+        let asLogged = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.1/32", "--config", path])
+        #expect(asLogged.stdout.contains("key 192.0.2.1: over the limit"), "\(asLogged.stdout)\(asLogged.stderr)")
+        let notAnAddress = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "not-an-ip", "--config", path])
+        #expect(notAnAddress.status == 1)
+        #expect(notAnAddress.stderr.contains("rule per_client: \"not-an-ip\" is not an IP address or network"), "\(notAnAddress.stderr)")
     }
 
     @Test func metricsEndpointCountsRealTraffic() throws {
@@ -265,6 +329,17 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(text.contains("backstop_protocol_errors_total 1"))
         #expect(text.contains("backstop_request_duration_seconds_count 8"))
         #expect(text.contains("backstop_config_generation 1"))
+        // Every metric has its help line, and the build and process metrics are there.
+        let body = try #require(text.range(of: "\r\n\r\n")).upperBound
+        let lines = text[body...].split(separator: "\n").map(String.init)
+        for (index, line) in lines.enumerated() where line.hasPrefix("# TYPE ") {
+            let name = line.split(separator: " ")[2]
+            #expect(index > 0 && lines[index - 1].hasPrefix("# HELP \(name) "), "no help for \(name): \(lines[max(0, index - 3)...index])")
+        }
+        #expect(text.contains("backstop_build_info{version=\"\(BuildInfo.version)\"} 1"))
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds"] {
+            #expect(lines.contains { $0.hasPrefix(name + " ") }, "\(name) missing")
+        }
     }
 }
 

@@ -15,7 +15,9 @@ final class RawConnection {
     let fd: Int32
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // `fd` is set only once connected: a throwing initializer runs deinit, which must
+        // not close the descriptor a second time.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -24,6 +26,7 @@ final class RawConnection {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if result != 0 { close(fd); throw ServerError("connect: \(String(cString: strerror(errno)))") }
+        self.fd = fd
     }
 
     deinit { close(fd) }
@@ -209,4 +212,14 @@ final class RawConnection {
         }
         #expect(try RegularFile.read(big, maxBytes: 2 << 20).count == 2 << 20)
     }
+}
+
+/// docs/metrics.md and the help texts the endpoint serves name the same metrics.
+@Test func everyDocumentedMetricHasHelpAndEveryHelpIsDocumented() throws {
+    let doc = try String(contentsOfFile: packageRoot + "/docs/metrics.md", encoding: .utf8)
+    var documented = Set<String>()
+    for line in doc.split(separator: "\n") where line.hasPrefix("| `backstop_") {
+        documented.insert(String(line.dropFirst(3).prefix { $0 != "`" }))
+    }
+    #expect(documented == Set(MetricsHelp.texts.keys), "only documented: \(documented.subtracting(MetricsHelp.texts.keys)); only in help: \(Set(MetricsHelp.texts.keys).subtracting(documented))")
 }

@@ -24,6 +24,9 @@ public struct Configuration: Sendable {
 
     public init(file: String = "(defaults)") { self.file = file }
 
+    /// Where every command that reads the configuration looks unless told otherwise.
+    public static let defaultPath = "/etc/backstop/backstop.toml"
+
     /// The largest configuration file read (1 MiB); a larger one is refused before parsing.
     public static let maxFileBytes = 1 << 20
 
@@ -87,6 +90,10 @@ public struct Configuration: Sendable {
         let destination = log.string("destination", default: config.log.destination.rawValue)
         if let d = LogSettings.Destination(rawValue: destination) { config.log.destination = d } else {
             log.report("destination", "unknown destination \"\(LogEscaping.escape(destination))\": use stderr, stdout or syslog")
+        }
+        let decisions = log.string("decisions", default: config.log.decisions.rawValue)
+        if let d = LogSettings.Decisions(rawValue: decisions) { config.log.decisions = d } else {
+            log.report("decisions", "\"\(LogEscaping.escape(decisions))\" is not one of all, refusals, none")
         }
         config.log.summaryInterval = log.duration("summary_interval", default: config.log.summaryInterval, range: .zero...(.hours(24)))
         log.finish()

@@ -72,6 +72,9 @@ public struct ServerSettings: Sendable, Equatable {
 
 public struct LogSettings: Sendable, Equatable {
     public enum Destination: String, Sendable, Equatable { case stderr, stdout, syslog }
+    /// Which decisions get a log line (at level info).
+    public enum Decisions: String, Sendable, Equatable, CaseIterable { case all, refusals, none }
+    public var decisions: Decisions = .all
     public var level = "info"
     public var destination: Destination = .stderr
     /// How often a summary line with counts is written; zero turns it off.

@@ -19,6 +19,8 @@ public struct Decision: Sendable {
     public var deadlineExpired: Bool = false
     /// Set when the answer carries a once-per-message header: mark it when written.
     public var headerOnce: HeaderOnce?
+    /// What each check that ran said, for the decision line.
+    public var trail = CheckTrail()
 
     public init(action: PolicyAction, check: String?, reason: String, wouldHave: PolicyAction? = nil,
                 deadlineExpired: Bool = false, headerOnce: HeaderOnce? = nil) {
@@ -156,8 +158,10 @@ public final class PolicyEngine: Sendable {
         var warning: (Verdict, String, PolicyAction)?
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
         var quiet: (String, String)?
+        var trail = CheckTrail()
 
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
+            trail.append(check: check.name, reason: verdict.reason)
             if header == nil, let due = verdict.header { header = (due, check.name, verdict.reason) }
             switch verdict.action {
             case .dunno:
@@ -174,11 +178,19 @@ public final class PolicyEngine: Sendable {
                 return nil
             default:
                 // A refusal (or another final action) decides; a header due is not added.
-                return Decision(action: verdict.action, check: check.name, reason: verdict.reason)
+                var decision = Decision(action: verdict.action, check: check.name, reason: verdict.reason)
+                decision.trail = trail
+                return decision
             }
         }
 
         func final() -> Decision {
+            var decision = finalAnswer()
+            decision.trail = trail
+            return decision
+        }
+
+        private func finalAnswer() -> Decision {
             if let (due, name, reason) = header {
                 // The header is added even when test mode turned a refusal into a log line.
                 if let (verdict, warned, would) = warning {

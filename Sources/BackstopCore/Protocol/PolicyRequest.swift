@@ -83,6 +83,7 @@ public struct PolicyRequest: Sendable {
     public var instance: String { self[.instance] }
     public var saslUsername: String { self[.saslUsername] }
     public var heloName: String { self[.heloName] }
+    public var clientName: String { self[.clientName] }
     public var queueID: String { self[.queueID] }
     public var recipientCount: Int { Int(self[.recipientCount]) ?? 0 }
 }

@@ -93,19 +93,37 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Builds the key from values written by an administrator, one per part in order
-    /// (`status` uses this): a domain part takes the domain itself, `<>` is the null sender.
-    public func build(values: [String]) -> [UInt8]? {
-        guard values.count == parts.count else { return nil }
+    /// (`status` uses this): a domain part takes the domain itself, `<>` is the null sender,
+    /// a client address may be given as the address or as the network the log shows
+    /// ("198.51.100.0/24" for a rule counting by /24).
+    public func build(values: [String]) -> Result<[UInt8], KeyParseError> {
+        let shape = parts.map(\.rawValue).joined(separator: "+")
+        guard values.count == parts.count else {
+            return .failure(KeyParseError(message: "this rule counts by \(shape): give \(parts.count) value(s) joined by +"))
+        }
         var out: [UInt8] = []
         for (part, text) in zip(parts, values) {
             var value = text.trimmingSpaces
             if part == .sender, value == "<>" { value = "" }
             if part == .sender, value.hasPrefix("<"), value.hasSuffix(">") { value = String(value.dropFirst().dropLast()) }
-            if part != .sender, value.isEmpty { return nil }
+            if part != .sender, value.isEmpty {
+                return .failure(KeyParseError(message: "the \(part.rawValue) value is empty (this rule counts by \(shape))"))
+            }
+            if part == .clientAddress {
+                guard let network = CIDR(value) else {
+                    return .failure(KeyParseError(message: "\"\(LogEscaping.escape(value))\" is not an IP address or network"))
+                }
+                let counted = network.network.isV4 ? ipv4Prefix : ipv6Prefix
+                let full = network.network.isV4 ? 32 : 128
+                guard network.prefix == full || network.prefix == counted else {
+                    return .failure(KeyParseError(message: "this rule counts client addresses by /\(counted): give an address or a /\(counted) network"))
+                }
+                value = network.network.description
+            }
             var bytes = Array(value.utf8)
             bytes.withUnsafeMutableBytes { append(part, UnsafeRawBufferPointer($0), to: &out) }
         }
-        return out
+        return .success(out)
     }
 
     /// Appends one component: a two-byte length, then the bytes (so "a+b"+"c" and "a"+"b+c"

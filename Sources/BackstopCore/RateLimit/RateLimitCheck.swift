@@ -9,6 +9,7 @@ import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 public final class RateLimitCheck: Check, Sendable {
     public let name = "ratelimit"
@@ -234,12 +235,35 @@ extension RateLimitCheck {
         }
         let spec = runtime.rule.key
         let values = spec.parts.count == 1 ? [key] : key.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
-        guard let bytes = spec.build(values: values) else {
-            throw RateLimitStatusError(description: "rule \(name) counts by \(spec): give "
-                + spec.parts.map(\.rawValue).joined(separator: "+") + " (values joined by +, none empty)")
+        let bytes: [UInt8]
+        switch spec.build(values: values) {
+        case .success(let built): bytes = built
+        case .failure(let error): throw RateLimitStatusError(description: "rule \(name): \(error.message)")
         }
-        let state = try await store.state(rule: runtime.identity, key: bytes)
+        let state = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+            try await store.state(rule: identity, key: bytes)
+        }
         return Self.describe(runtime.rule, key: spec.display(bytes), state: state, store: store.kind)
+    }
+
+    /// A status question never waits longer than this for the store (PostgreSQL may be down).
+    public static let statusTimeout: TimeAmount = .seconds(5)
+
+    /// Runs `body`, or fails after `statusTimeout` even when `body` does not notice.
+    static func withinStatusTimeout<T: Sendable>(_ store: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let promise = loop.makePromise(of: T.self)
+        let timer = loop.scheduleTask(in: statusTimeout) {
+            promise.fail(RateLimitStatusError(description: "the \(store) store did not answer within \(DurationText.format(statusTimeout))"))
+        }
+        let work = Task {
+            do { promise.succeed(try await body()) } catch { promise.fail(error) }
+        }
+        defer {
+            timer.cancel()
+            work.cancel()
+        }
+        return try await promise.futureResult.get()
     }
 
     static func describe(_ rule: RateLimitRule, key: String, state: RateKeyState, store: String) -> String {

@@ -63,12 +63,14 @@ public struct RecipientLookupReport: Sendable {
     /// For `backstop lookup ADDRESS [--config FILE | --table FILE]`: reads the [recipients]
     /// settings and tables of a configuration, or one table file with default settings,
     /// and looks the address up. Throws ConfigError (file:line) when they cannot be read.
-    public static func lookup(address: String, configPath: String?, tablePath: String?) throws -> RecipientLookupReport {
+    public static func lookup(address: String, configPath: String?, tablePath: String?,
+                              recipientDelimiter: String = "") throws -> RecipientLookupReport {
         let settings: RecipientsSettings
         if let tablePath {
-            settings = RecipientsSettings(source: RecipientTableSource(files: [tablePath]))
+            settings = RecipientsSettings(source: RecipientTableSource(files: [tablePath]),
+                                          rules: RecipientNormalisation(recipientDelimiter: recipientDelimiter))
         } else {
-            let config = try Configuration.load(path: configPath ?? "/etc/backstop/backstop.toml")
+            let config = try Configuration.load(path: configPath ?? Configuration.defaultPath)
             guard let found = config.checks["recipients"] as? RecipientsSettings else {
                 throw ConfigError(issues: [ConfigIssue(file: config.file, line: nil, key: "recipients",
                                                        message: "there is no [recipients] section: add one, or use --table FILE")])

@@ -80,6 +80,15 @@ public final class SPFCheck: RetirableCheck {
         let client = request.clientAddress
         guard let address = IPAddress(client) else { return .now(.noOpinion("spf=skipped(no_client_address)")) }
         if settings.trustedNetworks.contains(address) { return .now(.noOpinion("spf=skipped(trusted_network)")) }
+        if !settings.trustedClientNames.isEmpty, SPFSettings.nameListed(request.clientName, in: settings.trustedClientNames) {
+            return .now(.noOpinion("spf=skipped(trusted_client_name)"))
+        }
+        if !settings.trustedHeloNames.isEmpty, SPFSettings.nameListed(request.heloName, in: settings.trustedHeloNames) {
+            return .now(.noOpinion("spf=skipped(trusted_helo_name)"))
+        }
+        if !settings.skipRecipients.isEmpty, SPFSettings.recipientListed(request.recipient, in: settings.skipRecipients) {
+            return .now(.noOpinion("spf=skipped(recipient)"))
+        }
         let sender = request.sender
         let helo = request.heloName
         if !sender.isEmpty, !settings.skipSenderDomains.isEmpty,
@@ -175,7 +184,7 @@ public final class SPFCheck: RetirableCheck {
         if outcome.query.identity == .helo { reason += " identity=helo" }
         if outcome.cached { reason += " cached" }
         if strict && outcome.result != .pass && outcome.result != .temperror && !action.isRefusal {
-            action = settings.actions[.fail] ?? action
+            action = settings.strictAction
             reason += " strict_domain"
         }
         // The header is due once per message; a refusal carries it too, for test mode.

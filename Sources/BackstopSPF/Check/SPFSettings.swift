@@ -26,8 +26,24 @@ public struct SPFSettings: CheckSettings, Equatable {
     public var skipAuthenticated = true
     public var trustedNetworks = NetworkList(CIDR.loopback)
     public var skipSenderDomains: [String] = []
+    /// Verified client names (Postfix's client_name) that are never checked, by suffix:
+    /// "mail.example.net", or ".outbound.example.net" for every name under it.
+    public var trustedClientNames: [String] = []
+    /// HELO names never checked, matched like trustedClientNames. The HELO name is the
+    /// client's own claim: only for names that only your own relays use.
+    public var trustedHeloNames: [String] = []
+    /// Recipients for whom SPF never refuses: "postmaster@example.com", "abuse@" (that local
+    /// part in any domain) or "@example.com".
+    public var skipRecipients: [String] = []
     public var strictDomains: [String] = []
+    /// The refusal for a strict domain's result other than pass or temperror (the text says
+    /// which result it was, not "fail").
+    public var strictAction: PolicyAction = SPFSettings.defaultStrictAction
     public var actions: [SPFResult: PolicyAction] = SPFSettings.defaultActions
+
+    public static let defaultStrictAction = PolicyAction.reply(
+        code: 550, enhanced: "5.7.23",
+        text: "SPF {result}: {domain} requires an SPF pass for its mail, and {client} does not get one for {sender}. {explanation}")
 
     public static let defaultActions: [SPFResult: PolicyAction] = [
         .pass: .dunno, .neutral: .dunno, .none: .dunno, .softfail: .dunno, .permerror: .dunno,
@@ -102,9 +118,20 @@ public struct SPFSettings: CheckSettings, Equatable {
         explanationURL = section.optionalString("explanation_url")
         if let url = explanationURL, url.isEmpty { explanationURL = nil }
         skipAuthenticated = section.bool("skip_authenticated", default: d.skipAuthenticated)
-        trustedNetworks = section.networks("trusted_networks", default: CIDR.loopback)
+        trustedNetworks = section.networks("trusted_networks", default: d.trustedNetworks.networks)
         skipSenderDomains = section.stringArray("skip_sender_domains", default: []).map(SPFSettings.normaliseDomain)
         strictDomains = section.stringArray("strict_domains", default: []).map(SPFSettings.normaliseDomain)
+        trustedClientNames = section.stringArray("trusted_client_names", default: d.trustedClientNames).map(SPFSettings.normaliseName)
+        trustedHeloNames = section.stringArray("trusted_helo_names", default: d.trustedHeloNames).map(SPFSettings.normaliseName)
+        skipRecipients = section.stringArray("skip_recipients", default: d.skipRecipients).map { $0.trimmingSpaces.lowercased() }
+        for entry in skipRecipients where !entry.contains("@") || entry == "@" {
+            section.report("skip_recipients", "\"\(LogEscaping.escape(entry))\" is not user@domain, user@ or @domain")
+        }
+        for name in trustedClientNames + trustedHeloNames where name.isEmpty || name == "." {
+            section.report(trustedClientNames.contains(name) ? "trusted_client_names" : "trusted_helo_names", "an empty name would match every client")
+        }
+        strictAction = section.action("strict_action", default: d.strictAction)
+        if !strictAction.isRefusal { section.report("strict_action", "must refuse: a 5NN or 4NN reply, REJECT or DEFER") }
 
         let actionSection = section.section("actions")
         for result in SPFResult.allCases {
@@ -116,6 +143,28 @@ public struct SPFSettings: CheckSettings, Equatable {
     static func isHeaderToken(_ text: String) -> Bool {
         !text.isEmpty && text.utf8.count <= 255
             && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }
+    }
+
+    /// A host name or ".suffix", lowercased, without a trailing dot.
+    static func normaliseName(_ text: String) -> String {
+        var name = text.trimmingSpaces.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        return name
+    }
+
+    /// True when `name` is one of `names` or ends with one that starts with ".".
+    static func nameListed(_ name: String, in names: [String]) -> Bool {
+        let name = normaliseName(name)
+        guard !name.isEmpty, name != "unknown" else { return false }
+        return names.contains { $0.hasPrefix(".") ? name.hasSuffix($0) : name == $0 }
+    }
+
+    /// True when `recipient` matches an entry of skip_recipients.
+    static func recipientListed(_ recipient: String, in entries: [String]) -> Bool {
+        let address = recipient.lowercased()
+        guard let at = address.lastIndex(of: "@") else { return false }
+        let local = address[...at], domain = address[at...]
+        return entries.contains { $0 == address || $0 == local || $0 == domain }
     }
 
     static func normaliseDomain(_ text: String) -> String {

@@ -40,6 +40,23 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
 }
 
 @Suite struct PolicyEngineTests {
+    @Test func theTrailNamesEveryCheckThatRanInOrder() {
+        let engine = PolicyEngine(stages: [.rcpt: [
+            FixedCheck(name: "recipients", verdict: .noOpinion("known_recipient")),
+            FixedCheck(name: "spf", verdict: Verdict(.prepend("Received-SPF: pass"), reason: "spf=pass")),
+            FixedCheck(name: "ratelimit", verdict: .noOpinion()),
+        ]])
+        let trail = decide(engine)?.trail.entries.map { "\($0.check)=\($0.outcome)" }
+        #expect(trail == ["recipients=known_recipient", "spf=pass", "ratelimit=ok"])
+        let refused = PolicyEngine(stages: [.rcpt: [
+            FixedCheck(name: "spf", verdict: .noOpinion("spf=skipped(trusted_network)")),
+            FixedCheck(name: "ratelimit", verdict: Verdict(.deferTemporarily("4.7.1 slow down"), reason: "ratelimit=per_client")),
+            FixedCheck(name: "bounces", verdict: .noOpinion()),
+        ]])
+        let refusedTrail = decide(refused)?.trail.entries.map { "\($0.check)=\($0.outcome)" }
+        #expect(refusedTrail == ["spf=skipped(trusted_network)", "ratelimit=per_client"], "checks after the deciding one did not run")
+    }
+
     @Test func firstDecisionWins() {
         let engine = PolicyEngine(stages: [.rcpt: [
             FixedCheck(name: "a", verdict: .noOpinion()),

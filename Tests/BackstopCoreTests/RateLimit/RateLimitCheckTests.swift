@@ -15,7 +15,6 @@ private let logger = Logger(label: "test.ratelimit")
 private struct Limiter {
     let clock = ManualRateClock()
     let check: RateLimitCheck
-    let loop = EmbeddedEventLoop()
 
     init(_ section: String, maxKeys: Int = 10_000) throws {
         let config = try Configuration.parse("[policy]\nrcpt = [\"ratelimit\"]\n" + section, file: "test.toml")
@@ -26,6 +25,9 @@ private struct Limiter {
     }
 
     func ask(_ pairs: [(String, String)]) -> Verdict {
+        // A loop per question: an EmbeddedEventLoop must end on the thread that made it, and
+        // async tests move between threads.
+        let loop = EmbeddedEventLoop()
         let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(5), logger: logger)
         switch check.evaluate(PolicyRequest(pairs), context: context) {
         case .now(let verdict): return verdict
@@ -260,6 +262,34 @@ func threadCPUNanoseconds() -> Int64 {
         let over = try await limiter.check.status(rule: "per_client", key: "192.0.2.1")
         #expect(over.contains("over the limit: 0 of 4 available; the next one in 15m"), "\(over)")
         await #expect(throws: RateLimitStatusError.self) { try await limiter.check.status(rule: "nope", key: "x") }
+        // The key as the refusal's log line prints it names the same state.
+        let logged = try await limiter.check.status(rule: "per_client", key: "192.0.2.0/24")
+        #expect(logged.contains("key 192.0.2.0/24: over the limit"), "\(logged)")
+        for (key, reason) in [("not-an-ip", "\"not-an-ip\" is not an IP address or network"),
+                              ("192.0.0.0/16", "this rule counts client addresses by /24: give an address or a /24 network")] {
+            do {
+                _ = try await limiter.check.status(rule: "per_client", key: key)
+                Issue.record("\(key) was accepted")
+            } catch {
+                #expect("\(error)" == "rule per_client: \(reason)")
+            }
+        }
+    }
+
+    @Test func statusGivesUpOnAStoreThatDoesNotAnswer() async throws {
+        let started = NIODeadline.now()
+        do {
+            _ = try await RateLimitCheck.withinStatusTimeout("postgres") { () async throws -> Int in
+                try await Task.sleep(for: .seconds(120))
+                return 0
+            }
+            Issue.record("a hung store was waited for")
+        } catch {
+            #expect("\(error)" == "the postgres store did not answer within 5s")
+        }
+        // Well short of the store's 120 s, with room for a test run whose threads are busy
+        // (the answer comes after 5 s; resuming this task may take longer on 2 cores).
+        #expect(NIODeadline.now() - started < .seconds(90))
     }
 
     @Test func throughputOnTheHotPath() async throws {
@@ -288,7 +318,7 @@ func threadCPUNanoseconds() -> Int64 {
             let requests = (0..<1000).map { i in
                 PolicyRequest(rcpt(client: "10.\(i / 256).\(i % 256).9", sender: "user\(i)@example.org", sasl: i % 3 == 0 ? "u\(i)" : ""))
             }
-            let context = CheckContext(eventLoop: limiter.loop, deadline: .now() + .seconds(5), logger: logger)
+            let context = CheckContext(eventLoop: EmbeddedEventLoop(), deadline: .now() + .seconds(5), logger: logger)
             let count = 30_000
             let started = threadCPUNanoseconds()
             var refused = 0
