@@ -186,7 +186,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
                     logger.debug("spf worker \(index) started: pid \(spawned.pid)")
                     drain()
                 case .failure(let error):
-                    close(spawned.fd)
+                    // The channel owned the descriptor and closed it; closing it here again
+                    // would close whatever the process opened under that number since.
                     _ = spawner.killAndReap(spawned.pid)
                     restarted(.spawnFailed, "cannot be attached: \(error)", pid: spawned.pid, lost: 0)
                 }
