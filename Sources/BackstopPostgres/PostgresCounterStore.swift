@@ -104,7 +104,17 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                         rule text NOT NULL,
                         key bytea NOT NULL,
                         tat bigint NOT NULL,
+                        key_text text,
                         PRIMARY KEY (rule, key))
+                    """), logger: self.logger)
+                // Version 2: the key as administrators read it, and a view with readable times.
+                try await connection.query(PostgresQuery(unsafeSQL:
+                    "ALTER TABLE \(table) ADD COLUMN IF NOT EXISTS key_text text"), logger: self.logger)
+                try await connection.query(PostgresQuery(unsafeSQL: """
+                    CREATE OR REPLACE VIEW \(table)_readable AS
+                    SELECT rule, key_text AS key, to_timestamp(tat / 1000000000.0) AS full_again_at, key AS key_bytes
+                    FROM \(table)
+                    WHERE tat > (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000
                     """), logger: self.logger)
                 try await connection.query(PostgresQuery(unsafeSQL:
                     "CREATE INDEX IF NOT EXISTS \(table)_tat ON \(table) (tat)"), logger: self.logger)
@@ -112,8 +122,8 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                     CREATE TABLE IF NOT EXISTS backstop_schema (component text PRIMARY KEY, version integer NOT NULL)
                     """), logger: self.logger)
                 try await connection.query(PostgresQuery(unsafeSQL: """
-                    INSERT INTO backstop_schema (component, version) VALUES ('ratelimit', 1)
-                    ON CONFLICT (component) DO UPDATE SET version = GREATEST(backstop_schema.version, 1)
+                    INSERT INTO backstop_schema (component, version) VALUES ('ratelimit', 2)
+                    ON CONFLICT (component) DO UPDATE SET version = GREATEST(backstop_schema.version, 2)
                     """), logger: self.logger)
             }
             health.withLockedValue { $0.schemaReady = true }
@@ -132,8 +142,8 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     static let hitSQL = """
         WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now),
         hit AS (
-            INSERT INTO \(table) AS r (rule, key, tat)
-            SELECT $1, $2, clock.now + $3::bigint FROM clock
+            INSERT INTO \(table) AS r (rule, key, tat, key_text)
+            SELECT $1, $2, clock.now + $3::bigint, $5 FROM clock
             ON CONFLICT (rule, key) DO UPDATE
                 SET tat = GREATEST(r.tat, EXCLUDED.tat - $3::bigint) + $3::bigint
                 WHERE GREATEST(r.tat, EXCLUDED.tat - $3::bigint) + $3::bigint - (EXCLUDED.tat - $3::bigint) <= $4::bigint
@@ -149,11 +159,12 @@ public final class PostgresCounterStore: CounterStore, Sendable {
             return .later(eventLoop.makeFailedFuture(CounterStoreFailure(reason)))
         }
         let increment = hit.cost * p.emissionInterval
-        var binds = PostgresBindings(capacity: 4)
+        var binds = PostgresBindings(capacity: 5)
         binds.append(hit.rule.name)
         binds.append(ByteBuffer(bytes: hit.key))
         binds.append(increment)
         binds.append(p.tolerance)
+        binds.append(hit.spec?.display(hit.key))
         let query = PostgresQuery(unsafeSQL: Self.hitSQL, binds: binds)
         return .later(within(eventLoop) { [client, logger] in
             let rows = try await client.query(query, logger: logger)
@@ -195,6 +206,38 @@ public final class PostgresCounterStore: CounterStore, Sendable {
             return RateKeyState(tat: tat.flatMap { $0 > now ? $0 : nil }, now: now)
         }
         throw CounterStoreFailure("no answer")
+    }
+
+    public func reset(rule: RateRuleIdentity, key: [UInt8]) async throws -> Bool {
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(rule.name)
+        binds.append(ByteBuffer(bytes: key))
+        let query = PostgresQuery(unsafeSQL: """
+            DELETE FROM \(Self.table) WHERE rule = $1 AND key = $2
+            RETURNING tat > (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000
+            """, binds: binds)
+        var held = false
+        for try await live in try await client.query(query, logger: logger).decode(Bool.self) { held = held || live }
+        return held
+    }
+
+    public func busiest(rule: RateRuleIdentity, limit: Int) async throws -> RateKeyList {
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(rule.name)
+        binds.append(limit)
+        let query = PostgresQuery(unsafeSQL: """
+            WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now)
+            SELECT clock.now, r.key, r.tat FROM clock
+            LEFT JOIN LATERAL (SELECT key, tat FROM \(Self.table) WHERE rule = $1 AND tat > clock.now
+                               ORDER BY tat DESC LIMIT $2) r ON true
+            """, binds: binds)
+        var now: Int64 = 0
+        var entries: [RateKeyList.Entry] = []
+        for try await (clock, key, tat) in try await client.query(query, logger: logger).decode((Int64, ByteBuffer?, Int64?).self) {
+            now = clock
+            if let key, let tat { entries.append(.init(key: Array(key.readableBytesView), tat: tat)) }
+        }
+        return RateKeyList(entries: entries, now: now, complete: true)
     }
 
     public func publishKeyCounts(to gauges: [RateRuleIdentity: Gauge]) {

@@ -1,7 +1,8 @@
-// Serves the Prometheus text format at GET /metrics over plain HTTP, and
-// GET /ratelimit/status?rule=R&key=K for `backstop ratelimit status`, to clients in
-// metrics.allow only, with its own connection cap and read/idle timeouts. It answers
-// nothing else (404) and keeps no state besides the registry it renders.
+// Serves the Prometheus text format at GET /metrics over plain HTTP, and the rate-limit
+// control of `backstop ratelimit` (GET /ratelimit/status?rule=R&key=K, GET
+// /ratelimit/list?rule=R[&over=1][&limit=N], POST /ratelimit/reset?rule=R&key=K), to
+// clients in metrics.allow only, with its own connection cap and read/idle timeouts. It
+// answers nothing else (404) and keeps no state besides the registry it renders.
 
 import Logging
 import Metrics
@@ -41,8 +42,15 @@ public final class MetricsEndpoint: Sendable {
 
     public var address: String { channel.localAddress.map(PolicyServer.describe) ?? "?" }
 
-    /// Answers a rate-limit status question (rule, key) from the running configuration.
-    public typealias StatusProvider = @Sendable (_ rule: String, _ key: String) async throws -> String
+    /// A question of `backstop ratelimit`, answered from the running configuration.
+    public enum RateLimitQuestion: Sendable {
+        case status(rule: String, key: String)
+        case list(rule: String, overOnly: Bool, limit: Int)
+        case reset(rule: String, key: String)
+    }
+
+    /// Answers rate-limit questions; the answer is the text the command prints.
+    public typealias StatusProvider = @Sendable (RateLimitQuestion) async throws -> String
 
     /// Binds `settings.listen` on the server's event loops. Its connections count toward the
     /// server's max_connections as well as toward `settings.maxConnections`.
@@ -215,12 +223,25 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if head.method == .GET && path == "/metrics" {
                 respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
                         body: MetricsHelp.render(registry.emitToBuffer(), startTime: MetricsSetup.startTime))
-            } else if head.method == .GET && path == "/ratelimit/status", let provider = status {
+            } else if path.hasPrefix("/ratelimit/"), let provider = status {
                 let rule = query["rule"] ?? "", key = query["key"] ?? ""
+                let question: MetricsEndpoint.RateLimitQuestion
+                switch (head.method, path) {
+                case (.GET, "/ratelimit/status"): question = .status(rule: rule, key: key)
+                case (.GET, "/ratelimit/list"):
+                    question = .list(rule: rule, overOnly: query["over"] == "1", limit: Int(query["limit"] ?? "") ?? 50)
+                case (.POST, "/ratelimit/reset"): question = .reset(rule: rule, key: key)
+                case (_, "/ratelimit/reset"):
+                    return respond(context: context, head: head, status: .methodNotAllowed, contentType: "text/plain",
+                                   body: Array("reset changes state: use POST\n".utf8))
+                default:
+                    return respond(context: context, head: head, status: .notFound, contentType: "text/plain",
+                                   body: Array("not found: /ratelimit/status, /ratelimit/list, /ratelimit/reset (POST)\n".utf8))
+                }
                 let loop = context.eventLoop
                 let promise = loop.makePromise(of: (HTTPResponseStatus, String).self)
                 promise.completeWithTask {
-                    do { return (.ok, try await provider(rule, key) + "\n") } catch { return (.badRequest, "\(error)\n") }
+                    do { return (.ok, try await provider(question) + "\n") } catch { return (.badRequest, "\(error)\n") }
                 }
                 promise.futureResult.assumeIsolated().whenSuccess { (status, text) in
                     self.respond(context: context, head: head, status: status, contentType: "text/plain; charset=utf-8",

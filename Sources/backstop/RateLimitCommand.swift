@@ -1,5 +1,6 @@
-// `backstop ratelimit status`: asks a running server (through its metrics listener) what
-// state a rate-limit key is in, for the admin asking "why is this client deferred?".
+// `backstop ratelimit status|list|reset`: asks a running server (through its metrics
+// listener, for clients in metrics.allow) about its rate-limit keys: one key's state, the
+// busiest keys of a rule, or forgetting a key's state. It decides nothing itself.
 
 import ArgumentParser
 import BackstopCore
@@ -8,30 +9,27 @@ import Foundation
 
 struct RateLimitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ratelimit", abstract: "Inspect rate limits on a running server.",
-        subcommands: [Status.self])
+        commandName: "ratelimit", abstract: "Inspect and reset rate limits on a running server.",
+        discussion: """
+        The server is reached through its [metrics] listen address (read from --config, or given with
+        --metrics). A key is the rule's key value, e.g. a client address or the network the log shows
+        (198.51.100.0/24); for a combined key give the values in the rule's order joined by '+'.
+        """,
+        subcommands: [Status.self, List.self, Reset.self])
 
-    struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Show a key's state for a rule on a running server.",
-            discussion: """
-            The server is reached through its [metrics] listen address (read from --config, or given
-            with --metrics). The key is the rule's key value, e.g. a client address; for a combined key
-            give the values in the rule's order joined by '+'.
-            """)
-
-        @Option(help: "Rule name.") var rule: String
-        @Option(help: "Key value, e.g. 192.0.2.7 or alice+192.0.2.7.") var key: String
+    /// Where the server is: --metrics, else [metrics] listen of --config.
+    struct Server: ParsableArguments {
         @Option(name: .shortAndLong, help: "Configuration of the running server.") var config = Configuration.defaultPath
         @Option(help: "The server's metrics address host:port (instead of reading --config).") var metrics: String?
 
-        func run() throws {
+        /// Sends one request and prints the answer; exit 1 when the server refuses it, 3 when
+        /// it cannot be asked.
+        func ask(_ method: String, _ path: String, _ parameters: [(String, String)]) throws {
             var address = metrics
             if address == nil {
                 let loaded: Configuration
                 do { loaded = try Configuration.load(path: config) } catch {
-                    let issues = error.issues
-                    for issue in issues { printError(issue.description) }
+                    for issue in error.issues { printError(issue.description) }
                     throw ExitStatus.cannotAsk.code
                 }
                 address = loaded.metrics.listen
@@ -41,13 +39,19 @@ struct RateLimitCommand: ParsableCommand {
                 throw ExitStatus.cannotAsk.code
             }
             let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
-            func encode(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s }
-            let client = try PolicyClient(endpoint: .tcp(host: host, port: port))
-            try client.send(Array("GET /ratelimit/status?rule=\(encode(rule))&key=\(encode(key)) HTTP/1.0\r\nHost: \(host)\r\n\r\n".utf8))
-            let response = try client.readAll()
+            let query = parameters.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0.1)" }.joined(separator: "&")
+            let response: String
+            do {
+                let client = try PolicyClient(endpoint: .tcp(host: host, port: port))
+                try client.send(Array("\(method) \(path)?\(query) HTTP/1.0\r\nHost: \(host)\r\nContent-Length: 0\r\n\r\n".utf8))
+                response = try client.readAll()
+            } catch {
+                printError("cannot ask the server at \(address): \(error)")
+                throw ExitStatus.cannotAsk.code
+            }
             guard !response.isEmpty else {
-                printError("no answer from the server at \(address) (is it running, and is this host in metrics.allow?)")
-                throw ExitStatus.refused.code
+                printError("no answer from the server at \(address) (is this host in metrics.allow?)")
+                throw ExitStatus.cannotAsk.code
             }
             let parts = response.components(separatedBy: "\r\n\r\n")
             let body = parts.dropFirst().joined(separator: "\r\n\r\n")
@@ -58,5 +62,41 @@ struct RateLimitCommand: ParsableCommand {
                 throw ExitStatus.refused.code
             }
         }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a key's state for a rule.")
+        @Option(help: "Rule name.") var rule: String
+        @Option(help: "Key value, e.g. 192.0.2.7, 192.0.2.0/24 or alice+192.0.2.7.") var key: String
+        @OptionGroup var server: Server
+
+        func run() throws { try server.ask("GET", "/ratelimit/status", [("rule", rule), ("key", key)]) }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the keys of a rule that used most of their allowance, the least available first.",
+            discussion: """
+            The PostgreSQL store lists every key that holds state; the memory store knows by name only the
+            keys that used more than half their allowance or were refused (up to 65,536).
+            """)
+        @Option(help: "Rule name.") var rule: String
+        @Flag(help: "Only keys over the limit now.") var over = false
+        @Option(help: "At most this many keys (1-\(RateLimitCheck.maxListed)).") var limit = 50
+        @OptionGroup var server: Server
+
+        func run() throws {
+            try server.ask("GET", "/ratelimit/list", [("rule", rule), ("limit", String(limit))] + (over ? [("over", "1")] : []))
+        }
+    }
+
+    struct Reset: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forget a key's state: it has its whole allowance again (logged at notice by the server).")
+        @Option(help: "Rule name.") var rule: String
+        @Option(help: "Key value, as for status.") var key: String
+        @OptionGroup var server: Server
+
+        func run() throws { try server.ask("POST", "/ratelimit/reset", [("rule", rule), ("key", key)]) }
     }
 }

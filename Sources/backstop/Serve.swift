@@ -56,11 +56,15 @@ struct Serve: ParsableCommand {
         if let registry, let listen = configuration.metrics.listen {
             do {
                 metricsEndpoint = try await MetricsEndpoint.start(settings: configuration.metrics, registry: registry, server: server,
-                                                                  status: { rule, key in
+                                                                  status: { question in
                     guard let check = reloader.engine.checks["ratelimit"] as? RateLimitCheck else {
                         throw ServerError("the ratelimit check is not configured")
                     }
-                    return try await check.status(rule: rule, key: key)
+                    switch question {
+                    case .status(let rule, let key): return try await check.status(rule: rule, key: key)
+                    case .list(let rule, let overOnly, let limit): return try await check.list(rule: rule, overOnly: overOnly, limit: limit)
+                    case .reset(let rule, let key): return try await check.reset(rule: rule, key: key)
+                    }
                 })
                 logger.info("metrics at http://\(metricsEndpoint!.address)/metrics")
                 let endpoint = metricsEndpoint!

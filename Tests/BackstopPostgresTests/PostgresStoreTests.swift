@@ -56,6 +56,7 @@ private func configuration(port: Int, limit: String, timeout: Int = 2) -> String
 private struct Instance {
     let server: PolicyServer
     let store: PostgresCounterStore
+    let check: RateLimitCheck
 
     static func start(_ toml: String) async throws -> Instance {
         CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
@@ -68,7 +69,7 @@ private struct Instance {
         // The store creates its schema in the background; wait for it.
         for _ in 0..<200 where !store.isReady { try await Task.sleep(nanoseconds: 100_000_000) }
         #expect(store.isReady, "the schema was created")
-        return Instance(server: server, store: store)
+        return Instance(server: server, store: store, check: check)
     }
 
     func client() throws -> Connection {
@@ -179,6 +180,17 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
                 #expect(answers.count == 120)
                 #expect(answers.filter { $0 == "DUNNO" }.count == 25, "120 hits from two servers, exactly 25 admitted")
                 #expect(answers.filter { $0 == overLimit }.count == 95, "\(Set(answers))")
+                // Either server lists every key with state, and a reset through one is seen by the other.
+                let listed = try await a.check.list(rule: "shared", overOnly: true, limit: 10)
+                #expect(listed.contains("key 203.0.113.9: over the limit: 0 of 25 available"), "\(listed)")
+                #expect(!listed.contains("names only"), "the shared store lists all keys")
+                // Administrators read keys and times in SQL without decoding bytes.
+                let readable = try await blocking { try pg.sql("SELECT key, full_again_at > now() FROM backstop_ratelimit_readable WHERE key = '203.0.113.9'") }
+                #expect(readable.trimmingCharacters(in: .whitespacesAndNewlines) == "203.0.113.9|t", "\(readable)")
+                let reset = try await b.check.reset(rule: "shared", key: "203.0.113.9")
+                #expect(reset.contains("state forgotten: all 25 available again"), "\(reset)")
+                #expect(try await ask(ca, rcpt("203.0.113.9")) == "DUNNO")
+                #expect(try await a.check.reset(rule: "shared", key: "198.18.0.1").contains("no state was held"))
             }
             await a.stop()
             await b.stop()

@@ -77,17 +77,23 @@ final class PrivatePostgres: @unchecked Sendable {
 
     /// Stops the server if it runs and removes the cluster.
     func destroy() {
-        try? postgres("pg_ctl", ["-D", data, "-m", "immediate", "-w", "-t", "60", "stop"])
+        _ = try? postgres("pg_ctl", ["-D", data, "-m", "immediate", "-w", "-t", "60", "stop"])
         try? FileManager.default.removeItem(atPath: directory)
     }
 
     var log: String { (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? "" }
 
-    private func postgres(_ tool: String, _ arguments: [String]) throws {
+    /// Runs one SQL statement with psql and returns its unaligned output (tuples only).
+    func sql(_ statement: String) throws -> String {
+        try postgres("psql", ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-c", statement])
+    }
+
+    @discardableResult
+    private func postgres(_ tool: String, _ arguments: [String]) throws -> String {
         if asPostgresUser {
-            try Self.run("/usr/sbin/runuser", ["-u", "postgres", "--", bin + "/" + tool] + arguments)
+            return try Self.run("/usr/sbin/runuser", ["-u", "postgres", "--", bin + "/" + tool] + arguments)
         } else {
-            try Self.run(bin + "/" + tool, arguments)
+            return try Self.run(bin + "/" + tool, arguments)
         }
     }
 

@@ -301,6 +301,53 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(notAnAddress.stderr.contains("rule per_client: \"not-an-ip\" is not an IP address or network"), "\(notAnAddress.stderr)")
     }
 
+    @Test func rateLimitListResetAndCountersThatSurviveARestart() throws {
+        let dir = tempDirectory()
+        let port = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        try ("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n"
+            + "[policy]\nrcpt = [\"ratelimit\"]\n[ratelimit]\nstate_file = \"ratelimit.state\"\n"
+            + "[[ratelimit.rule]]\nname = \"per_client\"\nkey = \"client_address\"\ncount = \"recipient\"\nlimit = \"3/1h\"\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        func fill(_ client: PolicyClient, _ address: String, _ times: Int) throws -> [String] {
+            var request = rcptRequest
+            request[2] = ("client_address", address)
+            return try (0..<times).map { _ in try client.ask(request) ?? "closed" }
+        }
+        var serve = try ServeProcess(config: path)
+        let client = try waitForClient(port: port)
+        #expect(try fill(client, "192.0.2.1", 4).last?.hasPrefix("action=DEFER 4.7.1") == true)
+        _ = try fill(client, "192.0.2.2", 2)
+        _ = try fill(client, "192.0.2.3", 1)
+        let listed = try runBackstop(["ratelimit", "list", "--rule", "per_client", "--config", path])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let lines = listed.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 4 && lines[1].hasPrefix("key 192.0.2.1: over the limit") && lines[2].hasPrefix("key 192.0.2.2: 1 of 3"),
+                "\(listed.stdout)")
+        #expect(lines.last?.contains("names only keys that used more than half") == true)
+        let over = try runBackstop(["ratelimit", "list", "--rule", "per_client", "--over", "--config", path])
+        #expect(over.stdout.split(separator: "\n").filter { $0.hasPrefix("key ") }.count == 1, "\(over.stdout)")
+        // Stop and start: the state is saved and loaded.
+        #expect(serve.stop() == 0)
+        #expect(FileManager.default.fileExists(atPath: dir + "/ratelimit.state"), "saved on stop")
+        serve = try ServeProcess(config: path, logName: "serve2.log")
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("rate-limit state loaded"), "\(serve.log)")
+        let again = try waitForClient(port: port)
+        let after = try fill(again, "192.0.2.1", 1)
+        #expect(after.first?.hasPrefix("action=DEFER 4.7.1") == true, "over the limit before the restart, and after: \(after)")
+        let status = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.2", "--config", path])
+        #expect(status.stdout.contains("key 192.0.2.2: 1 of 3 available now"), "\(status.stdout)")
+        // Reset forgets the key; GET is refused for it.
+        let reset = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "192.0.2.1", "--config", path])
+        #expect(reset.status == 0 && reset.stdout.contains("state forgotten: all 3 available again"), "\(reset.stdout)\(reset.stderr)")
+        #expect(serve.waitForLog("rate-limit key reset by the administrator"), "\(serve.log)")
+        #expect(try fill(again, "192.0.2.1", 1) == ["action=DUNNO"])
+        #expect(try scrape(port: metricsPort, path: "/ratelimit/reset?rule=per_client&key=192.0.2.2").contains("405"))
+        let damaged = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "nonsense", "--config", path])
+        #expect(damaged.status == 1)
+    }
+
     @Test func metricsEndpointCountsRealTraffic() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()

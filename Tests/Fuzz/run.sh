@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with AddressSanitizer and runs each for a bounded time
 # (FUZZ_SECONDS, default 60): the policy request parser, the recipient table parser, the
-# DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
+# rate-limit state file, the DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
 # sources they need are compiled in directly, so no SwiftPM build with sanitizers is needed. Crashes are saved under
 # .build/fuzz/ and make this script fail; turn each into a regression test.
 set -euo pipefail
@@ -37,6 +37,8 @@ build request-fuzzer Tests/Fuzz/RequestFuzzer.swift $(ls $core/Protocol/*.swift 
 run request-fuzzer Tests/Fuzz/corpus/request
 build table-fuzzer Tests/Fuzz/TableFuzzer.swift $(cat Tests/Fuzz/table-sources.txt)
 run table-fuzzer Tests/Fuzz/corpus/table
+build state-file-fuzzer Tests/Fuzz/StateFileFuzzer.swift $core/RateLimit/MemoryStoreSnapshot.swift $core/System/RegularFile.swift
+run state-file-fuzzer Tests/Fuzz/corpus/state-file
 # SPF: what a DNS server, a domain owner and a worker send.
 for target in dns:DNSFuzzer spf-record:SPFRecordFuzzer spf-macro:SPFMacroFuzzer spf-wire:WireFuzzer; do
     name=${target%%:*} file=${target#*:}

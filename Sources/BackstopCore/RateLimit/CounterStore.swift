@@ -28,12 +28,15 @@ public struct RateHit: Sendable {
     /// The key bytes as built by `RateKeySpec.build`.
     public let key: [UInt8]
     public let cost: Int64
+    /// How the key reads (a shared store keeps the text beside the bytes, for administrators).
+    public let spec: RateKeySpec?
 
-    public init(rule: RateRuleIdentity, parameters: GCRAParameters, key: [UInt8], cost: Int64) {
+    public init(rule: RateRuleIdentity, parameters: GCRAParameters, key: [UInt8], cost: Int64, spec: RateKeySpec? = nil) {
         self.rule = rule
         self.parameters = parameters
         self.key = key
         self.cost = cost
+        self.spec = spec
     }
 }
 
@@ -55,6 +58,28 @@ public struct RateKeyState: Sendable, Equatable {
     }
 }
 
+/// Keys of one rule that hold state, the least available first (`backstop ratelimit list`).
+public struct RateKeyList: Sendable {
+    public struct Entry: Sendable {
+        public let key: [UInt8]
+        public let tat: Int64
+        public init(key: [UInt8], tat: Int64) {
+            self.key = key
+            self.tat = tat
+        }
+    }
+    public let entries: [Entry]
+    /// The store's clock at the time of the answer.
+    public let now: Int64
+    /// False when the store knows only some keys by name (the memory store names busy ones).
+    public let complete: Bool
+    public init(entries: [Entry], now: Int64, complete: Bool) {
+        self.entries = entries
+        self.now = now
+        self.complete = complete
+    }
+}
+
 public protocol CounterStore: AnyObject, Sendable {
     /// "memory", "postgres": for logs and `status`.
     var kind: String { get }
@@ -65,6 +90,10 @@ public protocol CounterStore: AnyObject, Sendable {
     func refund(_ hit: RateHit)
     /// The current state of a key, without changing it.
     func state(rule: RateRuleIdentity, key: [UInt8]) async throws -> RateKeyState
+    /// Forgets a key's state (its whole allowance is back); whether the store held any.
+    func reset(rule: RateRuleIdentity, key: [UInt8]) async throws -> Bool
+    /// Up to `limit` keys of `rule` that hold state, the least available first.
+    func busiest(rule: RateRuleIdentity, limit: Int) async throws -> RateKeyList
     /// Keys held per rule are published to these gauges from now on (replaces earlier ones).
     func publishKeyCounts(to gauges: [RateRuleIdentity: Gauge])
 }

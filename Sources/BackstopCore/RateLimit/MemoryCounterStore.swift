@@ -1,11 +1,15 @@
 // The embedded counter store: one GCRA timestamp per key, in 64 shards that each have their
 // own lock, so connections hitting different keys never wait for one another and there is
 // no global lock. A key is stored as a 112-bit keyed hash plus a 16-bit rule tag (16 bytes)
-// and its TAT (8 bytes): the key text itself is not kept. Entries whose TAT has passed carry
-// no state; they are dropped lazily, by a sweep every 10 s, and whenever a shard is full.
-// A shard holds at most max_keys / 64 entries; when a new key does not fit, expired entries go
-// first, then the entries with the oldest TAT (those closest to a full bucket, which lose the
-// least) until 1/16 of the shard is free. An evicted key starts again with a full bucket.
+// and its TAT (8 bytes). Entries whose TAT has passed carry no state; they are dropped
+// lazily, by a sweep every 10 s, and whenever a shard is full. A shard holds at most
+// max_keys / 64 entries; when a new key does not fit, expired entries go first, then the
+// entries with the oldest TAT (those closest to a full bucket, which lose the least) until
+// 1/16 of the shard is free. An evicted key starts again with a full bucket.
+// The key text is kept only for busy keys (more than half the allowance used, or refused),
+// at most 65,536 of them, so `backstop ratelimit list` can name them. With a state file the
+// store saves itself periodically and on stop, and loads the file when it is made
+// (MemoryStoreSnapshot holds the format). Deciding what a rule allows is RateLimitCheck's.
 
 import Logging
 import Metrics
@@ -19,7 +23,8 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     public let shardCount: Int
     let perShardCap: Int
     let clock: any RateClock
-    // Random per store: key hashes cannot be predicted, so collisions cannot be forced.
+    // Random per store (and kept in its state file): key hashes cannot be predicted, so
+    // collisions cannot be forced.
     private let salt0: UInt64
     private let salt1: UInt64
     private let shards: [Shard]
@@ -29,6 +34,17 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     private let evictionLog = LogThrottle(interval: .seconds(10))
     private let sweeper = NIOLockedValueBox<RepeatedTask?>(nil)
     private let logger: Logger
+    /// Busy keys' bytes, per shard (same index as `shards`); at most `namedCap` each.
+    private let named: [NIOLockedValueBox<[Key: [UInt8]]>]
+    let namedCap: Int
+    /// Where the counters are saved and loaded from; nil for none.
+    public let stateFile: String?
+    private let saveInterval: TimeAmount
+    private let lastSave = NIOLockedValueBox(NIODeadline.now())
+    /// Saves one at a time (a periodic save and the save at stop may meet).
+    private let saving = NIOLock()
+    /// Most named keys in the whole store.
+    public static let maxNamedKeys = 65_536
 
     struct Key: Hashable {
         let h0: UInt64  // top 16 bits: rule tag; low bits pick the shard
@@ -43,26 +59,46 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     ///   - maxKeys: most keys held in total (each shard holds maxKeys / shards).
     ///   - sweepInterval: how often a background task drops expired entries and publishes key
     ///     counts; nil for none (tests call `sweep()` themselves).
+    /// - Parameters:
+    ///   - maxKeys: most keys held in total (each shard holds maxKeys / shards).
+    ///   - sweepInterval: how often a background task drops expired entries and publishes key
+    ///     counts; nil for none (tests call `sweep()` themselves).
+    ///   - stateFile: the file the counters are loaded from now and saved to every
+    ///     `saveInterval` (at a sweep) and by `saveState()`; nil for none.
     public init(maxKeys: Int, shards: Int = 64, clock: any RateClock = SystemRateClock(),
-                sweepInterval: TimeAmount? = .seconds(10), logger: Logger = Logger(label: "backstop.ratelimit")) {
+                sweepInterval: TimeAmount? = .seconds(10), stateFile: String? = nil, saveInterval: TimeAmount = .seconds(60),
+                logger: Logger = Logger(label: "backstop.ratelimit")) {
         precondition(shards > 0 && shards & (shards - 1) == 0, "shard count must be a power of two")
         self.maxKeys = maxKeys
         self.shardCount = shards
         self.perShardCap = max(1, maxKeys / shards)
+        self.namedCap = max(1, min(perShardCap, Self.maxNamedKeys / shards))
         self.clock = clock
         self.logger = logger
+        self.stateFile = stateFile
+        self.saveInterval = saveInterval
+        let saved = stateFile.flatMap { Self.load($0, maxKeys: maxKeys, logger: logger) }
         var rng = SystemRandomNumberGenerator()
-        self.salt0 = rng.next()
-        self.salt1 = rng.next()
+        // The salts come with the saved keys: without them the keys cannot be found again.
+        self.salt0 = saved?.salt0 ?? rng.next()
+        self.salt1 = saved?.salt1 ?? rng.next()
         self.shards = (0..<shards).map { _ in Shard([:]) }
+        self.named = (0..<shards).map { _ in NIOLockedValueBox([:]) }
+        if let saved { restore(saved) }
         if let sweepInterval {
             // On an event loop of NIO's shared group (a sweep holds one shard lock at a time,
-            // briefly); holds the store weakly, so a replaced store stops sweeping.
+            // briefly; a save runs on NIO's thread pool); holds the store weakly, so a
+            // replaced store stops sweeping.
             let interval = TimeAmount.nanoseconds(max(1_000_000, sweepInterval.nanoseconds))
             let task = MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(initialDelay: interval, delay: interval) {
                 [weak self] repeated in
                 guard let self else { return repeated.cancel() }
                 self.sweep()
+                if self.stateFile != nil, self.lastSave.withLockedValue({ $0 }) + self.saveInterval <= .now() {
+                    NIOThreadPool.singleton.submit { [weak self] state in
+                        if state == .active { self?.saveState() }
+                    }
+                }
             }
             sweeper.withLockedValue { $0 = task }
         }
@@ -72,18 +108,14 @@ public final class MemoryCounterStore: CounterStore, Sendable {
 
     static func tag(_ rule: RateRuleIdentity) -> UInt16 { UInt16(truncatingIfNeeded: rule.fingerprint >> 48) }
 
+    /// Two SipHash-2-4 values under the store's salts: the same in every process with the
+    /// same salts (Swift's Hasher is seeded per process), so a state file's keys are found again.
     func storeKey(_ rule: RateRuleIdentity, _ key: [UInt8]) -> Key {
-        var a = Hasher()
-        a.combine(salt0)
-        a.combine(rule.fingerprint)
-        key.withUnsafeBytes { a.combine(bytes: $0) }
-        var b = Hasher()
-        b.combine(salt1)
-        b.combine(rule.fingerprint)
-        key.withUnsafeBytes { b.combine(bytes: $0) }
-        let h0 = UInt64(bitPattern: Int64(a.finalize()))
-        let h1 = UInt64(bitPattern: Int64(b.finalize()))
-        return Key(h0: (h0 & 0x0000_FFFF_FFFF_FFFF) | UInt64(Self.tag(rule)) << 48, h1: h1)
+        key.withUnsafeBytes { bytes in
+            let h0 = SipHash24.hash(k0: salt0, k1: salt1, prefix: rule.fingerprint, bytes)
+            let h1 = SipHash24.hash(k0: salt1, k1: salt0 ^ 0x5bd1_e995_5bd1_e995, prefix: rule.fingerprint, bytes)
+            return Key(h0: (h0 & 0x0000_FFFF_FFFF_FFFF) | UInt64(Self.tag(rule)) << 48, h1: h1)
+        }
     }
 
     private func shard(_ key: Key) -> Shard { shards[Int(key.h0 & UInt64(shardCount - 1))] }
@@ -110,7 +142,20 @@ public final class MemoryCounterStore: CounterStore, Sendable {
             return outcome
         }
         if evicted > 0 { noteEvictions(evicted) }
+        switch outcome {
+        case .admitted(let remaining, _) where remaining * 2 < hit.parameters.burst: name(key, hit.key)
+        case .refused(let retryAfter?) where retryAfter > 0: name(key, hit.key)
+        default: break
+        }
         return outcome
+    }
+
+    /// Keeps a busy key's bytes (once; nothing when its shard's table is full or the key is long).
+    private func name(_ key: Key, _ bytes: [UInt8]) {
+        guard bytes.count <= MemoryStoreSnapshot.maxNameBytes else { return }
+        named[Int(key.h0 & UInt64(shardCount - 1))].withLockedValue { names in
+            if names[key] == nil, names.count < namedCap { names[key] = bytes }
+        }
     }
 
     /// Frees room in a full shard (lock held). Returns how many live keys were evicted.
@@ -181,10 +226,14 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     public func sweep() {
         let now = clock.now
         var perTag: [UInt16: Int] = [:]
-        for shard in shards {
+        for (index, shard) in shards.enumerated() {
             shard.withLockedValue { entries in
                 entries = entries.filter { $0.value > now }
                 for key in entries.keys { perTag[UInt16(truncatingIfNeeded: key.h0 >> 48), default: 0] += 1 }
+                // Lock order: a shard, then its names (never the other way round).
+                named[index].withLockedValue { names in
+                    if !names.isEmpty { names = names.filter { entries[$0.key] != nil } }
+                }
             }
         }
         gauges.withLockedValue { gauges in
@@ -204,5 +253,122 @@ public final class MemoryCounterStore: CounterStore, Sendable {
         var byTag: [UInt16: (Gauge, Int)] = [:]
         for (rule, gauge) in gauges { byTag[Self.tag(rule)] = (gauge, 0) }
         self.gauges.withLockedValue { $0 = byTag }
+    }
+
+    // MARK: - Administration (list, reset)
+
+    /// Forgets a key's state (it has its whole allowance again). Returns whether state was held.
+    public func reset(rule: RateRuleIdentity, key: [UInt8]) async throws -> Bool {
+        let k = storeKey(rule, key)
+        let index = Int(k.h0 & UInt64(shardCount - 1))
+        let now = clock.now
+        return shards[index].withLockedValue { entries in
+            named[index].withLockedValue { _ = $0.removeValue(forKey: k) }
+            return (entries.removeValue(forKey: k) ?? now) > now
+        }
+    }
+
+    /// The named (busy) keys of a rule that still hold state, the least available first.
+    public func busiest(rule: RateRuleIdentity, limit: Int) async throws -> RateKeyList {
+        let now = clock.now
+        var found: [RateKeyList.Entry] = []
+        let tag = Self.tag(rule)
+        for index in 0..<shardCount {
+            shards[index].withLockedValue { entries in
+                named[index].withLockedValue { names in
+                    for (k, bytes) in names where UInt16(truncatingIfNeeded: k.h0 >> 48) == tag {
+                        if let tat = entries[k], tat > now, storeKey(rule, bytes) == k { found.append(.init(key: bytes, tat: tat)) }
+                    }
+                }
+            }
+        }
+        found.sort { $0.tat > $1.tat }
+        return RateKeyList(entries: Array(found.prefix(limit)), now: now, complete: false)
+    }
+
+    // MARK: - State file
+
+    /// Everything held now, as a snapshot (one shard lock at a time).
+    public func snapshot() -> MemoryStoreSnapshot {
+        let now = clock.now
+        var entries: [MemoryStoreSnapshot.Entry] = []
+        for index in 0..<shardCount {
+            shards[index].withLockedValue { held in
+                named[index].withLockedValue { names in
+                    for (k, tat) in held where tat > now {
+                        entries.append(.init(h0: k.h0, h1: k.h1, tat: tat, name: names[k]))
+                    }
+                }
+            }
+        }
+        return MemoryStoreSnapshot(salt0: salt0, salt1: salt1, wallClock: MemoryStoreSnapshot.wallClockNow(),
+                                   monotonic: now, entries: entries)
+    }
+
+    /// Writes the state file now (the server calls it on stop). Failures are logged, not thrown:
+    /// the counters in memory are unaffected.
+    public func saveState() {
+        guard let stateFile else { return }
+        saving.withLock {
+            let snapshot = snapshot()
+            do throws(FileReadError) {
+                try MemoryStoreSnapshot.writeAtomically(snapshot.encoded(), to: stateFile)
+                lastSave.withLockedValue { $0 = .now() }
+                logger.debug("rate-limit state saved", metadata: ["file": "\(stateFile)", "keys": "\(snapshot.entries.count)"])
+            } catch {
+                lastSave.withLockedValue { $0 = .now() }  // tried; the next try is one interval later
+                logger.error("cannot save the rate-limit state: \(error.reason); counters stay in memory and are lost at a restart",
+                             metadata: ["file": "\(LogEscaping.field(stateFile))"])
+            }
+        }
+    }
+
+    /// Reads a state file; nil (with a log line) when it is absent or unusable, never fatal.
+    static func load(_ path: String, maxKeys: Int, logger: Logger) -> MemoryStoreSnapshot? {
+        let bytes: [UInt8]
+        do {
+            bytes = try RegularFile.read(path, maxBytes: MemoryStoreSnapshot.maxFileBytes(maxKeys: maxKeys, maxNamed: maxNamedKeys))
+        } catch {
+            if error.errno == ENOENT {
+                logger.info("no rate-limit state to load yet: every key starts with its full allowance", metadata: ["file": "\(LogEscaping.field(path))"])
+            } else {
+                logger.warning("cannot read the rate-limit state: \(error.reason); every key starts with its full allowance",
+                               metadata: ["file": "\(LogEscaping.field(path))"])
+            }
+            return nil
+        }
+        switch MemoryStoreSnapshot.decode(bytes, maxEntries: maxKeys) {
+        case .success(let snapshot): return snapshot
+        case .failure(let error):
+            logger.warning("rate-limit state ignored: \(error.description); every key starts with its full allowance",
+                           metadata: ["file": "\(LogEscaping.field(path))"])
+            return nil
+        }
+    }
+
+    /// Puts a loaded snapshot's keys in place, moved to this run's clock: the time that passed
+    /// since the save (by the wall clock, never negative) has been used up; expired keys go.
+    func restore(_ snapshot: MemoryStoreSnapshot) {
+        let now = clock.now
+        let away = max(0, MemoryStoreSnapshot.wallClockNow() &- snapshot.wallClock)
+        var loaded = 0
+        for entry in snapshot.entries {
+            let remaining = entry.tat &- snapshot.monotonic &- away
+            guard remaining > 0, remaining < Int64.max / 4 else { continue }
+            let key = Key(h0: entry.h0, h1: entry.h1)
+            let index = Int(key.h0 & UInt64(shardCount - 1))
+            let stored: Bool = shards[index].withLockedValue { entries in
+                guard entries.count < perShardCap else { return false }
+                entries[key] = now &+ remaining
+                return true
+            }
+            guard stored else { continue }
+            loaded += 1
+            if let name = entry.name {
+                named[index].withLockedValue { names in if names.count < namedCap { names[key] = name } }
+            }
+        }
+        logger.info("rate-limit state loaded", metadata: ["file": "\(LogEscaping.field(stateFile ?? ""))", "keys": "\(loaded)",
+                                                         "expired": "\(snapshot.entries.count - loaded)"])
     }
 }

@@ -11,7 +11,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-public final class RateLimitCheck: Check, Sendable {
+public final class RateLimitCheck: RetirableCheck, Sendable {
     public let name = "ratelimit"
     public let testMode: Bool
     public let failVerdict: Verdict
@@ -152,7 +152,7 @@ extension RateLimitCheck {
             } ?? nil
             if let mark, instances.contains(mark) { return nil }
         }
-        return (RateHit(rule: runtime.identity, parameters: rule.parameters, key: key, cost: cost), mark)
+        return (RateHit(rule: runtime.identity, parameters: rule.parameters, key: key, cost: cost, spec: rule.key), mark)
     }
 
     static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int64? {
@@ -229,21 +229,68 @@ extension RateLimitCheck {
     /// a combined key give the values in the rule's order joined by "+". A domain part takes the
     /// domain itself; `<>` is the null sender.
     public func status(rule name: String, key: String) async throws -> String {
+        let (runtime, bytes) = try resolve(rule: name, key: key)
+        let state = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+            try await store.state(rule: identity, key: bytes)
+        }
+        return Self.describe(runtime.rule, key: runtime.rule.key.display(bytes), state: state, store: store.kind)
+    }
+
+    /// `backstop ratelimit reset`: forgets a key's state, so it has its whole allowance again.
+    public func reset(rule name: String, key: String) async throws -> String {
+        let (runtime, bytes) = try resolve(rule: name, key: key)
+        let held = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+            try await store.reset(rule: identity, key: bytes)
+        }
+        let display = runtime.rule.key.display(bytes)
+        logger.notice("rate-limit key reset by the administrator", metadata: ["rule": "\(name)", "key": "\(LogEscaping.field(display))",
+                                                                               "held_state": "\(held)"])
+        return "rule \(name): key \(display): " + (held ? "state forgotten: all \(runtime.rule.parameters.burst) available again"
+                                                        : "no state was held: all \(runtime.rule.parameters.burst) available")
+    }
+
+    /// `backstop ratelimit list`: the keys of a rule using most of their allowance.
+    public func list(rule name: String, overOnly: Bool, limit: Int) async throws -> String {
+        let runtime = try find(rule: name)
+        let bound = max(1, min(limit, Self.maxListed))
+        let list = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+            try await store.busiest(rule: identity, limit: bound)
+        }
+        let rule = runtime.rule
+        var lines = [Self.ruleLine(rule, store: store.kind)]
+        var shown = 0
+        for entry in list.entries {
+            let state = RateKeyState(tat: entry.tat, now: list.now)
+            if overOnly, GCRA.available(tat: entry.tat, now: list.now, rule.parameters) > 0 { continue }
+            lines.append(Self.keyLine(rule, key: rule.key.display(entry.key), state: state))
+            shown += 1
+        }
+        if shown == 0 { lines.append(overOnly ? "no key is over the limit" : "no key holds state") }
+        if !list.complete {
+            lines.append("(the memory store names only keys that used more than half their allowance or were refused)")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Most keys `list` shows.
+    public static let maxListed = 1_000
+
+    private func find(rule name: String) throws -> Runtime {
         guard let runtime = rules.first(where: { $0.rule.name == name }) else {
             throw RateLimitStatusError(description: "no rule named \"\(LogEscaping.escape(name))\": the rules are "
                 + (rules.isEmpty ? "(none)" : rules.map(\.rule.name).joined(separator: ", ")))
         }
+        return runtime
+    }
+
+    private func resolve(rule name: String, key: String) throws -> (Runtime, [UInt8]) {
+        let runtime = try find(rule: name)
         let spec = runtime.rule.key
         let values = spec.parts.count == 1 ? [key] : key.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
-        let bytes: [UInt8]
         switch spec.build(values: values) {
-        case .success(let built): bytes = built
+        case .success(let built): return (runtime, built)
         case .failure(let error): throw RateLimitStatusError(description: "rule \(name): \(error.message)")
         }
-        let state = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
-            try await store.state(rule: identity, key: bytes)
-        }
-        return Self.describe(runtime.rule, key: spec.display(bytes), state: state, store: store.kind)
     }
 
     /// A status question never waits longer than this for the store (PostgreSQL may be down).
@@ -267,21 +314,36 @@ extension RateLimitCheck {
     }
 
     static func describe(_ rule: RateLimitRule, key: String, state: RateKeyState, store: String) -> String {
+        ruleLine(rule, store: store) + "\n" + keyLine(rule, key: key, state: state)
+    }
+
+    static func ruleLine(_ rule: RateLimitRule, store: String) -> String {
+        "rule \(rule.name): counts \(rule.count.unitName) at \(rule.state.rawValue) by \(rule.key), "
+            + "\(rule.limitDescription), one unit back every \(DurationText.approximate(nanoseconds: rule.parameters.emissionInterval)), store \(store)"
+    }
+
+    static func keyLine(_ rule: RateLimitRule, key: String, state: RateKeyState) -> String {
         let p = rule.parameters
-        var lines = ["rule \(rule.name): counts \(rule.count.unitName) at \(rule.state.rawValue) by \(rule.key), "
-            + "\(rule.limitDescription), one unit back every \(DurationText.approximate(nanoseconds: p.emissionInterval)), store \(store)"]
         let available = GCRA.available(tat: state.tat, now: state.now, p)
         guard let tat = state.tat, tat > state.now else {
-            lines.append("key \(key): no state held: all \(p.burst) available")
-            return lines.joined(separator: "\n")
+            return "key \(key): no state held: all \(p.burst) available"
         }
         let full = DurationText.approximate(nanoseconds: tat - state.now)
         if available > 0 {
-            lines.append("key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)")
-        } else {
-            let next = tat + p.emissionInterval - state.now - p.tolerance
-            lines.append("key \(key): over the limit: 0 of \(p.burst) available; the next one in \(DurationText.approximate(nanoseconds: next)); all \(p.burst) again in \(full)")
+            return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"
         }
-        return lines.joined(separator: "\n")
+        let next = tat + p.emissionInterval - state.now - p.tolerance
+        return "key \(key): over the limit: 0 of \(p.burst) available; the next one in \(DurationText.approximate(nanoseconds: next)); all \(p.burst) again in \(full)"
     }
+
+    // MARK: - Retiring
+
+    /// A reload kept or replaced the store (a replaced memory store saved already); a check
+    /// whose store nobody takes over saves it now.
+    public func retire(replacedBy successor: (any Check)?) {
+        if (successor as? RateLimitCheck)?.store !== store { memory?.saveState() }
+    }
+
+    /// The server stops: the memory store saves its counters.
+    public func stop() { memory?.saveState() }
 }

@@ -73,16 +73,14 @@ public struct RateLimitRule: Sendable {
 
     /// Changes whenever the counting changes (name, key, what is counted, where, the numbers),
     /// not when only the answers, selectors or exemptions change.
+    /// The same in every process (FNV-1a of the rule's counting, not Swift's per-process
+    /// seeded Hasher), so counters saved by one run are found by the next.
     public var identity: RateRuleIdentity {
-        var h = Hasher()
-        h.combine(name)
-        h.combine(key)
-        h.combine(count)
-        h.combine(state)
-        h.combine(limitCount)
-        h.combine(period)
-        h.combine(parameters)
-        return RateRuleIdentity(name: name, fingerprint: UInt64(bitPattern: Int64(h.finalize())))
+        let text = "\(name)\u{0}\(key)\u{0}\(key.ipv4Prefix)/\(key.ipv6Prefix)\u{0}\(count.rawValue)\u{0}\(state.rawValue)\u{0}"
+            + "\(limitCount)\u{0}\(period)\u{0}\(parameters.emissionInterval)/\(parameters.burst)/\(parameters.tolerance)"
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return RateRuleIdentity(name: name, fingerprint: h)
     }
 
     /// "200 recipients per 1h (burst 200)".

@@ -4,6 +4,7 @@
 // the store settings are unchanged.
 
 import Logging
+import NIOCore
 
 public struct RateLimitSettings: CheckSettings {
     public enum Store: Sendable {
@@ -16,6 +17,10 @@ public struct RateLimitSettings: CheckSettings {
     public var maxKeys = 1_000_000
     public var store: Store = .memory
     public var rules: [RateLimitRule] = []
+    /// The memory store's counters are saved here and loaded at start; "" for none.
+    public var stateFile = ""
+    /// How often the memory store saves (it also saves on stop and before a reload replaces it).
+    public var stateSaveInterval: TimeAmount = .seconds(60)
 
     public init() {}
 
@@ -23,6 +28,9 @@ public struct RateLimitSettings: CheckSettings {
         testMode = section.bool("test_mode", default: testMode)
         failAction = section.action("fail_action", default: failAction)
         maxKeys = section.int("max_keys", default: maxKeys, range: 1_000...100_000_000)
+        let file = section.string("state_file", default: stateFile)
+        stateFile = file.isEmpty || file.hasPrefix("/") || baseDirectory.isEmpty ? file : baseDirectory + "/" + file
+        stateSaveInterval = section.duration("state_save_interval", default: stateSaveInterval, range: .seconds(1)...(.hours(24)))
         let storeName = section.string("store", default: "memory")
         if storeName == "memory" {
             // A backend table may stay in the file while the memory store is used.
@@ -54,7 +62,7 @@ public struct RateLimitSettings: CheckSettings {
     /// Stores are reused across a reload while this stays the same.
     public var storeIdentity: String {
         switch store {
-        case .memory: "memory max_keys=\(maxKeys)"
+        case .memory: "memory max_keys=\(maxKeys) state_file=\(stateFile) every \(stateSaveInterval.nanoseconds)"
         case .backend(let name, let settings): "\(name) \(settings.identity)"
         }
     }
@@ -75,9 +83,12 @@ public struct RateLimitSettings: CheckSettings {
             store = previous.store
             instances = previous.instances
         } else {
+            // A memory store being replaced saves first, so the new one starts from now.
+            (previous?.store as? MemoryCounterStore)?.saveState()
             switch self.store {
             case .memory:
-                store = MemoryCounterStore(maxKeys: maxKeys, logger: context.logger)
+                store = MemoryCounterStore(maxKeys: maxKeys, stateFile: stateFile.isEmpty ? nil : stateFile,
+                                           saveInterval: stateSaveInterval, logger: context.logger)
             case .backend(_, let settings):
                 store = try settings.makeStore(logger: context.logger)
             }
