@@ -1,11 +1,7 @@
 // Reads recipient tables in the source format of a Postfix lookup table (what postmap
-// reads), so the file kept for relay_recipient_maps can be used as it is:
-//   key  value        one entry per logical line; key and value separated by whitespace
-//   # comment         a line whose first non-blank character is "#" is ignored
-//   (blank line)      ignored
-//     continued       a line starting with whitespace continues the previous entry's value
-// CRLF line ends and tabs are accepted. Keys must be UTF-8; comments and values may hold
-// any bytes. Every error names file:line. This file builds snapshots; it does not watch.
+// reads; LookupTableText splits it into entries), so the file kept for
+// relay_recipient_maps can be used as it is. Keys must be UTF-8; comments and values may
+// hold any bytes. Every error names file:line. This file builds snapshots; it does not watch.
 
 import Foundation
 
@@ -90,19 +86,6 @@ enum RecipientTableFile {
         }
     }
 
-    @inline(__always)
-    static func isBlank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0B || b == 0x0C }
-
-    /// One logical line being collected: the key and the value's pieces (continuations).
-    struct Pending {
-        var line: Int
-        var key: Range<Int>
-        /// The value on the entry's first line; continuation lines go to `more` (rare, so
-        /// the common entry allocates nothing).
-        var value: Range<Int>?
-        var more: [Range<Int>] = []
-    }
-
     static func parse(_ bytes: [UInt8], file: String, fileIndex: Int, into builder: inout RecipientTableBuilder,
                       issues: inout [ConfigIssue]) {
         var dropped = 0
@@ -110,12 +93,11 @@ enum RecipientTableFile {
             if issues.count < maxIssues { issues.append(ConfigIssue(file: file, line: line, key: "", message: message)) } else { dropped += 1 }
         }
         bytes.withUnsafeBufferPointer { text in
-            func finish(_ entry: Pending) {
+            LookupTableText.forEachEntry(text, report: report) { entry in
                 let keyBytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(text)[entry.key])
                 var override: PolicyAction?
                 if let first = entry.value ?? entry.more.first, startsWithOverride(text, first) {
-                    let parts = (entry.value.map { [$0] } ?? []) + entry.more
-                    let value = parts.map { String(decoding: text[$0], as: UTF8.self) }.joined(separator: " ")
+                    let value = LookupTableText.value(of: entry, in: text)
                     do { override = try PolicyAction(parsing: value) } catch {
                         report(entry.line, "the value \"\(LogEscaping.escape(value, limit: 80))\" is not a valid answer: \(error)")
                         return
@@ -126,56 +108,6 @@ enum RecipientTableFile {
                     report(entry.line, "the key \"\(LogEscaping.escape(shown, limit: 120))\" \(failure)")
                 }
             }
-
-            var pending: Pending?
-            var lineNumber = 0
-            var start = 0
-            let count = text.count
-            while start < count {
-                lineNumber += 1
-                var end = start
-                while end < count, text[end] != 10 { end += 1 }
-                let next = end + 1
-                // Trailing blanks (and the CR of CRLF) are not part of the line.
-                while end > start, isBlank(text[end - 1]) { end -= 1 }
-                var first = start
-                while first < end, isBlank(text[first]) { first += 1 }
-                if first == end || text[first] == UInt8(ascii: "#") {
-                    start = next  // blank line or comment: ignored, does not end an entry
-                    continue
-                }
-                if first > start {
-                    if pending == nil {
-                        report(lineNumber, "the line starts with whitespace, so it continues an entry, but there is no entry before it: remove the leading whitespace")
-                    } else {
-                        pending!.more.append(first..<end)
-                    }
-                    start = next
-                    continue
-                }
-                if let entry = pending { finish(entry) }
-                // The key runs to the first blank outside a quoted local part.
-                // Quotes only count when the key starts with one ("john doe"@example.com).
-                var keyEnd = start
-                var quoted = false
-                let quotable = text[start] == UInt8(ascii: "\"")
-                while keyEnd < end {
-                    let b = text[keyEnd]
-                    if quotable, b == UInt8(ascii: "\"") {
-                        quoted.toggle()
-                    } else if quoted, b == UInt8(ascii: "\\"), keyEnd + 1 < end {
-                        keyEnd += 1
-                    } else if !quoted, isBlank(b) {
-                        break
-                    }
-                    keyEnd += 1
-                }
-                var valueStart = keyEnd
-                while valueStart < end, isBlank(text[valueStart]) { valueStart += 1 }
-                pending = Pending(line: lineNumber, key: start..<keyEnd, value: valueStart < end ? valueStart..<end : nil)
-                start = next
-            }
-            if let entry = pending { finish(entry) }
         }
         if dropped > 0 {
             issues.append(ConfigIssue(file: file, line: nil, key: "", message: "\(dropped) more errors not shown"))
@@ -186,7 +118,7 @@ enum RecipientTableFile {
     /// 4NN/5NN reply. Anything else (OK, a count, a name) is ignored, as relay_recipient_maps does.
     static func startsWithOverride(_ text: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Bool {
         var wordEnd = range.lowerBound
-        while wordEnd < range.upperBound, !isBlank(text[wordEnd]) { wordEnd += 1 }
+        while wordEnd < range.upperBound, !LookupTableText.isBlank(text[wordEnd]) { wordEnd += 1 }
         let word = UnsafeBufferPointer(rebasing: text[range.lowerBound..<wordEnd])
         if AddressNormaliser.equalsIgnoringCase(word, "REJECT") || AddressNormaliser.equalsIgnoringCase(word, "DEFER") {
             return true
