@@ -40,6 +40,8 @@ enum MetricsHelp {
         "backstop_ratelimit_evictions_total": "keys evicted because max_keys was reached",
         "backstop_ratelimit_store_failures_total": "store errors and timeouts (fail action used)",
         "backstop_ratelimit_postgres_failures_total": "PostgreSQL statements that failed",
+        "backstop_ratelimit_overrides": "entries of a rule's overrides table in force",
+        "backstop_ratelimit_overrides_reload_failures_total": "overrides edits that could not be loaded (the last good version stayed)",
     ]
 
     /// The registry's text with a `# HELP` line before each `# TYPE` line that has help,

@@ -11,7 +11,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-public final class RateLimitCheck: RetirableCheck, Sendable {
+public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
     public let name = "ratelimit"
     public let testMode: Bool
     public let failVerdict: Verdict
@@ -33,10 +33,14 @@ public final class RateLimitCheck: RetirableCheck, Sendable {
         let refusals: Counter
         let failures: Counter
         let keys: Gauge
+        /// The rule's overrides table, watched; nil when the rule has none.
+        let overrides: WatchedTable<RateOverridesSource>?
     }
 
+    /// `overrides`: the loaded overrides tables by rule name (RateLimitSettings.makeCheck
+    /// loads them); a rule that names a file but has none here uses its own limit.
     public init(settings: RateLimitSettings, store: any CounterStore, instances: RecentInstances = RecentInstances(),
-                logger: Logger = Logger(label: "backstop.ratelimit")) {
+                overrides: [String: WatchedTable<RateOverridesSource>] = [:], logger: Logger = Logger(label: "backstop.ratelimit")) {
         self.testMode = settings.testMode
         self.failVerdict = Verdict(settings.failAction, reason: "ratelimit_store_unavailable")
         self.store = store
@@ -50,7 +54,8 @@ public final class RateLimitCheck: RetirableCheck, Sendable {
                            hits: Counter(label: "backstop_ratelimit_hits_total", dimensions: dims),
                            refusals: Counter(label: "backstop_ratelimit_refusals_total", dimensions: dims),
                            failures: Counter(label: "backstop_ratelimit_store_failures_total", dimensions: dims),
-                           keys: Gauge(label: "backstop_ratelimit_keys", dimensions: dims))
+                           keys: Gauge(label: "backstop_ratelimit_keys", dimensions: dims),
+                           overrides: overrides[rule.name])
         }
         var byState: [ProtocolState: [Int]] = [:]
         for (index, runtime) in rules.enumerated() { byState[runtime.rule.state, default: []].append(index) }
@@ -144,6 +149,14 @@ extension RateLimitCheck {
         var key: [UInt8] = []
         key.reserveCapacity(48)
         guard rule.key.build(from: request, into: &key) else { return nil }
+        var parameters = rule.parameters
+        if let table = runtime.overrides?.table,
+           let entry = table.lookup(key: key, client: rule.key.parts == [.clientAddress] ? IPAddress(request.clientAddress) : nil) {
+            switch entry.limit {
+            case .exempt: return nil
+            case .limit(let override): parameters = override.parameters
+            }
+        }
         var mark: UInt64?
         if rule.count != .recipient || rule.state != .rcpt {
             // A message is counted once per key, however often the policy is asked about it.
@@ -152,7 +165,7 @@ extension RateLimitCheck {
             } ?? nil
             if let mark, instances.contains(mark) { return nil }
         }
-        return (RateHit(rule: runtime.identity, parameters: rule.parameters, key: key, cost: cost, spec: rule.key), mark)
+        return (RateHit(rule: runtime.identity, parameters: parameters, key: key, cost: cost, spec: rule.key), mark)
     }
 
     static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int64? {
@@ -184,8 +197,11 @@ extension RateLimitCheck {
                 "count": "\(rule.count.rawValue)",
                 "cost": "\(hit.cost)",
                 "limit": "\(rule.limitCount)/\(DurationText.format(.nanoseconds(rule.period)))",
-                "burst": "\(rule.parameters.burst)",
+                "burst": "\(hit.parameters.burst)",
             ]
+            if hit.parameters != rule.parameters {
+                metadata["limit"] = "override \(hit.parameters.burst)/\(DurationText.format(.nanoseconds(hit.parameters.emissionInterval * hit.parameters.burst)))"
+            }
             if let retryAfter { metadata["retry_after"] = "\(DurationText.approximate(nanoseconds: retryAfter))" }
             else { metadata["over_burst"] = "true" }
             let instance = request.instance
@@ -230,10 +246,29 @@ extension RateLimitCheck {
     /// domain itself; `<>` is the null sender.
     public func status(rule name: String, key: String) async throws -> String {
         let (runtime, bytes) = try resolve(rule: name, key: key)
+        let display = runtime.rule.key.display(bytes)
+        var parameters = runtime.rule.parameters
+        var note: String?
+        if let table = runtime.overrides?.table, let entry = table.lookup(key: bytes, client: Self.clientAddress(of: runtime.rule, key)) {
+            switch entry.limit {
+            case .exempt:
+                return Self.ruleLine(runtime.rule, store: store.kind) + "\nkey \(display): exempt (\(table.file):\(entry.line))"
+            case .limit(let override):
+                parameters = override.parameters
+                note = "key \(display): override \(override.description) (\(table.file):\(entry.line))"
+            }
+        }
         let state = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
             try await store.state(rule: identity, key: bytes)
         }
-        return Self.describe(runtime.rule, key: runtime.rule.key.display(bytes), state: state, store: store.kind)
+        return ([Self.ruleLine(runtime.rule, store: store.kind)] + (note.map { [$0] } ?? [])
+            + [Self.keyLine(parameters, key: display, state: state)]).joined(separator: "\n")
+    }
+
+    /// The client address an administrator named for a client_address rule (the address
+    /// itself, or a network's first address), for matching overrides networks.
+    private static func clientAddress(of rule: RateLimitRule, _ key: String) -> IPAddress? {
+        rule.key.parts == [.clientAddress] ? CIDR(key)?.network : nil
     }
 
     /// `backstop ratelimit reset`: forgets a key's state, so it has its whole allowance again.
@@ -262,7 +297,8 @@ extension RateLimitCheck {
         for entry in list.entries {
             let state = RateKeyState(tat: entry.tat, now: list.now)
             if overOnly, GCRA.available(tat: entry.tat, now: list.now, rule.parameters) > 0 { continue }
-            lines.append(Self.keyLine(rule, key: rule.key.display(entry.key), state: state))
+            // Listed with the rule's own limit; `status` shows a key's override.
+            lines.append(Self.keyLine(rule.parameters, key: rule.key.display(entry.key), state: state))
             shown += 1
         }
         if shown == 0 { lines.append(overOnly ? "no key is over the limit" : "no key holds state") }
@@ -314,7 +350,7 @@ extension RateLimitCheck {
     }
 
     static func describe(_ rule: RateLimitRule, key: String, state: RateKeyState, store: String) -> String {
-        ruleLine(rule, store: store) + "\n" + keyLine(rule, key: key, state: state)
+        ruleLine(rule, store: store) + "\n" + keyLine(rule.parameters, key: key, state: state)
     }
 
     static func ruleLine(_ rule: RateLimitRule, store: String) -> String {
@@ -322,8 +358,7 @@ extension RateLimitCheck {
             + "\(rule.limitDescription), one unit back every \(DurationText.approximate(nanoseconds: rule.parameters.emissionInterval)), store \(store)"
     }
 
-    static func keyLine(_ rule: RateLimitRule, key: String, state: RateKeyState) -> String {
-        let p = rule.parameters
+    static func keyLine(_ p: GCRAParameters, key: String, state: RateKeyState) -> String {
         let available = GCRA.available(tat: state.tat, now: state.now, p)
         guard let tat = state.tat, tat > state.now else {
             return "key \(key): no state held: all \(p.burst) available"
@@ -339,11 +374,36 @@ extension RateLimitCheck {
     // MARK: - Retiring
 
     /// A reload kept or replaced the store (a replaced memory store saved already); a check
-    /// whose store nobody takes over saves it now.
+    /// whose store nobody takes over saves it now. Overrides tables the successor does not
+    /// use stop being watched.
     public func retire(replacedBy successor: (any Check)?) {
-        if (successor as? RateLimitCheck)?.store !== store { memory?.saveState() }
+        let next = successor as? RateLimitCheck
+        if next?.store !== store { memory?.saveState() }
+        let kept = next?.rules.compactMap(\.overrides) ?? []
+        for runtime in rules {
+            if let watched = runtime.overrides, !kept.contains(where: { $0 === watched }) { watched.stopWatching() }
+        }
     }
 
     /// The server stops: the memory store saves its counters.
-    public func stop() { memory?.saveState() }
+    public func stop() {
+        memory?.saveState()
+        for runtime in rules { runtime.overrides?.stopWatching() }
+    }
+
+    /// SIGHUP: re-reads the overrides files that changed; the problems of a broken edit
+    /// (whose last good version stays in force).
+    public func reload() -> [ConfigIssue] {
+        rules.compactMap(\.overrides).flatMap { watched -> [ConfigIssue] in
+            if case .failed(let error) = watched.reload() { return error.issues }
+            return []
+        }
+    }
+
+    /// The overrides tables in use, by rule name (a reload hands them to the new check).
+    var overridesTables: [String: WatchedTable<RateOverridesSource>] {
+        var tables: [String: WatchedTable<RateOverridesSource>] = [:]
+        for runtime in rules { if let watched = runtime.overrides { tables[runtime.rule.name] = watched } }
+        return tables
+    }
 }

@@ -53,6 +53,8 @@ public struct RateLimitRule: Sendable {
     public var exemptNetworks = NetworkList([])
     public var exemptSASLUsers: Set<String> = []
     public var exemptSenderDomains: [String] = []
+    /// A table of per-key limits and exemptions (RateOverrides); nil for none.
+    public var overrides: String?
 
     public static let defaultAction = PolicyAction.deferTemporarily("4.7.1 Rate limit exceeded, try again later")
 
@@ -183,13 +185,9 @@ extension RateLimitRule {
         }
         var parameters: GCRAParameters?
         if usable {
-            parameters = GCRAParameters(count: limitCount, period: period, burst: burst)
-            if parameters == nil {
-                s.report("limit", "too fine or too large: the duration divided by the count must be at least 1ns and burst × that at most 146 years")
-                usable = false
-            } else if let p = parameters, p.emissionInterval < 1000, period % limitCount != 0 {
-                s.report("limit", "too fine to count exactly: the duration divided by the count must be at least 1µs (or divide exactly); use a longer duration")
-                usable = false
+            switch makeParameters(count: limitCount, period: period, burst: burst) {
+            case .success(let p): parameters = p
+            case .failure(let problem): s.report("limit", problem.message); usable = false
             }
         }
         let action = s.action("action", default: defaultAction)
@@ -215,7 +213,25 @@ extension RateLimitRule {
         for domain in rule.exemptSenderDomains where domain.isEmpty || domain.contains("@") {
             s.report("exempt_sender_domains", "\"\(LogEscaping.escape(domain))\" is not a domain: write example.org, or .example.org for its subdomains")
         }
+        if let file = s.optionalString("overrides"), !file.isEmpty {
+            if parts.count == 1 { rule.overrides = file } else if !parts.isEmpty {
+                s.report("overrides", "overrides need a key of one part (sasl_username, sender, sender_domain, client_address, …); this rule counts by \(rule.key)")
+            }
+        }
         return usable ? rule : nil
+    }
+
+    public struct LimitProblem: Error, Sendable { public let message: String }
+
+    /// The bucket for a limit, or why it cannot be counted.
+    public static func makeParameters(count: Int64, period: Int64, burst: Int64) -> Result<GCRAParameters, LimitProblem> {
+        guard let parameters = GCRAParameters(count: count, period: period, burst: burst) else {
+            return .failure(LimitProblem(message: "too fine or too large: the duration divided by the count must be at least 1ns and burst × that at most 146 years"))
+        }
+        if parameters.emissionInterval < 1000, period % count != 0 {
+            return .failure(LimitProblem(message: "too fine to count exactly: the duration divided by the count must be at least 1µs (or divide exactly); use a longer duration"))
+        }
+        return .success(parameters)
     }
 
     /// "200/1h", "200 / 1h", "50M/1d", "10/m" → (count, period ns).

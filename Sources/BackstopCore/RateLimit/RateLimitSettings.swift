@@ -21,6 +21,8 @@ public struct RateLimitSettings: CheckSettings {
     public var stateFile = ""
     /// How often the memory store saves (it also saves on stop and before a reload replaces it).
     public var stateSaveInterval: TimeAmount = .seconds(60)
+    /// How often rules' overrides files are checked for edits; zero: only at SIGHUP.
+    public var overridesReloadInterval: TimeAmount = RecipientsSettings.defaultReloadInterval
 
     public init() {}
 
@@ -31,6 +33,12 @@ public struct RateLimitSettings: CheckSettings {
         let file = section.string("state_file", default: stateFile)
         stateFile = file.isEmpty || file.hasPrefix("/") || baseDirectory.isEmpty ? file : baseDirectory + "/" + file
         stateSaveInterval = section.duration("state_save_interval", default: stateSaveInterval, range: .seconds(1)...(.hours(24)))
+        let interval = section.duration("overrides_reload_interval", default: overridesReloadInterval)
+        if interval.nanoseconds != 0 && (interval < .milliseconds(10) || interval > .hours(24)) {
+            section.report("overrides_reload_interval", "use \"0s\" (no polling) or a duration from 10ms to 24h")
+        } else {
+            overridesReloadInterval = interval
+        }
         let storeName = section.string("store", default: "memory")
         if storeName == "memory" {
             // A backend table may stay in the file while the memory store is used.
@@ -50,7 +58,8 @@ public struct RateLimitSettings: CheckSettings {
         }
         var names = Set<String>()
         for ruleSection in section.sections("rule") {
-            guard let rule = RateLimitRule.read(ruleSection, defaultFailAction: failAction) else { continue }
+            guard var rule = RateLimitRule.read(ruleSection, defaultFailAction: failAction) else { continue }
+            if let file = rule.overrides, !file.hasPrefix("/"), !baseDirectory.isEmpty { rule.overrides = baseDirectory + "/" + file }
             if !names.insert(rule.name).inserted {
                 ruleSection.report("name", "another rule is already called \"\(rule.name)\": names must be unique")
                 continue
@@ -94,6 +103,22 @@ public struct RateLimitSettings: CheckSettings {
             }
             instances = RecentInstances()
         }
-        return RateLimitCheck(settings: self, store: store, instances: instances, logger: context.logger)
+        // Overrides: a table the running check already watches for the same rule, file and
+        // key is kept (SIGHUP re-reads it through reload()); a new one must load now.
+        var overrides: [String: WatchedTable<RateOverridesSource>] = [:]
+        let running = previous?.overridesTables ?? [:]
+        for rule in rules {
+            guard let file = rule.overrides else { continue }
+            let source = RateOverridesSource(file: file, rule: rule.name, spec: rule.key)
+            if let watched = running[rule.name], watched.source == source, watched.interval == overridesReloadInterval {
+                overrides[rule.name] = watched
+                continue
+            }
+            let watched = WatchedTable(source: source, interval: overridesReloadInterval, logger: context.logger)
+            try watched.loadInitial()
+            watched.startWatching()
+            overrides[rule.name] = watched
+        }
+        return RateLimitCheck(settings: self, store: store, instances: instances, overrides: overrides, logger: context.logger)
     }
 }
