@@ -33,12 +33,27 @@ public final class ConfigDiagnostics: @unchecked Sendable {
         self.locator = KeyLocator(text: text)
     }
 
+    /// Names for tables of an array ([[ratelimit.rule]]), so reports say which one by name.
+    private var names: [[String]: String] = [:]
+
     public func report(_ path: [String], _ message: String) {
-        issues.append(ConfigIssue(file: file, line: locator.line(of: path), key: path.joined(separator: "."), message: message))
+        issues.append(ConfigIssue(file: file, line: locator.line(of: path), key: key(path), message: message))
     }
 
     public func warn(_ path: [String], _ message: String) {
-        warnings.append(ConfigIssue(file: file, line: locator.line(of: path), key: path.joined(separator: "."), message: message))
+        warnings.append(ConfigIssue(file: file, line: locator.line(of: path), key: key(path), message: message))
+    }
+
+    /// From now on keys under `path` (e.g. ratelimit.rule.1) are shown as `name` (ratelimit.rule[name=outbound]).
+    func name(_ path: [String], _ name: String) {
+        names[path] = name
+    }
+
+    private func key(_ path: [String]) -> String {
+        for cut in stride(from: path.count, through: 1, by: -1) {
+            if let name = names[Array(path[..<cut])] { return ([name] + path[cut...]).joined(separator: ".") }
+        }
+        return path.joined(separator: ".")
     }
 
     public func report(line: Int?, key: String, _ message: String) {

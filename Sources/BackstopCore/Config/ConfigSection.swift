@@ -145,6 +145,13 @@ public final class ConfigSection: @unchecked Sendable {
         }
     }
 
+    /// Reports about this table (one of an array) name it `key[name=NAME]` instead of by its
+    /// position, e.g. ratelimit.rule[name=outbound].limit.
+    public func name(_ display: String) {
+        guard let key = path.dropLast().last, !display.isEmpty else { return }
+        diagnostics.name(path, (path.dropLast(2) + ["\(key)[name=\(display)]"]).joined(separator: "."))
+    }
+
     /// Reports every key of this table that no getter asked for. Call after reading it.
     public func finish() {
         for key in order where !used.contains(key) {

@@ -129,6 +129,8 @@ extension RateLimitRule {
             s.report("name", name.isEmpty ? "missing: every rule needs a name (letters, digits, _ . -)"
                                           : "\"\(LogEscaping.escape(name))\" may contain only letters, digits, _ . and -")
             usable = false
+        } else {
+            s.name(name)
         }
         var parts: [RateKeyPart] = []
         if !s.has("key") {

@@ -182,6 +182,6 @@ import NIOCore
         count = "message"
         limit = "10/1h"
         """, file: "r.toml")
-        #expect(rule.warnings.map(\.description) == ["r.toml:4: ratelimit.rule.0: rule \"messages\" counts at end_of_message, but policy.end_of_message does not list ratelimit: it never counts"])
+        #expect(rule.warnings.map(\.description) == ["r.toml:4: ratelimit.rule[name=messages]: rule \"messages\" counts at end_of_message, but policy.end_of_message does not list ratelimit: it never counts"])
     }
 }

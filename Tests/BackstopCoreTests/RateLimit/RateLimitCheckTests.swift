@@ -374,6 +374,9 @@ func threadCPUNanoseconds() -> Int64 {
             #expect(has(12, "unknown key"), "\(messages)")
             #expect(has(18, "a bytes rule counts at END-OF-MESSAGE"), "\(messages)")
             #expect(has(19, "too fine"), "\(messages)")
+            // A rule with a usable name is named, not numbered; one without is numbered.
+            #expect(messages.contains { $0.hasPrefix("t.toml:19: ratelimit.rule[name=b].limit:") }, "\(messages)")
+            #expect(messages.contains { $0.hasPrefix("t.toml:11: ratelimit.rule.0.limit:") }, "\(messages)")
         }
     }
 }
