@@ -15,7 +15,8 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure throughput and latency with Postfix-like load.",
         discussion: """
-        Without --target, a server is started in this process on --config (its first listener).
+        Without --target, a server is started in this process on --config's first listener's
+        address, on --port (by default a free port the system picks).
         Mix files use the policyload format: name=value blocks separated by blank lines, with
         {rand:A-B} {rand:N} {pick:a|b} {seq} {seqhex} {conn} placeholders.
         """)
@@ -28,6 +29,7 @@ struct Bench: ParsableCommand {
     @Option(name: .shortAndLong, help: "Mix file; without it a built-in RCPT mix is used.") var mix: String?
     @Flag(name: [.customShort("N"), .long], help: "Open a new connection for every request.") var newConnection = false
     @Option(help: "Label printed with the results.") var label = "backstop"
+    @Option(help: "Port of the in-process server (0: a free port the system picks).") var port = 0
 
     func run() throws {
         let command = self
@@ -51,7 +53,7 @@ struct Bench: ParsableCommand {
             var loaded = try Configuration.load(path: config)
             loaded.log.level = "warning"
             if case .tcp(let host, _) = loaded.listeners.first?.endpoint {
-                loaded.listeners = [ListenerSettings(endpoint: .tcp(host: host, port: 0), mode: 0o660, owner: nil, group: nil, allow: NetworkList([]))]
+                loaded.listeners = [ListenerSettings(endpoint: .tcp(host: host, port: port), mode: 0o660, owner: nil, group: nil, allow: NetworkList([]))]
             }
             let startedAt = NIODeadline.now()
             let engine = try EngineBuilder.build(loaded, previous: nil, logger: logger)

@@ -348,6 +348,15 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(damaged.status == 1)
     }
 
+    @Test func benchRunsItsServerOnTheGivenPort() throws {
+        let port = freePort()
+        let run = try runBackstop(["bench", "--config", packageRoot + "/examples/backstop.toml", "--port", String(port),
+                                   "-d", "1", "-w", "0", "-C", "1"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("in-process server on 127.0.0.1:\(port) "), "\(run.stdout)")
+        #expect(run.stdout.contains("req/s"), "\(run.stdout)")
+    }
+
     @Test func metricsEndpointCountsRealTraffic() throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
