@@ -72,11 +72,13 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         defer { dns.stop() }
         let dir = tempDirectory()
         chmod(dir, 0o755)
-        let port = freePort()
+        let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
         try """
         [[listen]]
         address = "127.0.0.1:\(port)"
+        [metrics]
+        listen = "127.0.0.1:\(metricsPort)"
         [server]
         user = "daemon"
         [policy]
@@ -110,6 +112,10 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(try client.ask(spfRequest(client: "198.51.100.1", sender: "a@example.org", instance: "2"))?.hasPrefix("action=550") == true)
         let replacement = try #require(children(of: supervisor).first)
         #expect(replacement != worker)
+        // The server's one DNS cache is counted although evaluations run in worker processes.
+        let metrics = try scrape(port: metricsPort)
+        #expect(metrics.contains("backstop_spf_dns_cache_total{result=\"miss\"} "), "\(metrics)")
+        #expect(!metrics.contains("backstop_spf_dns_cache_total{result=\"miss\"} 0\n"), "\(metrics)")
         // Stopping the server ends the supervisor and its workers.
         #expect(serve.stop() == 0)
         for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { usleep(20_000) }
