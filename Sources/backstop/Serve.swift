@@ -103,6 +103,8 @@ struct Serve: ParsableCommand {
             server.onStop { summary.stop() }
         }
         logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
+        SystemdNotify.send("READY=1\nSTATUS=answering on \(server.boundAddresses.joined(separator: ", "))")
+        server.onStop { SystemdNotify.send("STOPPING=1") }
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server), .init(service: SignalReload(reloader: reloader))],
@@ -122,7 +124,9 @@ struct SignalReload: Service {
         let signals = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
             for await _ in signals.cancelOnGracefulShutdown() {
+                SystemdNotify.reloading()
                 reloader.reload()
+                SystemdNotify.send("READY=1")
             }
         } onGracefulShutdown: {}
     }

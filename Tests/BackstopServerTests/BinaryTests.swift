@@ -44,18 +44,19 @@ final class ServeProcess {
     let process = Process()
     let logPath: String
 
-    /// `journal`: run as under systemd, with JOURNAL_STREAM naming the log file.
-    init(config: String, logName: String = "serve.log", journal: Bool = false) throws {
+    /// `journal`: run as under systemd, with JOURNAL_STREAM naming the log file;
+    /// `environment`: more variables (NOTIFY_SOCKET).
+    init(config: String, logName: String = "serve.log", journal: Bool = false, environment extra: [String: String] = [:]) throws {
         logPath = (config as NSString).deletingLastPathComponent + "/" + logName
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
+        var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
         if journal {
             var info = stat()
             stat(logPath, &info)
-            var environment = ProcessInfo.processInfo.environment
             environment["JOURNAL_STREAM"] = "\(info.st_dev):\(info.st_ino)"
-            process.environment = environment
         }
+        process.environment = environment
         process.executableURL = URL(fileURLWithPath: backstopBinary)
         process.arguments = ["serve", "--config", config]
         process.standardOutput = log
@@ -355,6 +356,49 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stdout.contains("in-process server on 127.0.0.1:\(port) "), "\(run.stdout)")
         #expect(run.stdout.contains("req/s"), "\(run.stdout)")
+    }
+
+    @Test func systemdHearsReadyReloadingAndStopping() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        // What systemd listens on: a datagram socket named by NOTIFY_SOCKET.
+        let socketPath = dir + "/notify"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in socketPath.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(bound == 0)
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func next() -> String {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : "(nothing)"
+        }
+        let serve = try ServeProcess(config: path, environment: ["NOTIFY_SOCKET": socketPath])
+        defer { _ = serve.stop() }
+        let ready = next()
+        #expect(ready.hasPrefix("READY=1\nSTATUS=answering on 127.0.0.1:\(port)"), "\(ready)")
+        // Ready means ready: the listener answers at once.
+        #expect(try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)).ask(rcptRequest) == "action=DUNNO")
+        serve.signal(SIGHUP)
+        #expect(next().hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
+        #expect(next() == "READY=1")
+        serve.signal(SIGTERM)
+        #expect(next() == "STOPPING=1")
+        #expect(serve.stop() == 0)
+    }
+
+    @Test func oneVersionForTheBinaryAndThePackage() throws {
+        let run = try runBackstop(["--version"])
+        #expect(run.stdout == BuildInfo.version + "\n", "\(run.stdout)")
+        // packaging/debian/changelog's top entry names the same version (scripts/package checks it too).
+        let changelog = try String(contentsOfFile: packageRoot + "/packaging/debian/changelog", encoding: .utf8)
+        #expect(changelog.hasPrefix("backstop (\(BuildInfo.version)) "), "\(changelog.prefix(60))")
     }
 
     @Test func metricsEndpointCountsRealTraffic() throws {
