@@ -174,7 +174,14 @@ public final class PolicyServer: Service, Sendable {
         _ = consume listening
         removeSocketFiles()
         for hook in hooks { await hook() }
-        if ownsGroup { try? await group.shutdownGracefully() }
+        if ownsGroup {
+            // A listener that failed to bind leaves its quiescing helper in NIO's closures,
+            // released by whichever loop ran the bind, and the helper's deinit completes a
+            // promise on another loop. One empty task on every loop lets those releases finish
+            // while every loop still runs (otherwise SWIFTNIO_STRICT crashes the exit).
+            for loop in group.makeIterator() { try? await loop.submit {}.get() }
+            try? await group.shutdownGracefully()
+        }
     }
 
     /// Removes the socket files this server bound, each only if it is still the one bound (a

@@ -258,7 +258,7 @@ extension RateLimitCheck {
                 note = "key \(display): override \(override.description) (\(table.file):\(entry.line))"
             }
         }
-        let state = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+        let state = try await ask { [store, identity = runtime.identity] in
             try await store.state(rule: identity, key: bytes)
         }
         return ([Self.ruleLine(runtime.rule, store: store.kind)] + (note.map { [$0] } ?? [])
@@ -274,7 +274,7 @@ extension RateLimitCheck {
     /// `backstop ratelimit reset`: forgets a key's state, so it has its whole allowance again.
     public func reset(rule name: String, key: String) async throws -> String {
         let (runtime, bytes) = try resolve(rule: name, key: key)
-        let held = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+        let held = try await ask { [store, identity = runtime.identity] in
             try await store.reset(rule: identity, key: bytes)
         }
         let display = runtime.rule.key.display(bytes)
@@ -288,7 +288,7 @@ extension RateLimitCheck {
     public func list(rule name: String, overOnly: Bool, limit: Int) async throws -> String {
         let runtime = try find(rule: name)
         let bound = max(1, min(limit, Self.maxListed))
-        let list = try await Self.withinStatusTimeout(store.kind) { [store, identity = runtime.identity] in
+        let list = try await ask { [store, identity = runtime.identity] in
             try await store.busiest(rule: identity, limit: bound)
         }
         let rule = runtime.rule
@@ -327,6 +327,13 @@ extension RateLimitCheck {
         case .success(let built): return (runtime, built)
         case .failure(let error): throw RateLimitStatusError(description: "rule \(name): \(error.message)")
         }
+    }
+
+    /// Runs a question to the store: the memory store answers at once, in this task; a shared
+    /// store is raced against `statusTimeout`.
+    private func ask<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        if memory != nil { return try await body() }
+        return try await Self.withinStatusTimeout(store.kind, body)
     }
 
     /// A status question never waits longer than this for the store (PostgreSQL may be down).
