@@ -37,7 +37,7 @@ build request-fuzzer Tests/Fuzz/RequestFuzzer.swift $(ls $core/Protocol/*.swift 
 run request-fuzzer Tests/Fuzz/corpus/request
 build table-fuzzer Tests/Fuzz/TableFuzzer.swift $(cat Tests/Fuzz/table-sources.txt)
 run table-fuzzer Tests/Fuzz/corpus/table
-build state-file-fuzzer Tests/Fuzz/StateFileFuzzer.swift $core/RateLimit/MemoryStoreSnapshot.swift $core/System/RegularFile.swift
+build state-file-fuzzer Tests/Fuzz/StateFileFuzzer.swift $core/RateLimit/MemoryStoreSnapshot.swift $core/Support/FNV1a.swift $core/System/RegularFile.swift
 run state-file-fuzzer Tests/Fuzz/corpus/state-file
 # SPF: what a DNS server, a domain owner and a worker send.
 for target in dns:DNSFuzzer spf-record:SPFRecordFuzzer spf-macro:SPFMacroFuzzer spf-wire:WireFuzzer; do

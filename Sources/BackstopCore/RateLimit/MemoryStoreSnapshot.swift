@@ -119,11 +119,7 @@ public struct MemoryStoreSnapshot: Sendable, Equatable {
         return value
     }
 
-    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in bytes { h = (h ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return h
-    }
+    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt64 { FNV1a.hash(bytes) }
 
     /// Wall-clock nanoseconds since the epoch.
     public static func wallClockNow() -> Int64 {

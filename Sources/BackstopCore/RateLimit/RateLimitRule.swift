@@ -80,9 +80,7 @@ public struct RateLimitRule: Sendable {
     public var identity: RateRuleIdentity {
         let text = "\(name)\u{0}\(key)\u{0}\(key.ipv4Prefix)/\(key.ipv6Prefix)\u{0}\(count.rawValue)\u{0}\(state.rawValue)\u{0}"
             + "\(limitCount)\u{0}\(period)\u{0}\(parameters.emissionInterval)/\(parameters.burst)/\(parameters.tolerance)"
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return RateRuleIdentity(name: name, fingerprint: h)
+        return RateRuleIdentity(name: name, fingerprint: FNV1a.hash(text.utf8))
     }
 
     /// "200 recipients per 1h (burst 200)".
