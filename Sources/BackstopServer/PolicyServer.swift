@@ -66,7 +66,7 @@ public final class PolicyServer: Service, Sendable {
                 $0.listening.append((channel, quiescing))
                 $0.boundAddresses.append(shown)
             }
-            logger.info("listening on \(shown)")
+            logger.info("listening on \(shown)\(listener.protocol == .socketmap ? " (socketmap)" : "")")
         }
     }
 
@@ -81,6 +81,7 @@ public final class PolicyServer: Service, Sendable {
     private func bind(_ listener: ListenerSettings, quiescing: ServerQuiescingHelper) async throws -> any Channel {
         let state = self.state
         let allow = listener.allow
+        let served = listener.protocol
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -94,7 +95,7 @@ public final class PolicyServer: Service, Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 8 * 1024, high: 64 * 1024))
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in
-                PolicyServer.admit(channel, state: state, allow: allow)
+                PolicyServer.admit(channel, state: state, allow: allow, protocol: served)
             }
         switch listener.endpoint {
         case .tcp(let host, let port):
@@ -120,7 +121,8 @@ public final class PolicyServer: Service, Sendable {
         }
     }
 
-    private static func admit(_ channel: any Channel, state: ServerState, allow: NetworkList) -> EventLoopFuture<Void> {
+    private static func admit(_ channel: any Channel, state: ServerState, allow: NetworkList,
+                              protocol served: ListenerSettings.ServedProtocol) -> EventLoopFuture<Void> {
         let peer = channel.remoteAddress.map(describe) ?? "unix"
         if !allow.isEmpty {
             let address = channel.remoteAddress?.ipAddress.flatMap(IPAddress.init)
@@ -137,9 +139,15 @@ public final class PolicyServer: Service, Sendable {
             return channel.close()
         }
         return channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(PolicyRequestDecoder.handler(limits: state.currentLimits))
-            try channel.pipeline.syncOperations.addHandler(
-                PolicyConnectionHandler(state: state, loopEngine: loopEngine, peer: peer))
+            let pipeline = channel.pipeline.syncOperations
+            switch served {
+            case .policy:
+                try pipeline.addHandler(FrameDecoder.handler(RequestParser(limits: state.currentLimits)))
+                try pipeline.addHandler(ConnectionHandler(state: state, responder: PolicyResponder(state: state, loopEngine: loopEngine), peer: peer))
+            case .socketmap:
+                try pipeline.addHandler(FrameDecoder.handler(SocketmapParser(limits: state.currentLimits)))
+                try pipeline.addHandler(ConnectionHandler(state: state, responder: SocketmapResponder(state: state, loopEngine: loopEngine, peer: peer), peer: peer))
+            }
         }
     }
 

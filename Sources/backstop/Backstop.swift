@@ -12,7 +12,7 @@ struct Backstop: ParsableCommand {
         commandName: "backstop",
         abstract: "A Postfix policy-delegation server: recipients, SPF and rate limits at RCPT TO.",
         version: BuildInfo.version,
-        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, Bench.self, SPFWorkerCommand.self, SPFSupervisorCommand.self],
+        subcommands: [Serve.self, CheckConfig.self, Query.self, Lookup.self, SPFCommand.self, RateLimitCommand.self, BATVCommand.self, Bench.self, SPFWorkerCommand.self, SPFSupervisorCommand.self],
         defaultSubcommand: Serve.self
     )
 

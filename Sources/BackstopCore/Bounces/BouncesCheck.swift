@@ -9,8 +9,7 @@ public struct BouncesSettings: CheckSettings, Equatable {
     public var testMode = false
     public var failAction: PolicyAction = .dunno
     public var action: PolicyAction = BouncesSettings.defaultAction
-    public var noReplyAddresses: Set<String> = []
-    public var noReplyDomains: Set<String> = []
+    public var noReplyAddresses = AddressList()
     public var noReplyAction: PolicyAction = BouncesSettings.defaultNoReplyAction
 
     public static let defaultAction = PolicyAction.reply(
@@ -25,23 +24,13 @@ public struct BouncesSettings: CheckSettings, Equatable {
         failAction = section.action("fail_action", default: failAction)
         action = section.action("action", default: action)
         noReplyAction = section.action("no_reply_action", default: noReplyAction)
-        for entry in section.stringArray("no_reply_addresses", default: []) {
-            let address = entry.trimmingSpaces.lowercased()
-            if address.hasPrefix("@"), address.count > 1, !address.dropFirst().contains("@") {
-                noReplyDomains.insert(String(address.dropFirst()))
-            } else if let at = address.firstIndex(of: "@"), at != address.startIndex,
-                      address.index(after: at) != address.endIndex {
-                noReplyAddresses.insert(address)
-            } else {
-                section.report("no_reply_addresses", "\"\(LogEscaping.escape(entry))\" is not an address: write noreply@example.org, or @example.org for a whole domain")
-            }
-        }
+        noReplyAddresses = AddressList(reading: section, key: "no_reply_addresses", default: [], localParts: false)
     }
 
     /// no_reply_addresses are checked at RCPT, the recipient count at DATA or END-OF-MESSAGE.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
         var out: [(key: String, message: String)] = []
-        if !(noReplyAddresses.isEmpty && noReplyDomains.isEmpty) && !configuration.policy.runs("bounces", at: .rcpt) {
+        if !noReplyAddresses.isEmpty && !configuration.policy.runs("bounces", at: .rcpt) {
             out.append(("no_reply_addresses", "checked at RCPT, but policy.rcpt does not list bounces: they never apply"))
         }
         if !configuration.policy.runs("bounces", at: .data) && !configuration.policy.runs("bounces", at: .endOfMessage) {
@@ -71,12 +60,7 @@ public struct BouncesCheck: Check {
         guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .now(.noOpinion()) }
         switch request.protocolState {
         case .rcpt:
-            guard !settings.noReplyAddresses.isEmpty || !settings.noReplyDomains.isEmpty else { return .now(.noOpinion()) }
-            let recipient = request.recipient.lowercased()
-            if settings.noReplyAddresses.contains(recipient) {
-                return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
-            }
-            if let at = recipient.lastIndex(of: "@"), settings.noReplyDomains.contains(String(recipient[recipient.index(after: at)...])) {
+            if settings.noReplyAddresses.contains(request.recipient) {
                 return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
             }
             return .now(.noOpinion())

@@ -143,7 +143,9 @@ public struct Configuration: Sendable {
         for (name, settings) in config.checks.sorted(by: { $0.key < $1.key }) {
             for (key, message) in settings.conflicts(with: config) { root.section(name).report(key, message) }
             if config.policy.stage(listing: name) == nil {
-                root.section(name).warn("", "[\(name)] is configured but listed in no [policy] stage, so it never runs")
+                if !settings.usedOutsideStages(in: config) {
+                    root.section(name).warn("", "[\(name)] is configured but listed in no [policy] stage, so it never runs")
+                }
             } else {
                 for (key, message) in settings.unreachable(in: config) { root.section(name).warn(key, message) }
             }
@@ -170,6 +172,10 @@ public struct Configuration: Sendable {
         listener.owner = section.optionalString("owner")
         listener.group = section.optionalString("group")
         listener.allow = section.networks("allow", default: [])
+        let served = section.string("protocol", default: listener.protocol.rawValue)
+        if let p = ListenerSettings.ServedProtocol(rawValue: served) { listener.protocol = p } else {
+            section.report("protocol", "\"\(LogEscaping.escape(served))\" is not policy or socketmap")
+        }
         if case .unix = endpoint, !listener.allow.isEmpty {
             section.report("allow", "only applies to TCP listeners; control a Unix socket with mode, owner and group")
         }

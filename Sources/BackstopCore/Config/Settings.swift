@@ -8,7 +8,11 @@ public struct ListenerSettings: Sendable, Equatable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
+    /// What a listener speaks: Postfix's policy delegation protocol (check_policy_service),
+    /// or its socketmap lookup protocol (socketmap: tables, for canonical and recipient maps).
+    public enum ServedProtocol: String, Sendable, Equatable { case policy, socketmap }
     public var endpoint: Endpoint
+    public var `protocol`: ServedProtocol = .policy
     /// Unix socket permissions, e.g. 0o660.
     public var mode: Int
     public var owner: String?

@@ -14,11 +14,15 @@ public protocol CheckSettings: Sendable {
     /// Settings of a check that runs somewhere but that can never take effect, e.g. a rule
     /// for a stage where the check is not listed, as (dotted key, message): warnings.
     func unreachable(in configuration: Configuration) -> [(key: String, message: String)]
+    /// True when the check does work for something other than a policy stage (batv signs
+    /// for the socketmap listener), so a section listed in no stage is not idle.
+    func usedOutsideStages(in configuration: Configuration) -> Bool
 }
 
 extension CheckSettings {
     public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] { [] }
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] { [] }
+    public func usedOutsideStages(in configuration: Configuration) -> Bool { false }
 }
 
 public struct CheckBuildContext: Sendable {
@@ -51,6 +55,7 @@ public enum CheckCatalog {
         CheckKind(name: "recipients") { section, baseDir in RecipientsSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "ratelimit") { section, baseDir in RateLimitSettings(reading: section, baseDirectory: baseDir) },
         CheckKind(name: "bounces") { section, baseDir in BouncesSettings(reading: section, baseDirectory: baseDir) },
+        CheckKind(name: "batv") { section, baseDir in BATVSettings(reading: section, baseDirectory: baseDir) },
     ]
     private static let registered = NIOLockedValueBox<[CheckKind]>([])
 

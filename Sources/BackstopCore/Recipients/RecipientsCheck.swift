@@ -205,6 +205,28 @@ public final class RecipientsCheck: ReloadableCheck {
         }
     }
 
+    /// What the `recipients` socketmap says about an address.
+    public enum MapAnswer: Sendable, Equatable {
+        /// The table has it (a mailbox, a catch-all, or an entry with its own answer, which
+        /// Backstop's check gives at RCPT).
+        case known
+        /// Not in the table, or not in one of our domains.
+        case unknown
+        /// No answer can be trusted now: no table is loaded, or its newest edit is broken.
+        case fault(String)
+    }
+
+    /// The `recipients` socketmap (and batv-strip): the live table's answer for `address`.
+    public func mapAnswer(for address: String) -> MapAnswer {
+        guard let table = directory.table else { return .fault("no recipient table is loaded") }
+        switch table.match(address, rules: settings.rules) {
+        case .noAddress, .notOurDomain: return .unknown
+        case .unknown:
+            return directory.newestEditFailed ? .fault("the newest edit of the recipient table is broken") : .unknown
+        case .entry: return .known
+        }
+    }
+
     /// Puts the address (as the client sent it; the response encoder sanitises it) into "{recipient}".
     static func fill(_ action: PolicyAction, recipient: String) -> PolicyAction {
         func put(_ text: String?) -> String? { text?.replacingOccurrences(of: "{recipient}", with: recipient) }

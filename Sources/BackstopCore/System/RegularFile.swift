@@ -20,7 +20,9 @@ public enum RegularFile {
     /// The whole file at `path`, or why it cannot be had. The file is opened without
     /// blocking (a FIFO never waits for a writer), checked with fstat on the opened
     /// descriptor (no race between check and read), and read up to `maxBytes`.
-    public static func read(_ path: String, maxBytes: Int) throws(FileReadError) -> [UInt8] {
+    /// With `ownerOnly`, a file that its group or others may read or write is refused
+    /// (secrets such as BATV keys).
+    public static func read(_ path: String, maxBytes: Int, ownerOnly: Bool = false) throws(FileReadError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         if fd < 0 { throw systemError("open failed") }
         defer { close(fd) }
@@ -29,6 +31,9 @@ public enum RegularFile {
         let kind = info.st_mode & S_IFMT
         if kind != S_IFREG {
             throw FileReadError(reason: "\(describe(kind)), not a regular file", errno: nil)
+        }
+        if ownerOnly, info.st_mode & 0o077 != 0 {
+            throw FileReadError(reason: "may be read or written by its group or others (mode \(String(info.st_mode & 0o777, radix: 8))): it holds secrets, so chmod 600 it and chown it to the server's user", errno: nil)
         }
         if Int(info.st_size) > maxBytes { throw tooLarge(maxBytes) }
         var bytes = [UInt8](repeating: 0, count: Int(info.st_size) + 1)

@@ -1,4 +1,4 @@
-// PolicyConnectionState by value: queueing and one answer at a time, back-pressure, the
+// ConnectionState by value: queueing and one answer at a time, back-pressure, the
 // read and idle timeouts, graceful stop and protocol errors, without a socket or a clock.
 
 import Testing
@@ -6,12 +6,12 @@ import NIOCore
 @testable import BackstopCore
 @testable import BackstopServer
 
-@Suite struct PolicyConnectionStateTests {
+@Suite struct ConnectionStateTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
     let request = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT")])
 
-    func fresh() -> PolicyConnectionState {
-        PolicyConnectionState(now: start, idleTimeout: .seconds(330), readTimeout: .seconds(30))
+    func fresh() -> ConnectionState<PolicyRequest> {
+        ConnectionState<PolicyRequest>(now: start, idleTimeout: .seconds(330), readTimeout: .seconds(30))
     }
 
     @Test func answersOneRequestAtATimeInOrder() {
@@ -47,9 +47,9 @@ import NIOCore
         c.answered(now: start)
         let r10 = c.resumeRead(writable: true)
         #expect(r10)
-        for _ in 0..<PolicyConnectionState.maxQueued { c.received(request, now: start) }
+        for _ in 0..<ConnectionState<PolicyRequest>.maxQueued { c.received(request, now: start) }
         let r11 = c.mayRead(writable: true)
-        #expect(!r11, "\(PolicyConnectionState.maxQueued) requests queued")
+        #expect(!r11, "\(ConnectionState<PolicyRequest>.maxQueued) requests queued")
     }
 
     @Test func readTimeoutRunsFromTheFirstByteOfAnUnfinishedRequest() {
@@ -63,7 +63,7 @@ import NIOCore
     }
 
     @Test func idleTimeoutRunsFromTheLastAnswer() {
-        var c = PolicyConnectionState(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
+        var c = ConnectionState<PolicyRequest>(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
         c.received(request, now: start + .seconds(5))
         _ = c.nextRequest()
         let r14 = c.timerFired(now: start + .seconds(100))

@@ -1,34 +1,47 @@
-// The channel handler of one Postfix connection: takes the frames PolicyRequestDecoder
-// makes, hands each request to the engine in arrival order (one at a time, as Postfix
-// sends them), writes the encoded answers, and carries out what PolicyConnectionState
-// decides about reading, timeouts and closing (graceful stop arrives as NIO's
-// ChannelShouldQuiesceEvent). It decides nothing about requests itself.
+// The channel handler of one Postfix connection, policy or socketmap alike: takes the
+// frames FrameDecoder makes, hands each request to its responder in arrival order (one at
+// a time, as Postfix sends them), writes the encoded answers, and carries out what
+// ConnectionState decides about reading, timeouts and closing (graceful stop arrives as
+// NIO's ChannelShouldQuiesceEvent). What a request means, and how its answer is counted,
+// logged and encoded, is the responder's (PolicyResponder, SocketmapResponder).
 
 import BackstopCore
 import Logging
 import NIOCore
 
-final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = PolicyFrame
+/// What a connection handler needs from the protocol it serves.
+protocol ConnectionResponder {
+    associatedtype Request
+    associatedtype Outcome: Sendable
+    /// Decides on the connection's event loop, now or later.
+    func decide(_ request: Request, eventLoop: any EventLoop) -> Answer<Outcome>
+    /// The outcome when deciding failed internally.
+    func failed(_ request: Request, _ error: any Error) -> Outcome
+    /// Counts and logs the outcome and appends its wire form to `buffer`.
+    func write(_ request: Request, _ outcome: Outcome, elapsedNanos: Int64, into buffer: inout ByteBuffer)
+}
+
+final class ConnectionHandler<Responder: ConnectionResponder>: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ConnectionFrame<Responder.Request>
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let state: ServerState
-    private let loopEngine: LoopEngine
+    private let responder: Responder
     private let peer: String
     private let shutdownGrace: TimeAmount
-    private var connection: PolicyConnectionState
+    private var connection: ConnectionState<Responder.Request>
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
     private var outBuffer: ByteBuffer?
 
-    init(state: ServerState, loopEngine: LoopEngine, peer: String) {
+    init(state: ServerState, responder: Responder, peer: String) {
         self.state = state
-        self.loopEngine = loopEngine
+        self.responder = responder
         self.peer = peer
         let settings = state.settings.withLockedValue { $0 }
         self.shutdownGrace = settings.shutdownGrace
-        self.connection = PolicyConnectionState(now: .now(), idleTimeout: settings.idleTimeout, readTimeout: settings.readTimeout)
+        self.connection = ConnectionState(now: .now(), idleTimeout: settings.idleTimeout, readTimeout: settings.readTimeout)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -100,19 +113,17 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func answerQueued(context: ChannelHandlerContext) {
         while let request = connection.nextRequest() {
             let started = NIODeadline.now()
-            switch loopEngine.engine.decide(request, eventLoop: context.eventLoop, logger: state.logger) {
-            case .now(let decision):
-                write(request, decision, started: started, context: context)
+            switch responder.decide(request, eventLoop: context.eventLoop) {
+            case .now(let outcome):
+                write(request, outcome, started: started, context: context)
             case .later(let future):
                 future.assumeIsolated().whenComplete { result in
-                    let decision: Decision
+                    let outcome: Responder.Outcome
                     switch result {
-                    case .success(let d): decision = d
-                    case .failure(let error):
-                        self.state.logger.error("engine failed: \(error)")
-                        decision = Decision(action: .dunno, check: nil, reason: "internal_error")
+                    case .success(let o): outcome = o
+                    case .failure(let error): outcome = self.responder.failed(request, error)
                     }
-                    self.write(request, decision, started: started, context: context)
+                    self.write(request, outcome, started: started, context: context)
                     self.answerQueued(context: context)
                     self.flushAnswers(context: context)
                 }
@@ -123,19 +134,12 @@ final class PolicyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         if connection.resumeRead(writable: context.channel.isWritable) { context.read() }
     }
 
-    private func write(_ request: PolicyRequest, _ decision: Decision, started: NIODeadline, context: ChannelHandlerContext) {
+    private func write(_ request: Responder.Request, _ outcome: Responder.Outcome, started: NIODeadline, context: ChannelHandlerContext) {
         let now = NIODeadline.now()
-        let elapsed = (now - started).nanoseconds
         connection.answered(now: now)
         guard context.channel.isActive else { return }
-        state.metrics.record(request: request, decision: decision, elapsedNanos: elapsed)
-        loopEngine.count(decision)
-        // The line is only built when the log level keeps it (swift-log's autoclosure).
-        if loopEngine.logs(decision) { state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsed))") }
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
-        ResponseEncoder.encode(decision.action, into: &buffer)
-        // The message has its once-per-message header only now that an answer carries it.
-        decision.headerOnce?.markSent()
+        responder.write(request, outcome, elapsedNanos: (now - started).nanoseconds, into: &buffer)
         outBuffer = buffer
     }
 

@@ -1,4 +1,4 @@
-// The state of one Postfix connection as a plain value: requests waiting, whether an
+// The state of one Postfix connection (policy or socketmap) as a plain value: requests waiting, whether an
 // answer is owed, whether reading is held back, when the current request began and when
 // the connection was last busy. Each event returns what the handler must do; the struct
 // touches no channel, timer or clock of its own, so every path can be tested by value.
@@ -6,9 +6,9 @@
 import BackstopCore
 import NIOCore
 
-struct PolicyConnectionState {
+struct ConnectionState<Request> {
     /// Requests parsed but not yet answered beyond which reading pauses.
-    static let maxQueued = 16
+    static var maxQueued: Int { 16 }
 
     enum Phase: Equatable {
         /// Reading and answering.
@@ -29,7 +29,7 @@ struct PolicyConnectionState {
     }
 
     private(set) var phase = Phase.open
-    private var queue = CircularBuffer<PolicyRequest>(initialCapacity: 4)
+    private var queue = CircularBuffer<Request>(initialCapacity: 4)
     /// An answer is being decided (checks may answer later).
     private(set) var answering = false
     private var readHeld = false
@@ -50,7 +50,7 @@ struct PolicyConnectionState {
 
     // MARK: input
 
-    mutating func received(_ request: PolicyRequest, now: NIODeadline) {
+    mutating func received(_ request: Request, now: NIODeadline) {
         guard phase == .open else { return }
         requestStarted = nil
         lastActivity = now
@@ -87,7 +87,7 @@ struct PolicyConnectionState {
     // MARK: answering
 
     /// The next request to decide, if no answer is owed; marks an answer as owed.
-    mutating func nextRequest() -> PolicyRequest? {
+    mutating func nextRequest() -> Request? {
         guard !answering, phase != .closed, let request = queue.popFirst() else { return nil }
         answering = true
         return request

@@ -1,0 +1,160 @@
+// BATV tags in the prvs form of draft-levine-smtp-batv-01: making one for an address,
+// finding one in an address, and checking one against a keyring. Pure functions of their
+// inputs (the day is passed in); keys, files and the check live elsewhere.
+//
+//   prvs=KDDDSSSSSS=local@domain    K key number 0-9, DDD expiry day (days since the epoch,
+//                                   mod 1000), SSSSSS first 3 bytes of HMAC-SHA1(key, KDDD + address)
+//   prvs=local=KDDDSSSSSS@domain    the reversed order some senders used; accepted, never made
+//
+// The HMAC is computed over "KDDD" + the untagged address, lowercased, so a bounce whose
+// address changed case on the way still verifies.
+
+import Crypto
+import Foundation
+
+/// One signing key: its number (the K of the tag) and its secret.
+public struct BATVKey: Sendable, Equatable {
+    public let number: Int
+    public let secret: [UInt8]
+
+    public init(number: Int, secret: [UInt8]) {
+        precondition((0...9).contains(number), "a BATV key number is one digit")
+        self.number = number
+        self.secret = secret
+    }
+}
+
+/// A tag found in an address.
+public struct BATVTaggedAddress: Sendable, Equatable {
+    public var keyNumber: Int
+    public var expiryDay: Int
+    /// The six hex digits, lowercased.
+    public var signature: String
+    /// The address without its tag: local@domain.
+    public var address: String
+}
+
+/// What a tag is worth.
+public enum BATVVerification: Sendable, Equatable {
+    case valid(keyNumber: Int, daysLeft: Int)
+    case noTag
+    case badSignature
+    case expired
+    case unknownKey
+
+    /// The word used in logs, metrics and the CLI.
+    public var label: String {
+        switch self {
+        case .valid: "valid"
+        case .noTag: "no_tag"
+        case .badSignature: "bad_signature"
+        case .expired: "expired"
+        case .unknownKey: "unknown_key"
+        }
+    }
+}
+
+public enum BATVTag {
+    /// A local part may be 64 octets (RFC 5321 §4.5.3.1.1); a tag adds 16.
+    public static let maxLocalPartOctets = 64
+    static let tagOverhead = 16  // "prvs=" + 10 + "="
+
+    /// Days since the epoch (UTC) of a wall-clock time in seconds.
+    public static func day(unixSeconds: Int64) -> Int {
+        Int(unixSeconds >= 0 ? unixSeconds / 86_400 : (unixSeconds - 86_399) / 86_400)
+    }
+
+    /// Today, by the system's wall clock: a tag's day is a calendar day, so this is the one
+    /// place BATV reads the wall clock.
+    public static func today() -> Int { day(unixSeconds: Int64(time(nil))) }
+
+    /// The six hex digits of the signature of `address` with `key`, expiring on `expiryDay`.
+    public static func signature(of address: String, key: BATVKey, expiryDay: Int) -> String {
+        let input = (String(key.number) + threeDigits(expiryDay) + address).lowercased()
+        let mac = HMAC<Insecure.SHA1>.authenticationCode(for: Array(input.utf8), using: SymmetricKey(data: key.secret))
+        return mac.prefix(3).map { byte in
+            let hex = Array("0123456789abcdef".utf8)
+            return String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]], as: UTF8.self)
+        }.joined()
+    }
+
+    /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or
+    /// nil when the result would break the local part's length limit.
+    public static func sign(_ address: String, key: BATVKey, today: Int, lifetimeDays: Int) -> String? {
+        guard let at = address.utf8.lastIndex(of: UInt8(ascii: "@")),
+              address.utf8.distance(from: address.utf8.startIndex, to: at) + tagOverhead <= maxLocalPartOctets else { return nil }
+        let expiry = (today + lifetimeDays) % 1000
+        return "prvs=\(key.number)\(threeDigits(expiry))\(signature(of: address, key: key, expiryDay: expiry))=\(address)"
+    }
+
+    /// The tag in `address`, in either order, or nil when it has none. The "prvs=" prefix
+    /// and the hex digits are matched without regard to case.
+    public static func parse(_ address: String) -> BATVTaggedAddress? {
+        let bytes = Array(address.utf8)
+        guard let at = bytes.lastIndex(of: UInt8(ascii: "@")), at > 16,
+              bytes[0..<5].map(lower) == Array("prvs=".utf8) else { return nil }
+        let local = bytes[5..<at]
+        let domain = bytes[at...]
+        if isTag(local.prefix(10)), local.count > 11, local[local.startIndex + 10] == UInt8(ascii: "=") {
+            return tagged(local.prefix(10), local.dropFirst(11), domain)
+        }
+        if isTag(local.suffix(10)), local.count > 11, local[local.endIndex - 11] == UInt8(ascii: "=") {
+            return tagged(local.suffix(10), local.dropLast(11), domain)
+        }
+        return nil
+    }
+
+    /// True when `address` carries a prvs= prefix at all (a tag of any form, even a broken
+    /// one): such an address is never signed again.
+    public static func looksTagged(_ address: String) -> Bool {
+        let bytes = address.utf8.prefix(5)
+        return bytes.count == 5 && bytes.map(lower) == Array("prvs=".utf8)
+    }
+
+    /// Checks the tag of `address` against `keys` on `today`, with tags valid for
+    /// `lifetimeDays` after they were made.
+    public static func verify(_ address: String, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
+        guard let tagged = parse(address) else { return .noTag }
+        return verify(tagged, keys: keys, today: today, lifetimeDays: lifetimeDays)
+    }
+
+    public static func verify(_ tagged: BATVTaggedAddress, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
+        guard let key = keys.last(where: { $0.number == tagged.keyNumber }) else { return .unknownKey }
+        let expected = signature(of: tagged.address, key: key, expiryDay: tagged.expiryDay)
+        // Compared in full whatever the first difference, so timing says nothing.
+        var difference: UInt8 = 0
+        for (a, b) in zip(expected.utf8, tagged.signature.utf8) { difference |= a ^ b }
+        guard difference == 0 else { return .badSignature }
+        let daysLeft = ((tagged.expiryDay - today % 1000) % 1000 + 1000) % 1000
+        guard daysLeft <= lifetimeDays else { return .expired }
+        return .valid(keyNumber: key.number, daysLeft: daysLeft)
+    }
+
+    // MARK: helpers
+
+    static func threeDigits(_ day: Int) -> String {
+        let d = ((day % 1000) + 1000) % 1000
+        return d < 10 ? "00\(d)" : d < 100 ? "0\(d)" : "\(d)"
+    }
+
+    static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
+
+    /// K DDD SSSSSS: four digits, then six hex digits (either case).
+    static func isTag(_ t: ArraySlice<UInt8>) -> Bool {
+        guard t.count == 10 else { return false }
+        for (i, b) in t.enumerated() {
+            let c = lower(b)
+            let digit = c >= 0x30 && c <= 0x39
+            if i < 4 ? !digit : !(digit || (c >= 0x61 && c <= 0x66)) { return false }
+        }
+        return true
+    }
+
+    static func tagged(_ tag: ArraySlice<UInt8>, _ local: ArraySlice<UInt8>, _ domain: ArraySlice<UInt8>) -> BATVTaggedAddress {
+        let t = Array(tag)
+        return BATVTaggedAddress(keyNumber: Int(t[0] - 0x30),
+                                 expiryDay: Int(t[1] - 0x30) * 100 + Int(t[2] - 0x30) * 10 + Int(t[3] - 0x30),
+                                 signature: String(decoding: t[4...].map(lower), as: UTF8.self),
+                                 address: String(decoding: Array(local) + Array(domain), as: UTF8.self))
+    }
+}

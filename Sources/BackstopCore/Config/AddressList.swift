@@ -1,0 +1,41 @@
+// A configured list of mail addresses, as several checks take them (bounces'
+// no_reply_addresses, batv's exempt and exclude_senders): `user@domain`, `@domain` for a
+// whole domain and, where the key allows it, a bare `user` for that mailbox in every
+// domain. Matching folds case. This file reads and matches lists; it decides nothing.
+
+public struct AddressList: Sendable, Equatable {
+    public private(set) var addresses: Set<String> = []
+    public private(set) var domains: Set<String> = []
+    public private(set) var localParts: Set<String> = []
+
+    public init() {}
+
+    /// Reads `key` of `section`; a bare local part is accepted only with `localParts`.
+    public init(reading section: ConfigSection, key: String, default fallback: [String], localParts allowLocal: Bool) {
+        for entry in section.stringArray(key, default: fallback) {
+            let item = entry.trimmingSpaces.lowercased()
+            if item.hasPrefix("@"), item.count > 1, !item.dropFirst().contains("@") {
+                domains.insert(String(item.dropFirst()))
+            } else if let at = item.firstIndex(of: "@"), at != item.startIndex, item.index(after: at) != item.endIndex {
+                addresses.insert(item)
+            } else if allowLocal, !item.isEmpty, !item.contains("@"), !item.contains(" ") {
+                localParts.insert(item)
+            } else {
+                let forms = allowLocal ? "user@example.org, @example.org for a whole domain, or user for that mailbox in every domain"
+                                       : "user@example.org, or @example.org for a whole domain"
+                section.report(key, "\"\(LogEscaping.escape(entry))\" is not an address: write \(forms)")
+            }
+        }
+    }
+
+    public var isEmpty: Bool { addresses.isEmpty && domains.isEmpty && localParts.isEmpty }
+
+    /// True when `address` (any case) is listed, its domain is, or its local part is.
+    public func contains(_ address: String) -> Bool {
+        if isEmpty { return false }
+        let lowered = address.lowercased()
+        if addresses.contains(lowered) { return true }
+        guard let at = lowered.lastIndex(of: "@") else { return false }
+        return domains.contains(String(lowered[lowered.index(after: at)...])) || localParts.contains(String(lowered[..<at]))
+    }
+}

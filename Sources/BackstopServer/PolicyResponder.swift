@@ -1,0 +1,30 @@
+// What a policy-delegation connection does with a request: ask the engine in force on this
+// event loop, then count the decision, log its line (as log.decisions says) and encode the
+// access(5) answer. The connection's framing, order and timers are ConnectionHandler's.
+
+import BackstopCore
+import NIOCore
+
+struct PolicyResponder: ConnectionResponder {
+    let state: ServerState
+    let loopEngine: LoopEngine
+
+    func decide(_ request: PolicyRequest, eventLoop: any EventLoop) -> Answer<Decision> {
+        loopEngine.engine.decide(request, eventLoop: eventLoop, logger: state.logger)
+    }
+
+    func failed(_ request: PolicyRequest, _ error: any Error) -> Decision {
+        state.logger.error("engine failed: \(error)")
+        return Decision(action: .dunno, check: nil, reason: "internal_error")
+    }
+
+    func write(_ request: PolicyRequest, _ decision: Decision, elapsedNanos: Int64, into buffer: inout ByteBuffer) {
+        state.metrics.record(request: request, decision: decision, elapsedNanos: elapsedNanos)
+        loopEngine.count(decision)
+        // The line is only built when the log level keeps it (swift-log's autoclosure).
+        if loopEngine.logs(decision) { state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsedNanos))") }
+        ResponseEncoder.encode(decision.action, into: &buffer)
+        // The message has its once-per-message header only now that an answer carries it.
+        decision.headerOnce?.markSent()
+    }
+}

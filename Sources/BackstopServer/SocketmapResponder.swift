@@ -1,0 +1,35 @@
+// What a socketmap connection does with a lookup: answer it from the maps of the engine in
+// force on this event loop (always at once: every map is in memory), count it, log it
+// (debug; a TEMP or PERM at warning, since Postfix then defers mail), and encode the
+// netstring. The connection's framing, order and timers are ConnectionHandler's.
+
+import BackstopCore
+import NIOCore
+
+struct SocketmapResponder: ConnectionResponder {
+    let state: ServerState
+    let loopEngine: LoopEngine
+    let peer: String
+
+    func decide(_ request: SocketmapRequest, eventLoop: any EventLoop) -> Answer<SocketmapReply> {
+        let (reply, map) = SocketmapMaps.answer(request, engine: loopEngine.engine)
+        SocketmapMaps.count(map: map, reply: reply)
+        return .now(reply)
+    }
+
+    func failed(_ request: SocketmapRequest, _ error: any Error) -> SocketmapReply {
+        .temp("internal error")
+    }
+
+    func write(_ request: SocketmapRequest, _ reply: SocketmapReply, elapsedNanos: Int64, into buffer: inout ByteBuffer) {
+        switch reply {
+        case .temp(let why), .perm(let why), .timeout(let why):
+            state.logger.warning("socketmap \(reply.status): map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key)) reason=\(LogEscaping.field(why)) peer=\(LogEscaping.field(peer))")
+        case .ok(let value):
+            state.logger.debug("socketmap OK: map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key)) value=\(LogEscaping.field(value))")
+        case .notFound:
+            state.logger.debug("socketmap NOTFOUND: map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key))")
+        }
+        buffer.writeBytes(reply.encoded)
+    }
+}
