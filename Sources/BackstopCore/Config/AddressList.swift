@@ -1,7 +1,7 @@
 // A configured list of mail addresses, as several checks take them (bounces'
 // no_reply_addresses, batv's exempt and exclude_senders): `user@domain`, `@domain` for a
 // whole domain and, where the key allows it, a bare `user` for that mailbox in every
-// domain. Matching folds case. This file reads and matches lists; it decides nothing.
+// domain. Matching folds case and compares domains in their A-label form. This file reads and matches lists; it decides nothing.
 
 public struct AddressList: Sendable, Equatable {
     public private(set) var addresses: Set<String> = []
@@ -14,10 +14,11 @@ public struct AddressList: Sendable, Equatable {
     public init(reading section: ConfigSection, key: String, default fallback: [String], localParts allowLocal: Bool) {
         for entry in section.stringArray(key, default: fallback) {
             let item = entry.trimmingSpaces.lowercased()
-            if item.hasPrefix("@"), item.count > 1, !item.dropFirst().contains("@") {
-                domains.insert(String(item.dropFirst()))
-            } else if let at = item.firstIndex(of: "@"), at != item.startIndex, item.index(after: at) != item.endIndex {
-                addresses.insert(item)
+            if item.hasPrefix("@"), item.count > 1, !item.dropFirst().contains("@"), let domain = Self.domainForm(item.dropFirst()) {
+                domains.insert(domain)
+            } else if let at = item.firstIndex(of: "@"), at != item.startIndex, item.index(after: at) != item.endIndex,
+                      let domain = Self.domainForm(item[item.index(after: at)...]) {
+                addresses.insert(item[..<at] + "@" + domain)
             } else if allowLocal, !item.isEmpty, !item.contains("@"), !item.contains(" ") {
                 localParts.insert(item)
             } else {
@@ -34,8 +35,18 @@ public struct AddressList: Sendable, Equatable {
     public func contains(_ address: String) -> Bool {
         if isEmpty { return false }
         let lowered = address.lowercased()
-        if addresses.contains(lowered) { return true }
-        guard let at = lowered.lastIndex(of: "@") else { return false }
-        return domains.contains(String(lowered[lowered.index(after: at)...])) || localParts.contains(String(lowered[..<at]))
+        guard let at = lowered.lastIndex(of: "@"), let domain = Self.domainForm(lowered[lowered.index(after: at)...]) else {
+            return false
+        }
+        let local = lowered[..<at]
+        return domains.contains(domain) || localParts.contains(String(local)) || addresses.contains(local + "@" + domain)
+    }
+
+    /// Domains are compared in their A-label form, without a trailing dot.
+    static func domainForm(_ domain: Substring) -> String? {
+        var d = domain
+        if d.hasSuffix(".") { d = d.dropLast() }
+        guard !d.isEmpty else { return nil }
+        return d.utf8.contains { $0 >= 0x80 } ? DomainName.asciiForm(String(d)) : String(d)
     }
 }

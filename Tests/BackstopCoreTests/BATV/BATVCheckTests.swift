@@ -1,0 +1,170 @@
+// The batv check and its maps: bounces to signing domains need a valid tag (with the
+// reason named when refused), exempt addresses and verify_since's grace, what is and is
+// not signed or stripped, the key file's rules (mode, lines, rotation) and a reload that
+// keeps the last good keys.
+
+import Foundation
+import Testing
+@testable import BackstopCore
+
+private let today = 20785  // 2026-11-28
+
+private func keyFile(_ text: String, mode: mode_t = 0o600) throws -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("batv-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let path = dir + "/batv-keys"
+    try text.write(toFile: path, atomically: false, encoding: .utf8)
+    chmod(path, mode)
+    return path
+}
+
+private func check(_ section: String = "", keys: String = "1 0123456789abcdef-secret-one\n", day: Int = today) throws -> BATVCheck {
+    let path = try keyFile(keys)
+    let config = try Configuration.parse("""
+        [[listen]]
+        address = "127.0.0.1:10034"
+        protocol = "socketmap"
+        [policy]
+        rcpt = ["batv"]
+        [batv]
+        key_file = "\(path)"
+        domains = ["example.org", "bücher.example"]
+        \(section)
+        """, file: "b.toml")
+    let settings = try #require(config.checks["batv"] as? BATVSettings)
+    return BATVCheck(settings: settings, keys: try BATVKeyFile.load(settings.keyFile), today: { day })
+}
+
+private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
+    PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", "192.0.2.1"),
+                   ("sender", sender), ("recipient", recipient)])
+}
+
+@Suite struct BATVCheckTests {
+    @Test func aBounceNeedsAValidTag() throws {
+        let batv = try check()
+        let signed = try #require(batv.signedSender("alice@example.org"))
+        #expect(batv.verdict(for: rcpt(signed)).reason == "batv_valid")
+        #expect(batv.verdict(for: rcpt(signed)).isNoOpinion)
+        let refused = batv.verdict(for: rcpt("alice@example.org"))
+        #expect(refused.reason == "batv_no_tag")
+        #expect(refused.action == BATVSettings.defaultAction)
+        #expect(batv.verdict(for: rcpt(signed.replacingOccurrences(of: "=alice@", with: "=mallory@"))).reason == "batv_bad_signature")
+        #expect(batv.verdict(for: rcpt("prvs=9792000000=alice@example.org")).reason == "batv_unknown_key")
+        let old = try #require(BATVTag.sign("alice@example.org", key: batv.keys[0], today: today - 8, lifetimeDays: 7))
+        #expect(batv.verdict(for: rcpt(old)).reason == "batv_expired")
+    }
+
+    @Test func onlyBouncesToSigningDomainsAreJudged() throws {
+        let batv = try check()
+        #expect(batv.verdict(for: rcpt("alice@example.org", sender: "someone@example.net")).isNoOpinion, "mail with a sender")
+        #expect(batv.verdict(for: rcpt("carol@example.net")) == .noOpinion(), "not a signing domain")
+        #expect(batv.verdict(for: rcpt("ALICE@EXAMPLE.ORG.")).reason == "batv_no_tag", "domain case and trailing dot")
+        #expect(batv.verdict(for: rcpt("anna@xn--bcher-kva.example")).reason == "batv_no_tag")
+        #expect(batv.verdict(for: rcpt("anna@bücher.example")).reason == "batv_no_tag", "U-label form of a signing domain")
+    }
+
+    @Test func exemptAddressesAndTheGraceDateLetBouncesIn() throws {
+        let batv = try check(#"exempt = ["postmaster", "billing@example.org", "@bücher.example"]"# + "\nverify_since = \"2026-12-05\"")
+        #expect(batv.verdict(for: rcpt("Postmaster@example.org")).reason == "batv_exempt")
+        #expect(batv.verdict(for: rcpt("billing@example.org")).reason == "batv_exempt")
+        #expect(batv.verdict(for: rcpt("anna@xn--bcher-kva.example")).reason == "batv_exempt")
+        #expect(batv.verdict(for: rcpt("alice@example.org")).reason == "batv_grace_no_tag", "before verify_since")
+        #expect(batv.verdict(for: rcpt("prvs=1792000000=alice@example.org")).reason == "batv_bad_signature",
+                "a forged tag is refused even before verify_since")
+        let later = try check("verify_since = \"2026-12-05\"", day: 20792)
+        #expect(later.verdict(for: rcpt("alice@example.org")).reason == "batv_no_tag", "from verify_since on")
+        #expect(later.verdict(for: rcpt("abuse@example.org")).reason == "batv_exempt", "the default exemptions")
+    }
+
+    @Test func whatIsSigned() throws {
+        let batv = try check(#"exclude_senders = ["mailman@example.org", "owner-list"]"#)
+        #expect(batv.signedSender("alice@example.org")?.hasPrefix("prvs=1792") == true)
+        #expect(batv.signedSender("carol@example.net") == nil, "other domains")
+        #expect(batv.signedSender("mailman@example.org") == nil, "excluded")
+        #expect(batv.signedSender("owner-list@example.org") == nil, "excluded by local part")
+        #expect(batv.signedSender(batv.signedSender("alice@example.org")!) == nil, "never twice (Postfix looks the answer up again)")
+        #expect(batv.signedSender("prvs=junk=alice@example.org") == nil, "a prvs= address of any form")
+        #expect(batv.signedSender("alice") == nil)
+        #expect(batv.signedSender("@example.org") == nil)
+    }
+
+    @Test func theNewestKeySignsAndEveryKeyVerifies() throws {
+        let batv = try check(keys: "1 0123456789abcdef-secret-one\n# rotated in:\n2 second-secret-key-for-rotation\n")
+        let signed = try #require(batv.signedSender("alice@example.org"))
+        #expect(signed.hasPrefix("prvs=2"))
+        let byOldKey = try #require(BATVTag.sign("alice@example.org", key: batv.keys[0], today: today, lifetimeDays: 7))
+        #expect(batv.verification(of: byOldKey) == .valid(keyNumber: 1, daysLeft: 7))
+    }
+
+    @Test func stripOnlyValidTagsOfKnownRecipients() throws {
+        let batv = try check()
+        let signed = try #require(batv.signedSender("alice@example.org"))
+        #expect(batv.strippedRecipient(signed) { $0 == "alice@example.org" } == "alice@example.org")
+        #expect(batv.strippedRecipient(signed) { _ in false } == nil, "a tag on a mailbox that does not exist")
+        #expect(batv.strippedRecipient("prvs=1792000000=alice@example.org") { _ in true } == nil, "bad signature")
+        #expect(batv.strippedRecipient("alice@example.org") { _ in true } == nil, "no tag")
+    }
+
+    @Test func theKeyFileIsCheckedLineByLine() throws {
+        let good = try BATVKeyFile.parse(Array("# comment\n\n3 sixteen-chars-ok\n0 another-secret-here\n".utf8), file: "k")
+        #expect(good.map(\.number) == [3, 0])
+        #expect(good[0].secret == Array("sixteen-chars-ok".utf8))
+        func problems(_ text: String) -> [String] {
+            do { _ = try BATVKeyFile.parse(Array(text.utf8), file: "k"); return [] } catch { return error.issues.map(\.description) }
+        }
+        #expect(problems("1 short\n") == ["k:1: key 1: the secret must be 16 to 1024 characters (make one with: head -c 24 /dev/urandom | base64)"])
+        #expect(problems("12 sixteen-chars-ok\n").first?.hasPrefix("k:1: a key line is a key number 0-9") == true)
+        #expect(problems("1 sixteen-chars-ok\n1 sixteen-chars-ok2\n") == ["k:2: key 1 is already defined on line 1: each key number once"])
+        #expect(problems("1\n").count == 1)
+        #expect(problems("# nothing\n") == ["k: no key: add a line such as \"1 \" followed by 32 random characters"])
+    }
+
+    @Test func aKeyFileOthersCanReadIsRefused() throws {
+        let path = try keyFile("1 0123456789abcdef-secret-one\n", mode: 0o640)
+        do {
+            _ = try BATVKeyFile.load(path)
+            Issue.record("a group-readable key file was accepted")
+        } catch {
+            #expect(error.description.contains("mode 640"), "\(error)")
+            #expect(error.description.contains("chmod 600"))
+        }
+        chmod(path, 0o600)
+        #expect(try BATVKeyFile.load(path).count == 1)
+    }
+
+    @Test func aBrokenKeyEditKeepsTheKeysInForce() throws {
+        let batv = try check()
+        let before = batv.keys
+        try "1 short\n".write(toFile: batv.settings.keyFile, atomically: false, encoding: .utf8)
+        let issues = batv.reload()
+        #expect(issues.count == 1 && issues[0].line == 1, "\(issues)")
+        #expect(batv.keys == before)
+        try "1 0123456789abcdef-secret-one\n5 a-new-key-for-next-month\n".write(toFile: batv.settings.keyFile, atomically: false, encoding: .utf8)
+        #expect(batv.reload().isEmpty)
+        #expect(batv.keys.last?.number == 5)
+    }
+
+    @Test func theSectionIsReadAndChecked() throws {
+        func issues(_ section: String, listen: Bool = true) -> [String] {
+            let text = (listen ? "[[listen]]\naddress = \"127.0.0.1:10034\"\nprotocol = \"socketmap\"\n" : "")
+                + "[policy]\nrcpt = [\"batv\"]\n[batv]\n" + section
+            do { _ = try Configuration.parse(text, file: "b.toml"); return [] } catch { return error.issues.map(\.message) }
+        }
+        #expect(issues("domains = [\"example.org\"]").isEmpty)
+        #expect(issues("").first?.contains("list the domains") == true)
+        #expect(issues("domains = [\"a@example.org\"]").first?.contains("is not a domain name") == true)
+        #expect(issues("domains = [\"example.org\"]\nlifetime = \"36h\"").first?.contains("whole days") == true)
+        #expect(issues("domains = [\"example.org\"]\nlifetime = \"60d\"").count == 1)
+        #expect(issues("domains = [\"example.org\"]\nverify_since = \"soon\"").first?.contains("YYYY-MM-DD") == true)
+        #expect(issues("domains = [\"example.org\"]\naction = \"DUNNO\"").first?.contains("must refuse") == true)
+        #expect(issues("domains = [\"example.org\"]\nexempt = [\"a b\"]").first?.contains("is not an address") == true)
+        #expect(issues("domains = [\"example.org\"]\nkey_fiel = \"x\"").count == 1, "unknown keys are errors")
+
+        let noListener = try Configuration.parse("[policy]\nrcpt = [\"batv\"]\n[batv]\ndomains = [\"example.org\"]", file: "b.toml")
+        #expect(noListener.warnings.contains { $0.message.contains("no [[listen]] has protocol = \"socketmap\"") })
+        let signOnly = try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:10034\"\nprotocol = \"socketmap\"\n[batv]\ndomains = [\"example.org\"]", file: "b.toml")
+        #expect(signOnly.warnings.isEmpty, "signing first, verifying later, is the documented roll-out: \(signOnly.warnings)")
+        #expect(throws: ConfigError.self) { try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:1\"\nprotocol = \"smtp\"", file: "b.toml") }
+    }
+}

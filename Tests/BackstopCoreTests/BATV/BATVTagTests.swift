@@ -1,0 +1,85 @@
+// BATV tags: known answers computed independently with Python's hmac module
+// (hmac.new(key, ("KDDD" + address).lower().encode(), hashlib.sha1).hexdigest()[:6]), both
+// tag orders, case, the day arithmetic across the mod-1000 wrap, and dates.
+
+import Testing
+@testable import BackstopCore
+
+private let one = BATVKey(number: 1, secret: Array("0123456789abcdef-secret-one".utf8))
+private let two = BATVKey(number: 2, secret: Array("second-secret-key-for-rotation".utf8))
+private let seven = BATVKey(number: 7, secret: Array("an entirely different key 0042".utf8))
+
+@Suite struct BATVTagTests {
+    @Test func signaturesMatchPythonsHMAC() {
+        #expect(BATVTag.signature(of: "alice@example.org", key: one, expiryDay: 123) == "964c87")
+        #expect(BATVTag.signature(of: "Bob.Smith@Example.ORG", key: two, expiryDay: 5) == "b6e55e")
+        #expect(BATVTag.signature(of: "list-owner@lists.example.org", key: seven, expiryDay: 999) == "b0b5a2")
+    }
+
+    @Test func aSignedAddressCarriesKeyDayAndSignature() {
+        // Day 20785 is 2026-11-28; + 7 = 20792, mod 1000 = 792.
+        #expect(BATVTag.sign("alice@example.org", key: one, today: 20785, lifetimeDays: 7)
+                == "prvs=1792\(BATVTag.signature(of: "alice@example.org", key: one, expiryDay: 792))=alice@example.org")
+        #expect(BATVTag.sign("alice@example.org", key: one, today: 116, lifetimeDays: 7)
+                == "prvs=1123964c87=alice@example.org", "the Python vector, signed on day 116")
+    }
+
+    @Test func tooLongALocalPartIsNotSigned() {
+        let local48 = String(repeating: "a", count: 48)
+        #expect(BATVTag.sign(local48 + "@example.org", key: one, today: 0, lifetimeDays: 7) != nil, "48 + 16 = 64 octets")
+        #expect(BATVTag.sign(local48 + "a@example.org", key: one, today: 0, lifetimeDays: 7) == nil)
+        #expect(BATVTag.sign("no-at-sign", key: one, today: 0, lifetimeDays: 7) == nil)
+    }
+
+    @Test func bothOrdersAndAnyCaseAreRead() throws {
+        let draft = try #require(BATVTag.parse("prvs=1123964c87=alice@example.org"))
+        #expect(draft == BATVTaggedAddress(keyNumber: 1, expiryDay: 123, signature: "964c87", address: "alice@example.org"))
+        #expect(BATVTag.parse("PRVS=1123964C87=alice@example.org") == draft)
+        #expect(BATVTag.parse("prvs=alice=1123964c87@example.org") == draft, "the reversed order")
+        #expect(BATVTag.parse("alice@example.org") == nil)
+        #expect(BATVTag.parse("prvs=1123964c8=alice@example.org") == nil, "nine characters")
+        #expect(BATVTag.parse("prvs=1123964g87=alice@example.org") == nil, "not hex")
+        #expect(BATVTag.parse("prvs=1123964c87=@example.org") == nil, "no local part left")
+        #expect(BATVTag.looksTagged("Prvs=broken@example.org"))
+        #expect(!BATVTag.looksTagged("prv@example.org"))
+    }
+
+    @Test func verificationNamesWhatIsWrong() {
+        let keys = [one, two]
+        #expect(BATVTag.verify("prvs=1123964c87=alice@example.org", keys: keys, today: 116, lifetimeDays: 7)
+                == .valid(keyNumber: 1, daysLeft: 7))
+        #expect(BATVTag.verify("prvs=1123964C87=Alice@Example.org", keys: keys, today: 120, lifetimeDays: 7)
+                == .valid(keyNumber: 1, daysLeft: 3), "case of hex and address does not matter")
+        #expect(BATVTag.verify("prvs=1123964c87=alice@example.org", keys: keys, today: 123, lifetimeDays: 7)
+                == .valid(keyNumber: 1, daysLeft: 0), "valid through its expiry day")
+        #expect(BATVTag.verify("prvs=1123964c87=alice@example.org", keys: keys, today: 124, lifetimeDays: 7) == .expired)
+        #expect(BATVTag.verify("prvs=1123964c87=alice@example.org", keys: keys, today: 100, lifetimeDays: 7) == .expired,
+                "an expiry further ahead than one lifetime is not ours")
+        #expect(BATVTag.verify("prvs=1123964c88=alice@example.org", keys: keys, today: 116, lifetimeDays: 7) == .badSignature)
+        #expect(BATVTag.verify("prvs=1123964c87=mallory@example.org", keys: keys, today: 116, lifetimeDays: 7) == .badSignature)
+        #expect(BATVTag.verify("prvs=3123964c87=alice@example.org", keys: keys, today: 116, lifetimeDays: 7) == .unknownKey)
+        #expect(BATVTag.verify("alice@example.org", keys: keys, today: 116, lifetimeDays: 7) == .noTag)
+    }
+
+    @Test func theDayWrapsAtOneThousand() throws {
+        // Signed on day 20998 (expiry 21005 → "005"), checked on days 20999 and 21005, 21006.
+        let tagged = try #require(BATVTag.sign("bob@example.org", key: two, today: 20998, lifetimeDays: 7))
+        #expect(tagged.hasPrefix("prvs=2005"))
+        #expect(BATVTag.verify(tagged, keys: [two], today: 20999, lifetimeDays: 7) == .valid(keyNumber: 2, daysLeft: 6))
+        #expect(BATVTag.verify(tagged, keys: [two], today: 21005, lifetimeDays: 7) == .valid(keyNumber: 2, daysLeft: 0))
+        #expect(BATVTag.verify(tagged, keys: [two], today: 21006, lifetimeDays: 7) == .expired)
+    }
+
+    @Test func datesAreDaysSinceTheEpoch() {
+        // Python: (date.fromisoformat(d) - date(1970, 1, 1)).days
+        #expect(BATVSettings.day(parsing: "1970-01-01") == 0)
+        #expect(BATVSettings.day(parsing: "2000-02-29") == 11016)
+        #expect(BATVSettings.day(parsing: "2026-11-28") == 20785)
+        #expect(BATVSettings.day(parsing: "9999-12-31") == 2_932_896)
+        #expect(BATVSettings.day(parsing: "2026-02-29") == nil)
+        #expect(BATVSettings.day(parsing: "2026-1-5") == nil)
+        #expect(BATVSettings.day(parsing: "yesterday") == nil)
+        #expect(BATVTag.day(unixSeconds: 1_795_824_000) == 20785)  // 2026-11-28T00:00:00Z
+        #expect(BATVTag.day(unixSeconds: 1_795_910_399) == 20785)  // 23:59:59 the same day
+    }
+}
