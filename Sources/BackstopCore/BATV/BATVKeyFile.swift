@@ -6,6 +6,18 @@
 
 import Foundation
 
+/// One signing key: its number (the K of the tag) and its secret.
+public struct BATVKey: Sendable, Equatable {
+    public let number: Int
+    public let secret: [UInt8]
+
+    public init(number: Int, secret: [UInt8]) {
+        precondition((0...9).contains(number), "a BATV key number is one digit")
+        self.number = number
+        self.secret = secret
+    }
+}
+
 public enum BATVKeyFile {
     /// The largest key file read (64 KiB).
     public static let maxFileBytes = 64 << 10

@@ -6,23 +6,10 @@
 //                                   mod 1000), SSSSSS first 3 bytes of HMAC-SHA1(key, KDDD + address)
 //   prvs=local=KDDDSSSSSS@domain    the reversed order some senders used; accepted, never made
 //
-// The HMAC is computed over "KDDD" + the untagged address, lowercased, so a bounce whose
-// address changed case on the way still verifies.
+// Signing and verifying (the HMAC) are in BATVTag+HMAC.swift, so that this file, which
+// reads attacker text, builds without swift-crypto for the fuzzer.
 
-import Crypto
 import Foundation
-
-/// One signing key: its number (the K of the tag) and its secret.
-public struct BATVKey: Sendable, Equatable {
-    public let number: Int
-    public let secret: [UInt8]
-
-    public init(number: Int, secret: [UInt8]) {
-        precondition((0...9).contains(number), "a BATV key number is one digit")
-        self.number = number
-        self.secret = secret
-    }
-}
 
 /// A tag found in an address.
 public struct BATVTaggedAddress: Sendable, Equatable {
@@ -68,25 +55,6 @@ public enum BATVTag {
     /// place BATV reads the wall clock.
     public static func today() -> Int { day(unixSeconds: Int64(time(nil))) }
 
-    /// The six hex digits of the signature of `address` with `key`, expiring on `expiryDay`.
-    public static func signature(of address: String, key: BATVKey, expiryDay: Int) -> String {
-        let input = (String(key.number) + threeDigits(expiryDay) + address).lowercased()
-        let mac = HMAC<Insecure.SHA1>.authenticationCode(for: Array(input.utf8), using: SymmetricKey(data: key.secret))
-        return mac.prefix(3).map { byte in
-            let hex = Array("0123456789abcdef".utf8)
-            return String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]], as: UTF8.self)
-        }.joined()
-    }
-
-    /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or
-    /// nil when the result would break the local part's length limit.
-    public static func sign(_ address: String, key: BATVKey, today: Int, lifetimeDays: Int) -> String? {
-        guard let at = address.utf8.lastIndex(of: UInt8(ascii: "@")),
-              address.utf8.distance(from: address.utf8.startIndex, to: at) + tagOverhead <= maxLocalPartOctets else { return nil }
-        let expiry = (today + lifetimeDays) % 1000
-        return "prvs=\(key.number)\(threeDigits(expiry))\(signature(of: address, key: key, expiryDay: expiry))=\(address)"
-    }
-
     /// The tag in `address`, in either order, or nil when it has none. The "prvs=" prefix
     /// and the hex digits are matched without regard to case.
     public static func parse(_ address: String) -> BATVTaggedAddress? {
@@ -109,25 +77,6 @@ public enum BATVTag {
     public static func looksTagged(_ address: String) -> Bool {
         let bytes = address.utf8.prefix(5)
         return bytes.count == 5 && bytes.map(lower) == Array("prvs=".utf8)
-    }
-
-    /// Checks the tag of `address` against `keys` on `today`, with tags valid for
-    /// `lifetimeDays` after they were made.
-    public static func verify(_ address: String, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
-        guard let tagged = parse(address) else { return .noTag }
-        return verify(tagged, keys: keys, today: today, lifetimeDays: lifetimeDays)
-    }
-
-    public static func verify(_ tagged: BATVTaggedAddress, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
-        guard let key = keys.last(where: { $0.number == tagged.keyNumber }) else { return .unknownKey }
-        let expected = signature(of: tagged.address, key: key, expiryDay: tagged.expiryDay)
-        // Compared in full whatever the first difference, so timing says nothing.
-        var difference: UInt8 = 0
-        for (a, b) in zip(expected.utf8, tagged.signature.utf8) { difference |= a ^ b }
-        guard difference == 0 else { return .badSignature }
-        let daysLeft = ((tagged.expiryDay - today % 1000) % 1000 + 1000) % 1000
-        guard daysLeft <= lifetimeDays else { return .expired }
-        return .valid(keyNumber: key.number, daysLeft: daysLeft)
     }
 
     // MARK: helpers
