@@ -91,8 +91,15 @@ public struct BATVSettings: CheckSettings {
         return out
     }
 
+    /// Reads the key file. On a reload, a broken edit of the same file keeps the keys in
+    /// force (the reload then reports it, like a broken table edit); at start it is fatal.
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
-        BATVCheck(settings: self, keys: try BATVKeyFile.load(keyFile))
+        do {
+            return BATVCheck(settings: self, keys: try BATVKeyFile.load(keyFile))
+        } catch {
+            guard let previous = context.previous as? BATVCheck, previous.settings.keyFile == keyFile else { throw error }
+            return BATVCheck(settings: self, keys: previous.keys)
+        }
     }
 
     /// Days since the epoch of a YYYY-MM-DD date (proleptic Gregorian, UTC), or nil.

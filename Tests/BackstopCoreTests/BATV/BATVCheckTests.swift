@@ -4,6 +4,7 @@
 // keeps the last good keys.
 
 import Foundation
+import Logging
 import Testing
 @testable import BackstopCore
 
@@ -140,6 +141,11 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         let issues = batv.reload()
         #expect(issues.count == 1 && issues[0].line == 1, "\(issues)")
         #expect(batv.keys == before)
+        let rebuilt = try batv.settings.makeCheck(CheckBuildContext(logger: .init(label: "t"), previous: batv)) as? BATVCheck
+        #expect(rebuilt?.keys == before, "a configuration reload keeps the keys in force too")
+        #expect(throws: ConfigError.self, "at start a broken key file is fatal") {
+            try batv.settings.makeCheck(CheckBuildContext(logger: .init(label: "t")))
+        }
         try "1 0123456789abcdef-secret-one\n5 a-new-key-for-next-month\n".write(toFile: batv.settings.keyFile, atomically: false, encoding: .utf8)
         #expect(batv.reload().isEmpty)
         #expect(batv.keys.last?.number == 5)
