@@ -3,7 +3,9 @@
 # started once for the whole session and always stopped at the end, also on failure.
 # Postfix reaches Backstop both ways an administrator wires it (docs/postfix.md), with the
 # lines of examples/postfix/main.cf: smtpd "tcp" uses inet:127.0.0.1:PORT, smtpd "unix"
-# uses unix:private/backstop from inside its chroot. Tests send mail with swaks and assert
+# uses unix:private/backstop from inside its chroot. Both switch the example's BATV lines
+# off; smtpd "batv" runs with every line of the example, and smtpd "submit" is the
+# submission port of the same site (docs/batv.md). Tests send mail with swaks and assert
 # on the SMTP replies, Postfix's log and what reached the sink.
 
 from __future__ import annotations
@@ -22,12 +24,31 @@ import pytest
 
 from mailsystem import PostfixInstance, SmtpdService, SmtpSink, free_port, wait_until
 from policyserver import (CHECK_SETUPS, KNOWN_RECIPIENTS, RECIPIENT_TABLE, REPO, Backstop, DnsServer,
-                          Environment, backstop_binary, probe_checks, write_recipient_table)
+                          Environment, backstop_binary, batv_rollout_date, probe_checks,
+                          write_recipient_table)
 import smtpclient
 
 EXAMPLE_MAIN_CF = REPO / "examples" / "postfix" / "main.cf"
 RATE_LIMIT = 5   # RCPT requests per client address; every send uses a fresh address unless told
 WIRINGS = ["tcp", "unix"]
+# The example's BATV lines, switched off for an smtpd listener (master.cf -o). The scenarios of
+# smtpd "tcp" and "unix" predate BATV, and one of them is exactly what BATV's lookups
+# change: with Backstop stopped, their mail must still be accepted. smtpd itself looks
+# recipients up in recipient_canonical_maps and relay_recipient_maps; cleanup's mappings
+# (signing, stripping) are switched off for its mail by receive_override_options.
+BATV_OFF = {
+    "receive_override_options": "no_address_mappings",
+    "recipient_canonical_maps": "",
+    "relay_recipient_maps": "",
+}
+# The submission port: clients in mynetworks (a test client names 192.0.2.250 with XCLIENT)
+# may send anywhere, everyone else nothing. Its mail goes through cleanup like all other
+# mail, so the example's sender_canonical_maps signs it.
+SUBMISSION = {
+    "smtpd_relay_restrictions": "permit_mynetworks,reject",
+    "smtpd_recipient_restrictions": "permit_mynetworks,reject",
+}
+MYNETWORKS_CLIENT = "192.0.2.250"
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -41,13 +62,18 @@ def pytest_runtest_makereport(item, call):
         item.session.config._e2e_failed = True
 
 
-def wiring_from_example(tcp_port: int) -> tuple[str, str]:
-    """examples/postfix/main.cf with its TCP port replaced, and the definition of
-    backstop_unix_policy taken from the commented Unix-socket variant in the same file.
-    Fails loudly if the example no longer has the shape the test relies on."""
+def wiring_from_example(tcp_port: int, socketmap_port: int) -> tuple[str, str]:
+    """examples/postfix/main.cf with its TCP and socketmap ports replaced, and the
+    definition of backstop_unix_policy taken from the commented Unix-socket variant in the
+    same file. Fails loudly if the example no longer has the shape the test relies on."""
     text = EXAMPLE_MAIN_CF.read_text()
     assert "inet:127.0.0.1:10033," in text, f"{EXAMPLE_MAIN_CF}: TCP wiring not found"
+    for parameter, table in (("sender_canonical_maps", "batv-sign"), ("recipient_canonical_maps", "batv-strip"),
+                             ("relay_recipient_maps", "recipients")):
+        assert re.search(rf"^{parameter} = socketmap:inet:127\.0\.0\.1:10034:{table}$", text, re.M), \
+            f"{EXAMPLE_MAIN_CF}: {parameter} = socketmap:inet:127.0.0.1:10034:{table} not found"
     main_cf = text.replace("inet:127.0.0.1:10033,", f"inet:127.0.0.1:{tcp_port},")
+    main_cf = main_cf.replace("socketmap:inet:127.0.0.1:10034:", f"socketmap:inet:127.0.0.1:{socketmap_port}:")
     m = re.search(r"^#backstop_policy = (check_policy_service \{)\n#(\s+unix:private/backstop,[^\n]*)$",
                   text, re.M)
     assert m, f"{EXAMPLE_MAIN_CF}: commented unix:private/backstop variant not found"
@@ -79,7 +105,10 @@ class MailSystem:
     smtpd: dict[str, SmtpdService]
     missing: dict[str, str]                       # check name -> why it is unavailable
     table: Path
+    socketmap_port: int                           # Backstop's socketmap listener (BATV)
     machine_fingerprint: list[tuple] = field(repr=False)
+    # Postfix log lines with warnings a scenario caused on purpose and asserted itself.
+    excused_log_lines: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
     _ips: itertools.count = field(default_factory=lambda: itertools.count(10))
     _tokens: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -150,11 +179,13 @@ def mail(request) -> MailSystem:
         stack.callback(sink.stop)
         sink.start()
 
-        policy_port = free_port()
-        main_cf, unix_def = wiring_from_example(policy_port)
+        policy_port, socketmap_port = free_port(), free_port()
+        main_cf, unix_def = wiring_from_example(policy_port, socketmap_port)
         smtpd = {
-            "tcp": SmtpdService("smtpd-tcp"),
-            "unix": SmtpdService("smtpd-unix", overrides={"backstop_policy": "$backstop_unix_policy"}),
+            "tcp": SmtpdService("smtpd-tcp", overrides=dict(BATV_OFF)),
+            "unix": SmtpdService("smtpd-unix", overrides={"backstop_policy": "$backstop_unix_policy", **BATV_OFF}),
+            "batv": SmtpdService("smtpd-batv"),
+            "submit": SmtpdService("smtpd-submit", overrides=dict(SUBMISSION)),
         }
         postfix = PostfixInstance(root, sink, main_cf + "\n" + unix_def, list(smtpd.values()))
         stack.callback(postfix.stop)
@@ -164,17 +195,23 @@ def mail(request) -> MailSystem:
 
         table = root / RECIPIENT_TABLE
         write_recipient_table(table, KNOWN_RECIPIENTS)
-        env = Environment(root=root, dns_address=dns_address, rate_limit=RATE_LIMIT)
+        env = Environment(root=root, dns_address=dns_address, rate_limit=RATE_LIMIT,
+                          batv_verify_since=batv_rollout_date())
         enabled = [s for s in CHECK_SETUPS if s.name not in missing]
+        for setup in enabled:
+            if setup.prepare:
+                setup.prepare(env)
+        # The socketmap listener came with BATV; a binary without BATV has neither.
+        socketmaps = [] if "batv" in missing else [f"127.0.0.1:{socketmap_port}"]
         backstop = Backstop(binary, root,
                             [f"127.0.0.1:{policy_port}", f"unix:{postfix.queue_dir}/private/backstop"],
-                            "postfix", enabled, env)
+                            "postfix", enabled, env, socketmaps)
         stack.callback(backstop.close)
         backstop.write_config()
         backstop.check_config()
         backstop.start()
 
-        system = MailSystem(root, postfix, sink, backstop, smtpd, missing, table, fingerprint)
+        system = MailSystem(root, postfix, sink, backstop, smtpd, missing, table, socketmap_port, fingerprint)
         yield system
 
     # Everything is stopped; keep the directory when something failed (or when asked).

@@ -20,6 +20,7 @@ from pathlib import Path
 POSTFIX = shutil.which("postfix", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf", path="/usr/sbin:/usr/bin") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue", path="/usr/sbin:/usr/bin") or "/usr/sbin/postqueue"
+POSTMAP = shutil.which("postmap", path="/usr/sbin:/usr/bin") or "/usr/sbin/postmap"
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 
 
@@ -239,12 +240,12 @@ maillog_file = {self.log.path}
 maillog_file_prefixes = {self.root}
 
 # Receive for example.test only and relay it to smtp-sink; no local delivery at all.
+# (relay_recipient_maps is part of the wiring conftest.py appends.)
 mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
 relay_domains = example.test
-relay_recipient_maps =
 default_transport = smtp:[127.0.0.1]:{self.sink.port}
 relay_transport = smtp:[127.0.0.1]:{self.sink.port}
 local_transport = error:5.1.1 no local delivery in the test instance
@@ -328,6 +329,16 @@ in_flow_delay = 0
 
     def postconf(self, *args: str) -> str:
         return self._run(POSTCONF, "-c", str(self.config_dir), *args).stdout
+
+    def lookup(self, table: str, key: str) -> str | None:
+        """`postmap -q key table`: the value a Postfix daemon's lookup gets (None: not found).
+        A lookup error (exit status other than 0 and 1) raises."""
+        p = self._run(POSTMAP, "-c", str(self.config_dir), "-q", key, table, check=False)
+        if p.returncode == 0:
+            return p.stdout.rstrip("\n")
+        if p.returncode == 1 and not p.stderr.strip():
+            return None
+        raise RuntimeError(f"postmap -q {key!r} {table} failed ({p.returncode}): {p.stdout}{p.stderr}")
 
     def write_config(self):
         self.config_dir.mkdir(exist_ok=True)

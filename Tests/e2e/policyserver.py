@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -37,6 +39,7 @@ class Environment:
     dns_address: str | None     # "127.0.0.1:PORT" of the loopback DNS server, if running
     rate_limit: int             # requests per client address the ratelimit rule allows
     test_mode: bool = False     # [spf] and [ratelimit] test_mode (a scenario reloads with it)
+    batv_verify_since: str | None = None   # [batv] verify_since; None: untagged bounces refused
 
 
 @dataclass
@@ -44,6 +47,7 @@ class CheckSetup:
     name: str
     stages: list[str]                           # [policy] keys: rcpt, data, end_of_message
     section: Callable[[Environment], str]       # its TOML section(s)
+    prepare: Callable[[Environment], None] | None = None   # writes files the section names
 
 
 # Recipients known to the recipient table at start; tests add more at run time.
@@ -96,10 +100,56 @@ def _bounces(env: Environment) -> str:
     return "[bounces]\n"
 
 
+# BATV: example.test signs. Keys as `K SECRET` lines, the last one signs; the newest secret
+# has a space inside and the older line trailing blanks, both part of the format (the
+# secret is the rest of the line, trimmed).
+BATV_KEY_FILE = "batv-keys"
+BATV_KEYS = [("1", "older key, still verifying 4f1c"), ("2", "newest key signs 9d2e 7b")]
+BATV_LIFETIME_DAYS = 7
+BATV_EXCLUDED_SENDER = "list-bounces@example.test"   # as mailing-list software would use
+
+
+def batv_rollout_date() -> str:
+    """A verify_since 30 days ahead. The session runs in BATV's roll-out phase because
+    scenarios older than BATV send untagged bounces to alice@ and bob@example.test and
+    expect them accepted; the BATV scenarios that need untagged bounces refused reload
+    Backstop without verify_since for their duration."""
+    return (datetime.datetime.now(datetime.timezone.utc).date() + datetime.timedelta(days=30)).isoformat()
+
+
+def _batv(env: Environment) -> str:
+    since = f'verify_since = "{env.batv_verify_since}"\n' if env.batv_verify_since else ""
+    return f"""[batv]
+key_file = "{BATV_KEY_FILE}"
+domains = ["example.test"]
+lifetime = "{BATV_LIFETIME_DAYS}d"
+{since}exempt = ["postmaster", "abuse"]
+exclude_senders = ["{BATV_EXCLUDED_SENDER}"]
+test_mode = false
+"""
+
+
+def write_batv_keys(env: Environment, keys: list[tuple[str, str]] = BATV_KEYS):
+    """The key file, as Backstop requires it: readable by its own user only. Backstop reads
+    it again at SIGHUP after dropping to nobody, so nobody owns it. Replaced atomically."""
+    path = env.root / BATV_KEY_FILE
+    lines = ["# BATV keys of the end-to-end tests (generated). The last key line signs."]
+    for i, (number, secret) in enumerate(keys):
+        lines += ["", f"{number} {secret}   "] if i == 0 else [f"{number} {secret}"]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
 # Order matters within a stage: the first check with an opinion decides. bounces only at
 # DATA: Postfix evaluates smtpd_data_restrictions for BDAT clients too (a scenario shows it).
+# batv right after recipients: a forged bounce costs no SPF lookup.
 CHECK_SETUPS = [
     CheckSetup("recipients", ["rcpt"], _recipients),
+    CheckSetup("batv", ["rcpt"], _batv, write_batv_keys),
     CheckSetup("spf", ["rcpt"], _spf),
     CheckSetup("ratelimit", ["rcpt"], _ratelimit),
     CheckSetup("bounces", ["data"], _bounces),
@@ -138,12 +188,13 @@ class Backstop:
     """One `backstop serve` process with a generated configuration."""
 
     def __init__(self, binary: Path, root: Path, listeners: list[str], unix_owner: str | None,
-                 enabled: list[CheckSetup], env: Environment):
+                 enabled: list[CheckSetup], env: Environment, socketmaps: list[str] | None = None):
         self.binary = binary
         self.root = root
         self.config_path = root / "backstop.toml"
         self.log_path = root / "backstop.log"
         self.listeners = listeners
+        self.socketmaps = socketmaps or []   # "host:port" of socketmap listeners (BATV)
         self.unix_owner = unix_owner
         self.enabled = enabled
         self.env = env
@@ -162,6 +213,11 @@ class Backstop:
                     out.append(f'group = "{self.unix_owner}"')
             else:
                 out.append('allow = ["127.0.0.0/8"]')
+        for address in self.socketmaps:
+            out.append("[[listen]]")
+            out.append(f'address = "{address}"')
+            out.append('protocol = "socketmap"')
+            out.append('allow = ["127.0.0.0/8"]')
         out.append("""
 [server]
 # Started as root (to create the socket in Postfix's private/ and give it to postfix),
@@ -198,6 +254,7 @@ deadline = "5s\"""")
         if self._log is None:
             self._log = open(self.log_path, "ab")
         started_before = self.log_text().count("backstop started")
+        every = self.listeners + self.socketmaps
         self.process = subprocess.Popen([str(self.binary), "serve", "--config", str(self.config_path)],
                                         stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
         def ready():
@@ -206,8 +263,8 @@ deadline = "5s\"""")
             # "backstop started" comes after every listener is bound and the Unix socket
             # has its owner and mode; before that, smtpd could be refused by permissions.
             return (self.log_text().count("backstop started") > started_before
-                    and all(can_connect(a) for a in self.listeners))
-        wait_until(ready, timeout, what="backstop to listen on " + ", ".join(self.listeners))
+                    and all(can_connect(a) for a in every))
+        wait_until(ready, timeout, what="backstop to listen on " + ", ".join(every))
         if self.process.poll() is not None:
             raise RuntimeError(f"backstop exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
 

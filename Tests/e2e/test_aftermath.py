@@ -30,9 +30,12 @@ def test_no_backscatter_and_empty_queue(mail: MailSystem):
 
 @pytest.mark.after_all
 def test_postfix_log_has_no_unexpected_warnings(mail: MailSystem):
+    # mail.excused_log_lines: lines a scenario caused on purpose and asserted on itself
+    # (Backstop's socketmap stopped, in test_batv.py).
     bad = [l for l in mail.postfix.log.lines()
            if any(w in l for w in ("warning:", "fatal:", "panic:", "error:"))
-           and not any(e in l for e in EXPECTED_WARNINGS)]
+           and not any(e in l for e in EXPECTED_WARNINGS)
+           and l not in mail.excused_log_lines]
     assert not bad, "\n".join(bad)
 
 
