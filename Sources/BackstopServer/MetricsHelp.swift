@@ -44,8 +44,8 @@ enum MetricsHelp {
         "backstop_ratelimit_overrides_reload_failures_total": "overrides edits that could not be loaded (the last good version stayed)",
         "backstop_batv_signed_total": "envelope senders signed for the batv-sign map",
         "backstop_batv_stripped_total": "tagged recipients unwrapped for the batv-strip map (valid tag, known mailbox)",
-        "backstop_batv_verified_total": "bounces at RCPT whose tag was valid",
-        "backstop_batv_refused_total": "bounces at RCPT refused for their tag (counted in test mode too)",
+        "backstop_batv_verified_total": "recipients at RCPT whose tag was valid",
+        "backstop_batv_refused_total": "recipients at RCPT refused for their tag (counted in test mode too)",
         "backstop_socketmap_requests_total": "socketmap lookups answered, by map and reply",
     ]
 

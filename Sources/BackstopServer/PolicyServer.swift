@@ -145,7 +145,7 @@ public final class PolicyServer: Service, Sendable {
                 try pipeline.addHandler(FrameDecoder.handler(RequestParser(limits: state.currentLimits)))
                 try pipeline.addHandler(ConnectionHandler(state: state, responder: PolicyResponder(state: state, loopEngine: loopEngine), peer: peer))
             case .socketmap:
-                try pipeline.addHandler(FrameDecoder.handler(SocketmapParser(limits: state.currentLimits)))
+                try pipeline.addHandler(FrameDecoder.handler(SocketmapParser()))
                 try pipeline.addHandler(ConnectionHandler(state: state, responder: SocketmapResponder(state: state, loopEngine: loopEngine, peer: peer), peer: peer))
             }
         }

@@ -199,6 +199,18 @@ def test_bounce_with_a_forged_tag_is_refused_at_rcpt(mail: MailSystem, forgery: 
 
 
 @pytest.mark.needs("batv")
+def test_mail_with_a_sender_to_a_forged_tag_is_refused_at_rcpt(mail: MailSystem):
+    # Not a bounce, but nothing would take a forged tag off: accepting it would mean
+    # relaying it tagged, having it refused downstream and bouncing it (backscatter).
+    signed = tag(ALICE)
+    good = prvs.TAG.match(signed).group(3)
+    address = prvs.with_signature(signed, f"{int(good, 16) ^ 0x000101:06x}")
+    token, ip, mark = mail.token("batv-forged-sender"), mail.next_ip(), mail.postfix.log.mark()
+    r = mail.send("batv", sender=f"{token}@pass.spf.test", recipients=[address], token=token, client_ip=ip)
+    assert_refused_by_batv(mail, r, address, ip, mark, "batv_bad_signature", token)
+
+
+@pytest.mark.needs("batv")
 def test_untagged_bounce_is_refused_once_verify_since_has_passed(mail: MailSystem):
     r = bounce(mail, ALICE, quit_after="RCPT")
     assert r.rcpt_reply(ALICE).code == 250, "roll-out phase (verify_since ahead): accepted\n" + r.explain()

@@ -1,7 +1,8 @@
 // The "batv" check and the two answers Postfix's canonical maps ask of BATV. At RCPT, a
 // null-sender message (a bounce) to an address in a signing domain is refused unless the
 // recipient carries a valid, unexpired tag made with one of our keys; exempt addresses,
-// and untagged bounces before verify_since, pass. For the socketmap listener it signs
+// senders we never sign (exclude_senders), and untagged bounces before verify_since, pass.
+// A recipient with a tag that is not valid is refused whatever the sender. For the socketmap listener it signs
 // senders (batv-sign) and strips valid tags from recipients (batv-strip). Tag arithmetic
 // is BATVTag.swift; the key file is BATVKeyFile.swift; nothing here touches a socket.
 
@@ -59,24 +60,27 @@ public final class BATVCheck: ReloadableCheck {
 
     /// The decision without the engine around it (the engine adds test mode and deadlines).
     public func verdict(for request: PolicyRequest) -> Verdict {
-        guard request.protocolState == .rcpt,
-              request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .noOpinion() }
+        guard request.protocolState == .rcpt else { return .noOpinion() }
         let recipient = request.recipient
         guard isSigningDomain(recipient) else { return .noOpinion() }
-        let tagged = BATVTag.parse(recipient)
-        if settings.exempt.contains(tagged?.address ?? recipient) { return .noOpinion("batv_exempt") }
-        let today = self.today()
-        let result = tagged.map { BATVTag.verify($0, keys: keys, today: today, lifetimeDays: settings.lifetimeDays) } ?? .noTag
-        switch result {
-        case .valid:
-            verified.increment()
-            return .noOpinion("batv_valid")
-        case .noTag where settings.verifySince.map({ today < $0 }) ?? false:
-            return .noOpinion("batv_grace_no_tag")
-        default:
-            refused[result.label]?.increment()
-            return Verdict(settings.action, reason: "batv_" + result.label)
+        guard let tagged = BATVTag.parse(recipient) else {
+            // Only a bounce needs a tag; a sender we never sign gets its bounces untagged.
+            guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .noOpinion() }
+            if settings.exempt.contains(recipient) || settings.excludeSenders.contains(recipient) { return .noOpinion("batv_exempt") }
+            if let since = settings.verifySince, today() < since { return .noOpinion("batv_grace_no_tag") }
+            return refusal(.noTag)
         }
+        // A tagged recipient is judged whatever the sender: a tag we did not make is never
+        // stripped, so accepting it would mean relaying it and bouncing it later.
+        let result = BATVTag.verify(tagged, keys: keys, today: today())
+        guard case .valid = result else { return refusal(result) }
+        verified.increment()
+        return .noOpinion("batv_valid")
+    }
+
+    private func refusal(_ result: BATVVerification) -> Verdict {
+        refused[result.label]?.increment()
+        return Verdict(settings.action, reason: "batv_" + result.label)
     }
 
     // MARK: the socketmap's questions
@@ -94,16 +98,28 @@ public final class BATVCheck: ReloadableCheck {
     /// batv-strip: the untagged form of a recipient whose tag is valid and whose untagged
     /// address `isKnown` accepts, or nil.
     public func strippedRecipient(_ recipient: String, isKnown: (String) -> Bool) -> String? {
-        guard isSigningDomain(recipient), let tagged = BATVTag.parse(recipient),
-              case .valid = BATVTag.verify(tagged, keys: keys, today: today(), lifetimeDays: settings.lifetimeDays),
-              isKnown(tagged.address) else { return nil }
+        guard let plain = validlyTagged(recipient), isKnown(plain) else { return nil }
         stripped.increment()
+        return plain
+    }
+
+    /// The untagged form of an address in a signing domain whose tag is valid today, or nil
+    /// (no tag, a tag that is not ours, another domain).
+    public func validlyTagged(_ address: String) -> String? {
+        guard isSigningDomain(address), let tagged = BATVTag.parse(address),
+              case .valid = BATVTag.verify(tagged, keys: keys, today: today()) else { return nil }
         return tagged.address
+    }
+
+    /// The untagged form of an address in a signing domain that carries a tag, valid or not.
+    public func taggedOwnAddress(_ address: String) -> String? {
+        guard isSigningDomain(address) else { return nil }
+        return BATVTag.parse(address)?.address
     }
 
     /// `backstop batv verify`: what the tag of `address` is worth today.
     public func verification(of address: String) -> BATVVerification {
-        BATVTag.verify(address, keys: keys, today: today(), lifetimeDays: settings.lifetimeDays)
+        BATVTag.verify(address, keys: keys, today: today())
     }
 
     /// The address has a local part and its domain is one we sign for.

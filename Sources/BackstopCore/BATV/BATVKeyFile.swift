@@ -46,6 +46,9 @@ public enum BATVKeyFile {
                     return report(entry.line, "a key line is a key number 0-9, a space and the secret, e.g. \"1 \" followed by 32 random characters")
                 }
                 let number = Int(digit - 0x30)
+                guard entry.more.isEmpty else {
+                    return report(entry.line, "key \(number) continues on an indented line: a secret is one line, and every key line starts at the left margin")
+                }
                 let secret = Array(LookupTableText.value(of: entry, in: text).utf8)
                 guard Self.secretOctets.contains(secret.count) else {
                     return report(entry.line, "key \(number): the secret must be \(secretOctets.lowerBound) to \(secretOctets.upperBound) characters (make one with: head -c 24 /dev/urandom | base64)")

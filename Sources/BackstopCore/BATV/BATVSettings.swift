@@ -2,13 +2,13 @@
 // lives, when verification begins, and who is exempt. Defaults live here once. Building
 // the running check (which reads the key file) is here too; the check is BATVCheck.swift.
 
+import Foundation
 import NIOCore
 
 public struct BATVSettings: CheckSettings {
     public static let defaultKeyFile = "batv-keys"
     public static let defaultLifetimeDays = 7
-    /// A tag's day is kept mod 1000, and a bounce rarely comes back after a month.
-    public static let lifetimeDays = 1...30
+    public static let lifetimeDays = 1...BATVTag.maxLifetimeDays
     public static let defaultExempt = ["postmaster", "abuse"]
     public static let defaultAction = PolicyAction.reply(
         code: 550, enhanced: "5.7.1", text: "Bounce refused: it does not answer mail sent from this address (no valid BATV tag)")
@@ -22,7 +22,8 @@ public struct BATVSettings: CheckSettings {
     public var verifySince: Int?
     /// Recipients that always receive bounces.
     public var exempt: AddressList
-    /// Senders never signed (mailing-list software that compares envelope senders).
+    /// Senders never signed (mailing-list software that compares envelope senders); their
+    /// bounces come back untagged, so they are exempt from verification too.
     public var excludeSenders: AddressList
     public var action: PolicyAction
     public var testMode: Bool
@@ -55,7 +56,7 @@ public struct BATVSettings: CheckSettings {
             }
             domains.insert(ascii)
         }
-        let lifetime = section.duration("lifetime", default: .hours(24 * Int64(d.lifetimeDays)), range: .hours(24)...(.hours(24 * 30)))
+        let lifetime = section.duration("lifetime", default: .hours(24 * Int64(d.lifetimeDays)), range: .hours(24)...(.hours(24 * Int64(Self.lifetimeDays.upperBound))))
         if lifetime.nanoseconds % TimeAmount.hours(24).nanoseconds != 0 {
             section.report("lifetime", "a tag lives whole days: write e.g. \"7d\"")
         }
@@ -75,6 +76,16 @@ public struct BATVSettings: CheckSettings {
                   failAction: section.action("fail_action", default: d.failAction))
     }
 
+    /// After start the server runs as server.user and must still read the key file at a
+    /// reload: a file owned by someone else would load at start (as root) and never again.
+    public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] {
+        guard let user = configuration.server.user, let account = getpwnam(user) else { return [] }
+        var info = stat()
+        // A missing file is reported when the check is built, with the path and errno.
+        guard stat(keyFile, &info) == 0, info.st_uid != account.pointee.pw_uid else { return [] }
+        return [("key_file", "\(LogEscaping.escape(keyFile)) is owned by uid \(info.st_uid), but the server runs as \(LogEscaping.escape(user)) (server.user) after start and could not re-read it: chown \(LogEscaping.escape(user)) it")]
+    }
+
     /// Signing needs no policy stage: a socketmap listener serves it.
     public func usedOutsideStages(in configuration: Configuration) -> Bool {
         configuration.listeners.contains { $0.protocol == .socketmap }
@@ -87,6 +98,9 @@ public struct BATVSettings: CheckSettings {
         }
         if !usedOutsideStages(in: configuration) {
             out.append(("", "no [[listen]] has protocol = \"socketmap\", so Postfix cannot ask for signed senders: genuine bounces come back untagged and are refused"))
+        }
+        if configuration.checks["recipients"] == nil {
+            out.append(("", "there is no [recipients] section: the batv-strip map unwraps a tag only for a recipient that table knows, so genuine bounces to tagged addresses are refused"))
         }
         return out
     }
@@ -105,7 +119,7 @@ public struct BATVSettings: CheckSettings {
     /// Days since the epoch of a YYYY-MM-DD date (proleptic Gregorian, UTC), or nil.
     public static func day(parsing text: String) -> Int? {
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+        guard parts.count == 3, parts.allSatisfy({ $0.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }), parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
               let y = Int(parts[0]), let m = Int(parts[1]), let d = Int(parts[2]),
               (1970...9999).contains(y), (1...12).contains(m), (1...31).contains(d) else { return nil }
         let monthDays = [31, (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]

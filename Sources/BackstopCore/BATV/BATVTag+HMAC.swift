@@ -17,22 +17,26 @@ extension BATVTag {
     }
 
     /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or
-    /// nil when the result would break the local part's length limit.
+    /// nil when the result would break the local part's length limit, or the local part is
+    /// quoted (Postfix looks it up quoted but hands the policy service the unquoted form,
+    /// so its tag would never verify).
     public static func sign(_ address: String, key: BATVKey, today: Int, lifetimeDays: Int) -> String? {
-        guard let at = address.utf8.lastIndex(of: UInt8(ascii: "@")),
+        guard !address.utf8.contains(UInt8(ascii: "\"")), let at = address.utf8.lastIndex(of: UInt8(ascii: "@")),
               address.utf8.distance(from: address.utf8.startIndex, to: at) + tagOverhead <= maxLocalPartOctets else { return nil }
         let expiry = (today + lifetimeDays) % 1000
         return "prvs=\(key.number)\(threeDigits(expiry))\(signature(of: address, key: key, expiryDay: expiry))=\(address)"
     }
 
-    /// Checks the tag of `address` against `keys` on `today`, with tags valid for
-    /// `lifetimeDays` after they were made.
-    public static func verify(_ address: String, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
+    /// Checks the tag of `address` against `keys` on `today`.
+    public static func verify(_ address: String, keys: [BATVKey], today: Int) -> BATVVerification {
         guard let tagged = parse(address) else { return .noTag }
-        return verify(tagged, keys: keys, today: today, lifetimeDays: lifetimeDays)
+        return verify(tagged, keys: keys, today: today)
     }
 
-    public static func verify(_ tagged: BATVTaggedAddress, keys: [BATVKey], today: Int, lifetimeDays: Int) -> BATVVerification {
+    /// A tag is valid through its expiry day. The window ahead is the longest lifetime, not
+    /// the configured one: only we can sign, and a tag made before `lifetime` was shortened
+    /// is still genuine.
+    public static func verify(_ tagged: BATVTaggedAddress, keys: [BATVKey], today: Int) -> BATVVerification {
         guard let key = keys.last(where: { $0.number == tagged.keyNumber }) else { return .unknownKey }
         let expected = signature(of: tagged.address, key: key, expiryDay: tagged.expiryDay)
         // Compared in full whatever the first difference, so timing says nothing.
@@ -40,7 +44,7 @@ extension BATVTag {
         for (a, b) in zip(expected.utf8, tagged.signature.utf8) { difference |= a ^ b }
         guard difference == 0 else { return .badSignature }
         let daysLeft = ((tagged.expiryDay - today % 1000) % 1000 + 1000) % 1000
-        guard daysLeft <= lifetimeDays else { return .expired }
+        guard daysLeft <= maxLifetimeDays else { return .expired }
         return .valid(keyNumber: key.number, daysLeft: daysLeft)
     }
 

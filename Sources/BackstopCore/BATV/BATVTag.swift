@@ -45,6 +45,9 @@ public enum BATVTag {
     /// A local part may be 64 octets (RFC 5321 §4.5.3.1.1); a tag adds 16.
     public static let maxLocalPartOctets = 64
     static let tagOverhead = 16  // "prvs=" + 10 + "="
+    /// The longest `lifetime` (a tag's day is kept mod 1000, and a bounce rarely comes back
+    /// after a month); also how far ahead a tag's expiry may be and still be ours.
+    public static let maxLifetimeDays = 30
 
     /// Days since the epoch (UTC) of a wall-clock time in seconds.
     public static func day(unixSeconds: Int64) -> Int {

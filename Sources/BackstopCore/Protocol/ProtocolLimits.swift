@@ -26,7 +26,7 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
     case emptyName(line: Int)
     case missingRequestAttribute
     case unsupportedRequest(String)
-    /// socketmap: a netstring announcing more than max_line_length octets.
+    /// socketmap: a netstring announcing more octets than SocketmapParser takes.
     case netstringTooLong(limit: Int)
     /// socketmap: bytes that are not a netstring "LENGTH:NAME KEY,".
     case malformedNetstring(String)
@@ -40,7 +40,7 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .emptyName(let line): "line \(line) of the request has an empty attribute name"
         case .missingRequestAttribute: "request has no request=smtpd_access_policy attribute"
         case .unsupportedRequest(let value): "request=\(LogEscaping.escape(value)) is not smtpd_access_policy"
-        case .netstringTooLong(let limit): "socketmap request longer than \(limit) octets (protocol.max_line_length)"
+        case .netstringTooLong(let limit): "socketmap request longer than \(limit) octets"
         case .malformedNetstring(let what): "not a socketmap netstring: \(what)"
         }
     }

@@ -81,6 +81,12 @@ public struct RecipientsSettings: CheckSettings {
                   testMode: testMode, failAction: fail, brokenTableAction: broken)
     }
 
+    /// The socketmap listener serves the table to Postfix (relay_recipient_maps) with or
+    /// without a policy stage.
+    public func usedOutsideStages(in configuration: Configuration) -> Bool {
+        configuration.listeners.contains { $0.protocol == .socketmap }
+    }
+
     /// Reads the tables once and throws what is wrong with them (file:line), whatever
     /// start_without_table says: for `backstop check-config`.
     public func validateTables() throws(ConfigError) {

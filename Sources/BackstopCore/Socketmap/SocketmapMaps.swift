@@ -2,7 +2,7 @@
 // engine in force (so a reload or a table edit is seen by the next lookup):
 //   batv-sign   sender_canonical_maps: our senders, tagged
 //   batv-strip  recipient_canonical_maps: valid tagged recipients that exist, untagged
-//   recipients  relay_recipient_maps / virtual_mailbox_maps: the live recipient table
+//   recipients  relay_recipient_maps: the live recipient table
 // "Not found" is NOTFOUND; TEMP and PERM only for real faults (a map whose check is not
 // configured, a table that cannot be trusted now). This file parses nothing.
 
@@ -24,14 +24,34 @@ public enum SocketmapMaps {
             guard let batv = engine.checks["batv"] as? BATVCheck else { return (.perm("batv is not configured ([batv] section)"), request.map) }
             // Only an address the recipient table knows is unwrapped: Postfix accepts any
             // address a canonical map rewrites, so a tag on a missing mailbox must not pass.
-            guard let recipients = engine.checks["recipients"] as? RecipientsCheck else { return (.notFound, request.map) }
-            let plain = batv.strippedRecipient(key) { recipients.mapAnswer(for: $0) == .known }
-            return (plain.map(SocketmapReply.ok) ?? .notFound, request.map)
+            guard let recipients = engine.checks["recipients"] as? RecipientsCheck else {
+                return (.perm("batv-strip needs the recipients check ([recipients] section)"), request.map)
+            }
+            guard let plain = batv.validlyTagged(key) else { return (.notFound, request.map) }
+            switch recipients.mapAnswer(for: plain) {
+            case .known:
+                return (batv.strippedRecipient(key) { _ in true }.map(SocketmapReply.ok) ?? .notFound, request.map)
+            case .unknown: return (.notFound, request.map)
+            case .fault(let why): return (.temp(why), request.map)
+            }
         case "recipients":
             guard let recipients = engine.checks["recipients"] as? RecipientsCheck else {
                 return (.perm("the recipients check is not configured ([recipients] section)"), request.map)
             }
-            switch recipients.mapAnswer(for: key) {
+            // A tagged address of ours is looked up untagged. Its tag must be valid, or the
+            // message would be relayed tagged and bounce, unless the batv check refuses a
+            // bad tag at RCPT anyway (with its own answer, which says why).
+            var lookup = key
+            if let batv = engine.checks["batv"] as? BATVCheck, let tagged = batv.taggedOwnAddress(key) {
+                if let plain = batv.validlyTagged(key) {
+                    lookup = plain
+                } else if enforcesAtRCPT(batv, engine) {
+                    lookup = tagged
+                } else {
+                    return (.notFound, request.map)
+                }
+            }
+            switch recipients.mapAnswer(for: lookup) {
             case .known: return (.ok(key), request.map)
             case .unknown: return (.notFound, request.map)
             case .fault(let why): return (.temp(why), request.map)
@@ -39,6 +59,11 @@ public enum SocketmapMaps {
         default:
             return (.perm("no map named \(LogEscaping.escape(String(request.map.prefix(64)))): Backstop serves \(names.joined(separator: ", "))"), "unknown")
         }
+    }
+
+    /// True when `batv` refuses bad tags at RCPT for real (listed at rcpt, no test mode).
+    static func enforcesAtRCPT(_ batv: BATVCheck, _ engine: PolicyEngine) -> Bool {
+        !engine.testMode && !batv.testMode && (engine.stages[.rcpt] ?? []).contains { ($0 as? BATVCheck) === batv }
     }
 
     /// Counts one answer under backstop_socketmap_requests_total{map, reply}.

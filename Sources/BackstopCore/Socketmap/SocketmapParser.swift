@@ -1,6 +1,6 @@
 // Postfix's socketmap protocol, the request side: netstrings "LENGTH:NAME KEY," read
-// incrementally from a byte stream, bounded by protocol.max_line_length before a byte of
-// the payload is kept. Knows nothing of NIO (the fuzzer drives it directly) and nothing
+// incrementally from a byte stream, bounded (10,240 octets, at most 5 length digits) before
+// a byte of the payload is kept. Knows nothing of NIO (the fuzzer drives it directly) and nothing
 // of what a map answers (SocketmapMaps.swift); replies are encoded in SocketmapReply.swift.
 
 /// One lookup: the map's name and the key, as Postfix sent them.
@@ -23,12 +23,15 @@ public struct SocketmapParser: Sendable {
 
     /// The longest payload accepted (NAME KEY), in octets.
     public let maxLength: Int
+    /// Postfix sends keys of up to 10,000 octets (longer ones it treats as not found without
+    /// asking), plus the map's name: a request it can send is never refused.
+    public static let defaultMaxLength = 10_240
+    /// Length digits read before the colon; leading zeros count too.
+    static let maxDigits = 5
     private var state = State.length(value: 0, digits: 0)
     private var payload: [UInt8] = []
 
-    public init(maxLength: Int) { self.maxLength = maxLength }
-
-    public init(limits: ProtocolLimits) { self.init(maxLength: limits.maxLineLength) }
+    public init(maxLength: Int = defaultMaxLength) { self.maxLength = maxLength }
 
     /// True between requests (no byte of the next one read yet).
     public var isIdle: Bool {
@@ -47,7 +50,7 @@ public struct SocketmapParser: Sendable {
                 i += 1
                 if b >= 0x30 && b <= 0x39 {
                     let next = value * 10 + Int(b - 0x30)
-                    if next > maxLength { throw ProtocolError.netstringTooLong(limit: maxLength) }
+                    if next > maxLength || digits == Self.maxDigits { throw ProtocolError.netstringTooLong(limit: maxLength) }
                     state = .length(value: next, digits: digits + 1)
                 } else if b == UInt8(ascii: ":") && digits > 0 {
                     if value == 0 { throw ProtocolError.malformedNetstring("empty request") }

@@ -1,5 +1,6 @@
 // Postfix's socketmap protocol, the reply side: one netstring "STATUS DATA". OK carries the
-// value; NOTFOUND carries nothing; TEMP, TIMEOUT and PERM carry a reason Postfix logs.
+// value; NOTFOUND carries nothing; TEMP and PERM carry a reason Postfix logs. (The protocol
+// also has TIMEOUT; Backstop never needs it, since every map answers from memory.)
 // Postfix turns TEMP into 451 4.3.0 and PERM into 451 4.3.5 plus a notice to the
 // postmaster, so the maps use them only for real faults, never for "not found".
 
@@ -7,7 +8,6 @@ public enum SocketmapReply: Sendable, Equatable {
     case ok(String)
     case notFound
     case temp(String)
-    case timeout(String)
     case perm(String)
 
     /// The most octets of DATA a reply carries (Postfix reads up to 100,000).
@@ -19,7 +19,6 @@ public enum SocketmapReply: Sendable, Equatable {
         case .ok: "OK"
         case .notFound: "NOTFOUND"
         case .temp: "TEMP"
-        case .timeout: "TIMEOUT"
         case .perm: "PERM"
         }
     }
@@ -29,7 +28,7 @@ public enum SocketmapReply: Sendable, Equatable {
     public var encoded: [UInt8] {
         var data: [UInt8]
         switch self {
-        case .ok(let text), .temp(let text), .timeout(let text), .perm(let text): data = Array(text.utf8.prefix(Self.maxData))
+        case .ok(let text), .temp(let text), .perm(let text): data = Array(text.utf8.prefix(Self.maxData))
         case .notFound: data = []
         }
         for i in data.indices where data[i] < 0x20 || data[i] == 0x7F { data[i] = UInt8(ascii: "?") }

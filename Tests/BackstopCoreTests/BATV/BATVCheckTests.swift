@@ -59,6 +59,10 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
     @Test func onlyBouncesToSigningDomainsAreJudged() throws {
         let batv = try check()
         #expect(batv.verdict(for: rcpt("alice@example.org", sender: "someone@example.net")).isNoOpinion, "mail with a sender")
+        let signed = try #require(batv.signedSender("alice@example.org"))
+        #expect(batv.verdict(for: rcpt(signed, sender: "someone@example.net")).reason == "batv_valid")
+        #expect(batv.verdict(for: rcpt("prvs=1792000000=alice@example.org", sender: "someone@example.net")).reason == "batv_bad_signature",
+                "a forged tag with any sender: nothing would strip it, so it would be relayed and bounce")
         #expect(batv.verdict(for: rcpt("carol@example.net")) == .noOpinion(), "not a signing domain")
         #expect(batv.verdict(for: rcpt("ALICE@EXAMPLE.ORG.")).reason == "batv_no_tag", "domain case and trailing dot")
         #expect(batv.verdict(for: rcpt("anna@xn--bcher-kva.example")).reason == "batv_no_tag")
@@ -69,6 +73,8 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         let batv = try check(#"exempt = ["postmaster", "billing@example.org", "@bücher.example"]"# + "\nverify_since = \"2026-12-05\"")
         #expect(batv.verdict(for: rcpt("Postmaster@example.org")).reason == "batv_exempt")
         #expect(batv.verdict(for: rcpt("billing@example.org")).reason == "batv_exempt")
+        #expect(batv.verdict(for: rcpt("prvs=1792000000=postmaster@example.org")).reason == "batv_bad_signature",
+                "exempt is for the untagged address; a forged tag on it is still forged")
         #expect(batv.verdict(for: rcpt("anna@xn--bcher-kva.example")).reason == "batv_exempt")
         #expect(batv.verdict(for: rcpt("alice@example.org")).reason == "batv_grace_no_tag", "before verify_since")
         #expect(batv.verdict(for: rcpt("prvs=1792000000=alice@example.org")).reason == "batv_bad_signature",
@@ -84,6 +90,7 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(batv.signedSender("carol@example.net") == nil, "other domains")
         #expect(batv.signedSender("mailman@example.org") == nil, "excluded")
         #expect(batv.signedSender("owner-list@example.org") == nil, "excluded by local part")
+        #expect(batv.verdict(for: rcpt("mailman@example.org")).reason == "batv_exempt", "never signed, so its bounces are untagged")
         #expect(batv.signedSender(batv.signedSender("alice@example.org")!) == nil, "never twice (Postfix looks the answer up again)")
         #expect(batv.signedSender("prvs=junk=alice@example.org") == nil, "a prvs= address of any form")
         #expect(batv.signedSender("alice") == nil)
@@ -118,6 +125,8 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(problems("12 sixteen-chars-ok\n").first?.hasPrefix("k:1: a key line is a key number 0-9") == true)
         #expect(problems("1 sixteen-chars-ok\n1 sixteen-chars-ok2\n") == ["k:2: key 1 is already defined on line 1: each key number once"])
         #expect(problems("1\n").count == 1)
+        #expect(problems("1 sixteen-chars-ok\n  2 another-secret-here\n")
+                == ["k:1: key 1 continues on an indented line: a secret is one line, and every key line starts at the left margin"])
         #expect(problems("# nothing\n") == ["k: no key: add a line such as \"1 \" followed by 32 random characters"])
     }
 
@@ -169,8 +178,26 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
 
         let noListener = try Configuration.parse("[policy]\nrcpt = [\"batv\"]\n[batv]\ndomains = [\"example.org\"]", file: "b.toml")
         #expect(noListener.warnings.contains { $0.message.contains("no [[listen]] has protocol = \"socketmap\"") })
+        #expect(noListener.warnings.contains { $0.message.contains("there is no [recipients] section") })
         let signOnly = try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:10034\"\nprotocol = \"socketmap\"\n[batv]\ndomains = [\"example.org\"]", file: "b.toml")
         #expect(signOnly.warnings.isEmpty, "signing first, verifying later, is the documented roll-out: \(signOnly.warnings)")
         #expect(throws: ConfigError.self) { try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:1\"\nprotocol = \"smtp\"", file: "b.toml") }
+        let tableOnly = try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:10034\"\nprotocol = \"socketmap\"\n[recipients]\n", file: "b.toml")
+        #expect(tableOnly.warnings.isEmpty, "the recipients map alone is a use: \(tableOnly.warnings)")
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "needs root to own a file as another user"))
+    func theKeyFileMustBelongToTheServersUser() throws {
+        let path = try keyFile("1 0123456789abcdef-secret-one\n")
+        let text = "[server]\nuser = \"nobody\"\n[[listen]]\naddress = \"127.0.0.1:10034\"\nprotocol = \"socketmap\"\n[batv]\nkey_file = \"\(path)\"\ndomains = [\"example.org\"]\n"
+        do {
+            _ = try Configuration.parse(text, file: "b.toml")
+            Issue.record("a key file owned by root was accepted for server.user = nobody")
+        } catch {
+            #expect(error.issues.map(\.message).contains { $0.contains("is owned by uid 0") && $0.contains("chown nobody") }, "\(error)")
+        }
+        let nobody = try #require(getpwnam("nobody"))
+        chown(path, nobody.pointee.pw_uid, nobody.pointee.pw_gid)
+        #expect(throws: Never.self) { try Configuration.parse(text, file: "b.toml") }
     }
 }

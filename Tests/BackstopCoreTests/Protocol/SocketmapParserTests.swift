@@ -5,7 +5,7 @@
 import Testing
 @testable import BackstopCore
 
-private func parse(_ chunks: [String], maxLength: Int = 4096) throws -> [SocketmapRequest] {
+private func parse(_ chunks: [String], maxLength: Int = SocketmapParser.defaultMaxLength) throws -> [SocketmapRequest] {
     var parser = SocketmapParser(maxLength: maxLength)
     var out: [SocketmapRequest] = []
     for chunk in chunks {
@@ -31,6 +31,9 @@ private func parse(_ chunks: [String], maxLength: Int = 4096) throws -> [Socketm
         #expect(throws: ProtocolError.netstringTooLong(limit: 10)) { try parse(["11:"], maxLength: 10) }
         #expect(throws: ProtocolError.netstringTooLong(limit: 10)) { try parse(["99999999999999999999999"], maxLength: 10) }
         #expect(throws: Never.self) { try parse(["10:"], maxLength: 10) }
+        #expect(throws: ProtocolError.netstringTooLong(limit: 10)) { try parse(["000000"], maxLength: 10) }
+        #expect(throws: Never.self) { try parse(["00009:"], maxLength: 10) }
+        #expect(SocketmapParser().maxLength == 10_240, "Postfix's longest key (10,000) and a map name")
     }
 
     @Test func idleOnlyBetweenRequests() throws {
