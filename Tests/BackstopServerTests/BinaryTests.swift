@@ -459,3 +459,60 @@ func scrape(port: Int, path: String = "/metrics") throws -> String {
     try client.send(Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8))
     return try client.readAll()
 }
+
+extension BinaryTests {
+    /// BATV's counters and the socketmap's, as /metrics shows them after real traffic.
+    @Test func batvAndSocketmapAreCounted() throws {
+        let dir = tempDirectory()
+        let port = freePort(), mapPort = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        try "alice@example.org\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        try "1 0123456789abcdef-secret-one\n".write(toFile: dir + "/batv-keys", atomically: true, encoding: .utf8)
+        chmod(dir + "/batv-keys", 0o600)
+        try """
+            [[listen]]
+            address = "127.0.0.1:\(port)"
+            [[listen]]
+            address = "127.0.0.1:\(mapPort)"
+            protocol = "socketmap"
+            [metrics]
+            listen = "127.0.0.1:\(metricsPort)"
+            [log]
+            level = "warning"
+            [policy]
+            rcpt = ["recipients", "batv"]
+            [recipients]
+            tables = ["recipients"]
+            domains = ["example.org"]
+            [batv]
+            domains = ["example.org"]
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        let client = try waitForClient(port: port)
+        let map = try RawConnection(port: mapPort)
+        let signed = try #require(map.ask("batv-sign", "alice@example.org")).dropFirst(3)
+        #expect(map.ask("batv-strip", String(signed)) == "OK alice@example.org")
+        #expect(map.ask("recipients", "nobody@example.org") == "NOTFOUND ")
+        #expect(map.ask("nonsense", "x")?.hasPrefix("PERM") == true)
+        func bounce(to recipient: String) throws -> String? {
+            var request = rcptRequest
+            request[3] = ("sender", "")
+            request[4] = ("recipient", recipient)
+            return try client.ask(request)
+        }
+        #expect(try bounce(to: String(signed)) == "action=DUNNO")
+        #expect(try bounce(to: "alice@example.org")?.hasPrefix("action=550 5.7.1") == true)
+        #expect(try bounce(to: "alice@example.org")?.hasPrefix("action=550 5.7.1") == true)
+        #expect(try bounce(to: "prvs=9000000000=alice@example.org")?.hasPrefix("action=550 5.7.1") == true)
+        let text = try scrape(port: metricsPort)
+        #expect(text.contains("backstop_batv_signed_total 1"), "\(text)")
+        #expect(text.contains("backstop_batv_stripped_total 1"))
+        #expect(text.contains("backstop_batv_verified_total 1"))
+        #expect(text.contains("backstop_batv_refused_total{reason=\"no_tag\"} 2"))
+        #expect(text.contains("backstop_batv_refused_total{reason=\"unknown_key\"} 1"))
+        #expect(text.contains("backstop_socketmap_requests_total{map=\"batv-sign\",reply=\"ok\"} 1"))
+        #expect(text.contains("backstop_socketmap_requests_total{map=\"recipients\",reply=\"notfound\"} 1"))
+        #expect(text.contains("backstop_socketmap_requests_total{map=\"unknown\",reply=\"perm\"} 1"))
+    }
+}
