@@ -6,9 +6,9 @@
 import BackstopCore
 import NIOCore
 
-struct ConnectionState<Request> {
+struct ConnectionState {
     /// Requests parsed but not yet answered beyond which reading pauses.
-    static var maxQueued: Int { 16 }
+    static let maxQueued = 16
 
     enum Phase: Equatable {
         /// Reading and answering.
@@ -29,7 +29,7 @@ struct ConnectionState<Request> {
     }
 
     private(set) var phase = Phase.open
-    private var queue = CircularBuffer<Request>(initialCapacity: 4)
+    private var queue = CircularBuffer<ConnectionRequest>(initialCapacity: 4)
     /// An answer is being decided (checks may answer later).
     private(set) var answering = false
     private var readHeld = false
@@ -50,7 +50,7 @@ struct ConnectionState<Request> {
 
     // MARK: input
 
-    mutating func received(_ request: Request, now: NIODeadline) {
+    mutating func received(_ request: ConnectionRequest, now: NIODeadline) {
         guard phase == .open else { return }
         requestStarted = nil
         lastActivity = now
@@ -87,7 +87,7 @@ struct ConnectionState<Request> {
     // MARK: answering
 
     /// The next request to decide, if no answer is owed; marks an answer as owed.
-    mutating func nextRequest() -> Request? {
+    mutating func nextRequest() -> ConnectionRequest? {
         guard !answering, phase != .closed, let request = queue.popFirst() else { return nil }
         answering = true
         return request

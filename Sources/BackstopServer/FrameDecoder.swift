@@ -1,65 +1,62 @@
-// NIO's ByteToMessageDecoder around a bounded protocol parser (RequestParser for policy
+// NIO's ByteToMessageDecoder around the bounded protocol parsers (RequestParser for policy
 // connections, SocketmapParser for socketmap ones): turns the bytes of one connection into
 // frames. The parsers stay free of NIO (the fuzzers drive them directly); this adapter
 // only feeds them and passes on what they complete. Errors are the parsers'
-// (ProtocolError), raised through the pipeline for the connection handler.
+// (ProtocolError), raised through the pipeline for the connection handler. Not generic,
+// for the reason ConnectionResponder gives.
 
 import BackstopCore
 import NIOCore
 
+/// A request of either protocol a listener speaks.
+enum ConnectionRequest {
+    case policy(PolicyRequest)
+    case socketmap(SocketmapRequest)
+}
+
 /// What the decoder hands the connection handler.
-enum ConnectionFrame<Request> {
+enum ConnectionFrame {
     /// A complete request.
-    case request(Request)
+    case request(ConnectionRequest)
     /// The first bytes of a request arrived and the rest has not (the read timeout starts).
     case started
 }
 
-/// A parser of one connection's byte stream.
-protocol StreamParser {
-    associatedtype Output
-    /// No byte of a next request has been read.
-    var isIdle: Bool { get }
-    /// Consumes `input`, calling `emit` for each request it completes; throws ProtocolError.
-    mutating func parse(_ input: UnsafeRawBufferPointer, emit: (Output) throws -> Void) throws
-}
+struct FrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ConnectionFrame
 
-extension RequestParser: StreamParser {
-    mutating func parse(_ input: UnsafeRawBufferPointer, emit: (PolicyRequest) throws -> Void) throws {
-        try feed(input, emit: emit)
+    /// Exactly one of the two is set, for the listener's protocol.
+    private var policy: RequestParser?
+    private var socketmap: SocketmapParser?
+
+    static func handler(_ parser: RequestParser) -> ByteToMessageHandler<FrameDecoder> {
+        ByteToMessageHandler(FrameDecoder(policy: parser, socketmap: nil))
     }
-}
 
-extension SocketmapParser: StreamParser {
-    mutating func parse(_ input: UnsafeRawBufferPointer, emit: (SocketmapRequest) throws -> Void) throws {
-        try feed(input, emit: emit)
+    static func handler(_ parser: SocketmapParser) -> ByteToMessageHandler<FrameDecoder> {
+        ByteToMessageHandler(FrameDecoder(policy: nil, socketmap: parser))
     }
-}
 
-struct FrameDecoder<Parser: StreamParser>: ByteToMessageDecoder {
-    typealias InboundOut = ConnectionFrame<Parser.Output>
-
-    private var parser: Parser
-
-    init(_ parser: Parser) { self.parser = parser }
-
-    static func handler(_ parser: Parser) -> ByteToMessageHandler<FrameDecoder<Parser>> {
-        ByteToMessageHandler(FrameDecoder(parser))
-    }
+    private var isIdle: Bool { policy?.isIdle ?? socketmap?.isIdle ?? true }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        let wasIdle = parser.isIdle
+        let wasIdle = isIdle
         var completed = false
         try buffer.withUnsafeReadableBytes { raw in
-            try parser.parse(raw) { request in
+            // Optional chaining mutates the parser in place (no copy of its buffers).
+            try policy?.feed(raw) { request in
                 completed = true
-                context.fireChannelRead(NIOAny(InboundOut.request(request)))
+                context.fireChannelRead(NIOAny(ConnectionFrame.request(.policy(request))))
+            }
+            try socketmap?.feed(raw) { request in
+                completed = true
+                context.fireChannelRead(NIOAny(ConnectionFrame.request(.socketmap(request))))
             }
         }
         buffer.moveReaderIndex(to: buffer.writerIndex)
         // Only a request left unfinished at the end of a read is reported; the common
         // whole-request read costs nothing extra.
-        if !parser.isIdle && (wasIdle || completed) { context.fireChannelRead(wrapInboundOut(.started)) }
+        if !isIdle && (wasIdle || completed) { context.fireChannelRead(wrapInboundOut(.started)) }
         return .needMoreData
     }
 

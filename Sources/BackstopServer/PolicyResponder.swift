@@ -5,7 +5,7 @@
 import BackstopCore
 import NIOCore
 
-struct PolicyResponder: ConnectionResponder {
+struct PolicyResponder {
     let state: ServerState
     let loopEngine: LoopEngine
 

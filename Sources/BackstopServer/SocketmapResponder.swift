@@ -6,19 +6,15 @@
 import BackstopCore
 import NIOCore
 
-struct SocketmapResponder: ConnectionResponder {
+struct SocketmapResponder {
     let state: ServerState
     let loopEngine: LoopEngine
     let peer: String
 
-    func decide(_ request: SocketmapRequest, eventLoop: any EventLoop) -> Answer<SocketmapReply> {
+    func answer(_ request: SocketmapRequest) -> SocketmapReply {
         let (reply, map) = SocketmapMaps.answer(request, engine: loopEngine.engine)
         SocketmapMaps.count(map: map, reply: reply)
-        return .now(reply)
-    }
-
-    func failed(_ request: SocketmapRequest, _ error: any Error) -> SocketmapReply {
-        .temp("internal error")
+        return reply
     }
 
     func write(_ request: SocketmapRequest, _ reply: SocketmapReply, elapsedNanos: Int64, into buffer: inout ByteBuffer) {

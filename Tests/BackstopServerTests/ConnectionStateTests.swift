@@ -8,10 +8,10 @@ import NIOCore
 
 @Suite struct ConnectionStateTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
-    let request = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT")])
+    let request = ConnectionRequest.policy(PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT")]))
 
-    func fresh() -> ConnectionState<PolicyRequest> {
-        ConnectionState<PolicyRequest>(now: start, idleTimeout: .seconds(330), readTimeout: .seconds(30))
+    func fresh() -> ConnectionState {
+        ConnectionState(now: start, idleTimeout: .seconds(330), readTimeout: .seconds(30))
     }
 
     @Test func answersOneRequestAtATimeInOrder() {
@@ -47,9 +47,9 @@ import NIOCore
         c.answered(now: start)
         let r10 = c.resumeRead(writable: true)
         #expect(r10)
-        for _ in 0..<ConnectionState<PolicyRequest>.maxQueued { c.received(request, now: start) }
+        for _ in 0..<ConnectionState.maxQueued { c.received(request, now: start) }
         let r11 = c.mayRead(writable: true)
-        #expect(!r11, "\(ConnectionState<PolicyRequest>.maxQueued) requests queued")
+        #expect(!r11, "\(ConnectionState.maxQueued) requests queued")
     }
 
     @Test func readTimeoutRunsFromTheFirstByteOfAnUnfinishedRequest() {
@@ -63,7 +63,7 @@ import NIOCore
     }
 
     @Test func idleTimeoutRunsFromTheLastAnswer() {
-        var c = ConnectionState<PolicyRequest>(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
+        var c = ConnectionState(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
         c.received(request, now: start + .seconds(5))
         _ = c.nextRequest()
         let r14 = c.timerFired(now: start + .seconds(100))
