@@ -11,17 +11,25 @@ public struct CheckTrail: Sendable, Equatable {
 
     public struct Entry: Sendable, Equatable {
         public let check: String
-        /// The check's reason without a leading "check=" ("pass" for "spf=pass"), or "ok"
-        /// when it had no opinion and said nothing.
-        public let outcome: String
+        /// The verdict's reason as the check gave it.
+        public let reason: String
+
+        /// The reason without a leading "check=" ("pass" for "spf=pass"), or "ok" when the
+        /// check had no opinion and said nothing. Worked out only when a line is written.
+        public var outcome: String {
+            if reason.isEmpty { return "ok" }
+            var rest = Substring(reason)
+            guard rest.hasPrefix(check) else { return reason }
+            rest = rest.dropFirst(check.count)
+            return rest.first == "=" ? String(rest.dropFirst()) : reason
+        }
     }
 
     public init() {}
 
+    /// Keeps the two strings as they are (no work per request beyond storing them).
     mutating func append(check: String, reason: String) {
-        var outcome = reason
-        if outcome.isEmpty { outcome = "ok" } else if outcome.hasPrefix(check + "=") { outcome.removeFirst(check.count + 1) }
-        let entry = Entry(check: check, outcome: outcome)
+        let entry = Entry(check: check, reason: reason)
         switch count {
         case 0: e0 = entry
         case 1: e1 = entry

@@ -132,10 +132,18 @@ extension Character {
 
 extension StringProtocol {
     /// The text without leading and trailing spaces and tabs.
+    /// Works on octets: both are ASCII, so every cut falls on a character boundary.
     public var trimmingSpaces: String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
+        let octets = utf8
+        var start = octets.startIndex
+        while start < octets.endIndex, octets[start] == 0x20 || octets[start] == 0x09 { octets.formIndex(after: &start) }
+        // One forward pass: `end` follows the last octet that is not blank.
+        var end = start, i = start
+        while i < octets.endIndex {
+            let octet = octets[i]
+            octets.formIndex(after: &i)
+            if octet != 0x20 && octet != 0x09 { end = i }
+        }
+        return String(self[start..<end])
     }
 }

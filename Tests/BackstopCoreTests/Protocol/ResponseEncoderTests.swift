@@ -14,6 +14,16 @@ import Testing
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    @Test func trimmingSpacesCutsOnlyBlanksAtTheEnds() {
+        #expect("  a b\t".trimmingSpaces == "a b")
+        #expect(" \t ".trimmingSpaces == "")
+        #expect("".trimmingSpaces == "")
+        #expect("über  ".trimmingSpaces == "über")
+        #expect("\u{3000}x ".trimmingSpaces == "\u{3000}x", "only ASCII blanks")
+        #expect("x\n".trimmingSpaces == "x\n")
+        #expect(Substring(" é ").trimmingSpaces == "é")
+    }
+
     @Test func injectedNewlinesCannotForgeASecondAnswer() {
         let text = "Go away\n\naction=OK\n\n"
         for action: PolicyAction in [.reject(text), .reply(code: 550, enhanced: "5.7.23", text: text),
