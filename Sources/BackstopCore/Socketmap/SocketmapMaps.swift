@@ -27,13 +27,17 @@ public enum SocketmapMaps {
             guard let recipients = engine.checks["recipients"] as? RecipientsCheck else {
                 return (.perm("batv-strip needs the recipients check ([recipients] section)"), request.map)
             }
-            guard let plain = batv.validlyTagged(key) else { return (.notFound, request.map) }
-            switch recipients.mapAnswer(for: plain) {
-            case .known:
-                return (batv.strippedRecipient(key) { _ in true }.map(SocketmapReply.ok) ?? .notFound, request.map)
-            case .unknown: return (.notFound, request.map)
-            case .fault(let why): return (.temp(why), request.map)
+            // One verification: the table is asked only about a validly tagged address.
+            var fault: String?
+            let plain = batv.strippedRecipient(key) { address in
+                switch recipients.mapAnswer(for: address) {
+                case .known: return true
+                case .unknown: return false
+                case .fault(let why): fault = why; return false
+                }
             }
+            if let fault { return (.temp(fault), request.map) }
+            return (plain.map(SocketmapReply.ok) ?? .notFound, request.map)
         case "recipients":
             guard let recipients = engine.checks["recipients"] as? RecipientsCheck else {
                 return (.perm("the recipients check is not configured ([recipients] section)"), request.map)
