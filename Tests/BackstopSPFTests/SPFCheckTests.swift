@@ -94,6 +94,29 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(SPFHeader.comment(pass, receiver: "mx.test") == "mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender")
     }
 
+    /// The header is written into storage sized beforehand: values made only of octets that
+    /// are escaped or replaced (the worst case) still fit, and every value is escaped as
+    /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".", "@" and ":".
+    @Test func headersFitTheirStorageWhateverTheValues() {
+        let nasty = String(repeating: "\"\\()", count: 200)
+        var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
+        outcome.mechanism = nasty
+        let line = SPFHeader.receivedSPF(outcome, receiver: nasty)
+        let escaped = String(repeating: "\\\"\\\\()", count: 200)
+        #expect(line.contains("client-ip=\"\(escaped)\";") && line.contains("receiver=\"\(escaped)\";"))
+        #expect(line.contains("mechanism=\"\(escaped)\";"))
+        let commented = String(repeating: "\"___", count: 200)
+        #expect(line.hasPrefix("Received-SPF: neutral (" + commented + ": " + commented + " is neither permitted nor denied by domain of "))
+        var helo = outcome
+        helo.query = SPFQuery(clientAddress: nasty, sender: "", helo: nasty, identity: .helo)
+        #expect(SPFHeader.authenticationResults(helo, authservID: nasty).hasSuffix("smtp.helo=\"\(escaped)\""))
+        #expect(SPFHeader.comment(helo, receiver: nasty) == commented + ": " + commented + " is neither permitted nor denied by domain " + commented)
+        let atext = Set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-/=?^_`{|}~.@:".utf8)
+        for octet in UInt8.min...UInt8.max {
+            #expect(SPFHeader.Builder.isAtomOctet(octet) == atext.contains(octet), "octet \(octet)")
+        }
+    }
+
     /// Administrators' issue: the header goes to the first recipient that reaches SPF; when
     /// a later check refuses that recipient, the next accepted one must still carry it.
     @Test func aRefusedRecipientDoesNotTakeTheHeaderWithIt() async throws {

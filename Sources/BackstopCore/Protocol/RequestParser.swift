@@ -25,75 +25,86 @@ public struct RequestParser: Sendable {
 
     /// Consumes `input`, calling `emit` for every request it completes, in order.
     /// After a thrown error the parser's state is undefined: close the connection.
+    ///
+    /// Lines are read where they arrived; the octets of a request are copied into the
+    /// request's buffer once, when it ends or the input does (not line by line). Offsets are
+    /// those the octets will have in that buffer. The limits are checked before anything
+    /// is copied, as if every line so far had been.
     public mutating func feed(
         _ input: UnsafeRawBufferPointer,
         allowMissingRequest: Bool = false,
         emit: (PolicyRequest) throws -> Void
     ) throws {
-        var offset = 0
-        let count = input.count
         guard let base = input.baseAddress else { return }
+        let count = input.count
+        var offset = 0
+        var copied = 0  // input[..<copied] is in `pending`
         while offset < count {
-            let remaining = count - offset
-            let found = memchr(base + offset, Int32(UInt8(ascii: "\n")), remaining)
+            let found = memchr(base + offset, Int32(UInt8(ascii: "\n")), count - offset)
             let segmentEnd = found.map { base.distance(to: UnsafeRawPointer($0)) } ?? count
             let segmentLength = segmentEnd - offset
+            let held = pending.count + (offset - copied)
             // Bound memory before copying anything.
-            if pending.count - lineStart + segmentLength > limits.maxLineLength + 1 {
+            if held - lineStart + segmentLength > limits.maxLineLength + 1 {
                 throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
             }
-            if pending.count + segmentLength + 1 > limits.maxRequestBytes {
+            if held + segmentLength + 1 > limits.maxRequestBytes {
                 throw ProtocolError.requestTooLarge(limit: limits.maxRequestBytes)
             }
-            if pending.isEmpty { pending.reserveCapacity(min(limits.maxRequestBytes, 1024)) }
-            pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[offset..<segmentEnd]))
-            offset = segmentEnd
             guard found != nil else { break }
-            offset += 1  // the newline
-            pending.append(UInt8(ascii: "\n"))
-            if let request = try endLine(allowMissingRequest: allowMissingRequest) {
-                try emit(request)
+            let blank: Bool
+            if lineStart < pending.count {
+                // The line began in an earlier read: complete it in the buffer.
+                append(base, from: copied, to: segmentEnd + 1)
+                copied = segmentEnd + 1
+                let line = Array(pending[lineStart..<(pending.count - 1)])
+                blank = try line.withUnsafeBytes { try endLine($0) }
+            } else {
+                blank = try endLine(UnsafeRawBufferPointer(start: base + offset, count: segmentLength))
+            }
+            offset = segmentEnd + 1
+            lineStart = held + segmentLength + 1
+            if blank {
+                append(base, from: copied, to: offset)
+                copied = offset
+                try emit(finishRequest(allowMissingRequest: allowMissingRequest))
             }
         }
-        if pending.count - lineStart > limits.maxLineLength + 1 {
-            throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
-        }
+        append(base, from: copied, to: count)
     }
 
-    /// Handles the line that ends just before the newline at the end of `pending`.
-    private mutating func endLine(allowMissingRequest: Bool) throws -> PolicyRequest? {
-        var lineEnd = pending.count - 1
+    private mutating func append(_ base: UnsafeRawPointer, from start: Int, to end: Int) {
+        guard end > start else { return }
+        pending.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: end - start))
+    }
+
+    /// Handles one line (without its newline) that starts at `lineStart` in the request's
+    /// buffer; true when it is the empty line that ends the request.
+    private mutating func endLine(_ line: UnsafeRawBufferPointer) throws -> Bool {
+        var length = line.count
         // Be lenient with CRLF from hand-typed sessions: the CR is not part of the value.
-        if lineEnd > lineStart, pending[lineEnd - 1] == UInt8(ascii: "\r") { lineEnd -= 1 }
-        if lineEnd - lineStart > limits.maxLineLength {
+        if length > 0, line[length - 1] == UInt8(ascii: "\r") { length -= 1 }
+        if length > limits.maxLineLength {
             throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
         }
-        if lineEnd == lineStart {
-            return try finishRequest(allowMissingRequest: allowMissingRequest)
-        }
+        if length == 0 { return true }
         let lineNumber = all.count + 1
-        // One pass over the buffer: memchr finds the '=', the name is looked up in place.
-        let (equals, attribute): (Int, Attribute?) = pending.withUnsafeBytes { raw in
-            let base = raw.baseAddress!
-            guard let hit = memchr(base + lineStart, Int32(UInt8(ascii: "=")), lineEnd - lineStart) else {
-                return (-1, nil)
-            }
-            let equals = base.distance(to: UnsafeRawPointer(hit))
-            return (equals, Attribute.lookup(UnsafeRawBufferPointer(start: base + lineStart, count: equals - lineStart)))
+        guard let hit = memchr(line.baseAddress!, Int32(UInt8(ascii: "=")), length) else {
+            throw ProtocolError.missingEquals(line: lineNumber)
         }
-        guard equals >= 0 else { throw ProtocolError.missingEquals(line: lineNumber) }
-        guard equals > lineStart else { throw ProtocolError.emptyName(line: lineNumber) }
+        let nameLength = line.baseAddress!.distance(to: UnsafeRawPointer(hit))
+        guard nameLength > 0 else { throw ProtocolError.emptyName(line: lineNumber) }
         guard all.count < limits.maxAttributes else {
             throw ProtocolError.tooManyAttributes(limit: limits.maxAttributes)
         }
+        let equals = lineStart + nameLength, lineEnd = lineStart + length
         all.append((Int32(lineStart), Int32(equals), Int32(lineEnd)))
-        if let attribute {
+        if let attribute = Attribute.lookup(UnsafeRawBufferPointer(rebasing: line[..<nameLength])) {
             // The last occurrence of a duplicated name wins.
             known[attribute.rawValue * 2] = Int32(equals + 1)
             known[attribute.rawValue * 2 + 1] = Int32(lineEnd)
         }
-        lineStart = pending.count
-        return nil
+        return false
     }
 
     private mutating func finishRequest(allowMissingRequest: Bool) throws -> PolicyRequest {
@@ -102,8 +113,11 @@ public struct RequestParser: Sendable {
             if !allowMissingRequest { throw ProtocolError.missingRequestAttribute }
         } else {
             let start = Int(known[requestIndex]), end = Int(known[requestIndex + 1])
-            let expected = "smtpd_access_policy".utf8
-            if !pending[start..<end].elementsEqual(expected) {
+            let expected: StaticString = "smtpd_access_policy"
+            let same = end - start == expected.utf8CodeUnitCount && pending.withUnsafeBytes {
+                memcmp($0.baseAddress! + start, expected.utf8Start, end - start) == 0
+            }
+            if !same {
                 throw ProtocolError.unsupportedRequest(String(decoding: pending[start..<end], as: UTF8.self))
             }
         }

@@ -8,8 +8,31 @@ extension ResponseEncoder {
     /// The same bytes as `encode(_:)`, appended to `buffer` in place: the server's path,
     /// which so builds no intermediate array per answer.
     public static func encode(_ action: PolicyAction, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("action=")
-        buffer.writeString(actionText(action))
-        buffer.writeStaticString("\n\n")
+        switch action {
+        case .dunno:
+            write("action=DUNNO", "", into: &buffer)
+        case .prepend(let header):
+            // The common long answer (a Received-SPF header): no joined String in between.
+            write("action=PREPEND ", sanitise(header, limit: maxHeaderLine), into: &buffer)
+        default:
+            write("action=", actionText(action), into: &buffer)
+        }
+    }
+
+    /// `head`, `text` and the empty line that ends the answer, in one copy each.
+    private static func write(_ head: StaticString, _ text: String, into buffer: inout ByteBuffer) {
+        var text = text
+        text.withUTF8 { body in
+            let total = head.utf8CodeUnitCount + body.count + 2
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
+                let base = out.baseAddress!
+                base.copyMemory(from: head.utf8Start, byteCount: head.utf8CodeUnitCount)
+                if let source = body.baseAddress {
+                    (base + head.utf8CodeUnitCount).copyMemory(from: source, byteCount: body.count)
+                }
+                base.storeBytes(of: UInt16(0x0A0A), toByteOffset: total - 2, as: UInt16.self)
+                return total
+            }
+        }
     }
 }

@@ -13,10 +13,27 @@ public final class SPFCheck: RetirableCheck {
     public let settings: SPFSettings
     public let verifier: SPFVerifier
     /// Per message (Postfix's instance): its outcomes and whether its header was added.
-    let messages: BoundedCache<String, MessageState>
+    let messages: BoundedCache<MessageKey, MessageState>
     let logger: Logger
     /// Whether outcomes are logged (read once: a new check is made on every reload).
     let logsOutcomes: Bool
+
+    /// Postfix's instance attribute, hashed once with FNV-1a: the cache's dictionary then
+    /// hashes 8 octets, not the string, on every lookup, insertion and eviction. The instance
+    /// comes from Postfix (smtpd's process id, time and counters), not from the SMTP client.
+    struct MessageKey: Hashable, Sendable {
+        let instance: String
+        let fingerprint: UInt64
+
+        init(_ instance: String) {
+            self.instance = instance
+            var copy = instance
+            fingerprint = copy.withUTF8 { FNV1a.hash($0) }
+        }
+
+        static func == (a: MessageKey, b: MessageKey) -> Bool { a.fingerprint == b.fingerprint && a.instance == b.instance }
+        func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
+    }
 
     final class MessageState: Sendable {
         let evaluated: SPFEvaluated
@@ -96,27 +113,28 @@ public final class SPFCheck: RetirableCheck {
             return .now(.noOpinion("spf=skipped(sender_domain)"))
         }
         let instance = request.instance
-        if !instance.isEmpty, let state = messages.value(instance), state.client == client, state.sender == sender, state.helo == helo {
+        let key = instance.isEmpty ? nil : MessageKey(instance)
+        if let key, let state = messages.value(key), state.client == client, state.sender == sender, state.helo == helo {
             return .now(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo)
         if let evaluated = cached(queries) {
-            return .now(decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger))
+            return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger))
         }
         let deadline = context.deadline - .milliseconds(20)
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
-            self.decided(evaluated, instance: instance, queries.mailfrom, logger: context.logger)
+            self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger)
         })
     }
 
     /// Logs the outcomes and remembers them for the message (`request`: the request's client,
     /// sender and HELO, as its MAIL FROM query holds them).
-    private func decided(_ evaluated: SPFEvaluated, instance: String, _ request: SPFQuery, logger: Logger) -> Verdict {
+    private func decided(_ evaluated: SPFEvaluated, key: MessageKey?, _ request: SPFQuery, logger: Logger) -> Verdict {
         log(evaluated, logger)
-        guard !instance.isEmpty else { return verdict(for: evaluated, header: nil) }
+        guard let key else { return verdict(for: evaluated, header: nil) }
         let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
         let now = NIODeadline.now()
-        messages.insert(instance, state, cost: evaluated.cost + instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
+        messages.insert(key, state, cost: evaluated.cost + key.instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
         return verdict(for: evaluated, header: state.header)
     }
 

@@ -1,78 +1,107 @@
 // Received-SPF (RFC 7208 §9.1) and Authentication-Results (RFC 8601) header lines, built
-// by appending octets (this runs for every accepted recipient). The values come from the
-// SMTP client and its DNS: a value that is not a dot-atom is quoted, a comment cannot be
-// unbalanced, and the response encoder removes control characters. It decides nothing.
+// by writing octets into one String's storage, sized beforehand (this runs for every
+// accepted message). The values come from the SMTP client and its DNS: a value that is not
+// a dot-atom is quoted, a comment cannot be unbalanced, and the response encoder removes
+// control characters. It decides nothing.
 
 public enum SPFHeader {
     public static func receivedSPF(_ outcome: SPFOutcome, receiver: String) -> String {
-        var out = Builder()
         let query = outcome.query
         let mailbox = query.checkedMailbox
-        out.literal("Received-SPF: ")
-        out.literal(outcome.result.word)
-        out.literal(" (")
-        out.comment(outcome, mailbox: mailbox, receiver: receiver)
-        out.literal(") client-ip=")
-        out.value(query.clientAddress)
-        out.literal("; envelope-from=")
-        out.quoted(mailbox)
-        out.literal(";")
-        if !query.helo.isEmpty {
-            out.literal(" helo=")
-            out.value(query.helo)
+        // Every value at most three times over (once in the comment, once quoted: two
+        // octets for one at worst), the literals well under 256.
+        var values = receiver.utf8.count + mailbox.utf8.count + query.clientAddress.utf8.count + query.helo.utf8.count
+        values += outcome.mechanism?.utf8.count ?? 0
+        return Builder.build(capacity: 256 + 3 * values) { out in
+            out.literal("Received-SPF: ")
+            out.literal(outcome.result.word)
+            out.literal(" (")
+            out.comment(outcome, mailbox: mailbox, receiver: receiver)
+            out.literal(") client-ip=")
+            out.value(query.clientAddress)
+            out.literal("; envelope-from=")
+            out.quoted(mailbox)
             out.literal(";")
-        }
-        out.literal(" receiver=")
-        out.value(receiver)
-        out.literal(query.identity == .helo ? "; identity=helo" : "; identity=mailfrom")
-        out.literal(";")
-        if let mechanism = outcome.mechanism {
-            out.literal(" mechanism=")
-            out.quoted(mechanism)
+            if !query.helo.isEmpty {
+                out.literal(" helo=")
+                out.value(query.helo)
+                out.literal(";")
+            }
+            out.literal(" receiver=")
+            out.value(receiver)
+            out.literal(query.identity == .helo ? "; identity=helo" : "; identity=mailfrom")
             out.literal(";")
+            if let mechanism = outcome.mechanism {
+                out.literal(" mechanism=")
+                out.quoted(mechanism)
+                out.literal(";")
+            }
         }
-        return out.string
     }
 
     public static func authenticationResults(_ outcome: SPFOutcome, authservID: String) -> String {
-        var out = Builder()
-        out.literal("Authentication-Results: ")
-        out.append(authservID)
-        out.literal("; spf=")
-        out.literal(outcome.result.word)
-        if outcome.query.identity == .helo {
-            out.literal(" smtp.helo=")
-            out.value(outcome.query.helo)
-        } else {
-            out.literal(" smtp.mailfrom=")
-            out.value(outcome.query.checkedMailbox)
+        let query = outcome.query
+        let values = authservID.utf8.count + query.helo.utf8.count + query.checkedMailbox.utf8.count
+        return Builder.build(capacity: 128 + 2 * values) { out in
+            out.literal("Authentication-Results: ")
+            out.append(authservID)
+            out.literal("; spf=")
+            out.literal(outcome.result.word)
+            if query.identity == .helo {
+                out.literal(" smtp.helo=")
+                out.value(query.helo)
+            } else {
+                out.literal(" smtp.mailfrom=")
+                out.value(query.checkedMailbox)
+            }
         }
-        return out.string
     }
 
     /// The comment of a Received-SPF line (without its parentheses).
     public static func comment(_ outcome: SPFOutcome, receiver: String) -> String {
-        var out = Builder()
-        out.comment(outcome, mailbox: outcome.query.checkedMailbox, receiver: receiver)
-        return out.string
+        let query = outcome.query
+        let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + query.helo.utf8.count
+        return Builder.build(capacity: 128 + values) { out in
+            out.comment(outcome, mailbox: query.checkedMailbox, receiver: receiver)
+        }
     }
 
+    /// Writes into a String's uninitialised storage; `build`'s capacity must cover what is
+    /// written (the writers trap rather than write past it).
     struct Builder {
-        var bytes: [UInt8] = []
+        let buffer: UnsafeMutableBufferPointer<UInt8>
+        var count = 0
 
-        init() { bytes.reserveCapacity(320) }
+        static func build(capacity: Int, _ body: (inout Builder) -> Void) -> String {
+            String(unsafeUninitializedCapacity: capacity) { buffer in
+                var builder = Builder(buffer: buffer)
+                body(&builder)
+                return builder.count
+            }
+        }
 
-        var string: String { String(decoding: bytes, as: UTF8.self) }
+        private mutating func write(_ octets: UnsafeRawBufferPointer) {
+            precondition(octets.count <= buffer.count - count, "SPFHeader capacity")
+            guard let source = octets.baseAddress, !octets.isEmpty else { return }
+            (buffer.baseAddress! + count).initialize(from: source.assumingMemoryBound(to: UInt8.self), count: octets.count)
+            count += octets.count
+        }
+
+        private mutating func write(_ octet: UInt8) {
+            precondition(count < buffer.count, "SPFHeader capacity")
+            buffer[count] = octet
+            count += 1
+        }
 
         /// Appends a literal without looking at its characters.
         mutating func literal(_ text: StaticString) {
-            bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+            write(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
         }
 
         /// Appends a string's octets in one copy.
         mutating func append(_ text: String) {
             var copy = text
-            copy.withUTF8 { bytes.append(contentsOf: $0) }
+            copy.withUTF8 { write(UnsafeRawBufferPointer($0)) }
         }
 
         /// A dot-atom stays as it is; anything else becomes a quoted-string.
@@ -87,34 +116,32 @@ public enum SPFHeader {
         }
 
         mutating func quoted(_ text: String) {
-            bytes.append(0x22)
-            let start = bytes.count
-            append(text)
-            if bytes[start...].contains(where: { $0 == 0x22 || $0 == 0x5C }) {
-                let raw = bytes[start...]
-                bytes.removeSubrange(start...)
-                for b in raw {
-                    if b == 0x22 || b == 0x5C { bytes.append(0x5C) }
-                    bytes.append(b)
+            write(0x22)
+            var copy = text
+            copy.withUTF8 { octets in
+                for b in octets {
+                    if b == 0x22 || b == 0x5C { write(0x5C) }
+                    write(b)
                 }
             }
-            bytes.append(0x22)
+            write(0x22)
         }
 
         /// Text inside a comment: parentheses and backslashes become "_".
         mutating func commentText(_ text: String) {
-            let start = bytes.count
-            append(text)
-            for i in start..<bytes.count where bytes[i] == 0x28 || bytes[i] == 0x29 || bytes[i] == 0x5C { bytes[i] = 0x5F }
+            var copy = text
+            copy.withUTF8 { octets in
+                for b in octets { write(b == 0x28 || b == 0x29 || b == 0x5C ? 0x5F : b) }
+            }
         }
 
+        /// atext (RFC 5322 §3.2.3) plus ".", "@" and ":": one bit per ASCII octet, octets
+        /// 0-63 and 64-127 (BuilderTests checks the masks against the characters).
+        static let atomLow: UInt64 = 0xA7FF_ECFA_0000_0000
+        static let atomHigh: UInt64 = 0x7FFF_FFFF_C7FF_FFFF
+
         static func isAtomOctet(_ b: UInt8) -> Bool {
-            switch b {
-            case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-            case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2F, 0x3D, 0x3F, 0x5E, 0x5F, 0x60, 0x7B, 0x7C, 0x7D, 0x7E,
-                 0x2E, 0x40, 0x3A: return true
-            default: return false
-            }
+            b < 64 ? (atomLow >> UInt64(b)) & 1 != 0 : b < 128 && (atomHigh >> UInt64(b - 64)) & 1 != 0
         }
 
         mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String) {
@@ -122,7 +149,7 @@ public enum SPFHeader {
             commentText(receiver)
             literal(": ")
             func domainOf() {
-                append(helo ? "domain " : "domain of ")
+                if helo { literal("domain ") } else { literal("domain of ") }
                 commentText(helo ? outcome.query.helo : mailbox)
             }
             func ip() { commentText(outcome.query.clientAddress) }

@@ -96,4 +96,29 @@ import Testing
             }
         }
     }
+
+    /// The eight-at-a-time check: every octet value, at every position of a word and of the
+    /// tail, next to printable neighbours and next to the octets that borrow or carry.
+    @Test func printableCheckFindsEveryOctetAnywhere() {
+        for length in [1, 7, 8, 9, 16, 17] {
+            for position in 0..<length {
+                for octet in UInt8.min...UInt8.max {
+                    for filler: UInt8 in [0x20, 0x41, 0x7E] {
+                        var bytes = [UInt8](repeating: filler, count: length)
+                        bytes[position] = octet
+                        let printable = bytes.withUnsafeBytes { ResponseEncoder.isPrintableASCII($0) }
+                        #expect(printable == (octet >= 0x20 && octet <= 0x7E), "octet \(octet) at \(position) of \(length)")
+                    }
+                }
+            }
+        }
+        #expect([UInt8]().withUnsafeBytes { ResponseEncoder.isPrintableASCII($0) })
+    }
+
+    /// The server's path writes the same bytes for the answers it special-cases.
+    @Test func specialCasedAnswersAreWhole() {
+        #expect(wire(.dunno) == "action=DUNNO\n\n")
+        #expect(wire(.prepend("  ")) == "action=PREPEND \n\n")
+        #expect(wire(.prepend(" X-A: b ")) == "action=PREPEND X-A: b\n\n")
+    }
 }
