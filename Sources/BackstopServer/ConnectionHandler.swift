@@ -146,7 +146,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let now = NIODeadline.now()
         connection.answered(now: now)
         guard context.channel.isActive else { return }
-        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 64)
+        // Room for an answer with a Received-SPF header (~300 octets) without growing.
+        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 512)
         encode((now - started).nanoseconds, &buffer)
         outBuffer = buffer
     }

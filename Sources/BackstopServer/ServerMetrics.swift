@@ -59,7 +59,7 @@ public final class ServerMetrics: Sendable {
     }
 
     func record(request: PolicyRequest, decision: Decision, elapsedNanos: Int64) {
-        let state = ProtocolState.allCases.firstIndex(of: request.protocolState) ?? 0
+        let state = request.protocolState.index
         requests[state][Self.actionClass(decision.action)].increment()
         latency.recordNanoseconds(elapsedNanos)
         if decision.deadlineExpired { deadlineExpiries.increment() }

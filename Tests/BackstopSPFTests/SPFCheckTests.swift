@@ -94,6 +94,21 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(SPFHeader.comment(pass, receiver: "mx.test") == "mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender")
     }
 
+    /// The check's tables are indexed by `SPFResult.index`: it must follow `allCases`, and
+    /// the reasons must read as the decision log documents them.
+    @Test func tablesByResultFollowTheResults() throws {
+        for (position, result) in SPFResult.allCases.enumerated() { #expect(result.index == position) }
+        var settings = SPFSettings()
+        settings.actions[.neutral] = try PolicyAction(parsing: "550 5.7.23 neutral")
+        let verifier = SPFVerifier(settings: settings.verifier, executable: "/nonexistent")
+        defer { verifier.shutdown() }
+        let check = SPFCheck(settings: settings, verifier: verifier)
+        #expect(check.actions[SPFResult.neutral.index] == settings.actions[.neutral])
+        #expect(check.reasons[SPFResult.temperror.index * 4 + 3] == "spf=temperror identity=helo cached")
+        #expect(check.reasons[SPFResult.pass.index * 4] == "spf=pass")
+        #expect(check.reasons[SPFResult.none.index * 4 + 1] == "spf=none cached")
+    }
+
     /// The header is written into storage sized beforehand: values made only of octets that
     /// are escaped or replaced (the worst case) still fit, and every value is escaped as
     /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".", "@" and ":".

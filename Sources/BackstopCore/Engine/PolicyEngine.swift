@@ -35,6 +35,8 @@ public struct Decision: Sendable {
 
 public final class PolicyEngine: Sendable {
     public let stages: [ProtocolState: [any Check]]
+    /// `stages` by `ProtocolState.index`, so a request costs no dictionary lookup.
+    let stageList: [[any Check]]
     public let testMode: Bool
     public let deadline: TimeAmount
     /// Every check by name, for reuse across reloads and for the CLI.
@@ -47,6 +49,7 @@ public final class PolicyEngine: Sendable {
     public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = PolicySettings.defaultDeadline,
                 allChecks: [String: any Check] = [:], timeChecks: Bool = false) {
         self.stages = stages
+        stageList = ProtocolState.allCases.map { stages[$0] ?? [] }
         self.testMode = testMode
         self.deadline = deadline
         var byName = allChecks
@@ -64,7 +67,7 @@ public final class PolicyEngine: Sendable {
 
     /// Decides `request`. Runs synchronously as far as the checks allow.
     public func decide(_ request: PolicyRequest, eventLoop: any EventLoop, logger: Logger) -> Answer<Decision> {
-        let checks = stages[request.protocolState] ?? []
+        let checks = stageList[request.protocolState.index]
         let context = CheckContext(eventLoop: eventLoop, deadline: .now() + deadline, logger: logger)
         switch run(checks, from: 0, Accumulator(), request, context) {
         case .decided(let decision):

@@ -26,10 +26,32 @@ public enum ProtocolState: String, CaseIterable, Sendable, Hashable {
 
     /// Matches the exact upper-case spelling without building a String (the hot path).
     public init(bytes: UnsafeRawBufferPointer) {
+        // Most requests are RCPT's: four octets compared at once.
+        if bytes.count == 4, bytes.loadUnaligned(as: UInt32.self) == UInt32(littleEndian: 0x5450_4352) {
+            self = .rcpt
+            return
+        }
         for (state, name) in Self.wireBytes where name.count == bytes.count {
             if name.withUnsafeBytes({ $0.elementsEqual(bytes) }) { self = state; return }
         }
         self.init(wire: String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// The position in `allCases` (a table index; `allCases` itself is built on each use).
+    public var index: Int {
+        switch self {
+        case .connect: 0
+        case .ehlo: 1
+        case .helo: 2
+        case .mail: 3
+        case .rcpt: 4
+        case .data: 5
+        case .bdat: 6
+        case .endOfMessage: 7
+        case .vrfy: 8
+        case .etrn: 9
+        case .other: 10
+        }
     }
 
     public init(wire: String) {

@@ -9,12 +9,13 @@ public struct RequestParser: Sendable {
     public let limits: ProtocolLimits
     private var pending: [UInt8] = []
     private var lineStart = 0
-    private var known: [Int32]
+    /// Slots of a request's `known` table: start and end of each Attribute's value.
+    private let knownSlots: Int
     private var all: [(Int32, Int32, Int32)] = []
 
     public init(limits: ProtocolLimits = .defaults) {
         self.limits = limits
-        self.known = [Int32](repeating: -1, count: Attribute.allCases.count * 2)
+        knownSlots = Attribute.allCases.count * 2
     }
 
     /// True when no part of a request is buffered (the connection is between requests).
@@ -80,6 +81,7 @@ public struct RequestParser: Sendable {
 
     /// Handles one line (without its newline) that starts at `lineStart` in the request's
     /// buffer; true when it is the empty line that ends the request.
+    @inline(__always)
     private mutating func endLine(_ line: UnsafeRawBufferPointer) throws -> Bool {
         var length = line.count
         // Be lenient with CRLF from hand-typed sessions: the CR is not part of the value.
@@ -97,17 +99,30 @@ public struct RequestParser: Sendable {
         guard all.count < limits.maxAttributes else {
             throw ProtocolError.tooManyAttributes(limit: limits.maxAttributes)
         }
-        let equals = lineStart + nameLength, lineEnd = lineStart + length
-        all.append((Int32(lineStart), Int32(equals), Int32(lineEnd)))
-        if let attribute = Attribute.lookup(UnsafeRawBufferPointer(rebasing: line[..<nameLength])) {
-            // The last occurrence of a duplicated name wins.
-            known[attribute.rawValue * 2] = Int32(equals + 1)
-            known[attribute.rawValue * 2 + 1] = Int32(lineEnd)
-        }
+        // Names are looked up when the request ends (`knownTable`), in one pass.
+        all.append((Int32(lineStart), Int32(lineStart + nameLength), Int32(lineStart + length)))
         return false
     }
 
+    /// For each known attribute, where its value starts and ends in `pending` (-1 when the
+    /// request lacks it); the last occurrence of a duplicated name wins.
+    private func knownTable() -> [Int32] {
+        pending.withUnsafeBytes { raw in
+            [Int32](unsafeUninitializedCapacity: knownSlots) { slots, initialised in
+                slots.initialize(repeating: -1)
+                initialised = knownSlots
+                for (nameStart, equals, valueEnd) in all {
+                    let name = UnsafeRawBufferPointer(rebasing: raw[Int(nameStart)..<Int(equals)])
+                    guard let attribute = Attribute.lookup(name) else { continue }
+                    slots[attribute.rawValue * 2] = equals + 1
+                    slots[attribute.rawValue * 2 + 1] = valueEnd
+                }
+            }
+        }
+    }
+
     private mutating func finishRequest(allowMissingRequest: Bool) throws -> PolicyRequest {
+        let known = knownTable()
         let requestIndex = Attribute.request.rawValue * 2
         if known[requestIndex] < 0 {
             if !allowMissingRequest { throw ProtocolError.missingRequestAttribute }
@@ -126,7 +141,6 @@ public struct RequestParser: Sendable {
         lineStart = 0
         all = []
         all.reserveCapacity(32)
-        for index in known.indices { known[index] = -1 }
         return request
     }
 }

@@ -19,14 +19,16 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
     let instances: RecentInstances
     let storeIdentity: String
     let rules: [Runtime]
-    private let byState: [ProtocolState: [Int]]
+    /// Rule indices by `ProtocolState.index`.
+    private let byState: [[Int]]
     private let memory: MemoryCounterStore?
     private let logger: Logger
     /// While a shared store is down every request fails: one line per second at most.
     private let failureLog = LogThrottle(interval: .seconds(1))
 
-    /// A rule with its identity and its metrics, made once per configuration.
-    struct Runtime: Sendable {
+    /// A rule with its identity and its metrics, made once per configuration. A class: the
+    /// request path passes it around, and a reference costs one retain, not one per field.
+    final class Runtime: Sendable {
         let rule: RateLimitRule
         let identity: RateRuleIdentity
         let hits: Counter
@@ -35,6 +37,17 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
         let keys: Gauge
         /// The rule's overrides table, watched; nil when the rule has none.
         let overrides: WatchedTable<RateOverridesSource>?
+
+        init(rule: RateLimitRule, identity: RateRuleIdentity, hits: Counter, refusals: Counter, failures: Counter, keys: Gauge,
+             overrides: WatchedTable<RateOverridesSource>?) {
+            self.rule = rule
+            self.identity = identity
+            self.hits = hits
+            self.refusals = refusals
+            self.failures = failures
+            self.keys = keys
+            self.overrides = overrides
+        }
     }
 
     /// `overrides`: the loaded overrides tables by rule name (RateLimitSettings.makeCheck
@@ -57,8 +70,8 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
                            keys: Gauge(label: "backstop_ratelimit_keys", dimensions: dims),
                            overrides: overrides[rule.name])
         }
-        var byState: [ProtocolState: [Int]] = [:]
-        for (index, runtime) in rules.enumerated() { byState[runtime.rule.state, default: []].append(index) }
+        var byState = [[Int]](repeating: [], count: ProtocolState.allCases.count)
+        for (index, runtime) in rules.enumerated() { byState[runtime.rule.state.index].append(index) }
         self.byState = byState
         var gauges: [RateRuleIdentity: Gauge] = [:]
         for runtime in rules { gauges[runtime.identity] = runtime.keys }
@@ -81,7 +94,8 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
     }
 
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
-        guard let indices = byState[request.protocolState] else { return .now(.noOpinion()) }
+        let indices = byState[request.protocolState.index]
+        guard !indices.isEmpty else { return .now(.noOpinion()) }
         return run(indices[...], request, context, Progress())
     }
 

@@ -17,6 +17,10 @@ public final class SPFCheck: RetirableCheck {
     let logger: Logger
     /// Whether outcomes are logged (read once: a new check is made on every reload).
     let logsOutcomes: Bool
+    /// Per result (`SPFResult.index`): its action, and its decision-log reasons for MAIL
+    /// FROM and HELO, fresh and cached (`reasonIndex`), made once instead of per request.
+    let actions: [PolicyAction]
+    let reasons: [String]
 
     /// Postfix's instance attribute, hashed once with FNV-1a: the cache's dictionary then
     /// hashes 8 octets, not the string, on every lookup, insertion and eviction. The instance
@@ -71,6 +75,10 @@ public final class SPFCheck: RetirableCheck {
         self.verifier = verifier
         self.logger = logger
         logsOutcomes = logger.logLevel <= .debug
+        actions = SPFResult.allCases.map { settings.actions[$0] ?? .dunno }
+        reasons = SPFResult.allCases.flatMap { result in
+            ["", " identity=helo"].flatMap { helo in ["", " cached"].map { "spf=\(result.rawValue)" + helo + $0 } }
+        }
         if let previous, previous.verifier === verifier {
             messages = previous.messages
         } else {
@@ -117,7 +125,7 @@ public final class SPFCheck: RetirableCheck {
         if let key, let state = messages.value(key), state.client == client, state.sender == sender, state.helo == helo {
             return .now(verdict(for: state.evaluated, header: state.header))
         }
-        let queries = self.queries(client: client, sender: sender, helo: helo)
+        let queries = self.queries(client: client, sender: sender, helo: helo, parsed: address)
         if let evaluated = cached(queries) {
             return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger))
         }
@@ -139,14 +147,16 @@ public final class SPFCheck: RetirableCheck {
     }
 
     /// The HELO query (when the HELO identity is checked) and the MAIL FROM query.
-    func queries(client: String, sender: String, helo: String) -> (helo: SPFQuery?, mailfrom: SPFQuery) {
+    func queries(client: String, sender: String, helo: String, parsed: IPAddress? = nil) -> (helo: SPFQuery?, mailfrom: SPFQuery) {
         let heloUsable = settings.heloCheck && !helo.isEmpty && SPFQuery.domainProblem(helo) == nil
+        let parsed = parsed ?? IPAddress(client)
         // A bounce's MAIL FROM identity is postmaster@helo (RFC 7208 §2.4); still "mailfrom".
-        return (heloUsable ? SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo) : nil,
-                SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom))
+        return (heloUsable ? SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo, parsed: parsed) : nil,
+                SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom, parsed: parsed))
     }
 
     /// The outcomes for one message from the verifier's cache alone, or nil.
+    @inline(__always)
     func cached(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery)) -> SPFEvaluated? {
         var evaluated = SPFEvaluated()
         if let helo = queries.helo {
@@ -191,16 +201,19 @@ public final class SPFCheck: RetirableCheck {
         if let helo = evaluated.helo, helo.result == .fail {
             return refusalOrHeader(helo, once: once, strict: false)
         }
-        guard let outcome = evaluated.mailfrom ?? evaluated.helo else { return .noOpinion("spf=none") }
-        let strict = outcome.query.identity == .mailfrom && SPFSettings.listed(outcome.query.domain, in: settings.strictDomains)
-        return refusalOrHeader(outcome, once: once, strict: strict)
+        // Each outcome is read where it is: `a ?? b` would copy one.
+        if let mailfrom = evaluated.mailfrom { return refusalOrHeader(mailfrom, once: once, strict: strict(mailfrom)) }
+        guard let helo = evaluated.helo else { return .noOpinion("spf=none") }
+        return refusalOrHeader(helo, once: once, strict: strict(helo))
+    }
+
+    private func strict(_ outcome: SPFOutcome) -> Bool {
+        outcome.query.identity == .mailfrom && SPFSettings.listed(outcome.query.domain, in: settings.strictDomains)
     }
 
     func refusalOrHeader(_ outcome: SPFOutcome, once: HeaderOnce?, strict: Bool) -> Verdict {
-        var action = settings.actions[outcome.result] ?? .dunno
-        var reason = "spf=\(outcome.result.rawValue)"
-        if outcome.query.identity == .helo { reason += " identity=helo" }
-        if outcome.cached { reason += " cached" }
+        var action = actions[outcome.result.index]
+        var reason = reasons[outcome.result.index * 4 + (outcome.query.identity == .helo ? 2 : 0) + (outcome.cached ? 1 : 0)]
         if strict && outcome.result != .pass && outcome.result != .temperror && !action.isRefusal {
             action = settings.strictAction
             reason += " strict_domain"
@@ -297,7 +310,7 @@ public final class SPFCheck: RetirableCheck {
     }
 
     private func log(_ outcome: SPFOutcome, _ logger: Logger) {
-        verifier.metrics.results[outcome.result]?.increment()
+        verifier.metrics.results[outcome.result.index].increment()
         if logsOutcomes {
             logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) cached=\(outcome.cached) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
         }

@@ -80,6 +80,7 @@ public enum SPFHeader {
             }
         }
 
+        @inline(__always)
         private mutating func write(_ octets: UnsafeRawBufferPointer) {
             precondition(octets.count <= buffer.count - count, "SPFHeader capacity")
             guard let source = octets.baseAddress, !octets.isEmpty else { return }
@@ -87,6 +88,7 @@ public enum SPFHeader {
             count += octets.count
         }
 
+        @inline(__always)
         private mutating func write(_ octet: UInt8) {
             precondition(count < buffer.count, "SPFHeader capacity")
             buffer[count] = octet
@@ -94,6 +96,7 @@ public enum SPFHeader {
         }
 
         /// Appends a literal without looking at its characters.
+        @inline(__always)
         mutating func literal(_ text: StaticString) {
             write(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
         }
@@ -119,6 +122,8 @@ public enum SPFHeader {
             write(0x22)
             var copy = text
             copy.withUTF8 { octets in
+                // Most values need no escape: one copy.
+                guard octets.contains(where: { $0 == 0x22 || $0 == 0x5C }) else { return write(UnsafeRawBufferPointer(octets)) }
                 for b in octets {
                     if b == 0x22 || b == 0x5C { write(0x5C) }
                     write(b)
@@ -131,7 +136,9 @@ public enum SPFHeader {
         mutating func commentText(_ text: String) {
             var copy = text
             copy.withUTF8 { octets in
-                for b in octets { write(b == 0x28 || b == 0x29 || b == 0x5C ? 0x5F : b) }
+                let start = count
+                write(UnsafeRawBufferPointer(octets))
+                for i in start..<count where buffer[i] == 0x28 || buffer[i] == 0x29 || buffer[i] == 0x5C { buffer[i] = 0x5F }
             }
         }
 

@@ -6,8 +6,8 @@ import Metrics
 struct SPFMetrics: Sendable {
     /// Evaluations completed by workers, by result.
     let evaluations: [SPFResult: Counter]
-    /// Results that decided a request (cache hits included), by result.
-    let results: [SPFResult: Counter]
+    /// Results that decided a request (cache hits included), by `SPFResult.index`.
+    let results: [Counter]
     let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
     let dnsCacheHits = Counter(label: "backstop_spf_dns_cache_total", dimensions: [("result", "hit")])
     let dnsCacheMisses = Counter(label: "backstop_spf_dns_cache_total", dimensions: [("result", "miss")])
@@ -20,13 +20,11 @@ struct SPFMetrics: Sendable {
 
     init() {
         var evaluations: [SPFResult: Counter] = [:]
-        var results: [SPFResult: Counter] = [:]
         for result in SPFResult.allCases {
             evaluations[result] = Counter(label: "backstop_spf_evaluations_total", dimensions: [("result", result.rawValue)])
-            results[result] = Counter(label: "backstop_spf_results_total", dimensions: [("result", result.rawValue)])
         }
         self.evaluations = evaluations
-        self.results = results
+        results = SPFResult.allCases.map { Counter(label: "backstop_spf_results_total", dimensions: [("result", $0.rawValue)]) }
         var restarts: [SPFRestartReason: Counter] = [:]
         for reason in SPFRestartReason.allCases {
             restarts[reason] = Counter(label: "backstop_spf_worker_restarts_total", dimensions: [("reason", reason.rawValue)])

@@ -21,12 +21,13 @@ public struct SPFQuery: Sendable, Hashable {
     /// The domain whose policy is evaluated (the part of `checkedMailbox` after its last "@").
     public let domain: String
 
-    public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom) {
+    /// `parsed`: the client address already parsed, when the caller has it.
+    public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom, parsed: IPAddress? = nil) {
         self.clientAddress = clientAddress
         self.sender = sender
         self.helo = helo
         self.identity = identity
-        client = IPAddress(clientAddress)
+        client = parsed ?? IPAddress(clientAddress)
         (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
     }
 

@@ -5,6 +5,19 @@
 public enum SPFResult: String, Sendable, CaseIterable, Equatable {
     case pass, fail, softfail, neutral, none, permerror, temperror
 
+    /// The result's position in `allCases`, for tables indexed by result.
+    public var index: Int {
+        switch self {
+        case .pass: 0
+        case .fail: 1
+        case .softfail: 2
+        case .neutral: 3
+        case .none: 4
+        case .permerror: 5
+        case .temperror: 6
+        }
+    }
+
     /// The result word as a literal (cheaper to append than `rawValue`).
     public var word: StaticString {
         switch self {

@@ -96,9 +96,15 @@ public final class SPFVerifier: Sendable {
     }
 
     enum OutcomeEntry: Sendable {
-        case outcome(SPFOutcome)
+        /// Boxed: a cache hit copies one reference out of the cache, not every field.
+        case outcome(KeptOutcome)
         /// The outcome depends on more than client and domain: look again with these.
         case refine(SPFMacroSet)
+    }
+
+    final class KeptOutcome: Sendable {
+        let outcome: SPFOutcome
+        init(_ outcome: SPFOutcome) { self.outcome = outcome }
     }
 
     /// What an evaluation of `query` is keyed on before its records are known.
@@ -121,11 +127,12 @@ public final class SPFVerifier: Sendable {
         let key = baseKey(query, client: client, domain: query.domain)
         var entry = outcomes.value(key)
         if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros)) }
-        guard case .outcome(var outcome)? = entry else {
+        guard case .outcome(let kept)? = entry else {
             metrics.outcomeCacheMisses.increment()
             return nil
         }
         metrics.outcomeCacheHits.increment()
+        var outcome = kept.outcome
         outcome.query = query
         outcome.cached = true
         outcome.elapsed = .zero
@@ -144,9 +151,9 @@ public final class SPFVerifier: Sendable {
         let dependsOnMore = !job.macros.isDisjoint(with: SPFMacroSet.readsLocalPart.union(.helo))
         if dependsOnMore {
             outcomes.insert(key, .refine(job.macros), cost: 120, expires: expires, now: now)
-            outcomes.insert(refined(key, job.query, job.macros), .outcome(outcome), cost: outcome.cost, expires: expires, now: now)
+            outcomes.insert(refined(key, job.query, job.macros), .outcome(KeptOutcome(outcome)), cost: outcome.cost, expires: expires, now: now)
         } else {
-            outcomes.insert(key, .outcome(outcome), cost: outcome.cost, expires: expires, now: now)
+            outcomes.insert(key, .outcome(KeptOutcome(outcome)), cost: outcome.cost, expires: expires, now: now)
         }
     }
 
