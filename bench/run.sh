@@ -6,7 +6,7 @@
 # throughput ratios, p99 latency, RSS, start-up time. Everything runs on loopback and is
 # stopped on exit. It does not judge a single absolute number: the machine is shared.
 #
-#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR] [--only LIST]
+#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR] [--only LIST] [--threads N]
 #
 #   --quick      short runs (3 s, 1 round, 200,000 rate-limit keys) for trying the script out
 #   --no-build   use the release binary already built
@@ -15,6 +15,7 @@
 #   --out DIR    keep raw results here (default .build/bench/<date>)
 #   --only LIST  comma-separated scenarios: checks, spf-warm, spf-peers, new-connection,
 #                spf-cold, keys, ratelimit, example, startup (default: all of them)
+#   --threads N  server.threads of the measured servers (default 0: one event loop per core)
 #
 # Needs: swift, gcc, python3 with dnslib (Tests/Support/dns_server.py), and the policyload
 # and refserver sources in ../shared/bench (or BACKSTOP_BENCH_TOOLS=dir).
@@ -22,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS_SRC=${BACKSTOP_BENCH_TOOLS:-$ROOT/../shared/bench}
-QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT="" ONLY="checks,spf-warm,spf-peers,new-connection,spf-cold,keys,ratelimit,example,startup"
+THREADS=0 QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT="" ONLY="checks,spf-warm,spf-peers,new-connection,spf-cold,keys,ratelimit,example,startup"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift ;;
         --out) OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
+        --threads) THREADS=$2; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -107,6 +109,7 @@ config() {
     case " $* " in *" bounces "*) data='"bounces"' ;; esac
     {
         printf '# bench/run.sh: scenario %s\n[[listen]]\naddress = "127.0.0.1:%s"\n\n' "$name" "$port"
+        printf '[server]\nthreads = %s\n\n' "$THREADS"
         printf '[log]\nlevel = "warning"\n\n[policy]\nrcpt = [%s]\ndata = [%s]\n' "$rcpt" "$data"
         for section in "$@"; do
             case $section in
@@ -180,7 +183,7 @@ dns_command() {  # sends one command to the DNS server, prints its one-line answ
     echo "memory: $(free -g | awk '/^Mem:/ {print $2 " GiB total, " $7 " GiB available"}')"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
-    echo "mode: rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNS quick=$QUICK"
+    echo "mode: rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNS quick=$QUICK threads=$THREADS"
 } | tee "$OUT/machine.txt" >&2
 
 # ---- DNS server for SPF (loopback, stops when its stdin closes) ----
