@@ -100,27 +100,28 @@ func isHeader(_ decision: Decision) -> Bool {
         for (position, result) in SPFResult.allCases.enumerated() { #expect(result.index == position) }
         var settings = SPFSettings()
         settings.actions[.neutral] = try PolicyAction(parsing: "550 5.7.23 neutral")
+        settings.actions[.softfail] = try PolicyAction(parsing: "PREPEND X-Softfail: yes")
         let verifier = SPFVerifier(settings: settings.verifier, executable: "/nonexistent")
         defer { verifier.shutdown() }
         let check = SPFCheck(settings: settings, verifier: verifier)
-        #expect(check.actions[SPFResult.neutral.index] == settings.actions[.neutral])
+        for result in SPFResult.allCases { #expect(check.actions[result.index] == settings.actions[result], "\(result)") }
         #expect(check.reasons[SPFResult.temperror.index * 4 + 3] == "spf=temperror identity=helo cached")
         #expect(check.reasons[SPFResult.pass.index * 4] == "spf=pass")
         #expect(check.reasons[SPFResult.none.index * 4 + 1] == "spf=none cached")
     }
 
-    /// The header is written into storage sized beforehand: values made only of octets that
-    /// are escaped or replaced (the worst case) still fit, and every value is escaped as
+    /// The header is written into storage sized beforehand: values made only of the octets
+    /// that quoting doubles (the worst case) still fit, and every value is escaped as
     /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".", "@" and ":".
     @Test func headersFitTheirStorageWhateverTheValues() {
-        let nasty = String(repeating: "\"\\()", count: 200)
+        let nasty = String(repeating: "\"\\", count: 400)
         var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
         outcome.mechanism = nasty
         let line = SPFHeader.receivedSPF(outcome, receiver: nasty)
-        let escaped = String(repeating: "\\\"\\\\()", count: 200)
+        let escaped = String(repeating: "\\\"\\\\", count: 400)
         #expect(line.contains("client-ip=\"\(escaped)\";") && line.contains("receiver=\"\(escaped)\";"))
         #expect(line.contains("mechanism=\"\(escaped)\";"))
-        let commented = String(repeating: "\"___", count: 200)
+        let commented = String(repeating: "\"_", count: 400)
         #expect(line.hasPrefix("Received-SPF: neutral (" + commented + ": " + commented + " is neither permitted nor denied by domain of "))
         var helo = outcome
         helo.query = SPFQuery(clientAddress: nasty, sender: "", helo: nasty, identity: .helo)
