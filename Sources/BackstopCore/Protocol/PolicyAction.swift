@@ -134,25 +134,15 @@ extension StringProtocol {
     /// The text without leading and trailing spaces and tabs.
     /// Works on octets: both are ASCII, so every cut falls on a character boundary.
     public var trimmingSpaces: String {
-        // Native strings: offsets in their storage, the end found from the back.
-        let fast = utf8.withContiguousStorageIfAvailable { octets -> String in
+        var text = String(self)
+        // Offsets in the string's storage, the end found from the back.
+        let (start, end) = text.withUTF8 { octets -> (Int, Int) in
             var start = 0, end = octets.count
             while start < end, octets[start] == 0x20 || octets[start] == 0x09 { start += 1 }
             while end > start, octets[end - 1] == 0x20 || octets[end - 1] == 0x09 { end -= 1 }
-            if start == 0 && end == octets.count, let same = self as? String { return same }
-            return String(decoding: UnsafeBufferPointer(rebasing: octets[start..<end]), as: UTF8.self)
+            return (start, end)
         }
-        if let fast { return fast }
-        let octets = utf8
-        var start = octets.startIndex
-        while start < octets.endIndex, octets[start] == 0x20 || octets[start] == 0x09 { octets.formIndex(after: &start) }
-        // One forward pass: `end` follows the last octet that is not blank.
-        var end = start, i = start
-        while i < octets.endIndex {
-            let octet = octets[i]
-            octets.formIndex(after: &i)
-            if octet != 0x20 && octet != 0x09 { end = i }
-        }
-        return String(self[start..<end])
+        if start == 0 && end == text.utf8.count { return text }
+        return text.withUTF8 { String(decoding: UnsafeBufferPointer(rebasing: $0[start..<end]), as: UTF8.self) }
     }
 }

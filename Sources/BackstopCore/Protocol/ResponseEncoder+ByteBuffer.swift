@@ -9,8 +9,6 @@ extension ResponseEncoder {
     /// which so builds no intermediate array per answer.
     public static func encode(_ action: PolicyAction, into buffer: inout ByteBuffer) {
         switch action {
-        case .dunno:
-            write("action=DUNNO", "", into: &buffer)
         case .prepend(let header):
             // The common long answer (a Received-SPF header): no joined String in between.
             write("action=PREPEND ", sanitise(header, limit: maxHeaderLine), into: &buffer)

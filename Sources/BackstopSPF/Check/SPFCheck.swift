@@ -17,8 +17,8 @@ public final class SPFCheck: RetirableCheck {
     let logger: Logger
     /// Whether outcomes are logged (read once: a new check is made on every reload).
     let logsOutcomes: Bool
-    /// Per result (`SPFResult.index`): its action, and its decision-log reasons for MAIL
-    /// FROM and HELO, fresh and cached (`reasonIndex`), made once instead of per request.
+    /// Per result (`SPFResult.index`): its action, and its decision-log reasons, made once
+    /// instead of per request; `reasons[result.index * 4 + (helo ? 2 : 0) + (cached ? 1 : 0)]`.
     let actions: [PolicyAction]
     let reasons: [String]
 

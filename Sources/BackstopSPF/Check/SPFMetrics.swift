@@ -4,8 +4,8 @@
 import Metrics
 
 struct SPFMetrics: Sendable {
-    /// Evaluations completed by workers, by result.
-    let evaluations: [SPFResult: Counter]
+    /// Evaluations completed by workers, by `SPFResult.index`.
+    let evaluations: [Counter]
     /// Results that decided a request (cache hits included), by `SPFResult.index`.
     let results: [Counter]
     let dnsQueries = Counter(label: "backstop_spf_dns_queries_total")
@@ -19,11 +19,7 @@ struct SPFMetrics: Sendable {
     let workerRestarts: [SPFRestartReason: Counter]
 
     init() {
-        var evaluations: [SPFResult: Counter] = [:]
-        for result in SPFResult.allCases {
-            evaluations[result] = Counter(label: "backstop_spf_evaluations_total", dimensions: [("result", result.rawValue)])
-        }
-        self.evaluations = evaluations
+        evaluations = SPFResult.allCases.map { Counter(label: "backstop_spf_evaluations_total", dimensions: [("result", $0.rawValue)]) }
         results = SPFResult.allCases.map { Counter(label: "backstop_spf_results_total", dimensions: [("result", $0.rawValue)]) }
         var restarts: [SPFRestartReason: Counter] = [:]
         for reason in SPFRestartReason.allCases {

@@ -122,7 +122,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     /// A worker finished an evaluation (the connection already answered its promise).
     func finished(_ job: SPFJob, _ outcome: SPFOutcome, on worker: SPFWorkerConnection) {
         load.add(-1, ordering: .relaxed)
-        metrics.evaluations[outcome.result]?.increment()
+        metrics.evaluations[outcome.result.index].increment()
         metrics.duration.recordNanoseconds(outcome.elapsed.nanoseconds)
         onOutcome(job, outcome)
         if outcome.result != .temperror { failures = 0 }
