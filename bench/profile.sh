@@ -113,11 +113,11 @@ callgrind_control -z > /dev/null
 callgrind_control -d > /dev/null
 sleep 1
 OUTFILE=$(ls "$WORK"/callgrind.out.* | head -n 1)
+mkdir -p .build/bench && cp "$OUTFILE" ".build/bench/callgrind-$SCENARIO.out"
 total=$(callgrind_annotate "$OUTFILE" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "scenario $SCENARIO: $total instructions for $REQUESTS requests = $((total / REQUESTS)) per request"
 echo "--- self"
 callgrind_annotate "$OUTFILE" | grep -E '^ *[0-9,]+ +\(' | sed -n '2,26p' | cut -c1-180
 echo "--- inclusive (Backstop's own functions)"
-callgrind_annotate --inclusive=yes "$OUTFILE" | grep -E 'Backstop(Core|Server)|libspf2' | head -25 | cut -c1-180
-mkdir -p .build/bench && cp "$OUTFILE" ".build/bench/callgrind-$SCENARIO.out"
+callgrind_annotate --inclusive=yes "$OUTFILE" | grep -E 'Backstop(Core|Server|SPF)|libspf2' | sed -n '1,25p' | cut -c1-180
 echo "(kept in .build/bench/callgrind-$SCENARIO.out; open with callgrind_annotate or kcachegrind)"

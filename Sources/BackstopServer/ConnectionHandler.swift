@@ -1,5 +1,5 @@
-// The channel handler of one Postfix connection, policy or socketmap alike: takes the
-// frames FrameDecoder makes, hands each request to its responder in arrival order (one at
+// The channel handler of one Postfix connection, policy or socketmap alike: feeds the
+// bytes it reads to its FrameDecoder, hands each request to its responder in arrival order (one at
 // a time, as Postfix sends them), writes the encoded answers, and carries out what
 // ConnectionState decides about reading, timeouts and closing (graceful stop arrives as
 // NIO's ChannelShouldQuiesceEvent). What a request means, and how its answer is counted,
@@ -19,7 +19,7 @@ enum ConnectionResponder {
 }
 
 final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = ConnectionFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -28,12 +28,16 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let peer: String
     private let shutdownGrace: TimeAmount
     private var connection: ConnectionState
+    private var decoder: FrameDecoder
+    /// Set at a protocol error: the connection is closing and what else arrives is dropped.
+    private var decodeFailed = false
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
     private var outBuffer: ByteBuffer?
 
-    init(state: ServerState, responder: ConnectionResponder, peer: String) {
+    init(state: ServerState, decoder: FrameDecoder, responder: ConnectionResponder, peer: String) {
         self.state = state
+        self.decoder = decoder
         self.responder = responder
         self.peer = peer
         let settings = state.settings.withLockedValue { $0 }
@@ -56,12 +60,20 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .request(let request):
-            connection.received(request, now: .now())
-            answerQueued(context: context)
-        case .started:
-            connection.requestBegan(now: .now())
+        guard !decodeFailed else { return }
+        do {
+            try decoder.feed(unwrapInboundIn(data)) { frame in
+                switch frame {
+                case .request(let request):
+                    connection.received(request, now: .now())
+                    answerQueued(context: context)
+                case .started:
+                    connection.requestBegan(now: .now())
+                }
+            }
+        } catch {
+            decodeFailed = true
+            errorCaught(context: context, error: error)
         }
     }
 
@@ -86,7 +98,6 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if connection.protocolError() { close(context: context) }
             return
         }
-        if error is ByteToMessageDecoderError { return }  // bytes after a protocol error: already closing
         state.logger.debug("connection error: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
         connection.closed()
         context.close(promise: nil)

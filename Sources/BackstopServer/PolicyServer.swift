@@ -142,11 +142,11 @@ public final class PolicyServer: Service, Sendable {
             let pipeline = channel.pipeline.syncOperations
             switch served {
             case .policy:
-                try pipeline.addHandler(FrameDecoder.handler(RequestParser(limits: state.currentLimits)))
-                try pipeline.addHandler(ConnectionHandler(state: state, responder: .policy(PolicyResponder(state: state, loopEngine: loopEngine)), peer: peer))
+                try pipeline.addHandler(ConnectionHandler(state: state, decoder: FrameDecoder(RequestParser(limits: state.currentLimits)),
+                                                          responder: .policy(PolicyResponder(state: state, loopEngine: loopEngine)), peer: peer))
             case .socketmap:
-                try pipeline.addHandler(FrameDecoder.handler(SocketmapParser()))
-                try pipeline.addHandler(ConnectionHandler(state: state, responder: .socketmap(SocketmapResponder(state: state, loopEngine: loopEngine, peer: peer)), peer: peer))
+                try pipeline.addHandler(ConnectionHandler(state: state, decoder: FrameDecoder(SocketmapParser()),
+                                                          responder: .socketmap(SocketmapResponder(state: state, loopEngine: loopEngine, peer: peer)), peer: peer))
             }
         }
     }

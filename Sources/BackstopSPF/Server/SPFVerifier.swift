@@ -162,11 +162,14 @@ public final class SPFVerifier: Sendable {
     /// The outcome of `query`; the future always succeeds (temperror when no answer is
     /// possible in time), on `loop`.
     public func evaluate(_ query: SPFQuery, deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<SPFOutcome> {
-        if let immediate = SPFVerifier.precheck(query) { return loop.makeSucceededFuture(immediate) }
+        let domain: DNSName
+        switch SPFVerifier.precheck(query) {
+        case .failure(let immediate): return loop.makeSucceededFuture(immediate.outcome)
+        case .success(let name): domain = name
+        }
         if let hit = cachedOutcome(query) { return loop.makeSucceededFuture(hit) }
         let client = query.client!
         let mailbox = Array(query.checkedMailbox.utf8)
-        let domain = DNSName(text: query.domain)!
         let promise = loop.makePromise(of: SPFOutcome.self)
         let base = SPFWire.Evaluate(id: 0, identity: query.identity,
                                        upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
@@ -203,25 +206,34 @@ public final class SPFVerifier: Sendable {
         return promise.futureResult
     }
 
-    /// The outcome without an evaluation, when the query cannot be evaluated at all.
-    static func precheck(_ query: SPFQuery) -> SPFOutcome? {
+    /// An outcome given without an evaluation (an Error only to travel in a Result).
+    struct Immediate: Error {
+        let outcome: SPFOutcome
+        init(_ result: SPFResult, _ query: SPFQuery, _ problem: String) {
+            outcome = SPFOutcome(result: result, query: query, problem: problem)
+        }
+    }
+
+    /// The domain to evaluate as a DNS name, or the outcome when the query cannot be
+    /// evaluated at all.
+    static func precheck(_ query: SPFQuery) -> Result<DNSName, Immediate> {
         guard query.client != nil else {
-            return SPFOutcome(result: .none, query: query, problem: "client address is not an IP address")
+            return .failure(Immediate(.none, query, "client address is not an IP address"))
         }
         if let problem = SPFQuery.domainProblem(query.domain) {
             // RFC 7208 §4.3: a malformed or single-label domain gives none.
-            return SPFOutcome(result: .none, query: query, problem: problem)
+            return .failure(Immediate(.none, query, problem))
         }
         if query.checkedMailbox.utf8.count > SPFWire.maxSender {
-            return SPFOutcome(result: .permerror, query: query, problem: "sender longer than \(SPFWire.maxSender) octets")
+            return .failure(Immediate(.permerror, query, "sender longer than \(SPFWire.maxSender) octets"))
         }
         if query.helo.utf8.count > SPFWire.maxHelo {
-            return SPFOutcome(result: .permerror, query: query, problem: "HELO name longer than \(SPFWire.maxHelo) octets")
+            return .failure(Immediate(.permerror, query, "HELO name longer than \(SPFWire.maxHelo) octets"))
         }
-        guard DNSName(text: query.domain) != nil else {
-            return SPFOutcome(result: .none, query: query, problem: "domain cannot be asked in DNS")
+        guard let name = DNSName(text: query.domain) else {
+            return .failure(Immediate(.none, query, "domain cannot be asked in DNS"))
         }
-        return nil
+        return .success(name)
     }
 
     /// The slot for evaluations from `loop`: the least busy one on that loop, a new one

@@ -225,12 +225,27 @@ public enum SPFWire {
 
     // MARK: writer and reader
 
+    /// Appends octet by octet into one array sized for a typical frame (an evaluation with
+    /// its answers is ~200 octets), so encoding allocates once.
     struct Writer {
-        var bytes: [UInt8] = [0, 0, 0, 0]
+        var bytes: [UInt8]
+
+        init() {
+            bytes = [0, 0, 0, 0]
+            bytes.reserveCapacity(512)
+        }
 
         mutating func u8(_ v: Int) { bytes.append(UInt8(truncatingIfNeeded: v)) }
-        mutating func u16(_ v: Int) { bytes += [UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
-        mutating func u32(_ v: UInt32) { bytes += [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
+        mutating func u16(_ v: Int) {
+            bytes.append(UInt8(truncatingIfNeeded: v >> 8))
+            bytes.append(UInt8(truncatingIfNeeded: v))
+        }
+        mutating func u32(_ v: UInt32) {
+            bytes.append(UInt8(truncatingIfNeeded: v >> 24))
+            bytes.append(UInt8(truncatingIfNeeded: v >> 16))
+            bytes.append(UInt8(truncatingIfNeeded: v >> 8))
+            bytes.append(UInt8(truncatingIfNeeded: v))
+        }
         mutating func bytes8(_ b: [UInt8]) { u8(b.count); bytes += b }
         mutating func bytes16(_ b: [UInt8]) { u16(b.count); bytes += b }
         mutating func bytes32(_ b: [UInt8]) { u32(UInt32(b.count)); bytes += b }
@@ -277,14 +292,14 @@ public enum SPFWire {
             }
         }
 
-        func framed() -> [UInt8] {
-            var out = bytes
-            let n = out.count - 4
-            out[0] = UInt8(truncatingIfNeeded: n >> 24)
-            out[1] = UInt8(truncatingIfNeeded: n >> 16)
-            out[2] = UInt8(truncatingIfNeeded: n >> 8)
-            out[3] = UInt8(truncatingIfNeeded: n)
-            return out
+        /// The frame: its length written into the 4 octets kept for it (in place, no copy).
+        mutating func framed() -> [UInt8] {
+            let n = bytes.count - 4
+            bytes[0] = UInt8(truncatingIfNeeded: n >> 24)
+            bytes[1] = UInt8(truncatingIfNeeded: n >> 16)
+            bytes[2] = UInt8(truncatingIfNeeded: n >> 8)
+            bytes[3] = UInt8(truncatingIfNeeded: n)
+            return bytes
         }
     }
 
