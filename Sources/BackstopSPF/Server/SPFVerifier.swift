@@ -240,9 +240,14 @@ public final class SPFVerifier: Sendable {
     /// there while fewer than `workers` exist, else the least busy anywhere.
     private func slot(for loop: any EventLoop) -> SPFWorkerSlot {
         slots.withLockedValue { list in
-            let local = list.filter { $0.loop === loop }
-            let best = local.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) }
-            if let best, best.load.load(ordering: .relaxed) == 0 || list.count >= max(1, settings.workers) { return best }
+            // The least busy on this loop, found without building a list (once per evaluation).
+            var best: SPFWorkerSlot?
+            var bestLoad = Int.max
+            for slot in list where slot.loop === loop {
+                let load = slot.load.load(ordering: .relaxed)
+                if load < bestLoad { (best, bestLoad) = (slot, load) }
+            }
+            if let best, bestLoad == 0 || list.count >= max(1, settings.workers) { return best }
             if list.count < max(1, settings.workers) {
                 let slot = SPFWorkerSlot(index: list.count, loop: loop, verifier: self)
                 list.append(slot)
