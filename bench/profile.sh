@@ -8,6 +8,10 @@
 #
 #   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
 #   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
+#   bench/profile.sh --cpu checks|spf-warm|spf-peers
+#       no valgrind: the server as run.sh runs it (one event loop per core), 3 s of load
+#       after the warm-up, and the CPU time per request of the server (user, kernel) and of
+#       policyload, from /proc/PID/stat; then the same for refserver
 #
 # The server-side scenarios count the server process only: SPF workers are other processes.
 # spf-worker runs `backstop spf-worker --bench N` (N evaluations from a cached DNS answer,
@@ -18,7 +22,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SCENARIO=${1:?usage: profile.sh checks|spf-warm|spf-peers|spf-worker [REQUESTS]}
+CPU=0
+if [ "${1:-}" = --cpu ]; then CPU=1; shift; fi
+SCENARIO=${1:?usage: profile.sh [--cpu] checks|spf-warm|spf-peers|spf-worker [REQUESTS]}
 REQUESTS=${2:-24000}
 WARMUP=${3:-12000}
 cd "$ROOT"
@@ -82,7 +88,7 @@ cat > "$WORK/backstop.toml" <<EOF
 [[listen]]
 address = "127.0.0.1:$PORT"
 [server]
-threads = 1
+threads = $([ "$CPU" = 1 ] && echo 0 || echo 1)
 [log]
 level = "warning"
 [policy]
@@ -102,6 +108,43 @@ action = "DEFER 4.7.1 Rate limit exceeded, try again later"
 no_reply_addresses = ["@notify.bench.test"]
 $SPF
 EOF
+if [ "$CPU" = 1 ]; then
+    "$WORK/backstop" serve -c "$WORK/backstop.toml" 2> "$WORK/server.log" &
+    SERVER=$!
+    PIDS+=($SERVER)
+    python3 bench/first_answer.py wait "$PORT" --timeout 300
+    "$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$WARMUP" > /dev/null
+    REFSERVER=$ROOT/.build/bench/refserver
+    [ -x "$REFSERVER" ] || gcc -O2 -Wall -o "$REFSERVER" ../shared/bench/refserver.c -lpthread
+    REF_PORT=$(free_port)
+    "$REFSERVER" "127.0.0.1:$REF_PORT" 2> /dev/null &
+    PIDS+=($!)
+    REF=$!
+    sleep 0.5
+    ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }   # user and kernel, in clock ticks
+    cpu() {  # NAME PID PORT: 3 s measured inside a 6 s load
+        "$POLICYLOAD" -q -t "127.0.0.1:$3" -f "bench/mixes/$SCENARIO.mix" -c 16 -d 6 -w 1 > "$WORK/load.json" &
+        local load=$! hz
+        hz=$(getconf CLK_TCK)
+        sleep 2
+        read -r su ss < <(ticks "$2"); read -r lu ls < <(ticks "$load"); local t0=$SECONDS
+        sleep 3
+        read -r su2 ss2 < <(ticks "$2"); read -r lu2 ls2 < <(ticks "$load")
+        wait "$load"
+        python3 - "$1" "$hz" "$su" "$ss" "$su2" "$ss2" "$lu" "$ls" "$lu2" "$ls2" "$WORK/load.json" <<'PY'
+import json, sys
+name, hz = sys.argv[1], int(sys.argv[2])
+su, ss, su2, ss2, lu, ls, lu2, ls2 = map(int, sys.argv[3:11])
+rps = next(json.loads(l[5:]) for l in open(sys.argv[11]) if l.startswith("JSON "))["rps"]
+per = lambda t: t / hz / (rps * 3) * 1e6
+print(f"{name}: {rps:,.0f} req/s; CPU per request: server user {per(su2 - su):.1f} us, kernel {per(ss2 - ss):.1f} us; "
+      f"policyload {per(lu2 - lu + ls2 - ls):.1f} us")
+PY
+    }
+    cpu backstop "$SERVER" "$PORT"
+    cpu refserver "$REF" "$REF_PORT"
+    exit 0
+fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
     "$WORK/backstop" serve -c "$WORK/backstop.toml" 2> "$WORK/valgrind.log" &
 PIDS+=($!)
