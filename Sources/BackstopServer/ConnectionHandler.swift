@@ -31,6 +31,13 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var decoder: FrameDecoder
     /// Set at a protocol error: the connection is closing and what else arrives is dropped.
     private var decodeFailed = false
+    /// True while `decoder` is being fed. NIO can deliver a read in the middle of it: an
+    /// answer flushed from inside the feed (a check whose future was already complete)
+    /// whose write fails makes NIO read what is left on the socket at once. Those bytes wait
+    /// in `reentered` and are fed, in order, when the outer feed returns (the decoder is
+    /// never entered twice, which Swift's exclusivity check would stop the process for).
+    private var feeding = false
+    private var reentered: ByteBuffer?
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
     private var outBuffer: ByteBuffer?
@@ -61,19 +68,31 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !decodeFailed else { return }
-        do {
-            try decoder.feed(unwrapInboundIn(data)) { frame in
-                switch frame {
-                case .request(let request):
-                    connection.received(request, now: .now())
-                    answerQueued(context: context)
-                case .started:
-                    connection.requestBegan(now: .now())
+        var bytes = unwrapInboundIn(data)
+        guard !feeding else {
+            if reentered == nil { reentered = bytes } else { reentered!.writeBuffer(&bytes) }
+            return
+        }
+        feeding = true
+        defer { feeding = false }
+        var next: ByteBuffer? = bytes
+        while let current = next, !decodeFailed {
+            do {
+                try decoder.feed(current) { frame in
+                    switch frame {
+                    case .request(let request):
+                        connection.received(request, now: .now())
+                        answerQueued(context: context)
+                    case .started:
+                        connection.requestBegan(now: .now())
+                    }
                 }
+            } catch {
+                decodeFailed = true
+                errorCaught(context: context, error: error)
             }
-        } catch {
-            decodeFailed = true
-            errorCaught(context: context, error: error)
+            next = reentered
+            reentered = nil
         }
     }
 

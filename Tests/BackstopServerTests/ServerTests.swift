@@ -184,6 +184,41 @@ import NIOCore
         await s.stop()
     }
 
+    /// A check whose future is already complete is answered (and flushed) from inside the
+    /// parser's feed; when the client has gone, that write fails and NIO reads what is
+    /// left on the socket at once, re-entering the handler. The server must survive it
+    /// (it once stopped on Swift's exclusivity check). The loop is held busy so that the
+    /// client has sent everything and closed before its connection is read.
+    @Test func aReadDeliveredDuringTheFeedIsFedAfterIt() async throws {
+        struct Immediate: Check {
+            let name = "immediate", testMode = false, failVerdict = Verdict.noOpinion()
+            func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+                if request.recipient.hasPrefix("hold") {
+                    Thread.sleep(forTimeInterval: 0.3)  // holds the only event loop
+                    return .now(.noOpinion())
+                }
+                return .later(context.eventLoop.makeSucceededFuture(.noOpinion()))
+            }
+        }
+        let path = tempDirectory() + "/policy.sock"
+        let s = try await TestServer.start("[[listen]]\naddress = \"unix:\(path)\"\n[server]\nthreads = 1\n",
+                                           stages: [.rcpt: [Immediate()]])
+        var hold = rcptRequest
+        hold[4] = ("recipient", "hold@example.com")
+        let holder = try s.client()
+        try holder.send(hold)
+        try await Task.sleep(for: .milliseconds(50))
+        // Many requests in one go, then gone, while the loop is held.
+        let one = rcptRequest.map { "\($0.0)=\($0.1)\n" }.joined() + "\n"
+        do {
+            let gone = try s.client()
+            try gone.send(Array(String(repeating: one, count: 400).utf8))
+        }
+        #expect(try holder.readAnswer() == "action=DUNNO")
+        #expect(try s.client().ask(rcptRequest) == "action=DUNNO", "the server still answers")
+        await s.stop()
+    }
+
     @Test func hostileTextNeverForgesASecondAnswer() async throws {
         struct Hostile: Check {
             let name = "hostile", testMode = false, failVerdict = Verdict.noOpinion()
