@@ -141,6 +141,44 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         #expect(DNSName(text: String(repeating: "a", count: 64) + ".org") == nil)
     }
 
+    /// The one-pass text reader agrees with splitting at dots and checking the labels, on
+    /// names near every bound (empty and 63/64-octet labels, 255/256-octet names, leading,
+    /// doubled and trailing dots).
+    @Test func textNamesAgreeWithTheirLabels() {
+        func bySplitting(_ text: String) -> DNSName? {
+            var bytes = Array(text.utf8)
+            if bytes.last == UInt8(ascii: ".") { bytes.removeLast() }
+            guard !bytes.isEmpty else { return nil }
+            return DNSName(labels: bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false))
+        }
+        var texts = ["", ".", "..", "a", "a.", "a..", ".a", "a.b", "a..b", "example.org.", "ä.example"]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            var text = ""
+            for _ in 0..<Int.random(in: 0...6, using: &rng) {
+                let length = [0, 1, 2, 62, 63, 64, Int.random(in: 0...70, using: &rng)].randomElement(using: &rng)!
+                text += String(repeating: "x", count: length) + (Bool.random(using: &rng) ? "." : "")
+            }
+            texts.append(text)
+        }
+        // Wire lengths 250…258 exactly (the limit is 255, the final zero included), with and
+        // without a trailing dot.
+        for wire in 250...258 {
+            var labels: [String] = [], left = wire - 1
+            while left > 64 { labels.append(String(repeating: "y", count: 63)); left -= 64 }
+            labels.append(String(repeating: "z", count: left - 1))
+            texts.append(labels.joined(separator: "."))
+            texts.append(labels.joined(separator: ".") + ".")
+        }
+        var accepted = 0
+        for text in texts {
+            let name = DNSName(text: text)
+            #expect(name == bySplitting(text), "\(text.utf8.count) octets: \(text.prefix(80))")
+            if name != nil { accepted += 1 }
+        }
+        #expect(accepted > 1_000 && accepted < texts.count - 1_000, "both outcomes are exercised: \(accepted) of \(texts.count)")
+    }
+
     @Test func aLabelHoldingADotIsOneLabel() {
         let dotted = DNSName(labels: [Array("a.b".utf8), Array("example".utf8)])!
         let three = DNSName(text: "a.b.example")!

@@ -30,12 +30,34 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
 
     /// A name written as text, split at every dot with no escapes (SPF domain-specs and
     /// the query names Backstop builds); one trailing dot is allowed. nil when a label is
-    /// empty or too long, or the name is over 255 octets.
+    /// empty or too long, or the name is over 255 octets. One pass over the octets (this
+    /// runs for every evaluation): each label's length octet is kept open and filled in at
+    /// the dot that ends it; a trailing dot's open octet becomes the final zero.
     public init?(text: some StringProtocol) {
-        var bytes = Array(text.utf8)
-        if bytes.last == UInt8(ascii: ".") { bytes.removeLast() }
-        guard !bytes.isEmpty else { return nil }
-        self.init(labels: bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false))
+        var out: [UInt8] = [0]
+        out.reserveCapacity(min(text.utf8.count + 2, DNSName.maxWireLength + 1))
+        var open = 0, label = 0
+        for b in text.utf8 {
+            if b == UInt8(ascii: ".") {
+                guard label > 0 else { return nil }
+                out[open] = UInt8(label)
+                open = out.count
+                out.append(0)
+                label = 0
+            } else {
+                label += 1
+                guard label <= DNSName.maxLabelLength else { return nil }
+                out.append(b)
+            }
+            guard out.count <= DNSName.maxWireLength else { return nil }
+        }
+        if label > 0 {
+            out[open] = UInt8(label)
+            out.append(0)
+        }
+        // Empty, or only a dot; a trailing dot left its open octet last, as the final zero.
+        guard out.count > 1, out.count <= DNSName.maxWireLength else { return nil }
+        wire = out
     }
 
     /// The labels, in order.
