@@ -127,7 +127,7 @@ if [ "$CPU" = 1 ]; then
         local load=$! hz
         hz=$(getconf CLK_TCK)
         sleep 2
-        read -r su ss < <(ticks "$2"); read -r lu ls < <(ticks "$load"); local t0=$SECONDS
+        read -r su ss < <(ticks "$2"); read -r lu ls < <(ticks "$load")
         sleep 3
         read -r su2 ss2 < <(ticks "$2"); read -r lu2 ls2 < <(ticks "$load")
         wait "$load"
