@@ -54,8 +54,9 @@ final class LoopEngine: @unchecked Sendable {
         return (counts, expiries)
     }
 
-    func replace(with engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) {
-        eventLoop.execute {
+    /// Succeeds once the loop decides with `engine`.
+    func replace(with engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) -> EventLoopFuture<Void> {
+        eventLoop.submit {
             self.current = engine
             self.generation = generation
             self.decisions = decisions

@@ -151,9 +151,15 @@ public final class PolicyServer: Service, Sendable {
         }
     }
 
-    /// Installs a new engine built from `config` on every loop.
+    /// Installs a new engine built from `config` on every loop. Called off the event loops
+    /// (the SIGHUP service), it returns once every loop decides with the new engine, so the
+    /// "configuration reloaded" line that follows is true for the next request on any
+    /// connection.
     public func install(_ engine: PolicyEngine, config: Configuration) {
-        let generation = state.install(engine, config: config)
+        let (generation, installed) = state.install(engine, config: config)
+        if let loop = installed.first?.eventLoop, !installed.contains(where: { $0.eventLoop.inEventLoop }) {
+            try? EventLoopFuture.andAllComplete(installed, on: loop).wait()
+        }
         state.metrics.configGeneration.record(generation)
         if config.listeners != listeners {
             logger.warning("listener changes take effect after a restart; the old listeners stay in use")

@@ -53,11 +53,12 @@ final class ServerState: Sendable {
         metrics.connectionsOpen.record(openConnections.subtract(1, ordering: .relaxed).newValue)
     }
 
-    func install(_ engine: PolicyEngine, config: Configuration) -> Int {
+    /// The new generation, and a future per loop that succeeds once that loop has it.
+    func install(_ engine: PolicyEngine, config: Configuration) -> (Int, [EventLoopFuture<Void>]) {
         let next = generation.add(1, ordering: .relaxed).newValue
         limits.withLockedValue { $0 = config.limits }
         settings.withLockedValue { $0 = config.server }
-        for loopEngine in engines.values { loopEngine.replace(with: engine, generation: next, decisions: config.log.decisions) }
-        return next
+        let installed = engines.values.map { $0.replace(with: engine, generation: next, decisions: config.log.decisions) }
+        return (next, installed)
     }
 }
