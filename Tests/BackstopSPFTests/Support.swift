@@ -7,7 +7,9 @@ import NIOCore
 @testable import BackstopSPF
 
 let packageRoot = LoopbackDNSServer.packageRoot.path
-let backstopBinary = packageRoot + "/.build/debug/backstop"
+/// The `backstop` built beside the running tests (`.build/debug` or `.build/release`).
+let backstopBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    .deletingLastPathComponent().appendingPathComponent("backstop").path
 let testLogger = Logger(label: "test")
 
 struct TestError: Error, CustomStringConvertible {

@@ -14,7 +14,9 @@ let packageRoot: String = {
     return url.path
 }()
 
-let backstopBinary = packageRoot + "/.build/debug/backstop"
+/// The `backstop` built beside the running tests (`.build/debug` or `.build/release`).
+let backstopBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    .deletingLastPathComponent().appendingPathComponent("backstop").path
 
 struct Run {
     var status: Int32

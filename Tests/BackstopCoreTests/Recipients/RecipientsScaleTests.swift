@@ -1,7 +1,7 @@
 // Scale: a million generated addresses load and the generated addresses are found.
-// Debug builds are far slower than release, so they time fewer lookups and do not hold
-// the load to the 2 s / 200 MB target; release builds and `backstop bench` (through
-// RecipientLoadBenchmark.run) do.
+// Debug builds are far slower than release, so they make fewer lookups. How fast the load
+// is and how much memory it takes is the benchmark's to say (`backstop bench`, through
+// RecipientLoadBenchmark.run; docs/benchmarks.md), not a timed test's.
 
 import Foundation
 import Testing
@@ -21,9 +21,5 @@ import Testing
         print("recipients scale:", result)
         #expect(result.entries == Self.entries)
         #expect(result.tableBytes < Self.entries * 100)
-        #if !DEBUG
-        #expect(result.loadSeconds < 2)
-        #expect(result.peakResidentBytes < 200 * 1_048_576)
-        #endif
     }
 }
