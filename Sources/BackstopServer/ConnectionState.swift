@@ -111,9 +111,13 @@ struct ConnectionState {
 
     // MARK: reading (back-pressure)
 
-    /// Whether a read may be issued now; if not, it is held until `resumeRead`.
+    /// Whether a read may be issued now; if not, it is held until `resumeRead`. An answer
+    /// being decided does not hold reading: what arrives meanwhile waits in the queue,
+    /// bounded by `maxQueued`, and Postfix sends nothing before its answer anyway, while
+    /// holding would take the socket out of the poller and put it back (two system calls)
+    /// for every answer that comes later (an SPF evaluation, the PostgreSQL store).
     mutating func mayRead(writable: Bool) -> Bool {
-        if phase != .open || answering || queue.count >= Self.maxQueued || !writable {
+        if phase != .open || queue.count >= Self.maxQueued || !writable {
             readHeld = true
             return false
         }
@@ -122,7 +126,7 @@ struct ConnectionState {
 
     /// True when a held read should be issued now.
     mutating func resumeRead(writable: Bool) -> Bool {
-        guard readHeld, phase == .open, !answering, queue.count < Self.maxQueued, writable else { return false }
+        guard readHeld, phase == .open, queue.count < Self.maxQueued, writable else { return false }
         readHeld = false
         return true
     }
