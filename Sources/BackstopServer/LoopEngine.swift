@@ -1,5 +1,6 @@
-// One holder of the current PolicyEngine per event loop. Connections read it without a
-// lock because only its own loop touches it; a reload hands every loop the new engine.
+// One holder of the current PolicyEngine per event loop, and of the loop's queue of
+// request deadlines (kept across reloads). Connections read it without a lock because
+// only its own loop touches it; a reload hands every loop the new engine.
 
 import BackstopCore
 import NIOCore
@@ -8,6 +9,8 @@ import NIOCore
 /// `eventLoop` (`replace` hops there first).
 final class LoopEngine: @unchecked Sendable {
     let eventLoop: any EventLoop
+    /// Deadlines of this loop's requests that wait for a check.
+    let deadlines: DeadlineQueue
     private var current: PolicyEngine
     private(set) var generation: Int
     /// log.decisions of the configuration in force; only on `eventLoop`.
@@ -15,6 +18,7 @@ final class LoopEngine: @unchecked Sendable {
 
     init(eventLoop: any EventLoop, engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) {
         self.eventLoop = eventLoop
+        self.deadlines = DeadlineQueue(eventLoop: eventLoop)
         self.current = engine
         self.generation = generation
         self.decisions = decisions

@@ -9,8 +9,9 @@ struct PolicyResponder {
     let state: ServerState
     let loopEngine: LoopEngine
 
-    func decide(_ request: PolicyRequest, eventLoop: any EventLoop) -> Answer<Decision> {
-        loopEngine.engine.decide(request, eventLoop: eventLoop, logger: state.logger)
+    /// On `loopEngine.eventLoop`, the connection's loop.
+    func decide(_ request: PolicyRequest) -> Answer<Decision> {
+        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger)
     }
 
     func failed(_ request: PolicyRequest, _ error: any Error) -> Decision {

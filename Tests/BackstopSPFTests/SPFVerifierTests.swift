@@ -64,7 +64,7 @@ private func request(sender: String, client: String = "198.51.100.7", helo: Stri
 }
 
 func decide(_ engine: PolicyEngine, _ request: PolicyRequest) async throws -> Decision {
-    switch engine.decide(request, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: testLogger) {
+    switch engine.decide(request, deadlines: DeadlineQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next()), logger: testLogger) {
     case .now(let d): return d
     case .later(let f): return try await f.get()
     }
@@ -259,7 +259,7 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         let started = NIODeadline.now()
         var futures: [EventLoopFuture<(Decision, NIODeadline)>] = []
         for n in 0..<8 {
-            switch engine.decide(request(sender: "u\(n)@slow.example", instance: "slow\(n)"), eventLoop: loop, logger: testLogger) {
+            switch engine.decide(request(sender: "u\(n)@slow.example", instance: "slow\(n)"), deadlines: DeadlineQueue(eventLoop: loop), logger: testLogger) {
             case .now(let d): futures.append(loop.makeSucceededFuture((d, NIODeadline.now())))
             case .later(let f): futures.append(f.map { ($0, NIODeadline.now()) })
             }

@@ -65,15 +65,16 @@ public final class PolicyEngine: Sendable {
         self.timers = timers
     }
 
-    /// Decides `request`. Runs synchronously as far as the checks allow.
-    public func decide(_ request: PolicyRequest, eventLoop: any EventLoop, logger: Logger) -> Answer<Decision> {
+    /// Decides `request` on `deadlines.eventLoop`, whose queue watches the deadline when a
+    /// check answers later. Runs synchronously as far as the checks allow.
+    public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, logger: Logger) -> Answer<Decision> {
         let checks = stageList[request.protocolState.index]
-        let context = CheckContext(eventLoop: eventLoop, deadline: .now() + deadline, logger: logger)
+        let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: .now() + deadline, logger: logger)
         switch run(checks, from: 0, Accumulator(), request, context) {
         case .decided(let decision):
             return .now(decision)
         case .waiting(let future, let check, let next, let state):
-            return .later(wait(for: future, from: check, then: next, checks, state, request, context))
+            return .later(wait(for: future, from: check, then: next, checks, state, request, context, deadlines))
         }
     }
 
@@ -116,12 +117,10 @@ public final class PolicyEngine: Sendable {
 
     /// Waits for a check that answers later, under the request's deadline, then carries on.
     private func wait(for future: EventLoopFuture<Verdict>, from check: any Check, then next: Int, _ checks: [any Check],
-                      _ state: Accumulator, _ request: PolicyRequest, _ context: CheckContext) -> EventLoopFuture<Decision> {
+                      _ state: Accumulator, _ request: PolicyRequest, _ context: CheckContext,
+                      _ deadlines: DeadlineQueue) -> EventLoopFuture<Decision> {
         let promise = context.eventLoop.makePromise(of: Decision.self)
-        let answered = LoopFlag()
-        let timer = context.eventLoop.scheduleTask(deadline: context.deadline) {
-            guard !answered.value else { return }
-            answered.value = true
+        let watched = deadlines.watch(context.deadline) {
             var expired = state
             var decision = expired.add(check.failVerdict.expired(check.name), from: check, engineTestMode: self.testMode)
                 ?? expired.final()
@@ -129,9 +128,7 @@ public final class PolicyEngine: Sendable {
             promise.succeed(decision)
         }
         future.hop(to: context.eventLoop).whenComplete { result in
-            timer.cancel()
-            guard !answered.value else { return }  // the deadline already answered
-            answered.value = true
+            guard watched.answer() else { return }  // the deadline already answered
             let verdict: Verdict
             switch result {
             case .success(let v): verdict = v
@@ -148,7 +145,8 @@ public final class PolicyEngine: Sendable {
             case .decided(let decision):
                 promise.succeed(decision)
             case .waiting(let later, let laterCheck, let laterNext, let laterState):
-                promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, checks, laterState, request, context))
+                promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, checks, laterState, request, context,
+                                               deadlines))
             }
         }
         return promise.futureResult
@@ -220,10 +218,4 @@ extension Verdict {
     func failed(_ check: String) -> Verdict {
         Verdict(action, reason: "check_failed" + (reason.isEmpty ? "" : " " + reason))
     }
-}
-
-/// A flag. @unchecked Sendable: touched only on one event loop (the timer and the
-/// completion both run there).
-final class LoopFlag: @unchecked Sendable {
-    var value = false
 }

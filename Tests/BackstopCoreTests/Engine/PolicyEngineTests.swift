@@ -33,7 +33,7 @@ private let rcpt = PolicyRequest([("request", "smtpd_access_policy"), ("protocol
 private let logger = Logger(label: "test")
 
 private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) -> Decision? {
-    switch engine.decide(rcpt, eventLoop: loop, logger: logger) {
+    switch engine.decide(rcpt, deadlines: DeadlineQueue(eventLoop: loop), logger: logger) {
     case .now(let d): return d
     case .later: return nil
     }
@@ -106,7 +106,7 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         let loop = group.next()
         let engine = PolicyEngine(stages: [.rcpt: [SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late"))]],
                                   deadline: .milliseconds(100))
-        guard case .later(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+        guard case .later(let future) = engine.decide(rcpt, deadlines: DeadlineQueue(eventLoop: loop), logger: logger) else {
             Issue.record("expected a pending decision"); return
         }
         let started = NIODeadline.now()
@@ -125,7 +125,7 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
             SlowCheck(delay: .milliseconds(10), verdict: Verdict(.prepend("X-Slow: yes"), reason: "slow")),
             FixedCheck(name: "after", verdict: Verdict(.reject("after"), reason: "after")),
         ]])
-        guard case .later(let future) = engine.decide(rcpt, eventLoop: loop, logger: logger) else {
+        guard case .later(let future) = engine.decide(rcpt, deadlines: DeadlineQueue(eventLoop: loop), logger: logger) else {
             Issue.record("expected a pending decision"); return
         }
         let d = try await future.get()

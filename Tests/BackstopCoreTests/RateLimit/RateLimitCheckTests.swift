@@ -225,7 +225,7 @@ func threadCPUNanoseconds() -> Int64 {
                                             previous: nil, logger: logger)
         let loop = EmbeddedEventLoop()
         func ask(_ engine: PolicyEngine, _ pairs: [(String, String)]) -> PolicyAction {
-            if case .now(let decision) = engine.decide(PolicyRequest(pairs), eventLoop: loop, logger: logger) {
+            if case .now(let decision) = engine.decide(PolicyRequest(pairs), deadlines: DeadlineQueue(eventLoop: loop), logger: logger) {
                 return decision.action
             }
             return .dunno
