@@ -38,6 +38,9 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// never entered twice, which Swift's exclusivity check would stop the process for).
     private var feeding = false
     private var reentered: ByteBuffer?
+    /// The most kept in `reentered`. It fills only when an answer could not be written
+    /// (NIO then reads what the socket holds), so beyond this the connection is closed.
+    static let maxReentered = 65_536
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
     private var outBuffer: ByteBuffer?
@@ -70,6 +73,14 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard !decodeFailed else { return }
         var bytes = unwrapInboundIn(data)
         guard !feeding else {
+            guard (reentered?.readableBytes ?? 0) + bytes.readableBytes <= Self.maxReentered else {
+                state.logger.debug("closing: more than \(Self.maxReentered) octets arrived while an answer could not be written: peer=\(LogEscaping.field(peer))")
+                reentered = nil
+                decodeFailed = true
+                connection.closed()
+                context.close(promise: nil)
+                return
+            }
             if reentered == nil { reentered = bytes } else { reentered!.writeBuffer(&bytes) }
             return
         }
@@ -81,7 +92,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 try decoder.feed(current) { frame in
                     switch frame {
                     case .request(let request):
-                        connection.received(request, now: .now())
+                        guard !decodeFailed else { return }
+                        guard connection.received(request, now: .now()) else {
+                            decodeFailed = true
+                            errorCaught(context: context, error: ProtocolError.tooManyPipelined(limit: ConnectionState.maxPipelined))
+                            return
+                        }
                         answerQueued(context: context)
                     case .started:
                         connection.requestBegan(now: .now())
@@ -142,7 +158,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let started = NIODeadline.now()
             switch (responder, request) {
             case (.policy(let responder), .policy(let request)):
-                switch responder.decide(request, eventLoop: context.eventLoop) {
+                switch responder.decide(request) {
                 case .now(let decision):
                     write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
                 case .later(let future):

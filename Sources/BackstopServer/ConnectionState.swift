@@ -9,6 +9,10 @@ import NIOCore
 struct ConnectionState {
     /// Requests parsed but not yet answered beyond which reading pauses.
     static let maxQueued = 16
+    /// Requests waiting beyond which the connection is a protocol error: what one read
+    /// already brought is parsed even when the queue is full, and Postfix never sends a
+    /// request before it has the answer to the last one.
+    static let maxPipelined = 1_000
 
     enum Phase: Equatable {
         /// Reading and answering.
@@ -50,11 +54,15 @@ struct ConnectionState {
 
     // MARK: input
 
-    mutating func received(_ request: ConnectionRequest, now: NIODeadline) {
-        guard phase == .open else { return }
+    /// Queues a parsed request; false when `maxPipelined` are already waiting (the caller
+    /// treats that as a protocol error).
+    mutating func received(_ request: ConnectionRequest, now: NIODeadline) -> Bool {
+        guard phase == .open else { return true }
+        guard queue.count < Self.maxPipelined else { return false }
         requestStarted = nil
         lastActivity = now
         queue.append(request)
+        return true
     }
 
     mutating func requestBegan(now: NIODeadline) {
@@ -134,15 +142,18 @@ struct ConnectionState {
     // MARK: time
 
     /// The timer fired at `now`: close for an expired read or idle timeout, or re-arm for
-    /// the next moment one could expire. Nothing expires while an answer is owed (the
-    /// engine's deadline bounds that).
+    /// the next moment one could expire. The idle timeout does not run while an answer is
+    /// owed (the engine's deadline bounds that); the read timeout of a request that began
+    /// arriving meanwhile does.
     mutating func timerFired(now: NIODeadline) -> TimerAction {
         guard phase != .closed else { return .rearm(now + idleTimeout) }
-        if answering || !queue.isEmpty { return .rearm(now + min(idleTimeout, readTimeout)) }
         if let started = requestStarted {
             if now - started >= readTimeout { phase = .closed; return .close(.read) }
-            return .rearm(max(started + readTimeout, now + .milliseconds(10)))
+            let due = max(started + readTimeout, now + .milliseconds(10))
+            if answering || !queue.isEmpty { return .rearm(min(due, now + min(idleTimeout, readTimeout))) }
+            return .rearm(due)
         }
+        if answering || !queue.isEmpty { return .rearm(now + min(idleTimeout, readTimeout)) }
         if now - lastActivity >= idleTimeout { phase = .closed; return .close(.idle) }
         return .rearm(max(lastActivity + min(idleTimeout, readTimeout), now + .milliseconds(10)))
     }

@@ -16,8 +16,8 @@ import NIOCore
 
     @Test func answersOneRequestAtATimeInOrder() {
         var c = fresh()
-        c.received(request, now: start)
-        c.received(request, now: start)
+        _ = c.received(request, now: start)
+        _ = c.received(request, now: start)
         let r1 = c.nextRequest()
         #expect(r1 != nil)
         let r2 = c.nextRequest()
@@ -40,12 +40,12 @@ import NIOCore
         #expect(r7, "a held read resumes once writable")
         let r8 = c.resumeRead(writable: true)
         #expect(!r8, "only once")
-        c.received(request, now: start)
+        _ = c.received(request, now: start)
         _ = c.nextRequest()
         let r9 = c.mayRead(writable: true)
         #expect(r9, "an answer being decided does not hold reading")
         c.answered(now: start)
-        for _ in 0..<ConnectionState.maxQueued { c.received(request, now: start) }
+        for _ in 0..<ConnectionState.maxQueued { _ = c.received(request, now: start) }
         let r11 = c.mayRead(writable: true)
         #expect(!r11, "\(ConnectionState.maxQueued) requests queued")
         _ = c.nextRequest()
@@ -63,9 +63,31 @@ import NIOCore
         #expect(c.phase == .closed)
     }
 
+    @Test func aRequestStartedWhileAnotherIsAnsweredKeepsItsReadTimeout() {
+        var c = fresh()
+        _ = c.received(request, now: start)
+        _ = c.nextRequest()
+        c.requestBegan(now: start + .seconds(10))
+        let r30 = c.timerFired(now: start + .seconds(20))
+        #expect(r30 == .rearm(start + .seconds(40)), "due 30 s after its first byte, answer owed or not")
+        let r31 = c.timerFired(now: start + .seconds(40))
+        #expect(r31 == .close(.read))
+    }
+
+    @Test func aClientFarAheadOfItsAnswersIsRefused() {
+        var c = fresh()
+        _ = c.received(request, now: start)
+        _ = c.nextRequest()
+        for n in 0..<ConnectionState.maxPipelined {
+            guard c.received(request, now: start) else { Issue.record("refused at \(n)"); return }
+        }
+        let over = c.received(request, now: start)
+        #expect(!over, "\(ConnectionState.maxPipelined) already wait")
+    }
+
     @Test func idleTimeoutRunsFromTheLastAnswer() {
         var c = ConnectionState(now: start, idleTimeout: .seconds(10), readTimeout: .seconds(30))
-        c.received(request, now: start + .seconds(5))
+        _ = c.received(request, now: start + .seconds(5))
         _ = c.nextRequest()
         let r14 = c.timerFired(now: start + .seconds(100))
         #expect(r14 == .rearm(start + .seconds(110)), "nothing expires while an answer is owed")
@@ -81,8 +103,8 @@ import NIOCore
         let r17 = idle.quiesce()
         #expect(r17)
         var busy = fresh()
-        busy.received(request, now: start)
-        busy.received(request, now: start)
+        _ = busy.received(request, now: start)
+        _ = busy.received(request, now: start)
         _ = busy.nextRequest()
         let r18 = busy.quiesce()
         #expect(!r18, "an answer is owed")
@@ -101,12 +123,12 @@ import NIOCore
 
     @Test func protocolErrorDropsTheQueueButWritesTheOwedAnswer() {
         var c = fresh()
-        c.received(request, now: start)
-        c.received(request, now: start)
+        _ = c.received(request, now: start)
+        _ = c.received(request, now: start)
         _ = c.nextRequest()
         let r23 = c.protocolError()
         #expect(!r23)
-        c.received(request, now: start)
+        _ = c.received(request, now: start)
         c.answered(now: start)
         let r24 = c.nextRequest()
         #expect(r24 == nil, "queued and later requests are dropped")
