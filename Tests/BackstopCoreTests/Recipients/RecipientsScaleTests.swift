@@ -1,7 +1,7 @@
 // Scale: a million generated addresses load and the generated addresses are found.
 // Debug builds are far slower than release, so they make fewer lookups. How fast the load
-// is and how much memory it takes is the benchmark's to say (`backstop bench`, through
-// RecipientLoadBenchmark.run; docs/benchmarks.md), not a timed test's.
+// is and how much memory it takes is the benchmark's to say (bench/run.sh's start-up and
+// memory scenarios; docs/benchmarks.md), not a timed test's.
 
 import Foundation
 import Testing
