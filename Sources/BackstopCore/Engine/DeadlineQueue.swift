@@ -1,11 +1,12 @@
 // The deadlines of the requests on one event loop that wait for a check answering later
 // (an SPF evaluation, the PostgreSQL store), watched by one timer armed for the earliest,
 // instead of a timer scheduled and cancelled for every waiting request. Deadlines arrive
-// in order (each is "now + policy.deadline"); one that does not (after a reload shortened
-// policy.deadline) is put in its place. An answered request's entry is only marked and
-// leaves the queue when it reaches the front, so the queue holds at most the requests
-// that began waiting within one policy.deadline. It neither decides nor answers: the
-// `expire` closure given with each deadline does. Only its event loop touches its state.
+// in order (each is "now + policy.deadline", and a request that waits on a second check
+// keeps its entry); one that does not (after a reload shortened policy.deadline) is put in
+// its place. An answered request's entry is only marked and leaves the queue when it
+// reaches the front, so the queue holds at most the requests that began waiting within
+// one policy.deadline. It neither decides nor answers: the `expire` closure given with
+// each deadline does. Only its event loop touches its state.
 
 import NIOCore
 
@@ -15,7 +16,8 @@ public final class DeadlineQueue: @unchecked Sendable {
     /// One waiting request. Created on any thread; its state is touched on the loop only.
     final class Entry: @unchecked Sendable {
         let deadline: NIODeadline
-        /// Nil once the request was answered or expired.
+        /// Nil once the request was answered or expired. The engine replaces it when the
+        /// request goes on to wait for a later check.
         var expire: (() -> Void)?
 
         init(deadline: NIODeadline, expire: @escaping () -> Void) {
@@ -23,8 +25,12 @@ public final class DeadlineQueue: @unchecked Sendable {
             self.expire = expire
         }
 
-        /// On the loop: true the first time (the caller answers), false after the deadline
-        /// or an earlier answer.
+        /// On the loop: neither answered nor expired yet.
+        var isWaiting: Bool { expire != nil }
+
+        /// On the loop: the request was answered; its deadline no longer matters. True the
+        /// first time, false after the deadline or an earlier answer.
+        @discardableResult
         func answer() -> Bool {
             guard expire != nil else { return false }
             expire = nil

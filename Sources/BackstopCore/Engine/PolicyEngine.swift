@@ -116,19 +116,28 @@ public final class PolicyEngine: Sendable {
     }
 
     /// Waits for a check that answers later, under the request's deadline, then carries on.
+    /// `entry` is the request's place in the deadline queue when it already waited on an
+    /// earlier check (it keeps that place: its deadline is the same).
     private func wait(for future: EventLoopFuture<Verdict>, from check: any Check, then next: Int, _ checks: [any Check],
                       _ state: Accumulator, _ request: PolicyRequest, _ context: CheckContext,
-                      _ deadlines: DeadlineQueue) -> EventLoopFuture<Decision> {
+                      _ deadlines: DeadlineQueue, watching entry: DeadlineQueue.Entry? = nil) -> EventLoopFuture<Decision> {
         let promise = context.eventLoop.makePromise(of: Decision.self)
-        let watched = deadlines.watch(context.deadline) {
+        let expire = {
             var expired = state
             var decision = expired.add(check.failVerdict.expired(check.name), from: check, engineTestMode: self.testMode)
                 ?? expired.final()
             decision.deadlineExpired = true
             promise.succeed(decision)
         }
+        let watched: DeadlineQueue.Entry
+        if let entry {
+            entry.expire = expire  // on the loop, while the entry is still waiting
+            watched = entry
+        } else {
+            watched = deadlines.watch(context.deadline, expire: expire)
+        }
         future.hop(to: context.eventLoop).whenComplete { result in
-            guard watched.answer() else { return }  // the deadline already answered
+            guard watched.isWaiting else { return }  // the deadline already answered
             let verdict: Verdict
             switch result {
             case .success(let v): verdict = v
@@ -138,15 +147,17 @@ public final class PolicyEngine: Sendable {
             }
             var after = state
             if let decision = after.add(verdict, from: check, engineTestMode: self.testMode) {
+                watched.answer()
                 promise.succeed(decision)
                 return
             }
             switch self.run(checks, from: next, after, request, context) {
             case .decided(let decision):
+                watched.answer()
                 promise.succeed(decision)
             case .waiting(let later, let laterCheck, let laterNext, let laterState):
                 promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, checks, laterState, request, context,
-                                               deadlines))
+                                               deadlines, watching: watched))
             }
         }
         return promise.futureResult

@@ -118,6 +118,29 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         try await group.shutdownGracefully()
     }
 
+    @Test func aRequestWaitingOnTwoChecksKeepsOneDeadline() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let engine = PolicyEngine(stages: [.rcpt: [
+            SlowCheck(delay: .milliseconds(20), verdict: Verdict(.prepend("X-First: yes"), reason: "first")),
+            SlowCheck(delay: .seconds(5), verdict: Verdict(.ok, reason: "late")),
+        ]], deadline: .milliseconds(300))
+        let deadlines = DeadlineQueue(eventLoop: loop)
+        let started = NIODeadline.now()
+        guard case .later(let future) = engine.decide(rcpt, deadlines: deadlines, logger: logger) else {
+            Issue.record("expected a pending decision"); return
+        }
+        let (d, answeredAt) = try await future.map { ($0, NIODeadline.now()) }.get()
+        #expect(answeredAt - started < .seconds(2))
+        #expect(d.deadlineExpired)
+        // The second check's deadline answer: it follows the first check's verdict.
+        #expect(d.trail.entries.map(\.reason) == ["first", "deadline_expired timeout"], "\(d.trail.entries)")
+        #expect(d.action == .deferIfPermit("4.4.3 slow check timed out"))
+        let left = try await loop.submit { deadlines.count }.get()
+        #expect(left == 0, "the request left the queue once")
+        try await group.shutdownGracefully()
+    }
+
     @Test func asyncCheckThenLaterChecksRun() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
