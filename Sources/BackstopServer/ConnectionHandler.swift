@@ -104,8 +104,9 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 }
             } catch {
+                // A limit crossed earlier in this feed has already closed or is closing it.
+                if !decodeFailed { errorCaught(context: context, error: error) }
                 decodeFailed = true
-                errorCaught(context: context, error: error)
             }
             next = reentered
             reentered = nil

@@ -87,6 +87,8 @@ struct ConnectionState {
 
     private mutating func finish() -> Bool {
         phase = .finishing
+        // Nothing more is read: no read timeout may close it before the answer it owes.
+        requestStarted = nil
         if answering || !queue.isEmpty { return false }
         phase = .closed
         return true

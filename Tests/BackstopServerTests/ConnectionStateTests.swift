@@ -74,6 +74,17 @@ import NIOCore
         #expect(r31 == .close(.read))
     }
 
+    @Test func aConnectionFinishingWithAnAnswerOwedIsNotClosedByTheReadTimeout() {
+        var c = fresh()
+        _ = c.received(request, now: start)
+        _ = c.nextRequest()
+        c.requestBegan(now: start + .seconds(10))
+        let closeNow = c.protocolError()
+        #expect(!closeNow, "an answer is owed")
+        let r32 = c.timerFired(now: start + .seconds(45))
+        #expect(r32 != .close(.read), "the answer in flight is still written")
+    }
+
     @Test func aClientFarAheadOfItsAnswersIsRefused() {
         var c = fresh()
         _ = c.received(request, now: start)

@@ -30,8 +30,8 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
     case netstringTooLong(limit: Int)
     /// socketmap: bytes that are not a netstring "LENGTH:NAME KEY,".
     case malformedNetstring(String)
-    /// A client that sent more requests than this without reading the answers (Postfix
-    /// sends one and waits for its answer).
+    /// A client that sent more requests than this ahead of their answers (Postfix sends one
+    /// and waits for its answer).
     case tooManyPipelined(limit: Int)
 
     public var description: String {
@@ -45,7 +45,7 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unsupportedRequest(let value): "request=\(LogEscaping.escape(value)) is not smtpd_access_policy"
         case .netstringTooLong(let limit): "socketmap request longer than \(limit) octets"
         case .malformedNetstring(let what): "not a socketmap netstring: \(what)"
-        case .tooManyPipelined(let limit): "more than \(limit) requests sent ahead without reading the answers"
+        case .tooManyPipelined(let limit): "more than \(limit) requests sent ahead of their answers"
         }
     }
 }
