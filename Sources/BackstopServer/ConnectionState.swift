@@ -151,9 +151,7 @@ struct ConnectionState {
         guard phase != .closed else { return .rearm(now + idleTimeout) }
         if let started = requestStarted {
             if now - started >= readTimeout { phase = .closed; return .close(.read) }
-            let due = max(started + readTimeout, now + .milliseconds(10))
-            if answering || !queue.isEmpty { return .rearm(min(due, now + min(idleTimeout, readTimeout))) }
-            return .rearm(due)
+            return .rearm(max(started + readTimeout, now + .milliseconds(10)))
         }
         if answering || !queue.isEmpty { return .rearm(now + min(idleTimeout, readTimeout)) }
         if now - lastActivity >= idleTimeout { phase = .closed; return .close(.idle) }
