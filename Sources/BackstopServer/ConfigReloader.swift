@@ -23,7 +23,7 @@ public final class ConfigReloader: Sendable {
 
     /// Returns true when the new configuration is in force.
     @discardableResult
-    public func reload() -> Bool {
+    public func reload() async -> Bool {
         let previous = current.withLockedValue { $0.1 }
         do {
             let config = try Configuration.load(path: path)
@@ -37,7 +37,7 @@ public final class ConfigReloader: Sendable {
                 tableIssues += (check as? any ReloadableCheck)?.reload() ?? []
             }
             current.withLockedValue { $0 = (config, engine) }
-            server.install(engine, config: config)
+            await server.install(engine, config: config)
             // What the old engine held and the new one does not take over is released.
             for (name, check) in previous.checks {
                 (check as? any RetirableCheck)?.retire(replacedBy: engine.checks[name])

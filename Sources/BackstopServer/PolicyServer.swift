@@ -151,14 +151,13 @@ public final class PolicyServer: Service, Sendable {
         }
     }
 
-    /// Installs a new engine built from `config` on every loop. Called off the event loops
-    /// (the SIGHUP service), it returns once every loop decides with the new engine, so the
-    /// "configuration reloaded" line that follows is true for the next request on any
-    /// connection.
-    public func install(_ engine: PolicyEngine, config: Configuration) {
+    /// Installs a new engine built from `config` on every loop. It returns once every loop
+    /// decides with the new engine, so the "configuration reloaded" line that follows is true
+    /// for the next request on any connection. It waits without blocking a thread.
+    public func install(_ engine: PolicyEngine, config: Configuration) async {
         let (generation, installed) = state.install(engine, config: config)
-        if let loop = installed.first?.eventLoop, !installed.contains(where: { $0.eventLoop.inEventLoop }) {
-            try? EventLoopFuture.andAllComplete(installed, on: loop).wait()
+        if let loop = installed.first?.eventLoop {
+            try? await EventLoopFuture.andAllComplete(installed, on: loop).get()
         }
         state.metrics.configGeneration.record(generation)
         if config.listeners != listeners {

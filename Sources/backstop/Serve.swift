@@ -125,7 +125,7 @@ struct SignalReload: Service {
         await withGracefulShutdownHandler {
             for await _ in signals.cancelOnGracefulShutdown() {
                 SystemdNotify.reloading()
-                reloader.reload()
+                await reloader.reload()
                 SystemdNotify.send("READY=1")
             }
         } onGracefulShutdown: {}

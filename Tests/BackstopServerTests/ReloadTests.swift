@@ -24,12 +24,12 @@ import Logging
 
         // Broken edit: refused, old engine stays.
         try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\ntest_mode = maybe\n".write(toFile: path, atomically: true, encoding: .utf8)
-        #expect(reloader.reload() == false)
+        #expect(await reloader.reload() == false)
         #expect(try c.ask(request) == "action=550 5.1.1 no")
 
         // Good edit: the new engine (no checks configured) answers on the same connection.
         try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\ntest_mode = true\n".write(toFile: path, atomically: true, encoding: .utf8)
-        #expect(reloader.reload() == true)
+        #expect(await reloader.reload() == true)
         // No pause: reload() returns once every event loop decides with the new engine.
         #expect(try c.ask(request) == "action=DUNNO")
         #expect(reloader.engine.testMode)
@@ -48,13 +48,13 @@ import Logging
         try await server.start()
         let reloader = ConfigReloader(path: path, server: server, config: config, engine: engine, logger: testLogger)
         try "alice@example.com OK\nbob@example.com OK\nno at sign\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
-        #expect(reloader.reload() == false, "the configuration is fine, the table is not: not a success")
+        #expect(await reloader.reload() == false, "the configuration is fine, the table is not: not a success")
         let c = try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!)
         var request = rcptRequest
         request[4] = ("recipient", "bob@example.com")
         #expect(try c.ask(request) == "action=450 4.1.1 Recipient not known yet: the recipient table is being corrected, try again later")
         try "alice@example.com OK\nbob@example.com OK\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
-        #expect(reloader.reload() == true)
+        #expect(await reloader.reload() == true)
         #expect(try c.ask(request) == "action=DUNNO")
         await server.stop()
     }
