@@ -46,18 +46,3 @@ public struct NetworkList: Sendable, Equatable {
         return contains(address)
     }
 }
-
-extension ConfigSection {
-    /// An array of CIDR strings; a bad entry is reported and skipped.
-    public func networks(_ key: String, default fallback: [CIDR]) -> NetworkList {
-        guard has(key) else { _ = raw(key); return NetworkList(fallback) }
-        let texts = stringArray(key, default: [])
-        var out: [CIDR] = []
-        for text in texts {
-            if let cidr = CIDR(text) { out.append(cidr) } else {
-                report(key, "\"\(LogEscaping.escape(text))\" is not an IPv4 or IPv6 address or network (e.g. 192.0.2.0/24, 2001:db8::/32)")
-            }
-        }
-        return NetworkList(out)
-    }
-}

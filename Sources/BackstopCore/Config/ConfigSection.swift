@@ -91,7 +91,7 @@ public final class ConfigSection: @unchecked Sendable {
         guard let value = raw(key) else { return fallback }
         let parsed: TimeAmount?
         switch value {
-        case .int(let seconds): parsed = seconds >= 0 ? .seconds(Int64(seconds)) : nil
+        case .int(let seconds): parsed = DurationText.seconds(Int64(seconds)).map(TimeAmount.nanoseconds)
         case .string(let text): parsed = DurationText.parse(text)
         default: parsed = nil
         }
@@ -160,47 +160,17 @@ public final class ConfigSection: @unchecked Sendable {
     }
 }
 
-/// Durations as administrators write them ("250ms", "5s", "2m", "1h", "1d").
-public enum DurationText {
-    public static func parse(_ text: String) -> TimeAmount? {
-        let t = text.trimmingSpaces.lowercased()
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000),
-                                         ("h", 3_600_000_000_000), ("d", 86_400_000_000_000)]
-        for (suffix, nanos) in units where t.hasSuffix(suffix) {
-            let number = t.dropLast(suffix.count)
-            if let n = Int64(number), n >= 0 { return .nanoseconds(n * nanos) }
-            if let d = Double(number), d >= 0, d.isFinite { return .nanoseconds(Int64(d * Double(nanos))) }
+extension ConfigSection {
+    /// An array of CIDR strings; a bad entry is reported and skipped.
+    public func networks(_ key: String, default fallback: [CIDR]) -> NetworkList {
+        guard has(key) else { _ = raw(key); return NetworkList(fallback) }
+        let texts = stringArray(key, default: [])
+        var out: [CIDR] = []
+        for text in texts {
+            if let cidr = CIDR(text) { out.append(cidr) } else {
+                report(key, "\"\(LogEscaping.escape(text))\" is not an IPv4 or IPv6 address or network (e.g. 192.0.2.0/24, 2001:db8::/32)")
+            }
         }
-        if let n = Int64(t), n >= 0 { return .seconds(n) }
-        return nil
-    }
-
-    /// Exactly, in the largest unit that divides it, as the configuration writes it:
-    /// "330s", "5m", "1h", "250ms".
-    public static func format(_ amount: TimeAmount) -> String {
-        let ns = amount.nanoseconds
-        if ns % 3_600_000_000_000 == 0 && ns > 0 { return "\(ns / 3_600_000_000_000)h" }
-        if ns % 60_000_000_000 == 0 && ns > 0 { return "\(ns / 60_000_000_000)m" }
-        if ns % 1_000_000_000 == 0 { return "\(ns / 1_000_000_000)s" }
-        return "\(ns / 1_000_000)ms"
-    }
-
-    /// A span for people, rounded: "1h2m3s", "4.5s", "250ms", "12µs".
-    public static func approximate(nanoseconds ns: Int64) -> String {
-        if ns < 1_000_000 { return "\(max(0, ns) / 1000)µs" }
-        if ns < 10_000_000_000 {
-            let ms = ns / 1_000_000
-            return ms < 1000 ? "\(ms)ms" : "\(ms / 1000).\((ms % 1000) / 100)s"
-        }
-        var seconds = (ns + 999_999_999) / 1_000_000_000
-        var out = ""
-        let days = seconds / 86_400
-        if days > 0 { out += "\(days)d"; seconds %= 86_400 }
-        let hours = seconds / 3600
-        if hours > 0 { out += "\(hours)h"; seconds %= 3600 }
-        let minutes = seconds / 60
-        if minutes > 0 { out += "\(minutes)m"; seconds %= 60 }
-        if seconds > 0 || out.isEmpty { out += "\(seconds)s" }
-        return out
+        return NetworkList(out)
     }
 }

@@ -167,7 +167,7 @@ extension RateLimitRule {
         var limitCount: Int64 = 0
         var period: Int64 = 0
         let limitText = s.string("limit", default: "")
-        if let (c, p) = parseLimit(limitText) {
+        if let (c, p) = RateLimitText.parseLimit(limitText) {
             limitCount = c
             period = p
         } else {
@@ -179,13 +179,13 @@ extension RateLimitRule {
         if let raw = s.raw("burst") {
             switch raw {
             case .int(let b) where b > 0: burst = Int64(b)
-            case .string(let t) where parseCount(t) != nil: burst = parseCount(t)!
+            case .string(let t) where RateLimitText.parseCount(t) != nil: burst = RateLimitText.parseCount(t)!
             default: s.report("burst", "expected a positive whole number (e.g. 20, or \"10M\" for bytes)")
             }
         }
         var parameters: GCRAParameters?
         if usable {
-            switch makeParameters(count: limitCount, period: period, burst: burst) {
+            switch RateLimitText.makeParameters(count: limitCount, period: period, burst: burst) {
             case .success(let p): parameters = p
             case .failure(let problem): s.report("limit", problem.message); usable = false
             }
@@ -219,45 +219,6 @@ extension RateLimitRule {
             }
         }
         return usable ? rule : nil
-    }
-
-    public struct LimitProblem: Error, Sendable { public let message: String }
-
-    /// The bucket for a limit, or why it cannot be counted.
-    public static func makeParameters(count: Int64, period: Int64, burst: Int64) -> Result<GCRAParameters, LimitProblem> {
-        guard let parameters = GCRAParameters(count: count, period: period, burst: burst) else {
-            return .failure(LimitProblem(message: "too fine or too large: the duration divided by the count must be at least 1ns and burst × that at most 146 years"))
-        }
-        if parameters.emissionInterval < 1000, period % count != 0 {
-            return .failure(LimitProblem(message: "too fine to count exactly: the duration divided by the count must be at least 1µs (or divide exactly); use a longer duration"))
-        }
-        return .success(parameters)
-    }
-
-    /// "200/1h", "200 / 1h", "50M/1d", "10/m" → (count, period ns).
-    public static func parseLimit(_ text: String) -> (Int64, Int64)? {
-        let halves = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard halves.count == 2, let count = parseCount(String(halves[0])) else { return nil }
-        var periodText = halves[1].trimmingSpaces
-        if let first = periodText.first, !first.isNumber { periodText = "1" + periodText }
-        guard let period = DurationText.parse(periodText), period.nanoseconds > 0 else { return nil }
-        return (count, period.nanoseconds)
-    }
-
-    /// A positive count with an optional decimal suffix: k (×1000), M (×10⁶), G (×10⁹).
-    public static func parseCount(_ text: String) -> Int64? {
-        var t = text.trimmingSpaces
-        var multiplier: Int64 = 1
-        switch t.last {
-        case "k", "K": multiplier = 1_000
-        case "m", "M": multiplier = 1_000_000
-        case "g", "G": multiplier = 1_000_000_000
-        default: break
-        }
-        if multiplier != 1 { t = String(t.dropLast()).trimmingSpaces }
-        guard let n = Int64(t), n > 0 else { return nil }
-        let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
-        return overflow ? nil : v
     }
 }
 

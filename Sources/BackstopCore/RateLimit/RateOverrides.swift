@@ -11,7 +11,18 @@
 public struct RateOverrides: Sendable {
     public enum Limit: Sendable, Equatable {
         case exempt
-        case limit(RateLimitRule.Override)
+        case limit(Override)
+    }
+
+    /// A limit of its own for some keys of the rule.
+    public struct Override: Sendable, Equatable {
+        public let limitCount: Int64
+        public let period: Int64
+        public let parameters: GCRAParameters
+
+        public var description: String {
+            "\(limitCount) per \(DurationText.format(nanoseconds: period)) (burst \(parameters.burst))"
+        }
     }
 
     /// Where an entry came from, for status lines.
@@ -86,33 +97,20 @@ public struct RateOverrides: Sendable {
     }
 
     /// "exempt", or a limit "COUNT/DURATION" with an optional "burst N".
-    static func limit(_ value: String) -> Result<Limit, RateLimitRule.LimitProblem> {
+    static func limit(_ value: String) -> Result<Limit, RateLimitText.Problem> {
         let words = value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
         if words.count == 1, words[0].lowercased() == "exempt" { return .success(.exempt) }
-        guard let first = words.first, let (count, period) = RateLimitRule.parseLimit(first),
+        guard let first = words.first, let (count, period) = RateLimitText.parseLimit(first),
               words.count == 1 || (words.count == 3 && words[1].lowercased() == "burst") else {
             return .failure(.init(message: "expected \"exempt\" or a limit such as \"5000/1d\" (optionally \"5000/1d burst 500\")"))
         }
         var burst = count
         if words.count == 3 {
-            guard let b = RateLimitRule.parseCount(words[2]) else { return .failure(.init(message: "the burst is not a positive count")) }
+            guard let b = RateLimitText.parseCount(words[2]) else { return .failure(.init(message: "the burst is not a positive count")) }
             burst = b
         }
-        return RateLimitRule.makeParameters(count: count, period: period, burst: burst).map {
-            .limit(RateLimitRule.Override(limitCount: count, period: period, parameters: $0))
-        }
-    }
-}
-
-extension RateLimitRule {
-    /// A limit of its own for some keys of a rule.
-    public struct Override: Sendable, Equatable {
-        public let limitCount: Int64
-        public let period: Int64
-        public let parameters: GCRAParameters
-
-        public var description: String {
-            "\(limitCount) per \(DurationText.format(.nanoseconds(period))) (burst \(parameters.burst))"
+        return RateLimitText.makeParameters(count: count, period: period, burst: burst).map {
+            .limit(Override(limitCount: count, period: period, parameters: $0))
         }
     }
 }

@@ -119,6 +119,26 @@ import NIOCore
         #expect(BackstopCore.DurationText.parse("soon") == nil)
     }
 
+    /// Numbers too large for nanoseconds in an Int64 are not durations (they trapped before:
+    /// a typo in a duration stopped `check-config`, and SIGHUP stopped the server).
+    @Test func durationsTooLargeAreRefusedNotTrapped() {
+        for text in ["99999999999999d", "9223372036854775807ms", "1e300s", "9.3e18ms", "106752d", "9223372036854775807"] {
+            #expect(BackstopCore.DurationText.nanoseconds(text) == nil, "\(text)")
+        }
+        #expect(BackstopCore.DurationText.nanoseconds("106751d") == Int64(9_223_286_400_000_000_000))
+        #expect(BackstopCore.DurationText.nanoseconds("9223372036s") == 9_223_372_036_000_000_000)
+        #expect(BackstopCore.DurationText.approximate(nanoseconds: .max).hasSuffix("s"))
+        do {
+            _ = try Configuration.parse("[server]\nread_timeout = \"99999999999999d\"\nidle_timeout = 9223372036854775807\n", file: "d.toml")
+            Issue.record("expected errors")
+        } catch {
+            #expect(error.issues.map(\.description).sorted() == [
+                "d.toml:2: server.read_timeout: expected a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\"",
+                "d.toml:3: server.idle_timeout: expected a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\"",
+            ])
+        }
+    }
+
     @Test func dottedQuadFastPathAgreesWithInetPton() {
         var rng = SystemRandomNumberGenerator()
         let alphabet = Array("0123456789.".utf8) + Array("0123456789.:abx ".utf8)

@@ -144,13 +144,13 @@ struct Bench {
     }
 
     @Test func limitParsing() {
-        #expect(RateLimitRule.parseLimit("200/1h")! == (200, hour))
-        #expect(RateLimitRule.parseLimit(" 10 / m ")! == (10, 60 * second))
-        #expect(RateLimitRule.parseLimit("50M/1d")! == (50_000_000, 24 * hour))
-        #expect(RateLimitRule.parseLimit("200") == nil)
-        #expect(RateLimitRule.parseLimit("0/1h") == nil)
-        #expect(RateLimitRule.parseLimit("-3/1h") == nil)
-        #expect(RateLimitRule.parseLimit("5/0s") == nil)
+        #expect(RateLimitText.parseLimit("200/1h")! == (200, hour))
+        #expect(RateLimitText.parseLimit(" 10 / m ")! == (10, 60 * second))
+        #expect(RateLimitText.parseLimit("50M/1d")! == (50_000_000, 24 * hour))
+        #expect(RateLimitText.parseLimit("200") == nil)
+        #expect(RateLimitText.parseLimit("0/1h") == nil)
+        #expect(RateLimitText.parseLimit("-3/1h") == nil)
+        #expect(RateLimitText.parseLimit("5/0s") == nil)
         #expect(GCRAParameters(count: 7, period: 1, burst: 7) == nil, "T below 1 ns")
     }
 }
