@@ -5,6 +5,7 @@
 
 import ArgumentParser
 import BackstopCore
+import Glibc
 import BackstopSPF
 
 struct SPFCommand: ParsableCommand {
@@ -16,15 +17,18 @@ struct SPFCommand: ParsableCommand {
     @Option(help: "SMTP client IP address.") var ip: String
     @Option(help: "Envelope sender (MAIL FROM); '' for a bounce.") var sender: String
     @Option(help: "HELO/EHLO name.") var helo: String
-    @Option(name: .shortAndLong, help: "Configuration file whose [spf] settings (and test mode) are used.") var config: String?
+    @Option(name: .shortAndLong, help: "Configuration file whose [spf] settings (and test mode) are used (default: \(Configuration.defaultPath) when it exists, else the built-in defaults).")
+    var config: String?
 
     func run() throws {
         SPFProcesses.registerRunningExecutable()  // evaluations run in `backstop spf-worker` processes
         let settings: SPFSettings
         var testMode = false
         do {
-            if let config {
-                let configuration = try Configuration.load(path: config)
+            // Like the server: the installed configuration unless another is named.
+            let path = config ?? (access(Configuration.defaultPath, F_OK) == 0 ? Configuration.defaultPath : nil)
+            if let path {
+                let configuration = try Configuration.load(path: path)
                 settings = SPFSettings.from(configuration)
                 testMode = configuration.policy.testMode
             } else {
