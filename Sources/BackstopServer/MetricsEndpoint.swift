@@ -183,20 +183,6 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.clock = clock
     }
 
-    /// Splits "/path?a=1&b=%2B" into the path and its percent-decoded parameters.
-    static func parse(_ uri: String) -> (path: String, query: [String: String]) {
-        let parts = uri.split(separator: "?", maxSplits: 1)
-        var query: [String: String] = [:]
-        if parts.count == 2 {
-            for pair in parts[1].split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                let name = String(kv[0]).removingPercentEncoding ?? String(kv[0])
-                query[name] = kv.count == 2 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
-            }
-        }
-        return (parts.first.map(String.init) ?? "/", query)
-    }
-
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus,
                          contentType: String, body bytes: [UInt8]) {
         var body = context.channel.allocator.buffer(capacity: bytes.count)
@@ -219,7 +205,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            let (path, query) = Self.parse(head.uri)
+            let (path, query) = HTTPTarget.parse(head.uri)
             if head.method == .GET && path == "/metrics" {
                 respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
                         body: MetricsHelp.render(registry.emitToBuffer(), startTime: MetricsSetup.startTime))

@@ -122,6 +122,25 @@ final class RawConnection {
         await s.stop()
     }
 
+    /// Query strings are the scraper's text: "?=" once indexed an empty split and stopped
+    /// the whole server. Each odd query gets an answer and the server keeps serving.
+    @Test func oddQueryStringsAreAnsweredNotTrapped() async throws {
+        let (s, endpoint, port) = try await metricsServer("")
+        for query in ["?=", "?a&=", "?==", "?&&", "?rule=&key=", "?%zz=%", "?"] {
+            let c = try RawConnection(port: port)
+            c.send("GET /ratelimit/status\(query) HTTP/1.0\r\n\r\n")
+            let answer = c.readUntilClosed(seconds: 5)
+            #expect(answer.text.hasPrefix("HTTP/1.0 "), "\(query): \(answer.text)")
+        }
+        #expect(HTTPTarget.parse("/ratelimit/status?=x&rule=r%2Bs&k").query == ["": "x", "rule": "r+s", "k": ""])
+        let scrape = try RawConnection(port: port)
+        scrape.send("GET /metrics?= HTTP/1.0\r\n\r\n")
+        #expect(scrape.readUntilClosed(seconds: 5).text.hasPrefix("HTTP/1.0 200"))
+        #expect(try s.client().ask(rcptRequest) == "action=DUNNO")
+        await endpoint.stop()
+        await s.stop()
+    }
+
     @Test func metricsConnectionsAreCappedAndCountTowardMaxConnections() async throws {
         let (s, endpoint, port) = try await metricsServer("max_connections = 3", server: "[server]\nmax_connections = 5\n")
         var held: [RawConnection] = []

@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets with AddressSanitizer and runs each for a bounded time
 # (FUZZ_SECONDS, default 60): the policy request parser, the recipient table parser, the
 # socketmap netstring parser with BATV tags and key files, the
-# rate-limit overrides table (with the duration text every setting uses), the rate-limit state file, the DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
+# rate-limit overrides table (with the duration text every setting uses), the rate-limit state file, the metrics listener's request target, the DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
 # sources they need are compiled in directly, so no SwiftPM build with sanitizers is needed. Crashes are saved under
 # .build/fuzz/ and make this script fail; turn each into a regression test.
 set -euo pipefail
@@ -44,6 +44,9 @@ run socketmap-fuzzer Tests/Fuzz/corpus/socketmap
 # A rate-limit overrides table, and the limit and duration text of the configuration.
 build overrides-fuzzer Tests/Fuzz/OverridesFuzzer.swift $(cat Tests/Fuzz/overrides-sources.txt)
 run overrides-fuzzer Tests/Fuzz/corpus/overrides
+# The metrics listener's request target (a scraper's text).
+build http-target-fuzzer Tests/Fuzz/HTTPTargetFuzzer.swift Sources/BackstopServer/HTTPTarget.swift
+run http-target-fuzzer Tests/Fuzz/corpus/http-target
 build state-file-fuzzer Tests/Fuzz/StateFileFuzzer.swift $core/RateLimit/MemoryStoreSnapshot.swift $core/Support/FNV1a.swift $core/System/RegularFile.swift
 run state-file-fuzzer Tests/Fuzz/corpus/state-file
 # SPF: what a DNS server, a domain owner and a worker send.
