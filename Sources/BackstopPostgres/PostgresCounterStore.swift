@@ -169,11 +169,14 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         return .later(within(eventLoop) { [client, logger] in
             let rows = try await client.query(query, logger: logger)
             for try await (now, newTAT, oldTAT) in rows.decode((Int64, Int64?, Int64?).self) {
+                // The row is the database's: wrapping arithmetic and clamps, so a tampered
+                // table gives a wrong count for its key, never a trap in the server.
                 if let newTAT {
-                    return .admitted(remaining: (p.tolerance - (newTAT - now)) / p.emissionInterval, newTAT: newTAT)
+                    let remaining = (p.tolerance &- (newTAT &- now)) / p.emissionInterval
+                    return .admitted(remaining: min(max(0, remaining), p.burst), newTAT: newTAT)
                 }
-                let ahead = max(oldTAT ?? now, now) + increment - now
-                return .refused(retryAfter: max(1, ahead - p.tolerance))
+                let ahead = (max(oldTAT ?? now, now) &- now) &+ increment
+                return .refused(retryAfter: max(1, ahead &- p.tolerance))
             }
             throw CounterStoreFailure("the hit statement returned no row")
         })

@@ -31,6 +31,13 @@ struct Bench: ParsableCommand {
     @Option(help: "Label printed with the results.") var label = "backstop"
     @Option(help: "Port of the in-process server (0: a free port the system picks).") var port = 0
 
+    func validate() throws {
+        guard (1...10_000).contains(connections) else { throw ValidationError("--connections must be from 1 to 10000") }
+        guard (1...86_400).contains(duration) else { throw ValidationError("--duration must be from 1 to 86400 seconds") }
+        guard (0...3_600).contains(warmup) else { throw ValidationError("--warmup must be from 0 to 3600 seconds") }
+        guard (0...65_535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
+    }
+
     func run() throws {
         let command = self
         try runBlocking { try await command.measure() }

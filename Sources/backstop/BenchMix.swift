@@ -65,7 +65,8 @@ struct BenchMix: Sendable {
         }
         if spec.hasPrefix("rand:") {
             let range = spec.dropFirst(5)
-            if let dash = range.firstIndex(of: "-"), let a = Int(range[..<dash]), let b = Int(range[range.index(after: dash)...]), a <= b {
+            if let dash = range.firstIndex(of: "-"), let a = Int(range[..<dash]), let b = Int(range[range.index(after: dash)...]), a <= b,
+               !b.subtractingReportingOverflow(a).overflow, b - a < Int.max {
                 return .rand(a, b)
             }
             if let n = Int(range), n > 0 { return .rand(0, n - 1) }

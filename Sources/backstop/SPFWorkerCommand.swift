@@ -20,7 +20,7 @@ struct SPFWorkerCommand: ParsableCommand {
     func run() throws {
         let status: Int32
         if let bench {
-            status = SPFWorkerProcess.benchmark(count: bench, record: record)
+            status = SPFWorkerProcess.benchmark(count: max(0, bench), record: record)
         } else {
             status = sandboxTest ? SPFWorkerProcess.sandboxTest(user: user) : SPFWorkerProcess.run(user: user, parent: parent)
         }

@@ -192,6 +192,8 @@ public final class RecipientTable: Sendable {
 /// Later entries for the same key replace earlier ones (within a file and across files).
 struct RecipientTableBuilder {
     private var arena: [UInt8] = []
+    /// Octets of keys not kept because the arena was full.
+    private var dropped = 0
     private var entries: [RecipientTable.Entry] = []
     private var slots: [UInt32]
     private let seed: UInt64
@@ -274,6 +276,12 @@ struct RecipientTableBuilder {
             }
             i = (i + 1) & (slots.count - 1)
         }
+        // Offsets are 32 bits: beyond 4 GiB the key is counted, not kept, and the file
+        // reader reports the tables as too large (arenaSize).
+        guard arena.count + count <= Int(UInt32.max) else {
+            dropped += count
+            return
+        }
         let offset = arena.count
         arena.append(contentsOf: UnsafeBufferPointer(start: key, count: count))
         entries.append(.init(offset: UInt32(offset), length: UInt32(count), hash: h, line: UInt32(clamping: line),
@@ -294,7 +302,7 @@ struct RecipientTableBuilder {
     }
 
     /// Octets of key storage so far: a table is limited to 4 GiB of keys.
-    var arenaSize: Int { arena.count }
+    var arenaSize: Int { arena.count + dropped }
 
     func finish(files: [String]) -> RecipientTable {
         // Give back what the estimates reserved too much of: the snapshot lives long.

@@ -17,6 +17,8 @@ public struct RecipientsSettings: CheckSettings {
     public var rejectAction: PolicyAction
     public var reloadInterval: TimeAmount
     public static let defaultReloadInterval: TimeAmount = .seconds(5)
+    /// Most files in `tables` (each entry keeps its file's index in 16 bits).
+    public static let maxTables = 1_000
     public var startWithoutTable: Bool
     public var testMode: Bool
     /// The answer while no table has been loaded (only with start_without_table).
@@ -44,7 +46,10 @@ public struct RecipientsSettings: CheckSettings {
     public init(reading section: ConfigSection, baseDirectory: String) {
         let tables = section.stringArray("tables", default: ["recipients"])
         if tables.isEmpty { section.report("tables", "list at least one table file, e.g. [\"recipients\"]") }
-        let files = tables.map { $0.hasPrefix("/") || baseDirectory.isEmpty ? $0 : baseDirectory + "/" + $0 }
+        if tables.count > Self.maxTables {
+            section.report("tables", "\(tables.count) files: at most \(Self.maxTables) (concatenate some)")
+        }
+        let files = tables.prefix(Self.maxTables).map { $0.hasPrefix("/") || baseDirectory.isEmpty ? $0 : baseDirectory + "/" + $0 }
         let domains = section.stringArray("domains", default: [])
         for domain in domains where DomainName.asciiForm(domain) == nil || domain.contains("@") || domain.isEmpty {
             section.report("domains", "\"\(LogEscaping.escape(domain))\" is not a domain name (write example.com, without @)")

@@ -153,4 +153,19 @@ struct Bench {
         #expect(RateLimitText.parseLimit("5/0s") == nil)
         #expect(GCRAParameters(count: 7, period: 1, burst: 7) == nil, "T below 1 ns")
     }
+
+    /// The longest period a limit may have (about 146 years in one unit) still gives a status
+    /// line: `tat + interval` overflowed on the PostgreSQL store's clock (nanoseconds since
+    /// 1970), and on the memory store's after about two years of uptime.
+    @Test func statusOfTheLongestLimitDoesNotOverflow() throws {
+        let (count, period) = try #require(RateLimitText.parseLimit("1/53000d"))
+        let p = try #require(GCRAParameters(count: count, period: period, burst: 1))
+        let now: Int64 = 1_800_000_000 * second
+        guard case .admitted(_, let tat) = GCRA.apply(tat: nil, now: now, cost: 1, p) else {
+            Issue.record("the first hit was refused")
+            return
+        }
+        let line = RateLimitCheck.keyLine(p, key: "k", state: RateKeyState(tat: tat, now: now))
+        #expect(line.hasPrefix("key k: over the limit: 0 of 1 available; the next one in "), "\(line)")
+    }
 }

@@ -86,6 +86,20 @@ import BackstopSPF
         }
     }
 
+    /// A file's index is kept in 16 bits: 65,537 names once trapped while the table was built.
+    @Test func tooManyTableFilesAreAConfigurationError() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let names = Array(repeating: "\"recipients\"", count: RecipientsSettings.maxTables + 1).joined(separator: ", ")
+        #expect {
+            _ = try configuration(dir, "tables = [\(names)]")
+        } throws: { error in
+            "\(error)".contains("recipients.tables: \(RecipientsSettings.maxTables + 1) files: at most \(RecipientsSettings.maxTables)")
+        }
+        let most = Array(repeating: "\"recipients\"", count: RecipientsSettings.maxTables).joined(separator: ", ")
+        _ = try configuration(dir, "tables = [\(most)]")
+    }
+
     @Test func testModeIsTheChecksOwn() throws {
         let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
