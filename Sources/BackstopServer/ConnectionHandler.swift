@@ -130,7 +130,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? ProtocolError {
             state.metrics.protocolErrors.increment()
-            state.logger.warning("protocol error, closing connection without an answer: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
+            state.warnings.warn(.protocolError, state.logger, "protocol error, closing connection without an answer: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
             if connection.protocolError() { close(context: context) }
             return
         }
@@ -221,7 +221,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.schedule(context: context, at: next)
             case .close(.read):
                 self.state.metrics.readTimeouts.increment()
-                self.state.logger.warning("read timeout: request not completed within \(DurationText.format(self.connection.readTimeout)), closing: peer=\(LogEscaping.field(self.peer))")
+                self.state.warnings.warn(.readTimeout, self.state.logger, "read timeout: request not completed within \(DurationText.format(self.connection.readTimeout)), closing: peer=\(LogEscaping.field(self.peer))")
                 self.close(context: context)
             case .close(.idle):
                 self.state.logger.debug("idle timeout, closing: peer=\(LogEscaping.field(self.peer))")

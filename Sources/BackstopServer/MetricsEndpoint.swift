@@ -100,13 +100,13 @@ final class MetricsAdmission: Sendable {
         let peer = channel.remoteAddress.map(PolicyServer.describe) ?? "?"
         guard let address = channel.remoteAddress?.ipAddress.flatMap(IPAddress.init), settings.allow.contains(address) else {
             state.metrics.connectionsRefused.increment()
-            state.logger.warning("metrics connection refused: client not in metrics.allow: peer=\(LogEscaping.field(peer))")
+            state.warnings.warn(.metricsRefusedByAllow, state.logger, "metrics connection refused: client not in metrics.allow: peer=\(LogEscaping.field(peer))")
             return false
         }
         if open.add(1, ordering: .relaxed).newValue > settings.maxConnections {
             open.subtract(1, ordering: .relaxed)
             limited.increment()
-            state.logger.warning("metrics connection refused: metrics.max_connections (\(settings.maxConnections)) reached: peer=\(LogEscaping.field(peer))")
+            state.warnings.warn(.metricsRefusedAtMax, state.logger, "metrics connection refused: metrics.max_connections (\(settings.maxConnections)) reached: peer=\(LogEscaping.field(peer))")
             return false
         }
         guard state.takeConnection(peer: peer) else {

@@ -128,7 +128,7 @@ public final class PolicyServer: Service, Sendable {
             let address = channel.remoteAddress?.ipAddress.flatMap(IPAddress.init)
             if address == nil || !allow.contains(address!) {
                 state.metrics.connectionsRefused.increment()
-                state.logger.warning("connection refused: client not in the listener's allow list: peer=\(LogEscaping.field(peer))")
+                state.warnings.warn(.refusedByAllow, state.logger, "connection refused: client not in the listener's allow list: peer=\(LogEscaping.field(peer))")
                 return channel.close()
             }
         }

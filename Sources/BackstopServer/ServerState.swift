@@ -16,6 +16,7 @@ final class ServerState: Sendable {
     let openConnections = Atomic<Int>(0)
     let generation = Atomic<Int>(1)
     let metrics: ServerMetrics
+    let warnings = ServerWarnings()
 
     init(logger: Logger, config: Configuration, engine: PolicyEngine, group: any EventLoopGroup, metrics: ServerMetrics) {
         self.logger = logger
@@ -40,7 +41,7 @@ final class ServerState: Sendable {
         if open > maxConnections {
             openConnections.subtract(1, ordering: .relaxed)
             metrics.connectionsLimited.increment()
-            logger.warning("connection refused: server.max_connections (\(maxConnections)) reached: peer=\(LogEscaping.field(peer))")
+            warnings.warn(.refusedAtMaxConnections, logger, "connection refused: server.max_connections (\(maxConnections)) reached: peer=\(LogEscaping.field(peer))")
             return false
         }
         metrics.connectionsAccepted.increment()

@@ -20,7 +20,7 @@ struct SocketmapResponder {
     func write(_ request: SocketmapRequest, _ reply: SocketmapReply, elapsedNanos: Int64, into buffer: inout ByteBuffer) {
         switch reply {
         case .temp(let why), .perm(let why):
-            state.logger.warning("socketmap \(reply.status): map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key)) reason=\(LogEscaping.field(why)) peer=\(LogEscaping.field(peer))")
+            state.warnings.warn(.socketmapFailure, state.logger, "socketmap \(reply.status): map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key)) reason=\(LogEscaping.field(why)) peer=\(LogEscaping.field(peer))")
         case .ok(let value):
             state.logger.debug("socketmap OK: map=\(LogEscaping.field(request.map)) key=\(LogEscaping.field(request.key)) value=\(LogEscaping.field(value))")
         case .notFound:

@@ -128,7 +128,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
     @Test(arguments: [
         ("pass", nil), ("huge-counts", SPFRestartReason.protocol), ("bad-result", .protocol), ("oversized", .protocol),
         ("twice", .protocol), ("never", .timeout), ("garbage", .protocol), ("need-flood", .protocol),
-        ("need-again", .protocol), ("unknown-id", .protocol), ("exit", .exited),
+        ("need-again", .protocol), ("unknown-id", .protocol), ("notice-flood", .protocol), ("exit", .exited),
     ] as [(String, SPFRestartReason?)])
     func aWorkerThatBreaksTheProtocolIsReplaced(mode: String, reason: SPFRestartReason?) async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)

@@ -171,6 +171,31 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.log.contains("backstop stopped"))
     }
 
+    /// A client refused by `allow` as often as it connects gets one log line per second, and
+    /// the lines together account for every refusal.
+    @Test func refusalsAreLoggedOncePerSecondWithACount() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let config = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\nallow = [\"192.0.2.0/24\"]\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: config)
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let line = "connection refused: client not in the listener's allow list"
+        for _ in 0..<40 { _ = try? PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)).ask(rcptRequest) }
+        #expect(serve.waitForLog(line))
+        usleep(1_100_000)
+        _ = try? PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)).ask(rcptRequest)
+        #expect(serve.waitForLog(line, count: 2))
+        #expect(serve.stop() == 0)
+        let lines = serve.log.split(separator: "\n").filter { $0.contains(line) }
+        #expect(lines.count >= 2 && lines.count < 10, "\(lines.count) lines for 41 refusals")
+        let accounted = lines.reduce(0) { total, l in
+            guard let open = l.range(of: " ("), let more = Int(l[open.upperBound...].prefix { $0.isNumber }) else { return total + 1 }
+            return total + 1 + more
+        }
+        #expect(accounted == 41, "\(lines)")
+    }
+
     @Test func lookupSaysValidUnknownOrNotOurDomain() throws {
         let config = packageRoot + "/examples/backstop.toml"
         let valid = try runBackstop(["lookup", "alice@example.com", "--config", config])

@@ -15,6 +15,7 @@ MODE is one of:
     need-flood    asks for 200 different names, without waiting for answers
     need-again    asks for the same answer again after it was given
     unknown-id    answers an evaluation that was never sent
+    notice-flood  writes notices for the server's log instead of answering
     exit          exits at once with status 3
 """
 import os
@@ -85,6 +86,10 @@ def main():
             need(eid, b"again.example")
         elif mode == "unknown-id":
             done(eid + 1000)
+        elif mode == "notice-flood":
+            for n in range(20):
+                text = b"forged log line %d" % n
+                send(bytes([0x83]) + struct.pack("!H", len(text)) + text)
         time.sleep(0)
 
 

@@ -123,6 +123,9 @@ public enum Punycode {
 public enum DomainName {
     /// The label separators IDNA accepts besides ".": ideographic and full-width full stops.
     private static let dots: Set<Unicode.Scalar> = [".", "\u{3002}", "\u{FF0E}", "\u{FF61}"]
+    /// The longest label in octets (RFC 1035). A U-label encodes to at least as many octets
+    /// as it has code points, so one with more cannot be converted.
+    public static let maxLabel = 63
 
     /// Lowercase A-label form without a trailing dot, or nil when a label cannot be
     /// converted (an empty label in the middle, a U-label Punycode cannot encode).
@@ -147,6 +150,9 @@ public enum DomainName {
                 // allocation-free lookup path applies, so both paths agree byte for byte.
                 out.append(label.lowercased())
             } else {
+                // Encoding is quadratic in a label's length (one pass per code point):
+                // longer than an A-label can be, it is no domain, and is refused unread.
+                guard label.unicodeScalars.count <= maxLabel else { return nil }
                 let unicode = label.precomposedStringWithCanonicalMapping.lowercased()
                 guard let encoded = Punycode.encode(unicode) else { return nil }
                 out.append("xn--" + encoded)
@@ -159,7 +165,9 @@ public enum DomainName {
     public static func unicodeForm(_ domain: String) -> String {
         domain.split(separator: ".", omittingEmptySubsequences: false).map { label -> String in
             let lower = label.lowercased()
-            if lower.hasPrefix("xn--"), let decoded = Punycode.decode(String(lower.dropFirst(4))) { return decoded }
+            if lower.hasPrefix("xn--"), lower.utf8.count <= maxLabel, let decoded = Punycode.decode(String(lower.dropFirst(4))) {
+                return decoded
+            }
             return String(label)
         }.joined(separator: ".")
     }

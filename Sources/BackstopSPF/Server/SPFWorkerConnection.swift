@@ -70,6 +70,13 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     static let maxAbandoned = 1_024
     private(set) var ended = false
     private var flushPending = false
+    /// Octets the server may have written that the worker has not read: twice what 64
+    /// evaluations with the largest frames hold (SPFWire.maxToWorker each). A worker that lets
+    /// more wait stopped reading, or asks for answers without reading them, and is killed.
+    static let maxUnread = 2 * SPFWorkerSlot.maxInFlight * SPFWire.maxToWorker
+    /// Notices this worker sent, and the most it may send.
+    private var notices = 0
+    static let maxNotices = 4
     /// One timer for the evaluations in flight, armed for the earliest deadline among them
     /// (not one per evaluation: scheduling and cancelling a timer cost ~9,000 instructions
     /// per evaluation). An evaluation that ends first leaves it armed; when it fires it
@@ -204,6 +211,10 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             outcome.queries = result.queries
             finish(job, outcome)
         case .notice(let text):
+            // A worker has at most three things to say, as it starts; more is a worker taken
+            // over and writing to the server's log.
+            notices += 1
+            guard notices <= Self.maxNotices else { return kill(.protocol, "more than \(Self.maxNotices) notices") }
             slot.logger.warning("spf worker \(slot.index) (pid \(pid)): \(LogEscaping.field(String(decoding: text, as: UTF8.self)))")
         }
     }
@@ -215,6 +226,13 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         if abandoned.contains(id) { return nil }
         kill(.protocol, id == 0 || id >= nextID ? "\(what) for an evaluation never sent" : "\(what) for an evaluation it had already answered")
         return nil
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if !context.channel.isWritable {
+            kill(.protocol, "left more than \(Self.maxUnread >> 20) MiB unread")
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -166,6 +166,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
         let worker = SPFWorkerConnection(pid: spawned.pid, slot: self)
         let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
         ClientBootstrap(group: loop)
+            // What waits unread in the socket's queue: beyond the high mark the worker is
+            // killed (SPFWorkerConnection.channelWritabilityChanged).
+            .channelOption(.writeBufferWaterMark, value: .init(low: SPFWorkerConnection.maxUnread / 2, high: SPFWorkerConnection.maxUnread))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SPFFrameDecoder()))
