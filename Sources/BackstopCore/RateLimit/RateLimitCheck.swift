@@ -388,8 +388,9 @@ extension RateLimitCheck {
         if available > 0 {
             return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"
         }
-        // In this order no step overflows: 0 < tat - now ≤ tolerance ≤ 2^62 (GCRAParameters),
-        // and the interval ≤ tolerance (with a period near 146 years, tat + interval did).
+        // In this order no step overflows: tat > now ≥ 0, so tat - now is positive, and the
+        // interval ≤ tolerance ≤ 2^62 (GCRAParameters), so the result ≤ tat - now. (With a
+        // period near 146 years, tat + interval overflowed.)
         let next = (tat - state.now) - p.tolerance + p.emissionInterval
         return "key \(key): over the limit: 0 of \(p.burst) available; the next one in \(DurationText.approximate(nanoseconds: next)); all \(p.burst) again in \(full)"
     }

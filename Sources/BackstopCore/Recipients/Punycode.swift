@@ -150,10 +150,13 @@ public enum DomainName {
                 // allocation-free lookup path applies, so both paths agree byte for byte.
                 out.append(label.lowercased())
             } else {
-                // Encoding is quadratic in a label's length (one pass per code point):
-                // longer than an A-label can be, it is no domain, and is refused unread.
-                guard label.unicodeScalars.count <= maxLabel else { return nil }
+                // Encoding is quadratic in a label's length (one pass per code point): a label
+                // longer than an A-label can be is no domain, and is refused before it is
+                // encoded. Decomposed text (NFD) may have a few scalars per code point, so
+                // the cap before normalising is looser.
+                guard label.unicodeScalars.count <= 4 * maxLabel else { return nil }
                 let unicode = label.precomposedStringWithCanonicalMapping.lowercased()
+                guard unicode.unicodeScalars.count <= maxLabel else { return nil }
                 guard let encoded = Punycode.encode(unicode) else { return nil }
                 out.append("xn--" + encoded)
             }

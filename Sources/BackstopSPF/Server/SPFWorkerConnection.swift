@@ -229,8 +229,13 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // NIO calls this from inside the write that crossed the mark (from `start`, while the
+        // slot drains its queue): the kill waits for that write to return.
         if !context.channel.isWritable {
-            kill(.protocol, "left more than \(Self.maxUnread >> 20) MiB unread")
+            loop.execute { [self] in
+                guard !ended, channel?.isWritable == false else { return }
+                kill(.protocol, "left more than \(Self.maxUnread >> 20) MiB unread")
+            }
         }
         context.fireChannelWritabilityChanged()
     }

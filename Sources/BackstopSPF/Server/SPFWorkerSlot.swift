@@ -112,7 +112,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     /// Hands queued evaluations to the worker while it has room.
     private func drain() {
         guard let worker = current, !worker.ended else { return }
-        while worker.inFlight < SPFWorkerSlot.maxInFlight, let job = queue.popFirst() {
+        while !worker.ended, worker.inFlight < SPFWorkerSlot.maxInFlight, let job = queue.popFirst() {
             job.timer?.cancel()
             worker.start(job)
         }

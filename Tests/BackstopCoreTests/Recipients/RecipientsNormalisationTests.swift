@@ -160,6 +160,11 @@ import Testing
         #expect(DomainName.asciiForm(most + ".example") != nil, "63 code points are read (the result may still be too long)")
         let tooMany = String(String.UnicodeScalarView((0...DomainName.maxLabel).map { _ in Unicode.Scalar(0xFC)! }))
         #expect(DomainName.asciiForm(tooMany + ".example") == nil)
+        // Decomposed (NFD) text counts after composing: 34 code points, 68 scalars, converted.
+        let nfd = String(repeating: "o\u{308}a\u{308}u\u{308}", count: 11) + "o\u{308}"
+        #expect(nfd.unicodeScalars.count == 68)
+        #expect(DomainName.asciiForm(nfd + ".example") == DomainName.asciiForm(nfd.precomposedStringWithCanonicalMapping + ".example"))
+        #expect(DomainName.asciiForm(nfd + ".example") != nil)
         let longALabel = "xn--" + String(repeating: "a", count: 2_000) + "-kva.example"
         #expect(DomainName.unicodeForm(longALabel) == longALabel, "kept as written, not decoded")
         #expect(DomainName.asciiForm(String(repeating: "a", count: 300) + ".example") != nil, "ASCII labels are only lowercased")
