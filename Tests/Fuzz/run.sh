@@ -14,6 +14,7 @@ core=Sources/BackstopCore
 
 build() {  # name, sources...
     local name=$1; shift
+    rm -f "$out/$name"  # a binary left from an earlier run must not hide a failed build
     swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name BackstopFuzz \
         "$@" -o "$out/$name" 2>&1 | grep -v "Cannot export local symbol" || true
     test -x "$out/$name"
