@@ -72,6 +72,12 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
         guard maxEntries > 0, expires > now, cost <= maxBytes / 16 else { return }
         state.withLockedValue { s in
             s.serial &+= 1
+            // A full cache replaces an entry on every insertion, and a removal from Swift's
+            // hash table rehashes the keys that follow it in their cluster: grow early, to
+            // at most twice the entry bound, so a full cache is under a third loaded.
+            if s.entries.count == s.entries.capacity, s.entries.capacity < 2 * maxEntries {
+                s.entries.reserveCapacity(Swift.min(4 * Swift.max(s.entries.count, 16), 2 * maxEntries))
+            }
             if let old = s.entries.updateValue(Entry(value: value, expires: expires, cost: cost, serial: s.serial), forKey: key) {
                 s.bytes -= old.cost
             }
