@@ -517,6 +517,10 @@ extension BinaryTests {
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
         let client = try waitForClient(port: port)
+        // The listeners are bound one after another: wait for each (connecting to the
+        // socketmap port the moment the policy port answered was refused now and then).
+        _ = try waitForClient(port: mapPort)
+        _ = try waitForClient(port: metricsPort)
         let map = try RawConnection(port: mapPort)
         let signed = try #require(map.ask("batv-sign", "alice@example.org")).dropFirst(3)
         #expect(map.ask("batv-strip", String(signed)) == "OK alice@example.org")
