@@ -3,7 +3,10 @@
 // of the message it reports on, so a null-sender message with more than one recipient is
 // backscatter or spam (checked at DATA or END-OF-MESSAGE, where Postfix sends
 // recipient_count). Addresses listed as no_reply_addresses never send mail, so they can
-// never receive a genuine bounce (checked at RCPT). Mail with a sender is never judged here.
+// never receive a genuine bounce; they are refused at DATA or END-OF-MESSAGE too, not at
+// RCPT, where a sender-verification callout (MAIL FROM:<>, RCPT TO:<noreply@…>, then QUIT)
+// would be refused and the mail those addresses send rejected elsewhere. Mail with a sender
+// is never judged here.
 
 public struct BouncesSettings: CheckSettings, Equatable {
     public var testMode = false
@@ -27,16 +30,12 @@ public struct BouncesSettings: CheckSettings, Equatable {
         noReplyAddresses = AddressList(reading: section, key: "no_reply_addresses", default: [], localParts: false)
     }
 
-    /// no_reply_addresses are checked at RCPT, the recipient count at DATA or END-OF-MESSAGE.
+    /// Everything is checked at DATA or END-OF-MESSAGE; at RCPT the check has no opinion.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
-        var out: [(key: String, message: String)] = []
-        if !noReplyAddresses.isEmpty && !configuration.policy.runs("bounces", at: .rcpt) {
-            out.append(("no_reply_addresses", "checked at RCPT, but policy.rcpt does not list bounces: they never apply"))
-        }
         if !configuration.policy.runs("bounces", at: .data) && !configuration.policy.runs("bounces", at: .endOfMessage) {
-            out.append(("action", "a bounce's recipients are counted at DATA or END-OF-MESSAGE, but neither policy.data nor policy.end_of_message lists bounces: it never applies"))
+            return [("action", "a bounce's recipients are checked at DATA or END-OF-MESSAGE, but neither policy.data nor policy.end_of_message lists bounces: it never applies")]
         }
-        return out
+        return []
     }
 
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
@@ -59,15 +58,14 @@ public struct BouncesCheck: Check {
         // Only the null sender is judged; an absent sender attribute is not a null sender.
         guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .now(.noOpinion()) }
         switch request.protocolState {
-        case .rcpt:
-            if settings.noReplyAddresses.contains(request.recipient) {
-                return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
-            }
-            return .now(.noOpinion())
         case .data, .endOfMessage:
             let count = request.recipientCount
             if count > 1 {
                 return .now(Verdict(settings.action, reason: "bounce_recipients=\(count)"))
+            }
+            // With one recipient accepted, Postfix names it at these stages too.
+            if count == 1, settings.noReplyAddresses.contains(request.recipient) {
+                return .now(Verdict(settings.noReplyAction, reason: "bounce_to_no_reply_address"))
             }
             return .now(.noOpinion())
         default:

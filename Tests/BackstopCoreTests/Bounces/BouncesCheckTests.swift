@@ -51,12 +51,18 @@ private func request(_ state: String, sender: String = "", recipient: String = "
             no_reply_addresses = ["NoReply@example.org", "@notifications.example.org"]
             action = "REJECT 5.7.1 Not a bounce"
             """)
-        let refused = verdict(bounces, request("RCPT", recipient: "noreply@EXAMPLE.org"))
+        // At RCPT nothing is refused: a sender-verification callout (MAIL FROM:<>, RCPT TO:
+        // the no-reply address, QUIT) must pass, or the mail that address sends is rejected
+        // by the sites that verify senders.
+        #expect(verdict(bounces, request("RCPT", recipient: "noreply@EXAMPLE.org")).isNoOpinion)
+        #expect(verdict(bounces, request("RCPT", recipient: "anyone@notifications.example.org")).isNoOpinion)
+        // At DATA (and END-OF-MESSAGE), with its one recipient named, the bounce is refused.
+        let refused = verdict(bounces, request("DATA", recipient: "noreply@EXAMPLE.org", count: 1))
         #expect(refused.action == .reply(code: 550, enhanced: "5.7.1", text: "This address sends no mail, so it receives no bounces"))
         #expect(refused.reason == "bounce_to_no_reply_address")
-        #expect(verdict(bounces, request("RCPT", recipient: "anyone@notifications.example.org")).action.isRefusal)
-        #expect(verdict(bounces, request("RCPT", recipient: "anyone@example.org")).isNoOpinion)
-        #expect(verdict(bounces, request("RCPT", sender: "a@example.net", recipient: "noreply@example.org")).isNoOpinion)
+        #expect(verdict(bounces, request("END-OF-MESSAGE", recipient: "anyone@notifications.example.org", count: 1)).action.isRefusal)
+        #expect(verdict(bounces, request("DATA", recipient: "anyone@example.org", count: 1)).isNoOpinion)
+        #expect(verdict(bounces, request("DATA", sender: "a@example.net", recipient: "noreply@example.org", count: 1)).isNoOpinion)
         #expect(verdict(bounces, request("DATA", count: 3)).action == .reject("5.7.1 Not a bounce"))
     }
 

@@ -175,8 +175,7 @@ import NIOCore
     @Test func settingsThatNeverTakeEffectAreWarnings() throws {
         let text = """
         [policy]
-        rcpt = ["recipients"]
-        end_of_message = ["bounces"]
+        rcpt = ["recipients", "bounces"]
         [ratelimit]
         [[ratelimit.rule]]
         name = "per_client"
@@ -188,8 +187,8 @@ import NIOCore
         """
         let config = try Configuration.parse(text, file: "t.toml")
         let descriptions = config.warnings.map(\.description)
-        #expect(descriptions.contains("t.toml:11: bounces.no_reply_addresses: checked at RCPT, but policy.rcpt does not list bounces: they never apply"), "\(descriptions)")
-        #expect(descriptions.contains("t.toml:4: ratelimit: [ratelimit] is configured but listed in no [policy] stage, so it never runs"), "\(descriptions)")
+        #expect(descriptions.contains { $0.contains("bounces.action: a bounce's recipients are checked at DATA or END-OF-MESSAGE") }, "\(descriptions)")
+        #expect(descriptions.contains("t.toml:3: ratelimit: [ratelimit] is configured but listed in no [policy] stage, so it never runs"), "\(descriptions)")
         #expect(descriptions.count == 2, "\(descriptions)")
         // Listed at RCPT, a rule for END-OF-MESSAGE is still dead; the example has none of this.
         let rule = try Configuration.parse("""
