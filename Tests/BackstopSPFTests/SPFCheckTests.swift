@@ -82,6 +82,11 @@ func isHeader(_ decision: Decision) -> Bool {
         let strict = SPFCheck(settings: strictSettings, verifier: verifier)
         let soft = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .softfail, query: query)), header: nil)
         #expect(soft.action.keyword == "550" && soft.reason == "spf=softfail strict_domain")
+        // A bounce from a strict domain's host (no SPF for the host name) is not a sender of
+        // that domain: it gets the ordinary action for none, not the strict refusal.
+        let bounce = SPFQuery(clientAddress: "192.0.2.10", sender: "", helo: "mx1.pass.example")
+        let bounceNone = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .none, query: bounce)), header: nil)
+        #expect(bounceNone.action == .dunno && !bounceNone.reason.contains("strict_domain"), "\(bounceNone)")
         // The refusal says which result it was, not "fail".
         let neutral = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .neutral, query: query)), header: nil)
         let neutralText = ResponseEncoder.actionText(neutral.action)

@@ -182,7 +182,7 @@ public final class PolicyEngine: Sendable {
             case .prepend(let line):
                 if header == nil { header = (DueHeader(line: line), check.name, verdict.reason) }
                 return nil
-            case let action where action.isRefusal && (engineTestMode || check.testMode):
+            case let action where action.withholdsMail && (engineTestMode || check.testMode):
                 if warning == nil {
                     let text = "backstop test mode: \(check.name) would answer: \(ResponseEncoder.actionText(action))"
                     warning = (Verdict(.warn(text), reason: verdict.reason), check.name, action)

@@ -20,7 +20,16 @@ public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
     /// No opinion: the engine moves on to the next check.
     public var isNoOpinion: Bool { self == .dunno }
 
-    /// Refusals (permanent or temporary): these are what test mode turns into WARN.
+    /// Whether the mail does not go on as sent: refused, deferred, held or discarded. Test
+    /// mode turns these into WARN; an accept (OK, DUNNO) and PREPEND, WARN, INFO pass.
+    public var withholdsMail: Bool {
+        switch self {
+        case .reject, .deferTemporarily, .deferIfPermit, .deferIfReject, .reply, .hold, .discard: true
+        case .dunno, .ok, .prepend, .warn, .info: false
+        }
+    }
+
+    /// Refusals (permanent or temporary).
     public var isRefusal: Bool {
         switch self {
         case .reject, .deferTemporarily, .deferIfPermit, .deferIfReject, .reply: true

@@ -207,8 +207,11 @@ public final class SPFCheck: RetirableCheck {
         return refusalOrHeader(helo, once: once, strict: strict(helo))
     }
 
+    /// strict_domains name sender domains: a bounce has none (its HELO is checked as
+    /// postmaster@helo), so a bounce from a strict domain's host is judged like any other.
     private func strict(_ outcome: SPFOutcome) -> Bool {
-        outcome.query.identity == .mailfrom && SPFSettings.listed(outcome.query.domain, in: settings.strictDomains)
+        outcome.query.identity == .mailfrom && !outcome.query.sender.isEmpty
+            && SPFSettings.listed(outcome.query.domain, in: settings.strictDomains)
     }
 
     func refusalOrHeader(_ outcome: SPFOutcome, once: HeaderOnce?, strict: Bool) -> Verdict {

@@ -26,7 +26,7 @@ public enum SPFReport {
         }
         var verdict = check.verdict(for: evaluated, header: nil)
         var text = ""
-        if verdict.action.isRefusal && (testMode || settings.testMode) {
+        if verdict.action.withholdsMail && (testMode || settings.testMode) {
             text += "note: test mode: the server would only log \(ResponseEncoder.actionText(verdict.action))\n"
             verdict = Verdict(verdict.header.map { .prepend($0.line) } ?? .dunno, reason: verdict.reason)
         } else if verdict.action.isNoOpinion, let due = verdict.header {

@@ -95,6 +95,11 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         #expect(d?.wouldHave == .reply(code: 550, enhanced: "5.1.1", text: "User unknown"))
         let global = PolicyEngine(stages: [.rcpt: [FixedCheck(name: "r", verdict: Verdict(.reject("x"), reason: "x"))]], testMode: true)
         #expect(decide(global)?.action == .warn("backstop test mode: r would answer: REJECT x"))
+        // DISCARD and HOLD lose or hold the mail: softened like refusals (they were enforced).
+        for action in [PolicyAction.discard("over the limit"), .hold(nil)] {
+            let engine = PolicyEngine(stages: [.rcpt: [FixedCheck(name: "r", verdict: Verdict(action, reason: "x"))]], testMode: true)
+            #expect(decide(engine)?.action == .warn("backstop test mode: r would answer: \(ResponseEncoder.actionText(action))"))
+        }
         // Test mode never softens an accept.
         let accept = PolicyEngine(stages: [.rcpt: [FixedCheck(name: "r", verdict: Verdict(.ok, reason: "x"))]], testMode: true)
         #expect(decide(accept)?.action == .ok)
