@@ -28,7 +28,7 @@ final class LoopEngine: @unchecked Sendable {
     func logs(_ decision: Decision) -> Bool {
         switch decisions {
         case .all: true
-        case .refusals: decision.action.isRefusal || decision.wouldHave != nil
+        case .refusals: decision.action.withholdsMail || decision.wouldHave != nil
         case .none: false
         }
     }

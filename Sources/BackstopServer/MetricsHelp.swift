@@ -33,7 +33,7 @@ enum MetricsHelp {
         "backstop_spf_queue_depth": "evaluations waiting for a worker",
         "backstop_spf_queue_full_total": "evaluations refused (temperror) because the queue was full",
         "backstop_spf_worker_restarts_total": "SPF worker processes replaced: timeout, crashed, exited, protocol, spawn_failed, retired",
-        "backstop_test_mode_refusals_total": "refusals test mode logged (and answered with the due header or WARN) instead of sending",
+        "backstop_test_mode_refusals_total": "refusals (and HOLD or DISCARD) test mode logged (and answered with the due header or WARN) instead of sending",
         "backstop_ratelimit_hits_total": "hits counted",
         "backstop_ratelimit_refusals_total": "requests refused by a rule",
         "backstop_ratelimit_keys": "keys held by the memory store",

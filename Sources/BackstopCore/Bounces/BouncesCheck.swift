@@ -32,10 +32,14 @@ public struct BouncesSettings: CheckSettings, Equatable {
 
     /// Everything is checked at DATA or END-OF-MESSAGE; at RCPT the check has no opinion.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
+        var out: [(key: String, message: String)] = []
         if !configuration.policy.runs("bounces", at: .data) && !configuration.policy.runs("bounces", at: .endOfMessage) {
-            return [("action", "a bounce's recipients are checked at DATA or END-OF-MESSAGE, but neither policy.data nor policy.end_of_message lists bounces: it never applies")]
+            out.append(("action", "a bounce's recipients are checked at DATA or END-OF-MESSAGE, but neither policy.data nor policy.end_of_message lists bounces: it never applies"))
         }
-        return []
+        if configuration.policy.runs("bounces", at: .rcpt) {
+            out.append(("no_reply_addresses", "policy.rcpt lists bounces, which judges nothing at RCPT (no_reply_addresses are checked at DATA or END-OF-MESSAGE, so that callouts pass): remove it from policy.rcpt"))
+        }
+        return out
     }
 
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {

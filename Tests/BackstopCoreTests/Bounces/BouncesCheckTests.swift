@@ -1,5 +1,5 @@
 // The bounces check: null-sender mail with several recipients is refused at DATA and
-// END-OF-MESSAGE, null-sender mail to no-reply addresses at RCPT; mail with a sender and
+// END-OF-MESSAGE, null-sender mail to no-reply addresses at DATA; mail with a sender and
 // genuine bounces pass; the configuration is read and checked.
 
 import Testing

@@ -189,7 +189,11 @@ import NIOCore
         let descriptions = config.warnings.map(\.description)
         #expect(descriptions.contains { $0.contains("bounces.action: a bounce's recipients are checked at DATA or END-OF-MESSAGE") }, "\(descriptions)")
         #expect(descriptions.contains("t.toml:3: ratelimit: [ratelimit] is configured but listed in no [policy] stage, so it never runs"), "\(descriptions)")
-        #expect(descriptions.count == 2, "\(descriptions)")
+        #expect(descriptions.contains { $0.contains("bounces.no_reply_addresses: policy.rcpt lists bounces, which judges nothing at RCPT") }, "\(descriptions)")
+        #expect(descriptions.count == 3, "\(descriptions)")
+        // Listed at DATA, no_reply_addresses take effect: no warning.
+        let atData = try Configuration.parse("[policy]\ndata = [\"bounces\"]\n[bounces]\nno_reply_addresses = [\"noreply@example.org\"]\n", file: "d.toml")
+        #expect(atData.warnings.isEmpty, "\(atData.warnings)")
         // Listed at RCPT, a rule for END-OF-MESSAGE is still dead; the example has none of this.
         let rule = try Configuration.parse("""
         [policy]
