@@ -82,6 +82,29 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(processState(third) == nil, "worker \(third) outlived its verifier")
     }
 
+    /// A request of an engine that a reload replaced can reach SPF after the old verifier
+    /// was shut down (a slow check before spf): it gets temperror and starts no worker that
+    /// nothing would stop, also on a loop that had no worker yet.
+    @Test func aVerifierShutDownStartsNoWorker() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, workers: 2))
+        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+        try #require(loops.count >= 2, "needs two event loops")
+        let query = { (client: String) in SPFQuery(clientAddress: client, sender: "a@example.org", helo: "h") }
+        let first = try await verifier.evaluate(query("192.0.2.5"), deadline: .now() + .seconds(10), on: loops[0]).get()
+        #expect(first.result == .pass, "\(first)")
+        let pid = try #require(await verifier.workerProcessIDs.first)
+        verifier.shutdown()
+        await waitUntilGone(pid)
+        // Each with a new client, so the outcome cache cannot answer.
+        for (i, loop) in loops.enumerated() {
+            let late = try await verifier.evaluate(query("192.0.2.\(77 + i)"), deadline: .now() + .seconds(10), on: loop).get()
+            #expect(late.result == .temperror && late.problem == "SPF is stopping", "loop \(i): \(late)")
+        }
+        #expect(await verifier.workerProcessIDs.isEmpty, "a worker started after shutdown")
+    }
+
     @Test func stoppedWorkerIsKilledAndReplaced() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }

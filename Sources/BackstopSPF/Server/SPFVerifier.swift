@@ -181,8 +181,10 @@ public final class SPFVerifier: Sendable {
             request.answers = [SPFWire.Answer(top, answer)]
             var sent: Set<DNSQuestion> = [top]
             self.dns.related(to: answer, client: request.client, sent: &sent, into: &request.answers)
+            guard let slot = self.slot(for: loop) else {
+                return promise.succeed(SPFOutcome(result: .temperror, query: query, problem: "SPF is stopping"))
+            }
             let job = SPFJob(query: query, request: request, promise: promise, deadline: effective)
-            let slot = self.slot(for: loop)
             if slot.loop.inEventLoop {
                 slot.submit(job)
             } else {
@@ -237,9 +239,13 @@ public final class SPFVerifier: Sendable {
     }
 
     /// The slot for evaluations from `loop`: the least busy one on that loop, a new one
-    /// there while fewer than `workers` exist, else the least busy anywhere.
-    private func slot(for loop: any EventLoop) -> SPFWorkerSlot {
+    /// there while fewer than `workers` exist, else the least busy anywhere; nil once the
+    /// verifier is shut down (a request of an engine replaced by a reload can still get
+    /// here: a slot made now would start a worker that nothing stops). `stopped` is read
+    /// under the slots' lock, and `shutdown` sets it before it takes that lock to stop them.
+    private func slot(for loop: any EventLoop) -> SPFWorkerSlot? {
         slots.withLockedValue { list in
+            if stopped.withLockedValue({ $0 }) { return nil }
             // The least busy on this loop, found without building a list (once per evaluation).
             var best: SPFWorkerSlot?
             var bestLoad = Int.max
