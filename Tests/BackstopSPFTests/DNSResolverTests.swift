@@ -1,5 +1,5 @@
 // The NIO resolver against a DNS server that misbehaves on purpose (Tests/Support/rogue_dns.py):
-// TC then a good, a garbage or no TCP answer; a reply with the wrong ID, for the wrong
+// TC then a good, a garbage or no TCP answer, a late TC (TCP gets only the time left); a reply with the wrong ID, for the wrong
 // question or from the wrong port before the right one; garbage; SERVFAIL; silence. And
 // against the ordinary loopback server: many questions for one name share one query.
 
@@ -60,6 +60,13 @@ final class ScriptServer: @unchecked Sendable {
             .map { ($0, NIODeadline.now()) }.get()
         #expect(slowTCP.status == .timeout)
         #expect(answered - started < .seconds(3), "\(answered - started)")
+        // A truncated answer that comes late leaves TCP only what is left of the question's
+        // time (800 ms in all), not a fresh 800 ms (which would end at about 1,300 ms).
+        let lateStart = NIODeadline.now()
+        let (late, lateAnswered) = try await resolver.resolve(DNSQuestion(DNSName(text: "tc-late-slow.test")!, .a), on: loop)
+            .map { ($0, NIODeadline.now()) }.get()
+        #expect(late.status == .timeout)
+        #expect(lateAnswered - lateStart < .milliseconds(1_100), "\(lateAnswered - lateStart)")
         // Replies that are not ours are ignored; the right one that follows is taken.
         #expect(try await ask("wrong-id.test", resolver).addresses == [192, 0, 2, 2])
         #expect(try await ask("wrong-question.test", resolver).addresses == [192, 0, 2, 3])

@@ -7,6 +7,7 @@ when stdin closes. What it does depends on the first label of the name asked:
     tc-good        UDP: the TC bit; TCP: 192.0.2.1
     tc-garbage     UDP: the TC bit; TCP: a length prefix and random octets
     tc-slow        UDP: the TC bit; TCP: accepts and never answers
+    tc-late-slow   UDP: the TC bit after 500 ms; TCP: accepts and never answers
     wrong-id       UDP: a reply with another ID, then the right one (192.0.2.2)
     wrong-question UDP: a reply for another name, then the right one (192.0.2.3)
     other-port     UDP: a reply from another port, then the right one (192.0.2.4)
@@ -41,6 +42,8 @@ def udp_answers(packet):
     kind = str(request.q.qname).split(".")[0]
     if kind == "good":
         return [(reply(request, "192.0.2.1"), False)]
+    if kind == "tc-late-slow":
+        return [(reply(request, tc=True), "late")]
     if kind.startswith("tc-"):
         return [(reply(request, tc=True), False)]
     if kind == "wrong-id":
@@ -65,6 +68,9 @@ def serve_udp(sock, other):
         packet, peer = sock.recvfrom(65535)
         try:
             for payload, from_other in udp_answers(packet):
+                if from_other == "late":
+                    threading.Timer(0.5, sock.sendto, args=(payload, peer)).start()
+                    continue
                 (other if from_other else sock).sendto(payload, peer)
         except Exception:
             pass

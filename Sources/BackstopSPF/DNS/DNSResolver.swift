@@ -93,10 +93,13 @@ public final class DNSResolver: Sendable {
         let left = addresses.count - index
         let share = left == 1 ? remaining : max(.nanoseconds(remaining.nanoseconds / Int64(left)), min(remaining, .milliseconds(200)))
         let server = addresses[index]
-        return DNSExchange.udp(question, server: server, until: .now() + share, on: loop).flatMap { outcome in
+        // UDP and a TCP retry after a truncated answer share one slice: the retry does not
+        // start a fresh one, or one question could take twice `timeout`.
+        let until = NIODeadline.now() + share
+        return DNSExchange.udp(question, server: server, until: until, on: loop).flatMap { outcome in
             switch outcome {
             case .truncated:
-                return DNSExchange.tcp(question, server: server, until: .now() + share, on: loop)
+                return DNSExchange.tcp(question, server: server, until: until, on: loop)
             case .answer, .timeout:
                 return loop.makeSucceededFuture(outcome)
             }
