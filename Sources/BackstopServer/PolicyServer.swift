@@ -178,10 +178,16 @@ public final class PolicyServer: Service, Sendable {
             return (r.listening, r.stopHooks, !r.stopped)
         }
         guard first else { return }
-        for (channel, quiescing) in listening {
+        // Every listener stops accepting at once, then the drains are awaited together: one
+        // after another, the later listeners would accept until the earlier had drained, and
+        // the stop would take up to shutdown_grace per listener.
+        let drains = listening.map { _, quiescing in
             let done = group.next().makePromise(of: Void.self)
             quiescing.initiateShutdown(promise: done)
-            try? await done.futureResult.get()
+            return done.futureResult
+        }
+        for (index, (channel, _)) in listening.enumerated() {
+            try? await drains[index].get()
             try? await channel.closeFuture.get()  // the listening socket's own close, too
         }
         _ = consume listening

@@ -128,6 +128,29 @@ import NIOCore
         #expect(throws: (any Error).self) { try s.client() }
     }
 
+    @Test func gracefulStopStopsEveryListenerAtOnce() async throws {
+        let s = try await TestServer.start("[server]\nshutdown_grace = \"1s\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n",
+                                           stages: [.rcpt: [DelayCheck(delay: .seconds(60))]], deadline: .seconds(90))
+        let endpoints = s.server.boundAddresses.map { ListenerSettings.parseEndpoint($0)! }
+        #expect(endpoints.count == 2)
+        // A busy connection on each listener: each closes at shutdown_grace.
+        let busy = try endpoints.map { endpoint in
+            let c = try PolicyClient(endpoint: endpoint, timeoutSeconds: 10)
+            try c.send(rcptRequest)
+            return c
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let started = ContinuousClock.now
+        async let stopped: Void = s.stop()
+        try await Task.sleep(for: .milliseconds(200))
+        // The second listener no longer accepts while the first drains.
+        #expect(throws: (any Error).self) { _ = try PolicyClient(endpoint: endpoints[1], timeoutSeconds: 2) }
+        await stopped
+        // Both graces ran together: about 1 s, not one after the other (2 s).
+        #expect(ContinuousClock.now - started < .milliseconds(1_700), "\(ContinuousClock.now - started)")
+        _ = busy
+    }
+
     @Test func slowCheckIsCutOffByTheDeadline() async throws {
         let s = try await TestServer.start(stages: [.rcpt: [DelayCheck(delay: .seconds(30))]], deadline: .milliseconds(200))
         let c = try s.client()
