@@ -42,7 +42,12 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     private let saveInterval: TimeAmount
     private let lastSave = NIOLockedValueBox(NIODeadline.now())
     /// Saves one at a time (a periodic save and the save at stop may meet).
-    private let saving = NIOLock()
+    let saving = NIOLock()
+    /// A periodic save is queued or running: the next sweep queues none, so a save that
+    /// stalls (a hung disk) does not pile up one more on the thread pool every sweep.
+    private let periodicSave = NIOLockedValueBox(false)
+    /// Saves begun since the store was made (for tests).
+    let savesBegun = NIOLockedValueBox(0)
     /// Most named keys in the whole store.
     public static let maxNamedKeys = 65_536
 
@@ -94,9 +99,12 @@ public final class MemoryCounterStore: CounterStore, Sendable {
                 [weak self] repeated in
                 guard let self else { return repeated.cancel() }
                 self.sweep()
-                if self.stateFile != nil, self.lastSave.withLockedValue({ $0 }) + self.saveInterval <= .now() {
+                if self.stateFile != nil, self.lastSave.withLockedValue({ $0 }) + self.saveInterval <= .now(),
+                   self.periodicSave.withLockedValue({ queued in defer { queued = true }; return !queued }) {
                     NIOThreadPool.singleton.submit { [weak self] state in
-                        if state == .active { self?.saveState() }
+                        guard let self else { return }
+                        if state == .active { self.saveState() }
+                        self.periodicSave.withLockedValue { $0 = false }
                     }
                 }
             }
@@ -309,6 +317,7 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     /// the counters in memory are unaffected.
     public func saveState() {
         guard let stateFile else { return }
+        savesBegun.withLockedValue { $0 += 1 }
         saving.withLock {
             let snapshot = snapshot()
             do throws(FileReadError) {

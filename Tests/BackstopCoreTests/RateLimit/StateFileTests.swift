@@ -5,6 +5,7 @@
 
 import Testing
 import Foundation
+import NIOConcurrencyHelpers
 @testable import BackstopCore
 
 @Suite struct StateFileTests {
@@ -46,6 +47,32 @@ import Foundation
         // Busy keys keep their names across the restart.
         let listed = try await second.busiest(rule: rule, limit: 10)
         #expect(listed.entries.map { String(decoding: $0.key, as: UTF8.self) } == ["over", "half"])
+    }
+
+    @Test func aStalledSaveDoesNotPileUpMore() async throws {
+        let file = directory() + "/ratelimit.state"
+        // A sweep every millisecond, a save due every 200 ms. While one save is stuck (here:
+        // its lock held, as a hung disk would hold it), no more are queued behind it; before,
+        // every sweep queued one more, and all of them ran once the disk came back.
+        let store = MemoryCounterStore(maxKeys: 10_000, sweepInterval: .milliseconds(1), stateFile: file,
+                                       saveInterval: .milliseconds(200))
+        // Locked, unlocked and counted on one thread of its own (a lock is the thread's that
+        // took it; and a thread, unlike this task, is not late when the test pool is busy).
+        let begun = NIOLockedValueBox(0)
+        let held = Thread {
+            store.saving.lock()
+            usleep(700_000)
+            store.saving.unlock()
+            usleep(50_000)
+            begun.withLockedValue { $0 = store.savesBegun.withLockedValue { $0 } }
+        }
+        held.start()
+        while !held.isFinished { try await Task.sleep(for: .milliseconds(50)) }
+        // The stuck one, and at most the next (due 200 ms after it, if the thread runs late).
+        // Before, the saves queued while it was stuck ran one after another at once.
+        let count = begun.withLockedValue { $0 }
+        #expect(count >= 1 && count <= 2, "\(count) saves begun")
+        #expect(FileManager.default.fileExists(atPath: file))
     }
 
     @Test func damagedOrForeignFilesAreIgnored() throws {
