@@ -61,12 +61,19 @@ final class SupervisorSpawner: SPFSpawner {
 
     func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
         let (reply, fd) = try exchange([SupervisorMessage.spawn] + Array(user.utf8.prefix(255)))
-        guard reply.count == 5, reply[0] == SupervisorMessage.spawn, fd >= 0 else {
+        let started = reply.count == 5 && reply[0] == SupervisorMessage.spawn
+        let pid = started ? reply[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) } : 0
+        guard started, fd >= 0 else {
             if fd >= 0 { close(fd) }
+            if started {
+                // The worker runs but its socket did not arrive (this process at its descriptor
+                // limit): the supervisor reaps only what it is asked to kill, so ask.
+                _ = killAndReap(pid)
+                throw SPFSpawnError("the SPF worker's socket did not arrive (too many open files?)")
+            }
             let why = reply.count > 5 ? String(decoding: reply[5...], as: UTF8.self) : "no answer"
             throw SPFSpawnError("the SPF supervisor could not start a worker: \(why)")
         }
-        let pid = reply[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) }
         return (fd, pid)
     }
 
@@ -101,10 +108,16 @@ public enum SPFSupervisor {
             switch request[0] {
             case SupervisorMessage.spawn:
                 let user = String(decoding: request[1..<n], as: UTF8.self)
-                do {
+                do throws(SPFSpawnError) {
                     let (mine, theirs) = try SPFProcesses.socketPair()
                     defer { close(theirs) }
-                    let pid = try SPFProcesses.spawn(executable, ["spf-worker", "--user", user, "--parent", String(getpid())], socket: theirs)
+                    let pid: pid_t
+                    do throws(SPFSpawnError) {
+                        pid = try SPFProcesses.spawn(executable, ["spf-worker", "--user", user, "--parent", String(getpid())], socket: theirs)
+                    } catch {
+                        close(mine)  // a failed start (EAGAIN at the process limit) keeps no descriptor
+                        throw error
+                    }
                     children.insert(pid)
                     let p = UInt32(bitPattern: pid)
                     reply = [SupervisorMessage.spawn, UInt8(p >> 24), UInt8(p >> 16 & 0xFF), UInt8(p >> 8 & 0xFF), UInt8(p & 0xFF)]
