@@ -3,7 +3,8 @@
 // they hold outside data; metadata values are escaped here. When systemd's journal reads
 // the stream (JOURNAL_STREAM names it), each line starts with its sd-daemon(3) priority
 // `<N>`, so `journalctl -p warning` works. Libraries' own chatter (postgres-nio's
-// connection messages) is logged at debug, under the label LogLabels.library.
+// connection messages) is logged at debug, under the label LogLabels.library. The lines
+// are written by LogWriter's thread, never on the caller's (an event loop's) thread.
 
 import Foundation
 import Logging
@@ -71,19 +72,68 @@ public final class LogOutput: Sendable {
                 line += " \(key)=\(LogEscaping.field("\(metadata[key]!)"))"
             }
         }
+        writer.enqueue(formatted(level: level, line))
+    }
+
+    /// The line as its destination takes it: for syslog the bare text (syslog adds the
+    /// rest), for a stream the time stamp, or the journal's priority prefix, and a newline.
+    private func formatted(level: Logger.Level, _ line: String) -> LogWriter.Line {
         switch destinationValue.load(ordering: .relaxed) {
         case 2:
-            withVaList([line]) { vsyslog(Self.priority(level), "%s", $0) }
+            return LogWriter.Line(fd: -1, priority: Self.priority(level), text: line)
         default:
             let fd: Int32 = destinationValue.load(ordering: .relaxed) == 1 ? 1 : 2
             let journal = journalStreams.load(ordering: .relaxed) & (fd == 2 ? 1 : 2) != 0
             // The journal keeps its own time stamp; it takes the priority from the prefix.
             let text = journal ? "<\(Self.priority(level))>\(level.name) \(line)\n" : "\(Self.timestamp()) \(level.name) \(line)\n"
-            text.utf8CString.withUnsafeBufferPointer { buffer in
-                _ = Glibc.write(fd, buffer.baseAddress, buffer.count - 1)
-            }
+            return LogWriter.Line(fd: fd, priority: Self.priority(level), text: text)
         }
     }
+
+    /// Lines are written by the writer's thread: an event loop only queues them.
+    private let writer: LogWriter
+
+    init() {
+        writer = LogWriter(sink: { lines, dropped in LogOutput.emitShared(lines, dropped) })
+    }
+
+    private static func emitShared(_ lines: [LogWriter.Line], _ dropped: Int) {
+        shared.emit(lines, dropped: dropped)
+    }
+
+    /// Writes a batch (on the writer's thread), after a warning for the lines dropped before it.
+    private func emit(_ lines: [LogWriter.Line], dropped: Int) {
+        var lines = lines
+        if dropped > 0 {
+            let note = formatted(level: .warning, "\(dropped) log lines dropped: the log's reader did not keep up and "
+                                     + "\(LogWriter.maxQueuedBytes >> 20) MiB of lines were waiting")
+            lines.insert(note, at: 0)
+        }
+        var pending: [UInt8] = []
+        var pendingFD: Int32 = 2
+        func writeOut() {
+            var offset = 0
+            while offset < pending.count {
+                let n = pending[offset...].withUnsafeBytes { Glibc.write(pendingFD, $0.baseAddress, $0.count) }
+                if n > 0 { offset += n } else if n < 0 && errno == EINTR { continue } else { break }
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
+        for line in lines {
+            if line.fd < 0 {
+                writeOut()
+                withVaList([line.text]) { vsyslog(line.priority, "%s", $0) }
+                continue
+            }
+            if line.fd != pendingFD || pending.count >= 1 << 16 { writeOut() }
+            pendingFD = line.fd
+            pending.append(contentsOf: line.text.utf8)
+        }
+        writeOut()
+    }
+
+    /// Writes out what is queued, for at most `LogWriter.exitFlushSeconds` (at exit).
+    public func flush() { writer.flush(seconds: LogWriter.exitFlushSeconds) }
 
     static func timestamp() -> String {
         var now = timespec()
@@ -99,6 +149,8 @@ public final class LogOutput: Sendable {
     /// Installs this output as swift-log's backend. Call once at start.
     public static func bootstrap() {
         LoggingSystem.bootstrap { label in KeyValueLogHandler(label: label, output: .shared) }
+        // Whatever ends the process through exit() first writes out the queued lines.
+        atexit { LogOutput.shared.flush() }
     }
 
     /// What a handler under `label` writes for an event at `level`: a library's messages
