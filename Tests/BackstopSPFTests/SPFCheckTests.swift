@@ -99,6 +99,35 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(SPFHeader.comment(pass, receiver: "mx.test") == "mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender")
     }
 
+    /// A client's long sender or HELO cannot make the line longer than a header may be (the
+    /// encoder would cut it anywhere): the comment goes, then the long values, and what is
+    /// left is a whole line whose fields are right.
+    @Test func longValuesLeaveAWholeReceivedSPFLine() {
+        let long = String(repeating: "a", count: 900) + "@evil.example"
+        let line = SPFHeader.receivedSPF(SPFOutcome(result: .softfail, query: SPFQuery(clientAddress: "192.0.2.1", sender: long, helo: "mx.evil.example")),
+                                         receiver: "mx.test")
+        #expect(line.utf8.count <= ResponseEncoder.maxHeaderLine)
+        #expect(line == "Received-SPF: softfail client-ip=192.0.2.1; helo=mx.evil.example; receiver=mx.test; identity=mailfrom;", "\(line)")
+        // Short enough without the comment: the values stay.
+        let middle = String(repeating: "b", count: 450) + "@evil.example"
+        let kept = SPFHeader.receivedSPF(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: middle, helo: "mx.evil.example")),
+                                         receiver: "mx.test")
+        #expect(kept == "Received-SPF: pass client-ip=192.0.2.1; envelope-from=\"\(middle)\"; helo=mx.evil.example; receiver=mx.test; identity=mailfrom;")
+        // Both long: neither is kept, and the line still ends whole.
+        let both = SPFHeader.receivedSPF(SPFOutcome(result: .fail, query: SPFQuery(clientAddress: "192.0.2.1", sender: long, helo: String(repeating: "h", count: 600))),
+                                         receiver: "mx.test")
+        #expect(both == "Received-SPF: fail client-ip=192.0.2.1; receiver=mx.test; identity=mailfrom;")
+        #expect(SPFHeader.authenticationResults(SPFOutcome(result: .fail, query: SPFQuery(clientAddress: "192.0.2.1", sender: "b" + long + long, helo: "h.example")),
+                                                authservID: "mx.test") == "Authentication-Results: mx.test; spf=fail")
+        // `backstop spf` prints the mechanism a worker named: a taken-over worker's escapes are not passed on.
+        let report = SPFReport.describe(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@b.example", helo: "h"),
+                                                   mechanism: "ip4:\u{1B}[2J\u{1B}]0;owned\u{07}"), header: nil)
+        #expect(!report.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" }, "\(report)")
+        // An ordinary line keeps its comment.
+        #expect(SPFHeader.receivedSPF(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@b.example", helo: "h.example")),
+                                      receiver: "mx.test").hasPrefix("Received-SPF: pass (mx.test: domain of a@b.example designates"))
+    }
+
     /// The check's tables are indexed by `SPFResult.index`: it must follow `allCases`, and
     /// the reasons must read as the decision log documents them.
     @Test func tablesByResultFollowTheResults() throws {
@@ -122,7 +151,7 @@ func isHeader(_ decision: Decision) -> Bool {
         let nasty = String(repeating: "\"\\", count: 400)
         var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
         outcome.mechanism = nasty
-        let line = SPFHeader.receivedSPF(outcome, receiver: nasty)
+        let line = SPFHeader.receivedSPF(outcome, receiver: nasty, comment: true, longest: .max)
         let escaped = String(repeating: "\\\"\\\\", count: 400)
         #expect(line.contains("client-ip=\"\(escaped)\";") && line.contains("receiver=\"\(escaped)\";"))
         #expect(line.contains("mechanism=\"\(escaped)\";"))
@@ -130,7 +159,7 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(line.hasPrefix("Received-SPF: neutral (" + commented + ": " + commented + " is neither permitted nor denied by domain of "))
         var helo = outcome
         helo.query = SPFQuery(clientAddress: nasty, sender: "", helo: nasty, identity: .helo)
-        #expect(SPFHeader.authenticationResults(helo, authservID: nasty).hasSuffix("smtp.helo=\"\(escaped)\""))
+        #expect(SPFHeader.authenticationResults(helo, authservID: nasty, property: true).hasSuffix("smtp.helo=\"\(escaped)\""))
         #expect(SPFHeader.comment(helo, receiver: nasty) == commented + ": " + commented + " is neither permitted nor denied by domain " + commented)
         let atext = Set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-/=?^_`{|}~.@:".utf8)
         for octet in UInt8.min...UInt8.max {

@@ -144,11 +144,16 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         // The name asked is the last whole labels within 253 octets: q61.q61.r50.bomb.example;
         // it does not exist, so the a: term matches nothing and -all decides.
         await dns.command("reset")
+        let first = await verifier.evaluate(ip: "192.0.2.1", sender: "a@" + bombDomain, helo: "x")
+        #expect(first.result == .fail && first.mechanism == "-all", "\(first.result) \(first.problem ?? "")")
+        // Timed again for another client (not in the outcome cache), with the worker started
+        // and the answers cached: what is left is the expansion and the evaluation, which a
+        // busy test machine's DNS server and process start no longer blur.
         let started = NIODeadline.now()
-        let outcome = await verifier.evaluate(ip: "192.0.2.1", sender: "a@" + bombDomain, helo: "x")
-        #expect(outcome.result == .fail && outcome.mechanism == "-all", "\(outcome.result) \(outcome.problem ?? "")")
-        #expect(outcome.lookups == 1 && outcome.voidLookups == 1)
+        let outcome = await verifier.evaluate(ip: "192.0.2.2", sender: "a@" + bombDomain, helo: "x")
         #expect(NIODeadline.now() - started < .seconds(2))
+        #expect(outcome.result == .fail && outcome.mechanism == "-all", "\(outcome.result) \(outcome.problem ?? "")")
+        #expect(outcome.lookups == 1 && outcome.voidLookups == 1 && !outcome.cached)
         let queries = await dns.queryCount()
         // The 6 KB TXT over UDP (truncated) and again over TCP, then A of the truncated name.
         #expect(queries == 3, "\(queries)")

@@ -1,11 +1,32 @@
 // Received-SPF (RFC 7208 §9.1) and Authentication-Results (RFC 8601) header lines, built
 // by writing octets into one String's storage, sized beforehand (this runs for every
 // accepted message). The values come from the SMTP client and its DNS: a value that is not
-// a dot-atom is quoted, a comment cannot be unbalanced, and the response encoder removes
+// a dot-atom is quoted, a comment cannot be unbalanced, a line that would pass 998 octets
+// leaves out its optional parts instead of being cut, and the response encoder removes
 // control characters. It decides nothing.
+
+import BackstopCore
 
 public enum SPFHeader {
     public static func receivedSPF(_ outcome: SPFOutcome, receiver: String) -> String {
+        // A header line holds at most 998 octets, and the response encoder would cut a longer
+        // one anywhere (inside the comment, with the fields after it lost). The values are
+        // the client's: when they make the line too long, the comment goes first (RFC 7208
+        // §9.1 makes it optional), then the envelope-from and helo fields whose values are
+        // long, so the line that remains is whole and its fields are right.
+        var line = receivedSPF(outcome, receiver: receiver, comment: true, longest: .max)
+        for longest in [Int.max, longValue, 0] where line.utf8.count > ResponseEncoder.maxHeaderLine {
+            line = receivedSPF(outcome, receiver: receiver, comment: false, longest: longest)
+        }
+        return line
+    }
+
+    /// A Received-SPF line too long without its comment keeps the envelope-from and helo
+    /// values of at most this many octets (and then none).
+    static let longValue = 255
+
+    /// `longest`: envelope-from and helo values longer than this are left out.
+    static func receivedSPF(_ outcome: SPFOutcome, receiver: String, comment: Bool, longest: Int) -> String {
         let query = outcome.query
         let mailbox = query.checkedMailbox
         // Every value at most three times over (once in the comment, once quoted: two
@@ -15,14 +36,20 @@ public enum SPFHeader {
         return Builder.build(capacity: 256 + 3 * values) { out in
             out.literal("Received-SPF: ")
             out.literal(outcome.result.word)
-            out.literal(" (")
-            out.comment(outcome, mailbox: mailbox, receiver: receiver)
-            out.literal(") client-ip=")
+            if comment {
+                out.literal(" (")
+                out.comment(outcome, mailbox: mailbox, receiver: receiver)
+                out.literal(")")
+            }
+            out.literal(" client-ip=")
             out.value(query.clientAddress)
-            out.literal("; envelope-from=")
-            out.quoted(mailbox)
             out.literal(";")
-            if !query.helo.isEmpty {
+            if mailbox.utf8.count <= longest {
+                out.literal(" envelope-from=")
+                out.quoted(mailbox)
+                out.literal(";")
+            }
+            if !query.helo.isEmpty, query.helo.utf8.count <= longest {
                 out.literal(" helo=")
                 out.value(query.helo)
                 out.literal(";")
@@ -40,6 +67,13 @@ public enum SPFHeader {
     }
 
     public static func authenticationResults(_ outcome: SPFOutcome, authservID: String) -> String {
+        let line = authenticationResults(outcome, authservID: authservID, property: true)
+        // Too long for a header line (a client's long sender): without the property, which
+        // RFC 8601 allows, rather than a value the encoder would cut short.
+        return line.utf8.count <= ResponseEncoder.maxHeaderLine ? line : authenticationResults(outcome, authservID: authservID, property: false)
+    }
+
+    static func authenticationResults(_ outcome: SPFOutcome, authservID: String, property: Bool) -> String {
         let query = outcome.query
         let values = authservID.utf8.count + query.helo.utf8.count + query.checkedMailbox.utf8.count
         return Builder.build(capacity: 128 + 2 * values) { out in
@@ -47,6 +81,7 @@ public enum SPFHeader {
             out.append(authservID)
             out.literal("; spf=")
             out.literal(outcome.result.word)
+            if !property { return }
             if query.identity == .helo {
                 out.literal(" smtp.helo=")
                 out.value(query.helo)

@@ -47,7 +47,8 @@ public enum SPFReport {
     /// the header, the time taken, and the details.
     public static func describe(_ outcome: SPFOutcome, header: String?) -> String {
         var lines = [outcome.result.rawValue]
-        lines.append("mechanism: \(outcome.mechanism ?? "-")")
+        // The mechanism comes from a worker, which parsed a domain owner's text.
+        lines.append("mechanism: \(outcome.mechanism.map { ResponseEncoder.sanitise($0, limit: 400) } ?? "-")")
         lines.append("header: \(header.map { ResponseEncoder.sanitise($0, limit: ResponseEncoder.maxHeaderLine) } ?? "-")")
         let ms = Double(outcome.elapsed.nanoseconds) / 1e6
         lines.append(String(format: "time: %.1f ms (%d DNS-mechanism lookups, %d void, %d queries)",
