@@ -18,12 +18,25 @@ public enum LogEscaping {
             default:
                 if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value) {
                     out += "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(to: 2)
+                } else if LogEscaping.isLayoutControl(scalar.value) {
+                    out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
                 } else {
                     out.unicodeScalars.append(scalar)
                 }
             }
         }
         return out
+    }
+
+    /// Scalars that break or reorder a line in viewers that follow Unicode (line and
+    /// paragraph separators, bidirectional marks, embeddings, overrides and isolates, the
+    /// byte order mark): escaped like control characters, so a value cannot fake a line or
+    /// move the fields after it.
+    static func isLayoutControl(_ value: UInt32) -> Bool {
+        switch value {
+        case 0x061C, 0x200E, 0x200F, 0x2028...0x202E, 0x2066...0x2069, 0xFEFF: true
+        default: false
+        }
     }
 
     /// A value for a key=value log line: quoted when it holds a space, quote or is empty.

@@ -276,6 +276,27 @@ func threadCPUNanoseconds() -> Int64 {
         }
     }
 
+    /// A key is what a client sent: `list` and `status` print it escaped, so a sender made
+    /// of terminal escapes or line breaks cannot paint the administrator's screen.
+    @Test func listedKeysAreEscaped() async throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_sender"
+            key = "sender"
+            count = "recipient"
+            limit = "2/1h"
+            """)
+        let hostile = "x\u{1B}]52;c;AAAA\u{07}\u{1B}[2J\rkey evil\u{2028}@evil.example"
+        _ = limiter.admitted(3, rcpt(sender: hostile))
+        let listed = try await limiter.check.list(rule: "per_sender", overOnly: false, limit: 10)
+        let status = try await limiter.check.status(rule: "per_sender", key: hostile)
+        for text in [listed, status] {
+            #expect(!text.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\n") || $0.value == 0x2028 }, "\(text)")
+            // (Keys are kept in ASCII lower case.)
+            #expect(text.contains("x\\x1B]52;c;aaaa\\x07\\x1B[2j\\rkey evil\\u{2028}@evil.example"), "\(text)")
+        }
+    }
+
     @Test func statusGivesUpOnAStoreThatDoesNotAnswer() async throws {
         let started = NIODeadline.now()
         do {
