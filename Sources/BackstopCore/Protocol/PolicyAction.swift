@@ -79,6 +79,23 @@ public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
     public var description: String { ResponseEncoder.actionText(self) }
 }
 
+extension PolicyAction {
+    /// Whether `text` starts like a header line (RFC 5322 §2.2: a field name of printable
+    /// ASCII other than ":", then ":"; blanks before the colon are tolerated, as Postfix does).
+    static func isHeaderLine(_ text: String) -> Bool {
+        var sawName = false, sawBlank = false
+        for octet in text.utf8 {
+            switch octet {
+            case UInt8(ascii: ":"): return sawName
+            case UInt8(ascii: " "), UInt8(ascii: "\t"): guard sawName else { return false }; sawBlank = true
+            case 33...126: guard !sawBlank else { return false }; sawName = true
+            default: return false
+            }
+        }
+        return false
+    }
+}
+
 public struct ActionParseError: Error, Sendable, CustomStringConvertible {
     public let description: String
 }
@@ -103,7 +120,14 @@ extension PolicyAction {
         case "DEFER": self = .deferTemporarily(text)
         case "DEFER_IF_PERMIT": self = .deferIfPermit(text)
         case "DEFER_IF_REJECT": self = .deferIfReject(text)
-        case "PREPEND": self = .prepend(try requireText("PREPEND"))
+        case "PREPEND":
+            let header = try requireText("PREPEND")
+            // Postfix ignores a PREPEND whose text is not a header (it logs "requires header").
+            guard PolicyAction.isHeaderLine(header) else {
+                throw ActionParseError(description:
+                    "PREPEND needs a header line \"Name: value\" (a name of printable ASCII without spaces, then \":\"), not \"\(LogEscaping.escape(header, limit: 60))\"")
+            }
+            self = .prepend(header)
         case "WARN": self = .warn(try requireText("WARN"))
         case "INFO": self = .info(try requireText("INFO"))
         case "HOLD": self = .hold(text)

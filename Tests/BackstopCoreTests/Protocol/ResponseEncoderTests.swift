@@ -78,6 +78,12 @@ import Testing
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "550 4.1.1 mismatch") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "FROBNICATE") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "PREPEND") }
+        // Postfix acts on a PREPEND only when its text is a header line.
+        #expect(try PolicyAction(parsing: "PREPEND X-Backstop: listed") == .prepend("X-Backstop: listed"))
+        #expect(try PolicyAction(parsing: "PREPEND X-Old-Style : yes") == .prepend("X-Old-Style : yes"))
+        for text in ["PREPEND oops", "PREPEND : no name", "PREPEND two words: x", "PREPEND X-Ünicode: x", "PREPEND X-Empty"] {
+            #expect(throws: ActionParseError.self, "\(text)") { try PolicyAction(parsing: text) }
+        }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "250 ok") }
     }
 

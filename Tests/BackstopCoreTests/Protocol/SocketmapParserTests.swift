@@ -51,5 +51,12 @@ private func parse(_ chunks: [String], maxLength: Int = SocketmapParser.defaultM
         #expect(String(decoding: SocketmapReply.temp("x\r\ny").encoded, as: UTF8.self) == "9:TEMP x??y,")
         #expect(String(decoding: SocketmapReply.perm("p").encoded, as: UTF8.self) == "6:PERM p,")
         #expect(SocketmapReply.ok(String(repeating: "a", count: 10_000)).encoded.count == "4099:OK ,".utf8.count + SocketmapReply.maxData)
+        // A long value is cut between characters, never inside one (Postfix wants UTF-8).
+        for prefix in ["", "x", "xy", "xyz"] {
+            let encoded = SocketmapReply.ok(prefix + String(repeating: "é€😀", count: 1_000)).encoded
+            let payload = encoded.drop(while: { $0 != UInt8(ascii: ":") }).dropFirst().dropLast()
+            #expect(String(validating: payload, as: UTF8.self) != nil, "cut inside a character after \(prefix.count) octets")
+            #expect(payload.count > SocketmapReply.maxData - 4 && payload.count <= SocketmapReply.maxData + 3)
+        }
     }
 }
