@@ -1,9 +1,8 @@
 // libFuzzer entry point for the DNS message decoder: every input is decoded as the answer
 // to a question of each type SPF asks (the ID taken from the input itself, so replies that
 // are ours are reached), and each answer is turned into its SPF view. Nothing may crash,
-// and every bound must hold: names ≤ 255 octets, kept names ≤ 11. Built by run.sh.
+// and every bound must hold: names ≤ 255 octets, kept names ≤ 11. Built by run.sh into one binary with the other SPF fuzzers (SPFFuzzers.swift).
 
-@_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDNS(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     let id = bytes.count >= 2 ? UInt16(bytes[0]) << 8 | UInt16(bytes[1]) : 0

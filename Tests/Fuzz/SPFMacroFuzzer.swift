@@ -4,7 +4,6 @@
 // explanation at most SPFMacro.maxExplanation octets. Built by run.sh (libFuzzer's
 // -timeout catches an expansion that is not linear).
 
-@_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSPFMacro(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     let split = bytes.firstIndex(of: 0) ?? bytes.count

@@ -1,9 +1,8 @@
 // libFuzzer entry point for the SPF record grammar and what follows from it: every input
 // is parsed as a TXT record; an accepted record must survive the worker wire format
 // unchanged, and its rewrite for libspf2 (every domain-spec expanded, for an IPv4 and an
-// IPv6 client) must stay within its bounds. Built by run.sh.
+// IPv6 client) must stay within its bounds. Built by run.sh into one binary with the other SPF fuzzers (SPFFuzzers.swift).
 
-@_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSPFRecord(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     let owner = DNSName(text: "example.org")!

@@ -1,8 +1,7 @@
 // libFuzzer entry point for the worker wire format: every input is decoded as a frame body
 // from a worker (hostile: a worker may be taken over) and as one from the server. Nothing
-// may crash; what decodes must encode to the same octets. Built by run.sh.
+// may crash; what decodes must encode to the same octets. Built by run.sh into one binary with the other SPF fuzzers (SPFFuzzers.swift).
 
-@_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzWire(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     if let message = try? SPFWire.decodeFromWorker(bytes[...]) {

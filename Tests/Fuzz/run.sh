@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with AddressSanitizer and runs each for a bounded time
-# (FUZZ_SECONDS, default 60): the policy request parser, the recipient table parser, the
+# (FUZZ_SECONDS, default 30): the policy request parser, the recipient table parser, the
 # socketmap netstring parser with BATV tags and key files, the
 # rate-limit overrides table (with the duration text every setting uses), the rate-limit state file, the metrics listener's request target, the DNS decoder, the SPF record grammar, SPF macro expansion and the worker wire format. The
 # sources they need are compiled in directly, so no SwiftPM build with sanitizers is needed. Crashes are saved under
 # .build/fuzz/ and make this script fail; turn each into a regression test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-seconds="${FUZZ_SECONDS:-60}"
+seconds="${FUZZ_SECONDS:-30}"
 out=.build/fuzz
 mkdir -p "$out"
 core=Sources/BackstopCore
@@ -20,12 +20,12 @@ build() {  # name, sources...
     test -x "$out/$name"
 }
 
-run() {  # name, corpus
-    local name=$1 corpus=$2 work="$out/$1-corpus"
+run() {  # name, corpus[, binary (default: name)]
+    local name=$1 corpus=$2 binary=${3:-$1} work="$out/$1-corpus"
     mkdir -p "$work"
     cp -n "$corpus"/* "$work"/ 2>/dev/null || true
     echo "fuzzing $name for ${seconds}s"
-    if ! SWIFT_BACKTRACE=enable=no "$out/$name" -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 \
+    if ! SWIFT_BACKTRACE=enable=no "$out/$binary" -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 \
             -artifact_prefix="$out/$name-" "$work" >"$out/$name.log" 2>&1; then
         tail -40 "$out/$name.log"
         echo "fuzzer $name found a crash: see $out/$name-crash-*" >&2
@@ -50,9 +50,10 @@ build http-target-fuzzer Tests/Fuzz/HTTPTargetFuzzer.swift Sources/BackstopServe
 run http-target-fuzzer Tests/Fuzz/corpus/http-target
 build state-file-fuzzer Tests/Fuzz/StateFileFuzzer.swift $core/RateLimit/MemoryStoreSnapshot.swift $core/Support/FNV1a.swift $core/System/RegularFile.swift
 run state-file-fuzzer Tests/Fuzz/corpus/state-file
-# SPF: what a DNS server, a domain owner and a worker send.
-for target in dns:DNSFuzzer spf-record:SPFRecordFuzzer spf-macro:SPFMacroFuzzer spf-wire:WireFuzzer; do
-    name=${target%%:*} file=${target#*:}
-    build "$name-fuzzer" "Tests/Fuzz/$file.swift" $(cat Tests/Fuzz/spf-sources.txt)
-    run "$name-fuzzer" "Tests/Fuzz/corpus/$name"
+# SPF: what a DNS server, a domain owner and a worker send. One build serves the four
+# (they read the same sources); BACKSTOP_FUZZ picks the target of each run.
+build spf-fuzzers Tests/Fuzz/SPFFuzzers.swift Tests/Fuzz/DNSFuzzer.swift Tests/Fuzz/SPFRecordFuzzer.swift \
+    Tests/Fuzz/SPFMacroFuzzer.swift Tests/Fuzz/WireFuzzer.swift $(cat Tests/Fuzz/spf-sources.txt)
+for name in dns spf-record spf-macro spf-wire; do
+    BACKSTOP_FUZZ=$name run "$name-fuzzer" "Tests/Fuzz/corpus/$name" spf-fuzzers
 done
