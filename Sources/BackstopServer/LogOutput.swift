@@ -97,39 +97,67 @@ public final class LogOutput: Sendable {
         writer = LogWriter(sink: { lines, dropped in LogOutput.emitShared(lines, dropped) })
     }
 
-    private static func emitShared(_ lines: [LogWriter.Line], _ dropped: Int) {
+    private static func emitShared(_ lines: [LogWriter.Line], _ dropped: Int) -> Int {
         shared.emit(lines, dropped: dropped)
     }
 
-    /// Writes a batch (on the writer's thread), after a warning for the lines dropped before it.
-    private func emit(_ lines: [LogWriter.Line], dropped: Int) {
-        var lines = lines
+    /// Writes a batch (on the writer's thread), after a warning for the lines dropped before
+    /// it; returns how many lines could not be written (counted as dropped, reported next).
+    private func emit(_ lines: [LogWriter.Line], dropped: Int) -> Int {
+        var lost = 0
         if dropped > 0 {
             let note = formatted(level: .warning, "\(dropped) log lines dropped: the log's reader did not keep up and "
                                      + "\(LogWriter.maxQueuedBytes >> 20) MiB of lines were waiting")
-            lines.insert(note, at: 0)
+            if note.fd < 0 {
+                Self.withCStringArgument(note.text) { vsyslog(note.priority, "%s", $0) }
+            } else if !Self.writeAll(Array(note.text.utf8), to: note.fd) {
+                lost += dropped  // not told yet: carried to the next batch
+            }
         }
         var pending: [UInt8] = []
+        var pendingLines = 0
         var pendingFD: Int32 = 2
         func writeOut() {
-            var offset = 0
-            while offset < pending.count {
-                let n = pending[offset...].withUnsafeBytes { Glibc.write(pendingFD, $0.baseAddress, $0.count) }
-                if n > 0 { offset += n } else if n < 0 && errno == EINTR { continue } else { break }
-            }
+            if !Self.writeAll(pending, to: pendingFD) { lost += pendingLines }
             pending.removeAll(keepingCapacity: true)
+            pendingLines = 0
         }
         for line in lines {
             if line.fd < 0 {
                 writeOut()
-                withVaList([line.text]) { vsyslog(line.priority, "%s", $0) }
+                Self.withCStringArgument(line.text) { vsyslog(line.priority, "%s", $0) }
                 continue
             }
             if line.fd != pendingFD || pending.count >= 1 << 16 { writeOut() }
             pendingFD = line.fd
             pending.append(contentsOf: line.text.utf8)
+            pendingLines += 1
         }
         writeOut()
+        return lost
+    }
+
+    /// Writes every octet, waiting (at most 1 s at a time) when the descriptor is
+    /// non-blocking and full; false when the rest cannot be written (reader gone, error).
+    static func writeAll(_ octets: [UInt8], to fd: Int32) -> Bool {
+        var offset = 0
+        while offset < octets.count {
+            let n = octets[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n > 0 { offset += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                var ready = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&ready, 1, 1_000) > 0 { continue }
+            }
+            return false
+        }
+        return true
+    }
+
+    /// Calls `body` with a va_list whose one argument is `text` as a C string, for a "%s"
+    /// format (a Swift String passed as CVarArg would be an object, not characters).
+    static func withCStringArgument<R>(_ text: String, _ body: (CVaListPointer) -> R) -> R {
+        text.withCString { pointer in withVaList([pointer]) { body($0) } }
     }
 
     /// Writes out what is queued, for at most `LogWriter.exitFlushSeconds` (at exit).

@@ -28,10 +28,11 @@ final class LogWriter: @unchecked Sendable {
     private var queuedBytes = 0
     private var dropped = 0
     private var started = false
-    private let sink: @Sendable ([Line], _ dropped: Int) -> Void
+    private let sink: @Sendable ([Line], _ dropped: Int) -> Int
 
-    /// `sink` writes a batch of lines, after reporting `dropped` lines left out before them.
-    init(sink: @escaping @Sendable ([Line], _ dropped: Int) -> Void) {
+    /// `sink` writes a batch of lines, after reporting `dropped` lines left out before them,
+    /// and returns how many of them it could not write (they count as dropped).
+    init(sink: @escaping @Sendable ([Line], _ dropped: Int) -> Int) {
         self.sink = sink
     }
 
@@ -45,7 +46,8 @@ final class LogWriter: @unchecked Sendable {
         }
         guard queuedBytes + line.text.utf8.count <= Self.maxQueuedBytes else {
             dropped += 1
-            condition.unlock()
+            // Wakes the writer even when nothing else is queued, so the count is reported.
+            condition.unlock(withValue: 1)
             return false
         }
         queue.append(line)
@@ -62,9 +64,12 @@ final class LogWriter: @unchecked Sendable {
             queuedBytes = 0
             dropped = 0
             condition.unlock(withValue: 2)
-            sink(batch, lost)
+            let unwritten = sink(batch, lost)
             condition.lock()
-            let more = !queue.isEmpty || dropped > 0
+            dropped += unwritten
+            // A count of dropped lines is written at once only while writing works; after a
+            // failed write it waits for the next line (no loop against a reader that is gone).
+            let more = !queue.isEmpty || (dropped > 0 && unwritten == 0)
             condition.unlock(withValue: more ? 1 : 0)
         }
     }

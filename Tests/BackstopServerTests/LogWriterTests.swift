@@ -5,6 +5,7 @@
 
 import Testing
 import Foundation
+import NIOConcurrencyHelpers
 @testable import BackstopServer
 
 @Suite struct LogWriterTests {
@@ -33,10 +34,27 @@ import Foundation
         var answered = 0
         for _ in 0..<count where try client.ask(request) == "action=DUNNO" { answered += 1 }
         #expect(answered == count, "the server stopped answering while its log was not read")
-        // Now read the log: the lines that fit, and the count of those that did not.
+        // Now read the log, on a thread of its own: the lines that fit, then the count of those
+        // that did not. Stopped only once the count is read, so that no line of the stop can
+        // be dropped too.
+        let collected = NIOLockedValueBox(Data())
+        let reader = Thread {
+            while true {
+                let chunk = log.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                collected.withLockedValue { $0.append(chunk) }
+            }
+        }
+        reader.start()
+        let deadline = Date().addingTimeInterval(60)
+        let marker = Data(" log lines dropped".utf8)
+        while collected.withLockedValue({ $0.range(of: marker) == nil }), Date() < deadline {
+            usleep(20_000)
+        }
         kill(process.processIdentifier, SIGTERM)
-        let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
+        while !reader.isFinished, Date() < deadline { usleep(20_000) }
+        let text = String(decoding: collected.withLockedValue { $0 }, as: UTF8.self)
         let decisions = text.components(separatedBy: " decision ").count - 1
         let dropped = text.split(separator: "\n").compactMap { line -> Int? in
             guard let range = line.range(of: " log lines dropped") else { return nil }
