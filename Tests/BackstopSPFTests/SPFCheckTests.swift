@@ -123,6 +123,11 @@ func isHeader(_ decision: Decision) -> Bool {
         let report = SPFReport.describe(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@b.example", helo: "h"),
                                                    mechanism: "ip4:\u{1B}[2J\u{1B}]0;owned\u{07}"), header: nil)
         #expect(!report.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" }, "\(report)")
+        // A client address with a long IPv6 zone is written as the address SPF checked.
+        let zoned = SPFHeader.receivedSPF(SPFOutcome(result: .fail, query: SPFQuery(clientAddress: "fe80::1%" + String(repeating: "\"", count: 900),
+                                                                                      sender: long, helo: "h.example")), receiver: "mx.test")
+        #expect(zoned == "Received-SPF: fail client-ip=fe80::1; helo=h.example; receiver=mx.test; identity=mailfrom;", "\(zoned)")
+        #expect(SPFQuery(clientAddress: "fe80::1%" + String(repeating: "\"", count: 900), sender: "", helo: "").client != nil)
         // An ordinary line keeps its comment.
         #expect(SPFHeader.receivedSPF(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@b.example", helo: "h.example")),
                                       receiver: "mx.test").hasPrefix("Received-SPF: pass (mx.test: domain of a@b.example designates"))

@@ -260,7 +260,7 @@ extension RateLimitCheck {
     /// domain itself; `<>` is the null sender.
     public func status(rule name: String, key: String) async throws -> String {
         let (runtime, bytes) = try resolve(rule: name, key: key)
-        let display = LogEscaping.escape(runtime.rule.key.display(bytes))
+        let display = LogEscaping.escape(runtime.rule.key.display(bytes), limit: .max)
         var parameters = runtime.rule.parameters
         var note: String?
         if let table = runtime.overrides?.table, let entry = table.lookup(key: bytes, client: Self.clientAddress(of: runtime.rule, key)) {
@@ -291,7 +291,7 @@ extension RateLimitCheck {
         let held = try await ask { [store, identity = runtime.identity] in
             try await store.reset(rule: identity, key: bytes)
         }
-        let raw = runtime.rule.key.display(bytes), display = LogEscaping.escape(raw)
+        let raw = runtime.rule.key.display(bytes), display = LogEscaping.escape(raw, limit: .max)
         logger.notice("rate-limit key reset by the administrator", metadata: ["rule": "\(name)", "key": "\(LogEscaping.field(raw))",
                                                                                "held_state": "\(held)"])
         return "rule \(name): key \(display): " + (held ? "state forgotten: all \(runtime.rule.parameters.burst) available again"
@@ -313,7 +313,7 @@ extension RateLimitCheck {
             if overOnly, GCRA.available(tat: entry.tat, now: list.now, rule.parameters) > 0 { continue }
             // Listed with the rule's own limit; `status` shows a key's override. A key is what
             // a client sent: escaped, so no terminal sequence or line break reaches the screen.
-            lines.append(Self.keyLine(rule.parameters, key: LogEscaping.escape(rule.key.display(entry.key)), state: state))
+            lines.append(Self.keyLine(rule.parameters, key: LogEscaping.escape(rule.key.display(entry.key), limit: .max), state: state))
             shown += 1
         }
         if shown == 0 { lines.append(overOnly ? "no key is over the limit" : "no key holds state") }

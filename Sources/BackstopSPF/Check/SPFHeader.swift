@@ -14,9 +14,21 @@ public enum SPFHeader {
         // the client's: when they make the line too long, the comment goes first (RFC 7208
         // §9.1 makes it optional), then the envelope-from and helo fields whose values are
         // long, so the line that remains is whole and its fields are right.
-        var line = receivedSPF(outcome, receiver: receiver, comment: true, longest: .max)
-        for longest in [Int.max, longValue, 0] where line.utf8.count > ResponseEncoder.maxHeaderLine {
-            line = receivedSPF(outcome, receiver: receiver, comment: false, longest: longest)
+        // Last, when the client address as Postfix wrote it was long (an IPv6 zone): the
+        // address itself, without the zone, which is what SPF checked.
+        let full = receivedSPF(outcome, receiver: receiver, comment: true, longest: .max)
+        if full.utf8.count <= ResponseEncoder.maxHeaderLine { return full }  // every ordinary line
+        var plain = outcome
+        if let client = outcome.query.client {
+            plain.query = SPFQuery(clientAddress: "\(client)", sender: outcome.query.sender, helo: outcome.query.helo,
+                                   identity: outcome.query.identity, parsed: client)
+        }
+        let tries: [(SPFOutcome, Bool, Int)] = [(outcome, false, .max), (outcome, false, longValue),
+                                                (outcome, false, 0), (plain, false, longValue), (plain, false, 0)]
+        var line = ""
+        for (candidate, comment, longest) in tries {
+            line = receivedSPF(candidate, receiver: receiver, comment: comment, longest: longest)
+            if line.utf8.count <= ResponseEncoder.maxHeaderLine { break }
         }
         return line
     }
