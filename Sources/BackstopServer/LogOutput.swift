@@ -97,30 +97,51 @@ public final class LogOutput: Sendable {
         writer = LogWriter(sink: { lines, dropped in LogOutput.emitShared(lines, dropped) })
     }
 
+    /// Descriptors where a failed write left a line without its newline. Only the writer's
+    /// thread touches it (through `emit`).
+    nonisolated(unsafe) private var cutInside: Set<Int32> = []
+
     private static func emitShared(_ lines: [LogWriter.Line], _ dropped: Int) -> Int {
         shared.emit(lines, dropped: dropped)
     }
 
     /// Writes a batch (on the writer's thread), after a warning for the lines dropped before
     /// it; returns how many lines could not be written (counted as dropped, reported next).
-    private func emit(_ lines: [LogWriter.Line], dropped: Int) -> Int {
+    func emit(_ lines: [LogWriter.Line], dropped: Int) -> Int {
         var lost = 0
         if dropped > 0 {
             let note = formatted(level: .warning, "\(dropped) log lines dropped: the log's reader did not keep up and "
                                      + "\(LogWriter.maxQueuedBytes >> 20) MiB of lines were waiting")
             if note.fd < 0 {
                 Self.withCStringArgument(note.text) { vsyslog(note.priority, "%s", $0) }
-            } else if !Self.writeAll(Array(note.text.utf8), to: note.fd) {
-                lost += dropped  // not told yet: carried to the next batch
+            } else {
+                let octets = Array(note.text.utf8)
+                if cutInside.contains(note.fd), Self.writeAll([0x0A], to: note.fd) == 1 { cutInside.remove(note.fd) }
+                if cutInside.contains(note.fd) || Self.writeAll(octets, to: note.fd) < octets.count {
+                    lost += dropped  // not told yet: carried to the next batch
+                }
             }
         }
         var pending: [UInt8] = []
-        var pendingLines = 0
+        var lineEnds: [Int] = []  // where each line in `pending` ends
         var pendingFD: Int32 = 2
+        var failed: Set<Int32> = []  // descriptors that failed in this batch: not tried again
         func writeOut() {
-            if !Self.writeAll(pending, to: pendingFD) { lost += pendingLines }
-            pending.removeAll(keepingCapacity: true)
-            pendingLines = 0
+            defer { pending.removeAll(keepingCapacity: true); lineEnds.removeAll(keepingCapacity: true) }
+            guard !pending.isEmpty else { return }
+            guard !failed.contains(pendingFD) else { lost += lineEnds.count; return }
+            // A line cut by an earlier failed write is ended first, so the next line stays whole.
+            if cutInside.contains(pendingFD) {
+                guard Self.writeAll([0x0A], to: pendingFD) == 1 else { failed.insert(pendingFD); lost += lineEnds.count; return }
+                cutInside.remove(pendingFD)
+            }
+            let written = Self.writeAll(pending, to: pendingFD)
+            guard written < pending.count else { return }
+            failed.insert(pendingFD)
+            // Lines written whole count as written; the rest, a cut one included, as dropped.
+            let whole = lineEnds.firstIndex { $0 > written } ?? lineEnds.count
+            lost += lineEnds.count - whole
+            if written > 0, whole < lineEnds.count, (whole == 0 ? 0 : lineEnds[whole - 1]) < written { cutInside.insert(pendingFD) }
         }
         for line in lines {
             if line.fd < 0 {
@@ -131,15 +152,16 @@ public final class LogOutput: Sendable {
             if line.fd != pendingFD || pending.count >= 1 << 16 { writeOut() }
             pendingFD = line.fd
             pending.append(contentsOf: line.text.utf8)
-            pendingLines += 1
+            lineEnds.append(pending.count)
         }
         writeOut()
         return lost
     }
 
-    /// Writes every octet, waiting (at most 1 s at a time) when the descriptor is
-    /// non-blocking and full; false when the rest cannot be written (reader gone, error).
-    static func writeAll(_ octets: [UInt8], to fd: Int32) -> Bool {
+    /// Writes the octets, waiting (at most 1 s at a time) when the descriptor is
+    /// non-blocking and full; returns how many were written (fewer when the reader is gone,
+    /// stays full or the descriptor fails).
+    static func writeAll(_ octets: [UInt8], to fd: Int32) -> Int {
         var offset = 0
         while offset < octets.count {
             let n = octets[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -149,9 +171,9 @@ public final class LogOutput: Sendable {
                 var ready = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 if poll(&ready, 1, 1_000) > 0 { continue }
             }
-            return false
+            break
         }
-        return true
+        return offset
     }
 
     /// Calls `body` with a va_list whose one argument is `text` as a C string, for a "%s"
@@ -174,8 +196,21 @@ public final class LogOutput: Sendable {
                       tm.tm_hour, tm.tm_min, tm.tm_sec, ms)
     }
 
+    /// Started with stdin, stdout or stderr closed, the first files and sockets opened would
+    /// take those numbers, and log lines would be written into them (a Postfix connection,
+    /// say): each closed one is opened on /dev/null. Call first thing in main, before any
+    /// descriptor is opened.
+    public static func openClosedStandardDescriptors() {
+        for fd in Int32(0)...2 where fcntl(fd, F_GETFD) == -1 && errno == EBADF {
+            _ = open("/dev/null", O_RDWR)
+        }
+    }
+
     /// Installs this output as swift-log's backend. Call once at start.
     public static func bootstrap() {
+        // A reader of stderr that is gone must cost log lines, not the process (NIO ignores
+        // SIGPIPE too, but only once it opens its first socket).
+        signal(SIGPIPE, SIG_IGN)
         LoggingSystem.bootstrap { label in KeyValueLogHandler(label: label, output: .shared) }
         // Whatever ends the process through exit() first writes out the queued lines.
         atexit { LogOutput.shared.flush() }

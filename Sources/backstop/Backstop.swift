@@ -5,6 +5,7 @@ import ArgumentParser
 import BackstopCore
 import BackstopPostgres
 import BackstopSPF
+import BackstopServer
 
 @main
 struct Backstop: ParsableCommand {
@@ -18,6 +19,7 @@ struct Backstop: ParsableCommand {
 
     /// Registers the backends that live in their own targets, then runs the command.
     static func main() {
+        LogOutput.openClosedStandardDescriptors()
         CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
         SPFSettings.register()
         main(nil)

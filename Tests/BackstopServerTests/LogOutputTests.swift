@@ -39,3 +39,27 @@ import Logging
         #expect(LogOutput.effectiveLevel(.info, label: "backstop") == .info)
     }
 }
+
+/// Writing to a reader that stops part-way: whole lines count as written, the rest (a cut one
+/// included) as dropped, and the next line starts on a line of its own.
+@Suite struct LogOutputWriteTests {
+    @Test func aStreamThatFillsCutsNoLineIntoTheNext() throws {
+        let setPipeSize: Int32 = 1031, getPipeSize: Int32 = 1032  // F_SETPIPE_SZ, F_GETPIPE_SZ
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        #expect(fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) == 0)
+        _ = fcntl(fds[1], setPipeSize, 4096)
+        let size = Int(fcntl(fds[1], getPipeSize))
+        #expect(size >= 4096)
+        let line = String(repeating: "x", count: size * 3 / 4 - 1) + "\n"
+        let lines = (0..<3).map { _ in LogWriter.Line(fd: fds[1], priority: LOG_INFO, text: line) }
+        // The pipe takes one line and part of the next; after 1 s of waiting the rest is given up.
+        #expect(LogOutput.shared.emit(lines, dropped: 0) == 2)
+        var buffer = [UInt8](repeating: 0, count: size * 2)
+        #expect(read(fds[0], &buffer, buffer.count) == size)
+        #expect(LogOutput.shared.emit([LogWriter.Line(fd: fds[1], priority: LOG_INFO, text: "after\n")], dropped: 0) == 0)
+        let n = read(fds[0], &buffer, buffer.count)
+        #expect(String(decoding: buffer.prefix(max(0, n)), as: UTF8.self) == "\nafter\n", "the cut line is ended before the next")
+    }
+}

@@ -64,4 +64,24 @@ import NIOConcurrencyHelpers
         #expect(decisions + dropped == count, "\(decisions) written + \(dropped) dropped")
         #expect(text.contains("backstop stopped"), "the exit wrote out the queue")
     }
+
+    /// Started with stdout and stderr closed, the server opens them on /dev/null before
+    /// anything else, so no socket it opens later takes their numbers (and its log lines).
+    @Test func closedStandardDescriptorsAreOpenedOnDevNull() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "exec \"$0\" serve --config \"$1\" 1>&- 2>&-", backstopBinary, path]
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(rcptRequest) == "action=DUNNO")
+        for fd in [1, 2] {
+            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.processIdentifier)/fd/\(fd)")
+            #expect(target == "/dev/null", "descriptor \(fd): \(target ?? "closed")")
+        }
+    }
 }
