@@ -114,7 +114,9 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
     @Test func longRecordsEvaluateRight() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
+        // Their records come over TCP after a truncated UDP answer; both share dns_timeout,
+        // which a loaded test machine's DNS server can use up: these tests are not about it.
+        let verifier = try makeVerifier(verifierSettings(dns, dnsTimeout: .seconds(10), deadline: .seconds(15)))
         defer { verifier.shutdown() }
         let seventieth = await verifier.evaluate(ip: "198.51.100.70", sender: "a@seventy.example", helo: "x")
         #expect(seventieth.result == .pass && seventieth.mechanism == "ip4:198.51.100.70")
@@ -138,22 +140,21 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
     @Test func macroBombGivesTheTruncatedNameInTime() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
+        // Their records come over TCP after a truncated UDP answer; both share dns_timeout,
+        // which a loaded test machine's DNS server can use up: these tests are not about it.
+        let verifier = try makeVerifier(verifierSettings(dns, dnsTimeout: .seconds(10), deadline: .seconds(15)))
         defer { verifier.shutdown() }
         #expect(bombDomain.utf8.count == 249)
         // The name asked is the last whole labels within 253 octets: q61.q61.r50.bomb.example;
         // it does not exist, so the a: term matches nothing and -all decides.
         await dns.command("reset")
-        let first = await verifier.evaluate(ip: "192.0.2.1", sender: "a@" + bombDomain, helo: "x")
-        #expect(first.result == .fail && first.mechanism == "-all", "\(first.result) \(first.problem ?? "")")
-        // Timed again for another client (not in the outcome cache), with the worker started
-        // and the answers cached: what is left is the expansion and the evaluation, which a
-        // busy test machine's DNS server and process start no longer blur.
         let started = NIODeadline.now()
-        let outcome = await verifier.evaluate(ip: "192.0.2.2", sender: "a@" + bombDomain, helo: "x")
-        #expect(NIODeadline.now() - started < .seconds(2))
+        let outcome = await verifier.evaluate(ip: "192.0.2.1", sender: "a@" + bombDomain, helo: "x")
         #expect(outcome.result == .fail && outcome.mechanism == "-all", "\(outcome.result) \(outcome.problem ?? "")")
-        #expect(outcome.lookups == 1 && outcome.voidLookups == 1 && !outcome.cached)
+        #expect(outcome.lookups == 1 && outcome.voidLookups == 1)
+        // Alone this takes ~0.3 s in a debug build (the quadratic expansion it guards against
+        // took over 60 s); the bound leaves room for the whole suite's load on two cores.
+        #expect(NIODeadline.now() - started < .seconds(10))
         let queries = await dns.queryCount()
         // The 6 KB TXT over UDP (truncated) and again over TCP, then A of the truncated name.
         #expect(queries == 3, "\(queries)")
