@@ -179,3 +179,18 @@ extension StringProtocol {
         return text.withUTF8 { String(decoding: UnsafeBufferPointer(rebasing: $0[start..<end]), as: UTF8.self) }
     }
 }
+
+extension String {
+    /// At most `limit` octets of the text, cut at a character boundary (so still UTF-8).
+    public func prefix(octets limit: Int) -> String {
+        guard utf8.count > limit else { return self }
+        var out = "", count = 0
+        for character in self {
+            let width = character.utf8.count
+            if count + width > limit { break }
+            out.append(character)
+            count += width
+        }
+        return out
+    }
+}

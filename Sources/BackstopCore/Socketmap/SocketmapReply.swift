@@ -29,17 +29,8 @@ public enum SocketmapReply: Sendable, Equatable {
         var data: [UInt8]
         switch self {
         case .ok(let text), .temp(let text), .perm(let text):
-            data = Array(text.utf8.prefix(Self.maxData))
             // Cut on a character boundary: Postfix refuses a map value that is not UTF-8.
-            if data.count == Self.maxData, text.utf8.count > Self.maxData {
-                var end = data.count
-                while end > 0, data[end - 1] & 0xC0 == 0x80 { end -= 1 }
-                // `end - 1` starts the last sequence: keep it only if it is whole.
-                if end > 0, data[end - 1] >= 0xC0 {
-                    let width = data[end - 1] >= 0xF0 ? 4 : data[end - 1] >= 0xE0 ? 3 : 2
-                    if data.count - (end - 1) < width { data.removeSubrange((end - 1)...) }
-                }
-            }
+            data = Array(text.prefix(octets: Self.maxData).utf8)
         case .notFound: data = []
         }
         for i in data.indices where data[i] < 0x20 || data[i] == 0x7F { data[i] = UInt8(ascii: "?") }

@@ -127,20 +127,9 @@ public struct SPFOutcome: Sendable, Equatable {
     public init(result: SPFResult, query: SPFQuery, mechanism: String? = nil, explanation: String? = nil, problem: String? = nil) {
         self.result = result
         self.query = query
-        self.mechanism = mechanism.map { SPFOutcome.cut($0, SPFOutcome.maxMechanism) }
-        self.explanation = explanation.map { SPFOutcome.cut($0, SPFOutcome.maxExplanation) }
-        self.problem = problem.map { SPFOutcome.cut($0, SPFOutcome.maxProblem) }
-    }
-
-    /// At most `limit` octets of `text`, cut at a character boundary.
-    static func cut(_ text: String, _ limit: Int) -> String {
-        guard text.utf8.count > limit else { return text }
-        var out = ""
-        for c in text {
-            if out.utf8.count + c.utf8.count > limit { break }
-            out.append(c)
-        }
-        return out
+        self.mechanism = mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) }
+        self.explanation = explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) }
+        self.problem = problem.map { $0.prefix(octets: SPFOutcome.maxProblem) }
     }
 
     /// Approximate memory held, for cache budgets.
