@@ -108,42 +108,34 @@ public final class LogOutput: Sendable {
     /// Writes a batch (on the writer's thread), after a warning for the lines dropped before
     /// it; returns how many lines could not be written (counted as dropped, reported next).
     func emit(_ lines: [LogWriter.Line], dropped: Int) -> Int {
-        var lost = 0
+        // Each line with the number of lines it stands for: the note of a drop stands for the
+        // lines it counts, so if it cannot be written they are carried to the next batch.
+        var batch = lines.map { ($0, 1) }
         if dropped > 0 {
-            let note = formatted(level: .warning, "\(dropped) log lines dropped: the log's reader did not keep up and "
-                                     + "\(LogWriter.maxQueuedBytes >> 20) MiB of lines were waiting")
-            if note.fd < 0 {
-                Self.withCStringArgument(note.text) { vsyslog(note.priority, "%s", $0) }
-            } else {
-                let octets = Array(note.text.utf8)
-                if cutInside.contains(note.fd), Self.writeAll([0x0A], to: note.fd) == 1 { cutInside.remove(note.fd) }
-                if cutInside.contains(note.fd) || Self.writeAll(octets, to: note.fd) < octets.count {
-                    lost += dropped  // not told yet: carried to the next batch
-                }
-            }
+            batch.insert((formatted(level: .warning, "\(dropped) log lines dropped: the log's reader did not keep up and "
+                                    + "\(LogWriter.maxQueuedBytes >> 20) MiB of lines were waiting"), dropped), at: 0)
         }
+        var lost = 0
         var pending: [UInt8] = []
-        var lineEnds: [Int] = []  // where each line in `pending` ends
+        var ends: [(end: Int, weight: Int)] = []  // where each line in `pending` ends
         var pendingFD: Int32 = 2
         var failed: Set<Int32> = []  // descriptors that failed in this batch: not tried again
         func writeOut() {
-            defer { pending.removeAll(keepingCapacity: true); lineEnds.removeAll(keepingCapacity: true) }
+            defer { pending.removeAll(keepingCapacity: true); ends.removeAll(keepingCapacity: true) }
             guard !pending.isEmpty else { return }
-            guard !failed.contains(pendingFD) else { lost += lineEnds.count; return }
             // A line cut by an earlier failed write is ended first, so the next line stays whole.
-            if cutInside.contains(pendingFD) {
-                guard Self.writeAll([0x0A], to: pendingFD) == 1 else { failed.insert(pendingFD); lost += lineEnds.count; return }
-                cutInside.remove(pendingFD)
+            if !failed.contains(pendingFD), cutInside.contains(pendingFD) {
+                if Self.writeAll([0x0A], to: pendingFD) == 1 { cutInside.remove(pendingFD) } else { failed.insert(pendingFD) }
             }
-            let written = Self.writeAll(pending, to: pendingFD)
+            let written = failed.contains(pendingFD) ? 0 : Self.writeAll(pending, to: pendingFD)
             guard written < pending.count else { return }
             failed.insert(pendingFD)
             // Lines written whole count as written; the rest, a cut one included, as dropped.
-            let whole = lineEnds.firstIndex { $0 > written } ?? lineEnds.count
-            lost += lineEnds.count - whole
-            if written > 0, whole < lineEnds.count, (whole == 0 ? 0 : lineEnds[whole - 1]) < written { cutInside.insert(pendingFD) }
+            let whole = ends.firstIndex { $0.end > written } ?? ends.count
+            lost += ends[whole...].reduce(0) { $0 + $1.weight }
+            if written > (whole == 0 ? 0 : ends[whole - 1].end) { cutInside.insert(pendingFD) }
         }
-        for line in lines {
+        for (line, weight) in batch {
             if line.fd < 0 {
                 writeOut()
                 Self.withCStringArgument(line.text) { vsyslog(line.priority, "%s", $0) }
@@ -152,7 +144,7 @@ public final class LogOutput: Sendable {
             if line.fd != pendingFD || pending.count >= 1 << 16 { writeOut() }
             pendingFD = line.fd
             pending.append(contentsOf: line.text.utf8)
-            lineEnds.append(pending.count)
+            ends.append((pending.count, weight))
         }
         writeOut()
         return lost
