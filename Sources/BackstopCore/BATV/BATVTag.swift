@@ -59,20 +59,24 @@ public enum BATVTag {
     public static func today() -> Int { day(unixSeconds: Int64(time(nil))) }
 
     /// The tag in `address`, in either order, or nil when it has none. The "prvs=" prefix
-    /// and the hex digits are matched without regard to case.
+    /// and the hex digits are matched without regard to case. A local part left with an "@"
+    /// in it (`prvs=@x=TAG@domain`) is no tag: signing never makes one (quoted local parts
+    /// are not signed), so it is a broken tag, like any other.
     public static func parse(_ address: String) -> BATVTaggedAddress? {
         let bytes = Array(address.utf8)
         guard let at = bytes.lastIndex(of: UInt8(ascii: "@")), at > 16,
               bytes[0..<5].map(lower) == Array("prvs=".utf8) else { return nil }
         let local = bytes[5..<at]
         let domain = bytes[at...]
+        let untagged: ArraySlice<UInt8>, tag: ArraySlice<UInt8>
         if isTag(local.prefix(10)), local.count > 11, local[local.startIndex + 10] == UInt8(ascii: "=") {
-            return tagged(local.prefix(10), local.dropFirst(11), domain)
+            (tag, untagged) = (local.prefix(10), local.dropFirst(11))
+        } else if isTag(local.suffix(10)), local.count > 11, local[local.endIndex - 11] == UInt8(ascii: "=") {
+            (tag, untagged) = (local.suffix(10), local.dropLast(11))
+        } else {
+            return nil
         }
-        if isTag(local.suffix(10)), local.count > 11, local[local.endIndex - 11] == UInt8(ascii: "=") {
-            return tagged(local.suffix(10), local.dropLast(11), domain)
-        }
-        return nil
+        return untagged.contains(UInt8(ascii: "@")) ? nil : tagged(tag, untagged, domain)
     }
 
     /// True when `address` carries a prvs= prefix at all (a tag of any form, even a broken

@@ -41,6 +41,8 @@ private let seven = BATVKey(number: 7, secret: Array("an entirely different key 
         #expect(BATVTag.parse("prvs=1123964c8=alice@example.org") == nil, "nine characters")
         #expect(BATVTag.parse("prvs=1123964g87=alice@example.org") == nil, "not hex")
         #expect(BATVTag.parse("prvs=1123964c87=@example.org") == nil, "no local part left")
+        #expect(BATVTag.parse("prvs=@ice=1123964C87@example.org") == nil, "an @ left in the local part (found by the fuzzer)")
+        #expect(BATVTag.parse("prvs=1123964c87=a@b@example.org") == nil, "an @ left in the local part")
         #expect(BATVTag.looksTagged("Prvs=broken@example.org"))
         #expect(!BATVTag.looksTagged("prv@example.org"))
     }
