@@ -8,6 +8,7 @@ import BackstopServer
 import BackstopSPF
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import Prometheus
 import ServiceLifecycle
 import UnixSignals
@@ -111,8 +112,17 @@ struct Serve: ParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "backstop.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
             ))
+        // A supervisor that ends cannot be started again by a server that gave up root, and
+        // without it no SPF worker can be replaced: stop, with a status systemd restarts on.
+        let supervisorLost = NIOLockedValueBox(false)
+        SPFProcesses.onSupervisorExit { why in
+            logger.critical("the SPF supervisor \(why); no SPF worker can be started without it, so backstop stops (exit status \(ExitStatus.osError.rawValue)) to be restarted")
+            supervisorLost.withLockedValue { $0 = true }
+            Task { await group.triggerGracefulShutdown() }
+        }
         try await group.run()
         logger.notice("backstop stopped")
+        if supervisorLost.withLockedValue({ $0 }) { throw ExitStatus.osError.code }
     }
 }
 

@@ -1,6 +1,7 @@
 // SPF through the server: in process over a real socket (a fail refused, a pass with its
 // header once per message), and as `backstop serve` processes: workers started through the
-// supervisor run as spf.worker_user while the server runs as server.user; twenty reloads
+// supervisor run as spf.worker_user while the server runs as server.user, and a server whose
+// supervisor is killed stops with status 71 to be restarted; twenty reloads
 // that change [spf] leave no worker, thread or descriptor behind; 3,000 hostile 60 KB
 // records grow the server by less than its caches' bounds (32 MiB) allow.
 
@@ -120,6 +121,47 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(serve.stop() == 0)
         for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { usleep(20_000) }
         #expect(kill(supervisor, 0) != 0 && kill(replacement, 0) != 0)
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can start a server that drops to another user"))
+    func aServerWhoseSupervisorEndsStopsToBeRestarted() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        chmod(dir, 0o755)
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        try """
+        [[listen]]
+        address = "127.0.0.1:\(port)"
+        [server]
+        user = "daemon"
+        [policy]
+        rcpt = ["spf"]
+        [spf]
+        resolvers = ["127.0.0.1:\(dns.port)"]
+        worker_user = "nobody"
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o644)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
+        let supervisor = try #require(children(of: serve.process.processIdentifier).first)
+        let worker = try #require(children(of: supervisor).first)
+        #expect(kill(supervisor, SIGKILL) == 0)
+        // No SPF worker could be replaced any more: the server says why and stops, with the
+        // status systemd restarts on, instead of answering temperror from then on.
+        for _ in 0..<200 where serve.process.isRunning { usleep(50_000) }
+        #expect(!serve.process.isRunning)
+        #expect(serve.stop() == 71)
+        #expect(serve.log.contains("the SPF supervisor (pid \(supervisor)) was killed by signal 9; no SPF worker can be started without it"), "\(serve.log)")
+        #expect(serve.log.contains("backstop stopped"))
+        // (A dead worker may wait as a zombie for whoever adopted it to reap it.)
+        func ended() -> Bool { processStatus(worker, "State").map { $0.hasPrefix("Z") } ?? true }
+        for _ in 0..<100 where !ended() { usleep(20_000) }
+        #expect(ended(), "the worker ends with its supervisor")
     }
 
     @Test func reloadsReleaseWorkersThreadsAndDescriptors() async throws {

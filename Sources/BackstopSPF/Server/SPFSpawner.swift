@@ -69,6 +69,28 @@ public enum SPFProcesses {
         current.withLockedValue { $0 = supervisor }
     }
 
+    /// Calls `handler` once, on a thread of its own, with why the supervisor ended, when it
+    /// ends (at once if it has ended already). A server that gave up root cannot start
+    /// another, so every worker start after that would fail.
+    public static func onSupervisorExit(_ handler: @escaping @Sendable (String) -> Void) {
+        let ended = supervisorWatch.withLockedValue { watch -> String? in
+            watch.handler = handler
+            return watch.ended
+        }
+        if let ended { handler(ended) }
+    }
+
+    static func supervisorExited(pid: pid_t, status: Int32?) {
+        let why = "(pid \(pid)) " + (describe(status)?.why ?? "vanished")
+        let handler = supervisorWatch.withLockedValue { watch in
+            watch.ended = why
+            return watch.handler
+        }
+        handler?(why)
+    }
+
+    private static let supervisorWatch = NIOLockedValueBox<(handler: (@Sendable (String) -> Void)?, ended: String?)>((nil, nil))
+
     /// Spawns `executable` with `arguments`; `socket` becomes descriptor 0 and 1, 2 are
     /// /dev/null (or inherited, with `inheritStandardError`). Returns the pid.
     static func spawn(_ executable: String, _ arguments: [String], socket: Int32,
@@ -115,6 +137,16 @@ public enum SPFProcesses {
     }
 
     /// Waits for `pid` to end; its wait status, nil when it is not our child.
+    /// How a process ended, from its wait status: its exit code (nil when a signal ended
+    /// it) and the words for a log line; nil when the status is unknown.
+    static func describe(_ status: Int32?) -> (code: Int32?, why: String)? {
+        guard let status else { return nil }
+        let signal = status & 0x7F
+        if signal != 0 { return (nil, "was killed by signal \(signal)") }
+        let code = (status >> 8) & 0xFF
+        return (code, "exited with status \(code)")
+    }
+
     static func reap(_ pid: pid_t) -> Int32? {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {

@@ -4,10 +4,13 @@
 // SOCK_SEQPACKET socket (descriptor 0): "spawn for user U" is answered with the pid and
 // the server's end of the worker's socket (SCM_RIGHTS); "kill pid" with its wait status,
 // for its own children only. When the server's end closes it kills its workers and exits.
-// The server side (SupervisorSpawner) sends one request at a time.
+// The server side (SupervisorSpawner) sends one request at a time. A supervisor that ends
+// while the server runs is reported to the handler `SPFProcesses.onSupervisorExit` names
+// (`backstop serve` stops with EX_OSERR, to be restarted); it is never started again here.
 
 import BackstopCore
 import CSPF2
+import Foundation
 import Glibc
 import NIOConcurrencyHelpers
 
@@ -35,6 +38,10 @@ final class SupervisorSpawner: SPFSpawner {
         do throws(SPFSpawnError) {
             let pid = try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid())], socket: theirs,
                                              inheritStandardError: true)
+            // Its end is waited for on a thread of its own: the server has given up root, so
+            // nothing can start another, and the server must learn of it at once (not when a
+            // worker next needs replacing).
+            Thread.detachNewThread { SPFProcesses.supervisorExited(pid: pid, status: SPFProcesses.reap(pid)) }
             return SupervisorSpawner(socket: mine, pid: pid)
         } catch {
             close(mine)

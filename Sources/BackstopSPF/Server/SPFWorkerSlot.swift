@@ -215,13 +215,10 @@ final class SPFWorkerSlot: @unchecked Sendable {
 
     /// How a process ended, from its wait status.
     static func describe(_ status: Int32?) -> (SPFRestartReason, String) {
-        guard let status else { return (.crashed, "vanished") }
-        let signal = status & 0x7F
-        if signal != 0 { return (.crashed, "was killed by signal \(signal)") }
-        let code = (status >> 8) & 0xFF
-        var why = "exited with status \(code)"
-        if code == SPFWorkerProcess.exitCannotDropPrivileges { why += " (it could not switch to spf.worker_user)" }
-        if code == SPFWorkerProcess.exitNoSandbox { why += " (it could not set its resource limits)" }
+        guard let (code, why) = SPFProcesses.describe(status) else { return (.crashed, "vanished") }
+        guard let code else { return (.crashed, why) }
+        if code == SPFWorkerProcess.exitCannotDropPrivileges { return (.exited, why + " (it could not switch to spf.worker_user)") }
+        if code == SPFWorkerProcess.exitNoSandbox { return (.exited, why + " (it could not set its resource limits)") }
         return (.exited, why)
     }
 
