@@ -114,7 +114,9 @@ public struct RecipientsSettings: CheckSettings {
         do {
             try directory.loadInitial()
         } catch {
-            guard startWithoutTable else { throw error }
+            // Only a start may go without a table: a reload whose new tables do not load
+            // fails whole and keeps the running check (and the table it has).
+            guard startWithoutTable, !(context.previous is RecipientsCheck) else { throw error }
             context.logger.warning("starting without a recipient table (start_without_table = true); answering fail_action until one loads",
                                    metadata: ["error": "\(error)"])
         }

@@ -191,6 +191,22 @@ import Testing
         #expect(await recipientsEventually { check.verdict(for: recipientRequest("alice@example.com")) == .noOpinion("known_recipient") })
     }
 
+    @Test func aReloadToTablesThatDoNotLoadFailsEvenWithStartWithoutTable() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let running = try #require(try RecipientsSettings(source: RecipientTableSource(files: [dir.file("recipients")]),
+                                                          reloadInterval: .zero, startWithoutTable: true)
+            .makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
+        // The edit names a file that is not there: the reload fails, so the running check
+        // (and its table) stays in force, instead of one with no table answering fail_action.
+        let moved = RecipientsSettings(source: RecipientTableSource(files: [dir.file("recipients.new")]),
+                                       reloadInterval: .zero, startWithoutTable: true)
+        #expect(throws: ConfigError.self) { try moved.makeCheck(CheckBuildContext(logger: logger, previous: running)) }
+        #expect(running.verdict(for: recipientRequest("nobody@example.com")).action.isRefusal)
+        // At a start, the same settings still start without a table.
+        #expect(try moved.makeCheck(CheckBuildContext(logger: logger)) is RecipientsCheck)
+    }
+
     @Test func configReloadReusesTheLoadedTable() throws {
         let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
