@@ -29,6 +29,10 @@ struct Serve: ParsableCommand {
 
     func serveAsync() async throws {
         LogOutput.bootstrap()
+        // SIGHUP is caught from here on, not only once the server runs: its default action
+        // ends the process, and systemd does not restart a unit a HUP ended. One that comes
+        // while the configuration and tables load waits, and is a reload once the server runs.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         SPFProcesses.registerRunningExecutable()  // SPF evaluations run in `backstop spf-worker` processes
         let logger = Logger(label: "backstop")
         let configuration: Configuration
@@ -90,7 +94,8 @@ struct Serve: ParsableCommand {
         do {
             // Workers must still be able to switch to spf.worker_user once the server is not
             // root: a supervisor that keeps root for that alone is started first.
-            if configuration.server.user != nil, configuration.checks["spf"] != nil {
+            // Started whenever root is given up, with or without [spf]: a reload may add it.
+            if configuration.server.user != nil {
                 try SPFProcesses.startSupervisor()
             }
             try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
@@ -108,7 +113,7 @@ struct Serve: ParsableCommand {
         server.onStop { SystemdNotify.send("STOPPING=1") }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server), .init(service: SignalReload(reloader: reloader))],
+                services: [.init(service: server), .init(service: SignalReload(reloader: reloader, hangups: hangups))],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "backstop.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
             ))
@@ -129,11 +134,12 @@ struct Serve: ParsableCommand {
 /// Reloads on every SIGHUP until shutdown.
 struct SignalReload: Service {
     let reloader: ConfigReloader
+    /// Trapped since the start of `serve` (see serveAsync).
+    let hangups: UnixSignalsSequence
 
     func run() async throws {
-        let signals = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
-            for await _ in signals.cancelOnGracefulShutdown() {
+            for await _ in hangups.cancelOnGracefulShutdown() {
                 SystemdNotify.reloading()
                 await reloader.reload()
                 SystemdNotify.send("READY=1")

@@ -48,7 +48,12 @@ final class ServeProcess {
 
     /// `journal`: run as under systemd, with JOURNAL_STREAM naming the log file;
     /// `environment`: more variables (NOTIFY_SOCKET).
-    init(config: String, logName: String = "serve.log", journal: Bool = false, environment extra: [String: String] = [:]) throws {
+    /// `unblockSignals`: start it with no signal blocked, as systemd does. Foundation starts
+    /// a child with the calling thread's signal mask, and the test's threads block most
+    /// signals, so a signal sent early would wait instead of acting; a small wrapper clears
+    /// the mask and becomes backstop.
+    init(config: String, logName: String = "serve.log", journal: Bool = false, environment extra: [String: String] = [:],
+         unblockSignals: Bool = false) throws {
         logPath = (config as NSString).deletingLastPathComponent + "/" + logName
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
@@ -61,6 +66,12 @@ final class ServeProcess {
         process.environment = environment
         process.executableURL = URL(fileURLWithPath: backstopBinary)
         process.arguments = ["serve", "--config", config]
+        if unblockSignals {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", "import os, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "
+                                 + "signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
+                                 backstopBinary, "serve", "--config", config]
+        }
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -239,6 +250,39 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         try good.write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
         #expect(serve.waitForLog("configuration reloaded"))
+        #expect(serve.stop() == 0)
+    }
+
+    /// A SIGHUP while the tables load (a table generator that signals as soon as it wrote)
+    /// is a reload once the server runs; by default it would end the process, and systemd
+    /// does not restart a unit that a HUP ended.
+    @Test func sighupWhileStartingIsAReloadOnceRunning() throws {
+        let dir = tempDirectory()
+        let port = freePort()
+        let table = dir + "/recipients", path = dir + "/backstop.toml"
+        // ~1 s to load in a debug build: long enough to signal in the middle of it.
+        try (1...200_000).map { "user\($0)@example.org OK\n" }.joined().write(toFile: table, atomically: true, encoding: .utf8)
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\nrcpt = [\"recipients\"]\n[recipients]\ntables = [\"\(table)\"]\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path, unblockSignals: true)
+        defer { _ = serve.stop() }
+        let pid = serve.process.processIdentifier
+        // Signalled once SIGHUP is handled (caught, ignored or blocked), or after 300 ms.
+        func handlesHangups() -> Bool {
+            ["SigCgt", "SigIgn", "SigBlk"].contains { field in
+                processStatus(pid, field).flatMap { UInt64($0, radix: 16) }.map { $0 & 1 != 0 } ?? false
+            }
+        }
+        let started = Date()
+        // (python3 first, backstop once it has exec'd.)
+        while !((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"))?.hasSuffix("/backstop") == true && handlesHangups())
+                && Date().timeIntervalSince(started) < 0.3 { usleep(5_000) }
+        if serve.log.contains("backstop started") { Issue.record("the table loaded before the signal: make it bigger") }
+        serve.signal(SIGHUP)
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(serve.waitForLog("configuration reloaded"), "\(serve.log)")
+        #expect(serve.process.isRunning)
+        #expect(try runBackstop(["query", "--server", "127.0.0.1:\(port)", "--recipient", "user5@example.org"]).stdout == "action=DUNNO\n")
         #expect(serve.stop() == 0)
     }
 

@@ -1,6 +1,7 @@
 // SPF through the server: in process over a real socket (a fail refused, a pass with its
 // header once per message), and as `backstop serve` processes: workers started through the
-// supervisor run as spf.worker_user while the server runs as server.user, and a server whose
+// supervisor run as spf.worker_user while the server runs as server.user (also when a
+// reload adds [spf]), and a server whose
 // supervisor is killed stops with status 71 to be restarted; twenty reloads
 // that change [spf] leave no worker, thread or descriptor behind; 3,000 hostile 60 KB
 // records grow the server by less than its caches' bounds (32 MiB) allow.
@@ -121,6 +122,33 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(serve.stop() == 0)
         for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { usleep(20_000) }
         #expect(kill(supervisor, 0) != 0 && kill(replacement, 0) != 0)
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can start a server that drops to another user"))
+    func spfAddedByAReloadRunsWorkersAsWorkerUser() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        chmod(dir, 0o755)
+        let port = freePort()
+        let path = dir + "/backstop.toml"
+        let withoutSPF = "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[server]\nuser = \"daemon\"\n"
+        try withoutSPF.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o644)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        try (withoutSPF + "[policy]\nrcpt = [\"spf\"]\n[spf]\nresolvers = [\"127.0.0.1:\(dns.port)\"]\nworker_user = \"nobody\"\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(serve.waitForLog("configuration reloaded"), "\(serve.log)")
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
+        // The supervisor was started at the start, while root, although [spf] came later.
+        let supervisor = try #require(children(of: serve.process.processIdentifier).first)
+        let worker = try #require(children(of: supervisor).first)
+        #expect(processStatus(worker, "Uid")?.split(separator: "\t").allSatisfy { $0 == "65534" } == true)
+        #expect(!serve.log.contains("spf workers run as uid"), "\(serve.log)")
     }
 
     @Test(.enabled(if: geteuid() == 0, "only root can start a server that drops to another user"))
