@@ -42,6 +42,8 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     // A 60 KB valid record that needs TCP, and one that is 60 KB of garbage.
     "huge.example": [["TXT": ["v=spf1 " + (0..<2_600).map { "ip4:10.\($0 / 256).\($0 % 256).1" }.joined(separator: " ") + " -all"]]],
     "junk.example": [["TXT": ["v=spf1 " + String(repeating: "junk ", count: 12_000)]]],
+    // 60 KB of the shortest term: the most terms a record can hold (30,000 lookups).
+    "terms.example": [["TXT": ["v=spf1" + String(repeating: " a", count: 30_000)]], ["A": "203.0.113.9"]],
     // Per-sender and per-HELO records.
     "local.example": [["TXT": "v=spf1 exists:%{l}.users.local.example -all"]],
     "alice.users.local.example": [["A": "127.0.0.2"]],
@@ -133,6 +135,11 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         let huge = await verifier.evaluate(ip: "10.10.39.1", sender: "a@huge.example", helo: "x")
         #expect(huge.result == .pass && huge.mechanism == "ip4:10.10.39.1")
         #expect(await verifier.evaluate(ip: "10.99.0.1", sender: "a@huge.example", helo: "x").result == .fail)
+        // Handed to the worker whole (its terms once took 750 KB, past what a worker reads,
+        // and the worker ended with every evaluation it held): the 11th lookup is permerror.
+        let terms = await verifier.evaluate(ip: "192.0.2.1", sender: "a@terms.example", helo: "x")
+        #expect(terms.result == .permerror && terms.lookups == 11, "\(terms.result) \(terms.problem ?? "")")
+        #expect(verifier.workerRestarts.isEmpty, "\(verifier.workerRestarts)")
         let junk = await verifier.evaluate(ip: "10.10.39.1", sender: "a@junk.example", helo: "x")
         #expect(junk.result == .permerror && (junk.problem?.utf8.count ?? 0) <= SPFOutcome.maxProblem)
     }

@@ -43,6 +43,53 @@ import Testing
         #expect(try SPFWire.decodeFromWorker(body(SPFWire.frame(need))) == need)
     }
 
+    /// The largest answers the DNS layer can make each fit one frame the worker accepts, with
+    /// the largest sender and HELO: a record of bare "a" terms (the most terms per octet),
+    /// one of ip6 networks with prefixes, and at most as many addresses as are kept.
+    @Test func theLargestAnswersFitAFrame() throws {
+        let terms = ["a", "a:x.y/1//1", "ip6:::1/1", "-ip4:1.1.1.1/1"]
+        for term in terms {
+            var text = "v=spf1"
+            while text.utf8.count + 1 + term.utf8.count <= SPFRecord.maxLength { text += " " + term }
+            let record = try SPFRecord.parse(Array(text.utf8)).get()
+            var answer = SPFAnswer(status: .success, ttl: 300)
+            answer.recordCount = 1
+            answer.spf = .record(record)
+            answer.explanation = [UInt8](repeating: 0x61, count: SPFAnswer.maxExplanationSource)
+            answer.addresses = [UInt8](repeating: 1, count: 65_536)
+            answer.names = Array(repeating: DNSName(text: String(repeating: "n", count: 63) + ".example")!, count: DNSMessage.maxNamesKept)
+            let name = DNSName(text: (0..<4).map { _ in String(repeating: "q", count: 61) }.joined(separator: "."))!
+            let evaluate = SPFWire.Evaluate(id: 1, identity: .mailfrom, upperNibbles: false, client: [UInt8](repeating: 0, count: 16),
+                                            sender: [UInt8](repeating: 0x73, count: SPFWire.maxSender),
+                                            helo: [UInt8](repeating: 0x68, count: SPFWire.maxHelo),
+                                            answers: [SPFWire.Answer(DNSQuestion(name, .txt), answer)])
+            let frame = SPFWire.frame(.evaluate(evaluate))
+            // Room left for the answers sent ahead (SPFDNS.maxPrefetchCost, 96 KiB, and their questions).
+            #expect(frame.count - 4 + 96 * 1024 + 64 * 300 <= SPFWire.maxToWorker, "\(term): \(frame.count) octets")
+            guard case .evaluate(let back) = try SPFWire.decodeToWorker(body(frame)) else { Issue.record("not an evaluation"); continue }
+            #expect(back.answers.first?.answer.spf == answer.spf, "\(term): \(record.directives.count) terms")
+        }
+    }
+
+    /// What the server does with a frame that would pass the worker's limit anyway: the
+    /// answers sent ahead are left out, and an answer that cannot fit ends its evaluation
+    /// (never the worker).
+    @Test func aFrameOverTheLimitLeavesOutTheAnswersSentAhead() {
+        func answer(_ octets: Int) -> SPFWire.Answer {
+            var a = SPFAnswer(status: .success, ttl: 60)
+            a.addresses = [UInt8](repeating: 7, count: octets)
+            return SPFWire.Answer(DNSQuestion(DNSName(text: "a\(octets).example")!, .a), a)
+        }
+        var answers = [answer(65_536), answer(65_536), answer(65_536)]
+        #expect(SPFWorkerConnection.fitted(&answers, { .answers(id: 1, $0) })?.count ?? 0 > 3 * 65_536)
+        #expect(answers.count == 3, "all fit")
+        answers = (0..<9).map { _ in answer(65_536) }
+        let frame = SPFWorkerConnection.fitted(&answers, { .answers(id: 1, $0) })
+        #expect(answers.count == 1 && frame != nil && frame!.count - 4 <= SPFWire.maxToWorker)
+        answers = [answer(SPFWire.maxToWorker)]
+        #expect(SPFWorkerConnection.fitted(&answers, { .answers(id: 1, $0) }) == nil)
+    }
+
     @Test func aWorkersHostileFramesAreRefused() throws {
         func refused(_ bytes: [UInt8], _ why: String) {
             #expect(throws: SPFWire.DecodeError.self, "\(why)") { try SPFWire.decodeFromWorker(bytes[...]) }

@@ -26,8 +26,11 @@ public final class SPFDNS: Sendable {
     private let inFlight = NIOLockedValueBox<[DNSQuestion: [EventLoopPromise<SPFAnswer>]]>([:])
     let metrics: SPFMetrics
 
-    /// Answers sent along with a record at most.
+    /// Answers sent along with a record at most, and their cost (`SPFAnswer.cost`, which is
+    /// more than their encoding) at most: with the answer they go with (≤ ~340 KB encoded)
+    /// they stay within a frame (`SPFWire.maxToWorker`); the worker asks for what was left out.
     static let maxPrefetch = 64
+    static let maxPrefetchCost = 96 << 10
 
     init(resolver: DNSResolver, limits: Limits, metrics: SPFMetrics) {
         self.resolver = resolver
@@ -88,11 +91,20 @@ public final class SPFDNS: Sendable {
 
     /// Cached answers `answer` (a TXT answer carrying a record) will need for `client`,
     /// appended to `out` unless already in `sent`; follows include and redirect.
-    func related(to answer: SPFAnswer, client: [UInt8], sent: inout Set<DNSQuestion>, into out: inout [SPFWire.Answer], depth: Int = 0) {
+    func related(to answer: SPFAnswer, client: [UInt8], sent: inout Set<DNSQuestion>, into out: inout [SPFWire.Answer]) {
+        var spent = 0
+        related(to: answer, client: client, sent: &sent, into: &out, spent: &spent, depth: 0)
+    }
+
+    private func related(to answer: SPFAnswer, client: [UInt8], sent: inout Set<DNSQuestion>, into out: inout [SPFWire.Answer],
+                         spent: inout Int, depth: Int) {
         guard depth < 10, !answer.related.isEmpty else { return }
         let family: DNSType = client.count == 4 ? .a : .aaaa
         func add(_ question: DNSQuestion) -> SPFAnswer? {
             guard out.count < SPFDNS.maxPrefetch, !sent.contains(question), let hit = cache.value(question) else { return nil }
+            let cost = hit.cost
+            guard spent + cost <= SPFDNS.maxPrefetchCost else { return nil }
+            spent += cost
             sent.insert(question)
             out.append(SPFWire.Answer(question, hit))
             return hit
@@ -114,7 +126,7 @@ public final class SPFDNS: Sendable {
                 }
             case .txt:
                 if let name = item.name, let txt = add(DNSQuestion(name, .txt)) {
-                    related(to: txt, client: client, sent: &sent, into: &out, depth: depth + 1)
+                    related(to: txt, client: client, sent: &sent, into: &out, spent: &spent, depth: depth + 1)
                 }
             }
         }

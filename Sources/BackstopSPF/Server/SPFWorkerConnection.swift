@@ -109,10 +109,29 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         evaluations += 1
         var request = job.request
         request.id = job.id
-        job.note(request.answers)
+        var answers = request.answers
+        let base = request
+        guard let frame = Self.fitted(&answers, { var r = base; r.answers = $0; return .evaluate(r) }) else {
+            return finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
+        }
+        job.note(answers)
         job.owedSince = .now()
         arm(for: job.deadline)
-        write(SPFWire.frame(.evaluate(request)))
+        write(frame)
+    }
+
+    static let tooLarge = "a DNS answer too large to hand to an SPF worker"
+
+    /// The frame of `message(answers)`. If it would pass `SPFWire.maxToWorker`, the answers
+    /// sent ahead are left out (the worker asks for them); nil if the first answer alone
+    /// does not fit, which no answer the DNS layer makes can do (SPFWireTests encodes the
+    /// largest). A frame the worker would refuse would end the worker and all it holds.
+    static func fitted(_ answers: inout [SPFWire.Answer], _ message: ([SPFWire.Answer]) -> SPFWire.ToWorker) -> [UInt8]? {
+        let frame = SPFWire.frame(message(answers))
+        if frame.count <= 4 + SPFWire.maxToWorker { return frame }
+        answers = Array(answers.prefix(1))
+        let alone = SPFWire.frame(message(answers))
+        return alone.count <= 4 + SPFWire.maxToWorker ? alone : nil
     }
 
     private func arm(for deadline: NIODeadline) {
@@ -192,9 +211,15 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
                 var sent = job.sent
                 sent.insert(question)
                 if question.type == .txt { self.slot.dns.related(to: answer, client: job.request.client, sent: &sent, into: &answers) }
+                guard let frame = Self.fitted(&answers, { .answers(id: id, $0) }) else {
+                    self.finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
+                    self.abandon(id)
+                    self.write(SPFWire.frame(.cancel(id: id)))
+                    return
+                }
                 job.note(answers)
                 job.owedSince = .now()
-                self.write(SPFWire.frame(.answers(id: id, answers)))
+                self.write(frame)
             }
         case .done(let id, let result):
             guard let job = live(id, "answered") else { return }

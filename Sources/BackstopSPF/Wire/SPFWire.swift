@@ -24,6 +24,13 @@ public enum SPFWire {
     /// DNS answers in one frame.
     public static let maxAnswers = 512
 
+    /// The bits of a term's second octet that say which parts follow (the low three bits
+    /// are the mechanism).
+    enum DirectivePart {
+        static let domainSpec = 0x08, network = 0x10, cidr4 = 0x20, cidr6 = 0x40
+        static let all = domainSpec | network | cidr4 | cidr6
+    }
+
     public struct DecodeError: Error, Sendable, CustomStringConvertible {
         public let description: String
         init(_ description: String) { self.description = description }
@@ -275,21 +282,34 @@ public enum SPFWire {
                     u8(1)
                     bytes32(record.source)
                     u16(record.directives.count)
-                    for d in record.directives {
-                        u8(Int(d.qualifier))
-                        u8(Int(d.mechanism.rawValue))
-                        range(d.domainSpec)
-                        bytes8(d.network?.octets ?? [])
-                        u8(d.cidr4.map(Int.init) ?? 0xFF)
-                        u8(d.cidr6.map(Int.init) ?? 0xFF)
-                        range(d.text)
-                    }
+                    for d in record.directives { directive(d) }
                     range(record.redirect)
                     range(record.exp)
                     u16(Int(record.macros.rawValue))
                 }
                 if let explanation = a.explanation { u8(1); bytes16(explanation) } else { u8(0) }
             }
+        }
+
+        /// One term in at most 3 octets per octet of its source (the shortest term, " a", is
+        /// 2 octets and 6 here), so that an answer with the largest record the DNS can carry
+        /// fits a frame with room to spare (SPFWireTests encodes it): the qualifier; the
+        /// mechanism with a bit for each part present; the term's text; then the parts
+        /// present. Positions are 16-bit (a record is at most 65,535 octets).
+        mutating func directive(_ d: SPFRecord.Directive) {
+            u8(Int(d.qualifier))
+            var flags = Int(d.mechanism.rawValue)
+            if d.domainSpec != nil { flags |= DirectivePart.domainSpec }
+            if d.network != nil { flags |= DirectivePart.network }
+            if d.cidr4 != nil { flags |= DirectivePart.cidr4 }
+            if d.cidr6 != nil { flags |= DirectivePart.cidr6 }
+            u8(flags)
+            u16(d.text.lowerBound)
+            u16(d.text.upperBound)
+            if let spec = d.domainSpec { u16(spec.lowerBound); u16(spec.upperBound) }
+            if let network = d.network { bytes8(network.octets) }
+            if let c = d.cidr4 { u8(Int(c)) }
+            if let c = d.cidr6 { u8(Int(c)) }
         }
 
         /// The frame: its length written into the 4 octets kept for it (in place, no copy).
@@ -363,6 +383,31 @@ public enum SPFWire {
             return Int(lower)..<Int(upper)
         }
 
+        mutating func range16(within count: Int) throws(DecodeError) -> Range<Int> {
+            let lower = try u16(), upper = try u16()
+            guard lower <= upper, upper <= count else { throw DecodeError("range outside the record") }
+            return lower..<upper
+        }
+
+        mutating func directive(within count: Int) throws(DecodeError) -> SPFRecord.Directive {
+            let qualifier = UInt8(try u8())
+            let flags = try u8()
+            guard flags & ~(DirectivePart.all | 0x07) == 0, let mechanism = SPFRecord.Mechanism(rawValue: UInt8(flags & 0x07)) else {
+                throw DecodeError("unknown mechanism or part")
+            }
+            let text = try range16(within: count)
+            let spec = flags & DirectivePart.domainSpec != 0 ? try range16(within: count) : nil
+            var network: IPAddress?
+            if flags & DirectivePart.network != 0 {
+                guard let address = SPFRecord.address(try bytes8(max: 16)) else { throw DecodeError("malformed network") }
+                network = address
+            }
+            let c4 = flags & DirectivePart.cidr4 != 0 ? UInt8(min(try u8(), 32)) : nil
+            let c6 = flags & DirectivePart.cidr6 != 0 ? UInt8(min(try u8(), 128)) : nil
+            return SPFRecord.Directive(qualifier: qualifier, mechanism: mechanism, domainSpec: spec, network: network,
+                                       cidr4: c4, cidr6: c6, text: text)
+        }
+
         mutating func answers() throws(DecodeError) -> [Answer] {
             let count = try u16()
             guard count <= SPFWire.maxAnswers else { throw DecodeError("\(count) answers, at most \(SPFWire.maxAnswers)") }
@@ -386,17 +431,9 @@ public enum SPFWire {
                     let source = try bytes32(max: SPFRecord.maxLength)
                     var record = SPFRecord(source: source)
                     let directives = try u16()
-                    for _ in 0..<directives {
-                        let qualifier = UInt8(try u8())
-                        guard let mechanism = SPFRecord.Mechanism(rawValue: UInt8(try u8())) else { throw DecodeError("unknown mechanism") }
-                        let spec = try range(within: source.count)
-                        let network = try bytes8(max: 16)
-                        let c4 = try u8(), c6 = try u8()
-                        guard let text = try range(within: source.count) else { throw DecodeError("term without text") }
-                        record.directives.append(SPFRecord.Directive(
-                            qualifier: qualifier, mechanism: mechanism, domainSpec: spec, network: SPFRecord.address(network),
-                            cidr4: c4 == 0xFF ? nil : UInt8(min(c4, 32)), cidr6: c6 == 0xFF ? nil : UInt8(min(c6, 128)), text: text))
-                    }
+                    guard directives <= source.count / 2 else { throw DecodeError("more terms than the record has room for") }
+                    record.directives.reserveCapacity(directives)
+                    for _ in 0..<directives { record.directives.append(try directive(within: source.count)) }
                     record.redirect = try range(within: source.count)
                     record.exp = try range(within: source.count)
                     record.macros = SPFMacroSet(rawValue: UInt16(try u16()))
