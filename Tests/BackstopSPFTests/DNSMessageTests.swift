@@ -9,10 +9,18 @@ import Testing
 struct Packet {
     var bytes: [UInt8] = []
 
-    static func header(id: UInt16 = 0x1234, flags: UInt16 = 0x8180, qd: Int = 1, an: Int) -> Packet {
+    static func header(id: UInt16 = 0x1234, flags: UInt16 = 0x8180, qd: Int = 1, an: Int, ns: Int = 0) -> Packet {
         var p = Packet()
-        p.u16(id); p.u16(flags); p.u16(UInt16(qd)); p.u16(UInt16(an)); p.u16(0); p.u16(0)
+        p.u16(id); p.u16(flags); p.u16(UInt16(qd)); p.u16(UInt16(an)); p.u16(UInt16(ns)); p.u16(0)
         return p
+    }
+
+    /// An SOA record for the authority section, owned by `zone`.
+    mutating func soa(_ zone: String, ttl: UInt32, minimum: UInt32) {
+        name(zone)
+        var rdata = wire("ns1." + zone) + wire("hostmaster." + zone)
+        for v: UInt32 in [2026112901, 7200, 900, 1209600, minimum] { rdata += [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+        u16(6); u16(1); u32(ttl); u16(UInt16(rdata.count)); bytes += rdata  // type SOA, class IN
     }
 
     mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xFF)] }
@@ -251,6 +259,38 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         fail = Packet.header(flags: 0x8380, an: 0)
         fail.question("example.org", .a)
         guard case .truncated = decode(fail) else { Issue.record("TC not seen"); return }
+    }
+
+    /// RFC 2308 §5: "no such name" and "no such record" hold for the lesser of the SOA's TTL
+    /// and MINIMUM; RFC 2181 §8: a TTL with its high bit set is 0.
+    @Test func negativeAnswersTakeTheirTTLFromTheSOA() {
+        var nx = Packet.header(flags: 0x8183, an: 0, ns: 1)
+        nx.question("example.org", .a)
+        nx.soa("example.org", ttl: 300, minimum: 120)
+        guard case .answer(let a) = decode(nx) else { Issue.record("not decoded"); return }
+        #expect(a.status == .nameError && a.ttl == 120)
+        var nodata = Packet.header(an: 0, ns: 1)
+        nodata.question("example.org", .a)
+        nodata.soa("example.org", ttl: 50, minimum: 3600)
+        guard case .answer(let b) = decode(nodata) else { Issue.record("not decoded"); return }
+        #expect(b.status == .success && b.recordCount == 0 && b.ttl == 50)
+        // An alias whose end has no such record: an answer (the SOA says so), not an alias to ask for.
+        var chain = Packet.header(an: 1, ns: 1)
+        chain.question("example.org", .a)
+        chain.answer(type: .cname, ttl: 30, rdata: wire("target.example"))
+        chain.soa("example", ttl: 600, minimum: 600)
+        guard case .answer(let c) = decode(chain) else { Issue.record("not decoded"); return }
+        #expect(c.recordCount == 0 && c.alias == nil && c.ttl == 30)
+        // Without an SOA, as before: TTL 0 (the cache keeps it 1 s).
+        var bare = Packet.header(flags: 0x8183, an: 0)
+        bare.question("example.org", .a)
+        guard case .answer(let d) = decode(bare) else { Issue.record("not decoded"); return }
+        #expect(d.status == .nameError && d.ttl == 0)
+        var high = Packet.header(an: 1)
+        high.question("example.org", .a)
+        high.answer(type: .a, ttl: 0x8000_0100, rdata: [192, 0, 2, 1])
+        guard case .answer(let e) = decode(high) else { Issue.record("not decoded"); return }
+        #expect(e.ttl == 0)
     }
 
     @Test func txtStringsAreJoinedAndAnSPFRecordIsCheckedOnce() {

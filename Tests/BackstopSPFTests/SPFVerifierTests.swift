@@ -197,6 +197,11 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         // Another client is another evaluation.
         _ = await verifier.evaluate(ip: "192.0.2.11", sender: "first@pass.example", helo: "x")
         #expect(verifier.evaluationCount == before + 1)
+        // A domain that does not exist (an answer with no TTL of its own): kept too, for a
+        // second at least, as the DNS cache keeps it.
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing.example", helo: "x").result == .none)
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "b@nothing.example", helo: "x").cached)
+        #expect(verifier.evaluationCount == before + 2)
         // %{l}: kept per sender.
         #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "alice@local.example", helo: "x").result == .pass)
         let bob = await verifier.evaluate(ip: "192.0.2.5", sender: "bob@local.example", helo: "x")

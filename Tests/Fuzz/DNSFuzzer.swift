@@ -13,6 +13,7 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         precondition(answer.names.count <= DNSMessage.maxNamesKept)
         for n in answer.names { precondition(n.wire.count <= DNSName.maxWireLength) }
         precondition(type == .a ? answer.addresses.count % 4 == 0 : true)
+        precondition(answer.ttl <= 0x7FFF_FFFF, "a TTL with the high bit set counts as 0")
         let spf = SPFAnswer(answer, question: question)
         if case .invalid(let why) = spf.spf { precondition(why.utf8.count <= SPFAnswer.maxProblem) }
         precondition(spf.explanation.map { $0.count <= SPFAnswer.maxExplanationSource } ?? true)

@@ -85,7 +85,7 @@ public enum DNSMessage {
     public static func decode(_ bytes: [UInt8], id: UInt16, question: DNSQuestion) -> Decoded {
         var reader = Reader(bytes: bytes)
         guard let rid = reader.u16(), rid == id, let flags = reader.u16(), flags & 0x8000 != 0,
-              let qd = reader.u16(), let an = reader.u16(), reader.u16() != nil, reader.u16() != nil else { return .notOurs }
+              let qd = reader.u16(), let an = reader.u16(), let ns = reader.u16(), reader.u16() != nil else { return .notOurs }
         let rcode = flags & 0x000F
         // Some servers answer REFUSED or SERVFAIL without echoing the question.
         if qd == 0 {
@@ -94,11 +94,7 @@ public enum DNSMessage {
         guard qd == 1, let qname = reader.name(), qname == question.name,
               reader.u16() == question.type.rawValue, reader.u16() == 1 else { return .notOurs }
         if flags & 0x0200 != 0 { return .truncated }
-        switch rcode {
-        case 0: break
-        case 3: return .answer(DNSAnswer(status: .nameError))
-        default: return .answer(DNSAnswer(status: .serverFailure))
-        }
+        guard rcode == 0 || rcode == 3 else { return .answer(DNSAnswer(status: .serverFailure)) }
 
         // Read the answer section once; every length is checked against the message.
         struct Record { let owner: DNSName; let type: UInt16; let ttl: UInt32; let start: Int; let end: Int }
@@ -110,8 +106,25 @@ public enum DNSMessage {
             let start = reader.offset, end = start + Int(length)
             guard end <= bytes.count else { return .answer(DNSAnswer(status: .serverFailure)) }
             reader.offset = end
-            if rclass == 1 { records.append(Record(owner: owner, type: type, ttl: ttl & 0x7FFF_FFFF, start: start, end: end)) }
+            if rclass == 1 { records.append(Record(owner: owner, type: type, ttl: received(ttl), start: start, end: end)) }
         }
+        // How long "no such name" or "no such record" holds (RFC 2308 §5): the SOA of the
+        // authority section, its TTL or its MINIMUM, whichever is less; nil without one.
+        var negativeTTL: UInt32?
+        for _ in 0..<ns where negativeTTL == nil {
+            guard reader.name() != nil, let type = reader.u16(), let rclass = reader.u16(),
+                  let ttl = reader.u32(), let length = reader.u16(), reader.offset + Int(length) <= bytes.count else { break }
+            let end = reader.offset + Int(length)
+            if type == 6, rclass == 1 {
+                var soa = Reader(bytes: bytes, offset: reader.offset)
+                if soa.name() != nil, soa.name() != nil, soa.offset + 20 == end {
+                    soa.offset += 16
+                    if let minimum = soa.u32() { negativeTTL = min(received(ttl), received(minimum)) }
+                }
+            }
+            reader.offset = end
+        }
+        if rcode == 3 { return .answer(DNSAnswer(status: .nameError, ttl: negativeTTL ?? 0)) }
 
         // Follow aliases from the question name.
         var current = question.name
@@ -164,10 +177,16 @@ public enum DNSMessage {
         if !mx.isEmpty {
             answer.names = mx.enumerated().sorted { ($0.element.preference, $0.offset) < ($1.element.preference, $1.offset) }.map(\.element.name)
         }
-        if answer.recordCount == 0 && current != question.name { answer.alias = current }
+        // An alias whose end has no record of the type, with an SOA saying so, is an answer;
+        // without the SOA the server did not follow it, and the resolver asks for the end.
+        if answer.recordCount == 0 && current != question.name && negativeTTL == nil { answer.alias = current }
+        if answer.recordCount == 0, let negativeTTL { ttl = min(ttl, negativeTTL) }
         answer.ttl = ttl == .max ? 0 : ttl
         return .answer(answer)
     }
+
+    /// A TTL as received: one with the high bit set counts as zero (RFC 2181 §8).
+    static func received(_ ttl: UInt32) -> UInt32 { ttl > 0x7FFF_FFFF ? 0 : ttl }
 
     /// Bounds-checked reading of big-endian integers and compressed names.
     struct Reader {

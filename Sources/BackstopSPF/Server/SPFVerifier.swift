@@ -143,7 +143,8 @@ public final class SPFVerifier: Sendable {
     func record(_ job: SPFJob, _ outcome: SPFOutcome) {
         completed.add(1, ordering: .relaxed)
         guard outcome.result != .temperror, settings.resultCacheTTL > .zero, let client = job.query.client else { return }
-        let seconds = min(Int64(settings.resultCacheTTL.nanoseconds / 1_000_000_000), Int64(job.ttl))
+        // An answer's TTL of 0 counts as the DNS cache's shortest, as the DNS cache keeps it.
+        let seconds = min(Int64(settings.resultCacheTTL.nanoseconds / 1_000_000_000), Int64(max(job.ttl, dns.limits.minTTL)))
         guard seconds >= 1 else { return }
         let now = NIODeadline.now()
         let expires = now + .seconds(seconds)
