@@ -59,13 +59,13 @@ public final class MetricsEndpoint: Sendable {
         guard let listen = settings.listen, case .tcp(let host, let port) = ListenerSettings.parseEndpoint(listen) else {
             throw ServerError("metrics.listen is not host:port")
         }
-        let admission = MetricsAdmission(settings: settings, state: server.state)
+        let admission = MetricsAdmission(state: server.state)
         let channel = try await ServerBootstrap(group: server.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 guard admission.admit(channel) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    let clock = MetricsConnectionClock(settings: settings)
+                    let clock = MetricsConnectionClock(settings: server.state.metricsSettings.withLockedValue { $0 })
                     try channel.pipeline.syncOperations.addHandler(MetricsRequestStart(clock: clock))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status, clock: clock))
@@ -85,19 +85,19 @@ public final class MetricsEndpoint: Sendable {
 
 /// Who may hold a metrics connection: clients in metrics.allow, at most
 /// metrics.max_connections of them, each also taking a place in server.max_connections.
+/// Both are read as last reloaded, at each connection.
 final class MetricsAdmission: Sendable {
-    let settings: MetricsSettings
     let state: ServerState
     let open = Atomic<Int>(0)
     let limited = Counter(label: "backstop_connections_rejected_total", dimensions: [("reason", "metrics_max_connections")])
 
-    init(settings: MetricsSettings, state: ServerState) {
-        self.settings = settings
+    init(state: ServerState) {
         self.state = state
     }
 
     func admit(_ channel: any Channel) -> Bool {
         let peer = channel.remoteAddress.map(PolicyServer.describe) ?? "?"
+        let settings = state.metricsSettings.withLockedValue { $0 }
         guard let address = channel.remoteAddress?.ipAddress.flatMap(IPAddress.init), settings.allow.contains(address) else {
             state.metrics.connectionsRefused.increment()
             state.warnings.warn(.metricsRefusedByAllow, state.logger, "metrics connection refused: client not in metrics.allow: peer=\(LogEscaping.field(peer))")

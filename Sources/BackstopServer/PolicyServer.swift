@@ -2,7 +2,8 @@
 // limit), and stops gracefully: each listener's ServerQuiescingHelper closes it and tells
 // every connection to finish (answer what is in flight, then close, within shutdown_grace);
 // stop returns when the last connection has closed. Reload swaps the engine on every loop;
-// listeners need a restart. It decides nothing about requests.
+// listeners (and the few other settings `restartOnly` names) need a restart. It decides
+// nothing about requests.
 
 import BackstopCore
 import Foundation
@@ -17,7 +18,9 @@ public final class PolicyServer: Service, Sendable {
     public let group: any EventLoopGroup
     let state: ServerState
     let logger: Logger
-    private let listeners: [ListenerSettings]
+    /// The configuration it started with: its listeners, and what a reload cannot change.
+    private let started: Configuration
+    private var listeners: [ListenerSettings] { started.listeners }
     private let ownsGroup: Bool
 
     /// What binding and stopping change, behind one lock (touched at start and stop only).
@@ -42,7 +45,7 @@ public final class PolicyServer: Service, Sendable {
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.ownsGroup = group == nil
         self.logger = logger
-        self.listeners = config.listeners
+        self.started = config
         self.state = ServerState(logger: logger, config: config, engine: engine, group: self.group, metrics: metrics)
         metrics.configGeneration.record(1)
     }
@@ -160,9 +163,22 @@ public final class PolicyServer: Service, Sendable {
             try? await EventLoopFuture.andAllComplete(installed, on: loop).get()
         }
         state.metrics.configGeneration.record(generation)
-        if config.listeners != listeners {
-            logger.warning("listener changes take effect after a restart; the old listeners stay in use")
+        let waiting = PolicyServer.restartOnly(started, config)
+        if !waiting.isEmpty {
+            logger.warning("\(waiting.joined(separator: ", ")) changed: taken at start only, so the running values stay in use until a restart")
         }
+    }
+
+    /// The settings a reload changed that are read once, at start.
+    static func restartOnly(_ old: Configuration, _ new: Configuration) -> [String] {
+        var changed: [String] = []
+        if old.listeners != new.listeners { changed.append("[[listen]]") }
+        if old.server.threads != new.server.threads { changed.append("server.threads") }
+        if old.server.user != new.server.user { changed.append("server.user") }
+        if old.server.group != new.server.group { changed.append("server.group") }
+        if old.metrics.listen != new.metrics.listen { changed.append("metrics.listen") }
+        if old.log.summaryInterval != new.log.summaryInterval { changed.append("log.summary_interval") }
+        return changed
     }
 
     public var openConnections: Int { state.openConnections.load(ordering: .relaxed) }

@@ -12,6 +12,9 @@ final class ServerState: Sendable {
     let logger: Logger
     let limits: NIOLockedValueBox<ProtocolLimits>
     let settings: NIOLockedValueBox<ServerSettings>
+    /// [metrics] as last installed: who may connect, how many, their timeouts (the listener
+    /// itself, metrics.listen, is bound once).
+    let metricsSettings: NIOLockedValueBox<MetricsSettings>
     let engines: [ObjectIdentifier: LoopEngine]
     let openConnections = Atomic<Int>(0)
     let generation = Atomic<Int>(1)
@@ -22,6 +25,7 @@ final class ServerState: Sendable {
         self.logger = logger
         self.limits = NIOLockedValueBox(config.limits)
         self.settings = NIOLockedValueBox(config.server)
+        self.metricsSettings = NIOLockedValueBox(config.metrics)
         var engines: [ObjectIdentifier: LoopEngine] = [:]
         for loop in group.makeIterator() {
             engines[ObjectIdentifier(loop)] = LoopEngine(eventLoop: loop, engine: engine, generation: 1, decisions: config.log.decisions)
@@ -59,6 +63,7 @@ final class ServerState: Sendable {
         let next = generation.add(1, ordering: .relaxed).newValue
         limits.withLockedValue { $0 = config.limits }
         settings.withLockedValue { $0 = config.server }
+        metricsSettings.withLockedValue { $0 = config.metrics }
         let installed = engines.values.map { $0.replace(with: engine, generation: next, decisions: config.log.decisions) }
         return (next, installed)
     }

@@ -122,6 +122,30 @@ final class RawConnection {
         await s.stop()
     }
 
+    /// An administrator who narrows metrics.allow (after a reset of rate limits from where
+    /// it should not come) has it in force from the reload on, not from the next restart.
+    @Test func aReloadedAllowListAppliesAtOnce() async throws {
+        let (s, endpoint, port) = try await metricsServer("")
+        let get = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        let before = try RawConnection(port: port)
+        before.send(get)
+        #expect(before.readUntilClosed(seconds: 5).text.hasPrefix("HTTP/1.1 200"))
+        let narrowed = try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:\(port)\"\nallow = [\"192.0.2.0/24\"]\n", file: "t.toml")
+        await s.server.install(PolicyEngine(stages: [:]), config: narrowed)
+        let after = try RawConnection(port: port)
+        after.send(get)
+        let answer = after.readUntilClosed(seconds: 5)
+        #expect(answer.closed && answer.text.isEmpty, "closed without a byte: \(answer.text)")
+        // What a reload cannot change is named.
+        var moved = narrowed
+        moved.metrics.listen = "127.0.0.1:1"
+        moved.server.threads = 3
+        #expect(PolicyServer.restartOnly(s.config, moved) == ["server.threads", "metrics.listen"])
+        #expect(PolicyServer.restartOnly(s.config, narrowed).isEmpty)
+        await endpoint.stop()
+        await s.stop()
+    }
+
     /// Query strings are the scraper's text: "?=" once indexed an empty split and stopped
     /// the whole server. Each odd query gets an answer and the server keeps serving.
     @Test func oddQueryStringsAreAnsweredNotTrapped() async throws {
