@@ -104,6 +104,8 @@ struct Serve: ParsableCommand {
             await server.stop()
             throw ExitStatus.noPermission.code
         }
+        Serve.warnAboutUnreadableFiles([config] + engine.checks.values.flatMap { ($0 as? any ReloadableCheck)?.files ?? [] },
+                                       user: configuration.server.user, logger: logger)
         if configuration.log.summaryInterval > .zero {
             let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)
             server.onStop { summary.stop() }
@@ -128,6 +130,19 @@ struct Serve: ParsableCommand {
         try await group.run()
         logger.notice("backstop stopped")
         if supervisorLost.withLockedValue({ $0 }) { throw ExitStatus.osError.code }
+    }
+}
+
+extension Serve {
+    /// Everything was read as root at start; each edit and reload reads again as
+    /// server.user. A file only root can read (a table written with a 0600 temp file and
+    /// renamed into place) would load now and fail at its first edit: say so now.
+    static func warnAboutUnreadableFiles(_ files: [String], user: String?, logger: Logger) {
+        guard let user, getuid() != 0 else { return }
+        for file in Set(files).sorted() where access(file, R_OK) != 0 {
+            let why = String(cString: strerror(errno))
+            logger.warning("\(file) cannot be read as \(user) (\(why)): it loaded as root, but its next edit or a reload will fail; make it readable by server.user")
+        }
     }
 }
 

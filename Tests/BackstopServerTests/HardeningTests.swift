@@ -64,6 +64,26 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(lstat(dir + "/policy.sock", &info) != 0, "\(again.log)")
     }
 
+    /// Read as root at start, a table only root may read would fail at its first edit or
+    /// reload, long after: the start says so.
+    @Test(.enabled(if: geteuid() == 0, "needs root to switch users"))
+    func filesServerUserCannotReadAreNamedAtStart() throws {
+        let dir = tempDirectory()
+        chmod(dir, 0o755)
+        let port = freePort()
+        let table = dir + "/recipients", path = dir + "/backstop.toml"
+        try "alice@example.org OK\n".write(toFile: table, atomically: true, encoding: .utf8)
+        chmod(table, 0o600)
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[server]\nuser = \"nobody\"\n[policy]\nrcpt = [\"recipients\"]\n[recipients]\ntables = [\"\(table)\"]\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o644)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(serve.log.contains("\(table) cannot be read as nobody (Permission denied): it loaded as root, but its next edit or a reload will fail"), "\(serve.log)")
+        #expect(!serve.log.contains("\(path) cannot be read"))
+    }
+
     @Test func tenThousandIdleConnectionsStayCheap() throws {
         Privileges.raiseFileLimit()
         let dir = tempDirectory()

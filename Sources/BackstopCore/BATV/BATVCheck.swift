@@ -40,6 +40,8 @@ public final class BATVCheck: ReloadableCheck {
 
     public var keys: [BATVKey] { keyring.withLockedValue { $0 } }
 
+    public var files: [String] { [settings.keyFile] }
+
     /// SIGHUP: reads the key file again; a broken edit is reported and the keys in force stay.
     @discardableResult
     public func reload() -> [ConfigIssue] {

@@ -81,4 +81,7 @@ public protocol ReloadableCheck: Check {
     /// last good version stays in force), empty when the newest version is in force.
     @discardableResult
     func reload() -> [ConfigIssue]
+    /// The files it reads (again at every edit and reload): `serve` checks, once it has
+    /// given up root, that server.user can still read them.
+    var files: [String] { get }
 }

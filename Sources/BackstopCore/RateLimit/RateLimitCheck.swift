@@ -418,6 +418,8 @@ extension RateLimitCheck {
 
     /// SIGHUP: re-reads the overrides files that changed; the problems of a broken edit
     /// (whose last good version stays in force).
+    public var files: [String] { rules.compactMap(\.overrides).flatMap(\.source.files) }
+
     public func reload() -> [ConfigIssue] {
         rules.compactMap(\.overrides).flatMap { watched -> [ConfigIssue] in
             if case .failed(let error) = watched.reload() { return error.issues }

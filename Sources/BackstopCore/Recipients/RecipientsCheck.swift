@@ -159,6 +159,8 @@ public final class RecipientsCheck: ReloadableCheck {
         }
     }
 
+    public var files: [String] { directory.source.files }
+
     /// SIGHUP (ReloadableCheck): looks at the files now and loads any change at once,
     /// without waiting for the next poll; a still-broken version is reported again.
     @discardableResult
