@@ -102,6 +102,18 @@ final class ScriptServer: @unchecked Sendable {
         #expect(layer.cached(question) != nil)
     }
 
+    /// A cached answer's TTL counts down, so an outcome that uses it late is not kept past
+    /// the answer; and the cache's own bound (1 h) caps a longer TTL.
+    @Test func aCachedAnswersTTLCountsDown() {
+        let layer = SPFDNS(resolver: DNSResolver(resolvers: [], timeout: .seconds(1)), limits: SPFDNS.Limits(), metrics: SPFMetrics())
+        let question = DNSQuestion(DNSName(text: "late.test")!, .txt)
+        let now = NIODeadline.now()
+        layer.cache.insert(question, SPFAnswer(status: .success, ttl: 86_400), cost: 100, expires: now + .seconds(3_600), now: now)
+        #expect(layer.cached(question, now: now)?.ttl == 3_600)
+        #expect(layer.cached(question, now: now + .milliseconds(3_599_500))?.ttl == 1)
+        #expect(layer.cached(question, now: now + .seconds(3_600)) == nil)
+    }
+
     @Test func theCacheIsBoundedInOctets() {
         var limits = SPFDNS.Limits()
         limits.bytes = 64 * 1024

@@ -54,6 +54,12 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     /// The live value for `key`, or nil.
     @inlinable
     public func value(_ key: Key, now: NIODeadline = .now()) -> Value? {
+        entry(key, now: now)?.value
+    }
+
+    /// The live value for `key` and when it expires, or nil.
+    @inlinable
+    public func entry(_ key: Key, now: NIODeadline = .now()) -> (value: Value, expires: NIODeadline)? {
         state.withLockedValue { s in
             guard let entry = s.entries[key] else { return nil }
             guard entry.expires > now else {
@@ -61,7 +67,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
                 s.entries[key] = nil
                 return nil
             }
-            return entry.value
+            return (entry.value, entry.expires)
         }
     }
 

@@ -42,14 +42,20 @@ public final class SPFDNS: Sendable {
     /// Questions being asked now (for tests and the metrics).
     public var queriesInFlight: Int { inFlight.withLockedValue { $0.count } }
 
-    public func cached(_ question: DNSQuestion) -> SPFAnswer? {
-        cache.value(question)
+    /// The cached answer, its TTL counting down: what is left of it is what an outcome that
+    /// uses it may be kept for.
+    public func cached(_ question: DNSQuestion, now: NIODeadline = .now()) -> SPFAnswer? {
+        guard let (value, expires) = cache.entry(question, now: now) else { return nil }
+        var answer = value
+        let left = (expires - now).nanoseconds
+        answer.ttl = min(answer.ttl, UInt32(clamping: (left + 999_999_999) / 1_000_000_000))
+        return answer
     }
 
     /// The answer, from the cache or from one query shared with everyone asking now. The
     /// future always succeeds; it completes on `loop`.
     public func answer(_ question: DNSQuestion, on loop: any EventLoop) -> EventLoopFuture<SPFAnswer> {
-        if let hit = cache.value(question) {
+        if let hit = cached(question) {
             metrics.dnsCacheHits.increment()
             return loop.makeSucceededFuture(hit)
         }
@@ -101,7 +107,7 @@ public final class SPFDNS: Sendable {
         guard depth < 10, !answer.related.isEmpty else { return }
         let family: DNSType = client.count == 4 ? .a : .aaaa
         func add(_ question: DNSQuestion) -> SPFAnswer? {
-            guard out.count < SPFDNS.maxPrefetch, !sent.contains(question), let hit = cache.value(question) else { return nil }
+            guard out.count < SPFDNS.maxPrefetch, !sent.contains(question), let hit = cached(question) else { return nil }
             let cost = hit.cost
             guard spent + cost <= SPFDNS.maxPrefetchCost else { return nil }
             spent += cost
