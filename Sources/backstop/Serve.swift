@@ -123,6 +123,9 @@ struct Serve: ParsableCommand {
         // without it no SPF worker can be replaced: stop, with a status systemd restarts on.
         let supervisorLost = NIOLockedValueBox(false)
         SPFProcesses.onSupervisorExit { why in
+            // While the server stops, the supervisor may go first (SIGKILL to the service):
+            // nothing more is started then, so its end is no fault.
+            guard !server.isStopping else { return }
             logger.critical("the SPF supervisor \(why); no SPF worker can be started without it, so backstop stops (exit status \(ExitStatus.osError.rawValue)) to be restarted")
             supervisorLost.withLockedValue { $0 = true }
             Task { await group.triggerGracefulShutdown() }

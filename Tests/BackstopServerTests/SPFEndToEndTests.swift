@@ -190,6 +190,17 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         func ended() -> Bool { processStatus(worker, "State").map { $0.hasPrefix("Z") } ?? true }
         for _ in 0..<100 where !ended() { usleep(20_000) }
         #expect(ended(), "the worker ends with its supervisor")
+        // SIGTERM to the whole service (systemd's default KillMode, or a Ctrl-C) is a stop,
+        // not a supervisor's failure: the supervisor ignores it and ends with the server.
+        let again = try ServeProcess(config: path, logName: "again.log")
+        defer { _ = again.stop() }
+        #expect(again.waitForLog("backstop started"), "\(again.log)")
+        #expect(try waitForClient(port: port).ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "2"))?.hasPrefix("action=PREPEND") == true)
+        let second = try #require(children(of: again.process.processIdentifier).first)
+        #expect(kill(second, SIGTERM) == 0 && kill(again.process.processIdentifier, SIGTERM) == 0)
+        again.process.waitUntilExit()
+        #expect(again.process.terminationStatus == 0, "\(again.log)")
+        #expect(!again.log.contains("the SPF supervisor"), "\(again.log)")
     }
 
     @Test func reloadsReleaseWorkersThreadsAndDescriptors() async throws {

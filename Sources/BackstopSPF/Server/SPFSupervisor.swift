@@ -99,6 +99,11 @@ final class SupervisorSpawner: SPFSpawner {
 public enum SPFSupervisor {
     public static func run(parent: Int32) -> Int32 {
         signal(SIGPIPE, SIG_IGN)
+        // Its end is the server's: it exits when the server's end of its socket closes (or
+        // the server dies). A SIGTERM to the whole service (systemd's default KillMode, a
+        // Ctrl-C in a terminal) must not end it first, while the server still answers and
+        // would take its end for a fault.
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] { signal(sig, SIG_IGN) }
         _ = backstop_close_from(3)
         guard SPFSandbox.dieWithParent(parent) else { return 0 }
         guard let executable = readExecutable() else { return 71 }
