@@ -12,12 +12,20 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     public init?(_ text: String) {
         let parts = text.trimmingSpaces.split(separator: "/", maxSplits: 1)
         guard let first = parts.first, let address = IPAddress(String(first)) else { return nil }
-        let maxPrefix = address.isV4 ? 32 : 128
-        var prefix = maxPrefix
+        // "::ffff:10.0.0.0/104" names the IPv4 network 10.0.0.0/8 once unmapped: its prefix
+        // counts the 96 bits of the mapping, so it must be 96 or more ("/8" would name all
+        // of IPv4 and is refused).
+        let mapped = address.isV4 && first.contains(":")
+        var prefix = address.isV4 ? 32 : 128
         if parts.count == 2 {
-            guard let p = Int(parts[1]), (0...maxPrefix).contains(p) else { return nil }
-            // "::ffff:10.0.0.0/104" names an IPv4 network once unmapped.
-            prefix = (address.isV4 && String(first).contains(":")) ? max(0, p - 96) : p
+            guard parts[1].allSatisfy(\.isASCIIDigit), let p = Int(parts[1]) else { return nil }
+            if mapped {
+                guard (96...128).contains(p) else { return nil }
+                prefix = p - 96
+            } else {
+                guard (0...prefix).contains(p) else { return nil }
+                prefix = p
+            }
         }
         self.prefix = prefix
         self.network = address.masked(to: prefix)

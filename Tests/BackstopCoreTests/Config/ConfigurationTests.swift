@@ -168,6 +168,12 @@ import NIOCore
         #expect(CIDR("0.0.0.0/0")!.contains(IPAddress("8.8.8.8")!))
         #expect(CIDR("10.0.0.0/33") == nil)
         #expect(CIDR("nonsense") == nil)
+        // IPv4-mapped networks count the mapping's 96 bits: /104 is 10.0.0.0/8, and /8 (which
+        // once became 0.0.0.0/0, all of IPv4, in an exemption list) is refused.
+        #expect(CIDR("::ffff:10.0.0.0/104") == CIDR("10.0.0.0/8"))
+        #expect(CIDR("::ffff:10.0.0.0/8") == nil)
+        #expect(CIDR("::ffff:10.0.0.1") == CIDR("10.0.0.1/32"))
+        #expect(CIDR("::ffff:10.0.0.0/129") == nil && CIDR("10.0.0.0/+8") == nil)
         #expect(IPAddress("2001:db8::1")!.masked(to: 64).description == "2001:db8::")
         #expect(IPAddress("192.0.2.77")!.masked(to: 24).description == "192.0.2.0")
     }
