@@ -78,9 +78,17 @@ public struct RateLimitSettings: CheckSettings {
 
     /// A rule counts at its stage only: one for a stage where ratelimit is not listed never counts.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
-        rules.enumerated().compactMap { index, rule in
-            configuration.policy.runs("ratelimit", at: rule.state) ? nil
-                : ("rule.\(index)", "rule \"\(rule.name)\" counts at \(rule.state.configKey), but policy.\(rule.state.configKey) does not list ratelimit: it never counts")
+        rules.enumerated().flatMap { index, rule -> [(key: String, message: String)] in
+            var found: [(key: String, message: String)] = []
+            if !configuration.policy.runs("ratelimit", at: rule.state) {
+                found.append(("rule.\(index)", "rule \"\(rule.name)\" counts at \(rule.state.configKey), but policy.\(rule.state.configKey) does not list ratelimit: it never counts"))
+            }
+            // After RCPT, Postfix names the recipient only when a message has exactly one: a
+            // message to two recipients would pass such a rule uncounted.
+            if rule.state != .rcpt, let part = rule.key.parts.first(where: { $0 == .recipient || $0 == .recipientDomain }) {
+                found.append(("rule.\(index)", "rule \"\(rule.name)\" keys on \(part.rawValue) at \(rule.state.configKey), where Postfix gives the recipient only for a message with exactly one: messages to several recipients are never counted; count it at RCPT (protocol_state = \"RCPT\")"))
+            }
+            return found
         }
     }
 

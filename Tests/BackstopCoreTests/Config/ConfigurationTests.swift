@@ -212,5 +212,24 @@ import NIOCore
         limit = "10/1h"
         """, file: "r.toml")
         #expect(rule.warnings.map(\.description) == ["r.toml:4: ratelimit.rule[name=messages]: rule \"messages\" counts at end_of_message, but policy.end_of_message does not list ratelimit: it never counts"])
+        // A key on the recipient after RCPT: a message to two recipients has none there.
+        let perDomain = try Configuration.parse("""
+        [policy]
+        rcpt = ["ratelimit"]
+        end_of_message = ["ratelimit"]
+        [ratelimit]
+        [[ratelimit.rule]]
+        name = "inbound"
+        key = "recipient_domain"
+        count = "message"
+        limit = "1000/1h"
+        [[ratelimit.rule]]
+        name = "inbound_rcpt"
+        key = "recipient_domain"
+        count = "message"
+        protocol_state = "RCPT"
+        limit = "1000/1h"
+        """, file: "p.toml")
+        #expect(perDomain.warnings.map(\.description) == ["p.toml:5: ratelimit.rule[name=inbound]: rule \"inbound\" keys on recipient_domain at end_of_message, where Postfix gives the recipient only for a message with exactly one: messages to several recipients are never counted; count it at RCPT (protocol_state = \"RCPT\")"])
     }
 }
