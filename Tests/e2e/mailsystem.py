@@ -259,9 +259,10 @@ smtpd_tls_security_level = none
 smtputf8_enable = no
 
 # Test clients (127.0.0.x) are strangers, as on the Internet: relaying is refused by
-# Postfix itself and everything else is up to the restrictions below.
+# Postfix itself and everything else is up to the restrictions below. 192.0.2.250 (named
+# with XCLIENT) is the site's own network, which may relay, as in Debian's default.
 mynetworks = 192.0.2.250/32
-smtpd_relay_restrictions = reject_unauth_destination
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 # The SPF scenarios need a client address off loopback (libspf2 passes loopback clients):
 # the test client names one with XCLIENT, while the connection stays on loopback.
 smtpd_authorized_xclient_hosts = 127.0.0.0/8

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import RATE_LIMIT, MailSystem
+from conftest import MYNETWORKS_CLIENT, RATE_LIMIT, MailSystem
 from mailsystem import wait_until
 from policyserver import KNOWN_RECIPIENTS, ONCE_PER_RECIPIENT_CLIENT, write_recipient_table
 import smtpclient
@@ -64,6 +64,17 @@ def test_relay_attempt_is_refused_by_postfix_before_backstop_is_asked(mail: Mail
     assert reply.startswith("554 5.7.1 ") and "Relay access denied" in reply, r.explain()
     time.sleep(0.2)
     assert not backstop_decisions(mail, sender), "Backstop was asked about a relay attempt"
+
+
+def test_own_clients_may_still_send_out_with_the_example_wiring(mail: MailSystem, wiring):
+    # smtpd_recipient_restrictions is evaluated apart from smtpd_relay_restrictions: the
+    # example permits mynetworks (and SASL users) before reject_unauth_destination, or
+    # their outgoing mail would get "Relay access denied" once Backstop is wired in.
+    token = mail.token("outbound")
+    sender = f"{token}@pass.spf.test"
+    r = mail.send(wiring, sender=sender, recipients=["someone@elsewhere.test"], token=token,
+                  xclient_addr=MYNETWORKS_CLIENT)
+    assert r.rcpt_reply("someone@elsewhere.test").code == 250, r.explain()
 
 
 # 2 -------------------------------------------------------------------------------------
