@@ -91,11 +91,20 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         return health.withLockedValue { $0.schemaReady }
     }
 
+    /// The schema version this code uses (`backstop_schema`, component 'ratelimit').
+    static let schemaVersion = 2
+
     /// Creates or upgrades the table. Several hosts may start at once: an advisory lock
-    /// serialises them, and the statements are idempotent.
+    /// serialises them, and the statements are idempotent. A schema already at this
+    /// version is used as it is: the DDL needs the table's owner (a role granted only
+    /// SELECT, INSERT, UPDATE and DELETE could never start) and takes an exclusive lock.
     func migrate() async {
         let table = Self.table
         let unlogged = settings.unlogged ? "UNLOGGED " : ""
+        if await installedVersion() >= Self.schemaVersion {
+            becameReady()
+            return
+        }
         do {
             try await client.withTransaction(logger: logger) { connection in
                 try await connection.query("SELECT pg_advisory_xact_lock(4242424242)", logger: self.logger)
@@ -122,17 +131,30 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                     CREATE TABLE IF NOT EXISTS backstop_schema (component text PRIMARY KEY, version integer NOT NULL)
                     """), logger: self.logger)
                 try await connection.query(PostgresQuery(unsafeSQL: """
-                    INSERT INTO backstop_schema (component, version) VALUES ('ratelimit', 2)
-                    ON CONFLICT (component) DO UPDATE SET version = GREATEST(backstop_schema.version, 2)
+                    INSERT INTO backstop_schema (component, version) VALUES ('ratelimit', \(Self.schemaVersion))
+                    ON CONFLICT (component) DO UPDATE SET version = GREATEST(backstop_schema.version, \(Self.schemaVersion))
                     """), logger: self.logger)
             }
-            health.withLockedValue { $0.schemaReady = true }
-            logger.info("rate-limit store ready", metadata: ["store": "postgres", "host": "\(settings.host)",
-                                                             "port": "\(settings.port)", "database": "\(settings.database)"])
+            becameReady()
         } catch {
             if Task.isCancelled { return }  // the store is shutting down
             noteFailure(error, during: "creating the schema")
         }
+    }
+
+    private func becameReady() {
+        health.withLockedValue { $0.schemaReady = true }
+        logger.info("rate-limit store ready", metadata: ["store": "postgres", "host": "\(settings.host)",
+                                                         "port": "\(settings.port)", "database": "\(settings.database)"])
+    }
+
+    /// The schema version in place, 0 when there is none (or it cannot be read).
+    private func installedVersion() async -> Int {
+        do {
+            let rows = try await client.query("SELECT version FROM backstop_schema WHERE component = 'ratelimit'", logger: logger)
+            for try await version in rows.decode(Int32.self) { return Int(version) }
+        } catch {}
+        return 0
     }
 
     // MARK: - Hits

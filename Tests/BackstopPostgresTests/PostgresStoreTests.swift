@@ -21,7 +21,7 @@ private let storeDown = "DEFER 4.3.0 Rate-limit store unavailable"
 private let overLimit = "DEFER 4.7.1 Rate limit exceeded, try again later"
 
 /// `timeout` is the store's connect and statement timeout; the deadline is 4 s longer.
-private func configuration(port: Int, limit: String, timeout: Int = 2) -> String {
+private func configuration(port: Int, limit: String, timeout: Int = 2, user: String = "postgres") -> String {
     """
     [[listen]]
     address = "127.0.0.1:0"
@@ -36,7 +36,7 @@ private func configuration(port: Int, limit: String, timeout: Int = 2) -> String
     [ratelimit.postgres]
     host = "127.0.0.1"
     port = \(port)
-    user = "postgres"
+    user = "\(user)"
     database = "postgres"
     pool_size = 4
     connect_timeout = "\(timeout)s"
@@ -194,6 +194,29 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             }
             await a.stop()
             await b.stop()
+        }
+    }
+
+    /// The least-privilege setup docs/ratelimits.md offers: an administrator creates the
+    /// schema, and Backstop's role may only read and write rows. It used to run the DDL at
+    /// every start (ALTER TABLE needs the owner), and never became ready.
+    @Test func aRoleWithRowRightsOnlyUsesASchemaInPlace() async throws {
+        try await withCluster { pg in
+            let owner = try await Instance.start(configuration(port: pg.port, limit: "5/1h"))
+            await owner.stop()
+            _ = try await blocking {
+                try pg.sql("""
+                    CREATE ROLE limited LOGIN;
+                    GRANT SELECT, INSERT, UPDATE, DELETE ON backstop_ratelimit, backstop_schema TO limited;
+                    GRANT SELECT ON backstop_ratelimit_readable TO limited
+                    """)
+            }
+            let limited = try await Instance.start(configuration(port: pg.port, limit: "5/1h", timeout: 8, user: "limited"))
+            let client = try limited.client()
+            try await waitUntilCounting(client, key: "192.0.2.250")
+            for _ in 0..<5 { #expect(try await ask(client, rcpt("198.51.100.7")) == "DUNNO") }
+            #expect(try await ask(client, rcpt("198.51.100.7")) == overLimit)
+            await limited.stop()
         }
     }
 
