@@ -160,7 +160,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     // MARK: - Hits
 
     /// One statement: GCRA on the row for (rule, key) using the database clock (nanoseconds).
-    /// $3 is cost × T, $4 the tolerance. A refused hit updates nothing.
+    /// $3 is cost × T, $4 the tolerance. A refused hit updates nothing (but see `clamp`).
     static let hitSQL = """
         WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now),
         hit AS (
@@ -197,23 +197,39 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                     let remaining = (p.tolerance &- (newTAT &- now)) / p.emissionInterval
                     return .admitted(remaining: min(max(0, remaining), p.burst), newTAT: newTAT)
                 }
-                let ahead = (max(oldTAT ?? now, now) &- now) &+ increment
+                if let oldTAT, oldTAT &- now > p.tolerance { self.clamp(hit, to: p.tolerance) }
+                let ahead = (min(max(oldTAT ?? now, now), now &+ p.tolerance) &- now) &+ increment
                 return .refused(retryAfter: max(1, ahead &- p.tolerance))
             }
             throw CounterStoreFailure("the hit statement returned no row")
         })
     }
 
+    /// Rows are kept by rule name, so a row may come from the rule's earlier limit (a reload,
+    /// another host not yet reloaded) and lie further ahead than this limit allows. It is
+    /// brought back to now + tolerance (the new burst used up), so the key frees up at the
+    /// new rate: lowering 1000/1d to 100/1h must not refuse a key for the rest of the day.
+    func clamp(_ hit: RateHit, to tolerance: Int64) {
+        let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
+        updateRow(hit, "SET tat = \(clock) + $3 WHERE rule = $1 AND key = $2 AND tat > \(clock) + $3", tolerance, "clamp")
+    }
+
     public func refund(_ hit: RateHit) {
         guard unavailableReason() == nil else { return }
+        updateRow(hit, "SET tat = tat - $3 WHERE rule = $1 AND key = $2", hit.cost * hit.parameters.emissionInterval, "refund")
+    }
+
+    /// `UPDATE table <sql>` with $1, $2 the hit's rule and key and $3 `value`, not waited
+    /// for: a failure costs only this correction.
+    private func updateRow(_ hit: RateHit, _ sql: String, _ value: Int64, _ what: String) {
         var binds = PostgresBindings(capacity: 3)
         binds.append(hit.rule.name)
         binds.append(ByteBuffer(bytes: hit.key))
-        binds.append(hit.cost * hit.parameters.emissionInterval)
-        let query = PostgresQuery(unsafeSQL: "UPDATE \(Self.table) SET tat = tat - $3 WHERE rule = $1 AND key = $2", binds: binds)
+        binds.append(value)
+        let query = PostgresQuery(unsafeSQL: "UPDATE \(Self.table) " + sql, binds: binds)
         Task { [client, logger] in
             do { try await client.query(query, logger: logger) } catch {
-                logger.debug("rate-limit refund failed", metadata: ["error": "\(error)"])
+                logger.debug("rate-limit \(what) failed", metadata: ["error": "\(error)"])
             }
         }
     }

@@ -200,7 +200,7 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
     /// The least-privilege setup docs/ratelimits.md offers: an administrator creates the
     /// schema, and Backstop's role may only read and write rows. It used to run the DDL at
     /// every start (ALTER TABLE needs the owner), and never became ready.
-    @Test func aRoleWithRowRightsOnlyUsesASchemaInPlace() async throws {
+    @Test func aRoleWithRowRightsOnlyCountsAndAChangedLimitFreesKeysAtItsRate() async throws {
         try await withCluster { pg in
             let owner = try await Instance.start(configuration(port: pg.port, limit: "5/1h"))
             await owner.stop()
@@ -217,6 +217,18 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             for _ in 0..<5 { #expect(try await ask(client, rcpt("198.51.100.7")) == "DUNNO") }
             #expect(try await ask(client, rcpt("198.51.100.7")) == overLimit)
             await limited.stop()
+            // The limit raised in rate but lowered in burst (a reload, or a host with the new
+            // configuration): the key's hour-long row counts as the new burst used (the first
+            // hit is refused and brings it back), so one hit is free again after 10 ms, not
+            // after an hour.
+            let faster = try await Instance.start(configuration(port: pg.port, limit: "100/1s", timeout: 8, user: "limited")
+                .replacingOccurrences(of: "limit = \"100/1s\"", with: "limit = \"100/1s\"\nburst = 3"))
+            let again = try faster.client()
+            try await waitUntilCounting(again, key: "192.0.2.251")
+            #expect(try await ask(again, rcpt("198.51.100.7")) == overLimit)
+            try await Task.sleep(nanoseconds: 200_000_000)
+            #expect(try await ask(again, rcpt("198.51.100.7")) == "DUNNO")
+            await faster.stop()
         }
     }
 
