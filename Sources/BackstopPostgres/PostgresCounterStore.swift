@@ -287,11 +287,26 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         self.gauges.withLockedValue { $0 = byName }
     }
 
+    /// Rows deleted by one statement of a sweep, and statements per sweep at most: each
+    /// statement stays well inside statement_timeout, so a backlog (after an outage, or a
+    /// flood of distinct keys) shrinks at every sweep instead of timing out whole.
+    static let sweepBatch = 5_000
+    static let sweepBatchesMax = 200
+
     /// Deletes rows whose TAT has passed (they carry no state) and publishes key counts.
     func sweep() async {
         do {
             let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
-            try await client.query(PostgresQuery(unsafeSQL: "DELETE FROM \(Self.table) WHERE tat <= \(clock)"), logger: logger)
+            let delete = PostgresQuery(unsafeSQL: """
+                WITH gone AS (DELETE FROM \(Self.table) WHERE ctid IN
+                    (SELECT ctid FROM \(Self.table) WHERE tat <= \(clock) LIMIT \(Self.sweepBatch)) RETURNING 1)
+                SELECT count(*) FROM gone
+                """)
+            for _ in 0..<Self.sweepBatchesMax {
+                var deleted: Int64 = 0
+                for try await count in try await client.query(delete, logger: logger).decode(Int64.self) { deleted = count }
+                if deleted < Self.sweepBatch || Task.isCancelled { break }
+            }
             let rows = try await client.query(PostgresQuery(unsafeSQL:
                 "SELECT rule, count(*) FROM \(Self.table) WHERE tat > \(clock) GROUP BY rule"), logger: logger)
             var counts: [String: Int64] = [:]

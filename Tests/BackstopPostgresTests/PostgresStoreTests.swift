@@ -232,6 +232,24 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
         }
     }
 
+    /// A backlog of expired rows larger than one statement can delete within
+    /// statement_timeout: the sweep deletes it in batches, each well inside the timeout. In
+    /// one statement it was cancelled at every sweep, and the table only grew.
+    @Test func aLargeBacklogIsSweptInBatches() async throws {
+        try await withCluster { pg in
+            let toml = configuration(port: pg.port, limit: "5/1h", timeout: 8)
+                .replacingOccurrences(of: "statement_timeout = \"8s\"", with: "statement_timeout = \"150ms\"")
+            let instance = try await Instance.start(toml)
+            _ = try await blocking {
+                try pg.sql("INSERT INTO backstop_ratelimit (rule, key, tat) SELECT 'old', int4send(g), 0 FROM generate_series(1, 400000) g")
+            }
+            await instance.store.sweep()
+            let left = try await blocking { try pg.sql("SELECT count(*) FROM backstop_ratelimit WHERE rule = 'old'") }
+            #expect(left.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "rows left: \(left)")
+            await instance.stop()
+        }
+    }
+
     @Test func storeDownMeansFailActionWithinTheDeadlineThenCountingResumes() async throws {
         try await withCluster { pg in
             let server = try await Instance.start(configuration(port: pg.port, limit: "3/1h"))
