@@ -1,6 +1,6 @@
 /* The only C that Swift sees, for BackstopSPF alone: libspf2's public headers in the order
  * they need, and the few Linux calls a worker's sandbox and its spawning need that Swift's
- * Glibc module does not offer (variadic prctl, seccomp's structures, closefrom). */
+ * Glibc module does not offer (variadic prctl, seccomp's structures, closefrom, capset). */
 #ifndef BACKSTOP_CSPF2_SHIM_H
 #define BACKSTOP_CSPF2_SHIM_H
 #include <sys/types.h>
@@ -15,6 +15,8 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
+#include <errno.h>
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
 #include <spf2/spf_dns_rr.h>
@@ -41,6 +43,28 @@ static inline int backstop_set_parent_death_signal(int sig) {
 /* No new privileges (setuid binaries, file capabilities) for this process and its children. */
 static inline int backstop_set_no_new_privs(void) {
     return prctl(PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL);
+}
+
+/* Keeps only the capabilities whose bits are set in `keep` (bit n = capability n): the
+ * effective and permitted sets lose the others and the inheritable set is emptied; the
+ * bounding set (what a program it starts may hold) loses them too where this process may
+ * change it (CAP_SETPCAP; a systemd unit has usually limited it already). 0 on success. */
+static inline int backstop_keep_capabilities(unsigned long long keep) {
+    for (int cap = 0; cap < 64; cap++) {
+        if ((keep >> cap) & 1ULL) continue;
+        if (prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0UL, 0UL, 0UL) != 0 && errno != EINVAL && errno != EPERM) return -1;
+    }
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capget, &header, data) != 0) return -1;
+    for (int i = 0; i < 2; i++) {
+        unsigned int mask = (unsigned int)(keep >> (32 * i));
+        data[i].effective &= mask;
+        data[i].permitted &= mask;
+        data[i].inheritable = 0;
+    }
+    return (int)syscall(SYS_capset, &header, data);
 }
 
 /* Installs a seccomp filter of `count` instructions. */

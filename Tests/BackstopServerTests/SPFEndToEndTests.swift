@@ -103,6 +103,9 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(supervisors.count == 1, "\(supervisors)")
         let supervisor = try #require(supervisors.first)
         #expect(processStatus(supervisor, "Uid")?.hasPrefix("0\t") == true)
+        // Root for its one job: CAP_KILL, CAP_SETGID and CAP_SETUID, nothing else.
+        #expect(processStatus(supervisor, "CapEff") == "00000000000000e0" && processStatus(supervisor, "CapPrm") == "00000000000000e0",
+                "\(processStatus(supervisor, "CapEff") ?? "?")")
         let workers = children(of: supervisor)
         #expect(workers.count == 1)
         let worker = try #require(workers.first)

@@ -97,6 +97,9 @@ final class SupervisorSpawner: SPFSpawner {
 
 /// `backstop spf-supervisor`: the supervisor process. Returns its exit status.
 public enum SPFSupervisor {
+    /// CAP_KILL (5), CAP_SETGID (6), CAP_SETUID (7).
+    static let keptCapabilities: UInt64 = 1 << 5 | 1 << 6 | 1 << 7
+
     public static func run(parent: Int32) -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         // Its end is the server's: it exits when the server's end of its socket closes (or
@@ -104,6 +107,14 @@ public enum SPFSupervisor {
         // Ctrl-C in a terminal) must not end it first, while the server still answers and
         // would take its end for a fault.
         for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] { signal(sig, SIG_IGN) }
+        // Root for its one job only: switching a worker's user (the worker does it, with the
+        // capabilities it starts with) and ending workers of another user. Whatever else the
+        // server started with (reading its state as root, a drop-in's rights in Postfix's
+        // spool for a Unix socket) goes.
+        guard backstop_keep_capabilities(SPFSupervisor.keptCapabilities) == 0 else {
+            FileHandle.standardError.write(Data("backstop spf-supervisor: cannot drop capabilities: \(String(cString: strerror(errno)))\n".utf8))
+            return 71
+        }
         _ = backstop_close_from(3)
         guard SPFSandbox.dieWithParent(parent) else { return 0 }
         guard let executable = readExecutable() else { return 71 }
