@@ -52,8 +52,9 @@ final class ServeProcess {
     /// a child with the calling thread's signal mask, and the test's threads block most
     /// signals, so a signal sent early would wait instead of acting; a small wrapper clears
     /// the mask and becomes backstop.
+    /// `binary`: another copy of backstop to run.
     init(config: String, logName: String = "serve.log", journal: Bool = false, environment extra: [String: String] = [:],
-         unblockSignals: Bool = false) throws {
+         unblockSignals: Bool = false, binary: String = backstopBinary) throws {
         logPath = (config as NSString).deletingLastPathComponent + "/" + logName
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
@@ -64,13 +65,13 @@ final class ServeProcess {
             environment["JOURNAL_STREAM"] = "\(info.st_dev):\(info.st_ino)"
         }
         process.environment = environment
-        process.executableURL = URL(fileURLWithPath: backstopBinary)
+        process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--config", config]
         if unblockSignals {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = ["python3", "-c", "import os, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "
                                  + "signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
-                                 backstopBinary, "serve", "--config", config]
+                                 binary, "serve", "--config", config]
         }
         process.standardOutput = log
         process.standardError = log

@@ -206,6 +206,35 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(!again.log.contains("the SPF supervisor"), "\(again.log)")
     }
 
+    /// A package upgrade replaces the binary under a running server: the workers it starts
+    /// afterwards must still be its own version (which speaks its protocol), not whatever
+    /// is at its path now.
+    @Test func workersStartedAfterTheBinaryIsReplacedAreTheServersOwn() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let dir = tempDirectory()
+        let binary = dir + "/backstop", port = freePort(), path = dir + "/backstop.toml"
+        try FileManager.default.copyItem(atPath: backstopBinary, toPath: binary)
+        try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\nrcpt = [\"spf\"]\n[spf]\nresolvers = [\"127.0.0.1:\(dns.port)\"]\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path, binary: binary)
+        defer { _ = serve.stop() }
+        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        let client = try waitForClient(port: port)
+        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
+        let server = serve.process.processIdentifier
+        let worker = try #require(children(of: server).first)
+        // As dpkg does: the new file is renamed over the old one. This one cannot be a worker.
+        try "#!/bin/sh\nexit 3\n".write(toFile: binary + ".new", atomically: false, encoding: .utf8)
+        chmod(binary + ".new", 0o755)
+        #expect(rename(binary + ".new", binary) == 0)
+        #expect(kill(worker, SIGKILL) == 0)
+        for _ in 0..<100 where children(of: server).first == worker { usleep(20_000) }
+        let answer = try client.ask(spfRequest(client: "192.0.2.6", sender: "a@example.org", instance: "2"))
+        #expect(answer?.hasPrefix("action=PREPEND Received-SPF: pass") == true, "\(answer ?? "no answer")\n\(serve.log)")
+        #expect(!serve.log.contains("exited with status 3"), "\(serve.log)")
+    }
+
     @Test func reloadsReleaseWorkersThreadsAndDescriptors() async throws {
         let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
         defer { dns.stop() }

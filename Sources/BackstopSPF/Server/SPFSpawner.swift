@@ -37,8 +37,7 @@ public enum SPFProcesses {
     private static let current = NIOLockedValueBox<any SPFSpawner>(DirectSpawner())
 
     /// The `backstop` binary whose `spf-worker` mode runs the workers; registered by the
-    /// commands that evaluate SPF (resolved through /proc/self/exe before any privilege
-    /// drop), or set by tests.
+    /// commands that evaluate SPF, or set by tests.
     public static var executable: String? {
         get { registered.withLockedValue { $0 } }
         set { registered.withLockedValue { $0 = newValue } }
@@ -53,11 +52,16 @@ public enum SPFProcesses {
         logger.warning("spf workers run as uid \(geteuid()), the server's own user: start backstop as root (with server.user) so they run as spf.worker_user")
     }
 
+    /// Workers (and the supervisor) run this very binary: `/proc/self/exe`, which a child
+    /// being spawned resolves to the binary its parent runs, even once the file at its path
+    /// has been replaced (a package upgrade) or removed. By its path, a server still running
+    /// after an upgrade would start workers of the new version, which may speak another
+    /// protocol.
+    public static let runningExecutable = "/proc/self/exe"
+
     public static func registerRunningExecutable() {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return }
-        executable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard access(runningExecutable, X_OK) == 0 else { return }
+        executable = runningExecutable
     }
 
     /// Starts the supervisor (while still root) so that workers can be started as

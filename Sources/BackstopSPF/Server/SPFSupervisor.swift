@@ -117,7 +117,8 @@ public enum SPFSupervisor {
         }
         _ = backstop_close_from(3)
         guard SPFSandbox.dieWithParent(parent) else { return 0 }
-        guard let executable = readExecutable() else { return 71 }
+        // The binary it runs, whatever is at its path now (see SPFProcesses.runningExecutable).
+        let executable = SPFProcesses.runningExecutable
         var children = Set<pid_t>()
         var request = [UInt8](repeating: 0, count: SupervisorMessage.maxMessage)
         while true {
@@ -170,11 +171,4 @@ public enum SPFSupervisor {
         return 0
     }
 
-    /// The binary this process runs (the workers run the same one).
-    private static func readExecutable() -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return nil }
-        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 }
