@@ -224,6 +224,9 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
         #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         let server = serve.process.processIdentifier
         let worker = try #require(children(of: server).first)
+        // Named as the server was started, for ps and the journal (not /proc/self/exe).
+        let cmdline = try String(contentsOfFile: "/proc/\(worker)/cmdline", encoding: .utf8).split(separator: "\0").prefix(2)
+        #expect(cmdline.elementsEqual([binary, "spf-worker"][...]) { $0 == $1 }, "\(cmdline)")
         // As dpkg does: the new file is renamed over the old one. This one cannot be a worker.
         try "#!/bin/sh\nexit 3\n".write(toFile: binary + ".new", atomically: false, encoding: .utf8)
         chmod(binary + ".new", 0o755)

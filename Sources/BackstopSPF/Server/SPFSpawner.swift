@@ -122,7 +122,10 @@ public enum SPFProcesses {
         var empty = sigset_t()
         sigemptyset(&empty)
         posix_spawnattr_setsigmask(&attributes, &empty)
-        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        // Started from /proc/self/exe, it is still named as this process was (ps, top, the
+        // journal show "/usr/sbin/backstop spf-worker …").
+        let name = executable == runningExecutable ? (CommandLine.arguments.first ?? "backstop") : executable
+        var argv: [UnsafeMutablePointer<CChar>?] = ([name] + arguments).map { strdup($0) } + [nil]
         var envp: [UnsafeMutablePointer<CChar>?] = [nil]  // an empty environment
         defer { for p in argv { free(p) } }
         var child: pid_t = 0
@@ -140,7 +143,6 @@ public enum SPFProcesses {
         return (fds[0], fds[1])
     }
 
-    /// Waits for `pid` to end; its wait status, nil when it is not our child.
     /// How a process ended, from its wait status: its exit code (nil when a signal ended
     /// it) and the words for a log line; nil when the status is unknown.
     static func describe(_ status: Int32?) -> (code: Int32?, why: String)? {
@@ -151,6 +153,7 @@ public enum SPFProcesses {
         return (code, "exited with status \(code)")
     }
 
+    /// Waits for `pid` to end; its wait status, nil when it is not our child.
     static func reap(_ pid: pid_t) -> Int32? {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
