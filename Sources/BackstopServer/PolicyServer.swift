@@ -34,10 +34,10 @@ public final class PolicyServer: Service, Sendable {
     }
     private let running = NIOLockedValueBox(Running())
 
-    /// Runs `hook` during stop, before the event loops shut down (e.g. the metrics listener).
     /// True from the moment a stop begins.
     public var isStopping: Bool { running.withLockedValue { $0.stopped } }
 
+    /// Runs `hook` during stop, before the event loops shut down (e.g. the metrics listener).
     public func onStop(_ hook: @escaping @Sendable () async -> Void) {
         running.withLockedValue { $0.stopHooks.append(hook) }
     }

@@ -126,6 +126,11 @@ struct Serve: ParsableCommand {
             // While the server stops, the supervisor may go first (SIGKILL to the service):
             // nothing more is started then, so its end is no fault.
             guard !server.isStopping else { return }
+            // Without [spf] nothing needs it now; only a reload that adds [spf] would.
+            guard reloader.engine.checks["spf"] != nil else {
+                logger.error("the SPF supervisor \(why); SPF added by a reload cannot start workers until backstop is restarted")
+                return
+            }
             logger.critical("the SPF supervisor \(why); no SPF worker can be started without it, so backstop stops (exit status \(ExitStatus.osError.rawValue)) to be restarted")
             supervisorLost.withLockedValue { $0 = true }
             Task { await group.triggerGracefulShutdown() }

@@ -226,22 +226,28 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             let again = try faster.client()
             try await waitUntilCounting(again, key: "192.0.2.251")
             #expect(try await ask(again, rcpt("198.51.100.7")) == overLimit)
-            try await Task.sleep(nanoseconds: 200_000_000)
-            #expect(try await ask(again, rcpt("198.51.100.7")) == "DUNNO")
+            // The clamp is written beside the refusal; a loaded machine may take a moment.
+            var freed = false
+            for _ in 0..<50 where !freed {
+                try await Task.sleep(nanoseconds: 100_000_000)
+                freed = try await ask(again, rcpt("198.51.100.7")) == "DUNNO"
+            }
+            #expect(freed, "the key was not freed within 5 s")
             await faster.stop()
         }
     }
 
     /// A backlog of expired rows larger than one statement can delete within
     /// statement_timeout: the sweep deletes it in batches, each well inside the timeout. In
-    /// one statement it was cancelled at every sweep, and the table only grew.
+    /// one statement it was cancelled at every sweep, and the table only grew. (1,000,000
+    /// rows take one statement several seconds; a batch of 5,000, about 20 ms.)
     @Test func aLargeBacklogIsSweptInBatches() async throws {
         try await withCluster { pg in
             let toml = configuration(port: pg.port, limit: "5/1h", timeout: 8)
-                .replacingOccurrences(of: "statement_timeout = \"8s\"", with: "statement_timeout = \"150ms\"")
+                .replacingOccurrences(of: "statement_timeout = \"8s\"", with: "statement_timeout = \"500ms\"")
             let instance = try await Instance.start(toml)
             _ = try await blocking {
-                try pg.sql("INSERT INTO backstop_ratelimit (rule, key, tat) SELECT 'old', int4send(g), 0 FROM generate_series(1, 400000) g")
+                try pg.sql("INSERT INTO backstop_ratelimit (rule, key, tat) SELECT 'old', int4send(g), 0 FROM generate_series(1, 1000000) g")
             }
             await instance.store.sweep()
             let left = try await blocking { try pg.sql("SELECT count(*) FROM backstop_ratelimit WHERE rule = 'old'") }

@@ -47,7 +47,7 @@ import Testing
     /// the largest sender and HELO: a record of bare "a" terms (the most terms per octet),
     /// one of ip6 networks with prefixes, and at most as many addresses as are kept.
     @Test func theLargestAnswersFitAFrame() throws {
-        let terms = ["a", "a:x.y/1//1", "ip6:::1/1", "-ip4:1.1.1.1/1"]
+        let terms = ["a", "a:x.y/1//1", "ip6:::", "ip6:::1/1", "-ip4:1.1.1.1/1"]
         for term in terms {
             var text = "v=spf1"
             while text.utf8.count + 1 + term.utf8.count <= SPFRecord.maxLength { text += " " + term }

@@ -416,10 +416,10 @@ extension RateLimitCheck {
         for runtime in rules { runtime.overrides?.stopWatching() }
     }
 
-    /// SIGHUP: re-reads the overrides files that changed; the problems of a broken edit
-    /// (whose last good version stays in force).
     public var files: [String] { rules.compactMap(\.overrides).flatMap(\.source.files) }
 
+    /// SIGHUP: re-reads the overrides files that changed; the problems of a broken edit
+    /// (whose last good version stays in force).
     public func reload() -> [ConfigIssue] {
         rules.compactMap(\.overrides).flatMap { watched -> [ConfigIssue] in
             if case .failed(let error) = watched.reload() { return error.issues }

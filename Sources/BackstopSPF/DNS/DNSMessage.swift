@@ -96,15 +96,17 @@ public enum DNSMessage {
         if flags & 0x0200 != 0 { return .truncated }
         guard rcode == 0 || rcode == 3 else { return .answer(DNSAnswer(status: .serverFailure)) }
 
-        // Read the answer section once; every length is checked against the message.
+        // Read the answer section once; every length is checked against the message. A
+        // malformed one is a server failure, except under NXDOMAIN, which says it all.
+        let malformed = DNSAnswer(status: rcode == 3 ? .nameError : .serverFailure)
         struct Record { let owner: DNSName; let type: UInt16; let ttl: UInt32; let start: Int; let end: Int }
         var records: [Record] = []
         records.reserveCapacity(min(Int(an), 64))
         for _ in 0..<an {
             guard let owner = reader.name(), let type = reader.u16(), let rclass = reader.u16(),
-                  let ttl = reader.u32(), let length = reader.u16() else { return .answer(DNSAnswer(status: .serverFailure)) }
+                  let ttl = reader.u32(), let length = reader.u16() else { return .answer(malformed) }
             let start = reader.offset, end = start + Int(length)
-            guard end <= bytes.count else { return .answer(DNSAnswer(status: .serverFailure)) }
+            guard end <= bytes.count else { return .answer(malformed) }
             reader.offset = end
             if rclass == 1 { records.append(Record(owner: owner, type: type, ttl: received(ttl), start: start, end: end)) }
         }

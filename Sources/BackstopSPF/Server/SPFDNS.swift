@@ -73,15 +73,18 @@ public final class SPFDNS: Sendable {
         metrics.dnsQueries.increment()
         resolver.resolve(question, on: loop).whenComplete { result in
             let decoded = (try? result.get()) ?? DNSAnswer(status: .serverFailure)
-            let answer = SPFAnswer(decoded, question: question)
-            self.store(question, answer)
+            var answer = SPFAnswer(decoded, question: question)
+            // Waiters see the TTL the cache keeps it for, as a later cache hit would.
+            if let kept = self.store(question, answer) { answer.ttl = min(answer.ttl, kept) }
             let waiters = self.inFlight.withLockedValue { $0.removeValue(forKey: question) } ?? []
             for waiter in waiters { waiter.succeed(answer) }
         }
         return promise.futureResult
     }
 
-    private func store(_ question: DNSQuestion, _ answer: SPFAnswer) {
+    /// Keeps `answer` for its TTL within the limits; returns that TTL, nil for a failure.
+    @discardableResult
+    private func store(_ question: DNSQuestion, _ answer: SPFAnswer) -> UInt32? {
         let ttl: UInt32
         switch answer.status {
         case .success where answer.recordCount > 0:
@@ -89,10 +92,11 @@ public final class SPFDNS: Sendable {
         case .success, .nameError:
             ttl = min(max(answer.ttl, limits.minTTL), limits.negativeTTL)
         case .serverFailure, .timeout:
-            return  // failures are never kept: the next evaluation may do better
+            return nil  // failures are never kept: the next evaluation may do better
         }
         let now = NIODeadline.now()
         cache.insert(question, answer, cost: answer.cost + question.name.wire.count, expires: now + .seconds(Int64(ttl)), now: now)
+        return ttl
     }
 
     /// Cached answers `answer` (a TXT answer carrying a record) will need for `client`,

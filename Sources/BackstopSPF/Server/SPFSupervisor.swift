@@ -110,10 +110,11 @@ public enum SPFSupervisor {
         // Root for its one job only: switching a worker's user (the worker does it, with the
         // capabilities it starts with) and ending workers of another user. Whatever else the
         // server started with (reading its state as root, a drop-in's rights in Postfix's
-        // spool for a Unix socket) goes.
-        guard backstop_keep_capabilities(SPFSupervisor.keptCapabilities) == 0 else {
-            FileHandle.standardError.write(Data("backstop spf-supervisor: cannot drop capabilities: \(String(cString: strerror(errno)))\n".utf8))
-            return 71
+        // spool for a Unix socket) goes. If the system refuses (a seccomp filter that denies
+        // capset), it says so and goes on: workers still switch users, and without the
+        // supervisor SPF would stop.
+        if backstop_keep_capabilities(SPFSupervisor.keptCapabilities) != 0 {
+            FileHandle.standardError.write(Data("backstop spf-supervisor: warning: cannot drop capabilities it does not need: \(String(cString: strerror(errno)))\n".utf8))
         }
         _ = backstop_close_from(3)
         guard SPFSandbox.dieWithParent(parent) else { return 0 }

@@ -291,11 +291,11 @@ public enum SPFWire {
             }
         }
 
-        /// One term in at most 3 octets per octet of its source (the shortest term, " a", is
-        /// 2 octets and 6 here), so that an answer with the largest record the DNS can carry
-        /// fits a frame with room to spare (SPFWireTests encodes it): the qualifier; the
-        /// mechanism with a bit for each part present; the term's text; then the parts
-        /// present. Positions are 16-bit (a record is at most 65,535 octets).
+        /// One term in about 3 octets per octet of its source at most (" a" is 2 octets and 6
+        /// here; " ip6:::", 7 and 23), so that an answer with the largest record the DNS can
+        /// carry fits a frame with room to spare (SPFWireTests encodes the worst shapes): the
+        /// qualifier; the mechanism with a bit for each part present; the term's text; then
+        /// the parts present. Positions are 16-bit (a record is at most 65,535 octets).
         mutating func directive(_ d: SPFRecord.Directive) {
             u8(Int(d.qualifier))
             var flags = Int(d.mechanism.rawValue)
@@ -426,7 +426,12 @@ public enum SPFWire {
                 switch try u8() {
                 case 0: a.spf = .none
                 case 2: a.spf = .multiple
-                case 3: a.spf = .invalid(String(decoding: try bytes16(max: SPFAnswer.maxProblem * 4), as: UTF8.self))
+                case 3:
+                    // The server writes this text (valid UTF-8); anything else is no frame of its.
+                    guard let why = String(validating: try bytes16(max: SPFAnswer.maxProblem * 4), as: UTF8.self) else {
+                        throw DecodeError("a problem text that is not UTF-8")
+                    }
+                    a.spf = .invalid(why)
                 case 1:
                     let source = try bytes32(max: SPFRecord.maxLength)
                     var record = SPFRecord(source: source)
