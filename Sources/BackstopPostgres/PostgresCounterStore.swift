@@ -197,7 +197,10 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                     let remaining = (p.tolerance &- (newTAT &- now)) / p.emissionInterval
                     return .admitted(remaining: min(max(0, remaining), p.burst), newTAT: newTAT)
                 }
-                if let oldTAT, oldTAT &- now > p.tolerance { self.clamp(hit, to: p.tolerance) }
+                // Further ahead than clock skew between statements explains (each statement
+                // reads its own start time, and under contention an earlier one may run after
+                // a later one): a row from a larger limit.
+                if let oldTAT, oldTAT &- now > p.tolerance &+ Self.clampMargin(p.tolerance) { self.clamp(hit, to: p.tolerance) }
                 let ahead = (min(max(oldTAT ?? now, now), now &+ p.tolerance) &- now) &+ increment
                 return .refused(retryAfter: max(1, ahead &- p.tolerance))
             }
@@ -206,9 +209,12 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     }
 
     /// Rows are kept by rule name, so a row may come from the rule's earlier limit (a reload,
-    /// another host not yet reloaded) and lie further ahead than this limit allows. It is
-    /// brought back to now + tolerance (the new burst used up), so the key frees up at the
-    /// new rate: lowering 1000/1d to 100/1h must not refuse a key for the rest of the day.
+    /// another host not yet reloaded) and lie further ahead than this limit allows (by more
+    /// than `clampMargin`: a quarter of the tolerance, at least 1 s). It is brought back to
+    /// now + tolerance (the new burst used up), so the key frees up at the new rate:
+    /// lowering 1000/1d to 100/1h must not refuse a key for the rest of the day.
+    static func clampMargin(_ tolerance: Int64) -> Int64 { max(tolerance / 4, 1_000_000_000) }
+
     func clamp(_ hit: RateHit, to tolerance: Int64) {
         let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
         updateRow(hit, "SET tat = \(clock) + $3 WHERE rule = $1 AND key = $2 AND tat > \(clock) + $3", tolerance, "clamp")
