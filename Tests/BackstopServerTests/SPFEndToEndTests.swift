@@ -33,6 +33,34 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
      ("helo_name", "mail.example.org"), ("sender", sender), ("recipient", recipient), ("instance", instance)]
 }
 
+/// `backstop serve` as root with SPF for example.org, dropping to daemon with workers as
+/// nobody (its directory and file readable by daemon), started and asked once for a pass,
+/// so that a worker runs. `extra` is more TOML.
+func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serve: ServeProcess, client: PolicyClient, path: String, port: Int) {
+    let dir = tempDirectory()
+    chmod(dir, 0o755)
+    let port = freePort()
+    let path = dir + "/backstop.toml"
+    try """
+    [[listen]]
+    address = "127.0.0.1:\(port)"
+    [server]
+    user = "daemon"
+    [policy]
+    rcpt = ["spf"]
+    [spf]
+    resolvers = ["127.0.0.1:\(dns.port)"]
+    worker_user = "nobody"
+
+    """.appending(extra).write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o644)
+    let serve = try ServeProcess(config: path)
+    #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+    let client = try waitForClient(port: port)
+    #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
+    return (serve, client, path, port)
+}
+
 @Suite(.serialized) struct SPFEndToEndTests {
     @Test func failRefusedPassWithHeaderOncePerMessage() async throws {
         let dns = try await SPFTestDNS.start(zone: [
@@ -72,29 +100,9 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
     func workersRunAsWorkerUserUnderAServerThatDroppedRoot() async throws {
         let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
         defer { dns.stop() }
-        let dir = tempDirectory()
-        chmod(dir, 0o755)
-        let port = freePort(), metricsPort = freePort()
-        let path = dir + "/backstop.toml"
-        try """
-        [[listen]]
-        address = "127.0.0.1:\(port)"
-        [metrics]
-        listen = "127.0.0.1:\(metricsPort)"
-        [server]
-        user = "daemon"
-        [policy]
-        rcpt = ["spf"]
-        [spf]
-        resolvers = ["127.0.0.1:\(dns.port)"]
-        worker_user = "nobody"
-        """.write(toFile: path, atomically: true, encoding: .utf8)
-        chmod(path, 0o644)
-        let serve = try ServeProcess(config: path)
+        let metricsPort = freePort()
+        let (serve, client, _, _) = try startSPFServerAsDaemon(dns: dns, extra: "[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n")
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
-        let client = try waitForClient(port: port)
-        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         let server = serve.process.processIdentifier
         let daemon = try #require(getpwnam("daemon")).pointee.pw_uid
         #expect(processStatus(server, "Uid")?.split(separator: "\t").allSatisfy { UInt32($0) == daemon } == true)
@@ -158,27 +166,8 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
     func aServerWhoseSupervisorEndsStopsToBeRestarted() async throws {
         let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
         defer { dns.stop() }
-        let dir = tempDirectory()
-        chmod(dir, 0o755)
-        let port = freePort()
-        let path = dir + "/backstop.toml"
-        try """
-        [[listen]]
-        address = "127.0.0.1:\(port)"
-        [server]
-        user = "daemon"
-        [policy]
-        rcpt = ["spf"]
-        [spf]
-        resolvers = ["127.0.0.1:\(dns.port)"]
-        worker_user = "nobody"
-        """.write(toFile: path, atomically: true, encoding: .utf8)
-        chmod(path, 0o644)
-        let serve = try ServeProcess(config: path)
+        let (serve, _, path, port) = try startSPFServerAsDaemon(dns: dns)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
-        let client = try waitForClient(port: port)
-        #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         let supervisor = try #require(children(of: serve.process.processIdentifier).first)
         let worker = try #require(children(of: supervisor).first)
         #expect(kill(supervisor, SIGKILL) == 0)
