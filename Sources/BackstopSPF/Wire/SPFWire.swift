@@ -256,10 +256,15 @@ public enum SPFWire {
         mutating func bytes8(_ b: [UInt8]) { u8(b.count); bytes += b }
         mutating func bytes16(_ b: [UInt8]) { u16(b.count); bytes += b }
         mutating func bytes32(_ b: [UInt8]) { u32(UInt32(b.count)); bytes += b }
+        /// A position in a record: 16 bits each end (a record is at most 65,535 octets).
+        mutating func range(_ r: Range<Int>) {
+            u16(r.lowerBound)
+            u16(r.upperBound)
+        }
+        /// A position that may be absent: a presence octet first.
         mutating func range(_ r: Range<Int>?) {
-            guard let r else { u32(.max); u32(.max); return }
-            u32(UInt32(r.lowerBound))
-            u32(UInt32(r.upperBound))
+            u8(r == nil ? 0 : 1)
+            if let r { range(r) }
         }
 
         mutating func answers(_ list: [Answer]) {
@@ -304,9 +309,8 @@ public enum SPFWire {
             if d.cidr4 != nil { flags |= DirectivePart.cidr4 }
             if d.cidr6 != nil { flags |= DirectivePart.cidr6 }
             u8(flags)
-            u16(d.text.lowerBound)
-            u16(d.text.upperBound)
-            if let spec = d.domainSpec { u16(spec.lowerBound); u16(spec.upperBound) }
+            range(d.text)
+            if let spec = d.domainSpec { range(spec) }
             if let network = d.network { bytes8(network.octets) }
             if let c = d.cidr4 { u8(Int(c)) }
             if let c = d.cidr6 { u8(Int(c)) }
@@ -376,17 +380,18 @@ public enum SPFWire {
             guard let name = DNSName(labels: labels) else { throw DecodeError("malformed name") }
             return name
         }
-        mutating func range(within count: Int) throws(DecodeError) -> Range<Int>? {
-            let lower = try u32(), upper = try u32()
-            if lower == .max && upper == .max { return nil }
-            guard lower <= upper, Int(upper) <= count else { throw DecodeError("range outside the record") }
-            return Int(lower)..<Int(upper)
-        }
-
-        mutating func range16(within count: Int) throws(DecodeError) -> Range<Int> {
+        mutating func range(within count: Int) throws(DecodeError) -> Range<Int> {
             let lower = try u16(), upper = try u16()
             guard lower <= upper, upper <= count else { throw DecodeError("range outside the record") }
             return lower..<upper
+        }
+
+        mutating func optionalRange(within count: Int) throws(DecodeError) -> Range<Int>? {
+            switch try u8() {
+            case 0: return nil
+            case 1: return try range(within: count)
+            default: throw DecodeError("malformed position")
+            }
         }
 
         mutating func directive(within count: Int) throws(DecodeError) -> SPFRecord.Directive {
@@ -395,8 +400,8 @@ public enum SPFWire {
             guard flags & ~(DirectivePart.all | 0x07) == 0, let mechanism = SPFRecord.Mechanism(rawValue: UInt8(flags & 0x07)) else {
                 throw DecodeError("unknown mechanism or part")
             }
-            let text = try range16(within: count)
-            let spec = flags & DirectivePart.domainSpec != 0 ? try range16(within: count) : nil
+            let text = try range(within: count)
+            let spec = flags & DirectivePart.domainSpec != 0 ? try range(within: count) : nil
             var network: IPAddress?
             if flags & DirectivePart.network != 0 {
                 guard let address = SPFRecord.address(try bytes8(max: 16)) else { throw DecodeError("malformed network") }
@@ -439,8 +444,8 @@ public enum SPFWire {
                     guard directives <= source.count / 2 else { throw DecodeError("more terms than the record has room for") }
                     record.directives.reserveCapacity(directives)
                     for _ in 0..<directives { record.directives.append(try directive(within: source.count)) }
-                    record.redirect = try range(within: source.count)
-                    record.exp = try range(within: source.count)
+                    record.redirect = try optionalRange(within: source.count)
+                    record.exp = try optionalRange(within: source.count)
                     record.macros = SPFMacroSet(rawValue: UInt16(try u16()))
                     a.spf = .record(record)
                 default:
