@@ -91,6 +91,10 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         return health.withLockedValue { $0.schemaReady }
     }
 
+    /// The database's clock in nanoseconds (statement_timestamp(), so the hosts' clocks need
+    /// not agree), as every statement reads it.
+    static let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
+
     /// The schema version this code uses (`backstop_schema`, component 'ratelimit').
     static let schemaVersion = 2
 
@@ -123,7 +127,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                     CREATE OR REPLACE VIEW \(table)_readable AS
                     SELECT rule, key_text AS key, to_timestamp(tat / 1000000000.0) AS full_again_at, key AS key_bytes
                     FROM \(table)
-                    WHERE tat > (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000
+                    WHERE tat > \(Self.clock)
                     """), logger: self.logger)
                 try await connection.query(PostgresQuery(unsafeSQL:
                     "CREATE INDEX IF NOT EXISTS \(table)_tat ON \(table) (tat)"), logger: self.logger)
@@ -162,7 +166,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     /// One statement: GCRA on the row for (rule, key) using the database clock (nanoseconds).
     /// $3 is cost × T, $4 the tolerance. A refused hit updates nothing (but see `clamp`).
     static let hitSQL = """
-        WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now),
+        WITH clock AS (SELECT \(clock) AS now),
         hit AS (
             INSERT INTO \(table) AS r (rule, key, tat, key_text)
             SELECT $1, $2, clock.now + $3::bigint, $5 FROM clock
@@ -216,8 +220,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     static func clampMargin(_ tolerance: Int64) -> Int64 { max(tolerance / 4, 1_000_000_000) }
 
     func clamp(_ hit: RateHit, to tolerance: Int64) {
-        let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
-        updateRow(hit, "SET tat = \(clock) + $3 WHERE rule = $1 AND key = $2 AND tat > \(clock) + $3", tolerance, "clamp")
+        updateRow(hit, "SET tat = \(Self.clock) + $3 WHERE rule = $1 AND key = $2 AND tat > \(Self.clock) + $3", tolerance, "clamp")
     }
 
     public func refund(_ hit: RateHit) {
@@ -245,7 +248,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         binds.append(rule.name)
         binds.append(ByteBuffer(bytes: key))
         let query = PostgresQuery(unsafeSQL: """
-            SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000,
+            SELECT \(Self.clock),
                    (SELECT tat FROM \(Self.table) WHERE rule = $1 AND key = $2)
             """, binds: binds)
         let rows = try await client.query(query, logger: logger)
@@ -261,7 +264,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         binds.append(ByteBuffer(bytes: key))
         let query = PostgresQuery(unsafeSQL: """
             DELETE FROM \(Self.table) WHERE rule = $1 AND key = $2
-            RETURNING tat > (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000
+            RETURNING tat > \(Self.clock)
             """, binds: binds)
         var held = false
         for try await live in try await client.query(query, logger: logger).decode(Bool.self) { held = held || live }
@@ -273,7 +276,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         binds.append(rule.name)
         binds.append(limit)
         let query = PostgresQuery(unsafeSQL: """
-            WITH clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000 AS now)
+            WITH clock AS (SELECT \(Self.clock) AS now)
             SELECT clock.now, r.key, r.tat FROM clock
             LEFT JOIN LATERAL (SELECT key, tat FROM \(Self.table) WHERE rule = $1 AND tat > clock.now
                                ORDER BY tat DESC LIMIT $2) r ON true
@@ -302,10 +305,9 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     /// Deletes rows whose TAT has passed (they carry no state) and publishes key counts.
     func sweep() async {
         do {
-            let clock = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint * 1000"
-            let delete = PostgresQuery(unsafeSQL: """
+                let delete = PostgresQuery(unsafeSQL: """
                 WITH gone AS (DELETE FROM \(Self.table) WHERE ctid IN
-                    (SELECT ctid FROM \(Self.table) WHERE tat <= \(clock) LIMIT \(Self.sweepBatch)) RETURNING 1)
+                    (SELECT ctid FROM \(Self.table) WHERE tat <= \(Self.clock) LIMIT \(Self.sweepBatch)) RETURNING 1)
                 SELECT count(*) FROM gone
                 """)
             for _ in 0..<Self.sweepBatchesMax {
@@ -314,7 +316,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                 if deleted < Self.sweepBatch || Task.isCancelled { break }
             }
             let rows = try await client.query(PostgresQuery(unsafeSQL:
-                "SELECT rule, count(*) FROM \(Self.table) WHERE tat > \(clock) GROUP BY rule"), logger: logger)
+                "SELECT rule, count(*) FROM \(Self.table) WHERE tat > \(Self.clock) GROUP BY rule"), logger: logger)
             var counts: [String: Int64] = [:]
             for try await (rule, count) in rows.decode((String, Int64).self) { counts[rule] = count }
             for (rule, gauge) in gauges.withLockedValue({ $0 }) { gauge.record(counts[rule] ?? 0) }
