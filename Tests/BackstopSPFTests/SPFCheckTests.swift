@@ -270,6 +270,11 @@ func isHeader(_ decision: Decision) -> Bool {
         let third = try #require(try resized.makeCheck(CheckBuildContext(logger: testLogger, previous: second)) as? SPFCheck)
         defer { third.verifier.shutdown() }
         #expect(third.verifier !== first.verifier)
+        // A new verifier keeps the messages too: r1's header was added, none comes again.
+        let r3 = try await decide(PolicyEngine(stages: [.rcpt: [third]]),
+                                  request(sender: "a@pass.example", client: "192.0.2.10", instance: "r1", recipient: "y@local.example"))
+        #expect(r3.action == .dunno && r3.reason == "spf=pass header_already_added")
+        #expect(third.verifier.evaluationCount == 0)
         let pid = try #require(await first.verifier.workerProcessIDs.first)
         second.retire(replacedBy: third)  // after the evaluation deadline (4 s) and a second
         for _ in 0..<8 where processState(pid) != nil { await waitUntilGone(pid) }

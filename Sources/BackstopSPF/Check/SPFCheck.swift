@@ -67,8 +67,14 @@ public final class SPFCheck: RetirableCheck {
         ]), reason: "spf=temperror")
     }
 
-    /// `previous`: the check this one replaces on reload; its per-message state is kept when
-    /// the verifier is, so a message in flight still gets one header.
+    /// Bounds of the per-message cache: fixed (not from `result_cache_size`), so that every
+    /// reload can hand the same cache on.
+    static let messageEntries = 65_536
+    static let messageBytes = 16 << 20
+
+    /// `previous`: the check this one replaces on reload. Its per-message state is always
+    /// kept, with a new verifier too, so a message in flight keeps its outcome and gets one
+    /// header.
     public init(settings: SPFSettings, verifier: SPFVerifier, logger: Logger = Logger(label: "backstop.spf"),
                 previous: SPFCheck? = nil) {
         self.settings = settings
@@ -79,11 +85,7 @@ public final class SPFCheck: RetirableCheck {
         reasons = SPFResult.allCases.flatMap { result in
             ["", " identity=helo"].flatMap { helo in ["", " cached"].map { "spf=\(result.rawValue)" + helo + $0 } }
         }
-        if let previous, previous.verifier === verifier {
-            messages = previous.messages
-        } else {
-            messages = BoundedCache(maxEntries: max(settings.verifier.resultCacheSize, 10_000), maxBytes: 16 << 20)
-        }
+        messages = previous?.messages ?? BoundedCache(maxEntries: SPFCheck.messageEntries, maxBytes: SPFCheck.messageBytes)
     }
 
     /// Stops the verifier's workers when the check that replaces this one does not use them

@@ -190,11 +190,12 @@ public struct SPFSettings: CheckSettings, Equatable {
             context.logger.warning("spf.evaluation_deadline is not inside policy.deadline; using \(DurationText.format(ceiling))")
             settings.verifier.evaluationDeadline = max(ceiling, .milliseconds(50))
         }
-        if let previous = context.previous as? SPFCheck, previous.settings.verifier == settings.verifier {
+        let previous = context.previous as? SPFCheck
+        if let previous, previous.settings.verifier == settings.verifier {
             return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, previous: previous)
         }
         return SPFCheck(settings: settings, verifier: SPFVerifier(settings: settings.verifier, logger: context.logger),
-                        logger: context.logger)
+                        logger: context.logger, previous: previous)
     }
 
     /// Workers must not share the server's user: a worker taken over by a hostile record
