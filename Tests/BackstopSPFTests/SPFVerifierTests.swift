@@ -198,10 +198,20 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         _ = await verifier.evaluate(ip: "192.0.2.11", sender: "first@pass.example", helo: "x")
         #expect(verifier.evaluationCount == before + 1)
         // A domain that does not exist (an answer with no TTL of its own): kept too, for a
-        // second at least, as the DNS cache keeps it.
-        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing.example", helo: "x").result == .none)
-        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "b@nothing.example", helo: "x").cached)
-        #expect(verifier.evaluationCount == before + 2)
+        // second at least, as the DNS cache keeps it. Judged on a pair of evaluations that
+        // took under 0.9 s together (the whole suite shares two cores): up to three pairs,
+        // each of another domain, and a failure when none was that quick.
+        var judged = false
+        for n in 0..<3 where !judged {
+            let started = NIODeadline.now()
+            let count = verifier.evaluationCount
+            #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing\(n).example", helo: "x").result == .none)
+            let second = await verifier.evaluate(ip: "192.0.2.10", sender: "b@nothing\(n).example", helo: "x")
+            guard NIODeadline.now() - started < .milliseconds(900) else { continue }
+            judged = true
+            #expect(second.result == .none && second.cached && verifier.evaluationCount == count + 1)
+        }
+        #expect(judged, "no pair of evaluations took under 0.9 s")
         // %{l}: kept per sender.
         #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "alice@local.example", helo: "x").result == .pass)
         let bob = await verifier.evaluate(ip: "192.0.2.5", sender: "bob@local.example", helo: "x")

@@ -81,11 +81,11 @@ final class ServeProcess {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Waits until the log holds `text` at least `count` times.
-    func waitForLog(_ text: String, count: Int = 1, seconds: Double = 20) -> Bool {
+    func waitForLog(_ text: String, count: Int = 1, seconds: Double = 20) async -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
             if log.components(separatedBy: text).count - 1 >= count { return true }
-            usleep(50_000)
+            try? await Task.sleep(for: .milliseconds(50))
         }
         return false
     }
@@ -163,10 +163,10 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(missing.stderr.contains("missing.toml: cannot read the configuration: open failed: No such file or directory"), "\(missing.stderr)")
     }
 
-    @Test func serveWithTheExampleAndQueryPrintsDunno() throws {
+    @Test func serveWithTheExampleAndQueryPrintsDunno() async throws {
         let (_, config, port) = try exampleCopy()
         let serve = try ServeProcess(config: config)
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let query = try runBackstop(["query", "--server", "127.0.0.1:\(port)"])
         #expect(query.status == 0)
         #expect(query.stdout == "action=DUNNO\n")
@@ -185,19 +185,19 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
 
     /// A client refused by `allow` as often as it connects gets one log line per second, and
     /// the lines together account for every refusal.
-    @Test func refusalsAreLoggedOncePerSecondWithACount() throws {
+    @Test func refusalsAreLoggedOncePerSecondWithACount() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let config = dir + "/backstop.toml"
         try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\nallow = [\"192.0.2.0/24\"]\n".write(toFile: config, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: config)
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let line = "connection refused: client not in the listener's allow list"
         for _ in 0..<40 { _ = try? PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)).ask(rcptRequest) }
-        #expect(serve.waitForLog(line))
-        usleep(1_100_000)
+        #expect(await serve.waitForLog(line))
+        try? await Task.sleep(for: .milliseconds(1_100))
         _ = try? PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)).ask(rcptRequest)
-        #expect(serve.waitForLog(line, count: 2))
+        #expect(await serve.waitForLog(line, count: 2))
         #expect(serve.stop() == 0)
         let lines = serve.log.split(separator: "\n").filter { $0.contains(line) }
         #expect(lines.count >= 2 && lines.count < 10, "\(lines.count) lines for 41 refusals")
@@ -236,28 +236,28 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(run.stderr.contains("\(path):2: policy.deadline: expected a duration"))
     }
 
-    @Test func sighupReloadsAndABrokenEditKeepsTheRunningConfig() throws {
+    @Test func sighupReloadsAndABrokenEditKeepsTheRunningConfig() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
         let good = "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\ntest_mode = false\n"
         try good.write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
-        #expect(serve.waitForLog("backstop started"))
+        #expect(await serve.waitForLog("backstop started"))
         try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[policy]\ntest_mode = perhaps\n".write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
-        #expect(serve.waitForLog("reload failed, keeping the running configuration: \(path):4: TOML syntax error"))
+        #expect(await serve.waitForLog("reload failed, keeping the running configuration: \(path):4: TOML syntax error"))
         #expect(try runBackstop(["query", "--server", "127.0.0.1:\(port)"]).stdout == "action=DUNNO\n")
         try good.write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
-        #expect(serve.waitForLog("configuration reloaded"))
+        #expect(await serve.waitForLog("configuration reloaded"))
         #expect(serve.stop() == 0)
     }
 
     /// A SIGHUP while the tables load (a table generator that signals as soon as it wrote)
     /// is a reload once the server runs; by default it would end the process, and systemd
     /// does not restart a unit that a HUP ended.
-    @Test func sighupWhileStartingIsAReloadOnceRunning() throws {
+    @Test func sighupWhileStartingIsAReloadOnceRunning() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let table = dir + "/recipients", path = dir + "/backstop.toml"
@@ -278,17 +278,17 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         let started = Date()
         // (python3 first, backstop once it has exec'd.)
         while !((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"))?.hasSuffix("/backstop") == true && handlesHangups())
-                && Date().timeIntervalSince(started) < 10 { usleep(2_000) }
+                && Date().timeIntervalSince(started) < 10 { usleep(2_000) }  // blocking: a suspension could resume after the load
         if serve.log.contains("backstop started") { Issue.record("the table loaded before the signal: make it bigger") }
         serve.signal(SIGHUP)
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
-        #expect(serve.waitForLog("configuration reloaded"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("configuration reloaded"), "\(serve.log)")
         #expect(serve.process.isRunning)
         #expect(try runBackstop(["query", "--server", "127.0.0.1:\(port)", "--recipient", "user5@example.org"]).stdout == "action=DUNNO\n")
         #expect(serve.stop() == 0)
     }
 
-    @Test func summaryLineCountsAnswers() throws {
+    @Test func summaryLineCountsAnswers() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
@@ -298,28 +298,28 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         defer { _ = serve.stop() }
         let client = try waitForClient(port: port)
         for _ in 0..<5 { _ = try client.ask(rcptRequest) }
-        #expect(serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
+        #expect(await serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
     }
 
-    @Test func underTheJournalEachLineCarriesItsPriority() throws {
+    @Test func underTheJournalEachLineCarriesItsPriority() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
         try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path, journal: true)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("<5>notice backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("<5>notice backstop started"), "\(serve.log)")
         #expect(serve.log.contains("<4>warning running as root") || geteuid() != 0, "\(serve.log)")
         let plain = try ServeProcess(config: path, logName: "plain.log")
         defer { _ = plain.stop() }
-        _ = plain.waitForLog("cannot start")
+        _ = await plain.waitForLog("cannot start")
         #expect(!plain.log.contains("<2>") && plain.log.contains(" critical cannot start"), "no prefix without the journal: \(plain.log)")
         // The bind failure names the address in use.
         #expect(plain.log.contains("cannot start: cannot listen on 127.0.0.1:\(port): Address already in use"), "\(plain.log)")
         #expect(plain.stop() == 71)
     }
 
-    @Test func decisionLinesNameEveryCheckAndFollowLogDecisions() throws {
+    @Test func decisionLinesNameEveryCheckAndFollowLogDecisions() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
@@ -334,14 +334,14 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         known.append(("helo_name", "mx.example.org"))
         known.append(("sasl_username", "alice"))
         _ = try client.ask(known)
-        #expect(serve.waitForLog("helo_name=mx.example.org sasl_username=alice protocol_state=RCPT check=recipients action=DUNNO reason=known_recipient recipients=known_recipient bounces=ok elapsed_us="), "\(serve.log)")
+        #expect(await serve.waitForLog("helo_name=mx.example.org sasl_username=alice protocol_state=RCPT check=recipients action=DUNNO reason=known_recipient recipients=known_recipient bounces=ok elapsed_us="), "\(serve.log)")
         // Only refusals: the accepted recipient writes no line, the unknown one does.
         try (base + "decisions = \"refusals\"\n").write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
-        #expect(serve.waitForLog("configuration reloaded"))
+        #expect(await serve.waitForLog("configuration reloaded"))
         _ = try client.ask(known)
         _ = try client.ask(rcptRequest)
-        #expect(serve.waitForLog("reason=unknown_recipient recipients=unknown_recipient elapsed_us="), "\(serve.log)")
+        #expect(await serve.waitForLog("reason=unknown_recipient recipients=unknown_recipient elapsed_us="), "\(serve.log)")
         #expect(serve.log.components(separatedBy: "reason=known_recipient").count == 2, "one line for the first request only")
     }
 
@@ -375,7 +375,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(notAnAddress.stderr.contains("rule per_client: \"not-an-ip\" is not an IP address or network"), "\(notAnAddress.stderr)")
     }
 
-    @Test func rateLimitListResetAndCountersThatSurviveARestart() throws {
+    @Test func rateLimitListResetAndCountersThatSurviveARestart() async throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
@@ -406,7 +406,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(FileManager.default.fileExists(atPath: dir + "/ratelimit.state"), "saved on stop")
         serve = try ServeProcess(config: path, logName: "serve2.log")
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("rate-limit state loaded"), "\(serve.log)")
+        #expect(await serve.waitForLog("rate-limit state loaded"), "\(serve.log)")
         let again = try waitForClient(port: port)
         let after = try fill(again, "192.0.2.1", 1)
         #expect(after.first?.hasPrefix("action=DEFER 4.7.1") == true, "over the limit before the restart, and after: \(after)")
@@ -415,7 +415,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         // Reset forgets the key; GET is refused for it.
         let reset = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "192.0.2.1", "--config", path])
         #expect(reset.status == 0 && reset.stdout.contains("state forgotten: all 3 available again"), "\(reset.stdout)\(reset.stderr)")
-        #expect(serve.waitForLog("rate-limit key reset by the administrator"), "\(serve.log)")
+        #expect(await serve.waitForLog("rate-limit key reset by the administrator"), "\(serve.log)")
         #expect(try fill(again, "192.0.2.1", 1) == ["action=DUNNO"])
         #expect(try scrape(port: metricsPort, path: "/ratelimit/reset?rule=per_client&key=192.0.2.2").contains("405"))
         let damaged = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "nonsense", "--config", path])

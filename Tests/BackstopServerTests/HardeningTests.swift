@@ -20,7 +20,7 @@ func rssKiB(_ pid: Int32) -> Int {
 
 @Suite(.serialized) struct HardeningTests {
     @Test(.enabled(if: geteuid() == 0, "needs root to switch users"))
-    func dropsPrivilegesAfterBinding() throws {
+    func dropsPrivilegesAfterBinding() async throws {
         let dir = tempDirectory()
         chmod(dir, 0o755)
         let port = freePort()
@@ -30,7 +30,7 @@ func rssKiB(_ pid: Int32) -> Int {
         chmod(path, 0o644)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let pid = serve.process.processIdentifier
         // The main thread has exited (Dispatch's main loop replaces it); every live thread
         // must run as nobody.
@@ -57,7 +57,7 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(serve.log.contains("cannot remove unix:\(dir)/policy.sock on stop: Permission denied"), "\(serve.log)")
         chown(dir, 65534, 65534)
         let again = try ServeProcess(config: path)
-        #expect(again.waitForLog("backstop started"), "\(again.log)")
+        #expect(await again.waitForLog("backstop started"), "\(again.log)")
         #expect(try PolicyClient(endpoint: .unix(path: dir + "/policy.sock")).ask(rcptRequest) == "action=DUNNO")
         // In a directory the server user may write, stop removes the socket.
         #expect(again.stop() == 0)
@@ -67,7 +67,7 @@ func rssKiB(_ pid: Int32) -> Int {
     /// Read as root at start, a table only root may read would fail at its first edit or
     /// reload, long after: the start says so.
     @Test(.enabled(if: geteuid() == 0, "needs root to switch users"))
-    func filesServerUserCannotReadAreNamedAtStart() throws {
+    func filesServerUserCannotReadAreNamedAtStart() async throws {
         let dir = tempDirectory()
         chmod(dir, 0o755)
         let port = freePort()
@@ -79,7 +79,7 @@ func rssKiB(_ pid: Int32) -> Int {
         chmod(path, 0o644)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         #expect(serve.log.contains("\(table) cannot be read as nobody (Permission denied): it loaded as root, but its next edit or a reload will fail"), "\(serve.log)")
         #expect(!serve.log.contains("\(path) cannot be read"))
     }

@@ -58,7 +58,7 @@ final class RawConnection {
         let path = dir + "/policy.sock"
         try "[[listen]]\naddress = \"unix:\(path)\"\n".write(toFile: dir + "/backstop.toml", atomically: true, encoding: .utf8)
         let killed = try ServeProcess(config: dir + "/backstop.toml")
-        #expect(killed.waitForLog("backstop started"), "\(killed.log)")
+        #expect(await killed.waitForLog("backstop started"), "\(killed.log)")
         killed.signal(SIGKILL)
         killed.process.waitUntilExit()
         var info = stat()
@@ -83,17 +83,17 @@ final class RawConnection {
         await first.stop()
     }
 
-    @Test func secondServeProcessExits71AndLeavesTheFirstAlone() throws {
+    @Test func secondServeProcessExits71AndLeavesTheFirstAlone() async throws {
         let dir = tempDirectory()
         let path = dir + "/policy.sock"
         try "[[listen]]\naddress = \"unix:\(path)\"\n".write(toFile: dir + "/backstop.toml", atomically: true, encoding: .utf8)
         let first = try ServeProcess(config: dir + "/backstop.toml")
         defer { _ = first.stop() }
-        #expect(first.waitForLog("backstop started"), "\(first.log)")
+        #expect(await first.waitForLog("backstop started"), "\(first.log)")
         // The second must give up by itself; if it does not within 20 s, it took the socket.
         let second = try ServeProcess(config: dir + "/backstop.toml", logName: "second.log")
         var waited = 0
-        while second.process.isRunning && waited < 200 { usleep(100_000); waited += 1 }
+        while second.process.isRunning && waited < 200 { try? await Task.sleep(for: .milliseconds(100)); waited += 1 }
         #expect(!second.process.isRunning, "the second server is still running: \(second.log)")
         #expect(second.stop() == 71)
         #expect(second.log.contains("cannot start: unix:\(path) is in use by another server"), "\(second.log)")

@@ -36,7 +36,7 @@ func spfRequest(client: String, sender: String, instance: String, recipient: Str
 /// `backstop serve` as root with SPF for example.org, dropping to daemon with workers as
 /// nobody (its directory and file readable by daemon), started and asked once for a pass,
 /// so that a worker runs. `extra` is more TOML.
-func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serve: ServeProcess, client: PolicyClient, path: String, port: Int) {
+func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws -> (serve: ServeProcess, client: PolicyClient, path: String, port: Int) {
     let dir = tempDirectory()
     chmod(dir, 0o755)
     let port = freePort()
@@ -55,7 +55,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
     """.appending(extra).write(toFile: path, atomically: true, encoding: .utf8)
     chmod(path, 0o644)
     let serve = try ServeProcess(config: path)
-    #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+    #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
     let client = try waitForClient(port: port)
     #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
     return (serve, client, path, port)
@@ -101,7 +101,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
         defer { dns.stop() }
         let metricsPort = freePort()
-        let (serve, client, _, _) = try startSPFServerAsDaemon(dns: dns, extra: "[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n")
+        let (serve, client, _, _) = try await startSPFServerAsDaemon(dns: dns, extra: "[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n")
         defer { _ = serve.stop() }
         let server = serve.process.processIdentifier
         let daemon = try #require(getpwnam("daemon")).pointee.pw_uid
@@ -121,7 +121,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         #expect(processStatus(worker, "Seccomp") == "2")
         // The server cannot signal its worker (another uid); the supervisor ends it for it.
         #expect(kill(worker, SIGKILL) == 0)  // the test runs as root
-        for _ in 0..<100 where children(of: supervisor).first == worker { usleep(20_000) }
+        for _ in 0..<100 where children(of: supervisor).first == worker { try? await Task.sleep(for: .milliseconds(20)) }
         #expect(try client.ask(spfRequest(client: "198.51.100.1", sender: "a@example.org", instance: "2"))?.hasPrefix("action=550") == true)
         let replacement = try #require(children(of: supervisor).first)
         #expect(replacement != worker)
@@ -131,7 +131,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         #expect(!metrics.contains("backstop_spf_dns_cache_total{result=\"miss\"} 0\n"), "\(metrics)")
         // Stopping the server ends the supervisor and its workers.
         #expect(serve.stop() == 0)
-        for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { usleep(20_000) }
+        for _ in 0..<100 where kill(supervisor, 0) == 0 || kill(replacement, 0) == 0 { try? await Task.sleep(for: .milliseconds(20)) }
         #expect(kill(supervisor, 0) != 0 && kill(replacement, 0) != 0)
     }
 
@@ -148,11 +148,11 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         chmod(path, 0o644)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         try (withoutSPF + "[policy]\nrcpt = [\"spf\"]\n[spf]\nresolvers = [\"127.0.0.1:\(dns.port)\"]\nworker_user = \"nobody\"\n")
             .write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
-        #expect(serve.waitForLog("configuration reloaded"), "\(serve.log)")
+        #expect(await serve.waitForLog("configuration reloaded"), "\(serve.log)")
         let client = try waitForClient(port: port)
         #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         // The supervisor was started at the start, while root, although [spf] came later.
@@ -166,27 +166,27 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
     func aServerWhoseSupervisorEndsStopsToBeRestarted() async throws {
         let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
         defer { dns.stop() }
-        let (serve, _, path, port) = try startSPFServerAsDaemon(dns: dns)
+        let (serve, _, path, port) = try await startSPFServerAsDaemon(dns: dns)
         defer { _ = serve.stop() }
         let supervisor = try #require(children(of: serve.process.processIdentifier).first)
         let worker = try #require(children(of: supervisor).first)
         #expect(kill(supervisor, SIGKILL) == 0)
         // No SPF worker could be replaced any more: the server says why and stops, with the
         // status systemd restarts on, instead of answering temperror from then on.
-        for _ in 0..<200 where serve.process.isRunning { usleep(50_000) }
+        for _ in 0..<200 where serve.process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
         #expect(!serve.process.isRunning)
         #expect(serve.stop() == 71)
         #expect(serve.log.contains("the SPF supervisor (pid \(supervisor)) was killed by signal 9; no SPF worker can be started without it"), "\(serve.log)")
         #expect(serve.log.contains("backstop stopped"))
         // (A dead worker may wait as a zombie for whoever adopted it to reap it.)
         func ended() -> Bool { processStatus(worker, "State").map { $0.hasPrefix("Z") } ?? true }
-        for _ in 0..<100 where !ended() { usleep(20_000) }
+        for _ in 0..<100 where !ended() { try? await Task.sleep(for: .milliseconds(20)) }
         #expect(ended(), "the worker ends with its supervisor")
         // SIGTERM to the whole service (systemd's default KillMode, or a Ctrl-C) is a stop,
         // not a supervisor's failure: the supervisor ignores it and ends with the server.
         let again = try ServeProcess(config: path, logName: "again.log")
         defer { _ = again.stop() }
-        #expect(again.waitForLog("backstop started"), "\(again.log)")
+        #expect(await again.waitForLog("backstop started"), "\(again.log)")
         #expect(try waitForClient(port: port).ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "2"))?.hasPrefix("action=PREPEND") == true)
         let second = try #require(children(of: again.process.processIdentifier).first)
         #expect(kill(second, SIGTERM) == 0 && kill(again.process.processIdentifier, SIGTERM) == 0)
@@ -208,7 +208,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path, binary: binary)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let client = try waitForClient(port: port)
         #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         let server = serve.process.processIdentifier
@@ -221,7 +221,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         chmod(binary + ".new", 0o755)
         #expect(rename(binary + ".new", binary) == 0)
         #expect(kill(worker, SIGKILL) == 0)
-        for _ in 0..<100 where children(of: server).first == worker { usleep(20_000) }
+        for _ in 0..<100 where children(of: server).first == worker { try? await Task.sleep(for: .milliseconds(20)) }
         let answer = try client.ask(spfRequest(client: "192.0.2.6", sender: "a@example.org", instance: "2"))
         #expect(answer?.hasPrefix("action=PREPEND Received-SPF: pass") == true, "\(answer ?? "no answer")\n\(serve.log)")
         #expect(!serve.log.contains("exited with status 3"), "\(serve.log)")
@@ -248,7 +248,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         try write(0)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let pid = serve.process.processIdentifier
         let client = try waitForClient(port: port)
         func traffic(_ round: Int) throws {
@@ -262,14 +262,14 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         for round in 1...20 {
             try write(round)
             serve.signal(SIGHUP)
-            #expect(serve.waitForLog("configuration reloaded", count: round), "reload \(round): \(serve.log.suffix(500))")
+            #expect(await serve.waitForLog("configuration reloaded", count: round), "reload \(round): \(serve.log.suffix(500))")
             try traffic(round)
-            usleep(100_000)  // retired workers are reaped as their sockets close
+            try? await Task.sleep(for: .milliseconds(100))  // retired workers are reaped as their sockets close
             samples.append((children(of: pid).count, count("/proc/\(pid)/task"), count("/proc/\(pid)/fd")))
         }
         // Replaced verifiers stop their workers once evaluations in flight have had their
         // time (evaluation_deadline, 4 s, and a second).
-        for _ in 0..<100 where children(of: pid).count > 2 { usleep(100_000) }
+        for _ in 0..<100 where children(of: pid).count > 2 { try? await Task.sleep(for: .milliseconds(100)) }
         let first = samples[2], last = (children(of: pid).count, count("/proc/\(pid)/task"), count("/proc/\(pid)/fd"))
         #expect(last.0 <= 2, "worker processes after 20 reloads: \(samples.map(\.workers)) then \(last.0)")
         #expect(last.1 <= first.threads + 2, "threads: \(samples.map(\.threads)) then \(last.1)")
@@ -298,7 +298,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") throws -> (serv
         """.write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        #expect(serve.waitForLog("backstop started"), "\(serve.log)")
+        #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let pid = serve.process.processIdentifier
         let warm = try waitForClient(port: port)
         for n in 0..<100 { _ = try warm.ask(spfRequest(client: "192.0.2.\(n % 200 + 1)", sender: "a@example.org", instance: "w\(n)")) }
