@@ -145,14 +145,17 @@ PY
     cpu refserver "$REF" "$REF_PORT"
     exit 0
 fi
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
+# Under valgrind /proc/self/exe is valgrind's own binary: the workers are named instead.
+BACKSTOP_SPF_WORKER_BINARY="$WORK/backstop" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
     "$WORK/backstop" serve -c "$WORK/backstop.toml" 2> "$WORK/valgrind.log" &
 PIDS+=($!)
 python3 bench/first_answer.py wait "$PORT" --timeout 300
 callgrind_control -i on > /dev/null
 "$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$WARMUP" > /dev/null   # warm-up (DNS cache, keys)
 callgrind_control -z > /dev/null
-"$POLICYLOAD" -q -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$REQUESTS" | cut -c1-120 >&2
+# Another seed than the warm-up's: the same one would replay its requests, and spf-warm
+# would be answered from the outcome cache.
+"$POLICYLOAD" -q -s 2 -t "127.0.0.1:$PORT" -f "bench/mixes/$SCENARIO.mix" -c 16 -n "$REQUESTS" | cut -c1-120 >&2
 callgrind_control -d > /dev/null
 sleep 1
 OUTFILE=$(ls "$WORK"/callgrind.out.* | head -n 1)

@@ -59,7 +59,15 @@ public enum SPFProcesses {
     /// protocol.
     public static let runningExecutable = "/proc/self/exe"
 
+    /// Names another binary for the workers: only for running the server under a tool such
+    /// as valgrind, whose own binary /proc/self/exe then is (bench/profile.sh sets it).
+    public static let executableVariable = "BACKSTOP_SPF_WORKER_BINARY"
+
     public static func registerRunningExecutable() {
+        if let path = getenv(executableVariable).map({ String(cString: $0) }), path.hasPrefix("/"), access(path, X_OK) == 0 {
+            executable = path
+            return
+        }
         guard access(runningExecutable, X_OK) == 0 else { return }
         executable = runningExecutable
     }
