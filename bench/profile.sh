@@ -10,8 +10,8 @@
 #   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
 #   bench/profile.sh --cpu checks|spf-warm|spf-peers
 #       no valgrind: the server as run.sh runs it (one event loop per core), 3 s of load
-#       after the warm-up, and the CPU time per request of the server (user, kernel) and of
-#       policyload, from /proc/PID/stat; then the same for refserver
+#       after the warm-up, and the CPU time per request of the server (user, kernel), of its
+#       SPF workers (its children) and of policyload, from /proc/PID/stat; then refserver's
 #
 # The server-side scenarios count the server process only: SPF workers are other processes.
 # spf-worker runs `backstop spf-worker --bench N` (N evaluations from a cached DNS answer,
@@ -122,23 +122,29 @@ if [ "$CPU" = 1 ]; then
     REF=$!
     sleep 0.5
     ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }   # user and kernel, in clock ticks
+    children() {  # the same summed over PID's children (SPF workers), or "0 0"
+        local u=0 k=0 child
+        for child in $(pgrep -P "$1" || true); do read -r cu ck < <(ticks "$child" 2>/dev/null || echo "0 0"); u=$((u + cu)); k=$((k + ck)); done
+        echo "$u $k"
+    }
     cpu() {  # NAME PID PORT: 3 s measured inside a 6 s load
         "$POLICYLOAD" -q -t "127.0.0.1:$3" -f "bench/mixes/$SCENARIO.mix" -c 16 -d 6 -w 1 > "$WORK/load.json" &
         local load=$! hz
         hz=$(getconf CLK_TCK)
         sleep 2
-        read -r su ss < <(ticks "$2"); read -r lu ls < <(ticks "$load")
+        read -r su ss < <(ticks "$2"); read -r lu ls < <(ticks "$load"); read -r wu ws < <(children "$2")
         sleep 3
-        read -r su2 ss2 < <(ticks "$2"); read -r lu2 ls2 < <(ticks "$load")
+        read -r su2 ss2 < <(ticks "$2"); read -r lu2 ls2 < <(ticks "$load"); read -r wu2 ws2 < <(children "$2")
         wait "$load"
-        python3 - "$1" "$hz" "$su" "$ss" "$su2" "$ss2" "$lu" "$ls" "$lu2" "$ls2" "$WORK/load.json" <<'PY'
+        python3 - "$1" "$hz" "$su" "$ss" "$su2" "$ss2" "$lu" "$ls" "$lu2" "$ls2" "$wu" "$ws" "$wu2" "$ws2" "$WORK/load.json" <<'PY'
 import json, sys
 name, hz = sys.argv[1], int(sys.argv[2])
-su, ss, su2, ss2, lu, ls, lu2, ls2 = map(int, sys.argv[3:11])
-rps = next(json.loads(l[5:]) for l in open(sys.argv[11]) if l.startswith("JSON "))["rps"]
+su, ss, su2, ss2, lu, ls, lu2, ls2, wu, ws, wu2, ws2 = map(int, sys.argv[3:15])
+rps = next(json.loads(l[5:]) for l in open(sys.argv[15]) if l.startswith("JSON "))["rps"]
 per = lambda t: t / hz / (rps * 3) * 1e6
+workers = f"; SPF workers user {per(wu2 - wu):.1f} us, kernel {per(ws2 - ws):.1f} us" if wu2 + ws2 else ""
 print(f"{name}: {rps:,.0f} req/s; CPU per request: server user {per(su2 - su):.1f} us, kernel {per(ss2 - ss):.1f} us; "
-      f"policyload {per(lu2 - lu + ls2 - ls):.1f} us")
+      f"policyload {per(lu2 - lu + ls2 - ls):.1f} us{workers}")
 PY
     }
     cpu backstop "$SERVER" "$PORT"

@@ -6,7 +6,7 @@
 # throughput ratios, p99 latency, RSS, start-up time. Everything runs on loopback and is
 # stopped on exit. It does not judge a single absolute number: the machine is shared.
 #
-#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR] [--only LIST] [--threads N]
+#   bench/run.sh [--quick] [--no-build] [--rounds N] [--duration S] [--out DIR] [--only LIST] [--threads N] [--spf-workers N]
 #
 #   --quick      short runs (3 s, 1 round, 200,000 rate-limit keys) for trying the script out
 #   --no-build   use the release binary already built
@@ -16,6 +16,7 @@
 #   --only LIST  comma-separated scenarios: checks, spf-warm, spf-peers, new-connection,
 #                spf-cold, keys, ratelimit, example, startup (default: all of them)
 #   --threads N  server.threads of the measured servers (default 0: one event loop per core)
+#   --spf-workers N  spf.workers of the spf-warm and spf-peers servers (default: the default)
 #
 # Needs: swift, gcc, python3 with dnslib (Tests/Support/dns_server.py), and the policyload
 # and refserver sources in ../shared/bench (or BACKSTOP_BENCH_TOOLS=dir).
@@ -23,7 +24,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS_SRC=${BACKSTOP_BENCH_TOOLS:-$ROOT/../shared/bench}
-THREADS=0 QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT="" ONLY="checks,spf-warm,spf-peers,new-connection,spf-cold,keys,ratelimit,example,startup"
+SPF_WORKERS="" THREADS=0 QUICK=0 BUILD=1 ROUNDS=3 DURATION=10 WARMUP=2 OUT="" ONLY="checks,spf-warm,spf-peers,new-connection,spf-cold,keys,ratelimit,example,startup"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
         --threads) THREADS=$2; shift ;;
+        --spf-workers) SPF_WORKERS=$2; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -116,7 +118,8 @@ config() {
                 recipients) printf '\n[recipients]\ntables = ["%s/recipients"]\n' "$WORK" ;;
                 ratelimit) printf '\n[ratelimit]\nmax_keys = 1000000\n\n[[ratelimit.rule]]\nname = "per_client"\nkey = "client_address"\ncount = "recipient"\nlimit = "200/1d"\naction = "DEFER 4.7.1 Rate limit exceeded, try again later"\n' ;;
                 bounces) printf '\n[bounces]\nno_reply_addresses = ["@notify.bench.test"]\n' ;;
-                spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT" ;;
+                spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT"
+                     if [ -n "$SPF_WORKERS" ]; then printf 'workers = %s\n' "$SPF_WORKERS"; fi ;;
                 spf1) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\nworkers = 1\n' "$DNS_PORT" ;;
                 persender) printf '\n[ratelimit]\n\n[[ratelimit.rule]]\nname = "per_sender"\nkey = "sender"\ncount = "recipient"\nlimit = "50/60s"\naction = "DEFER 4.7.1 Too many recipients from this sender, try again later"\n' ;;
                 metrics) printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" ;;
