@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift ;;
         --threads) THREADS=$2; shift ;;
         --spf-workers) SPF_WORKERS=$2; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
