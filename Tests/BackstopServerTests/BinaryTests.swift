@@ -296,7 +296,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         for _ in 0..<5 { _ = try client.ask(rcptRequest) }
         #expect(await serve.waitForLog("summary interval=1s requests=5 dunno=5 ok=0 reject=0 defer=0"), "\(serve.log)")
     }
@@ -328,7 +328,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         try (base + "decisions = \"all\"\n").write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         var known = rcptRequest
         known[4] = ("recipient", "known@example.com")
         known.append(("helo_name", "mx.example.org"))
@@ -345,7 +345,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.log.components(separatedBy: "reason=known_recipient").count == 2, "one line for the first request only")
     }
 
-    @Test func rateLimitStatusOfARunningServer() throws {
+    @Test func rateLimitStatusOfARunningServer() async throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
@@ -355,7 +355,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         var answers: [String] = []
         for _ in 0..<4 { answers.append(try client.ask(rcptRequest) ?? "closed") }
         #expect(answers[0..<3].allSatisfy { $0 == "action=DUNNO" || $0.hasPrefix("action=DUNNO") }, "\(answers)")
@@ -389,7 +389,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
             return try (0..<times).map { _ in try client.ask(request) ?? "closed" }
         }
         var serve = try ServeProcess(config: path)
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         #expect(try fill(client, "192.0.2.1", 4).last?.hasPrefix("action=DEFER 4.7.1") == true)
         _ = try fill(client, "192.0.2.2", 2)
         _ = try fill(client, "192.0.2.3", 1)
@@ -407,7 +407,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         serve = try ServeProcess(config: path, logName: "serve2.log")
         defer { _ = serve.stop() }
         #expect(await serve.waitForLog("rate-limit state loaded"), "\(serve.log)")
-        let again = try waitForClient(port: port)
+        let again = try await waitForClient(port: port)
         let after = try fill(again, "192.0.2.1", 1)
         #expect(after.first?.hasPrefix("action=DEFER 4.7.1") == true, "over the limit before the restart, and after: \(after)")
         let status = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.2", "--config", path])
@@ -474,7 +474,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(changelog.hasPrefix("backstop (\(BuildInfo.version)) "), "\(changelog.prefix(60))")
     }
 
-    @Test func metricsEndpointCountsRealTraffic() throws {
+    @Test func metricsEndpointCountsRealTraffic() async throws {
         let dir = tempDirectory()
         let port = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
@@ -484,7 +484,7 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         for _ in 0..<7 { _ = try client.ask(rcptRequest) }  // b@example.com: unknown
         var known = rcptRequest
         known[4] = ("recipient", "known@example.com")
@@ -516,12 +516,12 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
     }
 }
 
-func waitForClient(port: Int) throws -> PolicyClient {
+func waitForClient(port: Int) async throws -> PolicyClient {
     let end = Date().addingTimeInterval(20)
     while true {
         do { return try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: port)) } catch {
             if Date() > end { throw error }
-            usleep(50_000)
+            try? await Task.sleep(for: .milliseconds(50))
         }
     }
 }
@@ -535,7 +535,7 @@ func scrape(port: Int, path: String = "/metrics") throws -> String {
 
 extension BinaryTests {
     /// BATV's counters and the socketmap's, as /metrics shows them after real traffic.
-    @Test func batvAndSocketmapAreCounted() throws {
+    @Test func batvAndSocketmapAreCounted() async throws {
         let dir = tempDirectory()
         let port = freePort(), mapPort = freePort(), metricsPort = freePort()
         let path = dir + "/backstop.toml"
@@ -562,11 +562,11 @@ extension BinaryTests {
             """.write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         // The listeners are bound one after another: wait for each (connecting to the
         // socketmap port the moment the policy port answered was refused now and then).
-        _ = try waitForClient(port: mapPort)
-        _ = try waitForClient(port: metricsPort)
+        _ = try await waitForClient(port: mapPort)
+        _ = try await waitForClient(port: metricsPort)
         let map = try RawConnection(port: mapPort)
         let signed = try #require(map.ask("batv-sign", "alice@example.org")).dropFirst(3)
         #expect(map.ask("batv-strip", String(signed)) == "OK alice@example.org")

@@ -55,7 +55,7 @@ final class GarbageDNSServer: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct FaultTests {
-    @Test func logsThatCannotBeWrittenDoNotStopAnswers() throws {
+    @Test func logsThatCannotBeWrittenDoNotStopAnswers() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
@@ -67,14 +67,14 @@ final class GarbageDNSServer: @unchecked Sendable {
         process.standardOutput = full
         process.standardError = full
         try process.run()
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         for _ in 0..<200 { #expect(try client.ask(rcptRequest) == "action=DUNNO") }
         process.terminate()
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
     }
 
-    @Test func unreadableTableKeepsTheLastGoodOne() throws {
+    @Test func unreadableTableKeepsTheLastGoodOne() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let table = dir + "/recipients"
@@ -84,7 +84,7 @@ final class GarbageDNSServer: @unchecked Sendable {
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         func ask(_ recipient: String) throws -> String? {
             var request = rcptRequest
             request[4] = ("recipient", recipient)
@@ -96,7 +96,7 @@ final class GarbageDNSServer: @unchecked Sendable {
         try FileManager.default.removeItem(atPath: table)
         try FileManager.default.createDirectory(atPath: table, withIntermediateDirectories: false)
         serve.signal(SIGHUP)
-        usleep(500_000)
+        try? await Task.sleep(for: .milliseconds(500))
         // Alice is still known; an unknown recipient is deferred, not refused, while the
         // newest version of the table cannot be loaded.
         for _ in 0..<20 {
@@ -106,7 +106,7 @@ final class GarbageDNSServer: @unchecked Sendable {
         #expect(serve.log.contains("cannot read the recipient table: a directory, not a regular file"), "the failure is logged: \(serve.log)")
     }
 
-    @Test func dnsAnsweringGarbageGivesTheTemperrorActionInTime() throws {
+    @Test func dnsAnsweringGarbageGivesTheTemperrorActionInTime() async throws {
         let dns = GarbageDNSServer()
         dns.start()
         defer { dns.stop() }
@@ -118,7 +118,7 @@ final class GarbageDNSServer: @unchecked Sendable {
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         for i in 0..<5 {
             var request = rcptRequest
             request[3] = ("sender", "user@domain\(i).example")

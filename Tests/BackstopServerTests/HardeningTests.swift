@@ -48,7 +48,7 @@ func rssKiB(_ pid: Int32) -> Int {
         var info = stat()
         #expect(stat(dir + "/policy.sock", &info) == 0 && info.st_uid == 65534)
         #expect(info.st_mode & 0o777 == 0o600, "mode as configured: \(String(info.st_mode & 0o777, radix: 8))")
-        #expect(try waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
+        #expect(try await waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
         #expect(try PolicyClient(endpoint: .unix(path: dir + "/policy.sock")).ask(rcptRequest) == "action=DUNNO")
         // As nobody, the server cannot remove its socket from a directory only root may
         // write: it says so, and the next start finds the file stale and replaces it.
@@ -84,7 +84,7 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(!serve.log.contains("\(path) cannot be read"))
     }
 
-    @Test func tenThousandIdleConnectionsStayCheap() throws {
+    @Test func tenThousandIdleConnectionsStayCheap() async throws {
         Privileges.raiseFileLimit()
         let dir = tempDirectory()
         let port = freePort()
@@ -93,7 +93,7 @@ func rssKiB(_ pid: Int32) -> Int {
             .write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let first = try waitForClient(port: port)
+        let first = try await waitForClient(port: port)
         #expect(try first.ask(rcptRequest) == "action=DUNNO")
         let pid = serve.process.processIdentifier
         let before = rssKiB(pid)
@@ -121,14 +121,14 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(after - before < 200 * 1024, "RSS grew by \((after - before) / 1024) MiB")
     }
 
-    @Test func clientThatNeverReadsCannotGrowMemory() throws {
+    @Test func clientThatNeverReadsCannotGrowMemory() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
         try "[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[log]\nlevel = \"warning\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         let serve = try ServeProcess(config: path)
         defer { _ = serve.stop() }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         #expect(try client.ask(rcptRequest) == "action=DUNNO")
         let pid = serve.process.processIdentifier
         let before = rssKiB(pid)
@@ -149,6 +149,6 @@ func rssKiB(_ pid: Int32) -> Int {
         #expect(sent < 100_000_000, "the server kept reading without answers being read")
         #expect(after - before < 64 * 1024)
         // The server is still answering others.
-        #expect(try waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
+        #expect(try await waitForClient(port: port).ask(rcptRequest) == "action=DUNNO")
     }
 }

@@ -9,7 +9,7 @@ import NIOConcurrencyHelpers
 @testable import BackstopServer
 
 @Suite struct LogWriterTests {
-    @Test func aStalledLogReaderDoesNotStopAnswers() throws {
+    @Test func aStalledLogReaderDoesNotStopAnswers() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
@@ -23,7 +23,7 @@ import NIOConcurrencyHelpers
         process.standardError = log
         try process.run()
         defer { if process.isRunning { process.terminate() } }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         // Long values make each decision line about 2.5 KB: 2,500 of them are more than the
         // 4 MiB queue holds, and a pipe holds 64 KiB.
         let long = String(repeating: "s", count: 500)
@@ -49,11 +49,11 @@ import NIOConcurrencyHelpers
         let deadline = Date().addingTimeInterval(60)
         let marker = Data(" log lines dropped".utf8)
         while collected.withLockedValue({ $0.range(of: marker) == nil }), Date() < deadline {
-            usleep(20_000)
+            try? await Task.sleep(for: .milliseconds(20))
         }
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
-        while !reader.isFinished, Date() < deadline { usleep(20_000) }
+        while !reader.isFinished, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         let text = String(decoding: collected.withLockedValue { $0 }, as: UTF8.self)
         let decisions = text.components(separatedBy: " decision ").count - 1
         let dropped = text.split(separator: "\n").compactMap { line -> Int? in
@@ -67,7 +67,7 @@ import NIOConcurrencyHelpers
 
     /// Started with stdout and stderr closed, the server opens them on /dev/null before
     /// anything else, so no socket it opens later takes their numbers (and its log lines).
-    @Test func closedStandardDescriptorsAreOpenedOnDevNull() throws {
+    @Test func closedStandardDescriptorsAreOpenedOnDevNull() async throws {
         let dir = tempDirectory()
         let port = freePort()
         let path = dir + "/backstop.toml"
@@ -77,7 +77,7 @@ import NIOConcurrencyHelpers
         process.arguments = ["-c", "exec \"$0\" serve --config \"$1\" 1>&- 2>&-", backstopBinary, path]
         try process.run()
         defer { if process.isRunning { process.terminate() } }
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         #expect(try client.ask(rcptRequest) == "action=DUNNO")
         for fd in [1, 2] {
             let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.processIdentifier)/fd/\(fd)")

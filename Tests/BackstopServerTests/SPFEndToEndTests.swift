@@ -56,7 +56,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
     chmod(path, 0o644)
     let serve = try ServeProcess(config: path)
     #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
-    let client = try waitForClient(port: port)
+    let client = try await waitForClient(port: port)
     #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
     return (serve, client, path, port)
 }
@@ -153,7 +153,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
             .write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
         #expect(await serve.waitForLog("configuration reloaded"), "\(serve.log)")
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         // The supervisor was started at the start, while root, although [spf] came later.
         let supervisor = try #require(children(of: serve.process.processIdentifier).first)
@@ -187,7 +187,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         let again = try ServeProcess(config: path, logName: "again.log")
         defer { _ = again.stop() }
         #expect(await again.waitForLog("backstop started"), "\(again.log)")
-        #expect(try waitForClient(port: port).ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "2"))?.hasPrefix("action=PREPEND") == true)
+        #expect(try await waitForClient(port: port).ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "2"))?.hasPrefix("action=PREPEND") == true)
         let second = try #require(children(of: again.process.processIdentifier).first)
         #expect(kill(second, SIGTERM) == 0 && kill(again.process.processIdentifier, SIGTERM) == 0)
         again.process.waitUntilExit()
@@ -209,7 +209,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         let serve = try ServeProcess(config: path, binary: binary)
         defer { _ = serve.stop() }
         #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         #expect(try client.ask(spfRequest(client: "192.0.2.5", sender: "a@example.org", instance: "1"))?.hasPrefix("action=PREPEND Received-SPF: pass") == true)
         let server = serve.process.processIdentifier
         let worker = try #require(children(of: server).first)
@@ -250,7 +250,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         defer { _ = serve.stop() }
         #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let pid = serve.process.processIdentifier
-        let client = try waitForClient(port: port)
+        let client = try await waitForClient(port: port)
         func traffic(_ round: Int) throws {
             for n in 0..<4 {
                 let answer = try client.ask(spfRequest(client: "192.0.2.\(n + 1)", sender: "a@example.org", instance: "\(round).\(n)"))
@@ -300,7 +300,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         defer { _ = serve.stop() }
         #expect(await serve.waitForLog("backstop started"), "\(serve.log)")
         let pid = serve.process.processIdentifier
-        let warm = try waitForClient(port: port)
+        let warm = try await waitForClient(port: port)
         for n in 0..<100 { _ = try warm.ask(spfRequest(client: "192.0.2.\(n % 200 + 1)", sender: "a@example.org", instance: "w\(n)")) }
         let before = rssKiB(pid)
         let failures = NIOLockedValueBox(0)
