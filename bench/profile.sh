@@ -122,13 +122,14 @@ if [ "$CPU" = 1 ]; then
     REF=$!
     sleep 0.5
     ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }   # user and kernel, in clock ticks
-    children() {  # the same summed over PID's children (SPF workers), or "0 0"
-        local u=0 k=0 child
+    children() {  # the same over PID's children (SPF workers): the live ones, and those it reaped
+        local u k child
+        read -r u k < <(awk '{print $16, $17}' "/proc/$1/stat")
         for child in $(pgrep -P "$1" || true); do read -r cu ck < <(ticks "$child" 2>/dev/null || echo "0 0"); u=$((u + cu)); k=$((k + ck)); done
         echo "$u $k"
     }
     cpu() {  # NAME PID PORT: 3 s measured inside a 6 s load
-        "$POLICYLOAD" -q -t "127.0.0.1:$3" -f "bench/mixes/$SCENARIO.mix" -c 16 -d 6 -w 1 > "$WORK/load.json" &
+        "$POLICYLOAD" -q -s 2 -t "127.0.0.1:$3" -f "bench/mixes/$SCENARIO.mix" -c 16 -d 6 -w 1 > "$WORK/load.json" &
         local load=$! hz
         hz=$(getconf CLK_TCK)
         sleep 2

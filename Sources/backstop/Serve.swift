@@ -33,8 +33,10 @@ struct Serve: ParsableCommand {
         // ends the process, and systemd does not restart a unit a HUP ended. One that comes
         // while the configuration and tables load waits, and is a reload once the server runs.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        SPFProcesses.registerRunningExecutable()  // SPF evaluations run in `backstop spf-worker` processes
+        // SPF evaluations run in `backstop spf-worker` processes.
+        let workerBinaryNote = SPFProcesses.registerRunningExecutable()
         let logger = Logger(label: "backstop")
+        if let workerBinaryNote { logger.warning("\(workerBinaryNote)") }
         let configuration: Configuration
         let engine: PolicyEngine
         var registry: PrometheusCollectorRegistry?

@@ -205,10 +205,11 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         for n in 0..<3 where !judged {
             let started = NIODeadline.now()
             let count = verifier.evaluationCount
-            #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing\(n).example", helo: "x").result == .none)
+            let first = await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing\(n).example", helo: "x")
             let second = await verifier.evaluate(ip: "192.0.2.10", sender: "b@nothing\(n).example", helo: "x")
             guard NIODeadline.now() - started < .milliseconds(900) else { continue }
             judged = true
+            #expect(first.result == .none, "\(first.result) \(first.problem ?? "")")
             #expect(second.result == .none && second.cached && verifier.evaluationCount == count + 1)
         }
         #expect(judged, "no pair of evaluations took under 0.9 s")

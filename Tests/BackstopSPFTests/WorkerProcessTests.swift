@@ -85,6 +85,27 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
     /// A request of an engine that a reload replaced can reach SPF after the old verifier
     /// was shut down (a slow check before spf): it gets temperror and starts no worker that
     /// nothing would stop, also on a loop that had no worker yet.
+    /// BACKSTOP_SPF_WORKER_BINARY names a binary the supervisor may run as root: only a
+    /// regular executable file that only its owner (root or this user) can write.
+    @Test func workerBinaryVariableTakesOnlyASafeFile() throws {
+        let dir = NSTemporaryDirectory() + "worker-binary-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let binary = dir + "/backstop"
+        try "#!/bin/sh\n".write(toFile: binary, atomically: true, encoding: .utf8)
+        chmod(binary, 0o755)
+        #expect(SPFProcesses.unusableWorkerBinary(binary) == nil)
+        chmod(binary, 0o757)
+        #expect(SPFProcesses.unusableWorkerBinary(binary) == "is writable by its group or others")
+        chmod(binary, 0o775)
+        #expect(SPFProcesses.unusableWorkerBinary(binary) == "is writable by its group or others")
+        chmod(binary, 0o644)
+        #expect(SPFProcesses.unusableWorkerBinary(binary) == "is not executable")
+        #expect(SPFProcesses.unusableWorkerBinary("backstop") == "is not an absolute path")
+        #expect(SPFProcesses.unusableWorkerBinary(dir) == "is not a regular file")
+        #expect(SPFProcesses.unusableWorkerBinary(dir + "/missing")?.hasPrefix("cannot be read") == true)
+    }
+
     @Test func aVerifierShutDownStartsNoWorker() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }

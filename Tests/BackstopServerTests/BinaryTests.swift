@@ -4,6 +4,7 @@
 
 import Testing
 import Foundation
+import BackstopSPF
 @testable import BackstopCore
 @testable import BackstopServer
 
@@ -59,6 +60,9 @@ final class ServeProcess {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
         var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+        // Workers must come from /proc/self/exe here (a developer's profiling variable would
+        // make the binary-replacement test test nothing).
+        if extra[SPFProcesses.executableVariable] == nil { environment[SPFProcesses.executableVariable] = nil }
         if journal {
             var info = stat()
             stat(logPath, &info)

@@ -59,17 +59,39 @@ public enum SPFProcesses {
     /// protocol.
     public static let runningExecutable = "/proc/self/exe"
 
-    /// Names another binary for the workers: only for running the server under a tool such
-    /// as valgrind, whose own binary /proc/self/exe then is (bench/profile.sh sets it).
+    /// Names another binary for the workers and the supervisor: only for running the server
+    /// under a tool such as valgrind, whose own binary /proc/self/exe then is
+    /// (bench/profile.sh sets it). Taken only when it is an absolute path to a regular,
+    /// executable file owned by root or by this user that neither group nor others may write.
     public static let executableVariable = "BACKSTOP_SPF_WORKER_BINARY"
 
-    public static func registerRunningExecutable() {
-        if let path = getenv(executableVariable).map({ String(cString: $0) }), path.hasPrefix("/"), access(path, X_OK) == 0 {
-            executable = path
-            return
+    /// Registers the binary workers run; returns a line for the log when the environment
+    /// named one (taken or refused).
+    @discardableResult
+    public static func registerRunningExecutable() -> String? {
+        var note: String?
+        if let path = getenv(executableVariable).map({ String(cString: $0) }) {
+            if let problem = unusableWorkerBinary(path) {
+                note = "\(executableVariable) ignored: \(LogEscaping.escape(path)) \(problem); workers run /proc/self/exe"
+            } else {
+                executable = path
+                return "\(executableVariable): SPF workers run \(LogEscaping.escape(path)) (for profiling only; it is looked up at every worker start)"
+            }
         }
-        guard access(runningExecutable, X_OK) == 0 else { return }
-        executable = runningExecutable
+        if access(runningExecutable, X_OK) == 0 { executable = runningExecutable }
+        return note
+    }
+
+    /// Why `path` may not be run as the workers' binary, or nil.
+    static func unusableWorkerBinary(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return "is not an absolute path" }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "cannot be read (\(String(cString: strerror(errno))))" }
+        guard info.st_mode & S_IFMT == S_IFREG else { return "is not a regular file" }
+        guard info.st_uid == 0 || info.st_uid == geteuid() else { return "is owned by uid \(info.st_uid), neither root nor this user" }
+        guard info.st_mode & (S_IWGRP | S_IWOTH) == 0 else { return "is writable by its group or others" }
+        guard access(path, X_OK) == 0 else { return "is not executable" }
+        return nil
     }
 
     /// Starts the supervisor (while still root) so that workers can be started as
