@@ -12,7 +12,8 @@ import NIOCore
 public struct RateRuleIdentity: Sendable, Hashable {
     /// The rule's name (shared stores key rows by it, so it is stable across hosts).
     public let name: String
-    /// Changes whenever what the rule counts changes; in-memory counters of an edited rule start afresh.
+    /// Changes whenever what the rule counts changes (not its numbers); in-memory counters of
+    /// a rule that counts something else start afresh.
     public let fingerprint: UInt64
 
     public init(name: String, fingerprint: UInt64) {

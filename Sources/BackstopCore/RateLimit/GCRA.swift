@@ -37,10 +37,13 @@ public enum GCRAOutcome: Sendable, Equatable {
 
 public enum GCRA {
     /// Applies a hit of `cost` units at `now` to a key whose state is `tat` (nil: unknown key).
+    /// A state further ahead than the tolerance (kept from a larger limit or burst, or from an
+    /// override since removed) counts as the whole bucket used, no more: the key frees up at
+    /// the rate in force (`clamped` says what to store when the hit is refused).
     @inlinable
     public static func apply(tat: Int64?, now: Int64, cost: Int64, _ p: GCRAParameters) -> GCRAOutcome {
         guard cost <= p.burst else { return .refused(retryAfter: nil) }
-        let base = max(tat ?? now, now)
+        let base = min(max(tat ?? now, now), now &+ p.tolerance)
         let increment = cost &* p.emissionInterval  // cost ≤ burst, so this fits (checked in init)
         let newTAT = base &+ increment
         let ahead = newTAT &- now
@@ -48,6 +51,14 @@ public enum GCRA {
             return .refused(retryAfter: ahead &- p.tolerance)
         }
         return .admitted(remaining: (p.tolerance &- ahead) / p.emissionInterval, newTAT: newTAT)
+    }
+
+    /// The state to keep for a key in state `tat` whose hit was refused: `tat` brought back
+    /// to a full bucket's worth ahead of `now` when it was further, else nil (nothing to write).
+    @inlinable
+    public static func clamped(tat: Int64?, now: Int64, _ p: GCRAParameters) -> Int64? {
+        guard let tat, tat &- now > p.tolerance else { return nil }
+        return now &+ p.tolerance
     }
 
     /// Units available now for a key in state `tat` (nil or past: a full bucket).

@@ -146,6 +146,9 @@ public final class MemoryCounterStore: CounterStore, Sendable {
                     evicted = makeRoom(&entries, now: now)
                 }
                 entries[key] = newTAT
+            } else if let clamped = GCRA.clamped(tat: old, now: now, hit.parameters) {
+                // Kept from a larger limit: from now on it frees up at this rule's rate.
+                entries[key] = clamped
             }
             return outcome
         }

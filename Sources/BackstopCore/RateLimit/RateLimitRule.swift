@@ -73,13 +73,14 @@ public struct RateLimitRule: Sendable {
         self.failAction = failAction
     }
 
-    /// Changes whenever the counting changes (name, key, what is counted, where, the numbers),
-    /// not when only the answers, selectors or exemptions change.
+    /// Changes whenever what is counted changes (name, key, prefixes, what is counted, where),
+    /// not when only the numbers (limit, burst), answers, selectors or exemptions change: a
+    /// key's state carries over a new limit, and GCRA.apply reads it as at most the new
+    /// burst used, as the PostgreSQL store does.
     /// The same in every process (FNV-1a of the rule's counting, not Swift's per-process
     /// seeded Hasher), so counters saved by one run are found by the next.
     public var identity: RateRuleIdentity {
-        let text = "\(name)\u{0}\(key)\u{0}\(key.ipv4Prefix)/\(key.ipv6Prefix)\u{0}\(count.rawValue)\u{0}\(state.rawValue)\u{0}"
-            + "\(limitCount)\u{0}\(period)\u{0}\(parameters.emissionInterval)/\(parameters.burst)/\(parameters.tolerance)"
+        let text = "\(name)\u{0}\(key)\u{0}\(key.ipv4Prefix)/\(key.ipv6Prefix)\u{0}\(count.rawValue)\u{0}\(state.rawValue)"
         return RateRuleIdentity(name: name, fingerprint: FNV1a.hash(text.utf8))
     }
 

@@ -49,6 +49,25 @@ struct Bench {
         } else { Issue.record("expected a refusal") }
     }
 
+    /// A key's state outlives a change of the rule's numbers (a reload, an override added or
+    /// removed): a smaller limit reads it as at most its whole bucket used, so the key frees
+    /// up at the new rate instead of waiting out the old one.
+    @Test func aLowerLimitCountsTheOldStateAsAtMostItsWholeBucket() {
+        let day = 24 * hour
+        let bench = Bench(count: 1000, period: day)
+        for _ in 1...900 { _ = bench.hit() }
+        let lower = GCRAParameters(count: 100, period: hour, burst: 100)!
+        func hit() -> GCRAOutcome { bench.store.apply(RateHit(rule: bench.rule, parameters: lower, key: Array("k".utf8), cost: 1)) }
+        // 900 of 1,000 a day is more than 100 an hour: refused, one unit back in 36 s.
+        #expect(hit() == .refused(retryAfter: 36 * second))
+        bench.clock.advance(36 * second)
+        if case .admitted = hit() {} else { Issue.record("36 s later one unit is back at the new rate") }
+        #expect(hit() == .refused(retryAfter: 36 * second))
+        // Back to the larger limit: the state is what the smaller one left (its bucket used
+        // up: an hour ahead, under 42 units of the 1,000 a day), so 957 are left after this hit.
+        if case .admitted(let remaining, _) = bench.hit() { #expect(remaining == 957) } else { Issue.record("admitted") }
+    }
+
     @Test func refillsOneUnitEveryEmissionIntervalExactly() {
         let bench = Bench(count: 200, period: hour)
         for _ in 1...200 { _ = bench.hit() }
