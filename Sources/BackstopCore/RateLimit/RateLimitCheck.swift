@@ -382,9 +382,11 @@ extension RateLimitCheck {
 
     static func keyLine(_ p: GCRAParameters, key: String, state: RateKeyState) -> String {
         let available = GCRA.available(tat: state.tat, now: state.now, p)
-        guard let tat = state.tat, tat > state.now else {
+        guard let held = state.tat, held > state.now else {
             return "key \(key): no state held: all \(p.burst) available"
         }
+        // A state from a larger limit counts as this one's whole burst (as GCRA.apply reads it).
+        let tat = min(held, state.now &+ p.tolerance)
         let full = DurationText.approximate(nanoseconds: tat - state.now)
         if available > 0 {
             return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"

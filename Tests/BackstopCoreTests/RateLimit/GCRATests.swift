@@ -55,6 +55,7 @@ struct Bench {
     @Test func aLowerLimitCountsTheOldStateAsAtMostItsWholeBucket() {
         let day = 24 * hour
         let bench = Bench(count: 1000, period: day)
+        let now0 = bench.clock.now
         for _ in 1...900 { _ = bench.hit() }
         let lower = GCRAParameters(count: 100, period: hour, burst: 100)!
         func hit() -> GCRAOutcome { bench.store.apply(RateHit(rule: bench.rule, parameters: lower, key: Array("k".utf8), cost: 1)) }
@@ -63,6 +64,9 @@ struct Bench {
         bench.clock.advance(36 * second)
         if case .admitted = hit() {} else { Issue.record("36 s later one unit is back at the new rate") }
         #expect(hit() == .refused(retryAfter: 36 * second))
+        // status reads the state as apply does: the whole burst of the smaller limit.
+        let line = RateLimitCheck.keyLine(lower, key: "k", state: RateKeyState(tat: now0 + 77_760 * second, now: now0))
+        #expect(line == "key k: over the limit: 0 of 100 available; the next one in 36s; all 100 again in 1h", "\(line)")
         // Back to the larger limit: the state is what the smaller one left (its bucket used
         // up: an hour ahead, under 42 units of the 1,000 a day), so 957 are left after this hit.
         if case .admitted(let remaining, _) = bench.hit() { #expect(remaining == 957) } else { Issue.record("admitted") }
