@@ -308,12 +308,20 @@ extension RateLimitCheck {
         let rule = runtime.rule
         var lines = [Self.ruleLine(rule, store: store.kind)]
         var shown = 0
+        let overrides = runtime.overrides?.table
         for entry in list.entries {
             let state = RateKeyState(tat: entry.tat, now: list.now)
-            if overOnly, GCRA.available(tat: entry.tat, now: list.now, rule.parameters) > 0 { continue }
-            // Listed with the rule's own limit; `status` shows a key's override. A key is what
-            // a client sent: escaped, so no terminal sequence or line break reaches the screen.
-            lines.append(Self.keyLine(rule.parameters, key: LogEscaping.escape(rule.key.display(entry.key), limit: .max), state: state))
+            let shownKey = rule.key.display(entry.key)
+            // Judged by the limit in force for the key (its override's, when it has one;
+            // `status` names the override).
+            var parameters = rule.parameters
+            if let overrides, case .limit(let override)? = overrides.lookup(key: entry.key, client: Self.clientAddress(of: rule, shownKey))?.limit {
+                parameters = override.parameters
+            }
+            if overOnly, GCRA.available(tat: entry.tat, now: list.now, parameters) > 0 { continue }
+            // A key is what a client sent: escaped, so no terminal sequence or line break
+            // reaches the screen.
+            lines.append(Self.keyLine(parameters, key: LogEscaping.escape(shownKey, limit: .max), state: state))
             shown += 1
         }
         if shown == 0 { lines.append(overOnly ? "no key is over the limit" : "no key holds state") }
@@ -385,8 +393,12 @@ extension RateLimitCheck {
         guard let held = state.tat, held > state.now else {
             return "key \(key): no state held: all \(p.burst) available"
         }
-        // A state from a larger limit counts as this one's whole burst (as GCRA.apply reads it).
-        let tat = min(held, state.now &+ p.tolerance)
+        // A state kept from a larger limit (a reload, an override added or removed): GCRA.apply
+        // reads it as this limit's whole burst used at the key's next hit.
+        if held &- state.now > p.tolerance {
+            return "key \(key): over the limit: 0 of \(p.burst) available (its state comes from a larger limit: it counts as all \(p.burst) used at the key's next hit, and from then on one comes back every \(DurationText.approximate(nanoseconds: p.emissionInterval)))"
+        }
+        let tat = held
         let full = DurationText.approximate(nanoseconds: tat - state.now)
         if available > 0 {
             return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"

@@ -5,8 +5,9 @@
 //   192.0.2.0/24             1000/1h      (client_address rules: an address or a network)
 // Keys are written as the rule's key reads (lowercase does not matter; `<>` is the null
 // sender); for a client_address rule the most specific network that holds the client's own
-// address wins. The file is watched like the recipient table (WatchedTable): a broken edit
-// keeps the last good version. This file parses and looks up; RateLimitCheck applies it.
+// address wins, and no network may be narrower than the rule's ipv4_prefix / ipv6_prefix.
+// The file is watched like the recipient table (WatchedTable): a broken edit keeps the last
+// good version. This file parses and looks up; RateLimitCheck applies it.
 
 public struct RateOverrides: Sendable {
     public enum Limit: Sendable, Equatable {
@@ -79,6 +80,13 @@ public struct RateOverrides: Sendable {
                 if byAddress {
                     guard let network = CIDR(key) else {
                         return report(entry.line, "\"\(LogEscaping.escape(key, limit: 120))\" is not an IP address or network (this rule counts by client_address)")
+                    }
+                    // One key is one count: a narrower network would give part of a key
+                    // another limit than the rest (and one client's refusals would reset the
+                    // state the other's larger limit had used).
+                    let counted = network.network.isV4 ? spec.ipv4Prefix : spec.ipv6Prefix
+                    guard network.prefix <= counted else {
+                        return report(entry.line, "\"\(LogEscaping.escape(key, limit: 120))\" is narrower than one client of this rule (it counts /\(counted) networks as one): write \(network.network.masked(to: counted))/\(counted)")
                     }
                     if network.network.isV4 { v4[network.prefix, default: [:]][network.network] = found }
                     else { v6[network.prefix, default: [:]][network.network] = found }

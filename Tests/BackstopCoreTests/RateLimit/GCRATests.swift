@@ -57,19 +57,28 @@ struct Bench {
         let bench = Bench(count: 1000, period: day)
         let now0 = bench.clock.now
         for _ in 1...900 { _ = bench.hit() }
+        for _ in 1...900 { _ = bench.hit("idle") }
         let lower = GCRAParameters(count: 100, period: hour, burst: 100)!
-        func hit() -> GCRAOutcome { bench.store.apply(RateHit(rule: bench.rule, parameters: lower, key: Array("k".utf8), cost: 1)) }
+        func hit(_ key: String = "k") -> GCRAOutcome {
+            bench.store.apply(RateHit(rule: bench.rule, parameters: lower, key: Array(key.utf8), cost: 1))
+        }
         // 900 of 1,000 a day is more than 100 an hour: refused, one unit back in 36 s.
         #expect(hit() == .refused(retryAfter: 36 * second))
         bench.clock.advance(36 * second)
         if case .admitted = hit() {} else { Issue.record("36 s later one unit is back at the new rate") }
         #expect(hit() == .refused(retryAfter: 36 * second))
-        // status reads the state as apply does: the whole burst of the smaller limit.
-        let line = RateLimitCheck.keyLine(lower, key: "k", state: RateKeyState(tat: now0 + 77_760 * second, now: now0))
-        #expect(line == "key k: over the limit: 0 of 100 available; the next one in 36s; all 100 again in 1h", "\(line)")
         // Back to the larger limit: the state is what the smaller one left (its bucket used
         // up: an hour ahead, under 42 units of the 1,000 a day), so 957 are left after this hit.
         if case .admitted(let remaining, _) = bench.hit() { #expect(remaining == 957) } else { Issue.record("admitted") }
+        // status reads such a state as apply does, not as 20 hours of waiting.
+        let line = RateLimitCheck.keyLine(lower, key: "k", state: RateKeyState(tat: now0 + 77_760 * second, now: now0))
+        #expect(line == "key k: over the limit: 0 of 100 available (its state comes from a larger limit: it counts as all 100 used at the key's next hit, and from then on one comes back every 36s)", "\(line)")
+        // A key left idle after the change: its next hit is refused and counts as the whole
+        // burst used; one unit is back an emission interval later.
+        bench.clock.advance(2 * hour)
+        #expect(hit("idle") == .refused(retryAfter: 36 * second))
+        bench.clock.advance(36 * second)
+        if case .admitted = hit("idle") {} else { Issue.record("one unit back 36 s after the first hit") }
     }
 
     @Test func refillsOneUnitEveryEmissionIntervalExactly() {

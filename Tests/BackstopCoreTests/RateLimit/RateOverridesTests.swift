@@ -61,6 +61,20 @@ import Testing
         check.stop()
     }
 
+    /// `list` judges each key by the limit in force for it: an override's, when it has one.
+    @Test func listJudgesAKeyByItsOverride() async throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("overrides", "bulk  10/2h\n")
+        let check = try check(dir, key: "sasl_username")
+        #expect(admitted(check, 12, sasl: "bulk") == 10)
+        #expect(admitted(check, 3, sasl: "plain") == 2)
+        let listed = try await check.list(rule: "r", overOnly: true, limit: 10)
+        // bulk is two hours ahead: over its own 10/2h (not "from a larger limit" under 2/1h).
+        #expect(listed.contains("key bulk: over the limit: 0 of 10 available; the next one in 12m; all 10 again in 2h"), "\(listed)")
+        #expect(listed.contains("key plain: over the limit: 0 of 2 available; the next one in 30m; all 2 again in 1h"), "\(listed)")
+        check.stop()
+    }
+
     @Test func theMostSpecificNetworkWins() async throws {
         let dir = try RecipientTableDirectory()
         try dir.write("overrides", """
@@ -97,6 +111,17 @@ import Testing
             #expect(text.contains { $0.hasPrefix(dir.file("overrides") + ":4") }, "\(text)")
             // A duration too large for nanoseconds is a problem of that line, not a trap.
             #expect(text.contains { $0.hasPrefix(dir.file("overrides") + ":5") && $0.contains("expected \"exempt\" or a limit") }, "\(text)")
+        }
+        // A network narrower than what the rule counts as one client (ipv6_prefix 64 by
+        // default): part of one count cannot have a limit of its own.
+        let narrow = try RecipientTableDirectory()
+        try narrow.write("overrides", "2001:db8:0:1::/64  exempt\n2001:db8::7  5/1h\n")
+        #expect {
+            _ = try check(narrow, key: "client_address")
+        } throws: { error in
+            let text = (error as? ConfigError)?.issues.map(\.description) ?? []
+            return text.count == 1 && text[0].hasPrefix(narrow.file("overrides") + ":2")
+                && text[0].contains("is narrower than one client of this rule (it counts /64 networks as one): write 2001:db8::/64")
         }
         // A combined key cannot have overrides.
         #expect(throws: ConfigError.self) {
