@@ -205,8 +205,13 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                 // reads its own start time, and under contention an earlier one may run after
                 // a later one): a row from a larger limit.
                 if let oldTAT, oldTAT &- now > p.tolerance &+ Self.clampMargin(p.tolerance) { self.clamp(hit, to: p.tolerance) }
-                let ahead = (min(max(oldTAT ?? now, now), now &+ p.tolerance) &- now) &+ increment
-                return .refused(retryAfter: max(1, ahead &- p.tolerance))
+                // The wait GCRA gives for the row as read (a state from a larger limit counts
+                // as the whole burst); 1 ns when the row as read would fit (it moved on after
+                // the statement's update was decided).
+                guard case .refused(let retryAfter?) = GCRA.apply(tat: oldTAT, now: now, cost: hit.cost, p) else {
+                    return .refused(retryAfter: 1)
+                }
+                return .refused(retryAfter: retryAfter)
             }
             throw CounterStoreFailure("the hit statement returned no row")
         })

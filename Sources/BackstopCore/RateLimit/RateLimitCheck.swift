@@ -390,15 +390,14 @@ extension RateLimitCheck {
 
     static func keyLine(_ p: GCRAParameters, key: String, state: RateKeyState) -> String {
         let available = GCRA.available(tat: state.tat, now: state.now, p)
-        guard let held = state.tat, held > state.now else {
+        guard let tat = state.tat, tat > state.now else {
             return "key \(key): no state held: all \(p.burst) available"
         }
         // A state kept from a larger limit (a reload, an override added or removed): GCRA.apply
         // reads it as this limit's whole burst used at the key's next hit.
-        if held &- state.now > p.tolerance {
+        if tat &- state.now > p.tolerance {
             return "key \(key): over the limit: 0 of \(p.burst) available (its state comes from a larger limit: it counts as all \(p.burst) used at the key's next hit, and from then on one comes back every \(DurationText.approximate(nanoseconds: p.emissionInterval)))"
         }
-        let tat = held
         let full = DurationText.approximate(nanoseconds: tat - state.now)
         if available > 0 {
             return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"
