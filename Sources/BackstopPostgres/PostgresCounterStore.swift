@@ -310,7 +310,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     /// Deletes rows whose TAT has passed (they carry no state) and publishes key counts.
     func sweep() async {
         do {
-                let delete = PostgresQuery(unsafeSQL: """
+            let delete = PostgresQuery(unsafeSQL: """
                 WITH gone AS (DELETE FROM \(Self.table) WHERE ctid IN
                     (SELECT ctid FROM \(Self.table) WHERE tat <= \(Self.clock) LIMIT \(Self.sweepBatch)) RETURNING 1)
                 SELECT count(*) FROM gone

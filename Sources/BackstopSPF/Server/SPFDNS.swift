@@ -83,7 +83,6 @@ public final class SPFDNS: Sendable {
     }
 
     /// Keeps `answer` for its TTL within the limits; returns that TTL, nil for a failure.
-    @discardableResult
     private func store(_ question: DNSQuestion, _ answer: SPFAnswer) -> UInt32? {
         let ttl: UInt32
         switch answer.status {
