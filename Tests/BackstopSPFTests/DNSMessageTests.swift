@@ -187,6 +187,18 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         #expect(accepted > 1_000 && accepted < texts.count - 1_000, "both outcomes are exercised: \(accepted) of \(texts.count)")
     }
 
+    @Test func namesThatDifferOnlyInCaseHashAlike() {
+        // Lengths on both sides of the eight-octet words the hash folds the octets into.
+        let texts = ["a", "Example.ORG", "mail-01.Sub.Example.Org", String(repeating: "AbCdEfGh.", count: 20) + "Test"]
+        for text in texts {
+            let lower = DNSName(text: text.lowercased())!, mixed = DNSName(text: text)!
+            #expect(lower == mixed && lower.hashValue == mixed.hashValue, "\(text)")
+            #expect(Set([lower, mixed]).count == 1)
+        }
+        let distinct = Set(["a.example", "b.example", "a.example.org", "example.a"].map { DNSName(text: $0)! })
+        #expect(distinct.count == 4)
+    }
+
     @Test func aLabelHoldingADotIsOneLabel() {
         let dotted = DNSName(labels: [Array("a.b".utf8), Array("example".utf8)])!
         let three = DNSName(text: "a.b.example")!

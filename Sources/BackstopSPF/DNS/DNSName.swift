@@ -141,8 +141,22 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
         a.wire.count == b.wire.count && equalFolded(a.wire[...], b.wire[...])
     }
 
+    /// Folded octets eight to a word: one `combine` per word, not per octet (a name is
+    /// hashed at every DNS cache lookup; per octet it cost ~1,700 instructions per evaluation).
     public func hash(into hasher: inout Hasher) {
-        for b in wire { hasher.combine(DNSName.fold(b)) }
+        hasher.combine(wire.count)
+        var word: UInt64 = 0
+        var shift: UInt64 = 0
+        for b in wire {
+            word |= UInt64(DNSName.fold(b)) << shift
+            shift += 8
+            if shift == 64 {
+                hasher.combine(word)
+                word = 0
+                shift = 0
+            }
+        }
+        if shift > 0 { hasher.combine(word) }
     }
 
     @inline(__always) static func fold(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
