@@ -18,10 +18,14 @@ private func request(sender: String, client: String = "198.51.100.7", helo: Stri
 }
 
 /// A check that refuses one recipient (as a recipient rate limit would).
-struct RefuseRecipient: Check {
+final class RefuseRecipient: Check {
     let name = "ratelimit"
     let recipient: String
-    var testMode = false
+    let testMode: Bool
+    init(recipient: String, testMode: Bool = false) {
+        self.recipient = recipient
+        self.testMode = testMode
+    }
     var failVerdict: Verdict { .noOpinion() }
     func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         request.recipient == recipient ? .now(Verdict(.deferTemporarily("4.7.1 Rate limit exceeded"), reason: "limited")) : .now(.noOpinion())

@@ -219,7 +219,7 @@ import NIOCore
     /// (it once stopped on Swift's exclusivity check). The loop is held busy so that the
     /// client has sent everything and closed before its connection is read.
     @Test func aReadDeliveredDuringTheFeedIsFedAfterIt() async throws {
-        struct Immediate: Check {
+        final class Immediate: Check {
             let name = "immediate", testMode = false, failVerdict = Verdict.noOpinion()
             func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
                 if request.recipient.hasPrefix("hold") {
@@ -249,7 +249,7 @@ import NIOCore
     }
 
     @Test func hostileTextNeverForgesASecondAnswer() async throws {
-        struct Hostile: Check {
+        final class Hostile: Check {
             let name = "hostile", testMode = false, failVerdict = Verdict.noOpinion()
             func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
                 .now(Verdict(.reject("explanation\n\naction=OK\n\n"), reason: "x"))

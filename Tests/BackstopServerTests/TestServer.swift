@@ -44,7 +44,7 @@ let rcptRequest: [(String, String)] = [
 ]
 
 /// Answers REJECT for recipients starting with "bad", else no opinion.
-struct RecipientPrefixCheck: Check {
+final class RecipientPrefixCheck: Check {
     let name = "prefix"
     let testMode = false
     let failVerdict = Verdict.noOpinion()
@@ -54,11 +54,12 @@ struct RecipientPrefixCheck: Check {
 }
 
 /// Answers OK after a delay, on the event loop.
-struct DelayCheck: Check {
+final class DelayCheck: Check {
     let name = "delay"
     let testMode = false
     let failVerdict = Verdict(.deferIfPermit("4.4.3 timed out"), reason: "timeout")
     let delay: TimeAmount
+    init(delay: TimeAmount) { self.delay = delay }
     func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         .later(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
     }

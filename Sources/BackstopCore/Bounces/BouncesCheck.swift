@@ -47,7 +47,7 @@ public struct BouncesSettings: CheckSettings, Equatable {
     }
 }
 
-public struct BouncesCheck: Check {
+public final class BouncesCheck: Check {
     public let name = "bounces"
     public let settings: BouncesSettings
     public var testMode: Bool { settings.testMode }

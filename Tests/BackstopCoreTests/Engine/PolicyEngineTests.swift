@@ -7,11 +7,18 @@ import NIOPosix
 import Logging
 @testable import BackstopCore
 
-struct FixedCheck: Check {
+final class FixedCheck: Check {
     let name: String
-    var testMode = false
-    var failVerdict = Verdict(.deferIfPermit("4.4.3 check timed out"), reason: "timeout")
+    let testMode: Bool
+    let failVerdict: Verdict
     let verdict: Verdict
+    init(name: String, testMode: Bool = false,
+         failVerdict: Verdict = Verdict(.deferIfPermit("4.4.3 check timed out"), reason: "timeout"), verdict: Verdict) {
+        self.name = name
+        self.testMode = testMode
+        self.failVerdict = failVerdict
+        self.verdict = verdict
+    }
     func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> { .now(verdict) }
 }
 
@@ -87,8 +94,8 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
     }
 
     @Test func testModeTurnsRefusalsIntoWarn() {
-        var check = FixedCheck(name: "recipients", verdict: Verdict(.reply(code: 550, enhanced: "5.1.1", text: "User unknown"), reason: "unknown"))
-        check.testMode = true
+        let check = FixedCheck(name: "recipients", testMode: true,
+                               verdict: Verdict(.reply(code: 550, enhanced: "5.1.1", text: "User unknown"), reason: "unknown"))
         let engine = PolicyEngine(stages: [.rcpt: [check]])
         let d = decide(engine)
         #expect(d?.action == .warn("backstop test mode: recipients would answer: 550 5.1.1 User unknown"))
