@@ -199,6 +199,17 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         #expect(distinct.count == 4)
     }
 
+    @Test func wordFoldingAgreesWithOctetFolding() {
+        for b in 0...255 {
+            for shift in stride(from: 0, to: 64, by: 8) {
+                let word = UInt64(b) << UInt64(shift) | 0x4100_0000_0000_005A & ~(0xFF << UInt64(shift))
+                var expected: UInt64 = 0
+                for k in stride(from: 0, to: 64, by: 8) { expected |= UInt64(DNSName.fold(UInt8(truncatingIfNeeded: word >> UInt64(k)))) << UInt64(k) }
+                #expect(DNSName.fold8(word) == expected, "octet \(b) at bit \(shift)")
+            }
+        }
+    }
+
     @Test func aLabelHoldingADotIsOneLabel() {
         let dotted = DNSName(labels: [Array("a.b".utf8), Array("example".utf8)])!
         let three = DNSName(text: "a.b.example")!

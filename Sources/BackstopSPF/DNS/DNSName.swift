@@ -141,22 +141,32 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
         a.wire.count == b.wire.count && equalFolded(a.wire[...], b.wire[...])
     }
 
-    /// Folded octets eight to a word: one `combine` per word, not per octet (a name is
-    /// hashed at every DNS cache lookup; per octet it cost ~1,700 instructions per evaluation).
+    /// Eight octets to a word, folded together: one `combine` and a few operations per
+    /// word (a name is hashed at every DNS cache lookup; octet by octet it cost ~1,700
+    /// instructions per fresh evaluation).
     public func hash(into hasher: inout Hasher) {
         hasher.combine(wire.count)
-        var word: UInt64 = 0
-        var shift: UInt64 = 0
-        for b in wire {
-            word |= UInt64(DNSName.fold(b)) << shift
-            shift += 8
-            if shift == 64 {
-                hasher.combine(word)
-                word = 0
-                shift = 0
+        wire.withUnsafeBytes { raw in
+            var i = 0
+            while i + 8 <= raw.count {
+                hasher.combine(DNSName.fold8(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                i += 8
             }
+            guard i < raw.count else { return }
+            var tail: UInt64 = 0
+            for k in i..<raw.count { tail |= UInt64(raw[k]) << UInt64(8 * (k - i)) }
+            hasher.combine(DNSName.fold8(tail))
         }
-        if shift > 0 { hasher.combine(word) }
+    }
+
+    /// `fold` applied to each octet of a word at once: an octet from 0x41 to 0x5A gains 0x20.
+    /// Adding to the low seven bits of each octet cannot carry into the next one.
+    @inline(__always) static func fold8(_ x: UInt64) -> UInt64 {
+        let low7 = x & 0x7F7F_7F7F_7F7F_7F7F
+        let aboveZ = low7 &+ 0x2525_2525_2525_2525    // top bit set where the octet is over 0x5A
+        let atLeastA = low7 &+ 0x3F3F_3F3F_3F3F_3F3F  // top bit set where it is 0x41 or more
+        let upper = atLeastA & ~aboveZ & ~x & 0x8080_8080_8080_8080
+        return x | (upper >> 2)
     }
 
     @inline(__always) static func fold(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
