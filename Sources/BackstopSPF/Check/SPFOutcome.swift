@@ -1,6 +1,6 @@
 // The values that cross the SPF engine's boundary: what to check (SPFQuery) and what came
-// out (SPFOutcome). Plain Sendable values with every string cut to a fixed size when the
-// value is made, so nothing a domain owner writes is kept at its own length.
+// out (SPFOutcome). Sendable values with every string cut to a fixed size when the value is
+// made, so nothing a domain owner writes is kept at its own length.
 
 import BackstopCore
 import NIOCore
@@ -101,23 +101,100 @@ public struct SPFQuery: Sendable, Hashable {
 }
 
 public struct SPFOutcome: Sendable, Equatable {
-    public var result: SPFResult
-    public var query: SPFQuery
+    /// The fields, behind one reference. An outcome is copied several times per request
+    /// (out of the cache, into the message's state, into its verdict); each copy of the
+    /// fields themselves retained a dozen strings, a copy of this is one retain.
+    /// Copy-on-write: a setter copies the storage first unless this value is its only holder,
+    /// so storage that two values share is never written (hence `@unchecked Sendable`).
+    private final class Storage: @unchecked Sendable {
+        var result: SPFResult
+        var query: SPFQuery
+        var mechanism: String?
+        var explanation: String?
+        var problem: String?
+        var lookups = 0
+        var voidLookups = 0
+        var queries = 0
+        var elapsed: TimeAmount = .zero
+        var cached = false
+
+        init(result: SPFResult, query: SPFQuery, mechanism: String?, explanation: String?, problem: String?) {
+            self.result = result
+            self.query = query
+            self.mechanism = mechanism
+            self.explanation = explanation
+            self.problem = problem
+        }
+
+        func copy() -> Storage {
+            let c = Storage(result: result, query: query, mechanism: mechanism, explanation: explanation, problem: problem)
+            (c.lookups, c.voidLookups, c.queries, c.elapsed, c.cached) = (lookups, voidLookups, queries, elapsed, cached)
+            return c
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func unique() -> Storage {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
+
+    public var result: SPFResult {
+        get { storage.result }
+        set { unique().result = newValue }
+    }
+    public var query: SPFQuery {
+        get { storage.query }
+        set { unique().query = newValue }
+    }
     /// The term that decided, as written in the record ("ip4:192.0.2.0/24", "-all"),
     /// "default" when evaluation fell off the end of the record, "localhost"; nil otherwise.
-    public var mechanism: String?
+    public var mechanism: String? {
+        get { storage.mechanism }
+        set { unique().mechanism = newValue }
+    }
     /// The explanation the domain publishes (exp=), expanded; only for fail.
     /// Attacker-controlled text: sanitise before use.
-    public var explanation: String?
+    public var explanation: String? {
+        get { storage.explanation }
+        set { unique().explanation = newValue }
+    }
     /// Why a permerror/temperror/none happened, for the log.
-    public var problem: String?
+    public var problem: String? {
+        get { storage.problem }
+        set { unique().problem = newValue }
+    }
     /// DNS-mechanism lookups, void lookups and DNS queries this evaluation cost.
-    public var lookups = 0
-    public var voidLookups = 0
-    public var queries = 0
-    public var elapsed: TimeAmount = .zero
+    public var lookups: Int {
+        get { storage.lookups }
+        set { unique().lookups = newValue }
+    }
+    public var voidLookups: Int {
+        get { storage.voidLookups }
+        set { unique().voidLookups = newValue }
+    }
+    public var queries: Int {
+        get { storage.queries }
+        set { unique().queries = newValue }
+    }
+    public var elapsed: TimeAmount {
+        get { storage.elapsed }
+        set { unique().elapsed = newValue }
+    }
     /// True when the outcome came from the outcome cache.
-    public var cached = false
+    public var cached: Bool {
+        get { storage.cached }
+        set { unique().cached = newValue }
+    }
+
+    public static func == (a: SPFOutcome, b: SPFOutcome) -> Bool {
+        if a.storage === b.storage { return true }
+        let x = a.storage, y = b.storage
+        return x.result == y.result && x.query == y.query && x.mechanism == y.mechanism && x.explanation == y.explanation
+            && x.problem == y.problem && x.lookups == y.lookups && x.voidLookups == y.voidLookups && x.queries == y.queries
+            && x.elapsed == y.elapsed && x.cached == y.cached
+    }
 
     /// Longest strings an outcome keeps.
     public static let maxMechanism = SPFWire.maxMechanism
@@ -125,11 +202,10 @@ public struct SPFOutcome: Sendable, Equatable {
     public static let maxProblem = SPFWire.maxProblem
 
     public init(result: SPFResult, query: SPFQuery, mechanism: String? = nil, explanation: String? = nil, problem: String? = nil) {
-        self.result = result
-        self.query = query
-        self.mechanism = mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) }
-        self.explanation = explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) }
-        self.problem = problem.map { $0.prefix(octets: SPFOutcome.maxProblem) }
+        storage = Storage(result: result, query: query,
+                          mechanism: mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) },
+                          explanation: explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) },
+                          problem: problem.map { $0.prefix(octets: SPFOutcome.maxProblem) })
     }
 
     /// Approximate memory held, for cache budgets.
