@@ -132,7 +132,7 @@ public final class SPFCheck: RetirableCheck {
             return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger))
         }
         let deadline = context.deadline - .milliseconds(20)
-        return .later(evaluations(queries, deadline: deadline, on: context.eventLoop).map { evaluated in
+        return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
             self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger)
         })
     }
@@ -175,17 +175,20 @@ public final class SPFCheck: RetirableCheck {
         return evaluated
     }
 
-    /// The outcomes for one message: HELO first when configured, then MAIL FROM.
-    func evaluations(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery), deadline: NIODeadline, on loop: any EventLoop) -> EventLoopFuture<SPFEvaluated> {
+    /// The outcomes for one message, HELO first when configured, then MAIL FROM, and what
+    /// `finish` makes of them: one future fewer per evaluation than mapping the result (each
+    /// future costs NIO's run-time generic metadata, ~1,000 instructions).
+    func evaluations<T: Sendable>(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery), deadline: NIODeadline, on loop: any EventLoop,
+                                  finish: @escaping @Sendable (SPFEvaluated) -> T) -> EventLoopFuture<T> {
         guard let heloQuery = queries.helo else {
-            return verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { SPFEvaluated(helo: nil, mailfrom: $0) }
+            return verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { finish(SPFEvaluated(helo: nil, mailfrom: $0)) }
         }
         return verifier.evaluate(heloQuery, deadline: deadline, on: loop).flatMap { helo in
             if let same = SPFCheck.mailfromFromHelo(helo, queries.mailfrom) {
-                return loop.makeSucceededFuture(SPFEvaluated(helo: helo, mailfrom: same))
+                return loop.makeSucceededFuture(finish(SPFEvaluated(helo: helo, mailfrom: same)))
             }
-            if helo.result == .fail { return loop.makeSucceededFuture(SPFEvaluated(helo: helo, mailfrom: nil)) }
-            return self.verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { SPFEvaluated(helo: helo, mailfrom: $0) }
+            if helo.result == .fail { return loop.makeSucceededFuture(finish(SPFEvaluated(helo: helo, mailfrom: nil))) }
+            return self.verifier.evaluate(queries.mailfrom, deadline: deadline, on: loop).map { finish(SPFEvaluated(helo: helo, mailfrom: $0)) }
         }
     }
 

@@ -20,7 +20,7 @@ public enum SPFReport {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let queries = check.queries(client: ip, sender: sender, helo: helo)
         let deadline = NIODeadline.now() + settings.verifier.evaluationDeadline
-        let evaluated = (try? await check.evaluations(queries, deadline: deadline, on: loop).get()) ?? SPFEvaluated()
+        let evaluated = (try? await check.evaluations(queries, deadline: deadline, on: loop) { $0 }.get()) ?? SPFEvaluated()
         guard let deciding = evaluated.helo?.result == .fail ? evaluated.helo : (evaluated.mailfrom ?? evaluated.helo) else {
             return ("temperror\n", .dunno)
         }
