@@ -23,15 +23,24 @@ struct Serve: ParsableCommand {
     var foreground = false
 
     func run() throws {
+        // SIGHUP is blocked before any thread exists, so every thread inherits the block:
+        // one that arrives before the reload source is registered stays pending instead of
+        // taking its default action (ending the process), and the source, a signalfd, reads
+        // it once registered. Without this, the main thread did not block it, and a HUP sent
+        // at start-up could end the server (systemd does not restart a unit a HUP ended).
+        var hangup = sigset_t()
+        sigemptyset(&hangup)
+        sigaddset(&hangup, SIGHUP)
+        pthread_sigmask(SIG_BLOCK, &hangup, nil)
         let command = self
         try runBlocking { try await command.serveAsync() }
     }
 
     func serveAsync() async throws {
         LogOutput.bootstrap()
-        // SIGHUP is caught from here on, not only once the server runs: its default action
-        // ends the process, and systemd does not restart a unit a HUP ended. One that comes
-        // while the configuration and tables load waits, and is a reload once the server runs.
+        // SIGHUP is read from here on (blocked since `run`), not only once the server runs:
+        // one that comes while the configuration and tables load waits, and is a reload
+        // once the server runs.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         // SPF evaluations run in `backstop spf-worker` processes.
         let workerBinaryNote = SPFProcesses.registerRunningExecutable()
