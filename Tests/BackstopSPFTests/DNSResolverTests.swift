@@ -128,7 +128,7 @@ struct BoundedCacheProbe {
     init(_ limits: SPFDNS.Limits) { self.limits = limits }
 
     func fill(entries: Int, each cost: Int) -> Int {
-        let cache = BoundedCache<Int, Int>(maxEntries: limits.entries, maxBytes: limits.bytes)
+        let cache = BoundedCache<Int, Int>(maxEntries: limits.entries, maxBytes: limits.bytes, shards: 16)
         for i in 0..<entries { cache.insert(i, i, cost: cost, expires: .now() + .seconds(60)) }
         return cache.bytes
     }

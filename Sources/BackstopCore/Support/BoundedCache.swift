@@ -1,9 +1,11 @@
 // The one cache shape in Backstop: values by key, each with an expiry on the monotonic
 // clock and a cost in octets, bounded in entries and in octets at once. When either bound
 // would be passed the oldest entries go first (insertion order); expired entries go when
-// met. One lock per cache, held for a dictionary access. It does not load values (callers
-// do, and coalesce their own work in flight). Inlinable, so that each user's key and value
-// types are specialised where it is used, not looked up at run time on every call.
+// met. A cache read on every request can be split into shards by key, each with its own
+// lock and an equal share of both bounds, so event loops seldom wait for one another (the
+// eviction order is then per shard); a lock is held for a dictionary access. It does not
+// load values (callers do, and coalesce their own work in flight). Inlinable, so that each
+// user's key and value types are specialised where it is used, not looked up at run time.
 
 import NIOConcurrencyHelpers
 import NIOCore
@@ -40,16 +42,34 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
         init() {}
     }
 
-    @usableFromInline
-    let state = NIOLockedValueBox(State())
+    /// Each shard's share of `maxEntries` and `maxBytes`.
+    @usableFromInline let shardEntries: Int
+    @usableFromInline let shardBytes: Int
+    /// A power of two of them, at most the number asked for and never fewer than
+    /// `minShardEntries` entries each (a small cache stays one shard with exact bounds).
+    @usableFromInline let shards: [NIOLockedValueBox<State>]
 
-    public init(maxEntries: Int, maxBytes: Int) {
+    public static var minShardEntries: Int { 256 }
+
+    /// `shards`: how many locks to split the cache over (rounded down to a power of two).
+    public init(maxEntries: Int, maxBytes: Int, shards: Int = 1) {
         self.maxEntries = max(0, maxEntries)
         self.maxBytes = max(0, maxBytes)
+        let most = max(1, min(shards, self.maxEntries / BoundedCache.minShardEntries))
+        var count = 1
+        while count * 2 <= most { count *= 2 }
+        shardEntries = self.maxEntries / count
+        shardBytes = self.maxBytes / count
+        self.shards = (0..<count).map { _ in NIOLockedValueBox(State()) }
     }
 
-    public var count: Int { state.withLockedValue { $0.entries.count } }
-    public var bytes: Int { state.withLockedValue { $0.bytes } }
+    public var count: Int { shards.reduce(0) { total, shard in total + shard.withLockedValue { $0.entries.count } } }
+    public var bytes: Int { shards.reduce(0) { total, shard in total + shard.withLockedValue { $0.bytes } } }
+
+    @inlinable
+    func state(for key: Key) -> NIOLockedValueBox<State> {
+        shards.count == 1 ? shards[0] : shards[key.hashValue & (shards.count - 1)]
+    }
 
     /// The live value for `key`, or nil.
     @inlinable
@@ -60,7 +80,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     /// The live value for `key` and when it expires, or nil.
     @inlinable
     public func entry(_ key: Key, now: NIODeadline = .now()) -> (value: Value, expires: NIODeadline)? {
-        state.withLockedValue { s in
+        state(for: key).withLockedValue { s in
             guard let entry = s.entries[key] else { return nil }
             guard entry.expires > now else {
                 s.bytes -= entry.cost
@@ -72,24 +92,26 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     }
 
     /// Stores `value` until `expires`. A value costing more than a sixteenth of the byte
-    /// budget is not kept: one entry must not empty the cache of everything else.
+    /// budget is not kept: one entry must not empty the cache of everything else (nor one
+    /// that does not fit its shard's share).
     @inlinable
     public func insert(_ key: Key, _ value: Value, cost: Int, expires: NIODeadline, now: NIODeadline = .now()) {
         guard maxEntries > 0, expires > now, cost <= maxBytes / 16 else { return }
-        state.withLockedValue { s in
+        let entryBound = shardEntries, byteBound = shardBytes
+        state(for: key).withLockedValue { s in
             s.serial &+= 1
             // A full cache replaces an entry on every insertion, and a removal from Swift's
             // hash table rehashes the keys that follow it in their cluster: grow early, to
             // at most twice the entry bound, so a full cache is under a third loaded.
-            if s.entries.count == s.entries.capacity, s.entries.capacity < 2 * maxEntries {
-                s.entries.reserveCapacity(Swift.min(4 * Swift.max(s.entries.count, 16), 2 * maxEntries))
+            if s.entries.count == s.entries.capacity, s.entries.capacity < 2 * entryBound {
+                s.entries.reserveCapacity(Swift.min(4 * Swift.max(s.entries.count, 16), 2 * entryBound))
             }
             if let old = s.entries.updateValue(Entry(value: value, expires: expires, cost: cost, serial: s.serial), forKey: key) {
                 s.bytes -= old.cost
             }
             s.bytes += cost
             s.order.append((key, s.serial))
-            while s.entries.count > maxEntries || s.bytes > maxBytes, let (oldKey, oldSerial) = s.order.popFirst() {
+            while s.entries.count > entryBound || s.bytes > byteBound, let (oldKey, oldSerial) = s.order.popFirst() {
                 if let index = s.entries.index(forKey: oldKey), s.entries.values[index].serial == oldSerial {
                     s.bytes -= s.entries.values[index].cost
                     s.entries.remove(at: index)
@@ -106,12 +128,12 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
 
     @inlinable
     public func remove(_ key: Key) {
-        state.withLockedValue { s in
+        state(for: key).withLockedValue { s in
             if let old = s.entries.removeValue(forKey: key) { s.bytes -= old.cost }
         }
     }
 
     public func removeAll() {
-        state.withLockedValue { $0 = State() }
+        for shard in shards { shard.withLockedValue { $0 = State() } }
     }
 }

@@ -85,7 +85,7 @@ public final class SPFCheck: RetirableCheck {
         reasons = SPFResult.allCases.flatMap { result in
             ["", " identity=helo"].flatMap { helo in ["", " cached"].map { "spf=\(result.rawValue)" + helo + $0 } }
         }
-        messages = previous?.messages ?? BoundedCache(maxEntries: SPFCheck.messageEntries, maxBytes: SPFCheck.messageBytes)
+        messages = previous?.messages ?? BoundedCache(maxEntries: SPFCheck.messageEntries, maxBytes: SPFCheck.messageBytes, shards: 16)
     }
 
     /// Stops the verifier's workers when the check that replaces this one does not use them

@@ -35,7 +35,7 @@ public final class SPFDNS: Sendable {
     init(resolver: DNSResolver, limits: Limits, metrics: SPFMetrics) {
         self.resolver = resolver
         self.limits = limits
-        self.cache = BoundedCache(maxEntries: limits.entries, maxBytes: limits.bytes)
+        self.cache = BoundedCache(maxEntries: limits.entries, maxBytes: limits.bytes, shards: 16)
         self.metrics = metrics
     }
 

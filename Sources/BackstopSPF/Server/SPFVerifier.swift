@@ -79,7 +79,7 @@ public final class SPFVerifier: Sendable {
         self.explicitSpawner = spawner
         dns = SPFDNS(resolver: DNSResolver(resolvers: settings.resolvers, timeout: settings.dnsTimeout),
                      limits: settings.dnsCache, metrics: metrics)
-        outcomes = BoundedCache(maxEntries: settings.resultCacheSize, maxBytes: settings.resultCacheBytes)
+        outcomes = BoundedCache(maxEntries: settings.resultCacheSize, maxBytes: settings.resultCacheBytes, shards: 16)
     }
 
     deinit { shutdown() }
