@@ -6,29 +6,62 @@ import BackstopCore
 import NIOCore
 
 public struct SPFQuery: Sendable, Hashable {
+    /// The fields, behind one reference: a query rides in every outcome and is read
+    /// through it (`outcome.query.domain`), and a copy of seven fields retained each string.
+    private final class Fields: Sendable {
+        let clientAddress: String
+        let sender: String
+        let helo: String
+        let identity: SPFIdentity
+        let client: IPAddress?
+        let checkedMailbox: String
+        let domain: String
+
+        init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity, client: IPAddress?) {
+            self.clientAddress = clientAddress
+            self.sender = sender
+            self.helo = helo
+            self.identity = identity
+            self.client = client
+            (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
+        }
+    }
+
+    private let fields: Fields
+
     /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
-    public let clientAddress: String
+    public var clientAddress: String { fields.clientAddress }
     /// The envelope sender; empty for a bounce (then postmaster@helo is checked).
-    public let sender: String
-    public let helo: String
-    public let identity: SPFIdentity
+    public var sender: String { fields.sender }
+    public var helo: String { fields.helo }
+    public var identity: SPFIdentity { fields.identity }
     /// The client address parsed (nil when it is not one).
-    public let client: IPAddress?
+    public var client: IPAddress? { fields.client }
     /// The mailbox actually checked: the sender, `postmaster@domain` when it has no local
     /// part, `postmaster@helo` for a bounce or a HELO check. A domain in U-labels (an
     /// SMTPUTF8 sender) is written in A-labels, as RFC 8616 §3 asks.
-    public let checkedMailbox: String
+    public var checkedMailbox: String { fields.checkedMailbox }
     /// The domain whose policy is evaluated (the part of `checkedMailbox` after its last "@").
-    public let domain: String
+    public var domain: String { fields.domain }
 
     /// `parsed`: the client address already parsed, when the caller has it.
     public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom, parsed: IPAddress? = nil) {
-        self.clientAddress = clientAddress
-        self.sender = sender
-        self.helo = helo
-        self.identity = identity
-        client = parsed ?? IPAddress(clientAddress)
-        (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
+        fields = Fields(clientAddress: clientAddress, sender: sender, helo: helo, identity: identity,
+                        client: parsed ?? IPAddress(clientAddress))
+    }
+
+    /// Equal when what they ask is equal (the derived fields follow from it).
+    public static func == (a: SPFQuery, b: SPFQuery) -> Bool {
+        a.fields === b.fields || (a.clientAddress == b.clientAddress && a.sender == b.sender && a.helo == b.helo
+            && a.identity == b.identity && a.client == b.client)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(clientAddress)
+        hasher.combine(sender)
+        hasher.combine(helo)
+        hasher.combine(identity)
+        hasher.combine(client)
     }
 
     /// The same query for the other identity.
