@@ -244,7 +244,7 @@ public final class RecipientsCheck: ReloadableCheck {
 
     /// Puts the address (as the client sent it; the response encoder sanitises it) into "{recipient}".
     static func fill(_ action: PolicyAction, recipient: String) -> PolicyAction {
-        func put(_ text: String?) -> String? { text?.replacingOccurrences(of: "{recipient}", with: recipient) }
+        func put(_ text: String?) -> String? { text.map { PolicyAction.fill($0) { $0 == "recipient" ? recipient : nil } } }
         switch action {
         case .reply(let code, let enhanced, let text): return .reply(code: code, enhanced: enhanced, text: put(text) ?? "")
         case .reject(let text): return .reject(put(text))

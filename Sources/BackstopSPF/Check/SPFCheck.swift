@@ -61,10 +61,11 @@ public final class SPFCheck: RetirableCheck {
 
     public var failVerdict: Verdict {
         let action = settings.actions[.temperror] ?? .dunno
-        return Verdict(SPFCheck.fill(action, [
+        let values = [
             "result": "temperror", "domain": "the sender's domain", "client": "this client", "sender": "this sender",
             "helo": "", "identity": "mailfrom", "explanation": "", "why": settings.explanationURL ?? "",
-        ]), reason: "spf=temperror")
+        ]
+        return Verdict(action.filled { values[String($0)] }, reason: "spf=temperror")
     }
 
     /// Bounds of the per-message cache: fixed (not from `result_cache_size`), so that every
@@ -233,74 +234,42 @@ public final class SPFCheck: RetirableCheck {
             if due == nil && once?.isSent == true { reason += " header_already_added" }
             return Verdict(.dunno, reason: reason, header: due)
         }
-        return Verdict(SPFCheck.fill(action, values(for: outcome)), reason: reason, header: due)
+        return Verdict(action.filled { value($0, for: outcome) }, reason: reason, header: due)
     }
 
-    func values(for outcome: SPFOutcome) -> [String: String] {
-        var explanation = ""
-        if let text = outcome.explanation {
-            explanation = ResponseEncoder.sanitise(text, limit: 200)
-        } else if let url = settings.explanationURL {
-            explanation = "See " + SPFCheck.fillText(url, urlValues(for: outcome))
-        }
-        return [
-            "result": outcome.result.rawValue,
-            "domain": outcome.query.domain,
-            "client": outcome.query.clientAddress,
-            "sender": outcome.query.checkedMailbox,
-            "helo": outcome.query.helo,
-            "identity": outcome.query.identity.rawValue,
-            "explanation": explanation,
-            "why": settings.explanationURL.map { SPFCheck.fillText($0, urlValues(for: outcome)) } ?? "",
-        ]
-    }
-
-    func urlValues(for outcome: SPFOutcome) -> [String: String] {
-        func escape(_ s: String) -> String { String(decoding: SPFMacroContext.urlEscape(Array(s.utf8)), as: UTF8.self) }
-        return [
-            "result": outcome.result.rawValue,
-            "domain": escape(outcome.query.domain),
-            "client": escape(outcome.query.clientAddress),
-            "sender": escape(outcome.query.checkedMailbox),
-            "helo": escape(outcome.query.helo),
-            "identity": outcome.query.identity.rawValue,
-        ]
-    }
-
-    /// `{name}` placeholders in an action's text replaced by `values`.
-    static func fill(_ action: PolicyAction, _ values: [String: String]) -> PolicyAction {
-        switch action {
-        case .reject(let t): return .reject(t.map { fillText($0, values) })
-        case .deferTemporarily(let t): return .deferTemporarily(t.map { fillText($0, values) })
-        case .deferIfPermit(let t): return .deferIfPermit(t.map { fillText($0, values) })
-        case .deferIfReject(let t): return .deferIfReject(t.map { fillText($0, values) })
-        case .reply(let code, let enhanced, let text): return .reply(code: code, enhanced: enhanced, text: fillText(text, values))
-        case .prepend(let t): return .prepend(fillText(t, values))
-        case .warn(let t): return .warn(fillText(t, values))
-        case .info(let t): return .info(fillText(t, values))
-        case .hold(let t): return .hold(t.map { fillText($0, values) })
-        case .discard(let t): return .discard(t.map { fillText($0, values) })
-        case .dunno, .ok: return action
+    /// What a placeholder of an action's text stands for (nil: not one of ours, left as
+    /// written). Worked out only for the placeholders the text holds.
+    func value(_ name: Substring, for outcome: SPFOutcome) -> String? {
+        switch name {
+        case "explanation":
+            if let text = outcome.explanation { return ResponseEncoder.sanitise(text, limit: 200) }
+            guard let url = settings.explanationURL else { return "" }
+            return "See " + PolicyAction.fill(url) { urlValue($0, for: outcome) }
+        case "why":
+            guard let url = settings.explanationURL else { return "" }
+            return PolicyAction.fill(url) { urlValue($0, for: outcome) }
+        default:
+            return plainValue(name, for: outcome)
         }
     }
 
-    static func fillText(_ text: String, _ values: [String: String]) -> String {
-        let octets = Array(text.utf8)
-        guard octets.contains(UInt8(ascii: "{")) else { return text }
-        var out: [UInt8] = []
-        out.reserveCapacity(octets.count + 64)
-        var i = 0
-        while i < octets.count {
-            if octets[i] == UInt8(ascii: "{"), let close = octets[i...].firstIndex(of: UInt8(ascii: "}")),
-               let value = values[String(decoding: octets[(i + 1)..<close], as: UTF8.self)] {
-                out += value.utf8
-                i = close + 1
-            } else {
-                out.append(octets[i])
-                i += 1
-            }
+    /// The same for an explanation URL: each value escaped for a URL.
+    func urlValue(_ name: Substring, for outcome: SPFOutcome) -> String? {
+        guard let plain = plainValue(name, for: outcome) else { return nil }
+        if name == "result" || name == "identity" { return plain }
+        return String(decoding: SPFMacroContext.urlEscape(Array(plain.utf8)), as: UTF8.self)
+    }
+
+    private func plainValue(_ name: Substring, for outcome: SPFOutcome) -> String? {
+        switch name {
+        case "result": outcome.result.rawValue
+        case "domain": outcome.query.domain
+        case "client": outcome.query.clientAddress
+        case "sender": outcome.query.checkedMailbox
+        case "helo": outcome.query.helo
+        case "identity": outcome.query.identity.rawValue
+        default: nil
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// The header this outcome adds, without "PREPEND "; nil when headers are off.
