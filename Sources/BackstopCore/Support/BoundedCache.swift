@@ -46,16 +46,20 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     @usableFromInline let shardEntries: Int
     @usableFromInline let shardBytes: Int
     /// A power of two of them, at most the number asked for and never fewer than
-    /// `minShardEntries` entries each (a small cache stays one shard with exact bounds).
+    /// `minShardEntries` entries and `minShardBytes` octets each (a small cache stays one
+    /// shard with exact bounds). With at most 16 shards of at least 1 MiB, an entry within
+    /// the cap (a sixteenth of the whole) takes at most one shard's share.
     @usableFromInline let shards: [NIOLockedValueBox<State>]
 
     public static var minShardEntries: Int { 256 }
+    public static var minShardBytes: Int { 1 << 20 }
 
-    /// `shards`: how many locks to split the cache over (rounded down to a power of two).
+    /// `shards`: how many locks to split the cache over (at most 16, rounded down to a power
+    /// of two, and fewer for a small cache).
     public init(maxEntries: Int, maxBytes: Int, shards: Int = 1) {
         self.maxEntries = max(0, maxEntries)
         self.maxBytes = max(0, maxBytes)
-        let most = max(1, min(shards, self.maxEntries / BoundedCache.minShardEntries))
+        let most = max(1, min(shards, 16, self.maxEntries / BoundedCache.minShardEntries, self.maxBytes / BoundedCache.minShardBytes))
         var count = 1
         while count * 2 <= most { count *= 2 }
         shardEntries = self.maxEntries / count
@@ -92,8 +96,8 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
     }
 
     /// Stores `value` until `expires`. A value costing more than a sixteenth of the byte
-    /// budget is not kept: one entry must not empty the cache of everything else (nor one
-    /// that does not fit its shard's share).
+    /// budget is not kept: one entry must not empty the cache of everything else (it can
+    /// take at most its shard's share).
     @inlinable
     public func insert(_ key: Key, _ value: Value, cost: Int, expires: NIODeadline, now: NIODeadline = .now()) {
         guard maxEntries > 0, expires > now, cost <= maxBytes / 16 else { return }
