@@ -323,12 +323,12 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         defer { dns.stop() }
         let verifier = try makeVerifier(verifierSettings(dns, workers: 1, dnsTimeout: .seconds(1), deadline: .seconds(2), queue: 1))
         defer { verifier.shutdown() }
-        // Every evaluation waits for an A record that never comes: the worker holds 64, its
-        // queue one more, and the rest are refused at once.
+        // Every evaluation waits for an A record that never comes: the worker holds
+        // maxInFlight (256), its queue one more, and the rest are refused at once.
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let started = NIODeadline.now()
         let futures = (0..<(SPFWorkerSlot.maxInFlight + 3)).map { n in
-            verifier.evaluate(SPFQuery(clientAddress: "192.0.2.\(n + 1)", sender: "x@waits.example", helo: "h.example"),
+            verifier.evaluate(SPFQuery(clientAddress: "10.0.\(n / 200).\(n % 200 + 1)", sender: "x@waits.example", helo: "h.example"),
                               deadline: started + .seconds(5), on: loop).map { ($0, NIODeadline.now()) }
         }
         var refused = 0

@@ -21,7 +21,7 @@ public final class SPFVerifier: Sendable {
         /// One evaluation never takes longer than this, however many queries it needs.
         public var evaluationDeadline: TimeAmount = .seconds(4)
         public var dnsCache = SPFDNS.Limits()
-        /// Worker processes in all. One by default: a worker holds 64 evaluations and never
+        /// Worker processes in all. One by default: a worker holds 256 evaluations and never
         /// waits on DNS, and one process woken for several frames at a time costs less CPU
         /// per evaluation than several woken for one each (docs/spf.md).
         public var workers = 1

@@ -70,10 +70,12 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     static let maxAbandoned = 1_024
     private(set) var ended = false
     private var flushPending = false
-    /// Octets the server may have written that the worker has not read: twice what 64
-    /// evaluations with the largest frames hold (SPFWire.maxToWorker each). A worker that lets
-    /// more wait stopped reading, or asks for answers without reading them, and is killed.
-    static let maxUnread = 2 * SPFWorkerSlot.maxInFlight * SPFWire.maxToWorker
+    /// Octets the server may have written that the worker has not read: 64 MiB, what 128 of
+    /// the largest frames (SPFWire.maxToWorker) hold; evaluations in flight send far less (an
+    /// evaluation's first frame carries at most 96 KiB of answers, each later one a single
+    /// answer). A worker that lets more wait stopped reading, or asks for answers without
+    /// reading them, and is killed.
+    static let maxUnread = 128 * SPFWire.maxToWorker
     /// Notices this worker sent, and the most it may send.
     private var notices = 0
     static let maxNotices = 4

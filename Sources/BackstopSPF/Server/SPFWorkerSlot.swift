@@ -32,7 +32,10 @@ final class SPFWorkerSlot: @unchecked Sendable {
     let onRestart: @Sendable (SPFRestartReason) -> Void
 
     /// Evaluations in flight on one worker process at most; more wait in the slot's queue.
-    static let maxInFlight = 64
+    /// An evaluation waiting on DNS holds its place, so this is the number of evaluations
+    /// that can wait on DNS at once with the default single worker: more than Postfix's
+    /// default process limit (100 smtpd processes, one request in flight each).
+    static let maxInFlight = 256
     /// Evaluations after which a worker is replaced by a fresh one.
     static let retireAfter = 100_000
 
