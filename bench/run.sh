@@ -120,7 +120,7 @@ config() {
                 bounces) printf '\n[bounces]\nno_reply_addresses = ["@notify.bench.test"]\n' ;;
                 spf) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\n' "$DNS_PORT"
                      if [ -n "$SPF_WORKERS" ]; then printf 'workers = %s\n' "$SPF_WORKERS"; fi ;;
-                spf1) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\nworkers = 1\n' "$DNS_PORT" ;;
+                spf4) printf '\n[spf]\nresolvers = ["127.0.0.1:%s"]\nworkers = 4\n' "$DNS_PORT" ;;
                 persender) printf '\n[ratelimit]\n\n[[ratelimit.rule]]\nname = "per_sender"\nkey = "sender"\ncount = "recipient"\nlimit = "50/60s"\naction = "DEFER 4.7.1 Too many recipients from this sender, try again later"\n' ;;
                 metrics) printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" ;;
             esac
@@ -253,7 +253,8 @@ fi
 
 # Cold DNS: every request a domain never seen, the DNS server answering 10 ms late. The
 # throughput is set by the queries in flight (one per connection here), not by the number
-# of worker processes: 4 workers and 1 worker with 16 connections, then 1 worker with 64.
+# of worker processes: the spf server (1 worker by default) and 4 workers with 16
+# connections, then the spf server with 64.
 if wanted spf-cold; then
     dns_command "delay 10" > /dev/null
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
@@ -266,13 +267,13 @@ if wanted spf-cold; then
         record "{\"dns_queries\":\"$1\",\"count\":$(dns_command count),\"seconds\":$seconds,\"dns_cpu_s\":$(( $(cpu_ticks "$DNS_PID") - dns_ticks ))e-2,\"backstop_cpu_s\":$(( $(cpu_ticks "$3") - spf_ticks ))e-2}"
     }
     cold spf-cold "$SPF_PORT" "$SPF_PID" 16
-    COLD1_PORT=$(free_port)
-    config cold1 "$COLD1_PORT" '"recipients", "bounces", "spf", "ratelimit"' recipients bounces ratelimit spf1
-    start_backstop cold1 "$COLD1_PORT"
-    COLD1_PID=$BS_PID
-    cold spf-cold-1-worker "$COLD1_PORT" "$COLD1_PID" 16
-    cold spf-cold-1-worker-64 "$COLD1_PORT" "$COLD1_PID" 64
-    stop_pid "$COLD1_PID"
+    cold spf-cold-64 "$SPF_PORT" "$SPF_PID" 64
+    COLD4_PORT=$(free_port)
+    config cold4 "$COLD4_PORT" '"recipients", "bounces", "spf", "ratelimit"' recipients bounces ratelimit spf4
+    start_backstop cold4 "$COLD4_PORT"
+    COLD4_PID=$BS_PID
+    cold spf-cold-4-workers "$COLD4_PORT" "$COLD4_PID" 16
+    stop_pid "$COLD4_PID"
     dns_command "delay 0" > /dev/null
 fi
 [ -n "${SPF_PID:-}" ] && stop_pid "$SPF_PID"

@@ -61,8 +61,8 @@ def main():
     throughput("spf-peers", 0.60, 1000)
     throughput("spf-warm", 0.25, None)
     throughput("new-connection", 0.60, None)
-    for scenario, label in [("spf-cold", "4 workers, 16 connections"), ("spf-cold-1-worker", "1 worker, 16 connections"),
-                            ("spf-cold-1-worker-64", "1 worker, 64 connections")]:
+    for scenario, label in [("spf-cold", "spf.workers as run, 16 connections"), ("spf-cold-64", "spf.workers as run, 64 connections"),
+                            ("spf-cold-4-workers", "4 workers, 16 connections")]:
         cold = runs.get((scenario, "backstop"), {}).get(1)
         if not cold:
             continue
