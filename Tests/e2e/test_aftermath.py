@@ -11,6 +11,10 @@ from conftest import MailSystem, machine_postfix_fingerprint
 
 # Warnings the scenarios cause on purpose (Backstop stopped in scenario 9).
 EXPECTED_WARNINGS = ("problem talking to server", "connect to 127.0.0.1:", "connect to private/backstop")
+# Postfix's cleanup compares a queue file's time stamp with the clock, and on a machine whose
+# file system time runs a second ahead of time() (seen in CI's container) it warns and resets
+# the stamps. Nothing Backstop does causes it, and it says nothing about mail handling.
+CLOCK_WARNINGS = ("seconds ahead of local clock", "resetting file time stamps")
 
 
 @pytest.mark.after_all
@@ -34,7 +38,7 @@ def test_postfix_log_has_no_unexpected_warnings(mail: MailSystem):
     # (Backstop's socketmap stopped, in test_batv.py).
     bad = [l for l in mail.postfix.log.lines()
            if any(w in l for w in ("warning:", "fatal:", "panic:", "error:"))
-           and not any(e in l for e in EXPECTED_WARNINGS)
+           and not any(e in l for e in EXPECTED_WARNINGS + CLOCK_WARNINGS)
            and l not in mail.excused_log_lines]
     assert not bad, "\n".join(bad)
 
