@@ -8,7 +8,7 @@ import NIOCore
 public struct SPFQuery: Sendable, Hashable {
     /// The fields, behind one reference: a query rides in every outcome and is read
     /// through it (`outcome.query.domain`), and a copy of seven fields retained each string.
-    private final class Fields: Sendable {
+    private struct Fields: Sendable, Hashable {
         let clientAddress: String
         let sender: String
         let helo: String
@@ -16,53 +16,39 @@ public struct SPFQuery: Sendable, Hashable {
         let client: IPAddress?
         let checkedMailbox: String
         let domain: String
-
-        init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity, client: IPAddress?) {
-            self.clientAddress = clientAddress
-            self.sender = sender
-            self.helo = helo
-            self.identity = identity
-            self.client = client
-            (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
-        }
     }
 
-    private let fields: Fields
+    private final class Box: Sendable {
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private let box: Box
 
     /// The client address as Postfix reports it; IPv4-mapped IPv6 is checked as IPv4.
-    public var clientAddress: String { fields.clientAddress }
+    public var clientAddress: String { box.fields.clientAddress }
     /// The envelope sender; empty for a bounce (then postmaster@helo is checked).
-    public var sender: String { fields.sender }
-    public var helo: String { fields.helo }
-    public var identity: SPFIdentity { fields.identity }
+    public var sender: String { box.fields.sender }
+    public var helo: String { box.fields.helo }
+    public var identity: SPFIdentity { box.fields.identity }
     /// The client address parsed (nil when it is not one).
-    public var client: IPAddress? { fields.client }
+    public var client: IPAddress? { box.fields.client }
     /// The mailbox actually checked: the sender, `postmaster@domain` when it has no local
     /// part, `postmaster@helo` for a bounce or a HELO check. A domain in U-labels (an
     /// SMTPUTF8 sender) is written in A-labels, as RFC 8616 §3 asks.
-    public var checkedMailbox: String { fields.checkedMailbox }
+    public var checkedMailbox: String { box.fields.checkedMailbox }
     /// The domain whose policy is evaluated (the part of `checkedMailbox` after its last "@").
-    public var domain: String { fields.domain }
+    public var domain: String { box.fields.domain }
 
     /// `parsed`: the client address already parsed, when the caller has it.
     public init(clientAddress: String, sender: String, helo: String, identity: SPFIdentity = .mailfrom, parsed: IPAddress? = nil) {
-        fields = Fields(clientAddress: clientAddress, sender: sender, helo: helo, identity: identity,
-                        client: parsed ?? IPAddress(clientAddress))
+        let (checkedMailbox, domain) = SPFQuery.mailbox(sender: identity == .helo ? "" : sender, helo: helo)
+        box = Box(Fields(clientAddress: clientAddress, sender: sender, helo: helo, identity: identity,
+                         client: parsed ?? IPAddress(clientAddress), checkedMailbox: checkedMailbox, domain: domain))
     }
 
-    /// Equal when what they ask is equal (the derived fields follow from it).
-    public static func == (a: SPFQuery, b: SPFQuery) -> Bool {
-        a.fields === b.fields || (a.clientAddress == b.clientAddress && a.sender == b.sender && a.helo == b.helo
-            && a.identity == b.identity && a.client == b.client)
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(clientAddress)
-        hasher.combine(sender)
-        hasher.combine(helo)
-        hasher.combine(identity)
-        hasher.combine(client)
-    }
+    public static func == (a: SPFQuery, b: SPFQuery) -> Bool { a.box === b.box || a.box.fields == b.box.fields }
+    public func hash(into hasher: inout Hasher) { hasher.combine(box.fields) }
 
     /// The same query for the other identity.
     public func with(identity: SPFIdentity) -> SPFQuery {
@@ -137,9 +123,9 @@ public struct SPFOutcome: Sendable, Equatable {
     /// The fields, behind one reference. An outcome is copied several times per request
     /// (out of the cache, into the message's state, into its verdict); each copy of the
     /// fields themselves retained a dozen strings, a copy of this is one retain.
-    /// Copy-on-write: a setter copies the storage first unless this value is its only holder,
-    /// so storage that two values share is never written (hence `@unchecked Sendable`).
-    private final class Storage: @unchecked Sendable {
+    /// Copy-on-write: a setter copies the box first unless this value is its only holder,
+    /// so a box that two values share is never written (hence `@unchecked Sendable`).
+    private struct Fields: Sendable, Equatable {
         var result: SPFResult
         var query: SPFQuery
         var mechanism: String?
@@ -150,84 +136,69 @@ public struct SPFOutcome: Sendable, Equatable {
         var queries = 0
         var elapsed: TimeAmount = .zero
         var cached = false
-
-        init(result: SPFResult, query: SPFQuery, mechanism: String?, explanation: String?, problem: String?) {
-            self.result = result
-            self.query = query
-            self.mechanism = mechanism
-            self.explanation = explanation
-            self.problem = problem
-        }
-
-        func copy() -> Storage {
-            let c = Storage(result: result, query: query, mechanism: mechanism, explanation: explanation, problem: problem)
-            (c.lookups, c.voidLookups, c.queries, c.elapsed, c.cached) = (lookups, voidLookups, queries, elapsed, cached)
-            return c
-        }
     }
 
-    private var storage: Storage
+    private final class Box: @unchecked Sendable {
+        var fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
 
-    private mutating func unique() -> Storage {
-        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
-        return storage
+    private var box: Box
+
+    private mutating func unique() -> Box {
+        if !isKnownUniquelyReferenced(&box) { box = Box(box.fields) }
+        return box
     }
 
     public var result: SPFResult {
-        get { storage.result }
-        set { unique().result = newValue }
+        get { box.fields.result }
+        set { unique().fields.result = newValue }
     }
     public var query: SPFQuery {
-        get { storage.query }
-        set { unique().query = newValue }
+        get { box.fields.query }
+        set { unique().fields.query = newValue }
     }
     /// The term that decided, as written in the record ("ip4:192.0.2.0/24", "-all"),
     /// "default" when evaluation fell off the end of the record, "localhost"; nil otherwise.
     public var mechanism: String? {
-        get { storage.mechanism }
-        set { unique().mechanism = newValue }
+        get { box.fields.mechanism }
+        set { unique().fields.mechanism = newValue }
     }
     /// The explanation the domain publishes (exp=), expanded; only for fail.
     /// Attacker-controlled text: sanitise before use.
     public var explanation: String? {
-        get { storage.explanation }
-        set { unique().explanation = newValue }
+        get { box.fields.explanation }
+        set { unique().fields.explanation = newValue }
     }
     /// Why a permerror/temperror/none happened, for the log.
     public var problem: String? {
-        get { storage.problem }
-        set { unique().problem = newValue }
+        get { box.fields.problem }
+        set { unique().fields.problem = newValue }
     }
     /// DNS-mechanism lookups, void lookups and DNS queries this evaluation cost.
     public var lookups: Int {
-        get { storage.lookups }
-        set { unique().lookups = newValue }
+        get { box.fields.lookups }
+        set { unique().fields.lookups = newValue }
     }
     public var voidLookups: Int {
-        get { storage.voidLookups }
-        set { unique().voidLookups = newValue }
+        get { box.fields.voidLookups }
+        set { unique().fields.voidLookups = newValue }
     }
     public var queries: Int {
-        get { storage.queries }
-        set { unique().queries = newValue }
+        get { box.fields.queries }
+        set { unique().fields.queries = newValue }
     }
     public var elapsed: TimeAmount {
-        get { storage.elapsed }
-        set { unique().elapsed = newValue }
+        get { box.fields.elapsed }
+        set { unique().fields.elapsed = newValue }
     }
     /// True when the outcome came from the outcome cache.
     public var cached: Bool {
-        get { storage.cached }
-        set { unique().cached = newValue }
+        get { box.fields.cached }
+        set { unique().fields.cached = newValue }
     }
 
-    public static func == (a: SPFOutcome, b: SPFOutcome) -> Bool {
-        if a.storage === b.storage { return true }
-        let x = a.storage, y = b.storage
-        return x.result == y.result && x.query == y.query && x.mechanism == y.mechanism && x.explanation == y.explanation
-            && x.problem == y.problem && x.lookups == y.lookups && x.voidLookups == y.voidLookups && x.queries == y.queries
-            && x.elapsed == y.elapsed && x.cached == y.cached
-    }
+    public static func == (a: SPFOutcome, b: SPFOutcome) -> Bool { a.box === b.box || a.box.fields == b.box.fields }
 
     /// Longest strings an outcome keeps.
     public static let maxMechanism = SPFWire.maxMechanism
@@ -235,10 +206,10 @@ public struct SPFOutcome: Sendable, Equatable {
     public static let maxProblem = SPFWire.maxProblem
 
     public init(result: SPFResult, query: SPFQuery, mechanism: String? = nil, explanation: String? = nil, problem: String? = nil) {
-        storage = Storage(result: result, query: query,
-                          mechanism: mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) },
-                          explanation: explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) },
-                          problem: problem.map { $0.prefix(octets: SPFOutcome.maxProblem) })
+        box = Box(Fields(result: result, query: query,
+                         mechanism: mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) },
+                         explanation: explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) },
+                         problem: problem.map { $0.prefix(octets: SPFOutcome.maxProblem) }))
     }
 
     /// Approximate memory held, for cache budgets.
