@@ -243,15 +243,8 @@ public final class RecipientsCheck: ReloadableCheck {
     }
 
     /// Puts the address (as the client sent it; the response encoder sanitises it) into "{recipient}".
+    /// The actions filled are refusals (the table's answers and both settings must refuse).
     static func fill(_ action: PolicyAction, recipient: String) -> PolicyAction {
-        func put(_ text: String?) -> String? { text.map { PolicyAction.fill($0) { $0 == "recipient" ? recipient : nil } } }
-        switch action {
-        case .reply(let code, let enhanced, let text): return .reply(code: code, enhanced: enhanced, text: put(text) ?? "")
-        case .reject(let text): return .reject(put(text))
-        case .deferTemporarily(let text): return .deferTemporarily(put(text))
-        case .deferIfPermit(let text): return .deferIfPermit(put(text))
-        case .deferIfReject(let text): return .deferIfReject(put(text))
-        default: return action
-        }
+        action.filled { $0 == "recipient" ? recipient : nil }
     }
 }
