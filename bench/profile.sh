@@ -6,7 +6,8 @@
 # Instruction counts do not vary with the machine's load, unlike req/s; they do not show
 # time lost to context switches and cache misses either (docs/benchmarks.md uses perf for that).
 #
-#   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first)
+#   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first, as run.sh does:
+#       swift build -c release --product backstop --static-swift-stdlib)
 #   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
 #   bench/profile.sh --cpu checks|spf-warm|spf-peers
 #       no valgrind: the server as run.sh runs it (one event loop per core), 3 s of load

@@ -73,8 +73,9 @@ record() { printf '%s\n' "$1" >> "$RESULTS"; }   # one JSON object per line
 # ---- build ----
 cd "$ROOT"
 if [ "$BUILD" = 1 ]; then
-    log "building the release binary (swift build -c release --product backstop)"
-    swift build -c release --product backstop >&2
+    # Linked as scripts/package links it: what is measured is what is installed.
+    log "building the release binary (swift build -c release --product backstop --static-swift-stdlib)"
+    swift build -c release --product backstop --static-swift-stdlib >&2
 fi
 BIN=$(swift build -c release --show-bin-path)/backstop
 [ -x "$BIN" ] || { echo "no release binary at $BIN (run without --no-build)" >&2; exit 1; }
