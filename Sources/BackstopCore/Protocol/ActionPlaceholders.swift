@@ -23,24 +23,31 @@ extension PolicyAction {
     }
 
     /// `text` with each `{name}` that `value` knows replaced; the text itself when it has no "{".
+    /// Works on the octets: "{" and "}" are ASCII, so they never fall inside a multi-octet
+    /// character, and every name handed to `value` is a whole-character slice of `text`.
     public static func fill(_ text: String, _ value: (Substring) -> String?) -> String {
-        guard text.utf8.contains(UInt8(ascii: "{")) else { return text }
-        var out = ""
-        out.reserveCapacity(text.utf8.count + 64)
-        var rest = Substring(text)
-        while let open = rest.utf8.firstIndex(of: UInt8(ascii: "{")) {
-            out += rest[..<open]
-            let afterOpen = rest.utf8.index(after: open)
-            if let close = rest.utf8[afterOpen...].firstIndex(of: UInt8(ascii: "}")),
-               let filled = value(rest[afterOpen..<close]) {
-                out += filled
-                rest = rest[rest.utf8.index(after: close)...]
-            } else {
-                out += "{"
-                rest = rest[afterOpen...]
+        var octetsOf = text
+        return octetsOf.withUTF8 { octets -> String in
+            guard var open = octets.firstIndex(of: UInt8(ascii: "{")) else { return text }
+            let utf8 = text.utf8
+            var out: [UInt8] = []
+            out.reserveCapacity(octets.count + 64)
+            var copied = 0  // octets[..<copied] are in `out`
+            while true {
+                if let close = octets[(open + 1)...].firstIndex(of: UInt8(ascii: "}")) {
+                    let name = text[utf8.index(utf8.startIndex, offsetBy: open + 1)..<utf8.index(utf8.startIndex, offsetBy: close)]
+                    if var filled = value(name) {
+                        out.append(contentsOf: octets[copied..<open])
+                        filled.withUTF8 { out.append(contentsOf: $0) }
+                        copied = close + 1
+                    }
+                }
+                // An unknown name or a lone "{" stays as written; the search goes on after the "{".
+                guard let next = octets[max(open + 1, copied)...].firstIndex(of: UInt8(ascii: "{")) else { break }
+                open = next
             }
+            out.append(contentsOf: octets[copied...])
+            return String(decoding: out, as: UTF8.self)
         }
-        out += rest
-        return out
     }
 }

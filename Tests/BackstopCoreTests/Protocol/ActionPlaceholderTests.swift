@@ -16,6 +16,9 @@ struct ActionPlaceholderTests {
         #expect(fill("{{domain}}") == "{example.org}")
         #expect(fill("no placeholders") == "no placeholders")
         #expect(fill("ünïcode {domain} ✓") == "ünïcode example.org ✓")
+        #expect(fill("{dömain} {domain}") == "{dömain} example.org")
+        #expect(fill("ends in {") == "ends in {")
+        #expect(fill("{}{domain}{") == "{}example.org{")
     }
 
     @Test func anInsertedValueIsNotScannedAgain() {
