@@ -125,12 +125,14 @@ public final class SPFCheck: RetirableCheck {
         }
         let instance = request.instance
         let key = instance.isEmpty ? nil : MessageKey(instance)
-        if let key, let state = messages.value(key), state.client == client, state.sender == sender, state.helo == helo {
+        // One clock reading for the message cache, the outcome cache and what is kept.
+        let now = NIODeadline.now()
+        if let key, let state = messages.value(key, now: now), state.client == client, state.sender == sender, state.helo == helo {
             return .now(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo, parsed: address)
-        if let evaluated = cached(queries) {
-            return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger))
+        if let evaluated = cached(queries, now: now) {
+            return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger, now: now))
         }
         let deadline = context.deadline - .milliseconds(20)
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
@@ -140,11 +142,11 @@ public final class SPFCheck: RetirableCheck {
 
     /// Logs the outcomes and remembers them for the message (`request`: the request's client,
     /// sender and HELO, as its MAIL FROM query holds them).
-    private func decided(_ evaluated: SPFEvaluated, key: MessageKey?, _ request: SPFQuery, logger: Logger) -> Verdict {
+    private func decided(_ evaluated: SPFEvaluated, key: MessageKey?, _ request: SPFQuery, logger: Logger,
+                         now: NIODeadline = .now()) -> Verdict {
         log(evaluated, logger)
         guard let key else { return verdict(for: evaluated, header: nil) }
         let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
-        let now = NIODeadline.now()
         messages.insert(key, state, cost: evaluated.cost + key.instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
         return verdict(for: evaluated, header: state.header)
     }
@@ -160,10 +162,10 @@ public final class SPFCheck: RetirableCheck {
 
     /// The outcomes for one message from the verifier's cache alone, or nil.
     @inline(__always)
-    func cached(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery)) -> SPFEvaluated? {
+    func cached(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery), now: NIODeadline) -> SPFEvaluated? {
         var evaluated = SPFEvaluated()
         if let helo = queries.helo {
-            guard let outcome = verifier.cachedOutcome(helo) else { return nil }
+            guard let outcome = verifier.cachedOutcome(helo, now: now) else { return nil }
             evaluated.helo = outcome
             if let same = SPFCheck.mailfromFromHelo(outcome, queries.mailfrom) {
                 evaluated.mailfrom = same
@@ -171,7 +173,7 @@ public final class SPFCheck: RetirableCheck {
             }
             if outcome.result == .fail { return evaluated }
         }
-        guard let outcome = verifier.cachedOutcome(queries.mailfrom) else { return nil }
+        guard let outcome = verifier.cachedOutcome(queries.mailfrom, now: now) else { return nil }
         evaluated.mailfrom = outcome
         return evaluated
     }

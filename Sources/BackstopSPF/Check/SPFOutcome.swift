@@ -58,15 +58,17 @@ public struct SPFQuery: Sendable, Hashable {
     /// The mailbox checked and its domain, found on octets (this runs for every request).
     static func mailbox(sender: String, helo: String) -> (String, String) {
         var copy = sender
-        // Where the last "@" is, and whether any octet is not ASCII.
-        let (at, ascii) = copy.withUTF8 { octets -> (Int?, Bool) in
+        // Where the last "@" is, whether any octet is not ASCII, and the domain after the "@"
+        // made from those octets (no String index arithmetic).
+        let (at, ascii, after) = copy.withUTF8 { octets -> (Int?, Bool, String) in
             var at: Int?
             var high: UInt8 = 0
             for (i, b) in octets.enumerated() {
                 if b == 0x40 { at = i }
                 high |= b
             }
-            return (at, high < 0x80)
+            guard let at else { return (nil, high < 0x80, "") }
+            return (at, high < 0x80, String(decoding: UnsafeBufferPointer(rebasing: octets[(at + 1)...]), as: UTF8.self))
         }
         let mailbox: String, domain: String
         if sender.isEmpty {
@@ -74,7 +76,7 @@ public struct SPFQuery: Sendable, Hashable {
             domain = helo
         } else if let at {
             mailbox = at == 0 ? "postmaster" + sender : sender
-            domain = at == sender.utf8.count - 1 ? "" : String(sender.utf8.suffix(sender.utf8.count - at - 1))!
+            domain = after
         } else {
             mailbox = "postmaster@" + sender
             domain = sender

@@ -86,15 +86,30 @@ public final class SPFVerifier: Sendable {
 
     // MARK: the outcome cache
 
+    /// Hashed once, when made: the cache's shard choice and its dictionary then hash one
+    /// word, not the strings, on every lookup. The hash is the process's seeded Hasher (the
+    /// domain is the sender's choice, so an unkeyed hash would let senders pick collisions).
     struct OutcomeKey: Hashable, Sendable {
-        var identity: SPFIdentity
-        var client: IPAddress
-        var upperNibbles: Bool
-        /// As the sender wrote it: a sender who writes another case shares nothing (but is right).
-        var domain: String
-        /// Set only when a record or explanation on the outcome's path reads the sender.
-        var localPart: String?
-        var helo: String?
+        struct Fields: Hashable, Sendable {
+            var identity: SPFIdentity
+            var client: IPAddress
+            var upperNibbles: Bool
+            /// As the sender wrote it: a sender who writes another case shares nothing (but is right).
+            var domain: String
+            /// Set only when a record or explanation on the outcome's path reads the sender.
+            var localPart: String?
+            var helo: String?
+        }
+        let fields: Fields
+        let fingerprint: Int
+
+        init(_ fields: Fields) {
+            self.fields = fields
+            fingerprint = fields.hashValue
+        }
+
+        static func == (a: OutcomeKey, b: OutcomeKey) -> Bool { a.fingerprint == b.fingerprint && a.fields == b.fields }
+        func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
     }
 
     enum OutcomeEntry: Sendable {
@@ -111,24 +126,24 @@ public final class SPFVerifier: Sendable {
 
     /// What an evaluation of `query` is keyed on before its records are known.
     private func baseKey(_ query: SPFQuery, client: IPAddress, domain: String) -> OutcomeKey {
-        OutcomeKey(identity: query.identity, client: client,
-                   upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
-                   domain: domain, localPart: nil, helo: nil)
+        OutcomeKey(.init(identity: query.identity, client: client,
+                         upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
+                         domain: domain, localPart: nil, helo: nil))
     }
 
     private func refined(_ key: OutcomeKey, _ query: SPFQuery, _ macros: SPFMacroSet) -> OutcomeKey {
-        var key = key
-        if !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) { key.localPart = query.checkedMailbox }
-        if macros.contains(.helo) { key.helo = query.helo }
-        return key
+        var fields = key.fields
+        if !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) { fields.localPart = query.checkedMailbox }
+        if macros.contains(.helo) { fields.helo = query.helo }
+        return OutcomeKey(fields)
     }
 
     /// A cached outcome for `query`, or nil: no evaluation, no hop.
-    public func cachedOutcome(_ query: SPFQuery) -> SPFOutcome? {
+    public func cachedOutcome(_ query: SPFQuery, now: NIODeadline = .now()) -> SPFOutcome? {
         guard settings.resultCacheTTL > .zero, let client = query.client else { return nil }
         let key = baseKey(query, client: client, domain: query.domain)
-        var entry = outcomes.value(key)
-        if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros)) }
+        var entry = outcomes.value(key, now: now)
+        if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros), now: now) }
         guard case .outcome(let kept)? = entry else {
             metrics.outcomeCacheMisses.increment()
             return nil
