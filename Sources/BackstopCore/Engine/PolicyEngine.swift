@@ -70,7 +70,8 @@ public final class PolicyEngine: Sendable {
     public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, logger: Logger) -> Answer<Decision> {
         let checks = stageList[request.protocolState.index]
         let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: .now() + deadline, logger: logger)
-        switch run(checks, from: 0, Accumulator(), request, context) {
+        var state = Accumulator()
+        switch run(checks, from: 0, &state, request, context) {
         case .decided(let decision):
             return .now(decision)
         case .waiting(let future, let check, let next, let state):
@@ -84,10 +85,10 @@ public final class PolicyEngine: Sendable {
         case waiting(EventLoopFuture<Verdict>, check: any Check, next: Int, Accumulator)
     }
 
-    /// The one loop over the checks: runs them from `index` until one decides or one answers later.
-    private func run(_ checks: [any Check], from index: Int, _ state: Accumulator, _ request: PolicyRequest,
+    /// The one loop over the checks: runs them from `index` until one decides or one answers
+    /// later. `state` is added to in place (a copy goes only into `.waiting`).
+    private func run(_ checks: [any Check], from index: Int, _ state: inout Accumulator, _ request: PolicyRequest,
                      _ context: CheckContext) -> Step {
-        var state = state
         var index = index
         while index < checks.count {
             let check = checks[index]
@@ -151,7 +152,7 @@ public final class PolicyEngine: Sendable {
                 promise.succeed(decision)
                 return
             }
-            switch self.run(checks, from: next, after, request, context) {
+            switch self.run(checks, from: next, &after, request, context) {
             case .decided(let decision):
                 watched.answer()
                 promise.succeed(decision)
