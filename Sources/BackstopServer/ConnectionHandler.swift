@@ -50,7 +50,14 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let maxReentered = 65_536
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
-    @exclusivity(unchecked) private var outBuffer: ByteBuffer?
+    /// The connection's answers not yet flushed; one buffer for the connection's life. Once
+    /// NIO has written it, the handler holds its only reference again and the next answer
+    /// reuses its storage (cleared, not reallocated); while a write is still pending, clearing
+    /// makes a new one (copy on write), so a pending write is never changed.
+    @exclusivity(unchecked) private var outBuffer: ByteBuffer
+    @exclusivity(unchecked) private var outPending = false
+    /// The most `outBuffer` keeps between answers (octets).
+    static let keptOutCapacity = 4_096
 
     init(state: ServerState, decoder: FrameDecoder, responder: ConnectionResponder, peer: String) {
         self.state = state
@@ -60,6 +67,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let settings = state.settings.withLockedValue { $0 }
         self.shutdownGrace = settings.shutdownGrace
         self.connection = ConnectionState(now: .now(), idleTimeout: settings.idleTimeout, readTimeout: settings.readTimeout)
+        // Room for an answer with a Received-SPF header (~300 octets) without growing.
+        self.outBuffer = ByteBufferAllocator().buffer(capacity: 512)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -200,16 +209,18 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let now = NIODeadline.now()
         connection.answered(now: now)
         guard context.channel.isActive else { return }
-        // Room for an answer with a Received-SPF header (~300 octets) without growing.
-        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 512)
-        encode((now - started).nanoseconds, &buffer)
-        outBuffer = buffer
+        if !outPending {
+            // A burst of pipelined answers may have grown it: that size is not kept.
+            if outBuffer.capacity > Self.keptOutCapacity { outBuffer = ByteBufferAllocator().buffer(capacity: 512) } else { outBuffer.clear() }
+            outPending = true
+        }
+        encode((now - started).nanoseconds, &outBuffer)
     }
 
     private func flushAnswers(context: ChannelHandlerContext) {
-        guard let buffer = outBuffer else { return }
-        outBuffer = nil
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        guard outPending else { return }
+        outPending = false
+        context.writeAndFlush(wrapOutboundOut(outBuffer), promise: nil)
     }
 
     private func close(context: ChannelHandlerContext) {
