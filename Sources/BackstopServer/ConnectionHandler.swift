@@ -50,11 +50,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let maxReentered = 65_536
     private var timer: Scheduled<Void>?
     private var graceTimer: Scheduled<Void>?
-    /// The connection's answers not yet flushed; one buffer for the connection's life. Once
-    /// NIO has written it, the handler holds its only reference again and the next answer
-    /// reuses its storage (cleared, not reallocated); while a write is still pending, clearing
-    /// makes a new one (copy on write), so a pending write is never changed.
-    @exclusivity(unchecked) private var outBuffer: ByteBuffer
+    /// The connection's answers not yet flushed: empty until the first answer (an idle
+    /// connection holds no room for one), then kept. Once NIO has written it, the handler
+    /// holds its only reference again and the next answer reuses its storage (cleared, not
+    /// reallocated); while a write is still pending, clearing makes a new one (copy on
+    /// write), so a pending write is never changed.
+    @exclusivity(unchecked) private var outBuffer = ByteBufferAllocator().buffer(capacity: 0)
     @exclusivity(unchecked) private var outPending = false
     /// The most `outBuffer` keeps between answers (octets).
     static let keptOutCapacity = 4_096
@@ -67,8 +68,6 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let settings = state.settings.withLockedValue { $0 }
         self.shutdownGrace = settings.shutdownGrace
         self.connection = ConnectionState(now: .now(), idleTimeout: settings.idleTimeout, readTimeout: settings.readTimeout)
-        // Room for an answer with a Received-SPF header (~300 octets) without growing.
-        self.outBuffer = ByteBufferAllocator().buffer(capacity: 512)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -211,7 +210,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard context.channel.isActive else { return }
         if !outPending {
             // A burst of pipelined answers may have grown it: that size is not kept.
-            if outBuffer.capacity > Self.keptOutCapacity { outBuffer = ByteBufferAllocator().buffer(capacity: 512) } else { outBuffer.clear() }
+            if outBuffer.capacity > Self.keptOutCapacity { outBuffer = ByteBufferAllocator().buffer(capacity: 0) } else { outBuffer.clear() }
             outPending = true
         }
         encode((now - started).nanoseconds, &outBuffer)

@@ -24,7 +24,7 @@ extension PolicyAction {
 
     /// `text` with each `{name}` that `value` knows replaced; the text itself when it has no "{".
     /// Works on the octets: "{" and "}" are ASCII, so they never fall inside a multi-octet
-    /// character, and every name handed to `value` is a whole-character slice of `text`.
+    /// character, and every name handed to `value` is a slice of `text` on Unicode scalar boundaries.
     public static func fill(_ text: String, _ value: (Substring) -> String?) -> String {
         var octetsOf = text
         return octetsOf.withUTF8 { octets -> String in
