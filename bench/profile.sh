@@ -30,6 +30,13 @@ REQUESTS=${2:-24000}
 WARMUP=${3:-12000}
 cd "$ROOT"
 BIN=$(swift build -c release --show-bin-path)/backstop
+# What is measured is what is installed: a binary linked to the toolchain's shared Swift
+# runtime (e.g. after scripts/serve-example built it) costs more per request.
+if ldd "$BIN" 2> /dev/null | grep -q libswiftCore; then
+    echo "$BIN is linked to the shared Swift runtime; build it as the package does:" >&2
+    echo "  swift build -c release --product backstop --static-swift-stdlib" >&2
+    exit 1
+fi
 POLICYLOAD=$ROOT/.build/bench/policyload
 mkdir -p "$ROOT/.build/bench"
 [ -x "$POLICYLOAD" ] || gcc -O2 -Wall -o "$POLICYLOAD" ../shared/bench/policyload.c -lpthread

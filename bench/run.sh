@@ -79,6 +79,13 @@ if [ "$BUILD" = 1 ]; then
 fi
 BIN=$(swift build -c release --show-bin-path)/backstop
 [ -x "$BIN" ] || { echo "no release binary at $BIN (run without --no-build)" >&2; exit 1; }
+# What is measured is what is installed: a binary linked to the toolchain's shared Swift
+# runtime (e.g. after scripts/serve-example built it) costs more per request.
+if ldd "$BIN" 2> /dev/null | grep -q libswiftCore; then
+    echo "$BIN is linked to the shared Swift runtime; build it as the package does:" >&2
+    echo "  swift build -c release --product backstop --static-swift-stdlib" >&2
+    exit 1
+fi
 mkdir -p .build/bench
 gcc -O2 -Wall -o .build/bench/policyload "$TOOLS_SRC/policyload.c" -lpthread
 gcc -O2 -Wall -o .build/bench/refserver "$TOOLS_SRC/refserver.c" -lpthread
