@@ -1,7 +1,8 @@
 // What a rate-limit rule counts by: one request attribute or a combination such as
 // `sasl_username+client_address`, turned into a compact byte string (the key). Client
 // addresses are aggregated to a network (/32 and /64 by default) and stored as 4 or 16
-// bytes; names and addresses are lowercased so a change of case cannot dodge a limit.
+// bytes; names and addresses are lowercased, and a domain's trailing dot left out, so a change
+// of case or an added dot cannot dodge a limit.
 // This file builds and displays keys; counting happens in the stores.
 
 /// One attribute a key can be made of.
@@ -13,6 +14,15 @@ public enum RateKeyPart: String, CaseIterable, Sendable, Hashable {
     case saslUsername = "sasl_username"
     case recipient
     case recipientDomain = "recipient_domain"
+
+    /// Whether the value ends in a domain (an address's or a host's), so its trailing dot is
+    /// left out of the key.
+    var endsInDomain: Bool {
+        switch self {
+        case .clientName, .sender, .senderDomain, .recipient, .recipientDomain: true
+        case .clientAddress, .saslUsername: false
+        }
+    }
 
     var attribute: Attribute {
         switch self {
@@ -145,6 +155,13 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
                 out.append(UInt8(ipv6Prefix))
             }
             return
+        }
+        var value = value
+        // A domain's one trailing dot (the root) names the same domain: "a@example.org." and
+        // "a@example.org" are one key, so appending a dot cannot dodge a limit either.
+        if part.endsInDomain, value.count > 1, value.last == UInt8(ascii: "."), value[value.count - 2] != UInt8(ascii: "."),
+           value[value.count - 2] != UInt8(ascii: "@") {
+            value = UnsafeRawBufferPointer(rebasing: value.dropLast())
         }
         let length = min(value.count, 65535)
         out.append(UInt8(length >> 8))

@@ -117,6 +117,31 @@ func threadCPUNanoseconds() -> Int64 {
         #expect(!limiter.refused(rcpt(sasl: "")))
     }
 
+    @Test func aTrailingDotIsTheSameDomain() throws {
+        let perDomain = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_domain"
+            key = "sender_domain"
+            count = "recipient"
+            limit = "1/1h"
+            """)
+        #expect(!perDomain.refused(rcpt(sender: "alice@example.org")))
+        #expect(perDomain.refused(rcpt(sender: "carol@Example.ORG.")), "the domain with its root dot is the same domain")
+        #expect(!perDomain.refused(rcpt(sender: "carol@example.net")))
+
+        let perSender = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_sender"
+            key = "sender"
+            count = "recipient"
+            limit = "1/1h"
+            """)
+        #expect(!perSender.refused(rcpt(sender: "dave@example.net.")))
+        #expect(perSender.refused(rcpt(sender: "dave@example.net")), "the sender with and without the dot is one sender")
+        #expect(!perSender.refused(rcpt(sender: "erin@example.net")))
+        #expect(!perSender.refused(rcpt(sender: "dave@example.net..")), "only the one root dot is left out")
+    }
+
     @Test func selectorsAndExemptions() throws {
         let limiter = try Limiter("""
             [[ratelimit.rule]]
