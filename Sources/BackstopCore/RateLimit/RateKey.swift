@@ -1,8 +1,8 @@
 // What a rate-limit rule counts by: one request attribute or a combination such as
 // `sasl_username+client_address`, turned into a compact byte string (the key). Client
 // addresses are aggregated to a network (/32 and /64 by default) and stored as 4 or 16
-// bytes; names and addresses are lowercased, and a domain's trailing dot left out, so a change
-// of case or an added dot cannot dodge a limit.
+// bytes; names and addresses are lowercased, a domain's trailing dot left out and a domain in
+// U-labels keyed by its A-labels, so a change of case or an added dot cannot dodge a limit.
 // This file builds and displays keys; counting happens in the stores.
 
 /// One attribute a key can be made of.
@@ -156,6 +156,9 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             }
             return
         }
+        if part.endsInDomain, value.contains(where: { $0 >= 0x80 }), let keyed = Self.aLabelForm(part, value) {
+            return keyed.withUnsafeBytes { append(part, $0, to: &out) }
+        }
         var value = value
         // A domain's one trailing dot (the root) names the same domain: "a@example.org." and
         // "a@example.org" are one key, so appending a dot cannot dodge a limit either.
@@ -170,6 +173,23 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             // ASCII lowercase: addresses, domains and user names are compared without case.
             out.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
         }
+    }
+
+    /// A value whose domain has U-labels, with the domain in its A-label form (lowercase, no
+    /// trailing dot: DomainName.asciiForm, as the recipients check keys domains), so that
+    /// "BÜCHER.example", "bücher.example" and "xn--bcher-kva.example" are one key; the local
+    /// part of an address stays as written. Nil when there is no domain to convert or it
+    /// cannot be converted (then the value is keyed as written).
+    static func aLabelForm(_ part: RateKeyPart, _ value: UnsafeRawBufferPointer) -> [UInt8]? {
+        var start = 0
+        if part == .sender || part == .recipient {
+            guard let at = value.lastIndex(of: UInt8(ascii: "@")) else { return nil }
+            start = at + 1
+        }
+        let domain = UnsafeRawBufferPointer(rebasing: value[start...])
+        guard domain.contains(where: { $0 >= 0x80 }),
+              let ascii = DomainName.asciiForm(String(decoding: domain, as: UTF8.self)) else { return nil }
+        return Array(value[..<start]) + Array(ascii.utf8)
     }
 
     /// The key as an administrator reads it: "192.0.2.0/24+alice".

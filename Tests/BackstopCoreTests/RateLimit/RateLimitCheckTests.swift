@@ -142,6 +142,31 @@ func threadCPUNanoseconds() -> Int64 {
         #expect(!perSender.refused(rcpt(sender: "dave@example.net..")), "only the one root dot is left out")
     }
 
+    @Test func aDomainInULabelsIsKeyedByItsALabels() throws {
+        let perDomain = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_domain"
+            key = "sender_domain"
+            count = "recipient"
+            limit = "1/1h"
+            """)
+        #expect(!perDomain.refused(rcpt(sender: "anna@bücher.example")))
+        #expect(perDomain.refused(rcpt(sender: "otto@BÜCHER.example")), "U-labels compare without case")
+        #expect(perDomain.refused(rcpt(sender: "otto@xn--bcher-kva.example.")), "the A-label form is the same domain")
+        #expect(!perDomain.refused(rcpt(sender: "otto@bucher.example")))
+
+        let perSender = try Limiter("""
+            [[ratelimit.rule]]
+            name = "per_sender"
+            key = "sender"
+            count = "recipient"
+            limit = "1/1h"
+            """)
+        #expect(!perSender.refused(rcpt(sender: "jörg@bücher.example")))
+        #expect(perSender.refused(rcpt(sender: "jörg@BÜCHER.Example")), "the same mailbox")
+        #expect(!perSender.refused(rcpt(sender: "JÖRG@bücher.example")), "a non-ASCII local part is kept as written")
+    }
+
     @Test func selectorsAndExemptions() throws {
         let limiter = try Limiter("""
             [[ratelimit.rule]]
