@@ -103,6 +103,27 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(SPFHeader.comment(pass, receiver: "mx.test") == "mx.test: domain of a@pass.example designates 192.0.2.10 as permitted sender")
     }
 
+    /// An 8-bit HELO is not written raw: a name in U-labels appears in its A-label form (what
+    /// SPF looked up), other 8-bit text leaves the field out, and a comment shows "?".
+    @Test func anEightBitHeloIsNotWrittenRaw() {
+        let idn = SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@pass.example", helo: "Mail.Bücher.example"))
+        let idnLine = SPFHeader.receivedSPF(idn, receiver: "mx.test")
+        #expect(idnLine.contains(" helo=mail.xn--bcher-kva.example;"), "\(idnLine)")
+        #expect(idnLine.utf8.allSatisfy { $0 < 0x80 }, "\(idnLine)")
+        let heloIdentity = SPFOutcome(result: .none, query: SPFQuery(clientAddress: "192.0.2.1", sender: "", helo: "bücher.example", identity: .helo))
+        #expect(SPFHeader.comment(heloIdentity, receiver: "mx.test") == "mx.test: domain xn--bcher-kva.example does not designate permitted sender hosts")
+        #expect(SPFHeader.authenticationResults(heloIdentity, authservID: "mx.test")
+                == "Authentication-Results: mx.test; spf=none smtp.helo=xn--bcher-kva.example")
+        // 8-bit text that is no domain name (a label of 70 code points cannot be an A-label).
+        let junk = String(repeating: "ü", count: 70) + ".example"
+        let junkLine = SPFHeader.receivedSPF(SPFOutcome(result: .none, query: SPFQuery(clientAddress: "192.0.2.1", sender: "", helo: junk, identity: .helo)),
+                                             receiver: "mx.test")
+        #expect(junkLine.utf8.allSatisfy { $0 < 0x80 }, "\(junkLine)")
+        #expect(!junkLine.contains("helo=") && junkLine.contains("domain ??"), "\(junkLine)")
+        #expect(SPFHeader.authenticationResults(SPFOutcome(result: .none, query: SPFQuery(clientAddress: "192.0.2.1", sender: "", helo: junk, identity: .helo)),
+                                                authservID: "mx.test") == "Authentication-Results: mx.test; spf=none")
+    }
+
     /// A client's long sender or HELO cannot make the line longer than a header may be (the
     /// encoder would cut it anywhere): the comment goes, then the long values, and what is
     /// left is a whole line whose fields are right.

@@ -41,29 +41,32 @@ public enum SPFHeader {
     static func receivedSPF(_ outcome: SPFOutcome, receiver: String, comment: Bool, longest: Int) -> String {
         let query = outcome.query
         let mailbox = query.checkedMailbox
+        let helo = heloForHeader(query.helo)
         // Every value at most three times over (once in the comment, once quoted: two
-        // octets for one at worst), the literals well under 256.
-        var values = receiver.utf8.count + mailbox.utf8.count + query.clientAddress.utf8.count + query.helo.utf8.count
+        // octets for one at worst), the literals well under 256. An A-label may be longer
+        // than the U-label it stands for: the longer of the two counts.
+        var values = receiver.utf8.count + mailbox.utf8.count + query.clientAddress.utf8.count
+        values += max(query.helo.utf8.count, helo?.utf8.count ?? 0)
         values += outcome.mechanism?.utf8.count ?? 0
         return Builder.build(capacity: 256 + 3 * values) { out in
             out.literal("Received-SPF: ")
             out.literal(outcome.result.word)
             if comment {
                 out.literal(" (")
-                out.comment(outcome, mailbox: mailbox, receiver: receiver)
+                out.comment(outcome, mailbox: mailbox, receiver: receiver, helo: helo ?? query.helo)
                 out.literal(")")
             }
             out.literal(" client-ip=")
             out.value(query.clientAddress)
             out.literal(";")
-            if mailbox.utf8.count <= longest {
+            if mailbox.utf8.count <= longest, mailboxFitsHeader(mailbox) {
                 out.literal(" envelope-from=")
                 out.quoted(mailbox)
                 out.literal(";")
             }
-            if !query.helo.isEmpty, query.helo.utf8.count <= longest {
+            if let helo, !helo.isEmpty, helo.utf8.count <= longest {
                 out.literal(" helo=")
-                out.value(query.helo)
+                out.value(helo)
                 out.literal(";")
             }
             out.literal(" receiver=")
@@ -87,7 +90,8 @@ public enum SPFHeader {
 
     static func authenticationResults(_ outcome: SPFOutcome, authservID: String, property: Bool) -> String {
         let query = outcome.query
-        let values = authservID.utf8.count + query.helo.utf8.count + query.checkedMailbox.utf8.count
+        let helo = heloForHeader(query.helo)
+        let values = authservID.utf8.count + (helo?.utf8.count ?? 0) + query.checkedMailbox.utf8.count
         return Builder.build(capacity: 128 + 2 * values) { out in
             out.literal("Authentication-Results: ")
             out.append(authservID)
@@ -95,21 +99,42 @@ public enum SPFHeader {
             out.literal(outcome.result.word)
             if !property { return }
             if query.identity == .helo {
+                // A HELO that is 8-bit text and no domain name: the property is left out.
+                guard let helo else { return }
                 out.literal(" smtp.helo=")
-                out.value(query.helo)
+                out.value(helo)
             } else {
+                guard mailboxFitsHeader(query.checkedMailbox) else { return }
                 out.literal(" smtp.mailfrom=")
                 out.value(query.checkedMailbox)
             }
         }
     }
 
+    /// The HELO name as a header field carries it: as the client wrote it when it is ASCII;
+    /// a name in U-labels in its A-label form (the same name, and the one SPF looked up); nil
+    /// for other 8-bit text, which is no domain name and which a header of a message that is
+    /// not SMTPUTF8 cannot carry: the field is left out rather than written raw.
+    static func heloForHeader(_ helo: String) -> String? {
+        if helo.utf8.allSatisfy({ $0 < 0x80 }) { return helo }
+        return DomainName.asciiForm(helo)
+    }
+
+    /// Whether the checked mailbox can be a header field: its domain is ASCII (a domain in
+    /// U-labels was converted to A-labels when the query was made, so an 8-bit domain here is
+    /// no domain name). An 8-bit local part (SMTPUTF8, RFC 6532) is written as it is.
+    static func mailboxFitsHeader(_ mailbox: String) -> Bool {
+        guard let at = mailbox.utf8.lastIndex(of: UInt8(ascii: "@")) else { return mailbox.utf8.allSatisfy { $0 < 0x80 } }
+        return mailbox.utf8[mailbox.utf8.index(after: at)...].allSatisfy { $0 < 0x80 }
+    }
+
     /// The comment of a Received-SPF line (without its parentheses).
     public static func comment(_ outcome: SPFOutcome, receiver: String) -> String {
         let query = outcome.query
-        let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + query.helo.utf8.count
+        let helo = heloForHeader(query.helo) ?? query.helo
+        let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + helo.utf8.count
         return Builder.build(capacity: 128 + values) { out in
-            out.comment(outcome, mailbox: query.checkedMailbox, receiver: receiver)
+            out.comment(outcome, mailbox: query.checkedMailbox, receiver: receiver, helo: helo)
         }
     }
 
@@ -179,13 +204,17 @@ public enum SPFHeader {
             write(0x22)
         }
 
-        /// Text inside a comment: parentheses and backslashes become "_".
+        /// Text inside a comment: parentheses and backslashes become "_", 8-bit octets "?"
+        /// (a comment is for people; the fields carry the values).
         mutating func commentText(_ text: String) {
             var copy = text
             copy.withUTF8 { octets in
                 let start = count
                 write(UnsafeRawBufferPointer(octets))
-                for i in start..<count where buffer[i] == 0x28 || buffer[i] == 0x29 || buffer[i] == 0x5C { buffer[i] = 0x5F }
+                for i in start..<count {
+                    let b = buffer[i]
+                    if b == 0x28 || b == 0x29 || b == 0x5C { buffer[i] = 0x5F } else if b >= 0x80 { buffer[i] = 0x3F }
+                }
             }
         }
 
@@ -198,13 +227,14 @@ public enum SPFHeader {
             b < 64 ? (atomLow >> UInt64(b)) & 1 != 0 : b < 128 && (atomHigh >> UInt64(b - 64)) & 1 != 0
         }
 
-        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String) {
+        /// `helo`: the HELO name as the header shows it (heloForHeader's, or as written).
+        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String, helo heloName: String) {
             let helo = outcome.query.identity == .helo
             commentText(receiver)
             literal(": ")
             func domainOf() {
                 if helo { literal("domain ") } else { literal("domain of ") }
-                commentText(helo ? outcome.query.helo : mailbox)
+                commentText(helo ? heloName : mailbox)
             }
             func ip() { commentText(outcome.query.clientAddress) }
             switch outcome.result {
