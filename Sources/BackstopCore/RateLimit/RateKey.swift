@@ -156,7 +156,7 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             }
             return
         }
-        if part.endsInDomain, value.contains(where: { $0 >= 0x80 }), let keyed = Self.aLabelForm(part, value) {
+        if part.endsInDomain, !ASCII.check(value), let keyed = Self.aLabelForm(part, value) {
             return keyed.withUnsafeBytes { append(part, $0, to: &out) }
         }
         var value = value
@@ -187,7 +187,7 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             start = at + 1
         }
         let domain = UnsafeRawBufferPointer(rebasing: value[start...])
-        guard domain.contains(where: { $0 >= 0x80 }),
+        guard !ASCII.check(domain),
               let ascii = DomainName.asciiForm(String(decoding: domain, as: UTF8.self)) else { return nil }
         return Array(value[..<start]) + Array(ascii.utf8)
     }

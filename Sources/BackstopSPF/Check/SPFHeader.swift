@@ -116,7 +116,7 @@ public enum SPFHeader {
     /// for other 8-bit text, which is no domain name and which a header of a message that is
     /// not SMTPUTF8 cannot carry: the field is left out rather than written raw.
     static func heloForHeader(_ helo: String) -> String? {
-        if helo.utf8.allSatisfy({ $0 < 0x80 }) { return helo }
+        if ASCII.check(helo) { return helo }
         return DomainName.asciiForm(helo)
     }
 
@@ -124,8 +124,11 @@ public enum SPFHeader {
     /// U-labels was converted to A-labels when the query was made, so an 8-bit domain here is
     /// no domain name). An 8-bit local part (SMTPUTF8, RFC 6532) is written as it is.
     static func mailboxFitsHeader(_ mailbox: String) -> Bool {
-        guard let at = mailbox.utf8.lastIndex(of: UInt8(ascii: "@")) else { return mailbox.utf8.allSatisfy { $0 < 0x80 } }
-        return mailbox.utf8[mailbox.utf8.index(after: at)...].allSatisfy { $0 < 0x80 }
+        var octets = mailbox
+        return octets.withUTF8 { octets in
+            guard let at = octets.lastIndex(of: UInt8(ascii: "@")) else { return ASCII.check(UnsafeRawBufferPointer(octets)) }
+            return ASCII.check(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: octets[(at + 1)...])))
+        }
     }
 
     /// The comment of a Received-SPF line (without its parentheses).
