@@ -122,6 +122,10 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(!junkLine.contains("helo=") && junkLine.contains("domain ??"), "\(junkLine)")
         #expect(SPFHeader.authenticationResults(SPFOutcome(result: .none, query: SPFQuery(clientAddress: "192.0.2.1", sender: "", helo: junk, identity: .helo)),
                                                 authservID: "mx.test") == "Authentication-Results: mx.test; spf=none")
+        // Converts, but not to a host name (a space): left out too.
+        let spaced = SPFHeader.receivedSPF(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@pass.example", helo: "ünknown host")),
+                                           receiver: "mx.test")
+        #expect(!spaced.contains("helo=") && spaced.utf8.allSatisfy { $0 < 0x80 }, "\(spaced)")
     }
 
     /// A client's long sender or HELO cannot make the line longer than a header may be (the

@@ -187,7 +187,9 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             start = at + 1
         }
         let domain = UnsafeRawBufferPointer(rebasing: value[start...])
-        guard !ASCII.check(domain),
+        // No domain name is longer than 253 octets in A-labels nor 4 × 253 in UTF-8: longer
+        // text is keyed as written, without converting its labels one by one.
+        guard domain.count <= 4 * 253, !ASCII.check(domain),
               let ascii = DomainName.asciiForm(String(decoding: domain, as: UTF8.self)) else { return nil }
         return Array(value[..<start]) + Array(ascii.utf8)
     }

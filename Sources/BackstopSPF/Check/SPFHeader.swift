@@ -112,12 +112,32 @@ public enum SPFHeader {
     }
 
     /// The HELO name as a header field carries it: as the client wrote it when it is ASCII;
-    /// a name in U-labels in its A-label form (the same name, and the one SPF looked up); nil
-    /// for other 8-bit text, which is no domain name and which a header of a message that is
-    /// not SMTPUTF8 cannot carry: the field is left out rather than written raw.
+    /// a host name in U-labels in its A-label form (the same name, and the one SPF looked
+    /// up); nil for other 8-bit text, which is no host name and which a header of a message
+    /// that is not SMTPUTF8 cannot carry: the field is left out rather than written raw.
     static func heloForHeader(_ helo: String) -> String? {
         if ASCII.check(helo) { return helo }
-        return DomainName.asciiForm(helo)
+        // A host name is at most 253 octets, and a code point at most 4 octets of UTF-8:
+        // longer text is no host name and is not converted at all.
+        guard helo.utf8.count <= 4 * 253, let ascii = DomainName.asciiForm(helo), ascii.utf8.count <= 253,
+              isHostName(ascii) else { return nil }
+        return ascii
+    }
+
+    /// Letters, digits and hyphens in dot-separated labels (RFC 1123), no label empty.
+    static func isHostName(_ name: String) -> Bool {
+        var label = 0
+        for b in name.utf8 {
+            if b == UInt8(ascii: ".") {
+                if label == 0 { return false }
+                label = 0
+            } else if (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == UInt8(ascii: "-") || (b >= 0x41 && b <= 0x5A) {
+                label += 1
+            } else {
+                return false
+            }
+        }
+        return label > 0
     }
 
     /// Whether the checked mailbox can be a header field: its domain is ASCII (a domain in
