@@ -24,6 +24,11 @@ private struct Limiter {
                                logger: logger)
     }
 
+    /// One rule that lets one recipient an hour through per `key`.
+    init(oneAnHourBy key: String) throws {
+        try self.init("[[ratelimit.rule]]\nname = \"one_an_hour\"\nkey = \"\(key)\"\ncount = \"recipient\"\nlimit = \"1/1h\"\n")
+    }
+
     func ask(_ pairs: [(String, String)]) -> Verdict {
         // A loop per question: an EmbeddedEventLoop must end on the thread that made it, and
         // async tests move between threads.
@@ -118,24 +123,12 @@ func threadCPUNanoseconds() -> Int64 {
     }
 
     @Test func aTrailingDotIsTheSameDomain() throws {
-        let perDomain = try Limiter("""
-            [[ratelimit.rule]]
-            name = "per_domain"
-            key = "sender_domain"
-            count = "recipient"
-            limit = "1/1h"
-            """)
+        let perDomain = try Limiter(oneAnHourBy: "sender_domain")
         #expect(!perDomain.refused(rcpt(sender: "alice@example.org")))
         #expect(perDomain.refused(rcpt(sender: "carol@Example.ORG.")), "the domain with its root dot is the same domain")
         #expect(!perDomain.refused(rcpt(sender: "carol@example.net")))
 
-        let perSender = try Limiter("""
-            [[ratelimit.rule]]
-            name = "per_sender"
-            key = "sender"
-            count = "recipient"
-            limit = "1/1h"
-            """)
+        let perSender = try Limiter(oneAnHourBy: "sender")
         #expect(!perSender.refused(rcpt(sender: "dave@example.net.")))
         #expect(perSender.refused(rcpt(sender: "dave@example.net")), "the sender with and without the dot is one sender")
         #expect(!perSender.refused(rcpt(sender: "erin@example.net")))
@@ -143,25 +136,13 @@ func threadCPUNanoseconds() -> Int64 {
     }
 
     @Test func aDomainInULabelsIsKeyedByItsALabels() throws {
-        let perDomain = try Limiter("""
-            [[ratelimit.rule]]
-            name = "per_domain"
-            key = "sender_domain"
-            count = "recipient"
-            limit = "1/1h"
-            """)
+        let perDomain = try Limiter(oneAnHourBy: "sender_domain")
         #expect(!perDomain.refused(rcpt(sender: "anna@bücher.example")))
         #expect(perDomain.refused(rcpt(sender: "otto@BÜCHER.example")), "U-labels compare without case")
         #expect(perDomain.refused(rcpt(sender: "otto@xn--bcher-kva.example.")), "the A-label form is the same domain")
         #expect(!perDomain.refused(rcpt(sender: "otto@bucher.example")))
 
-        let perSender = try Limiter("""
-            [[ratelimit.rule]]
-            name = "per_sender"
-            key = "sender"
-            count = "recipient"
-            limit = "1/1h"
-            """)
+        let perSender = try Limiter(oneAnHourBy: "sender")
         #expect(!perSender.refused(rcpt(sender: "jörg@bücher.example")))
         #expect(perSender.refused(rcpt(sender: "jörg@BÜCHER.Example")), "the same mailbox")
         #expect(!perSender.refused(rcpt(sender: "JÖRG@bücher.example")), "a non-ASCII local part is kept as written")
