@@ -125,8 +125,6 @@ public struct SPFOutcome: Sendable, Equatable {
     /// The fields, behind one reference. An outcome is copied several times per request
     /// (out of the cache, into the message's state, into its verdict); each copy of the
     /// fields themselves retained a dozen strings, a copy of this is one retain.
-    /// Copy-on-write: a setter copies the box first unless this value is its only holder,
-    /// so a box that two values share is never written (hence `@unchecked Sendable`).
     private struct Fields: Sendable, Equatable {
         var result: SPFResult
         var query: SPFQuery
@@ -140,6 +138,8 @@ public struct SPFOutcome: Sendable, Equatable {
         var cached = false
     }
 
+    /// Copy-on-write: a setter copies the box first unless this value is its only holder,
+    /// so a box that two values share is never written (hence `@unchecked Sendable`).
     private final class Box: @unchecked Sendable {
         var fields: Fields
         init(_ fields: Fields) { self.fields = fields }
