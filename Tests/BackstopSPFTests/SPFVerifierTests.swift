@@ -324,8 +324,12 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         let verifier = try makeVerifier(verifierSettings(dns, workers: 1, dnsTimeout: .seconds(1), deadline: .seconds(2), queue: 1))
         defer { verifier.shutdown() }
         // Every evaluation waits for an A record that never comes: the worker holds
-        // maxInFlight (256), its queue one more, and the rest are refused at once.
+        // maxInFlight (256), its queue one more, and the rest are refused at once. The worker
+        // runs first (while one starts, evaluations wait in the queue).
         let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let warm = try await verifier.evaluate(SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "h.example"),
+                                               deadline: .now() + .seconds(5), on: loop).get()
+        #expect(warm.result == .pass, "\(warm)")
         let started = NIODeadline.now()
         let futures = (0..<(SPFWorkerSlot.maxInFlight + 3)).map { n in
             verifier.evaluate(SPFQuery(clientAddress: "10.0.\(n / 200).\(n % 200 + 1)", sender: "x@waits.example", helo: "h.example"),

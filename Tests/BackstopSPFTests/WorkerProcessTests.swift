@@ -8,6 +8,7 @@
 
 import BackstopCore
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -30,6 +31,44 @@ func status(_ pid: Int32, _ key: String) -> [String] {
     return text.split(separator: "\n").first { $0.hasPrefix(key + ":") }.map {
         $0.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
     } ?? ["missing"]
+}
+
+/// The restarts for `reason` once there are `count` (a worker is reaped off the event loop,
+/// after its evaluations were answered, so the count can come a moment later); 5 s at most.
+func restarts(_ verifier: SPFVerifier, _ reason: SPFRestartReason, reaching count: Int) async -> Int {
+    for _ in 0..<250 where (verifier.workerRestarts[reason] ?? 0) < count { try? await Task.sleep(for: .milliseconds(20)) }
+    return verifier.workerRestarts[reason] ?? 0
+}
+
+/// How long `loop` takes to run a task handed to it now.
+func delay(of loop: any EventLoop) async throws -> TimeAmount {
+    let asked = NIODeadline.now()
+    return try await loop.submit { NIODeadline.now() }.get() - asked
+}
+
+/// Starts and ends workers as DirectSpawner does, each after `pause`; says what it began.
+struct SlowSpawner: SPFSpawner {
+    static let pause: UInt32 = 600_000  // microseconds
+    let begun = NIOLockedValueBox<[String]>([])
+
+    func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
+        begun.withLockedValue { $0.append("spawn") }
+        usleep(Self.pause)
+        return try DirectSpawner().spawn(executable: executable, user: user)
+    }
+
+    func killAndReap(_ pid: pid_t) -> Int32? {
+        begun.withLockedValue { $0.append("kill") }
+        usleep(Self.pause)
+        return DirectSpawner().killAndReap(pid)
+    }
+
+    func waitUntilBegun(_ what: String, count: Int = 1) async throws {
+        for _ in 0..<500 where begun.withLockedValue({ $0.filter { $0 == what }.count }) < count {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try #require(begun.withLockedValue { $0.filter { $0 == what }.count } >= count, "no \(what) began: \(begun.withLockedValue { $0 })")
+    }
 }
 
 nonisolated(unsafe) let workerZone: [String: Any] = [
@@ -73,7 +112,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         let (outcome, answered) = try await lost.get()
         #expect(outcome.result == .temperror && outcome.problem?.contains("worker ended") == true, "\(outcome)")
         #expect(answered - killed < .seconds(2), "answered \(answered - killed) after the kill")
-        #expect(verifier.workerRestarts[.crashed] == 2)
+        #expect(await restarts(verifier, .crashed, reaching: 2) == 2)
         #expect(await verifier.evaluate(ip: "198.51.100.1", sender: "a@example.org", helo: "h").result == .fail)
         let third = try #require(await verifier.workerProcessIDs.first)
         // A verifier that is shut down (a reload replaced it) ends and reaps its worker.
@@ -143,8 +182,37 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(took >= .milliseconds(900) && took < .milliseconds(2_000), "answered after \(took)")
         await waitUntilGone(stopped)
         #expect(processState(stopped) == nil, "the stopped worker was not killed and reaped")
-        #expect(verifier.workerRestarts[.timeout] == 1)
+        #expect(await restarts(verifier, .timeout, reaching: 1) == 1)
         #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+    }
+
+    /// Starting a worker waits for its exec (and, through the supervisor, for the
+    /// supervisor's answer), ending one for its reaping: neither happens on the event loop,
+    /// which meanwhile answers Postfix's other requests.
+    @Test func startingAndEndingAWorkerNeverHoldsUpItsEventLoop() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let spawner = SlowSpawner()
+        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(20), cacheTTL: .zero), logger: testLogger,
+                                   executable: backstopBinary, spawner: spawner)
+        defer { verifier.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let query = { (client: String) in SPFQuery(clientAddress: client, sender: "a@example.org", helo: "h") }
+        let first = verifier.evaluate(query("192.0.2.5"), deadline: .now() + .seconds(20), on: loop)
+        try await spawner.waitUntilBegun("spawn")
+        let whileStarting = try await delay(of: loop)
+        #expect(whileStarting < .milliseconds(300), "the event loop waited \(whileStarting) for a worker to start")
+        #expect(try await first.get().result == .pass)
+        let pid = try #require(await verifier.workerProcessIDs.first)
+        #expect(kill(pid, SIGKILL) == 0)
+        try await spawner.waitUntilBegun("kill")
+        let whileEnding = try await delay(of: loop)
+        #expect(whileEnding < .milliseconds(300), "the event loop waited \(whileEnding) for a worker to be reaped")
+        // Evaluations that come while the worker is reaped wait for the next one.
+        let second = try await verifier.evaluate(query("198.51.100.1"), deadline: .now() + .seconds(20), on: loop).get()
+        #expect(second.result == .fail, "\(second)")
+        #expect(await restarts(verifier, .crashed, reaching: 1) == 1)
+        #expect(spawner.begun.withLockedValue { $0 } == ["spawn", "kill", "spawn"])
     }
 
     /// The interpreter behind `python3` (workers get an empty environment, so no PATH).
@@ -243,7 +311,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         defer { refused.shutdown() }
         let outcome = await refused.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h")
         #expect(outcome.result == .temperror)
-        #expect(refused.workerRestarts[.exited] == 1)
+        #expect(await restarts(refused, .exited, reaching: 1) == 1)
         // The filter kills a worker that tries to open a socket.
         let test = Process()
         test.executableURL = URL(fileURLWithPath: backstopBinary)

@@ -11,6 +11,8 @@ import CSPF2
 import Glibc
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 
 public struct SPFSpawnError: Error, Sendable, CustomStringConvertible {
     public let description: String
@@ -45,6 +47,13 @@ public enum SPFProcesses {
     private static let registered = NIOLockedValueBox<String?>(nil)
 
     private static let warnedSharedUser = NIOLockedValueBox(false)
+
+    /// Runs process management (a spawn, which waits for the child's exec; a kill and reap;
+    /// the supervisor's answer) on NIO's blocking thread pool, never on an event loop, which
+    /// also answers Postfix. The result comes back on `loop`.
+    static func offLoop<T: Sendable>(_ loop: any EventLoop, _ work: @escaping @Sendable () throws -> T) -> EventLoopFuture<T> {
+        NIOThreadPool.singleton.runIfActive(eventLoop: loop, work)
+    }
 
     /// Says once per process that workers run as the server's own user (not started as root).
     static func noteWorkersShareTheServersUser(_ logger: Logger) {

@@ -305,19 +305,24 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         if jobs.isEmpty { channel?.close(promise: nil) }
     }
 
+    /// Its evaluations are answered at once; the slot learns how the process ended once it
+    /// is killed and reaped, off the event loop (SPFProcesses.offLoop). Until then the slot
+    /// queues new evaluations, as while a worker starts.
     private func end() {
         guard !ended else { return }
         ended = true
-        let status = slot.spawner.killAndReap(pid)
         let lost = jobs.values
         jobs.removeAll()
         timer?.cancel()
         timer = nil
-        slot.ended(self, status: status, fault: fault, lost: lost.count)
         for job in lost {
             var outcome = SPFOutcome(result: .temperror, query: job.query, problem: "SPF worker ended during the evaluation")
             outcome.elapsed = .now() - job.started
             job.promise.succeed(outcome)
+        }
+        let slot = self.slot, spawner = slot.spawner, pid = self.pid
+        SPFProcesses.offLoop(loop) { spawner.killAndReap(pid) }.whenComplete { [self] result in
+            slot.ended(self, status: (try? result.get()) ?? nil, fault: fault, lost: lost.count)
         }
     }
 }

@@ -155,16 +155,24 @@ final class SPFWorkerSlot: @unchecked Sendable {
         start()
     }
 
+    /// Starts a worker off the event loop: posix_spawn waits for the child's exec (a few
+    /// milliseconds), the supervisor's answer for its own, and this loop also answers
+    /// Postfix. The slot is `starting` until the worker's channel is attached.
     private func start() {
         starting = true
-        let spawned: (fd: Int32, pid: pid_t)
-        do {
-            spawned = try spawner.spawn(executable: executable, user: user)
-        } catch {
-            starting = false
-            restarted(.spawnFailed, "cannot be started: \(error.description)", pid: nil, lost: 0)
-            return
-        }
+        let spawner = self.spawner, executable = self.executable, user = self.user
+        SPFProcesses.offLoop(loop) { try spawner.spawn(executable: executable, user: user) }
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let spawned): attach(spawned)
+                case .failure(let error):
+                    starting = false
+                    restarted(.spawnFailed, "cannot be started: \((error as? SPFSpawnError)?.description ?? "\(error)")", pid: nil, lost: 0)
+                }
+            }
+    }
+
+    private func attach(_ spawned: (fd: Int32, pid: pid_t)) {
         SPFProcesses.noteWorkersShareTheServersUser(logger)
         let worker = SPFWorkerConnection(pid: spawned.pid, slot: self)
         let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
@@ -180,9 +188,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
             }
             .withConnectedSocket(spawned.fd)
             .whenComplete { [self] result in
-                starting = false
                 switch result {
                 case .success(let channel):
+                    starting = false
                     worker.attach(channel, hello: hello)
                     if stopped {
                         worker.kill(.exited, "stopped")
@@ -194,8 +202,11 @@ final class SPFWorkerSlot: @unchecked Sendable {
                 case .failure(let error):
                     // The channel owned the descriptor and closed it; closing it here again
                     // would close whatever the process opened under that number since.
-                    _ = spawner.killAndReap(spawned.pid)
-                    restarted(.spawnFailed, "cannot be attached: \(error)", pid: spawned.pid, lost: 0)
+                    let spawner = self.spawner
+                    SPFProcesses.offLoop(loop) { spawner.killAndReap(spawned.pid) }.whenComplete { [self] _ in
+                        starting = false
+                        restarted(.spawnFailed, "cannot be attached: \(error)", pid: spawned.pid, lost: 0)
+                    }
                 }
             }
     }
