@@ -38,6 +38,7 @@ public struct RateOverrides: Sendable {
     /// client_address rules: networks by prefix length, longest first, per address family.
     private var v4Networks: [(prefix: Int, entries: [IPAddress: Entry])] = []
     private var v6Networks: [(prefix: Int, entries: [IPAddress: Entry])] = []
+    /// Keys in force (an entry whose key an earlier line already named replaced that one).
     public private(set) var count = 0
 
     /// Most entries in one overrides file.
@@ -64,11 +65,12 @@ public struct RateOverrides: Sendable {
             if issues.count < 50 { issues.append(ConfigIssue(file: file, line: line, key: "", message: message)) }
         }
         let byAddress = spec.parts == [.clientAddress]
+        var read = 0
         bytes.withUnsafeBufferPointer { text in
             LookupTableText.forEachEntry(text, report: report) { entry in
                 let key = String(decoding: text[entry.key], as: UTF8.self)
                 let value = LookupTableText.value(of: entry, in: text)
-                guard table.count < maxEntries else {
+                guard read < maxEntries else {
                     return report(entry.line, "more than \(maxEntries) overrides: split the rule")
                 }
                 let limit: Limit
@@ -96,11 +98,12 @@ public struct RateOverrides: Sendable {
                     case .failure(let error): return report(entry.line, error.message)
                     }
                 }
-                table.count += 1
+                read += 1
             }
         }
         table.v4Networks = v4.sorted { $0.key > $1.key }.map { ($0.key, $0.value) }
         table.v6Networks = v6.sorted { $0.key > $1.key }.map { ($0.key, $0.value) }
+        table.count = table.exact.count + v4.values.reduce(0) { $0 + $1.count } + v6.values.reduce(0) { $0 + $1.count }
         return (table, issues)
     }
 

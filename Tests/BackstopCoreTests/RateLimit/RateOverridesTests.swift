@@ -61,6 +61,23 @@ import Testing
         check.stop()
     }
 
+    /// A key written twice (in another case, with a root dot, in U-labels and in A-labels)
+    /// is one key, and the later entry is the one in force.
+    @Test func aKeyWrittenTwiceTakesTheLaterEntry() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("overrides", """
+            example.org             exempt
+            EXAMPLE.org.            5/1h
+            Bücher.example          6/1h
+            xn--bcher-kva.example.  3/1h
+            """)
+        let check = try check(dir, key: "sender_domain")
+        #expect(admitted(check, 10, sender: "a@example.org") == 5)
+        #expect(admitted(check, 10, sender: "b@bücher.example") == 3)
+        #expect(check.rules[0].overrides?.table?.count == 2, "keys in force")
+        check.stop()
+    }
+
     /// `list` judges each key by the limit in force for it: an override's, when it has one.
     @Test func listJudgesAKeyByItsOverride() async throws {
         let dir = try RecipientTableDirectory()
