@@ -65,7 +65,9 @@ struct Serve: ParsableCommand {
         // On stop, checks release what they hold (SPF ends its workers) before the event
         // loops go, so that a worker's end is not taken for a fault.
         server.onStop {
-            for check in reloader.engine.checks.values { (check as? any RetirableCheck)?.stop() }
+            let checks = reloader.engine.checks.values.compactMap { $0 as? any RetirableCheck }
+            for check in checks { check.stop() }
+            for check in checks { await check.stopped() }
         }
         var metricsEndpoint: MetricsEndpoint?
         defer { _ = metricsEndpoint }

@@ -48,13 +48,17 @@ func delay(of loop: any EventLoop) async throws -> TimeAmount {
 
 /// Starts and ends workers as DirectSpawner does, each after `pause`; says what it began.
 struct SlowSpawner: SPFSpawner {
-    static let pause: UInt32 = 600_000  // microseconds
+    static let pause: UInt32 = 1_000_000  // microseconds
     let begun = NIOLockedValueBox<[String]>([])
+    /// Every worker it started.
+    let started = NIOLockedValueBox<[pid_t]>([])
 
     func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
         begun.withLockedValue { $0.append("spawn") }
         usleep(Self.pause)
-        return try DirectSpawner().spawn(executable: executable, user: user)
+        let spawned = try DirectSpawner().spawn(executable: executable, user: user)
+        started.withLockedValue { $0.append(spawned.pid) }
+        return spawned
     }
 
     func killAndReap(_ pid: pid_t) -> Int32? {
@@ -186,33 +190,63 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
     }
 
+    /// A verifier whose workers start and end slowly, with its first evaluation submitted
+    /// (on `loop`) and its worker's start under way.
+    func startingSlowly(_ dns: LoopbackDNSServer) async throws
+        -> (SPFVerifier, SlowSpawner, any EventLoop, EventLoopFuture<SPFOutcome>) {
+        let spawner = SlowSpawner()
+        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(20), cacheTTL: .zero), logger: testLogger,
+                                   executable: backstopBinary, spawner: spawner)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let first = verifier.evaluate(SPFQuery(clientAddress: "192.0.2.5", sender: "a@example.org", helo: "h"),
+                                      deadline: .now() + .seconds(20), on: loop)
+        try await spawner.waitUntilBegun("spawn")
+        return (verifier, spawner, loop, first)
+    }
+
     /// Starting a worker waits for its exec (and, through the supervisor, for the
     /// supervisor's answer), ending one for its reaping: neither happens on the event loop,
     /// which meanwhile answers Postfix's other requests.
     @Test func startingAndEndingAWorkerNeverHoldsUpItsEventLoop() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }
-        let spawner = SlowSpawner()
-        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(20), cacheTTL: .zero), logger: testLogger,
-                                   executable: backstopBinary, spawner: spawner)
+        let (verifier, spawner, loop, first) = try await startingSlowly(dns)
         defer { verifier.shutdown() }
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
         let query = { (client: String) in SPFQuery(clientAddress: client, sender: "a@example.org", helo: "h") }
-        let first = verifier.evaluate(query("192.0.2.5"), deadline: .now() + .seconds(20), on: loop)
-        try await spawner.waitUntilBegun("spawn")
         let whileStarting = try await delay(of: loop)
-        #expect(whileStarting < .milliseconds(300), "the event loop waited \(whileStarting) for a worker to start")
+        #expect(whileStarting < .milliseconds(500), "the event loop waited \(whileStarting) for a worker to start")
         #expect(try await first.get().result == .pass)
         let pid = try #require(await verifier.workerProcessIDs.first)
         #expect(kill(pid, SIGKILL) == 0)
         try await spawner.waitUntilBegun("kill")
         let whileEnding = try await delay(of: loop)
-        #expect(whileEnding < .milliseconds(300), "the event loop waited \(whileEnding) for a worker to be reaped")
+        #expect(whileEnding < .milliseconds(500), "the event loop waited \(whileEnding) for a worker to be reaped")
         // Evaluations that come while the worker is reaped wait for the next one.
         let second = try await verifier.evaluate(query("198.51.100.1"), deadline: .now() + .seconds(20), on: loop).get()
         #expect(second.result == .fail, "\(second)")
         #expect(await restarts(verifier, .crashed, reaching: 1) == 1)
         #expect(spawner.begun.withLockedValue { $0 } == ["spawn", "kill", "spawn"])
+    }
+
+    /// A server that stops while a worker starts waits for the start (and the worker's end)
+    /// before its event loops end: a result coming back to an ended loop is a crash under
+    /// SWIFTNIO_STRICT, and the worker would be left behind.
+    @Test func stoppingWaitsForAWorkerStartUnderWay() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let (verifier, spawner, _, evaluation) = try await startingSlowly(dns)
+        verifier.shutdown()
+        await verifier.settled(within: .seconds(15))
+        let pids = spawner.started.withLockedValue { $0 }
+        #expect(pids.count == 1, "the start under way finished before settled() returned: \(pids)")
+        for pid in pids { #expect(processState(pid) == nil, "worker \(pid) outlived the stop") }
+        #expect(spawner.begun.withLockedValue { $0 } == ["spawn", "kill"])
+        let outcome = try await evaluation.get()
+        // Queued while the worker started, or (on a machine so loaded that the start was done
+        // before the stop) held by the worker the stop ended.
+        #expect(outcome.result == .temperror && ["SPF is stopping", "SPF worker ended during the evaluation"].contains(outcome.problem ?? ""),
+                "\(outcome)")
+        #expect(verifier.workerRestarts.isEmpty, "a stop is no restart: \(verifier.workerRestarts)")
     }
 
     /// The interpreter behind `python3` (workers get an empty environment, so no PATH).

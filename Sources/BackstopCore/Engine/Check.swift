@@ -41,4 +41,11 @@ public protocol RetirableCheck: Check {
     func retire(replacedBy successor: (any Check)?)
     /// The server stops: release everything now.
     func stop()
+    /// After `stop()`, before the event loops end: returns once what `stop()` started is
+    /// done (nothing, unless a check says otherwise).
+    func stopped() async
+}
+
+extension RetirableCheck {
+    public func stopped() async {}
 }

@@ -101,6 +101,11 @@ public final class SPFCheck: RetirableCheck {
         verifier.shutdown()
     }
 
+    /// Once their kills and reaps (off the event loops) are done, at most 2 s.
+    public func stopped() async {
+        await verifier.settled()
+    }
+
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         if settings.skipAuthenticated && !request.saslUsername.isEmpty {
             return .now(.noOpinion("spf=skipped(authenticated)"))

@@ -49,11 +49,20 @@ public enum SPFProcesses {
     private static let warnedSharedUser = NIOLockedValueBox(false)
 
     /// Runs process management (a spawn, which waits for the child's exec; a kill and reap;
-    /// the supervisor's answer) on NIO's blocking thread pool, never on an event loop, which
-    /// also answers Postfix. The result comes back on `loop`.
+    /// the supervisor's answer) on `processThreads`, never on an event loop, which also
+    /// answers Postfix. The result comes back on `loop`.
     static func offLoop<T: Sendable>(_ loop: any EventLoop, _ work: @escaping @Sendable () throws -> T) -> EventLoopFuture<T> {
-        NIOThreadPool.singleton.runIfActive(eventLoop: loop, work)
+        processThreads.runIfActive(eventLoop: loop, work)
     }
+
+    /// Two threads of their own, started at first use: a supervisor that does not answer
+    /// holds these and stops only SPF's worker starts, not the table reloads and rate-limit
+    /// saves of NIO's shared blocking pool.
+    private static let processThreads: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        return pool
+    }()
 
     /// Says once per process that workers run as the server's own user (not started as root).
     static func noteWorkersShareTheServersUser(_ logger: Logger) {

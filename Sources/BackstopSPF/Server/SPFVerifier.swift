@@ -325,6 +325,14 @@ public final class SPFVerifier: Sendable {
         loop.scheduleTask(in: grace) { [self] in shutdown() }
     }
 
+    /// After `shutdown()`: returns once no worker start or reap is under way (at most
+    /// `limit`), so that none finishes on an event loop that has ended.
+    public func settled(within limit: TimeAmount = .seconds(2)) async {
+        for slot in slots.withLockedValue({ $0 }) {
+            try? await slot.loop.flatSubmit { slot.settled(within: limit) }.get()
+        }
+    }
+
     /// Stops every worker and answers what waits; the verifier is done after this.
     public func shutdown() {
         guard stopped.withLockedValue({ s in defer { s = true }; return !s }) else { return }

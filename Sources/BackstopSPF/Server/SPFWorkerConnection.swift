@@ -306,8 +306,8 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Its evaluations are answered at once; the slot learns how the process ended once it
-    /// is killed and reaped, off the event loop (SPFProcesses.offLoop). Until then the slot
-    /// queues new evaluations, as while a worker starts.
+    /// is killed and reaped, off the event loop (SPFWorkerSlot.processWork). Until then the
+    /// slot queues new evaluations, as while a worker starts.
     private func end() {
         guard !ended else { return }
         ended = true
@@ -320,8 +320,8 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             outcome.elapsed = .now() - job.started
             job.promise.succeed(outcome)
         }
-        let slot = self.slot, spawner = slot.spawner, pid = self.pid
-        SPFProcesses.offLoop(loop) { spawner.killAndReap(pid) }.whenComplete { [self] result in
+        let slot = self.slot, spawner = slot.spawner, pid = self.pid, fault = self.fault
+        slot.processWork("a worker's end", { spawner.killAndReap(pid) }) { [self] result in
             slot.ended(self, status: (try? result.get()) ?? nil, fault: fault, lost: lost.count)
         }
     }

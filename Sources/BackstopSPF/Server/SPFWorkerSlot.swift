@@ -155,27 +155,26 @@ final class SPFWorkerSlot: @unchecked Sendable {
         start()
     }
 
-    /// Starts a worker off the event loop: posix_spawn waits for the child's exec (a few
-    /// milliseconds), the supervisor's answer for its own, and this loop also answers
-    /// Postfix. The slot is `starting` until the worker's channel is attached.
+    /// Starts a worker off the event loop (SPFProcesses.offLoop). The slot is `starting`
+    /// until the worker's channel is attached.
     private func start() {
         starting = true
         let spawner = self.spawner, executable = self.executable, user = self.user
-        SPFProcesses.offLoop(loop) { try spawner.spawn(executable: executable, user: user) }
-            .whenComplete { [self] result in
-                switch result {
-                case .success(let spawned): attach(spawned)
-                case .failure(let error):
-                    starting = false
-                    restarted(.spawnFailed, "cannot be started: \((error as? SPFSpawnError)?.description ?? "\(error)")", pid: nil, lost: 0)
-                }
+        processWork("a worker start", { try spawner.spawn(executable: executable, user: user) }) { [self] result in
+            switch result {
+            case .success(let spawned): attach(spawned)
+            case .failure(let error):
+                starting = false
+                restarted(.spawnFailed, "cannot be started: \((error as? SPFSpawnError)?.description ?? "\(error)")", pid: nil, lost: 0)
             }
+        }
     }
 
     private func attach(_ spawned: (fd: Int32, pid: pid_t)) {
         SPFProcesses.noteWorkersShareTheServersUser(logger)
         let worker = SPFWorkerConnection(pid: spawned.pid, slot: self)
         let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
+        operations += 1  // until the channel is attached or the process reaped
         ClientBootstrap(group: loop)
             // What waits unread in the socket's queue: beyond the high mark the worker is
             // killed (SPFWorkerConnection.channelWritabilityChanged).
@@ -188,6 +187,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
             }
             .withConnectedSocket(spawned.fd)
             .whenComplete { [self] result in
+                defer { operationEnded() }
                 switch result {
                 case .success(let channel):
                     starting = false
@@ -203,12 +203,63 @@ final class SPFWorkerSlot: @unchecked Sendable {
                     // The channel owned the descriptor and closed it; closing it here again
                     // would close whatever the process opened under that number since.
                     let spawner = self.spawner
-                    SPFProcesses.offLoop(loop) { spawner.killAndReap(spawned.pid) }.whenComplete { [self] _ in
+                    processWork("a worker's end", { spawner.killAndReap(spawned.pid) }) { [self] _ in
                         starting = false
                         restarted(.spawnFailed, "cannot be attached: \(error)", pid: spawned.pid, lost: 0)
                     }
                 }
             }
+    }
+
+    // MARK: process work
+
+    /// Process work under way (a start, a kill and reap), from its hand-off to the pool until
+    /// its result has been dealt with on this loop.
+    private var operations = 0
+    private var settledWaiters: [EventLoopPromise<Void>] = []
+    /// Process work that takes this long is logged (an error): the supervisor or the kernel
+    /// does not answer, and SPF answers temperror meanwhile.
+    static let slowProcessWork: TimeAmount = .seconds(10)
+
+    /// Runs `work` off the event loop (SPFProcesses.offLoop) and `then` with its result on
+    /// it; counted in `operations`.
+    func processWork<T: Sendable>(_ what: String, _ work: @escaping @Sendable () throws -> T,
+                                  then: @escaping @Sendable (Result<T, any Error>) -> Void) {
+        loop.assertInEventLoop()
+        operations += 1
+        let watch = loop.scheduleTask(in: SPFWorkerSlot.slowProcessWork) { [logger, index] in
+            logger.error("spf worker \(index): \(what) has taken over \(DurationText.format(SPFWorkerSlot.slowProcessWork)) (the SPF supervisor or the kernel does not answer); SPF evaluations wait meanwhile")
+        }
+        SPFProcesses.offLoop(loop, work).whenComplete { [self] result in
+            watch.cancel()
+            then(result)
+            operationEnded()
+        }
+    }
+
+    private func operationEnded() {
+        operations -= 1
+        guard operations == 0 else { return }
+        let waiters = settledWaiters
+        settledWaiters.removeAll()
+        for waiter in waiters { waiter.succeed() }
+    }
+
+    /// Succeeds once no process work is under way, or after `limit`: the server awaits this
+    /// after `stop()` and before its event loops end, which must not happen while a result
+    /// is still to come back to one of them.
+    func settled(within limit: TimeAmount) -> EventLoopFuture<Void> {
+        loop.assertInEventLoop()
+        guard operations > 0 else { return loop.makeSucceededVoidFuture() }
+        let promise = loop.makePromise(of: Void.self)
+        settledWaiters.append(promise)
+        loop.scheduleTask(in: limit) { [self] in
+            guard let at = settledWaiters.firstIndex(where: { $0.futureResult === promise.futureResult }) else { return }
+            settledWaiters.remove(at: at)
+            logger.warning("spf worker \(index): stopping without waiting longer for process work under way")
+            promise.succeed()
+        }
+        return promise.futureResult
     }
 
     /// A worker process ended; `status` is its wait status when known.
@@ -237,6 +288,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     }
 
     private func restarted(_ reason: SPFRestartReason, _ why: String, pid: pid_t?, lost: Int) {
+        guard !stopped else { return }  // a start that failed or ended after stop(): not a restart
         failures += 1
         notBefore = .now() + SPFWorkerSlot.backoff(afterFailures: failures)
         onRestart(reason)
