@@ -8,6 +8,7 @@
 
 import BackstopCore
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -72,6 +73,22 @@ struct SlowSpawner: SPFSpawner {
             try await Task.sleep(for: .milliseconds(10))
         }
         try #require(begun.withLockedValue { $0.filter { $0 == what }.count } >= count, "no \(what) began: \(begun.withLockedValue { $0 })")
+    }
+}
+
+/// A log handler that keeps what it is given.
+struct RecordedLog: LogHandler {
+    let messages = NIOLockedValueBox<[(level: Logger.Level, text: String)]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        messages.withLockedValue { $0.append((event.level, event.message.description)) }
     }
 }
 
@@ -247,6 +264,24 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(outcome.result == .temperror && ["SPF is stopping", "SPF worker ended during the evaluation"].contains(outcome.problem ?? ""),
                 "\(outcome)")
         #expect(verifier.workerRestarts.isEmpty, "a stop is no restart: \(verifier.workerRestarts)")
+    }
+
+    /// A worker start that takes too long (a supervisor that does not answer) is logged as
+    /// an error, and the evaluations waiting for it still get their answer.
+    @Test func aWorkerStartThatTakesTooLongIsLogged() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let lines = RecordedLog()
+        var settings = verifierSettings(dns, deadline: .seconds(20), cacheTTL: .zero)
+        settings.slowProcessWork = .milliseconds(300)
+        let spawner = SlowSpawner()
+        let verifier = SPFVerifier(settings: settings, logger: Logger(label: "test.slow") { _ in lines },
+                                   executable: backstopBinary, spawner: spawner)
+        defer { verifier.shutdown() }
+        #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+        let errors = lines.messages.withLockedValue { $0 }.filter { $0.level == .error }.map(\.text)
+        #expect(errors == ["spf worker 0: a worker start has taken over 300ms (the SPF supervisor or the kernel does not answer); SPF evaluations wait meanwhile"],
+                "\(errors)")
     }
 
     /// The interpreter behind `python3` (workers get an empty environment, so no PATH).

@@ -38,6 +38,9 @@ public final class SPFVerifier: Sendable {
         public var resultCacheTTL: TimeAmount = .seconds(60)
         public var resultCacheSize = 10_000
         public var resultCacheBytes = 8 << 20
+        /// A worker start or reap that takes this long is logged as an error (not a setting
+        /// of the configuration: tests shorten it).
+        var slowProcessWork: TimeAmount = .seconds(10)
 
         public init() {}
     }

@@ -64,6 +64,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
         receiver = Array(verifier.settings.receiver.utf8)
         queueSize = verifier.settings.queueSize
         wedgeLimit = max(.milliseconds(50), .nanoseconds(verifier.settings.evaluationDeadline.nanoseconds / 2))
+        slowProcessWork = verifier.settings.slowProcessWork
         onOutcome = { [weak verifier] job, outcome in verifier?.record(job, outcome) }
         onRestart = { [weak verifier] reason in verifier?.countRestart(reason) }
     }
@@ -218,8 +219,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
     private var operations = 0
     private var settledWaiters: [EventLoopPromise<Void>] = []
     /// Process work that takes this long is logged (an error): the supervisor or the kernel
-    /// does not answer, and SPF answers temperror meanwhile.
-    static let slowProcessWork: TimeAmount = .seconds(10)
+    /// does not answer, and SPF answers temperror meanwhile (10 s; Settings.slowProcessWork).
+    let slowProcessWork: TimeAmount
 
     /// Runs `work` off the event loop (SPFProcesses.offLoop) and `then` with its result on
     /// it; counted in `operations`.
@@ -227,8 +228,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
                                   then: @escaping @Sendable (Result<T, any Error>) -> Void) {
         loop.assertInEventLoop()
         operations += 1
-        let watch = loop.scheduleTask(in: SPFWorkerSlot.slowProcessWork) { [logger, index] in
-            logger.error("spf worker \(index): \(what) has taken over \(DurationText.format(SPFWorkerSlot.slowProcessWork)) (the SPF supervisor or the kernel does not answer); SPF evaluations wait meanwhile")
+        let watch = loop.scheduleTask(in: slowProcessWork) { [logger, index, slowProcessWork] in
+            logger.error("spf worker \(index): \(what) has taken over \(DurationText.format(slowProcessWork)) (the SPF supervisor or the kernel does not answer); SPF evaluations wait meanwhile")
         }
         SPFProcesses.offLoop(loop, work).whenComplete { [self] result in
             watch.cancel()
