@@ -107,6 +107,26 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         #expect(c.status == .serverFailure)
     }
 
+    /// A chain of pointers, each two octets back (the data of a record of another type), read
+    /// by a PTR target: up to 127 pointers is a name, more is refused before it is followed.
+    @Test func longPointerChainsAreRefused() {
+        func chained(_ count: Int) -> DNSMessage.Decoded {
+            var p = Packet.header(an: 2)
+            p.question("example.org", .ptr)
+            let start = p.bytes.count + 2 + 10
+            var chain: [UInt8] = [0xC0, 12]  // the first points at the question's name
+            for k in 1..<count { chain += [0xC0 | UInt8((start + 2 * (k - 1)) >> 8), UInt8((start + 2 * (k - 1)) & 0xFF)] }
+            p.bytes += [0xC0, 12]; p.u16(10); p.u16(1); p.u32(300); p.u16(UInt16(chain.count)); p.bytes += chain  // type NULL
+            let last = start + 2 * (count - 1)
+            p.answer(type: .ptr, rdata: [0xC0 | UInt8(last >> 8), UInt8(last & 0xFF)])
+            return decode(p, question: DNSQuestion(DNSName(text: "example.org")!, .ptr))
+        }
+        guard case .answer(let fine) = chained(126) else { Issue.record("not decoded"); return }
+        #expect(fine.status == .success && fine.names == [DNSName(text: "example.org")!], "\(fine)")
+        guard case .answer(let long) = chained(2_000) else { Issue.record("not decoded"); return }
+        #expect(long.status == .serverFailure, "\(long)")
+    }
+
     @Test func lengthsPastTheEndAreRefused() {
         var p = Packet.header(an: 1)
         p.question("example.org", .a)

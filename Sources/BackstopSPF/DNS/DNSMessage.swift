@@ -57,6 +57,10 @@ public struct DNSAnswer: Sendable {
 public enum DNSMessage {
     /// A UDP answer we accept at most (EDNS0 asks for this much).
     public static let maxUDPPayload = 1232
+    /// Compression pointers one name may follow: a name of at most 255 octets has at most
+    /// 127 labels, and needs no more pointers than labels.
+    static let maxPointers = 127
+
     /// MX or PTR names kept per answer: RFC 7208 §4.6.4 uses at most 10, one more shows that
     /// an MX answer is over the limit.
     public static let maxNamesKept = 11
@@ -212,12 +216,15 @@ public enum DNSMessage {
         }
 
         /// A possibly compressed name. Each pointer must point before the label sequence it
-        /// was found in, so every jump goes strictly backwards and a loop is impossible.
+        /// was found in, so every jump goes strictly backwards and a loop is impossible; and
+        /// one name follows at most `maxPointers` of them, so a chain of thousands of
+        /// pointers (each two octets back) costs no more than a real name.
         mutating func name() -> DNSName? {
             var wire: [UInt8] = []
             var p = offset
             var floor = offset          // a pointer must land before this
             var jumped = false
+            var pointers = 0
             while true {
                 guard p < bytes.count else { return nil }
                 let length = Int(bytes[p])
@@ -230,7 +237,8 @@ public enum DNSMessage {
                 case 0xC0:
                     guard p + 1 < bytes.count else { return nil }
                     let target = (length & 0x3F) << 8 | Int(bytes[p + 1])
-                    guard target < floor else { return nil }
+                    pointers += 1
+                    guard target < floor, pointers <= DNSMessage.maxPointers else { return nil }
                     if !jumped { offset = p + 2 }
                     jumped = true
                     floor = target
