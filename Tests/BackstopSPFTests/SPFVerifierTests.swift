@@ -224,6 +224,27 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(other.result == .fail && !other.cached)
     }
 
+    /// Swift's String equality is canonical equivalence ("é" as one code point or as "e"
+    /// and a combining accent); a worker expands %{l} from the octets, so the outcome cache
+    /// must not take one spelling for the other.
+    @Test func outcomeKeysCompareOctets() {
+        let composed = "jos\u{E9}", decomposed = "jose\u{301}"
+        #expect(composed == decomposed, "Swift's own equality, the reason for this test")
+        func key(domain: String = "example.org", local: String? = nil, helo: String? = nil) -> SPFVerifier.OutcomeKey {
+            SPFVerifier.OutcomeKey(.init(identity: .mailfrom, client: IPAddress("192.0.2.1")!, upperNibbles: false,
+                                         domain: domain, localPart: local, helo: helo))
+        }
+        #expect(key(local: composed) != key(local: decomposed))
+        // Hashed by octets as well: every spelling of one text hashing alike would let a
+        // sender fill one bucket of the cache with distinct keys.
+        #expect(key(local: composed).fingerprint != key(local: decomposed).fingerprint)
+        #expect(key(helo: composed + ".example") != key(helo: decomposed + ".example"))
+        #expect(key(domain: composed + ".example") != key(domain: decomposed + ".example"))
+        #expect(key(local: composed) == key(local: "jos\u{E9}"))
+        #expect(key(local: composed) != key())
+        #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
+    }
+
     @Test func aSenderDomainInULabelsIsAskedInALabels() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

@@ -45,6 +45,9 @@ public final class SPFCheck: RetirableCheck {
         /// What the instance was evaluated for: a request with the same instance but another
         /// client, sender or HELO is another message.
         let client: String, sender: String, helo: String
+        func isFor(client: String, sender: String, helo: String) -> Bool {
+            Octets.equal(self.client, client) && Octets.equal(self.sender, sender) && Octets.equal(self.helo, helo)
+        }
         init(_ evaluated: SPFEvaluated, client: String, sender: String, helo: String) {
             self.evaluated = evaluated
             self.client = client
@@ -132,7 +135,7 @@ public final class SPFCheck: RetirableCheck {
         let key = instance.isEmpty ? nil : MessageKey(instance)
         // One clock reading for the message cache, the outcome cache and what is kept.
         let now = NIODeadline.now()
-        if let key, let state = messages.value(key, now: now), state.client == client, state.sender == sender, state.helo == helo {
+        if let key, let state = messages.value(key, now: now), state.isFor(client: client, sender: sender, helo: helo) {
             return .now(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo, parsed: address)

@@ -102,6 +102,21 @@ public final class SPFVerifier: Sendable {
             /// Set only when a record or explanation on the outcome's path reads the sender.
             var localPart: String?
             var helo: String?
+
+            /// The strings by their octets, as the worker sees them (Octets).
+            static func == (a: Fields, b: Fields) -> Bool {
+                a.identity == b.identity && a.client == b.client && a.upperNibbles == b.upperNibbles
+                    && Octets.equal(a.domain, b.domain) && Octets.equal(a.localPart, b.localPart) && Octets.equal(a.helo, b.helo)
+            }
+
+            func hash(into hasher: inout Hasher) {
+                hasher.combine(identity)
+                hasher.combine(client)
+                hasher.combine(upperNibbles)
+                Octets.hash(domain, into: &hasher)
+                Octets.hash(localPart, into: &hasher)
+                Octets.hash(helo, into: &hasher)
+            }
         }
         let fields: Fields
         let fingerprint: Int
