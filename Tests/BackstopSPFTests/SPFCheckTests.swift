@@ -420,4 +420,32 @@ func isHeader(_ decision: Decision) -> Bool {
             #expect(throws: ConfigError.self, "\(bad)") { try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n\(bad)\n", file: "bad.toml") }
         }
     }
+
+    /// Settings under which a message can arrive without its header are warned about, with
+    /// their line: an action that cannot share an answer with the header, and SPF at
+    /// END-OF-MESSAGE, where Postfix ignores PREPEND.
+    @Test func settingsThatLoseTheHeaderAreWarnedAbout() throws {
+        SPFSettings.register()
+        let config = try Configuration.parse("""
+            [policy]
+            rcpt = ["spf"]
+            end_of_message = ["spf"]
+            [spf]
+            [spf.actions]
+            softfail = "WARN SPF softfail"
+            neutral = "PREPEND X-SPF: neutral"
+            pass = "OK"
+            fail = "550 5.7.23 SPF fail"
+            """, file: "w.toml")
+        let warnings = config.warnings.map(\.description)
+        #expect(warnings == [
+            "w.toml:8: spf.actions.pass: \"OK\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
+            "w.toml:6: spf.actions.softfail: \"WARN SPF softfail\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
+            "w.toml:7: spf.actions.neutral: \"PREPEND X-SPF: neutral\" and the Received-SPF header cannot go in one answer: a message's first answer carries the header and drops this line, later ones carry this line",
+            "w.toml:4: spf.header: policy.end_of_message lists spf, where Postfix ignores PREPEND (access(5)): a message whose SPF answer comes only there gets no Received-SPF header; list spf in policy.rcpt",
+        ], "\(warnings)")
+        // Without a header, nothing is lost; the defaults lose nothing either.
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\nheader = \"none\"\n[spf.actions]\npass = \"OK\"\n", file: "n.toml").warnings.isEmpty)
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n", file: "d.toml").warnings.isEmpty)
+    }
 }

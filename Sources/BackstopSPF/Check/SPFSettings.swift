@@ -205,6 +205,31 @@ public struct SPFSettings: CheckSettings, Equatable {
         return [("worker_user", "is server.user (\"\(LogEscaping.escape(user))\"): SPF workers need a user of their own, e.g. \"nobody\" or one made with `adduser --system --no-create-home backstop-spf`")]
     }
 
+    /// Settings that keep the header from the mail: Postfix takes one action per answer, so
+    /// an answer that is neither DUNNO nor a refusal cannot carry the header too, and
+    /// Postfix ignores PREPEND at END-OF-MESSAGE (access(5)).
+    public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
+        guard header != .none else { return [] }
+        let name = header == .receivedSPF ? "Received-SPF" : "Authentication-Results"
+        var out: [(key: String, message: String)] = []
+        for result in SPFResult.allCases {
+            guard let action = actions[result] else { continue }
+            let text = "\"\(LogEscaping.escape(ResponseEncoder.actionText(action), limit: 80))\""
+            switch action {
+            case .prepend:
+                out.append(("actions.\(result.rawValue)", "\(text) and the \(name) header cannot go in one answer: a message's first answer carries the header and drops this line, later ones carry this line"))
+            case .ok, .warn, .info, .hold:
+                out.append(("actions.\(result.rawValue)", "\(text) cannot carry the \(name) header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header"))
+            default:
+                break
+            }
+        }
+        if configuration.policy.runs("spf", at: .endOfMessage) {
+            out.append(("header", "policy.end_of_message lists spf, where Postfix ignores PREPEND (access(5)): a message whose SPF answer comes only there gets no \(name) header; list spf in policy.rcpt"))
+        }
+        return out
+    }
+
     /// The [spf] settings of a configuration, or the defaults when it has none (for the CLI).
     public static func from(_ configuration: Configuration) -> SPFSettings {
         configuration.checks["spf"] as? SPFSettings ?? SPFSettings()
