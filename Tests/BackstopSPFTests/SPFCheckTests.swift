@@ -365,6 +365,33 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(reason(request(sender: "a@hostile.example")) == "evaluated")
     }
 
+    /// A skipped recipient is never refused by SPF, and carries the message's header when
+    /// an earlier recipient of the message was refused (its answer did not carry it).
+    @Test func aSkippedRecipientCarriesTheHeaderStillDue() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        var s = checkSettings(dns)
+        s.skipRecipients = ["postmaster@"]
+        let spf = try makeCheck(s)
+        defer { spf.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [spf]])
+        func ask(_ instance: String, _ recipient: String) async throws -> Decision {
+            written(try await decide(engine, request(sender: "a@pass.example", client: "198.51.100.1", instance: instance, recipient: recipient)))
+        }
+        // SPF fail: the first recipient is refused, the postmaster gets the message and its header.
+        let refused = try await ask("m1", "user@local.example")
+        #expect(refused.action.keyword == "550", "\(refused.action)")
+        let postmaster = try await ask("m1", "postmaster@local.example")
+        guard case .prepend(let line) = postmaster.action else { Issue.record("\(postmaster.action)"); return }
+        #expect(line.hasPrefix("Received-SPF: fail (") && postmaster.reason == "spf=skipped(recipient)", "\(line) \(postmaster.reason)")
+        // Once added, not again; and a message whose first recipient is the postmaster has no
+        // outcome yet: nothing is evaluated for it.
+        #expect(try await ask("m1", "postmaster@other.example").action == .dunno)
+        let before = spf.verifier.evaluationCount
+        #expect(try await ask("m2", "postmaster@local.example").action == .dunno)
+        #expect(spf.verifier.evaluationCount == before)
+    }
+
     @Test func heloCheckRefusesFirst() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

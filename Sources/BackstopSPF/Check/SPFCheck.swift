@@ -123,7 +123,7 @@ public final class SPFCheck: RetirableCheck {
             return .now(.noOpinion("spf=skipped(trusted_helo_name)"))
         }
         if !settings.skipRecipients.isEmpty, SPFSettings.recipientListed(request.recipient, in: settings.skipRecipients) {
-            return .now(.noOpinion("spf=skipped(recipient)"))
+            return .now(skippedRecipient(request, client: client))
         }
         let sender = request.sender
         let helo = request.heloName
@@ -146,6 +146,19 @@ public final class SPFCheck: RetirableCheck {
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
             self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger)
         })
+    }
+
+    /// A recipient SPF never refuses (skip_recipients). When an earlier recipient of the
+    /// message was evaluated and its header is still due (that recipient was refused), the
+    /// header goes with this answer: the postmaster's copy of a message is the one that
+    /// needs it. No evaluation is started for it.
+    private func skippedRecipient(_ request: PolicyRequest, client: String) -> Verdict {
+        let instance = request.instance
+        guard !instance.isEmpty, let state = messages.value(MessageKey(instance), now: .now()), !state.header.isSent,
+              state.isFor(client: client, sender: request.sender, helo: request.heloName) else {
+            return .noOpinion("spf=skipped(recipient)")
+        }
+        return Verdict(.dunno, reason: "spf=skipped(recipient)", header: verdict(for: state.evaluated, header: state.header).header)
     }
 
     /// Logs the outcomes and remembers them for the message (`request`: the request's client,
