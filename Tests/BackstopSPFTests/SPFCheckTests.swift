@@ -155,7 +155,7 @@ func isHeader(_ decision: Decision) -> Bool {
         // A client address with a long IPv6 zone is written as the address SPF checked.
         let zoned = SPFHeader.receivedSPF(SPFOutcome(result: .fail, query: SPFQuery(clientAddress: "fe80::1%" + String(repeating: "\"", count: 900),
                                                                                       sender: long, helo: "h.example")), receiver: "mx.test")
-        #expect(zoned == "Received-SPF: fail client-ip=fe80::1; helo=h.example; receiver=mx.test; identity=mailfrom;", "\(zoned)")
+        #expect(zoned == "Received-SPF: fail client-ip=\"fe80::1\"; helo=h.example; receiver=mx.test; identity=mailfrom;", "\(zoned)")
         #expect(SPFQuery(clientAddress: "fe80::1%" + String(repeating: "\"", count: 900), sender: "", helo: "").client != nil)
         // An ordinary line keeps its comment.
         #expect(SPFHeader.receivedSPF(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: "a@b.example", helo: "h.example")),
@@ -181,6 +181,25 @@ func isHeader(_ decision: Decision) -> Bool {
     /// The header is written into storage sized beforehand: values made only of the octets
     /// that quoting doubles (the worst case) still fit, and every value is escaped as
     /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".", "@" and ":".
+    /// Received-SPF values are a dot-atom or a quoted-string (RFC 7208 §9.1): an IPv6
+    /// address and anything with "@" or ":" are quoted. Authentication-Results keeps a
+    /// domain name and local-part@domain as they are (RFC 8601 §2.2) and quotes the rest.
+    @Test func headerValuesFollowTheirGrammars() {
+        let v6 = SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "2001:db8::25", sender: "a@example.org", helo: "odd@helo:x"))
+        let line = SPFHeader.receivedSPF(v6, receiver: "mx.test", comment: false, longest: .max)
+        #expect(line == "Received-SPF: pass client-ip=\"2001:db8::25\"; envelope-from=\"a@example.org\"; helo=\"odd@helo:x\"; receiver=mx.test; identity=mailfrom;",
+                "\(line)")
+        func ar(_ sender: String, helo: String = "mail.example.org", identity: SPFIdentity = .mailfrom) -> String {
+            SPFHeader.authenticationResults(SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "192.0.2.1", sender: sender, helo: helo,
+                                                                                      identity: identity)), authservID: "mx.test")
+        }
+        #expect(ar("first.last+tag@example.org") == "Authentication-Results: mx.test; spf=pass smtp.mailfrom=first.last+tag@example.org")
+        #expect(ar("a..b@example.org") == "Authentication-Results: mx.test; spf=pass smtp.mailfrom=\"a..b@example.org\"")
+        #expect(ar("a@exa_mple.org") == "Authentication-Results: mx.test; spf=pass smtp.mailfrom=\"a@exa_mple.org\"")
+        #expect(ar("", helo: "helo:x.example", identity: .helo) == "Authentication-Results: mx.test; spf=pass smtp.helo=\"helo:x.example\"")
+        #expect(ar("", helo: "Mail-1.Example.org", identity: .helo) == "Authentication-Results: mx.test; spf=pass smtp.helo=Mail-1.Example.org")
+    }
+
     @Test func headersFitTheirStorageWhateverTheValues() {
         let nasty = String(repeating: "\"\\", count: 400)
         var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
@@ -195,7 +214,7 @@ func isHeader(_ decision: Decision) -> Bool {
         helo.query = SPFQuery(clientAddress: nasty, sender: "", helo: nasty, identity: .helo)
         #expect(SPFHeader.authenticationResults(helo, authservID: nasty, property: true).hasSuffix("smtp.helo=\"\(escaped)\""))
         #expect(SPFHeader.comment(helo, receiver: nasty) == commented + ": " + commented + " is neither permitted nor denied by domain " + commented)
-        let atext = Set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-/=?^_`{|}~.@:".utf8)
+        let atext = Set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-/=?^_`{|}~.".utf8)
         for octet in UInt8.min...UInt8.max {
             #expect(SPFHeader.Builder.isAtomOctet(octet) == atext.contains(octet), "octet \(octet)")
         }

@@ -102,11 +102,11 @@ public enum SPFHeader {
                 // A HELO that is 8-bit text and no domain name: the property is left out.
                 guard let helo else { return }
                 out.literal(" smtp.helo=")
-                out.value(helo)
+                out.propertyValue(helo)
             } else {
                 guard mailboxFitsHeader(query.checkedMailbox) else { return }
                 out.literal(" smtp.mailfrom=")
-                out.value(query.checkedMailbox)
+                out.propertyValue(query.checkedMailbox)
             }
         }
     }
@@ -202,15 +202,48 @@ public enum SPFHeader {
             copy.withUTF8 { write(UnsafeRawBufferPointer($0)) }
         }
 
-        /// A dot-atom stays as it is; anything else becomes a quoted-string.
+        /// A Received-SPF value (RFC 7208 §9.1: dot-atom or quoted-string): a dot-atom stays
+        /// as it is; anything else (an IPv6 address, with its ":") becomes a quoted-string.
         mutating func value(_ text: String) {
             var copy = text
-            let atom = copy.withUTF8 { octets -> Bool in
-                guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
-                for b in octets where !Builder.isAtomOctet(b) { return false }
-                return true
-            }
+            let atom = copy.withUTF8 { Builder.isDotAtom(UnsafeRawBufferPointer($0)) }
             if atom { append(text) } else { quoted(text) }
+        }
+
+        /// An Authentication-Results property value (RFC 8601 §2.2 pvalue): a domain name,
+        /// or a dot-atom local part "@" a domain name, stays as it is; anything else becomes a
+        /// quoted-string.
+        mutating func propertyValue(_ text: String) {
+            var copy = text
+            let plain = copy.withUTF8 { octets -> Bool in
+                let all = UnsafeRawBufferPointer(octets)
+                guard let at = all.lastIndex(of: 0x40) else { return Builder.isDomainName(all) }
+                return Builder.isDotAtom(UnsafeRawBufferPointer(rebasing: all[..<at]))
+                    && Builder.isDomainName(UnsafeRawBufferPointer(rebasing: all[(at + 1)...]))
+            }
+            if plain { append(text) } else { quoted(text) }
+        }
+
+        static func isDotAtom(_ octets: UnsafeRawBufferPointer) -> Bool {
+            guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
+            var previous: UInt8 = 0
+            for b in octets {
+                guard isAtomOctet(b), !(b == 0x2E && previous == 0x2E) else { return false }
+                previous = b
+            }
+            return true
+        }
+
+        /// Letters, digits, hyphens and single dots between labels.
+        static func isDomainName(_ octets: UnsafeRawBufferPointer) -> Bool {
+            guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
+            var previous: UInt8 = 0
+            for b in octets {
+                let ldh = (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D
+                guard ldh || (b == 0x2E && previous != 0x2E) else { return false }
+                previous = b
+            }
+            return true
         }
 
         mutating func quoted(_ text: String) {
@@ -241,10 +274,10 @@ public enum SPFHeader {
             }
         }
 
-        /// atext (RFC 5322 §3.2.3) plus ".", "@" and ":": one bit per ASCII octet, octets
-        /// 0-63 and 64-127 (BuilderTests checks the masks against the characters).
-        static let atomLow: UInt64 = 0xA7FF_ECFA_0000_0000
-        static let atomHigh: UInt64 = 0x7FFF_FFFF_C7FF_FFFF
+        /// atext (RFC 5322 §3.2.3) plus ".": one bit per ASCII octet, octets 0-63 and 64-127
+        /// (SPFCheckTests checks the masks against the characters).
+        static let atomLow: UInt64 = 0xA3FF_ECFA_0000_0000
+        static let atomHigh: UInt64 = 0x7FFF_FFFF_C7FF_FFFE
 
         static func isAtomOctet(_ b: UInt8) -> Bool {
             b < 64 ? (atomLow >> UInt64(b)) & 1 != 0 : b < 128 && (atomHigh >> UInt64(b - 64)) & 1 != 0
