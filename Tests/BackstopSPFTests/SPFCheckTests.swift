@@ -411,6 +411,34 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(spf.verifier.evaluationCount == before)
     }
 
+    /// Two recipients of one message evaluated at once (the first one's answer came from the
+    /// deadline while its evaluation went on): the later to finish keeps the message's
+    /// state, so a header already added is not added again.
+    @Test func aLateEvaluationKeepsTheMessagesState() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone, delayMilliseconds: 300)
+        defer { dns.stop() }
+        let spf = try makeCheck(checkSettings(dns))
+        defer { spf.verifier.shutdown() }
+        let context = CheckContext(eventLoop: MultiThreadedEventLoopGroup.singleton.next(), deadline: .now() + .seconds(10), logger: testLogger)
+        func later(_ recipient: String) throws -> EventLoopFuture<Verdict> {
+            guard case .later(let future) = spf.evaluate(request(sender: "a@pass.example", client: "192.0.2.10", instance: "late1",
+                                                                 recipient: recipient), context: context) else {
+                throw TestError("answered at once")
+            }
+            return future
+        }
+        let first = try later("one@local.example"), second = try later("two@local.example")
+        let (a, b) = (try await first.get(), try await second.get())
+        let headers = [a.header, b.header].compactMap { $0 }
+        #expect(headers.count == 2 && headers[0].once === headers[1].once, "one message, one state: \(headers)")
+        headers.first?.once?.markSent()
+        guard case .now(let third) = spf.evaluate(request(sender: "a@pass.example", client: "192.0.2.10", instance: "late1",
+                                                          recipient: "three@local.example"), context: context) else {
+            Issue.record("the message's state was not kept"); return
+        }
+        #expect(third.header == nil && third.reason.contains("header_already_added"), "\(third)")
+    }
+
     @Test func heloCheckRefusesFirst() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

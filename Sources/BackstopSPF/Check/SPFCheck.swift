@@ -144,7 +144,7 @@ public final class SPFCheck: RetirableCheck {
         }
         let deadline = context.deadline - .milliseconds(20)
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
-            self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger)
+            self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger, settled: true)
         })
     }
 
@@ -162,11 +162,18 @@ public final class SPFCheck: RetirableCheck {
     }
 
     /// Logs the outcomes and remembers them for the message (`request`: the request's client,
-    /// sender and HELO, as its MAIL FROM query holds them).
+    /// sender and HELO, as its MAIL FROM query holds them). `settled`: after an evaluation,
+    /// when another recipient of the message may have been decided meanwhile (this one's
+    /// answer came from the deadline, the next recipient's evaluation finished first): the
+    /// message keeps that state, its outcome and whether its header was added.
     private func decided(_ evaluated: SPFEvaluated, key: MessageKey?, _ request: SPFQuery, logger: Logger,
-                         now: NIODeadline = .now()) -> Verdict {
+                         now: NIODeadline = .now(), settled: Bool = false) -> Verdict {
         log(evaluated, logger)
         guard let key else { return verdict(for: evaluated, header: nil) }
+        if settled, let state = messages.value(key, now: now),
+           state.isFor(client: request.clientAddress, sender: request.sender, helo: request.helo) {
+            return verdict(for: state.evaluated, header: state.header)
+        }
         let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
         messages.insert(key, state, cost: evaluated.cost + key.instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
         return verdict(for: evaluated, header: state.header)
