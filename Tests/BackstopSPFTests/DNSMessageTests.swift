@@ -108,7 +108,7 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
     }
 
     /// A chain of pointers, each two octets back (the data of a record of another type), read
-    /// by a PTR target: up to 127 pointers is a name, more is refused before it is followed.
+    /// by a PTR target: up to 127 pointers is a name, 128 or more is refused.
     @Test func longPointerChainsAreRefused() {
         func chained(_ count: Int) -> DNSMessage.Decoded {
             var p = Packet.header(an: 2)
@@ -123,6 +123,8 @@ func wire(_ text: String) -> [UInt8] { DNSName(text: text)!.wire }
         }
         guard case .answer(let fine) = chained(126) else { Issue.record("not decoded"); return }
         #expect(fine.status == .success && fine.names == [DNSName(text: "example.org")!], "\(fine)")
+        guard case .answer(let over) = chained(127) else { Issue.record("not decoded"); return }
+        #expect(over.status == .serverFailure, "128 pointers: \(over)")
         guard case .answer(let long) = chained(2_000) else { Issue.record("not decoded"); return }
         #expect(long.status == .serverFailure, "\(long)")
     }

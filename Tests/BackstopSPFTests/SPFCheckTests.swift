@@ -178,9 +178,6 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(check.reasons[SPFResult.none.index * 4 + 1] == "spf=none cached")
     }
 
-    /// The header is written into storage sized beforehand: values made only of the octets
-    /// that quoting doubles (the worst case) still fit, and every value is escaped as
-    /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".", "@" and ":".
     /// Received-SPF values are a dot-atom or a quoted-string (RFC 7208 §9.1): an IPv6
     /// address and anything with "@" or ":" are quoted. Authentication-Results keeps a
     /// domain name and local-part@domain as they are (RFC 8601 §2.2) and quotes the rest.
@@ -200,6 +197,9 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(ar("", helo: "Mail-1.Example.org", identity: .helo) == "Authentication-Results: mx.test; spf=pass smtp.helo=Mail-1.Example.org")
     }
 
+    /// The header is written into storage sized beforehand: values made only of the octets
+    /// that quoting doubles (the worst case) still fit, and every value is escaped as
+    /// RFC 5322 wants; the atom bit masks hold exactly atext plus ".".
     @Test func headersFitTheirStorageWhateverTheValues() {
         let nasty = String(repeating: "\"\\", count: 400)
         var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
@@ -502,7 +502,6 @@ func isHeader(_ decision: Decision) -> Bool {
         SPFSettings.register()
         let config = try Configuration.parse("""
             [policy]
-            rcpt = ["spf"]
             end_of_message = ["spf"]
             [spf]
             [spf.actions]
@@ -510,15 +509,21 @@ func isHeader(_ decision: Decision) -> Bool {
             neutral = "PREPEND X-SPF: neutral"
             pass = "OK"
             fail = "550 5.7.23 SPF fail"
+            none = "DEFER_IF_REJECT 4.7.1 no SPF"
             """, file: "w.toml")
         let warnings = config.warnings.map(\.description)
         #expect(warnings == [
-            "w.toml:8: spf.actions.pass: \"OK\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
-            "w.toml:6: spf.actions.softfail: \"WARN SPF softfail\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
-            "w.toml:7: spf.actions.neutral: \"PREPEND X-SPF: neutral\" and the Received-SPF header cannot go in one answer: a message's first answer carries the header and drops this line, later ones carry this line",
-            "w.toml:4: spf.header: policy.end_of_message lists spf, where Postfix ignores PREPEND (access(5)): a message whose SPF answer comes only there gets no Received-SPF header; list spf in policy.rcpt",
+            "w.toml:7: spf.actions.pass: \"OK\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
+            "w.toml:5: spf.actions.softfail: \"WARN SPF softfail\" cannot carry the Received-SPF header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header",
+            "w.toml:6: spf.actions.neutral: \"PREPEND X-SPF: neutral\" and the Received-SPF header cannot go in one answer: a message's first answer carries the header and drops this line, later ones carry this line",
+            "w.toml:9: spf.actions.none: \"DEFER_IF_REJECT 4.7.1 no SPF\" cannot carry the Received-SPF header too (Postfix takes one action per answer), and lets the mail through when nothing later rejects it: a message whose recipients all get it arrives without the header",
+            "w.toml:3: spf.header: policy.end_of_message lists spf, and no other stage does: Postfix ignores PREPEND there (access(5)), so no message gets the Received-SPF header; list spf in policy.rcpt",
         ], "\(warnings)")
-        // Without a header, nothing is lost; the defaults lose nothing either.
+        // Listed at RCPT too, the header goes there; HOLD in test mode is logged and the
+        // header answered; without a header nothing is lost; the defaults lose nothing.
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\nend_of_message = [\"spf\"]\n[spf]\n", file: "r.toml").warnings.isEmpty)
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\ntest_mode = true\n[spf.actions]\nfail = \"HOLD\"\n", file: "t.toml").warnings.isEmpty)
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n[spf.actions]\nfail = \"HOLD\"\n", file: "h.toml").warnings.count == 1)
         #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\nheader = \"none\"\n[spf.actions]\npass = \"OK\"\n", file: "n.toml").warnings.isEmpty)
         #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n", file: "d.toml").warnings.isEmpty)
     }

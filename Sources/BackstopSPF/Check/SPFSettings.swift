@@ -218,14 +218,20 @@ public struct SPFSettings: CheckSettings, Equatable {
             switch action {
             case .prepend:
                 out.append(("actions.\(result.rawValue)", "\(text) and the \(name) header cannot go in one answer: a message's first answer carries the header and drops this line, later ones carry this line"))
+            case .hold where testMode || configuration.policy.testMode:
+                break  // test mode logs it and answers the header instead
             case .ok, .warn, .info, .hold:
                 out.append(("actions.\(result.rawValue)", "\(text) cannot carry the \(name) header too (Postfix takes one action per answer): a message whose recipients all get it arrives without the header; DUNNO accepts with the header"))
+            case .deferIfReject:
+                out.append(("actions.\(result.rawValue)", "\(text) cannot carry the \(name) header too (Postfix takes one action per answer), and lets the mail through when nothing later rejects it: a message whose recipients all get it arrives without the header"))
             default:
                 break
             }
         }
-        if configuration.policy.runs("spf", at: .endOfMessage) {
-            out.append(("header", "policy.end_of_message lists spf, where Postfix ignores PREPEND (access(5)): a message whose SPF answer comes only there gets no \(name) header; list spf in policy.rcpt"))
+        // Listed where a header can go as well (RCPT, say), the message's header goes there.
+        let elsewhere = ProtocolState.allCases.contains { $0 != .endOfMessage && configuration.policy.runs("spf", at: $0) }
+        if configuration.policy.runs("spf", at: .endOfMessage) && !elsewhere {
+            out.append(("header", "policy.end_of_message lists spf, and no other stage does: Postfix ignores PREPEND there (access(5)), so no message gets the \(name) header; list spf in policy.rcpt"))
         }
         return out
     }
