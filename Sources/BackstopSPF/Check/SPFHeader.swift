@@ -126,8 +126,13 @@ public enum SPFHeader {
 
     /// Letters, digits and hyphens in dot-separated labels (RFC 1123), no label empty.
     static func isHostName(_ name: String) -> Bool {
+        var name = name
+        return name.withUTF8 { isHostName(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func isHostName(_ octets: UnsafeRawBufferPointer) -> Bool {
         var label = 0
-        for b in name.utf8 {
+        for b in octets {
             if b == UInt8(ascii: ".") {
                 if label == 0 { return false }
                 label = 0
@@ -217,9 +222,9 @@ public enum SPFHeader {
             var copy = text
             let plain = copy.withUTF8 { octets -> Bool in
                 let all = UnsafeRawBufferPointer(octets)
-                guard let at = all.lastIndex(of: 0x40) else { return Builder.isDomainName(all) }
+                guard let at = all.lastIndex(of: 0x40) else { return SPFHeader.isHostName(all) }
                 return Builder.isDotAtom(UnsafeRawBufferPointer(rebasing: all[..<at]))
-                    && Builder.isDomainName(UnsafeRawBufferPointer(rebasing: all[(at + 1)...]))
+                    && SPFHeader.isHostName(UnsafeRawBufferPointer(rebasing: all[(at + 1)...]))
             }
             if plain { append(text) } else { quoted(text) }
         }
@@ -229,18 +234,6 @@ public enum SPFHeader {
             var previous: UInt8 = 0
             for b in octets {
                 guard isAtomOctet(b), !(b == 0x2E && previous == 0x2E) else { return false }
-                previous = b
-            }
-            return true
-        }
-
-        /// Letters, digits, hyphens and single dots between labels.
-        static func isDomainName(_ octets: UnsafeRawBufferPointer) -> Bool {
-            guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
-            var previous: UInt8 = 0
-            for b in octets {
-                let ldh = (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D
-                guard ldh || (b == 0x2E && previous != 0x2E) else { return false }
                 previous = b
             }
             return true
