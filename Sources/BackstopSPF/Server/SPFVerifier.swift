@@ -346,9 +346,9 @@ public final class SPFVerifier: Sendable {
     /// After `shutdown()`: returns once no worker start or reap is under way (at most
     /// `limit`), so that none finishes on an event loop that has ended.
     public func settled(within limit: TimeAmount = .seconds(2)) async {
-        for slot in slots.withLockedValue({ $0 }) {
-            try? await slot.loop.flatSubmit { slot.settled(within: limit) }.get()
-        }
+        // Every slot waits at once: `limit` in all, not per worker.
+        let waits = slots.withLockedValue { $0 }.map { slot in slot.loop.flatSubmit { slot.settled(within: limit) } }
+        for wait in waits { try? await wait.get() }
     }
 
     /// Stops every worker and answers what waits; the verifier is done after this.
