@@ -266,6 +266,28 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(verifier.workerRestarts.isEmpty, "a stop is no restart: \(verifier.workerRestarts)")
     }
 
+    /// Stopping waits for the slots of all workers at once: `limit` in all, not per worker.
+    @Test func stoppingWaitsForEveryWorkerAtOnce() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let spawner = SlowSpawner()
+        let verifier = SPFVerifier(settings: verifierSettings(dns, workers: 2, deadline: .seconds(20), cacheTTL: .zero),
+                                   logger: testLogger, executable: backstopBinary, spawner: spawner)
+        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+        try #require(loops.count >= 2, "needs two event loops")
+        for (i, loop) in loops.prefix(2).enumerated() {
+            _ = verifier.evaluate(SPFQuery(clientAddress: "192.0.2.\(i + 1)", sender: "a@example.org", helo: "h"),
+                                  deadline: .now() + .seconds(20), on: loop)
+        }
+        try await spawner.waitUntilBegun("spawn", count: 2)
+        verifier.shutdown()
+        let started = NIODeadline.now()
+        await verifier.settled(within: .milliseconds(400))
+        let took = NIODeadline.now() - started
+        #expect(took < .milliseconds(700), "waited \(took) for two workers with a limit of 400 ms")
+        await verifier.settled(within: .seconds(15))  // let the starts end before the next test
+    }
+
     /// A worker start that takes too long (a supervisor that does not answer) is logged as
     /// an error, and the evaluations waiting for it still get their answer.
     @Test func aWorkerStartThatTakesTooLongIsLogged() async throws {
