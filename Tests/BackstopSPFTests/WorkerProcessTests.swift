@@ -1,5 +1,6 @@
 // Worker processes as the server sees them: a worker killed or stopped costs the
-// evaluations it held (temperror, in time) and is replaced; a worker that breaks the
+// evaluations it held (temperror, in time) and is replaced; a backlog of large frames is
+// handed over as the worker reads it, within the server's budget; a worker that breaks the
 // protocol (Tests/Support/fake_spf_worker.py stands in for `backstop spf-worker`) is killed
 // and replaced while the server stays up; a real worker runs as spf.worker_user with no
 // capabilities, no environment, no descriptor but its socket, resource limits and a
@@ -96,6 +97,10 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
     "example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]],
     "slow.example": [["TXT": "v=spf1 a:never.slow.example -all"]],
     "never.slow.example": ["TIMEOUT"],
+    // 64 KB of the term that takes the most octets to hand to a worker (~3 per octet).
+    "wide.example": [["TXT": ["v=spf1" + String(repeating: " ip6:::", count: 9_200) + " -all"]]],
+    // The same behind an include: too large to send ahead, so every worker asks for it.
+    "viawide.example": [["TXT": "v=spf1 include:wide.example -all"]],
 ]
 
 @Suite(.serialized) struct WorkerProcessTests {
@@ -205,6 +210,40 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(processState(stopped) == nil, "the stopped worker was not killed and reaped")
         #expect(await restarts(verifier, .timeout, reaching: 1) == 1)
         #expect(await verifier.evaluate(ip: "192.0.2.5", sender: "a@example.org", helo: "h").result == .pass)
+    }
+
+    /// A worker is handed evaluations as it reads them, not all it could hold at once: 256
+    /// evaluations of a domain whose 64 KB record takes ~276 KB a frame to hand over (70 MB
+    /// written at once), queued while the worker starts, all end in the record's result,
+    /// the worker is not taken for one that stopped reading (it was, when the server wrote
+    /// them all and ended a worker that let 64 MiB wait), and the server never holds more
+    /// than its budget and a frame for it. Sent ahead in each evaluation's first frame
+    /// (wide.example), or asked for by the worker, 256 at once (viawide.example).
+    @Test(arguments: ["wide.example", "viawide.example"])
+    func aBacklogOfLargeFramesWaitsUntilTheWorkerReads(domain: String) async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, deadline: .seconds(60), queue: 1_000))
+        defer { verifier.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let query: @Sendable (Int) -> SPFQuery = { n in SPFQuery(clientAddress: "10.1.\(n / 250).\(n % 250 + 1)", sender: "a@" + domain, helo: "h") }
+        // The record into the DNS cache, so that each evaluation's first frame carries it.
+        let first = try await verifier.evaluate(query(0), deadline: .now() + .seconds(60), on: loop).get()
+        #expect(first.result == .fail, "\(first)")
+        // The worker ends; the backlog builds up while the next one starts.
+        let pid = try #require(await verifier.workerProcessIDs.first)
+        #expect(kill(pid, SIGKILL) == 0)
+        #expect(await restarts(verifier, .crashed, reaching: 1) == 1)
+        let backlog = try await loop.submit {
+            (1...SPFWorkerSlot.maxInFlight).map { verifier.evaluate(query($0), deadline: .now() + .seconds(60), on: loop) }
+        }.get()
+        var results: [SPFResult: Int] = [:]
+        for future in backlog { results[try await future.get().result, default: 0] += 1 }
+        #expect(results == [.fail: SPFWorkerSlot.maxInFlight], "\(results)")
+        #expect(verifier.workerRestarts == [.crashed: 1], "\(verifier.workerRestarts)")
+        let held = await verifier.mostHeldForAWorker
+        #expect(held > SPFWorkerConnection.writeBudget / 2 && held <= SPFWorkerConnection.writeBudget + SPFWire.maxToWorker,
+                "held \(held) octets for the worker at once")
     }
 
     /// A verifier whose workers start and end slowly, with its first evaluation submitted

@@ -331,6 +331,17 @@ public final class SPFVerifier: Sendable {
         }
     }
 
+    /// The most octets the server held at once for one of the current workers (tests).
+    var mostHeldForAWorker: Int {
+        get async {
+            var most = 0
+            for slot in slots.withLockedValue({ $0 }) {
+                most = max(most, (try? await slot.loop.submit({ slot.mostHeld }).get()) ?? 0)
+            }
+            return most
+        }
+    }
+
     /// DNS questions asked of the resolvers since start.
     public var dnsCacheEntries: Int { dns.cache.count }
     public var outcomeCacheEntries: Int { outcomes.count }

@@ -70,12 +70,18 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     static let maxAbandoned = 1_024
     private(set) var ended = false
     private var flushPending = false
-    /// Octets the server may have written that the worker has not read: 64 MiB, what 128 of
-    /// the largest frames (SPFWire.maxToWorker) hold; evaluations in flight send far less (an
-    /// evaluation's first frame carries at most 96 KiB of answers, each later one a single
-    /// answer). A worker that lets more wait stopped reading, or asks for answers without
-    /// reading them, and is killed.
-    static let maxUnread = 128 * SPFWire.maxToWorker
+    /// Octets written to the worker and still held by the server (not yet taken by its
+    /// socket) past which it is handed nothing more but cancels: 8 MiB. New evaluations wait
+    /// in the slot's queue, and answers it asked for wait in `parked`, until it has read
+    /// half of them. So the server holds at most this plus one frame (SPFWire.maxToWorker)
+    /// for a worker, however large the records and however slowly it reads; a worker that
+    /// stops reading is caught when an answer it owes is overdue (`expired`).
+    static let writeBudget = 8 << 20
+    /// The most octets the server held for this worker at once (tests hold it to
+    /// `writeBudget` and one frame).
+    private(set) var mostHeld = 0
+    /// Answers the worker asked for while it had no room, oldest first: sent once it has.
+    private var parked = CircularBuffer<(job: SPFJob, id: UInt32, question: DNSQuestion, answer: SPFAnswer)>()
     /// Notices this worker sent, and the most it may send.
     private var notices = 0
     static let maxNotices = 4
@@ -89,6 +95,10 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var fault: (SPFRestartReason, String)?
 
     var inFlight: Int { jobs.count }
+
+    /// Whether the slot may hand it another evaluation: it holds fewer than
+    /// SPFWorkerSlot.maxInFlight, and has read enough of what it was sent (`writeBudget`).
+    var hasRoom: Bool { !ended && jobs.count < SPFWorkerSlot.maxInFlight && channel?.isWritable == true }
 
     init(pid: pid_t, slot: SPFWorkerSlot) {
         self.pid = pid
@@ -209,19 +219,11 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             job.owedSince = nil
             slot.dns.answer(question, on: loop).whenSuccess { [weak self] answer in
                 guard let self, self.jobs[id] === job, !self.ended else { return }
-                var answers = [SPFWire.Answer(question, answer)]
-                var sent = job.sent
-                sent.insert(question)
-                if question.type == .txt { self.slot.dns.related(to: answer, client: job.request.client, sent: &sent, into: &answers) }
-                guard let frame = Self.fitted(&answers, { .answers(id: id, $0) }) else {
-                    self.finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
-                    self.abandon(id)
-                    self.write(SPFWire.frame(.cancel(id: id)))
-                    return
+                if self.channel?.isWritable == true && self.parked.isEmpty {
+                    self.send(answer, to: question, for: job, id: id)
+                } else {
+                    self.parked.append((job, id, question, answer))
                 }
-                job.note(answers)
-                job.owedSince = .now()
-                self.write(frame)
             }
         case .done(let id, let result):
             guard let job = live(id, "answered") else { return }
@@ -255,16 +257,40 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         return nil
     }
 
+    /// Sends the answer to `question` that evaluation `id` asked for, with the answers its
+    /// record needs next that are already cached.
+    private func send(_ answer: SPFAnswer, to question: DNSQuestion, for job: SPFJob, id: UInt32) {
+        var answers = [SPFWire.Answer(question, answer)]
+        var sent = job.sent
+        sent.insert(question)
+        if question.type == .txt { slot.dns.related(to: answer, client: job.request.client, sent: &sent, into: &answers) }
+        guard let frame = Self.fitted(&answers, { .answers(id: id, $0) }) else {
+            finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
+            abandon(id)
+            write(SPFWire.frame(.cancel(id: id)))
+            return
+        }
+        job.note(answers)
+        job.owedSince = .now()
+        write(frame)
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        // NIO calls this from inside the write that crossed the mark (from `start`, while the
-        // slot drains its queue): the kill waits for that write to return.
-        if !context.channel.isWritable {
-            loop.execute { [self] in
-                guard !ended, channel?.isWritable == false else { return }
-                kill(.protocol, "left more than \(Self.maxUnread >> 20) MiB unread")
-            }
+        // NIO calls this from inside a write or flush: what waits goes out once that returns.
+        if context.channel.isWritable {
+            loop.execute { [self] in resume() }
         }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// The worker has read what held it back: the answers parked for it go first (it asked
+    /// for them), then the slot hands it what waits in its queue, while it has room.
+    private func resume() {
+        while !ended, channel?.isWritable == true, let next = parked.popFirst() {
+            guard jobs[next.id] === next.job else { continue }  // ended by its deadline meanwhile
+            send(next.answer, to: next.question, for: next.job, id: next.id)
+        }
+        if !ended, parked.isEmpty { slot.roomFreed(on: self) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -285,6 +311,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     private func write(_ frame: [UInt8]) {
         guard let channel, !ended else { return }
         channel.write(channel.allocator.buffer(bytes: frame), promise: nil)
+        if let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > mostHeld { mostHeld = held }
         guard !flushPending else { return }
         flushPending = true
         loop.execute { [self] in
@@ -313,6 +340,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         ended = true
         let lost = jobs.values
         jobs.removeAll()
+        parked.removeAll()
         timer?.cancel()
         timer = nil
         for job in lost {

@@ -75,13 +75,16 @@ final class SPFWorkerSlot: @unchecked Sendable {
     /// Evaluations the current worker holds (written, not yet answered); only on `loop`.
     var inFlight: Int { current?.inFlight ?? 0 }
 
+    /// The most octets the server held at once for the current worker; only on `loop`.
+    var mostHeld: Int { current?.mostHeld ?? 0 }
+
     // MARK: evaluations
 
     func submit(_ job: SPFJob) {
         loop.assertInEventLoop()
         load.add(1, ordering: .relaxed)
         guard !stopped else { return reject(job, "SPF is stopping") }
-        if let worker = current, !worker.ended, worker.inFlight < SPFWorkerSlot.maxInFlight, queue.isEmpty {
+        if let worker = current, worker.hasRoom, queue.isEmpty {
             worker.start(job)
             return
         }
@@ -115,8 +118,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
 
     /// Hands queued evaluations to the worker while it has room.
     private func drain() {
-        guard let worker = current, !worker.ended else { return }
-        while !worker.ended, worker.inFlight < SPFWorkerSlot.maxInFlight, let job = queue.popFirst() {
+        guard let worker = current else { return }
+        while worker.hasRoom, let job = queue.popFirst() {
             job.timer?.cancel()
             worker.start(job)
         }
@@ -137,6 +140,11 @@ final class SPFWorkerSlot: @unchecked Sendable {
         }
         if retiring.contains(where: { $0 === worker }) { worker.closeIfIdle() }
         drain()
+    }
+
+    /// `worker` read enough of what it was sent to be handed more.
+    func roomFreed(on worker: SPFWorkerConnection) {
+        if worker === current { drain() }
     }
 
     // MARK: the worker process
@@ -177,9 +185,9 @@ final class SPFWorkerSlot: @unchecked Sendable {
         let hello = SPFWire.frame(.hello(receiver: receiver, maxQueries: maxQueries))
         operations += 1  // until the channel is attached or the process reaped
         ClientBootstrap(group: loop)
-            // What waits unread in the socket's queue: beyond the high mark the worker is
-            // killed (SPFWorkerConnection.channelWritabilityChanged).
-            .channelOption(.writeBufferWaterMark, value: .init(low: SPFWorkerConnection.maxUnread / 2, high: SPFWorkerConnection.maxUnread))
+            // What the server holds for the worker: past the high mark it is handed nothing
+            // more until it has read down to the low one (SPFWorkerConnection.writeBudget).
+            .channelOption(.writeBufferWaterMark, value: .init(low: SPFWorkerConnection.writeBudget / 2, high: SPFWorkerConnection.writeBudget))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SPFFrameDecoder()))
