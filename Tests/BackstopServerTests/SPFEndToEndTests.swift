@@ -319,10 +319,11 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         }
         let after = rssKiB(pid)
         #expect(failures.withLockedValue { $0 } == 0)
-        // The caches these records can fill are bounded at 32 MiB together (DNS 8, outcomes 8,
-        // messages 16; docs/security.md); before the bounds the same run grew by 170 MiB. Runs
-        // measure 16–21 MiB, depending on the allocator: the bound is the caches' own, plus slack.
-        #expect(after - before < 40 * 1024, "RSS grew from \(before) KiB to \(after) KiB")
+        // Under 20 MB, as issue 11 asks. The caches these records can fill are bounded at 32 MiB
+        // together (DNS 8, outcomes 8, messages 16; docs/security.md), but this run fills the
+        // DNS cache and only a few MiB of the others; before the bounds the same run grew by
+        // 170 MiB. Runs on 2026-11-29 measured 14.1–14.9 MiB (14.8–15.6 MB).
+        #expect(after - before < 20_000_000 / 1024, "RSS grew from \(before) KiB to \(after) KiB")
         print("hostile records: server RSS \(before) KiB -> \(after) KiB after 3,000 distinct 60 KB records")
     }
 }
