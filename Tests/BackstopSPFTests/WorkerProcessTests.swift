@@ -1,11 +1,11 @@
 // Worker processes as the server sees them: a worker killed or stopped costs the
 // evaluations it held (temperror, in time) and is replaced; a backlog of large frames is
-// handed over as the worker reads it, within the server's budget; a worker that breaks the
-// protocol (Tests/Support/fake_spf_worker.py stands in for `backstop spf-worker`) is killed
-// and replaced while the server stays up; a real worker runs as spf.worker_user with no
-// capabilities, no environment, no descriptor but its socket, resource limits and a
-// seccomp filter, also when started through the supervisor; a replaced verifier leaves no
-// process behind.
+// handed over as the worker reads it, within the server's budget, and a worker that stops
+// reading is ended; a worker that breaks the protocol (Tests/Support/fake_spf_worker.py
+// stands in for `backstop spf-worker`) is killed and replaced while the server stays up; a
+// real worker runs as spf.worker_user with no capabilities, no environment, no descriptor
+// but its socket, resource limits and a seccomp filter, also when started through the
+// supervisor; a replaced verifier leaves no process behind.
 
 import BackstopCore
 import Foundation
@@ -242,8 +242,35 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(results == [.fail: SPFWorkerSlot.maxInFlight], "\(results)")
         #expect(verifier.workerRestarts == [.crashed: 1], "\(verifier.workerRestarts)")
         let held = await verifier.mostHeldForAWorker
-        #expect(held > SPFWorkerConnection.writeBudget / 2 && held <= SPFWorkerConnection.writeBudget + SPFWire.maxToWorker,
+        #expect(held >= SPFWorkerConnection.writeBudget && held <= SPFWorkerConnection.writeBudget + SPFWire.maxToWorker,
                 "held \(held) octets for the worker at once")
+    }
+
+    /// A worker that stops reading is ended once the server has held more than it may for it
+    /// (SPFWorkerConnection.writeBudget) for half the evaluation deadline, not only when an
+    /// evaluation it owes an answer for expires (an answer parked for it owes nothing, so a
+    /// worker could stop reading with only those left and never be ended).
+    @Test func aWorkerThatStopsReadingIsEndedOnceItsBudgetIsFull() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: workerZone)
+        defer { dns.stop() }
+        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(4), cacheTTL: .zero), logger: testLogger,
+                                   executable: try WorkerProcessTests.fakeWorker("deaf"), spawner: DirectSpawner())
+        defer { verifier.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let started = NIODeadline.now()
+        // 40 first frames of ~276 KB: over 8 MiB, none of it read.
+        let backlog = try await loop.submit {
+            (1...40).map { n in
+                verifier.evaluate(SPFQuery(clientAddress: "10.2.0.\(n)", sender: "a@wide.example", helo: "h"),
+                                  deadline: .now() + .seconds(4), on: loop)
+            }
+        }.get()
+        #expect(await restarts(verifier, .timeout, reaching: 1) >= 1, "\(verifier.workerRestarts)")
+        // Half the deadline after the budget filled (2 s and the record's fetch), not at the
+        // first deadline (4 s after the evaluations came).
+        let ended = NIODeadline.now() - started
+        #expect(ended < .milliseconds(3_300), "the worker was ended after \(ended)")
+        for future in backlog { #expect(try await future.get().result == .temperror) }
     }
 
     /// A verifier whose workers start and end slowly, with its first evaluation submitted

@@ -17,6 +17,7 @@ MODE is one of:
     unknown-id    answers an evaluation that was never sent
     notice-flood  writes notices for the server's log instead of answering
     exit          exits at once with status 3
+    deaf          reads the hello, then nothing more
 """
 import os
 import struct
@@ -58,6 +59,9 @@ def main():
     if mode == "exit":
         sys.exit(3)
     read_frame()  # hello
+    if mode == "deaf":
+        while True:
+            time.sleep(1)
     while True:
         body = read_frame()
         kind = body[0]

@@ -73,15 +73,19 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Octets written to the worker and still held by the server (not yet taken by its
     /// socket) past which it is handed nothing more but cancels: 8 MiB. New evaluations wait
     /// in the slot's queue, and answers it asked for wait in `parked`, until it has read
-    /// half of them. So the server holds at most this plus one frame (SPFWire.maxToWorker)
-    /// for a worker, however large the records and however slowly it reads; a worker that
-    /// stops reading is caught when an answer it owes is overdue (`expired`).
+    /// half of them. So NIO holds at most this plus one frame (SPFWire.maxToWorker) for a
+    /// worker, however large the records and however slowly it reads, besides the parked
+    /// answers (at most one per evaluation it holds, sharing their octets with the DNS
+    /// cache). A worker that does not read down to half of it within `slot.wedgeLimit` is
+    /// stuck, or was taken over, and is killed (`blocked`).
     static let writeBudget = 8 << 20
-    /// The most octets the server held for this worker at once (tests hold it to
-    /// `writeBudget` and one frame).
+    /// The most octets NIO held for this worker at once, measured past the budget (tests
+    /// hold it to `writeBudget` and one frame).
     private(set) var mostHeld = 0
     /// Answers the worker asked for while it had no room, oldest first: sent once it has.
     private var parked = CircularBuffer<(job: SPFJob, id: UInt32, question: DNSQuestion, answer: SPFAnswer)>()
+    /// Set while the worker is over `writeBudget`: it is killed when this fires.
+    private var blocked: Scheduled<Void>?
     /// Notices this worker sent, and the most it may send.
     private var notices = 0
     static let maxNotices = 4
@@ -97,8 +101,9 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     var inFlight: Int { jobs.count }
 
     /// Whether the slot may hand it another evaluation: it holds fewer than
-    /// SPFWorkerSlot.maxInFlight, and has read enough of what it was sent (`writeBudget`).
-    var hasRoom: Bool { !ended && jobs.count < SPFWorkerSlot.maxInFlight && channel?.isWritable == true }
+    /// SPFWorkerSlot.maxInFlight, has read enough of what it was sent (`writeBudget`), and
+    /// no answer it asked for waits (those go first).
+    var hasRoom: Bool { !ended && jobs.count < SPFWorkerSlot.maxInFlight && parked.isEmpty && channel?.isWritable == true }
 
     init(pid: pid_t, slot: SPFWorkerSlot) {
         self.pid = pid
@@ -167,6 +172,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     private func expired(_ job: SPFJob) {
         guard jobs[job.id] === job else { return }
+        if let at = parked.firstIndex(where: { $0.job === job }) { parked.remove(at: at) }
         finish(job, SPFOutcome(result: .temperror, query: job.query, problem: "SPF evaluation deadline expired"))
         // A pass over answers already sent takes microseconds: a worker that owes one for
         // this long is stuck, and so are its other evaluations.
@@ -278,7 +284,15 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         // NIO calls this from inside a write or flush: what waits goes out once that returns.
         if context.channel.isWritable {
+            blocked?.cancel()
+            blocked = nil
             loop.execute { [self] in resume() }
+        } else if blocked == nil {
+            let limit = slot.wedgeLimit
+            blocked = loop.scheduleTask(in: limit) { [weak self] in
+                guard let self, !self.ended, self.channel?.isWritable == false else { return }
+                self.kill(.timeout, "did not read what it was sent within \(DurationText.format(limit))")
+            }
         }
         context.fireChannelWritabilityChanged()
     }
@@ -311,7 +325,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     private func write(_ frame: [UInt8]) {
         guard let channel, !ended else { return }
         channel.write(channel.allocator.buffer(bytes: frame), promise: nil)
-        if let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > mostHeld { mostHeld = held }
+        if !channel.isWritable, let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > mostHeld { mostHeld = held }
         guard !flushPending else { return }
         flushPending = true
         loop.execute { [self] in
@@ -343,6 +357,8 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         parked.removeAll()
         timer?.cancel()
         timer = nil
+        blocked?.cancel()
+        blocked = nil
         for job in lost {
             var outcome = SPFOutcome(result: .temperror, query: job.query, problem: "SPF worker ended during the evaluation")
             outcome.elapsed = .now() - job.started
