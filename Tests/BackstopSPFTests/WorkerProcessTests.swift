@@ -430,6 +430,28 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         }
     }
 
+    /// The supervisor outlives the thread that started it: Linux sends a parent-death signal
+    /// when the thread that spawned a process ends, and the server starts the supervisor
+    /// from a Swift concurrency thread, which its pool may end while the server runs.
+    @Test(.enabled(if: geteuid() == 0, "only root starts the supervisor"))
+    func theSupervisorOutlivesTheThreadThatStartedIt() async throws {
+        let started = NIOLockedValueBox<Result<SupervisorSpawner, any Error>?>(nil)
+        // The thread lives on until the supervisor has asked for its signal (as it started).
+        let thread = Thread {
+            started.withLockedValue { $0 = Result { try SupervisorSpawner.start(executable: backstopBinary) } }
+            usleep(500_000)
+        }
+        thread.start()
+        for _ in 0..<500 where !thread.isFinished { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(thread.isFinished)
+        let supervisor = try #require(started.withLockedValue { $0 }).get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(processState(supervisor.pid).map { $0 != "Z" } == true, "the supervisor ended with the thread that started it")
+        let (fd, worker) = try supervisor.spawn(executable: backstopBinary, user: "nobody")
+        close(fd)
+        #expect(supervisor.killAndReap(worker) != nil)
+    }
+
     @Test(.enabled(if: geteuid() == 0, "only root can start workers as another user"))
     func workersRunSandboxedAsWorkerUser() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)

@@ -24,7 +24,8 @@ enum SupervisorMessage {
 /// The server's side: asks the supervisor, one request at a time.
 final class SupervisorSpawner: SPFSpawner {
     private let socket: Int32
-    private let pid: pid_t
+    /// The supervisor's process id.
+    let pid: pid_t
     private let lock = NIOLock()
 
     private init(socket: Int32, pid: pid_t) {
@@ -34,16 +35,36 @@ final class SupervisorSpawner: SPFSpawner {
 
     static func start(executable: String) throws(SPFSpawnError) -> SupervisorSpawner {
         let (mine, theirs) = try SPFProcesses.socketPair(Int32(SOCK_SEQPACKET.rawValue))
-        defer { close(theirs) }
-        do throws(SPFSpawnError) {
-            let pid = try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid())], socket: theirs,
-                                             inheritStandardError: true)
-            // Its end is waited for on a thread of its own: the server has given up root, so
-            // nothing can start another, and the server must learn of it at once (not when a
-            // worker next needs replacing).
-            Thread.detachNewThread { SPFProcesses.supervisorExited(pid: pid, status: SPFProcesses.reap(pid)) }
+        // Started from a thread of its own, which then waits for its end: the supervisor asks
+        // for SIGKILL when its parent ends, and Linux sends that when the *thread* that
+        // started it ends, not the process. The server starts it from a Swift concurrency
+        // thread, which the thread pool may end while the server runs. This thread also
+        // tells the server of the supervisor's end at once (nothing can start another once
+        // root is given up, so the server must not learn of it only when a worker next
+        // needs replacing).
+        let spawned = ConditionLock(value: false)
+        let outcome = NIOLockedValueBox<Result<pid_t, SPFSpawnError>?>(nil)
+        Thread.detachNewThread {
+            let result: Result<pid_t, SPFSpawnError>
+            do throws(SPFSpawnError) {
+                result = .success(try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid())],
+                                                         socket: theirs, inheritStandardError: true))
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLockedValue { $0 = result }
+            spawned.lock()
+            spawned.unlock(withValue: true)
+            guard case .success(let pid) = result else { return }
+            SPFProcesses.supervisorExited(pid: pid, status: SPFProcesses.reap(pid))
+        }
+        spawned.lock(whenValue: true)
+        spawned.unlock()
+        close(theirs)
+        switch outcome.withLockedValue({ $0! }) {
+        case .success(let pid):
             return SupervisorSpawner(socket: mine, pid: pid)
-        } catch {
+        case .failure(let error):
             close(mine)
             throw error
         }
