@@ -30,6 +30,14 @@ final class LibSPF2 {
         server = SPF_server_new_dns(dns, 0)
         dns.pointee.hook = Unmanaged.passUnretained(self).toOpaque()
         String(decoding: receiver, as: UTF8.self).withCString { _ = SPF_server_set_rec_dom(server, $0) }
+        // libspf2's default explanation ("Please see …?id=%{S}&ip=%{C}…") is expanded for
+        // every fail, softfail and neutral whose record has no exp=, with the sender
+        // URL-encoded: the step that overflowed the heap on 8-bit octets before 1.2.11
+        // (CVE-2021-33912). Backstop writes explanations itself, so libspf2's is a constant
+        // and no sender octet reaches that code.
+        var compiled: UnsafeMutablePointer<SPF_response_t>?
+        _ = SPF_server_set_explanation(server, "explanation", &compiled)
+        if let compiled { SPF_response_free(compiled) }
         // Backstop counts RFC 7208's ten lookups itself; libspf2's own count also sees the
         // redirects that join a long record's chain, which cost no lookup.
         _ = SPF_server_set_max_dns_mech(server, 100)
