@@ -29,6 +29,9 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     "mx1.mech.example": [["A": "192.0.2.77"]],
     "78.2.0.192.in-addr.arpa": [["PTR": "h.mech.example"]],
     "h.mech.example": [["A": "192.0.2.78"]],
+    // The client's reverse name never answers: `ptr` does not match, and the next term decides.
+    "ptrfail.example": [["TXT": "v=spf1 ptr ip4:192.0.2.99 -all"]],
+    "99.2.0.192.in-addr.arpa": ["TIMEOUT"],
     "many.example": [["TXT": "v=spf1 " + (1...12).map { "a:h\($0).many.example" }.joined(separator: " ") + " -all"]],
     // 70 ip4 terms and -all: over libspf2's 511 octets of compiled mechanisms.
     "seventy.example": [["TXT": "v=spf1 " + (1...70).map { "ip4:198.51.100.\($0)" }.joined(separator: " ") + " -all"]],
@@ -111,6 +114,17 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         }
         let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
         #expect(loopback.result == .pass && loopback.mechanism == "localhost")
+    }
+
+    /// RFC 7208 §5.5: a DNS error in the `ptr` mechanism's PTR lookup makes it not match
+    /// (the next term decides), not a temperror.
+    @Test func aPTRLookupThatFailsDoesNotMatch() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns, dnsTimeout: .milliseconds(300), deadline: .seconds(3)))
+        defer { verifier.shutdown() }
+        let outcome = await verifier.evaluate(ip: "192.0.2.99", sender: "a@ptrfail.example", helo: "x")
+        #expect(outcome.result == .pass && outcome.mechanism == "ip4:192.0.2.99", "\(outcome)")
     }
 
     @Test func longRecordsEvaluateRight() async throws {

@@ -223,8 +223,9 @@ final class LibSPF2 {
         case .nameError:
             return makeRR(domain, rawType, herrno: HOST_NOT_FOUND)
         case .serverFailure, .timeout:
-            // RFC 7208 §5.5: a DNS error while validating a PTR name skips that name.
-            return makeRR(domain, rawType, herrno: fromPTR ? HOST_NOT_FOUND : TRY_AGAIN)
+            // RFC 7208 §5.5: a DNS error in the PTR lookup makes `ptr` not match, and one
+            // while validating a name it gave skips that name.
+            return makeRR(domain, rawType, herrno: fromPTR || type == .ptr ? HOST_NOT_FOUND : TRY_AGAIN)
         }
     }
 
