@@ -24,7 +24,11 @@ final class SPFWorkerEvaluation {
     /// Passes run so far (each after one more answer).
     var passes = 0
 
-    /// Answers an evaluation keeps at most (the server never needs to send more).
+    /// Answers an evaluation keeps at most. The server sends fewer: a frame carries at most
+    /// SPFDNS.maxPrefetch (64) answers, and only the first frame and the answers to TXT
+    /// questions carry more than one; an evaluation asks at most maxQueries + 1 (141)
+    /// questions, of which at most 11 are TXT (10 lookup terms and an exp). So at most
+    /// 64 + 141 + 11 × 63 = 898 distinct answers reach it (the server never sends one twice).
     static let maxAnswers = 1_024
 
     init(_ e: SPFWire.Evaluate) {
