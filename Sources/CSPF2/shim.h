@@ -118,7 +118,8 @@ static inline ssize_t backstop_send_with_fd(int sock, const void *buf, size_t le
     return sendmsg(sock, &msg, MSG_NOSIGNAL);
 }
 
-/* Receives up to `len` octets and at most one descriptor (*fd, else -1); close-on-exec. */
+/* Receives up to `len` octets and at most one descriptor (*fd, else -1); close-on-exec.
+ * Any further descriptors that came with it are closed, not left open unnoticed. */
 static inline ssize_t backstop_recv_with_fd(int sock, void *buf, size_t len, int *fd) {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
@@ -132,8 +133,12 @@ static inline ssize_t backstop_recv_with_fd(int sock, void *buf, size_t len, int
     ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) return n;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
-            memcpy(fd, CMSG_DATA(c), sizeof(int));
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int received;
+            memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*fd < 0) *fd = received; else close(received);
         }
     }
     return n;
