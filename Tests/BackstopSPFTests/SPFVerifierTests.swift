@@ -114,6 +114,11 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         }
         let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
         #expect(loopback.result == .pass && loopback.mechanism == "localhost")
+        // A NUL would cut the sender or HELO short for libspf2: never evaluated.
+        for (sender, helo) in [("a\u{0}x@pass.example", "x"), ("a@pass.example\u{0}.other.example", "x"), ("", "mail.helo.example\u{0}x")] {
+            let cut = await verifier.evaluate(ip: "192.0.2.10", sender: sender, helo: helo)
+            #expect(cut.result == .none && cut.problem?.contains("NUL") == true, "\(cut)")
+        }
     }
 
     /// RFC 7208 §5.5: a DNS error in the `ptr` mechanism's PTR lookup makes it not match

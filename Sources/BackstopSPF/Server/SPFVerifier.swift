@@ -262,6 +262,11 @@ public final class SPFVerifier: Sendable {
             // RFC 7208 §4.3: a malformed or single-label domain gives none.
             return .failure(Immediate(.none, query, problem))
         }
+        // libspf2 takes C strings: it would see only what comes before a NUL, and evaluate
+        // another sender than the one the outcome is kept for.
+        if query.checkedMailbox.utf8.contains(0) || query.helo.utf8.contains(0) {
+            return .failure(Immediate(.none, query, "the sender or HELO name contains a NUL octet"))
+        }
         if query.checkedMailbox.utf8.count > SPFWire.maxSender {
             return .failure(Immediate(.permerror, query, "sender longer than \(SPFWire.maxSender) octets"))
         }
