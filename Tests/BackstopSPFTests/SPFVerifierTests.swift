@@ -114,11 +114,16 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         }
         let loopback = await verifier.evaluate(ip: "127.0.0.1", sender: "a@soft.example", helo: "x")
         #expect(loopback.result == .pass && loopback.mechanism == "localhost")
-        // A NUL would cut the sender or HELO short for libspf2: never evaluated.
+        // A NUL would cut the sender (or, for an empty sender, the HELO name) short for
+        // libspf2: never evaluated, and never answered from the outcome kept for the domain.
         for (sender, helo) in [("a\u{0}x@pass.example", "x"), ("a@pass.example\u{0}.other.example", "x"), ("", "mail.helo.example\u{0}x")] {
             let cut = await verifier.evaluate(ip: "192.0.2.10", sender: sender, helo: helo)
             #expect(cut.result == .none && cut.problem?.contains("NUL") == true, "\(cut)")
         }
+        #expect(verifier.cachedOutcome(SPFQuery(clientAddress: "192.0.2.10", sender: "b@pass.example", helo: "x"))?.result == .pass)
+        #expect(verifier.cachedOutcome(SPFQuery(clientAddress: "192.0.2.10", sender: "b\u{0}@pass.example", helo: "x")) == nil)
+        // A NUL in the HELO name of a sender's check: the sender is checked as usual.
+        #expect(await verifier.evaluate(ip: "198.51.100.1", sender: "c@pass.example", helo: "x\u{0}y").result == .fail)
     }
 
     /// RFC 7208 §5.5: a DNS error in the `ptr` mechanism's PTR lookup makes it not match

@@ -439,7 +439,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         // The thread lives on until the supervisor has asked for its signal (as it started).
         let thread = Thread {
             started.withLockedValue { $0 = Result { try SupervisorSpawner.start(executable: backstopBinary) } }
-            usleep(500_000)
+            usleep(1_000_000)
         }
         thread.start()
         for _ in 0..<500 where !thread.isFinished { try await Task.sleep(for: .milliseconds(10)) }

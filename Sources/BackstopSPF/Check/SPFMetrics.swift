@@ -31,7 +31,8 @@ struct SPFMetrics: Sendable {
 
 /// Why a worker process was replaced (the `reason` label of backstop_spf_worker_restarts_total).
 public enum SPFRestartReason: String, CaseIterable, Sendable {
-    /// Killed: it owed an answer past the evaluation deadline.
+    /// Killed: it owed an answer past half the evaluation deadline, or did not read what it
+    /// was sent (SPFWorkerConnection.writeBudget) in that time.
     case timeout
     /// Died on a signal (a crash inside libspf2, a resource limit, killed from outside).
     case crashed

@@ -82,7 +82,10 @@ final class SupervisorSpawner: SPFSpawner {
             repeat {
                 n = reply.withUnsafeMutableBytes { backstop_recv_with_fd(socket, $0.baseAddress, $0.count, &fd) }
             } while n < 0 && errno == EINTR
-            guard n > 0 else { throw SPFSpawnError("the SPF supervisor is gone", errno: n < 0 ? errno : nil) }
+            guard n > 0 else {
+                if fd >= 0 { close(fd) }
+                throw SPFSpawnError("the SPF supervisor is gone", errno: n < 0 ? errno : nil)
+            }
             return (Array(reply[..<n]), fd)
         }
     }

@@ -159,6 +159,8 @@ public final class SPFVerifier: Sendable {
     /// A cached outcome for `query`, or nil: no evaluation, no hop.
     public func cachedOutcome(_ query: SPFQuery, now: NIODeadline = .now()) -> SPFOutcome? {
         guard settings.resultCacheTTL > .zero, let client = query.client else { return nil }
+        // Never evaluated (precheck), so never answered from another sender's outcome either.
+        if query.checkedMailbox.utf8.contains(0) { return nil }
         let key = baseKey(query, client: client, domain: query.domain)
         var entry = outcomes.value(key, now: now)
         if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros), now: now) }
@@ -263,9 +265,11 @@ public final class SPFVerifier: Sendable {
             return .failure(Immediate(.none, query, problem))
         }
         // libspf2 takes C strings: it would see only what comes before a NUL, and evaluate
-        // another sender than the one the outcome is kept for.
-        if query.checkedMailbox.utf8.contains(0) || query.helo.utf8.contains(0) {
-            return .failure(Immediate(.none, query, "the sender or HELO name contains a NUL octet"))
+        // another sender than the one the outcome is kept for. (A HELO name reaches the
+        // outcome only through %{h}, which Backstop expands itself, or as postmaster@HELO,
+        // the mailbox checked for an empty sender.)
+        if query.checkedMailbox.utf8.contains(0) {
+            return .failure(Immediate(.none, query, "the sender (or HELO name, for an empty sender) contains a NUL octet"))
         }
         if query.checkedMailbox.utf8.count > SPFWire.maxSender {
             return .failure(Immediate(.permerror, query, "sender longer than \(SPFWire.maxSender) octets"))

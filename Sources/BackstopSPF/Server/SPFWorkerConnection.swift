@@ -76,9 +76,14 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     /// half of them. So NIO holds at most this plus one frame (SPFWire.maxToWorker) for a
     /// worker, however large the records and however slowly it reads, besides the parked
     /// answers (at most one per evaluation it holds, sharing their octets with the DNS
-    /// cache). A worker that does not read down to half of it within `slot.wedgeLimit` is
-    /// stuck, or was taken over, and is killed (`blocked`).
+    /// cache while it keeps them). A worker that does not read down to half of it within
+    /// `slot.wedgeLimit` (at least `minReadTime`) is stuck, or was taken over, and is killed
+    /// (`blocked`).
     static let writeBudget = 8 << 20
+    /// The least time a worker is given to read down to half its budget, however short the
+    /// evaluation deadline: 4 MiB of the largest records is ~15 frames of ~50 ms each for a
+    /// worker built for debugging.
+    static let minReadTime: TimeAmount = .seconds(1)
     /// The most octets NIO held for this worker at once, measured past the budget (tests
     /// hold it to `writeBudget` and one frame).
     private(set) var mostHeld = 0
@@ -288,7 +293,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             blocked = nil
             loop.execute { [self] in resume() }
         } else if blocked == nil {
-            let limit = slot.wedgeLimit
+            let limit = max(slot.wedgeLimit, Self.minReadTime)
             blocked = loop.scheduleTask(in: limit) { [weak self] in
                 guard let self, !self.ended, self.channel?.isWritable == false else { return }
                 self.kill(.timeout, "did not read what it was sent within \(DurationText.format(limit))")
