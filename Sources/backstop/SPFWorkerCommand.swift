@@ -35,9 +35,10 @@ struct SPFSupervisorCommand: ParsableCommand {
         shouldDisplay: false)
 
     @Option(help: "Process id of the server.") var parent: Int32 = 0
+    @Option(help: "The one user it starts workers as (spf.worker_user at the server's start).") var user: String
 
     func run() throws {
-        let status = SPFSupervisor.run(parent: parent)
+        let status = SPFSupervisor.run(parent: parent, user: user)
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -109,7 +109,7 @@ struct Serve: ParsableCommand {
             // root: a supervisor that keeps root for that alone is started first.
             // Started whenever root is given up, with or without [spf]: a reload may add it.
             if configuration.server.user != nil {
-                try SPFProcesses.startSupervisor()
+                try SPFProcesses.startSupervisor(workerUser: SPFSettings.from(configuration).verifier.workerUser)
             }
             try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
         } catch {

@@ -438,7 +438,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         let started = NIOLockedValueBox<Result<SupervisorSpawner, any Error>?>(nil)
         // The thread lives on until the supervisor has asked for its signal (as it started).
         let thread = Thread {
-            started.withLockedValue { $0 = Result { try SupervisorSpawner.start(executable: backstopBinary) } }
+            started.withLockedValue { $0 = Result { try SupervisorSpawner.start(executable: backstopBinary, user: "nobody") } }
             usleep(1_000_000)
         }
         thread.start()
@@ -452,13 +452,35 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         #expect(supervisor.killAndReap(worker) != nil)
     }
 
+    /// The supervisor starts workers as the user it was started for only: a server taken
+    /// over cannot have it start one as another user, and a worker_user a reload names is
+    /// not asked for (SPFSettings warns of it).
+    @Test(.enabled(if: geteuid() == 0, "only root starts the supervisor"))
+    func theSupervisorStartsWorkersAsItsUserOnly() async throws {
+        let supervisor = try SupervisorSpawner.start(executable: backstopBinary, user: "nobody")
+        let refused = #expect(throws: SPFSpawnError.self) { try supervisor.spawn(as: "daemon") }
+        #expect(refused?.description.contains("as \"nobody\" only") == true, "\(String(describing: refused))")
+        let (fd, pid) = try supervisor.spawn(executable: backstopBinary, user: "daemon")
+        defer {
+            close(fd)
+            _ = supervisor.killAndReap(pid)
+        }
+        let nobody = String(try #require(getpwnam("nobody")).pointee.pw_uid)
+        for _ in 0..<200 where status(pid, "Uid") != Array(repeating: nobody, count: 4) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(status(pid, "Uid") == Array(repeating: nobody, count: 4))
+        var settings = SPFSettings()
+        settings.verifier.workerUser = "daemon"
+        #expect(settings.workerUserUnreachable(running: "nobody").map(\.key) == ["worker_user"])
+        #expect(settings.workerUserUnreachable(running: "daemon").isEmpty && settings.workerUserUnreachable(running: nil).isEmpty)
+    }
+
     @Test(.enabled(if: geteuid() == 0, "only root can start workers as another user"))
     func workersRunSandboxedAsWorkerUser() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }
         let nobody = try #require(getpwnam("nobody"))
         let (uid, gid) = (nobody.pointee.pw_uid, nobody.pointee.pw_gid)
-        let supervisor = try SupervisorSpawner.start(executable: backstopBinary)
+        let supervisor = try SupervisorSpawner.start(executable: backstopBinary, user: "nobody")
         for spawner in [DirectSpawner() as any SPFSpawner, supervisor] {
             var settings = verifierSettings(dns)
             settings.workerUser = "nobody"

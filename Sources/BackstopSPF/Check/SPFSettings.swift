@@ -208,10 +208,12 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// Settings that keep the header from the mail: Postfix takes one action per answer, so
     /// an answer that is neither DUNNO nor a refusal cannot carry the header too, and
     /// Postfix ignores PREPEND at END-OF-MESSAGE (access(5)).
+    /// Also a worker_user that a reload changed after the server gave up root: the
+    /// supervisor starts workers as the user of the server's start only.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
-        guard header != .none else { return [] }
+        var out = workerUserUnreachable(running: SPFProcesses.supervisedWorkerUser)
+        guard header != .none else { return out }
         let name = header == .receivedSPF ? "Received-SPF" : "Authentication-Results"
-        var out: [(key: String, message: String)] = []
         for result in SPFResult.allCases {
             guard let action = actions[result] else { continue }
             let text = "\"\(LogEscaping.escape(ResponseEncoder.actionText(action), limit: 80))\""
@@ -234,6 +236,13 @@ public struct SPFSettings: CheckSettings, Equatable {
             out.append(("header", "policy.end_of_message lists spf, and no other stage does: Postfix ignores PREPEND there (access(5)), so no message gets the \(name) header; list spf in policy.rcpt"))
         }
         return out
+    }
+
+    /// A worker_user other than `running`, the user the supervisor starts workers as.
+    func workerUserUnreachable(running: String?) -> [(key: String, message: String)] {
+        guard let running, running != verifier.workerUser else { return [] }
+        let was = LogEscaping.escape(running)
+        return [("worker_user", "changed to \"\(LogEscaping.escape(verifier.workerUser))\": taken at start only when server.user is set (the SPF supervisor starts workers as \"\(was)\" only), so workers run as \"\(was)\" until a restart")]
     }
 
     /// The [spf] settings of a configuration, or the defaults when it has none (for the CLI).

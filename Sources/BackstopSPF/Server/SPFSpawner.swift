@@ -113,13 +113,17 @@ public enum SPFProcesses {
     }
 
     /// Starts the supervisor (while still root) so that workers can be started as
-    /// spf.worker_user after the server drops root. Call before dropping privileges.
-    public static func startSupervisor() throws(SPFSpawnError) {
+    /// `workerUser` (spf.worker_user) after the server drops root; it starts them as that
+    /// user only. Call before dropping privileges.
+    public static func startSupervisor(workerUser: String) throws(SPFSpawnError) {
         guard geteuid() == 0 else { return }
         guard let executable else { throw SPFSpawnError("no worker executable is registered") }
-        let supervisor = try SupervisorSpawner.start(executable: executable)
+        let supervisor = try SupervisorSpawner.start(executable: executable, user: workerUser)
         current.withLockedValue { $0 = supervisor }
     }
+
+    /// The user the supervisor starts workers as, once it runs.
+    public static var supervisedWorkerUser: String? { (spawner as? SupervisorSpawner)?.user }
 
     /// Calls `handler` once, on a thread of its own, with why the supervisor ended, when it
     /// ends (at once if it has ended already). A server that gave up root cannot start

@@ -26,14 +26,17 @@ final class SupervisorSpawner: SPFSpawner {
     private let socket: Int32
     /// The supervisor's process id.
     let pid: pid_t
+    /// The one user it starts workers as.
+    let user: String
     private let lock = NIOLock()
 
-    private init(socket: Int32, pid: pid_t) {
+    private init(socket: Int32, pid: pid_t, user: String) {
         self.socket = socket
         self.pid = pid
+        self.user = user
     }
 
-    static func start(executable: String) throws(SPFSpawnError) -> SupervisorSpawner {
+    static func start(executable: String, user: String) throws(SPFSpawnError) -> SupervisorSpawner {
         let (mine, theirs) = try SPFProcesses.socketPair(Int32(SOCK_SEQPACKET.rawValue))
         // Started from a thread of its own, which then waits for its end: the supervisor asks
         // for SIGKILL when its parent ends, and Linux sends that when the *thread* that
@@ -47,7 +50,7 @@ final class SupervisorSpawner: SPFSpawner {
         Thread.detachNewThread {
             let result: Result<pid_t, SPFSpawnError>
             do throws(SPFSpawnError) {
-                result = .success(try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid())],
+                result = .success(try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid()), "--user", user],
                                                          socket: theirs, inheritStandardError: true))
             } catch {
                 result = .failure(error)
@@ -63,7 +66,7 @@ final class SupervisorSpawner: SPFSpawner {
         close(theirs)
         switch outcome.withLockedValue({ $0! }) {
         case .success(let pid):
-            return SupervisorSpawner(socket: mine, pid: pid)
+            return SupervisorSpawner(socket: mine, pid: pid, user: user)
         case .failure(let error):
             close(mine)
             throw error
@@ -90,7 +93,14 @@ final class SupervisorSpawner: SPFSpawner {
         }
     }
 
+    /// Workers started through the supervisor run as the user it was started for, whatever
+    /// `user` a later configuration names (SPFSettings warns of the difference on reload).
     func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
+        try spawn(as: self.user)
+    }
+
+    /// Asks for a worker that runs as `user`.
+    func spawn(as user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
         let (reply, fd) = try exchange([SupervisorMessage.spawn] + Array(user.utf8.prefix(255)))
         let started = reply.count == 5 && reply[0] == SupervisorMessage.spawn
         let pid = started ? reply[1...4].reduce(Int32(0)) { $0 << 8 | Int32($1) } : 0
@@ -124,7 +134,9 @@ public enum SPFSupervisor {
     /// CAP_KILL (5), CAP_SETGID (6), CAP_SETUID (7).
     static let keptCapabilities: UInt64 = 1 << 5 | 1 << 6 | 1 << 7
 
-    public static func run(parent: Int32) -> Int32 {
+    /// `user`: the one user it starts workers as; a request for another is refused, so a
+    /// server taken over cannot have workers started as any user but that one.
+    public static func run(parent: Int32, user: String) -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         // Its end is the server's: it exits when the server's end of its socket closes (or
         // the server dies). A SIGTERM to the whole service (systemd's default KillMode, a
@@ -156,8 +168,9 @@ public enum SPFSupervisor {
             var passed: Int32 = -1
             switch request[0] {
             case SupervisorMessage.spawn:
-                let user = String(decoding: request[1..<n], as: UTF8.self)
+                let asked = String(decoding: request[1..<n], as: UTF8.self)
                 do throws(SPFSpawnError) {
+                    guard asked == user else { throw SPFSpawnError("it starts workers as \"\(user)\" only") }
                     let (mine, theirs) = try SPFProcesses.socketPair()
                     defer { close(theirs) }
                     let pid: pid_t
