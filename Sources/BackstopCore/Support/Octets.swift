@@ -24,6 +24,13 @@ public enum Octets {
         }
     }
 
+    /// True when `text` holds a NUL octet (which a C string would end at): memchr on its
+    /// octets, not a walk of the String's UTF-8 view.
+    public static func containsNUL(_ text: String) -> Bool {
+        var text = text
+        return text.withUTF8 { $0.isEmpty ? false : memchr($0.baseAddress!, 0, $0.count) != nil }
+    }
+
     /// Feeds `text`'s octets, and their count, to `hasher`.
     public static func hash(_ text: String?, into hasher: inout Hasher) {
         guard var text else { return hasher.combine(-1) }

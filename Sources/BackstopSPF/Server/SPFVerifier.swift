@@ -160,7 +160,7 @@ public final class SPFVerifier: Sendable {
     public func cachedOutcome(_ query: SPFQuery, now: NIODeadline = .now()) -> SPFOutcome? {
         guard settings.resultCacheTTL > .zero, let client = query.client else { return nil }
         // Never evaluated (precheck), so never answered from another sender's outcome either.
-        if query.checkedMailbox.utf8.contains(0) { return nil }
+        if Octets.containsNUL(query.checkedMailbox) { return nil }
         let key = baseKey(query, client: client, domain: query.domain)
         var entry = outcomes.value(key, now: now)
         if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros), now: now) }
@@ -268,7 +268,7 @@ public final class SPFVerifier: Sendable {
         // another sender than the one the outcome is kept for. (A HELO name reaches the
         // outcome only through %{h}, which Backstop expands itself, or as postmaster@HELO,
         // the mailbox checked for an empty sender.)
-        if query.checkedMailbox.utf8.contains(0) {
+        if Octets.containsNUL(query.checkedMailbox) {
             return .failure(Immediate(.none, query, "the sender (or HELO name, for an empty sender) contains a NUL octet"))
         }
         if query.checkedMailbox.utf8.count > SPFWire.maxSender {
