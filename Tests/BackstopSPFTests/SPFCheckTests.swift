@@ -490,7 +490,8 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(exampleSettings.actions == SPFSettings.defaultActions)
         #expect(exampleSettings.verifier == SPFSettings().verifier)
         for bad in ["header = \"x-spf\"", "resolvers = [\"dns.example\"]", "workerz = 3", "isolation = \"thread\"",
-                    "worker_user = \"root\"", "worker_user = \"\""] {
+                    "worker_user = \"root\"", "worker_user = \"\"", "worker_user = \"-x\"", "worker_user = \"a\\u0001b\"",
+                    "worker_user = \"\(String(repeating: "u", count: 33))\""] {
             #expect(throws: ConfigError.self, "\(bad)") { try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n\(bad)\n", file: "bad.toml") }
         }
     }

@@ -474,6 +474,12 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         settings.verifier.workerUser = "daemon"
         #expect(settings.workerUserUnreachable(running: "nobody").map(\.key) == ["worker_user"])
         #expect(settings.workerUserUnreachable(running: "daemon").isEmpty && settings.workerUserUnreachable(running: nil).isEmpty)
+        // A server started as root without [spf] pins the default user; a reload that adds
+        // [spf] while that default is server.user is refused, not run as the server's user.
+        SPFSettings.register()
+        let config = try Configuration.parse("[server]\nuser = \"nobody\"\n[spf]\nworker_user = \"daemon\"\n", file: "r.toml")
+        #expect(settings.workerUserConflicts(with: config, running: "nobody").map(\.key) == ["worker_user"])
+        #expect(settings.workerUserConflicts(with: config, running: "daemon").isEmpty && settings.workerUserConflicts(with: config, running: nil).isEmpty)
     }
 
     @Test(.enabled(if: geteuid() == 0, "only root can start workers as another user"))

@@ -92,8 +92,10 @@ public struct SPFSettings: CheckSettings, Equatable {
             section.report("isolation", "libspf2 runs only in worker processes now: remove the key or set \"process\"")
         }
         verifier.workerUser = section.string("worker_user", default: d.verifier.workerUser)
-        if verifier.workerUser.isEmpty || verifier.workerUser == "root" || verifier.workerUser.contains(where: { $0.isWhitespace || $0 == ":" || $0 == "/" }) {
-            section.report("worker_user", "must name an unprivileged user, such as \"nobody\" or a dedicated \"backstop-spf\"")
+        if verifier.workerUser.isEmpty || verifier.workerUser == "root" || verifier.workerUser.utf8.count > SPFSettings.maxUserName
+            || verifier.workerUser.hasPrefix("-")
+            || verifier.workerUser.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7F || $0 == ":" || $0 == "/" || $0.properties.isWhitespace }) {
+            section.report("worker_user", "must name an unprivileged user (at most \(SPFSettings.maxUserName) octets, no spaces, control characters, \":\" or \"/\", not starting with \"-\"), such as \"nobody\" or a dedicated \"backstop-spf\"")
             verifier.workerUser = d.verifier.workerUser
         }
         verifier.resultCacheTTL = section.duration("result_cache_ttl", default: d.verifier.resultCacheTTL, range: .zero...(.hours(1)))
@@ -198,11 +200,27 @@ public struct SPFSettings: CheckSettings, Equatable {
                         logger: context.logger, previous: previous)
     }
 
+    /// The longest worker_user accepted (Linux's useradd allows 32).
+    static let maxUserName = 32
+
     /// Workers must not share the server's user: a worker taken over by a hostile record
     /// could then signal the server or read its memory.
     public func conflicts(with configuration: Configuration) -> [(key: String, message: String)] {
-        guard let user = configuration.server.user, user == verifier.workerUser else { return [] }
-        return [("worker_user", "is server.user (\"\(LogEscaping.escape(user))\"): SPF workers need a user of their own, e.g. \"nobody\" or one made with `adduser --system --no-create-home backstop-spf`")]
+        workerUserConflicts(with: configuration, running: SPFProcesses.supervisedWorkerUser)
+    }
+
+    /// `running`: the user the supervisor starts workers as, when one runs. Workers run as
+    /// that user whatever a reload names, so it is what must not be server.user (a server
+    /// started without [spf] pins the default, "nobody").
+    func workerUserConflicts(with configuration: Configuration, running: String?) -> [(key: String, message: String)] {
+        guard let user = configuration.server.user else { return [] }
+        if user == verifier.workerUser {
+            return [("worker_user", "is server.user (\"\(LogEscaping.escape(user))\"): SPF workers need a user of their own, e.g. \"nobody\" or one made with `adduser --system --no-create-home backstop-spf`")]
+        }
+        if let running, running == user {
+            return [("worker_user", "the SPF supervisor, started with the server, starts workers as \"\(LogEscaping.escape(running))\" only, which is server.user: restart backstop to run them as \"\(LogEscaping.escape(verifier.workerUser))\"")]
+        }
+        return []
     }
 
     /// Settings that keep the header from the mail: Postfix takes one action per answer, so
