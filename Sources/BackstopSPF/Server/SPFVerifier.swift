@@ -320,35 +320,27 @@ public final class SPFVerifier: Sendable {
 
     /// The process ids of the running workers (for tests and operators).
     public var workerProcessIDs: [pid_t] {
-        get async {
-            var pids: [pid_t] = []
-            for slot in slots.withLockedValue({ $0 }) {
-                if let pid = try? await slot.loop.submit({ slot.processID }).get() { pids.append(pid) }
-            }
-            return pids
-        }
+        get async { await eachSlot { $0.processID }.compactMap { $0 } }
     }
 
     /// Evaluations the workers hold right now (written to them, not yet answered).
     public var evaluationsInFlight: Int {
-        get async {
-            var total = 0
-            for slot in slots.withLockedValue({ $0 }) {
-                total += (try? await slot.loop.submit({ slot.inFlight }).get()) ?? 0
-            }
-            return total
-        }
+        get async { await eachSlot { $0.inFlight }.reduce(0, +) }
     }
 
     /// The most octets the server held at once for one of the current workers (tests).
     var mostHeldForAWorker: Int {
-        get async {
-            var most = 0
-            for slot in slots.withLockedValue({ $0 }) {
-                most = max(most, (try? await slot.loop.submit({ slot.mostHeld }).get()) ?? 0)
-            }
-            return most
+        get async { await eachSlot { $0.mostHeld }.max() ?? 0 }
+    }
+
+    /// `read` of every slot, each on its own event loop (the only place it may be read); a
+    /// slot whose loop no longer runs is left out.
+    private func eachSlot<T: Sendable>(_ read: @escaping @Sendable (SPFWorkerSlot) -> T) async -> [T] {
+        var values: [T] = []
+        for slot in slots.withLockedValue({ $0 }) {
+            if let value = try? await slot.loop.submit({ read(slot) }).get() { values.append(value) }
         }
+        return values
     }
 
     /// DNS questions asked of the resolvers since start.

@@ -108,7 +108,11 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Whether the slot may hand it another evaluation: it holds fewer than
     /// SPFWorkerSlot.maxInFlight, has read enough of what it was sent (`writeBudget`), and
     /// no answer it asked for waits (those go first).
-    var hasRoom: Bool { !ended && jobs.count < SPFWorkerSlot.maxInFlight && parked.isEmpty && channel?.isWritable == true }
+    var hasRoom: Bool { !ended && jobs.count < SPFWorkerSlot.maxInFlight && canSendAnswer }
+
+    /// Whether an answer the worker asks for may go out now: it has read enough, and none
+    /// asked for earlier waits.
+    private var canSendAnswer: Bool { parked.isEmpty && channel?.isWritable == true }
 
     init(pid: pid_t, slot: SPFWorkerSlot) {
         self.pid = pid
@@ -230,7 +234,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             job.owedSince = nil
             slot.dns.answer(question, on: loop).whenSuccess { [weak self] answer in
                 guard let self, self.jobs[id] === job, !self.ended else { return }
-                if self.channel?.isWritable == true && self.parked.isEmpty {
+                if self.canSendAnswer {
                     self.send(answer, to: question, for: job, id: id)
                 } else {
                     self.parked.append((job, id, question, answer))
