@@ -77,6 +77,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         connection.closed()
+        if case .policy(let responder) = responder { responder.ended() }
         timer?.cancel()
         graceTimer?.cancel()
         timer = nil

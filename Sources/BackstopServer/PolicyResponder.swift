@@ -9,9 +9,17 @@ struct PolicyResponder {
     let state: ServerState
     let loopEngine: LoopEngine
 
+    /// The state of the message this connection is on.
+    let message = ConnectionMessage()
+
     /// On `loopEngine.eventLoop`, the connection's loop.
     func decide(_ request: PolicyRequest) -> Answer<Decision> {
-        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger)
+        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger, message: message)
+    }
+
+    /// The connection is closed (on its loop).
+    func ended() {
+        message.ended()
     }
 
     func failed(_ request: PolicyRequest, _ error: any Error) -> Decision {

@@ -439,6 +439,60 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(third.header == nil && third.reason.contains("header_already_added"), "\(third)")
     }
 
+    /// A Postfix connection holds the message it is on (ConnectionMessage): its recipients
+    /// find the message's state there, not in the shared per-message cache; when the
+    /// connection ends, the state is handed to that cache, so the message's next recipient on
+    /// Postfix's next connection does not get a second header. An evaluation that ends after
+    /// the connection went on to another message leaves that message in the slot.
+    @Test func aConnectionHoldsItsMessageAndHandsItOnWhenItEnds() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone, delayMilliseconds: 300)
+        defer { dns.stop() }
+        let spf = try makeCheck(checkSettings(dns))
+        defer { spf.verifier.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        // As the connection calls it: on its event loop.
+        func evaluate(_ instance: String, _ recipient: String, client: String = "192.0.2.10", on message: ConnectionMessage) async throws -> Verdict {
+            let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(10), logger: testLogger, message: message)
+            let answer = try await loop.submit {
+                spf.evaluate(request(sender: "a@pass.example", client: client, instance: instance, recipient: recipient), context: context)
+            }.get()
+            switch answer {
+            case .now(let verdict): return verdict
+            case .later(let future): return try await future.get()
+            }
+        }
+        func cached(_ instance: String) -> SPFCheck.MessageState? { spf.messages.value(SPFCheck.MessageKey(instance), now: .now()) }
+
+        let first = ConnectionMessage()
+        let one = try await evaluate("c1", "one@local.example", on: first)
+        let header = try #require(one.header, "\(one)")
+        header.once?.markSent()
+        let two = try await evaluate("c1", "two@local.example", on: first)
+        #expect(two.header == nil && two.reason.contains("header_already_added"), "\(two)")
+        #expect(cached("c1") == nil, "the connection holds its message itself")
+        try await loop.submit { first.ended() }.get()
+        #expect(cached("c1") != nil, "an ended connection hands its message on")
+        let second = ConnectionMessage()
+        let three = try await evaluate("c1", "three@local.example", on: second)
+        #expect(three.header == nil && three.reason.contains("header_already_added"), "next connection: \(three)")
+
+        // A late answer: the evaluation of l1 (a client not yet evaluated: 300 ms of DNS)
+        // ends after the connection has gone on to l2, answered from the outcome cache.
+        let third = ConnectionMessage()
+        let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(10), logger: testLogger, message: third)
+        let late = try await loop.submit {
+            spf.evaluate(request(sender: "a@pass.example", client: "192.0.2.77", instance: "l1", recipient: "one@local.example"), context: context)
+        }.get()
+        guard case .later(let lateFuture) = late else { Issue.record("l1 was answered at once"); return }
+        let l2 = try await evaluate("l2", "one@local.example", on: third)
+        try #require(l2.header).once?.markSent()
+        let lateVerdict = try await lateFuture.get()
+        #expect(lateVerdict.header != nil, "\(lateVerdict)")
+        let again = try await evaluate("l2", "two@local.example", on: third)
+        #expect(again.header == nil && again.reason.contains("header_already_added"), "the connection keeps l2: \(again)")
+        #expect(cached("l1") != nil, "the late message is kept for the cache")
+    }
+
     @Test func heloCheckRefusesFirst() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

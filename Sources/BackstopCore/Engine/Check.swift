@@ -11,11 +11,15 @@ public struct CheckContext: Sendable {
     /// After this instant the engine stops waiting and uses the check's fail action.
     public let deadline: NIODeadline
     public let logger: Logger
+    /// The state of the message the request's connection is on; nil when no connection asks
+    /// (`backstop query`, tests).
+    public let message: ConnectionMessage?
 
-    public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger) {
+    public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger, message: ConnectionMessage? = nil) {
         self.eventLoop = eventLoop
         self.deadline = deadline
         self.logger = logger
+        self.message = message
     }
 }
 

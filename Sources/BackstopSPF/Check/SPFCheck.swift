@@ -12,7 +12,10 @@ public final class SPFCheck: RetirableCheck {
     public let name = "spf"
     public let settings: SPFSettings
     public let verifier: SPFVerifier
-    /// Per message (Postfix's instance): its outcomes and whether its header was added.
+    /// Per message (Postfix's instance): its outcomes and whether its header was added. A
+    /// connection keeps the message it is on itself (HeldMessage, in its ConnectionMessage);
+    /// this cache holds the messages of connections that ended, and those decided without a
+    /// connection (`backstop query`).
     let messages: BoundedCache<MessageKey, MessageState>
     let logger: Logger
     /// Whether outcomes are logged (read once: a new check is made on every reload).
@@ -53,6 +56,39 @@ public final class SPFCheck: RetirableCheck {
             self.client = client
             self.sender = sender
             self.helo = helo
+        }
+    }
+
+    /// The message a connection is on, in the slot of its ConnectionMessage: found without a
+    /// lock or a hash, replaced when the connection's next message begins. `state` is nil
+    /// until the message's outcomes are known. Handed to `messages` when the connection
+    /// ends, so that a request of the same message on Postfix's next connection finds its
+    /// outcome and header flag.
+    ///
+    /// @unchecked Sendable: read and changed only on the connection's event loop.
+    final class HeldMessage: ConnectionMemo, @unchecked Sendable {
+        let instance: String
+        private(set) var state: MessageState?
+        private(set) var expires: NIODeadline
+        private var cost = 0
+        let messages: BoundedCache<MessageKey, MessageState>
+
+        init(instance: String, now: NIODeadline, messages: BoundedCache<MessageKey, MessageState>) {
+            self.instance = instance
+            self.expires = now + SPFCheck.messageLifetime
+            self.messages = messages
+        }
+
+        func keep(_ state: MessageState, cost: Int, now: NIODeadline) {
+            self.state = state
+            self.cost = cost
+            expires = now + SPFCheck.messageLifetime
+        }
+
+        func connectionEnded() {
+            let now = NIODeadline.now()
+            guard let state, expires > now else { return }
+            messages.insert(MessageKey(instance), state, cost: cost, expires: expires, now: now)
         }
     }
 
@@ -123,7 +159,7 @@ public final class SPFCheck: RetirableCheck {
             return .now(.noOpinion("spf=skipped(trusted_helo_name)"))
         }
         if !settings.skipRecipients.isEmpty, SPFSettings.recipientListed(request.recipient, in: settings.skipRecipients) {
-            return .now(skippedRecipient(request, client: client))
+            return .now(skippedRecipient(request, client: client, context: context))
         }
         let sender = request.sender
         let helo = request.heloName
@@ -132,30 +168,77 @@ public final class SPFCheck: RetirableCheck {
             return .now(.noOpinion("spf=skipped(sender_domain)"))
         }
         let instance = request.instance
-        let key = instance.isEmpty ? nil : MessageKey(instance)
-        // One clock reading for the message cache, the outcome cache and what is kept.
+        let message = context.message
+        // One clock reading for the message's state, the outcome cache and what is kept.
         let now = NIODeadline.now()
-        if let key, let state = messages.value(key, now: now), state.isFor(client: client, sender: sender, helo: helo) {
+        if !instance.isEmpty,
+           let state = messageState(instance, client: client, sender: sender, helo: helo, message: message, now: now) {
             return .now(verdict(for: state.evaluated, header: state.header))
         }
         let queries = self.queries(client: client, sender: sender, helo: helo, parsed: address)
         if let evaluated = cached(queries, now: now) {
-            return .now(decided(evaluated, key: key, queries.mailfrom, logger: context.logger, now: now))
+            return .now(decided(evaluated, instance: instance, queries.mailfrom, message: message, logger: context.logger, now: now))
         }
         let deadline = context.deadline - .milliseconds(20)
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
-            self.decided(evaluated, key: key, queries.mailfrom, logger: context.logger, settled: true)
+            self.decided(evaluated, instance: instance, queries.mailfrom, message: message, logger: context.logger, settled: true)
         })
+    }
+
+    /// The state of the message `instance` names, when it was evaluated for this client,
+    /// sender and HELO. On a connection, the message becomes the one it holds. A connection
+    /// that held another message looks no further: smtpd sends a message's requests one
+    /// after another, so a message not seen on this connection began after the one it held
+    /// and cannot have been decided elsewhere. Only a connection that held none (its first
+    /// message, which may have begun on Postfix's previous connection) looks in what ended
+    /// connections handed on. `arriving`: false for an evaluation that ended after its
+    /// request (the connection may be on another message, which keeps the slot).
+    private func messageState(_ instance: String, client: String, sender: String, helo: String,
+                              message: ConnectionMessage?, now: NIODeadline, arriving: Bool = true) -> MessageState? {
+        var state: MessageState?
+        if let message, !message.isEnded {
+            if let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) {
+                guard held.expires > now else { return nil }
+                state = held.state
+            } else if !arriving {
+                state = messages.value(MessageKey(instance), now: now)
+            } else {
+                let first = message.memo == nil
+                let held = HeldMessage(instance: instance, now: now, messages: messages)
+                message.memo = held
+                if first, let found = messages.value(MessageKey(instance), now: now) {
+                    held.keep(found, cost: found.evaluated.cost + instance.utf8.count, now: now)
+                    state = found
+                }
+            }
+        } else {
+            state = messages.value(MessageKey(instance), now: now)
+        }
+        guard let state, state.isFor(client: client, sender: sender, helo: helo) else { return nil }
+        return state
+    }
+
+    /// Keeps `state` as the message `instance` names: in the connection's slot while the
+    /// connection is on that message; otherwise (no connection, it has ended, or the answer
+    /// came after the connection went on to its next message) in `messages`.
+    private func hold(_ state: MessageState, instance: String, cost: Int, in message: ConnectionMessage?, now: NIODeadline) {
+        if let message, !message.isEnded, let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) {
+            held.keep(state, cost: cost, now: now)
+        } else {
+            messages.insert(MessageKey(instance), state, cost: cost, expires: now + SPFCheck.messageLifetime, now: now)
+        }
     }
 
     /// A recipient SPF never refuses (skip_recipients). When an earlier recipient of the
     /// message was evaluated and its header is still due (that recipient was refused), the
     /// header goes with this answer: the postmaster's copy of a message is the one that
     /// needs it. No evaluation is started for it.
-    private func skippedRecipient(_ request: PolicyRequest, client: String) -> Verdict {
+    private func skippedRecipient(_ request: PolicyRequest, client: String, context: CheckContext) -> Verdict {
         let instance = request.instance
-        guard !instance.isEmpty, let state = messages.value(MessageKey(instance), now: .now()), !state.header.isSent,
-              state.isFor(client: client, sender: request.sender, helo: request.heloName) else {
+        guard !instance.isEmpty,
+              let state = messageState(instance, client: client, sender: request.sender, helo: request.heloName,
+                                       message: context.message, now: .now()),
+              !state.header.isSent else {
             return .noOpinion("spf=skipped(recipient)")
         }
         return Verdict(.dunno, reason: "spf=skipped(recipient)", header: verdict(for: state.evaluated, header: state.header).header)
@@ -166,16 +249,16 @@ public final class SPFCheck: RetirableCheck {
     /// when another recipient of the message may have been decided meanwhile (this one's
     /// answer came from the deadline, the next recipient's evaluation finished first): the
     /// message keeps that state, its outcome and whether its header was added.
-    private func decided(_ evaluated: SPFEvaluated, key: MessageKey?, _ request: SPFQuery, logger: Logger,
-                         now: NIODeadline = .now(), settled: Bool = false) -> Verdict {
+    private func decided(_ evaluated: SPFEvaluated, instance: String, _ request: SPFQuery, message: ConnectionMessage?,
+                         logger: Logger, now: NIODeadline = .now(), settled: Bool = false) -> Verdict {
         log(evaluated, logger)
-        guard let key else { return verdict(for: evaluated, header: nil) }
-        if settled, let state = messages.value(key, now: now),
-           state.isFor(client: request.clientAddress, sender: request.sender, helo: request.helo) {
+        guard !instance.isEmpty else { return verdict(for: evaluated, header: nil) }
+        if settled, let state = messageState(instance, client: request.clientAddress, sender: request.sender, helo: request.helo,
+                                             message: message, now: now, arriving: false) {
             return verdict(for: state.evaluated, header: state.header)
         }
         let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
-        messages.insert(key, state, cost: evaluated.cost + key.instance.utf8.count, expires: now + SPFCheck.messageLifetime, now: now)
+        hold(state, instance: instance, cost: evaluated.cost + instance.utf8.count, in: message, now: now)
         return verdict(for: evaluated, header: state.header)
     }
 
