@@ -105,7 +105,8 @@ extension PolicyAction {
     public init(parsing input: String) throws {
         let trimmed = input.trimmingSpaces
         guard !trimmed.isEmpty else { throw ActionParseError(description: "empty action") }
-        let parts = trimmed.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        // The word ends at a space or a tab: a table line is written "key<TAB>REJECT<TAB>text" too.
+        let parts = trimmed.split(maxSplits: 1, omittingEmptySubsequences: true) { $0 == " " || $0 == "\t" }
         let word = String(parts[0])
         let rest = parts.count > 1 ? String(parts[1]).trimmingSpaces : nil
         let text = (rest?.isEmpty ?? true) ? nil : rest
@@ -139,7 +140,7 @@ extension PolicyAction {
             }
             var enhanced: String?
             var body = text ?? ""
-            if let text, let first = text.split(separator: " ", maxSplits: 1).first,
+            if let text, let first = text.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" }).first,
                PolicyAction.isEnhancedStatus(first) {
                 guard first.first == word.first else {
                     throw ActionParseError(description: "enhanced status \(first) does not match reply code \(code): both must start with the same digit")

@@ -75,6 +75,9 @@ import Testing
         #expect(try PolicyAction(parsing: "450 Try later") == .reply(code: 450, enhanced: nil, text: "Try later"))
         #expect(try PolicyAction(parsing: "DEFER_IF_PERMIT 4.4.3 temp") == .deferIfPermit("4.4.3 temp"))
         #expect(try PolicyAction(parsing: "REJECT") == .reject(nil))
+        // A table line written with tabs ("key<TAB>REJECT<TAB>text"), as postmap accepts it.
+        #expect(try PolicyAction(parsing: "REJECT\tMailbox closed") == .reject("Mailbox closed"))
+        #expect(try PolicyAction(parsing: "550\t5.1.1\tUser unknown") == .reply(code: 550, enhanced: "5.1.1", text: "User unknown"))
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "550 4.1.1 mismatch") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "FROBNICATE") }
         #expect(throws: ActionParseError.self) { try PolicyAction(parsing: "PREPEND") }

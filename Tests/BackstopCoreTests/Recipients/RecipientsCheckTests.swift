@@ -25,7 +25,9 @@ import BackstopSPF
 
     @Test func unknownRecipientGets550UserUnknown() throws {
         let dir = try RecipientTableDirectory()
-        try dir.write("recipients", "alice@example.com OK\ngone@example.com REJECT 5.1.6 {recipient} has left\n")
+        // Tabs as well as spaces between a key, its answer's word and the text (postmap reads both).
+        try dir.write("recipients", "alice@example.com OK\ngone@example.com REJECT 5.1.6 {recipient} has left\n"
+                      + "tab@example.com\tREJECT\tMailbox closed\n")
         let config = try configuration(dir, "reload_interval = \"0s\"")
         let check = try #require(try config.checks["recipients"]?.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
 
@@ -39,6 +41,7 @@ import BackstopSPF
         #expect(check.verdict(for: recipientRequest("")) == .noOpinion("no_recipient"))
         let gone = check.verdict(for: recipientRequest("gone@example.com"))
         #expect(gone == Verdict(.reject("5.1.6 gone@example.com has left"), reason: "recipient_override"))
+        #expect(check.verdict(for: recipientRequest("tab@example.com")) == Verdict(.reject("Mailbox closed"), reason: "recipient_override"))
     }
 
     @Test func settingsAreReadAndChecked() throws {
