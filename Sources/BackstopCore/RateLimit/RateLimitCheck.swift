@@ -394,18 +394,21 @@ extension RateLimitCheck {
             return "key \(key): no state held: all \(p.burst) available"
         }
         // A state kept from a larger limit (a reload, an override added or removed): GCRA.apply
-        // reads it as this limit's whole burst used at the key's next hit.
-        if tat &- state.now > p.tolerance {
+        // reads it as this limit's whole burst used at the key's next hit. The values may come
+        // from PostgreSQL, and its clock too: a difference that does not fit is read the same
+        // way (as the hit path reads it), never trapped on.
+        let (ahead, overflow) = tat.subtractingReportingOverflow(state.now)
+        if overflow || ahead > p.tolerance {
             return "key \(key): over the limit: 0 of \(p.burst) available (its state comes from a larger limit: it counts as all \(p.burst) used at the key's next hit, and from then on one comes back every \(DurationText.approximate(nanoseconds: p.emissionInterval)))"
         }
-        let full = DurationText.approximate(nanoseconds: tat - state.now)
+        let full = DurationText.approximate(nanoseconds: ahead)
         if available > 0 {
             return "key \(key): \(available) of \(p.burst) available now; all \(p.burst) again in \(full)"
         }
-        // In this order no step overflows: tat > now ≥ 0, so tat - now is positive, and the
-        // interval ≤ tolerance ≤ 2^62 (GCRAParameters), so the result ≤ tat - now. (With a
-        // period near 146 years, tat + interval overflowed.)
-        let next = (tat - state.now) - p.tolerance + p.emissionInterval
+        // In this order no step overflows: 0 < ahead ≤ tolerance, and the interval ≤
+        // tolerance ≤ 2^62 (GCRAParameters), so the result ≤ ahead. (With a period near 146
+        // years, tat + interval overflowed.)
+        let next = ahead - p.tolerance + p.emissionInterval
         return "key \(key): over the limit: 0 of \(p.burst) available; the next one in \(DurationText.approximate(nanoseconds: next)); all \(p.burst) again in \(full)"
     }
 

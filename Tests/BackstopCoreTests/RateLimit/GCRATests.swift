@@ -200,4 +200,14 @@ struct Bench {
         let line = RateLimitCheck.keyLine(p, key: "k", state: RateKeyState(tat: tat, now: now))
         #expect(line.hasPrefix("key k: over the limit: 0 of 1 available; the next one in "), "\(line)")
     }
+
+    /// /ratelimit/status with values from a hostile or broken PostgreSQL (its clock before
+    /// 1970, a TAT near the largest value): tat - now does not fit, and trapped the server.
+    @Test func statusOfAStateFromABrokenStoreDoesNotTrap() throws {
+        let p = try #require(GCRAParameters(count: 10, period: 60 * second, burst: 10))
+        for (tat, now) in [(Int64.max, Int64(-1)), (Int64.max, Int64.min), (Int64.max - 5, Int64(-7))] {
+            let line = RateLimitCheck.keyLine(p, key: "k", state: RateKeyState(tat: tat, now: now))
+            #expect(line.hasPrefix("key k: over the limit: 0 of 10 available (its state comes from a larger limit"), "\(line)")
+        }
+    }
 }
