@@ -54,7 +54,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// connection holds no room for one), then kept. Once NIO has written it, the handler
     /// holds its only reference again and the next answer reuses its storage (cleared, not
     /// reallocated); while a write is still pending, clearing makes a new one (copy on
-    /// write), so a pending write is never changed.
+    /// write), so a pending write is never changed. A burst of answers that grew it past
+    /// `keptOutCapacity` is let go as it is flushed: an idle connection keeps at most that.
     @exclusivity(unchecked) private var outBuffer = ByteBufferAllocator().buffer(capacity: 0)
     @exclusivity(unchecked) private var outPending = false
     /// The most `outBuffer` keeps between answers (octets).
@@ -210,8 +211,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         connection.answered(now: now)
         guard context.channel.isActive else { return }
         if !outPending {
-            // A burst of pipelined answers may have grown it: that size is not kept.
-            if outBuffer.capacity > Self.keptOutCapacity { outBuffer = ByteBufferAllocator().buffer(capacity: 0) } else { outBuffer.clear() }
+            outBuffer.clear()
             outPending = true
         }
         encode((now - started).nanoseconds, &outBuffer)
@@ -221,7 +221,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard outPending else { return }
         outPending = false
         context.writeAndFlush(wrapOutboundOut(outBuffer), promise: nil)
+        // A burst of pipelined answers may have grown it: that size is not kept.
+        if outBuffer.capacity > Self.keptOutCapacity { outBuffer = ByteBufferAllocator().buffer(capacity: 0) }
     }
+
+    /// The octets of answer buffer the connection holds (tests).
+    var heldAnswerCapacity: Int { outBuffer.capacity }
 
     private func close(context: ChannelHandlerContext) {
         flushAnswers(context: context)

@@ -5,6 +5,7 @@ import Testing
 import Foundation
 import Logging
 import NIOCore
+import NIOEmbedded
 @testable import BackstopCore
 @testable import BackstopServer
 
@@ -277,6 +278,40 @@ import NIOCore
         #expect(try holder.readAnswer() == "action=DUNNO")
         #expect(try s.client().ask(rcptRequest) == "action=DUNNO", "the server still answers")
         await s.stop()
+    }
+
+    /// docs/security.md: between answers a connection keeps at most 4 KiB of answer buffer.
+    /// A burst of pipelined requests answered at once grew it to hundreds of KiB, and that
+    /// storage stayed with an idle connection until its next answer.
+    @Test func aBurstsAnswerBufferIsNotKept() throws {
+        final class LongAnswer: Check {
+            let name = "long", testMode = false, failVerdict = Verdict.noOpinion()
+            func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+                .now(Verdict(.reject(String(repeating: "x", count: 400)), reason: "x"))
+            }
+        }
+        let loop = EmbeddedEventLoop()
+        let config = try Configuration.parse("", file: "test.toml")
+        let engine = PolicyEngine(stages: [.rcpt: [LongAnswer()]])
+        let state = ServerState(logger: Logger(label: "test"), config: config, engine: engine, group: loop, metrics: ServerMetrics())
+        let loopEngine = LoopEngine(eventLoop: loop, engine: engine, generation: 0, decisions: .none)
+        let handler = ConnectionHandler(state: state, decoder: FrameDecoder(RequestParser()),
+                                        responder: .policy(PolicyResponder(state: state, loopEngine: loopEngine)), peer: "test")
+        let channel = EmbeddedChannel(handler: handler, loop: loop)
+        defer { _ = try? channel.finish() }
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let one = rcptRequest.map { "\($0.0)=\($0.1)\n" }.joined() + "\n"
+        try channel.writeInbound(ByteBuffer(string: String(repeating: one, count: 600)))
+        channel.pipeline.fireChannelReadComplete()
+        var written = 0
+        while let answer = try channel.readOutbound(as: ByteBuffer.self) { written += answer.readableBytes }
+        #expect(written > 600 * 400, "all 600 answers were written: \(written) octets")
+        #expect(handler.heldAnswerCapacity <= ConnectionHandler.keptOutCapacity, "kept \(handler.heldAnswerCapacity) octets")
+        // The next answer is written as before.
+        try channel.writeInbound(ByteBuffer(string: one))
+        channel.pipeline.fireChannelReadComplete()
+        let next = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(next.getString(at: next.readerIndex, length: 17) == "action=REJECT xxx")
     }
 
     @Test func hostileTextNeverForgesASecondAnswer() async throws {
