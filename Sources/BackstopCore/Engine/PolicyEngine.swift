@@ -170,7 +170,10 @@ public final class PolicyEngine: Sendable {
     struct Accumulator: Sendable {
         /// The first header due, the check it came from and that check's reason.
         var header: (DueHeader, String, String)?
-        var warning: (Verdict, String, PolicyAction)?
+        /// The first answer that only asks Postfix to log (a WARN or INFO a check is set to
+        /// answer, or a refusal test mode turned into a WARN), its check and, for test mode, the
+        /// refusal it stands for.
+        var warning: (Verdict, String, PolicyAction?)?
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
         var quiet: (String, String)?
         var trail = CheckTrail()
@@ -184,6 +187,12 @@ public final class PolicyEngine: Sendable {
                 return nil
             case .prepend(let line):
                 if header == nil { header = (DueHeader(line: line), check.name, verdict.reason) }
+                return nil
+            case .warn, .info:
+                // Postfix logs these and goes on to its next restriction (access(5)): so do the
+                // checks after this one. A refusal after it decides; otherwise it is the answer
+                // unless a header is due (the decision line still logs it).
+                if warning == nil { warning = (verdict, check.name, nil) }
                 return nil
             case let action where action.withholdsMail && (engineTestMode || check.testMode):
                 if warning == nil {

@@ -47,6 +47,23 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
 }
 
 @Suite struct PolicyEngineTests {
+    /// WARN and INFO only ask Postfix to log (access(5)): the checks after them still run. A
+    /// rate limit set to WARN once ended the list, so the recipients check after it never
+    /// refused an unknown recipient, and SPF's header was lost.
+    @Test func aWarningDoesNotEndTheChecks() {
+        let warn = FixedCheck(name: "ratelimit", verdict: Verdict(.warn("over the limit"), reason: "ratelimit=per_client"))
+        let info = FixedCheck(name: "bounces", verdict: Verdict(.info("looked at"), reason: "bounces=info"))
+        let unknown = FixedCheck(name: "recipients", verdict: Verdict(.reply(code: 550, enhanced: "5.1.1", text: "User unknown"), reason: "unknown_recipient"))
+        let header = FixedCheck(name: "spf", verdict: Verdict(.prepend("Received-SPF: pass"), reason: "spf=pass"))
+        let refused = decide(PolicyEngine(stages: [.rcpt: [header, warn, unknown]]))
+        #expect(refused?.action == .reply(code: 550, enhanced: "5.1.1", text: "User unknown") && refused?.check == "recipients")
+        #expect(refused?.trail.entries.map(\.check) == ["spf", "ratelimit", "recipients"])
+        let withHeader = decide(PolicyEngine(stages: [.rcpt: [warn, header, info]]))
+        #expect(withHeader?.action == .prepend("Received-SPF: pass"), "a header that is due is not lost")
+        let warned = decide(PolicyEngine(stages: [.rcpt: [info, warn, FixedCheck(name: "x", verdict: .noOpinion())]]))
+        #expect(warned?.action == .info("looked at") && warned?.check == "bounces", "the first warning is the answer")
+    }
+
     @Test func theTrailNamesEveryCheckThatRanInOrder() {
         let engine = PolicyEngine(stages: [.rcpt: [
             FixedCheck(name: "recipients", verdict: .noOpinion("known_recipient")),
