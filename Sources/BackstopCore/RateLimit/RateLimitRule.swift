@@ -104,15 +104,29 @@ public struct RateLimitRule: Sendable {
             return false
         }
         if !exemptSenderDomains.isEmpty {
-            let sender = request.sender.lowercased()
-            if let at = sender.lastIndex(of: "@") {
-                let domain = sender[sender.index(after: at)...]
+            let sender = request.sender
+            if let at = sender.lastIndex(of: "@"), let domain = RateLimitRule.comparedForm(sender[sender.index(after: at)...]) {
                 for exempt in exemptSenderDomains {
                     if exempt.hasPrefix(".") ? domain.hasSuffix(exempt) : domain == exempt { return false }
                 }
             }
         }
         return true
+    }
+}
+
+extension RateLimitRule {
+    /// A domain as exemptions compare it, the form rate-limit keys use: lowercase A-labels
+    /// without the trailing dot (`Example.ORG.` and `bücher.example` as `example.org` and
+    /// `xn--bcher-kva.example`); nil when it is empty or cannot be converted.
+    static func comparedForm(_ domain: Substring) -> String? {
+        guard !domain.isEmpty else { return nil }
+        if domain.utf8.allSatisfy({ $0 < 0x80 }) {
+            var ascii = domain.lowercased()
+            if ascii.hasSuffix(".") { ascii.removeLast() }
+            return ascii.isEmpty ? nil : ascii
+        }
+        return DomainName.asciiForm(String(domain)).flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 
@@ -210,9 +224,15 @@ extension RateLimitRule {
         rule.onlyNetworks = s.networks("only_networks", default: [])
         rule.exemptNetworks = s.networks("exempt_networks", default: [])
         rule.exemptSASLUsers = Set(s.stringArray("exempt_sasl_users", default: []).map { $0.lowercased() })
-        rule.exemptSenderDomains = s.stringArray("exempt_sender_domains", default: []).map { $0.lowercased().trimmingSpaces }
-        for domain in rule.exemptSenderDomains where domain.isEmpty || domain.contains("@") {
-            s.report("exempt_sender_domains", "\"\(LogEscaping.escape(domain))\" is not a domain: write example.org, or .example.org for its subdomains")
+        // In the form the sender's domain is compared in: A-labels, lowercase, no trailing dot.
+        rule.exemptSenderDomains = s.stringArray("exempt_sender_domains", default: []).compactMap { written in
+            let text = written.trimmingSpaces
+            let subdomains = text.hasPrefix(".")
+            guard !text.contains("@"), let domain = RateLimitRule.comparedForm(subdomains ? text.dropFirst() : text[...]) else {
+                s.report("exempt_sender_domains", "\"\(LogEscaping.escape(written))\" is not a domain: write example.org, or .example.org for its subdomains")
+                return nil
+            }
+            return subdomains ? "." + domain : domain
         }
         if let file = s.optionalString("overrides"), !file.isEmpty {
             if parts.count == 1 { rule.overrides = file } else if !parts.isEmpty {

@@ -158,7 +158,7 @@ func threadCPUNanoseconds() -> Int64 {
             only_sasl = true
             exempt_sasl_users = ["Newsletter"]
             exempt_networks = ["198.51.100.0/24"]
-            exempt_sender_domains = [".trusted.example"]
+            exempt_sender_domains = [".trusted.example", "Bücher.example."]
 
             [[ratelimit.rule]]
             name = "bounces"
@@ -173,6 +173,10 @@ func threadCPUNanoseconds() -> Int64 {
         #expect(limiter.admitted(3, rcpt(client: "198.51.100.7", sasl: "bob")) == 3, "exempt network")
         #expect(limiter.admitted(3, rcpt(sender: "x@mx.trusted.example", sasl: "bob")) == 3, "exempt sender subdomain")
         #expect(limiter.refused(rcpt(sender: "x@trusted.example", sasl: "bob")), ".domain matches subdomains only")
+        // Compared as the keys are: a trailing dot, another case, U-labels or A-labels.
+        #expect(limiter.admitted(3, rcpt(sender: "x@MX.Trusted.Example.", sasl: "bob")) == 3, "trailing dot and case")
+        #expect(limiter.admitted(3, rcpt(sender: "x@xn--bcher-kva.example", sasl: "bob")) == 3, "A-labels of an exempt U-label domain")
+        #expect(limiter.admitted(3, rcpt(sender: "x@BÜCHER.example", sasl: "bob")) == 3, "U-labels in another case")
         // The null-sender rule ignores mail with a sender.
         #expect(limiter.admitted(3, rcpt(client: "203.0.113.5")) == 3)
         #expect(limiter.admitted(3, rcpt(client: "203.0.113.5", sender: "")) == 1)
