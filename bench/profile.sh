@@ -9,8 +9,8 @@
 #   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first, as run.sh does:
 #       swift build -c release --product backstop --static-swift-stdlib)
 #   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
-#   bench/profile.sh --cpu checks|spf-warm|spf-peers
-#       no valgrind: the server as run.sh runs it (one event loop per core), 3 s of load
+#   bench/profile.sh --cpu [--threads N] checks|spf-warm|spf-peers
+#       no valgrind: the server as run.sh runs it (server.threads = N, default 0), 3 s of load
 #       after the warm-up, and the CPU time per request of the server (user, kernel), of its
 #       SPF workers (its children) and of policyload, from /proc/PID/stat; then refserver's
 #
@@ -24,7 +24,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CPU=0
+THREADS=0
 if [ "${1:-}" = --cpu ]; then CPU=1; shift; fi
+if [ "${1:-}" = --threads ]; then THREADS=$2; shift 2; fi
 SCENARIO=${1:?usage: profile.sh [--cpu] checks|spf-warm|spf-peers|spf-worker [REQUESTS]}
 REQUESTS=${2:-24000}
 WARMUP=${3:-12000}
@@ -96,7 +98,7 @@ cat > "$WORK/backstop.toml" <<EOF
 [[listen]]
 address = "127.0.0.1:$PORT"
 [server]
-threads = $([ "$CPU" = 1 ] && echo 0 || echo 1)
+threads = $([ "$CPU" = 1 ] && echo "$THREADS" || echo 1)
 [log]
 level = "warning"
 [policy]

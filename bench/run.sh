@@ -15,7 +15,7 @@
 #   --out DIR    keep raw results here (default .build/bench/<date>)
 #   --only LIST  comma-separated scenarios: checks, spf-warm, spf-peers, new-connection,
 #                spf-cold, keys, ratelimit, example, startup (default: all of them)
-#   --threads N  server.threads of the measured servers (default 0: one event loop per core)
+#   --threads N  server.threads of the measured servers (default 0: one event loop per two cores)
 #   --spf-workers N  spf.workers of the spf-warm and spf-peers servers (default: the default)
 #
 # Needs: swift, gcc, python3 with dnslib (Tests/Support/dns_server.py), and the policyload

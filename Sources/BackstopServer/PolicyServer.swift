@@ -22,6 +22,8 @@ public final class PolicyServer: Service, Sendable {
     private let started: Configuration
     private var listeners: [ListenerSettings] { started.listeners }
     private let ownsGroup: Bool
+    /// The event loops it answers on (server.threads, or one per two cores).
+    public let eventLoopCount: Int
 
     /// What binding and stopping change, behind one lock (touched at start and stop only).
     private struct Running {
@@ -44,8 +46,9 @@ public final class PolicyServer: Service, Sendable {
 
     public init(config: Configuration, engine: PolicyEngine, logger: Logger,
                 group: (any EventLoopGroup)? = nil, metrics: ServerMetrics = ServerMetrics()) {
-        let threads = config.server.threads == 0 ? System.coreCount : config.server.threads
+        let threads = ServerSettings.eventLoops(threads: config.server.threads, cores: System.coreCount)
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.eventLoopCount = group == nil ? threads : Array(self.group.makeIterator()).count
         self.ownsGroup = group == nil
         self.logger = logger
         self.started = config

@@ -123,7 +123,7 @@ struct Serve: ParsableCommand {
             let summary = SummaryLog(server: server, interval: configuration.log.summaryInterval)
             server.onStop { summary.stop() }
         }
-        logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ","))")
+        logger.notice("backstop started: config=\(config) listeners=\(server.boundAddresses.joined(separator: ",")) event_loops=\(server.eventLoopCount)")
         SystemdNotify.send("READY=1\nSTATUS=answering on \(server.boundAddresses.joined(separator: ", "))")
         server.onStop { SystemdNotify.send("STOPPING=1") }
         let group = ServiceGroup(

@@ -67,8 +67,17 @@ public struct ServerSettings: Sendable, Equatable {
     public var readTimeout: TimeAmount = .seconds(30)
     /// On SIGTERM, requests in flight get this long to be answered.
     public var shutdownGrace: TimeAmount = .seconds(10)
-    /// Event loop threads; 0 means one per core.
+    /// Event loop threads; 0 means one per two cores, at least one (`eventLoops`).
     public var threads = 0
+
+    /// The event loops a server with `threads` runs on a machine of `cores`. Backstop shares
+    /// the machine with Postfix, whose smtpd processes are its clients: on 2 cores, one loop
+    /// answered 15–17 % more requests than one per core (spf-peers, checks: two loops went to
+    /// sleep and were woken more often), and 15 % fewer when every request needs an SPF
+    /// evaluation in a worker (docs/benchmarks.md).
+    public static func eventLoops(threads: Int, cores: Int) -> Int {
+        threads > 0 ? threads : max(1, cores / 2)
+    }
     /// Drop privileges to this user and group after binding (only when started as root).
     public var user: String?
     public var group: String?

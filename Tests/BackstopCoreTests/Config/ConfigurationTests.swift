@@ -15,6 +15,16 @@ import NIOCore
         #expect(config.policy.deadline == .seconds(5))
     }
 
+    /// server.threads = 0: one event loop per two cores, at least one; a number is taken as it is.
+    @Test func eventLoopsByDefaultAreOnePerTwoCores() throws {
+        #expect(try Configuration.parse("", file: "t.toml").server.threads == 0)
+        #expect(ServerSettings.eventLoops(threads: 0, cores: 1) == 1)
+        #expect(ServerSettings.eventLoops(threads: 0, cores: 2) == 1)
+        #expect(ServerSettings.eventLoops(threads: 0, cores: 3) == 1)
+        #expect(ServerSettings.eventLoops(threads: 0, cores: 8) == 4)
+        #expect(ServerSettings.eventLoops(threads: 3, cores: 2) == 3)
+    }
+
     @Test func readsEverySection() throws {
         let text = """
         [[listen]]
