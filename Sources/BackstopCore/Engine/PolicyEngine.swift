@@ -170,10 +170,10 @@ public final class PolicyEngine: Sendable {
     struct Accumulator: Sendable {
         /// The first header due, the check it came from and that check's reason.
         var header: (DueHeader, String, String)?
-        /// The first answer that only asks Postfix to log (a WARN or INFO a check is set to
-        /// answer, or a refusal test mode turned into a WARN), its check and, for test mode, the
-        /// refusal it stands for.
-        var warning: (Verdict, String, PolicyAction?)?
+        /// The first refusal test mode turned into a WARN: that WARN, its check and the refusal.
+        var warning: (Verdict, String, PolicyAction)?
+        /// The first WARN or INFO a check is set to answer, and its check.
+        var notice: (Verdict, String)?
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
         var quiet: (String, String)?
         var trail = CheckTrail()
@@ -190,9 +190,9 @@ public final class PolicyEngine: Sendable {
                 return nil
             case .warn, .info:
                 // Postfix logs these and goes on to its next restriction (access(5)): so do the
-                // checks after this one. A refusal after it decides; otherwise it is the answer
-                // unless a header is due (the decision line still logs it).
-                if warning == nil { warning = (verdict, check.name, nil) }
+                // checks after this one. A refusal after it decides (and one test mode softened
+                // is reported as such); otherwise it is the answer.
+                if notice == nil { notice = (verdict, check.name) }
                 return nil
             case let action where action.withholdsMail && (engineTestMode || check.testMode):
                 if warning == nil {
@@ -215,6 +215,12 @@ public final class PolicyEngine: Sendable {
         }
 
         private func finalAnswer() -> Decision {
+            // A WARN or INFO is what Postfix is asked to log: it is the answer, and a header due
+            // waits for the message's next answer (one answer carries one action), unless test
+            // mode softened a refusal, which is reported first.
+            if warning == nil, let (verdict, name) = notice {
+                return Decision(action: verdict.action, check: name, reason: verdict.reason)
+            }
             if let (due, name, reason) = header {
                 // The header is added even when test mode turned a refusal into a log line.
                 if let (verdict, warned, would) = warning {

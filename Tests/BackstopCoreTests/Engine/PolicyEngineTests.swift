@@ -58,10 +58,17 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         let refused = decide(PolicyEngine(stages: [.rcpt: [header, warn, unknown]]))
         #expect(refused?.action == .reply(code: 550, enhanced: "5.1.1", text: "User unknown") && refused?.check == "recipients")
         #expect(refused?.trail.entries.map(\.check) == ["spf", "ratelimit", "recipients"])
-        let withHeader = decide(PolicyEngine(stages: [.rcpt: [warn, header, info]]))
-        #expect(withHeader?.action == .prepend("Received-SPF: pass"), "a header that is due is not lost")
+        // The warning is the answer (what Postfix is asked to log); a header due waits for
+        // the message's next answer: it is not marked as added.
+        let withHeader = decide(PolicyEngine(stages: [.rcpt: [header, warn, info]]))
+        #expect(withHeader?.action == .warn("over the limit") && withHeader?.headerOnce == nil, "\(String(describing: withHeader))")
         let warned = decide(PolicyEngine(stages: [.rcpt: [info, warn, FixedCheck(name: "x", verdict: .noOpinion())]]))
         #expect(warned?.action == .info("looked at") && warned?.check == "bounces", "the first warning is the answer")
+        // Test mode reports a refusal after a warning as it would be in force.
+        let trial = FixedCheck(name: "recipients", testMode: true, verdict: unknown.verdict)
+        let tested = decide(PolicyEngine(stages: [.rcpt: [warn, trial]]))
+        #expect(tested?.wouldHave == unknown.verdict.action && tested?.check == "recipients", "\(String(describing: tested))")
+        #expect(tested?.action.keyword == "WARN")
     }
 
     @Test func theTrailNamesEveryCheckThatRanInOrder() {
