@@ -357,7 +357,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         }
         if first {
             logger.error("rate-limit store unavailable: rules use their fail action until it is back",
-                         metadata: ["store": "postgres", "during": "\(what)", "error": "\(LogEscaping.field(text))"])
+                         metadata: ["store": "postgres", "during": "\(what)", "error": "\(text)"])
         }
     }
 

@@ -330,7 +330,7 @@ public final class MemoryCounterStore: CounterStore, Sendable {
             } catch {
                 lastSave.withLockedValue { $0 = .now() }  // tried; the next try is one interval later
                 logger.error("cannot save the rate-limit state: \(error.reason); counters stay in memory and are lost at a restart",
-                             metadata: ["file": "\(LogEscaping.field(stateFile))"])
+                             metadata: ["file": "\(stateFile)"])
             }
         }
     }
@@ -342,10 +342,10 @@ public final class MemoryCounterStore: CounterStore, Sendable {
             bytes = try RegularFile.read(path, maxBytes: MemoryStoreSnapshot.maxFileBytes(maxKeys: maxKeys, maxNamed: maxNamedKeys))
         } catch {
             if error.errno == ENOENT {
-                logger.info("no rate-limit state to load yet: every key starts with its full allowance", metadata: ["file": "\(LogEscaping.field(path))"])
+                logger.info("no rate-limit state to load yet: every key starts with its full allowance", metadata: ["file": "\(path)"])
             } else {
                 logger.warning("cannot read the rate-limit state: \(error.reason); every key starts with its full allowance",
-                               metadata: ["file": "\(LogEscaping.field(path))"])
+                               metadata: ["file": "\(path)"])
             }
             return nil
         }
@@ -353,7 +353,7 @@ public final class MemoryCounterStore: CounterStore, Sendable {
         case .success(let snapshot): return snapshot
         case .failure(let error):
             logger.warning("rate-limit state ignored: \(error.description); every key starts with its full allowance",
-                           metadata: ["file": "\(LogEscaping.field(path))"])
+                           metadata: ["file": "\(path)"])
             return nil
         }
     }
@@ -380,7 +380,7 @@ public final class MemoryCounterStore: CounterStore, Sendable {
                 named[index].withLockedValue { names in if names.count < namedCap { names[key] = name } }
             }
         }
-        logger.info("rate-limit state loaded", metadata: ["file": "\(LogEscaping.field(stateFile ?? ""))", "keys": "\(loaded)",
+        logger.info("rate-limit state loaded", metadata: ["file": "\(stateFile ?? "")", "keys": "\(loaded)",
                                                          "expired": "\(snapshot.entries.count - loaded)"])
     }
 }

@@ -207,7 +207,7 @@ extension RateLimitCheck {
             var metadata: Logger.Metadata = [
                 "check": "ratelimit",
                 "rule": "\(rule.name)",
-                "key": "\(LogEscaping.field(rule.key.display(hit.key)))",
+                "key": "\(rule.key.display(hit.key))",
                 "count": "\(rule.count.rawValue)",
                 "cost": "\(hit.cost)",
                 "limit": "\(rule.limitCount)/\(DurationText.format(.nanoseconds(rule.period)))",
@@ -219,7 +219,7 @@ extension RateLimitCheck {
             if let retryAfter { metadata["retry_after"] = "\(DurationText.approximate(nanoseconds: retryAfter))" }
             else { metadata["over_burst"] = "true" }
             let instance = request.instance
-            if !instance.isEmpty { metadata["instance"] = "\(LogEscaping.field(instance))" }
+            if !instance.isEmpty { metadata["instance"] = "\(instance)" }
             context.logger.notice("rate limit exceeded", metadata: metadata)
             return Verdict(rule.action, reason: "ratelimit=\(rule.name)" + (retryAfter == nil ? " over_burst" : ""))
         }
@@ -233,8 +233,8 @@ extension RateLimitCheck {
         if let failures {
             context.logger.warning("rate-limit store failed, using the fail action", metadata: [
                 "check": "ratelimit", "rule": "\(rule.name)", "store": "\(store.kind)",
-                "fail_action": "\(LogEscaping.field(rule.failAction.description))",
-                "error": "\(LogEscaping.field("\(error)"))", "failures": "\(failures)",
+                "fail_action": "\(rule.failAction.description)",
+                "error": "\(error)", "failures": "\(failures)",
             ])
         }
         if rule.failAction.isNoOpinion { return nil }
@@ -292,7 +292,7 @@ extension RateLimitCheck {
             try await store.reset(rule: identity, key: bytes)
         }
         let raw = runtime.rule.key.display(bytes), display = LogEscaping.escape(raw, limit: .max)
-        logger.notice("rate-limit key reset by the administrator", metadata: ["rule": "\(name)", "key": "\(LogEscaping.field(raw))",
+        logger.notice("rate-limit key reset by the administrator", metadata: ["rule": "\(name)", "key": "\(raw)",
                                                                                "held_state": "\(held)"])
         return "rule \(name): key \(display): " + (held ? "state forgotten: all \(runtime.rule.parameters.burst) available again"
                                                         : "no state was held: all \(runtime.rule.parameters.burst) available")

@@ -6,6 +6,7 @@ import Testing
 import Foundation
 import Logging
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOEmbedded
 @testable import BackstopCore
 
@@ -29,7 +30,7 @@ private struct Limiter {
         try self.init("[[ratelimit.rule]]\nname = \"one_an_hour\"\nkey = \"\(key)\"\ncount = \"recipient\"\nlimit = \"1/1h\"\n")
     }
 
-    func ask(_ pairs: [(String, String)]) -> Verdict {
+    func ask(_ pairs: [(String, String)], logger: Logger = logger) -> Verdict {
         // A loop per question: an EmbeddedEventLoop must end on the thread that made it, and
         // async tests move between threads.
         let loop = EmbeddedEventLoop()
@@ -46,6 +47,18 @@ private struct Limiter {
     func admitted(_ n: Int, _ pairs: [(String, String)]) -> Int {
         (0..<n).reduce(0) { count, _ in count + (refused(pairs) ? 0 : 1) }
     }
+}
+
+/// A log handler that keeps each line's metadata.
+private struct MetadataLog: LogHandler {
+    let lines = NIOLockedValueBox<[Logger.Metadata]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { lines.withLockedValue { $0.append(event.metadata ?? [:]) } }
 }
 
 private func rcpt(client: String = "192.0.2.10", sender: String = "alice@example.org", recipient: String = "bob@example.net",
@@ -180,6 +193,19 @@ func threadCPUNanoseconds() -> Int64 {
         // The null-sender rule ignores mail with a sender.
         #expect(limiter.admitted(3, rcpt(client: "203.0.113.5")) == 3)
         #expect(limiter.admitted(3, rcpt(client: "203.0.113.5", sender: "")) == 1)
+    }
+
+    /// The log output escapes every field once (LogOutput): a key handed to it already
+    /// quoted was printed quoted twice, and could not be given to `ratelimit status` as printed.
+    @Test func theRefusalLineCarriesTheKeyAsItIs() throws {
+        let limiter = try Limiter(oneAnHourBy: "sender")
+        let sender = "SRS0=ab=TT=example.com=alice@fwd.example"
+        let log = MetadataLog()
+        let recorded = Logger(label: "test") { _ in log }
+        #expect(!limiter.ask(rcpt(sender: sender), logger: recorded).action.isRefusal)
+        #expect(limiter.ask(rcpt(sender: sender), logger: recorded).action.isRefusal)
+        let line = try #require(log.lines.withLockedValue { $0 }.last)
+        #expect(line["key"]?.description == sender.lowercased() || line["key"]?.description == sender, "\(line)")
     }
 
     @Test func aMessageCountsOncePerInstanceAndKey() throws {
