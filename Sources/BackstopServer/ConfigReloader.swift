@@ -24,11 +24,19 @@ public final class ConfigReloader: Sendable {
     /// Returns true when the new configuration is in force.
     @discardableResult
     public func reload() async -> Bool {
-        let previous = current.withLockedValue { $0.1 }
+        let (previousConfig, previous) = current.withLockedValue { $0 }
         do {
             let config = try Configuration.load(path: path)
-            let engine = try EngineBuilder.build(config, previous: previous, logger: logger)
+            // The new log settings first: checks read the level as they are built (SPF's
+            // per-outcome debug lines). A configuration that cannot be built puts them back.
             LogOutput.shared.configure(config.log)
+            let engine: PolicyEngine
+            do {
+                engine = try EngineBuilder.build(config, previous: previous, logger: logger)
+            } catch {
+                LogOutput.shared.configure(previousConfig.log)
+                throw error
+            }
             for warning in config.warnings { logger.warning("configuration: \(warning.description)") }
             // Tables are re-read too; one whose newest edit is broken keeps its last good
             // version, and the reload is then not a success, whatever the file says.
