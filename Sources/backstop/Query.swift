@@ -69,7 +69,7 @@ struct Query: ParsableCommand {
                 bytes.append(10)
             }
             bytes.append(10)
-            try client.send(bytes)
+            try asking(endpoint) { try client.send(bytes) }
         } else {
             var pairs: [(String, String)] = [
                 ("request", "smtpd_access_policy"), ("protocol_state", state), ("protocol_name", "ESMTP"),
@@ -85,9 +85,9 @@ struct Query: ParsableCommand {
                 }
                 pairs.append((String(attribute[..<eq]), String(attribute[attribute.index(after: eq)...])))
             }
-            try client.send(pairs)
+            try asking(endpoint) { try client.send(pairs) }
         }
-        guard let answer = try client.readAnswer() else {
+        guard let answer = try asking(endpoint, { try client.readAnswer() }) else {
             printError("the server closed the connection without an answer (protocol error? see its log)")
             throw ExitStatus.cannotAsk.code
         }
@@ -96,5 +96,14 @@ struct Query: ParsableCommand {
             throw ExitStatus.cannotAsk.code
         }
         if action.isRefusal { throw (action.isTemporary ? ExitStatus.temporary : ExitStatus.refused).code }
+    }
+
+    /// Runs one step of the exchange; a failure (no answer within the client's timeout, a
+    /// broken connection) is "could not ask" (exit 3), not a refusal.
+    private func asking<T>(_ endpoint: ListenerSettings.Endpoint, _ step: () throws -> T) throws -> T {
+        do { return try step() } catch {
+            printError("no answer from \(endpoint): \(error)")
+            throw ExitStatus.cannotAsk.code
+        }
     }
 }

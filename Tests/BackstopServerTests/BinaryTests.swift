@@ -187,6 +187,35 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(serve.log.contains("backstop stopped"))
     }
 
+    /// A server that never answers: after the client's 10 s `query` could not ask (exit 3,
+    /// docs/operations.md); the timeout it threw went out as exit 1, the code of a refusal.
+    @Test func queryWithoutAnAnswerExitsThree() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, $0, &length) == 0 }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let thread = Thread {
+            let client = accept(listener, nil, nil)
+            guard client >= 0 else { return }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            // The request arrives; no answer, until the client gives up and closes.
+            while read(client, &buffer, buffer.count) > 0 {}
+            close(client)
+        }
+        thread.start()
+        let query = try runBackstop(["query", "--server", "127.0.0.1:\(port)"])
+        #expect(query.status == 3, "\(query.status) \(query.stderr)")
+        #expect(query.stderr.contains("no answer from"), "\(query.stderr)")
+    }
+
     /// A client refused by `allow` as often as it connects gets one log line per second, and
     /// the lines together account for every refusal.
     @Test func refusalsAreLoggedOncePerSecondWithACount() async throws {
