@@ -517,7 +517,7 @@ func isHeader(_ decision: Decision) -> Bool {
         dns_timeout = "1s"
         evaluation_deadline = "4s"
         workers = 2
-        worker_user = "backstop-spf"
+        worker_user = "daemon"
         dns_cache_bytes = 1048576
         helo_check = true
         header = "authentication-results"
@@ -532,7 +532,7 @@ func isHeader(_ decision: Decision) -> Bool {
         let s = SPFSettings.from(config)
         #expect(s.verifier.resolvers == [DNSResolverAddress(host: "127.0.0.1", port: 5353), DNSResolverAddress(host: "::1", port: 53)])
         #expect(s.verifier.dnsTimeout == .seconds(1) && s.verifier.evaluationDeadline == .seconds(4) && s.verifier.workers == 2)
-        #expect(s.verifier.workerUser == "backstop-spf" && s.verifier.dnsCache.bytes == 1 << 20)
+        #expect(s.verifier.workerUser == "daemon" && s.verifier.dnsCache.bytes == 1 << 20)
         #expect(s.heloCheck && s.header == .authenticationResults && s.authservID == "mx.example.org")
         #expect(s.strictDomains == ["bank.example"])
         #expect(s.trustedNetworks.contains("10.1.2.3") && !s.trustedNetworks.contains("127.0.0.1"))
@@ -544,7 +544,7 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(exampleSettings.actions == SPFSettings.defaultActions)
         #expect(exampleSettings.verifier == SPFSettings().verifier)
         for bad in ["header = \"x-spf\"", "resolvers = [\"dns.example\"]", "workerz = 3", "isolation = \"thread\"",
-                    "worker_user = \"root\"", "worker_user = \"\"", "worker_user = \"-x\"", "worker_user = \"a\\u0001b\"",
+                    "worker_user = \"root\"", "worker_user = \"\"", "worker_user = \"backstop-no-such-user\"", "worker_user = \"-x\"", "worker_user = \"a\\u0001b\"",
                     "worker_user = \"\(String(repeating: "u", count: 33))\""] {
             #expect(throws: ConfigError.self, "\(bad)") { try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n\(bad)\n", file: "bad.toml") }
         }
