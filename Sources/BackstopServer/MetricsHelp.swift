@@ -17,7 +17,7 @@ enum MetricsHelp {
         "backstop_connections_open": "connections open now, policy and metrics together (they share server.max_connections)",
         "backstop_connections_accepted_total": "connections accepted (policy and metrics)",
         "backstop_connections_rejected_total": "connections closed at once",
-        "backstop_config_generation": "1 at start, +1 for every successful reload",
+        "backstop_config_generation": "1 at start, +1 for every reload that puts a new configuration in force",
         "backstop_config_reloads_total": "SIGHUP reloads; failure when the configuration or a table it re-reads could not be loaded (the last good version stays in force)",
         "backstop_check_duration_seconds": "time each check took, including waiting (SPF, PostgreSQL)",
         "backstop_recipients_lookups_total": "recipient lookups by outcome (valid, unknown, not our domain, …)",
