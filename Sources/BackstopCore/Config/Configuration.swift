@@ -69,6 +69,14 @@ public struct Configuration: Sendable {
         config.server.threads = server.int("threads", default: config.server.threads, range: 0...256)
         config.server.user = server.optionalString("user")
         config.server.group = server.optionalString("group")
+        // Named at start only when started as root; a name the system does not know would
+        // stop the server there (exit 77), after check-config said the file was good.
+        if let user = config.server.user, !SystemAccounts.userExists(user) {
+            server.report("user", "no such user \"\(LogEscaping.escape(user))\" on this system")
+        }
+        if let group = config.server.group, !SystemAccounts.groupExists(group) {
+            server.report("group", "no such group \"\(LogEscaping.escape(group))\" on this system")
+        }
         server.finish()
 
         let proto = root.section("protocol")
@@ -171,6 +179,12 @@ public struct Configuration: Sendable {
         }
         listener.owner = section.optionalString("owner")
         listener.group = section.optionalString("group")
+        if let owner = listener.owner, !SystemAccounts.userExists(owner) {
+            section.report("owner", "no such user \"\(LogEscaping.escape(owner))\" on this system")
+        }
+        if let group = listener.group, !SystemAccounts.groupExists(group) {
+            section.report("group", "no such group \"\(LogEscaping.escape(group))\" on this system")
+        }
         listener.allow = section.networks("allow", default: [])
         let served = section.string("protocol", default: listener.protocol.rawValue)
         if let p = ListenerSettings.ServedProtocol(rawValue: served) { listener.protocol = p } else {

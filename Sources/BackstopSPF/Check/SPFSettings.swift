@@ -97,7 +97,7 @@ public struct SPFSettings: CheckSettings, Equatable {
             || verifier.workerUser.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7F || $0 == ":" || $0 == "/" || $0.properties.isWhitespace }) {
             section.report("worker_user", "must name an unprivileged user (at most \(SPFSettings.maxUserName) octets, no spaces, control characters, \":\" or \"/\", not starting with \"-\"), such as \"nobody\" or a dedicated \"backstop-spf\"")
             verifier.workerUser = d.verifier.workerUser
-        } else if !SPFSettings.userExists(verifier.workerUser) {
+        } else if !SystemAccounts.userExists(verifier.workerUser) {
             // Workers would refuse to start, and every evaluation would end as temperror.
             section.report("worker_user", "no such user \"\(verifier.workerUser)\" on this system: create it (adduser --system --no-create-home \(verifier.workerUser)) or name another, such as \"nobody\"")
         }
@@ -205,14 +205,6 @@ public struct SPFSettings: CheckSettings, Equatable {
 
     /// The longest worker_user accepted (Linux's useradd allows 32).
     static let maxUserName = 32
-
-    /// Whether the system knows `name` (getpwnam_r: configurations are read on more than one thread).
-    static func userExists(_ name: String) -> Bool {
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        return getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0 && result != nil
-    }
 
     /// Workers must not share the server's user: a worker taken over by a hostile record
     /// could then signal the server or read its memory.

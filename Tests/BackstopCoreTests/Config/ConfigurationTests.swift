@@ -59,6 +59,23 @@ import NIOCore
         #expect(config.policy.deadline == .milliseconds(1500))
     }
 
+    /// Users and groups the server would switch to or give its socket to must exist:
+    /// check-config said the file was good, and `serve` then stopped with exit 77 or 71.
+    @Test func usersAndGroupsMustExist() throws {
+        let good = "[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n[[listen]]\naddress = \"unix:/tmp/x.sock\"\nowner = \"daemon\"\ngroup = \"daemon\"\n"
+        #expect(try Configuration.parse(good, file: "good.toml").server.user == "nobody")
+        for (bad, key) in [("[server]\nuser = \"backstop-no-such-user\"\n", "server.user"),
+                           ("[server]\ngroup = \"backstop-no-such-group\"\n", "server.group"),
+                           ("[[listen]]\naddress = \"unix:/tmp/x.sock\"\nowner = \"backstop-no-such-user\"\n", "owner"),
+                           ("[[listen]]\naddress = \"unix:/tmp/x.sock\"\ngroup = \"backstop-no-such-group\"\n", "group")] {
+            #expect {
+                try Configuration.parse(bad, file: "bad.toml")
+            } throws: { error in
+                "\(error)".contains(key) && "\(error)".contains("no such")
+            }
+        }
+    }
+
     @Test func everyErrorIsReportedWithFileLineAndKey() {
         let text = """
         [server]
