@@ -6,6 +6,7 @@ import Foundation
 import Logging
 @testable import BackstopCore
 @testable import BackstopServer
+@testable import BackstopSPF
 
 @Suite(.serialized) struct ReloadTests {
     @Test func goodReloadTakesEffectAndBadReloadKeepsTheOld() async throws {
@@ -33,6 +34,34 @@ import Logging
         // No pause: reload() returns once every event loop decides with the new engine.
         #expect(try c.ask(request) == "action=DUNNO")
         #expect(reloader.engine.testMode)
+        await server.stop()
+    }
+
+    /// Checks read the log level as they are built (SPF decides once whether it logs each
+    /// outcome): a reload to log.level = "debug" built them before it set the level, and
+    /// SPF's outcome lines came only with the next reload.
+    @Test func aReloadToDebugTurnsSPFOutcomeLinesOnAtOnce() async throws {
+        SPFSettings.register()
+        let path = tempDirectory() + "/backstop.toml"
+        func write(_ level: String) throws {
+            try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\nrcpt = [\"spf\"]\n[spf]\nresolvers = [\"127.0.0.1:9\"]\n[log]\nlevel = \"\(level)\"\n"
+                .write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write("info")
+        let config = try Configuration.load(path: path)
+        LogOutput.shared.configure(config.log)
+        defer { LogOutput.shared.configure(LogSettings()) }
+        // The server's own loggers: their level is the log output's.
+        let logger = Logger(label: "backstop") { KeyValueLogHandler(label: $0, output: .shared) }
+        let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
+        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        try await server.start()
+        let reloader = ConfigReloader(path: path, server: server, config: config, engine: engine, logger: logger)
+        #expect((engine.checks["spf"] as? SPFCheck)?.logsOutcomes == false)
+        try write("debug")
+        #expect(await reloader.reload())
+        #expect((reloader.engine.checks["spf"] as? SPFCheck)?.logsOutcomes == true, "debug from this reload on")
+        for check in reloader.engine.checks.values { (check as? any RetirableCheck)?.stop() }
         await server.stop()
     }
 
