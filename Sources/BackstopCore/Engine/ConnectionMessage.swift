@@ -10,8 +10,8 @@ import NIOCore
 /// One check's state for the message a connection is on.
 public protocol ConnectionMemo: AnyObject, Sendable {
     /// The connection ended while this was its message: keep what a later connection of
-    /// the same message may need (Postfix reconnects when its connection reaches
-    /// smtpd_policy_service_max_ttl or max_idle, even in the middle of a message).
+    /// the same message may need (Postfix reconnects after smtpd_policy_service_max_idle,
+    /// _max_ttl or _request_limit, or an error, even in the middle of a message).
     func connectionEnded()
 }
 

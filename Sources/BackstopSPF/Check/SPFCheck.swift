@@ -57,6 +57,8 @@ public final class SPFCheck: RetirableCheck {
             self.sender = sender
             self.helo = helo
         }
+        /// What it costs the per-message cache as the state of `instance`.
+        func cost(instance: String) -> Int { evaluated.cost + instance.utf8.count }
     }
 
     /// The message a connection is on, in the slot of its ConnectionMessage: found without a
@@ -70,7 +72,6 @@ public final class SPFCheck: RetirableCheck {
         let instance: String
         private(set) var state: MessageState?
         private(set) var expires: NIODeadline
-        private var cost = 0
         let messages: BoundedCache<MessageKey, MessageState>
 
         init(instance: String, now: NIODeadline, messages: BoundedCache<MessageKey, MessageState>) {
@@ -79,16 +80,15 @@ public final class SPFCheck: RetirableCheck {
             self.messages = messages
         }
 
-        func keep(_ state: MessageState, cost: Int, now: NIODeadline) {
+        func keep(_ state: MessageState, now: NIODeadline) {
             self.state = state
-            self.cost = cost
             expires = now + SPFCheck.messageLifetime
         }
 
         func connectionEnded() {
             let now = NIODeadline.now()
             guard let state, expires > now else { return }
-            messages.insert(MessageKey(instance), state, cost: cost, expires: expires, now: now)
+            messages.insert(MessageKey(instance), state, cost: state.cost(instance: instance), expires: expires, now: now)
         }
     }
 
@@ -197,7 +197,7 @@ public final class SPFCheck: RetirableCheck {
                               message: ConnectionMessage?, now: NIODeadline, arriving: Bool = true) -> MessageState? {
         var state: MessageState?
         if let message, !message.isEnded {
-            if let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) {
+            if let held = heldMessage(message, instance) {
                 guard held.expires > now else { return nil }
                 state = held.state
             } else if !arriving {
@@ -207,7 +207,7 @@ public final class SPFCheck: RetirableCheck {
                 let held = HeldMessage(instance: instance, now: now, messages: messages)
                 message.memo = held
                 if first, let found = messages.value(MessageKey(instance), now: now) {
-                    held.keep(found, cost: found.evaluated.cost + instance.utf8.count, now: now)
+                    held.keep(found, now: now)
                     state = found
                 }
             }
@@ -221,12 +221,18 @@ public final class SPFCheck: RetirableCheck {
     /// Keeps `state` as the message `instance` names: in the connection's slot while the
     /// connection is on that message; otherwise (no connection, it has ended, or the answer
     /// came after the connection went on to its next message) in `messages`.
-    private func hold(_ state: MessageState, instance: String, cost: Int, in message: ConnectionMessage?, now: NIODeadline) {
-        if let message, !message.isEnded, let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) {
-            held.keep(state, cost: cost, now: now)
+    private func hold(_ state: MessageState, instance: String, in message: ConnectionMessage?, now: NIODeadline) {
+        if let message, !message.isEnded, let held = heldMessage(message, instance) {
+            held.keep(state, now: now)
         } else {
-            messages.insert(MessageKey(instance), state, cost: cost, expires: now + SPFCheck.messageLifetime, now: now)
+            messages.insert(MessageKey(instance), state, cost: state.cost(instance: instance), expires: now + SPFCheck.messageLifetime, now: now)
         }
+    }
+
+    /// The connection's slot, when it holds the message `instance` names.
+    private func heldMessage(_ message: ConnectionMessage, _ instance: String) -> HeldMessage? {
+        guard let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) else { return nil }
+        return held
     }
 
     /// A recipient SPF never refuses (skip_recipients). When an earlier recipient of the
@@ -258,7 +264,7 @@ public final class SPFCheck: RetirableCheck {
             return verdict(for: state.evaluated, header: state.header)
         }
         let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
-        hold(state, instance: instance, cost: evaluated.cost + instance.utf8.count, in: message, now: now)
+        hold(state, instance: instance, in: message, now: now)
         return verdict(for: evaluated, header: state.header)
     }
 
