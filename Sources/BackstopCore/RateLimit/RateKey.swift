@@ -159,13 +159,7 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
         if part.endsInDomain, !ASCII.check(value), let keyed = Self.aLabelForm(part, value) {
             return keyed.withUnsafeBytes { append(part, $0, to: &out) }
         }
-        var value = value
-        // A domain's one trailing dot (the root) names the same domain: "a@example.org." and
-        // "a@example.org" are one key, so appending a dot cannot dodge a limit either.
-        if part.endsInDomain, value.count > 1, value.last == UInt8(ascii: "."), value[value.count - 2] != UInt8(ascii: "."),
-           value[value.count - 2] != UInt8(ascii: "@") {
-            value = UnsafeRawBufferPointer(rebasing: value.dropLast())
-        }
+        let value = part.endsInDomain ? Self.withoutRootDot(value) : value
         let length = min(value.count, 65535)
         out.append(UInt8(length >> 8))
         out.append(UInt8(length & 0xFF))
@@ -173,6 +167,14 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
             // ASCII lowercase: addresses, domains and user names are compared without case.
             out.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
         }
+    }
+
+    /// A domain's one trailing dot (the root) names the same domain: "a@example.org." and
+    /// "a@example.org" are one key, so appending a dot cannot dodge a limit either.
+    static func withoutRootDot(_ value: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        guard value.count > 1, value.last == UInt8(ascii: "."), value[value.count - 2] != UInt8(ascii: "."),
+              value[value.count - 2] != UInt8(ascii: "@") else { return value }
+        return UnsafeRawBufferPointer(rebasing: value.dropLast())
     }
 
     /// A value whose domain has U-labels, with the domain in its A-label form (lowercase, no

@@ -116,17 +116,20 @@ public struct RateLimitRule: Sendable {
 }
 
 extension RateLimitRule {
-    /// A domain as exemptions compare it, the form rate-limit keys use: lowercase A-labels
-    /// without the trailing dot (`Example.ORG.` and `bücher.example` as `example.org` and
-    /// `xn--bcher-kva.example`); nil when it is empty or cannot be converted.
+    /// A domain as exemptions compare it, by the rules rate-limit keys are made with
+    /// (RateKeySpec): lowercase A-labels without the trailing dot (`Example.ORG.` and
+    /// `bücher.example` as `example.org` and `xn--bcher-kva.example`); nil when it is empty
+    /// or its U-labels cannot be converted.
     static func comparedForm(_ domain: Substring) -> String? {
-        guard !domain.isEmpty else { return nil }
-        if domain.utf8.allSatisfy({ $0 < 0x80 }) {
-            var ascii = domain.lowercased()
-            if ascii.hasSuffix(".") { ascii.removeLast() }
-            return ascii.isEmpty ? nil : ascii
+        var text = String(domain)
+        return text.withUTF8 { octets -> String? in
+            let value = UnsafeRawBufferPointer(octets)
+            guard !value.isEmpty else { return nil }
+            if !ASCII.check(value) {
+                return RateKeySpec.aLabelForm(.senderDomain, value).map { String(decoding: $0, as: UTF8.self) }
+            }
+            return String(decoding: RateKeySpec.withoutRootDot(value), as: UTF8.self).lowercased()
         }
-        return DomainName.asciiForm(String(domain)).flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 
