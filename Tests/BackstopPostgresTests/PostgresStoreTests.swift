@@ -307,11 +307,12 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             do {
                 let client = try server.client()
                 try await waitUntilCounting(client, key: "192.0.2.8")
-                // Another session holds the row lock for five seconds: the hit must wait for it.
+                // Another session holds the row lock for ten seconds (a busy machine may take seconds to
+                // see it hold the lock): the hit must wait for it.
                 let locker = Task {
                     try await blocking { try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
                         "-d", "postgres", "-c",
-                        "BEGIN; SELECT * FROM backstop_ratelimit FOR UPDATE; SELECT pg_sleep(5); COMMIT;"]) }
+                        "BEGIN; SELECT * FROM backstop_ratelimit FOR UPDATE; SELECT pg_sleep(10); COMMIT;"]) }
                 }
                 // Wait until that session really holds the lock (a busy machine may be slow to start psql).
                 var locked = false
@@ -319,7 +320,7 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
                     let sessions = try await blocking {
                         try PrivatePostgres.run("/usr/bin/env", ["psql", "-h", "127.0.0.1", "-p", "\(pg.port)", "-U", "postgres",
                             "-d", "postgres", "-tA", "-c",
-                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()"])
+                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()"])
                     }
                     locked = sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
                     if !locked { try await Task.sleep(nanoseconds: 100_000_000) }

@@ -222,16 +222,23 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         _ = await verifier.evaluate(ip: "192.0.2.11", sender: "first@pass.example", helo: "x")
         #expect(verifier.evaluationCount == before + 1)
         // A domain that does not exist (an answer with no TTL of its own): kept too, for a
-        // second at least, as the DNS cache keeps it. Judged on a pair of evaluations that
-        // took under 0.9 s together (the whole suite shares two cores): up to three pairs,
-        // each of another domain, and a failure when none was that quick.
+        // second at least, as the DNS cache keeps it. The second evaluation is asked on the
+        // event loop as soon as the first is answered there; the pair is judged when the
+        // first took under 0.9 s, timed on the loop too (the whole suite shares two cores):
+        // up to three pairs, each of another domain, and a failure when none was that quick.
         var judged = false
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
         for n in 0..<3 where !judged {
-            let started = NIODeadline.now()
             let count = verifier.evaluationCount
-            let first = await verifier.evaluate(ip: "192.0.2.10", sender: "a@nothing\(n).example", helo: "x")
-            let second = await verifier.evaluate(ip: "192.0.2.10", sender: "b@nothing\(n).example", helo: "x")
-            guard NIODeadline.now() - started < .milliseconds(900) else { continue }
+            @Sendable func query(_ sender: String) -> SPFQuery { SPFQuery(clientAddress: "192.0.2.10", sender: sender, helo: "x") }
+            let (first, second, took) = try await loop.flatSubmit {
+                let started = NIODeadline.now()
+                return verifier.evaluate(query("a@nothing\(n).example"), deadline: started + .seconds(10), on: loop).flatMap { first in
+                    let took = NIODeadline.now() - started
+                    return verifier.evaluate(query("b@nothing\(n).example"), deadline: .now() + .seconds(10), on: loop).map { (first, $0, took) }
+                }
+            }.get()
+            guard took < .milliseconds(900) else { continue }
             judged = true
             #expect(first.result == .none, "\(first.result) \(first.problem ?? "")")
             #expect(second.result == .none && second.cached && verifier.evaluationCount == count + 1)

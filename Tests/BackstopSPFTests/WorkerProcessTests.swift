@@ -77,9 +77,9 @@ struct SlowSpawner: SPFSpawner {
     }
 }
 
-/// A log handler that keeps what it is given.
+/// A log handler that keeps what it is given, and when (taken on the thread that logs).
 struct RecordedLog: LogHandler {
-    let messages = NIOLockedValueBox<[(level: Logger.Level, text: String)]>([])
+    let messages = NIOLockedValueBox<[(level: Logger.Level, text: String, at: NIODeadline)]>([])
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace
 
@@ -89,7 +89,8 @@ struct RecordedLog: LogHandler {
     }
 
     func log(event: LogEvent) {
-        messages.withLockedValue { $0.append((event.level, event.message.description)) }
+        let at = NIODeadline.now()
+        messages.withLockedValue { $0.append((event.level, event.message.description, at)) }
     }
 }
 
@@ -259,20 +260,24 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
                                    executable: try WorkerProcessTests.fakeWorker("deaf"), spawner: DirectSpawner())
         defer { verifier.shutdown() }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let started = NIODeadline.now()
-        // 40 first frames of ~276 KB: over 8 MiB, none of it read.
+        // 40 first frames of ~276 KB: over 8 MiB, none of it read. Each answer is timed on
+        // the event loop that gives it, not by when this test's task is resumed.
         let backlog = try await loop.submit {
-            (1...40).map { n in
+            let started = NIODeadline.now()
+            return (1...40).map { n in
                 verifier.evaluate(SPFQuery(clientAddress: "10.2.0.\(n)", sender: "a@wide.example", helo: "h"),
-                                  deadline: .now() + .seconds(4), on: loop)
+                                  deadline: started + .seconds(4), on: loop).map { ($0, NIODeadline.now() - started) }
             }
         }.get()
         #expect(await restarts(verifier, .timeout, reaching: 1) >= 1, "\(verifier.workerRestarts)")
-        // Half the deadline after the budget filled (2 s and the record's fetch), not at the
-        // first deadline (4 s after the evaluations came).
-        let ended = NIODeadline.now() - started
-        #expect(ended < .milliseconds(3_300), "the worker was ended after \(ended)")
-        for future in backlog { #expect(try await future.get().result == .temperror) }
+        var answers: [(SPFOutcome, TimeAmount)] = []
+        for future in backlog { answers.append(try await future.get()) }
+        #expect(answers.allSatisfy { $0.0.result == .temperror })
+        // The first answers come when the worker is ended: half the deadline after the budget
+        // filled (2 s and the record's fetch), not at the deadline (4 s after the evaluations).
+        let first = try #require(answers.min { $0.1 < $1.1 })
+        #expect(first.0.problem == "SPF worker ended during the evaluation" && first.1 < .milliseconds(3_500),
+                "the first answer came after \(first.1): \(first.0.problem ?? "")")
     }
 
     /// A verifier whose workers start and end slowly, with its first evaluation submitted
@@ -335,12 +340,15 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
     }
 
     /// Stopping waits for the slots of all workers at once: `limit` in all, not per worker.
+    /// Timed by the slots' own lines when they stop waiting (logged on their event loops),
+    /// not by when this test's task is resumed, which a busy machine delays.
     @Test func stoppingWaitsForEveryWorkerAtOnce() async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }
         let spawner = SlowSpawner()
+        let lines = RecordedLog()
         let verifier = SPFVerifier(settings: verifierSettings(dns, workers: 2, deadline: .seconds(20), cacheTTL: .zero),
-                                   logger: testLogger, executable: backstopBinary, spawner: spawner)
+                                   logger: Logger(label: "test") { _ in lines }, executable: backstopBinary, spawner: spawner)
         let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
         try #require(loops.count >= 2, "needs two event loops")
         for (i, loop) in loops.prefix(2).enumerated() {
@@ -351,8 +359,11 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
         verifier.shutdown()
         let started = NIODeadline.now()
         await verifier.settled(within: .milliseconds(400))
-        let took = NIODeadline.now() - started
-        #expect(took < .milliseconds(700), "waited \(took) for two workers with a limit of 400 ms")
+        let gaveUp = lines.messages.withLockedValue { $0 }.filter { $0.text.contains("stopping without waiting longer") }.map(\.at)
+        #expect(gaveUp.count == 2, "each slot stops waiting once: \(gaveUp.count)")
+        // One after the other, the second slot would give up 800 ms after the start.
+        let last = gaveUp.max().map { $0 - started } ?? .zero
+        #expect(last < .milliseconds(650), "the last slot gave up \(last) after the stop, with a limit of 400 ms")
         await verifier.settled(within: .seconds(15))  // let the starts end before the next test
     }
 
@@ -404,7 +415,10 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
     func aWorkerThatBreaksTheProtocolIsReplaced(mode: String, reason: SPFRestartReason?) async throws {
         let dns = try await LoopbackDNSServer.start(zone: workerZone)
         defer { dns.stop() }
-        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(1), cacheTTL: .zero), logger: testLogger,
+        // A deadline of 2 s: room for a Python worker to start on a busy machine, and well
+        // before the 5 s each evaluation is given below, which a worker that never answers
+        // would reach if the deadline did not end it.
+        let verifier = SPFVerifier(settings: verifierSettings(dns, deadline: .seconds(2), cacheTTL: .zero), logger: testLogger,
                                    executable: try WorkerProcessTests.fakeWorker(mode), spawner: DirectSpawner())
         defer { verifier.shutdown() }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -414,7 +428,7 @@ nonisolated(unsafe) let workerZone: [String: Any] = [
             let (outcome, answered) = try await verifier.evaluate(query, deadline: started + .seconds(5), on: loop)
                 .map { ($0, NIODeadline.now()) }.get()
             let took = answered - started
-            #expect(took < .milliseconds(2_000), "\(mode) round \(round): answered after \(took)")
+            #expect(took < .milliseconds(3_500), "\(mode) round \(round): answered after \(took)")
             if reason == nil || mode == "twice" {
                 // "twice" gets its first answer through; the repeat ends that worker. The next
                 // round waits for that, or it could be sent to the worker about to end.

@@ -96,14 +96,13 @@ final class GarbageDNSServer: @unchecked Sendable {
         try FileManager.default.removeItem(atPath: table)
         try FileManager.default.createDirectory(atPath: table, withIntermediateDirectories: false)
         serve.signal(SIGHUP)
-        try? await Task.sleep(for: .milliseconds(500))
+        #expect(await serve.waitForLog("cannot read the recipient table: a directory, not a regular file"), "the failure is logged: \(serve.log)")
         // Alice is still known; an unknown recipient is deferred, not refused, while the
         // newest version of the table cannot be loaded.
         for _ in 0..<20 {
             #expect(try ask("alice@example.test")?.hasPrefix("action=DUNNO") == true)
             #expect(try ask("mallory@example.test") == "action=450 4.1.1 Recipient not known yet: the recipient table is being corrected, try again later")
         }
-        #expect(serve.log.contains("cannot read the recipient table: a directory, not a regular file"), "the failure is logged: \(serve.log)")
     }
 
     @Test func dnsAnsweringGarbageGivesTheTemperrorActionInTime() async throws {

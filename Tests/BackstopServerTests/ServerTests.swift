@@ -118,10 +118,11 @@ import NIOEmbedded
     }
 
     @Test func gracefulStopAnswersRequestsInFlight() async throws {
-        let s = try await TestServer.start(stages: [.rcpt: [DelayCheck(delay: .milliseconds(500))]])
+        let delay = DelayCheck(delay: .milliseconds(500))
+        let s = try await TestServer.start(stages: [.rcpt: [delay]])
         let c = try s.client()
         try c.send(rcptRequest)
-        try await Task.sleep(nanoseconds: 100_000_000)
+        #expect(await delay.waitUntilAsked(1), "the request is under way when the stop begins")
         async let stopped: Void = s.stop()
         let answer = try c.readAnswer()
         #expect(answer == "action=OK")
@@ -130,8 +131,9 @@ import NIOEmbedded
     }
 
     @Test func gracefulStopStopsEveryListenerAtOnce() async throws {
+        let slow = DelayCheck(delay: .seconds(60))
         let s = try await TestServer.start("[server]\nshutdown_grace = \"3s\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n",
-                                           stages: [.rcpt: [DelayCheck(delay: .seconds(60))]], deadline: .seconds(90))
+                                           stages: [.rcpt: [slow]], deadline: .seconds(90))
         let endpoints = s.server.boundAddresses.map { ListenerSettings.parseEndpoint($0)! }
         #expect(endpoints.count == 2)
         // A busy connection on each listener: each closes at shutdown_grace.
@@ -140,7 +142,7 @@ import NIOEmbedded
             try c.send(rcptRequest)
             return c
         }
-        try await Task.sleep(for: .milliseconds(100))
+        #expect(await slow.waitUntilAsked(2), "both requests are under way when the stop begins")
         // When the server closes each busy connection, read on a thread of its own (a blocking
         // read on the concurrency pool could starve it).
         let closes = busy.map { client in

@@ -3,6 +3,7 @@
 
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 @testable import BackstopCore
@@ -59,9 +60,19 @@ final class DelayCheck: Check {
     let testMode = false
     let failVerdict = Verdict(.deferIfPermit("4.4.3 timed out"), reason: "timeout")
     let delay: TimeAmount
+    /// How many requests it has been asked about: the server has read them.
+    let asked = NIOLockedValueBox(0)
     init(delay: TimeAmount) { self.delay = delay }
     func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
-        .later(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
+        asked.withLockedValue { $0 += 1 }
+        return .later(context.eventLoop.scheduleTask(in: delay) { Verdict(.ok, reason: "slow ok") }.futureResult)
+    }
+
+    /// Waits (up to 10 s) until `count` requests are under way, and says whether they are.
+    func waitUntilAsked(_ count: Int) async -> Bool {
+        let end = NIODeadline.now() + .seconds(10)
+        while asked.withLockedValue({ $0 }) < count && NIODeadline.now() < end { try? await Task.sleep(for: .milliseconds(5)) }
+        return asked.withLockedValue { $0 } >= count
     }
 }
 

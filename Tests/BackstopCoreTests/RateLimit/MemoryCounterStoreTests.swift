@@ -89,9 +89,10 @@ import NIOConcurrencyHelpers
         }
         #expect(count == 1_000_000)
         #expect(tables < 100, "the tables for 1,000,000 keys take \(tables) MiB")
-        // RSS also counts what tests running alongside allocate, so this bound is looser;
-        // run this test alone to see the store's own figure (about 50 MiB).
-        #expect(grown < 250, "1,000,000 keys took \(grown) MiB of RSS")
+        // RSS also counts what tests running alongside allocate (a million-address recipient
+        // table among them), so this bound is looser: it catches a store that keeps several
+        // times its tables; run this test alone to see the store's own figure (about 50 MiB).
+        #expect(grown < 400, "1,000,000 keys took \(grown) MiB of RSS")
     }
 }
 

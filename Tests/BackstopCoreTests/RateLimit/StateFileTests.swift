@@ -68,10 +68,11 @@ import NIOConcurrencyHelpers
         }
         held.start()
         while !held.isFinished { try await Task.sleep(for: .milliseconds(50)) }
-        // The stuck one, and at most the next (due 200 ms after it, if the thread runs late).
-        // Before, the saves queued while it was stuck ran one after another at once.
+        // The stuck one, and the next (due 200 ms after it) if the thread runs late; one more
+        // per 200 ms that a busy machine leaves it waiting after its 50 ms. Before, the saves
+        // queued while it was stuck (one per sweep: hundreds) ran one after another at once.
         let count = begun.withLockedValue { $0 }
-        #expect(count >= 1 && count <= 2, "\(count) saves begun")
+        #expect(count >= 1 && count <= 10, "\(count) saves begun")
         #expect(FileManager.default.fileExists(atPath: file))
     }
 
