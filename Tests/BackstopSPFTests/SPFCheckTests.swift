@@ -307,7 +307,10 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(isHeader(r1))
         var changed = s
         changed.actions[.permerror] = .reply(code: 550, enhanced: "5.7.24", text: "x")
-        let second = try #require(try changed.makeCheck(CheckBuildContext(logger: testLogger, previous: first)) as? SPFCheck)
+        // A request deadline that leaves checkSettings' 10 s evaluation deadline as it is (the
+        // evaluation must end a fifth of it earlier): changed settings would start a verifier.
+        let policyDeadline = TimeAmount.milliseconds(12_500)
+        let second = try #require(try changed.makeCheck(CheckBuildContext(logger: testLogger, previous: first, deadline: policyDeadline)) as? SPFCheck)
         #expect(second.verifier === first.verifier)
         first.retire(replacedBy: second)  // keeps the shared verifier
         let r2 = try await decide(PolicyEngine(stages: [.rcpt: [second]]),
@@ -315,7 +318,7 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(r2.action == .dunno)
         var resized = s
         resized.verifier.workers = 3
-        let third = try #require(try resized.makeCheck(CheckBuildContext(logger: testLogger, previous: second)) as? SPFCheck)
+        let third = try #require(try resized.makeCheck(CheckBuildContext(logger: testLogger, previous: second, deadline: policyDeadline)) as? SPFCheck)
         defer { third.verifier.shutdown() }
         #expect(third.verifier !== first.verifier)
         // A new verifier keeps the messages too: r1's header was added, none comes again.

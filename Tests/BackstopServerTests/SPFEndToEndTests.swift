@@ -72,11 +72,12 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         address = "127.0.0.1:0"
         [policy]
         rcpt = ["spf"]
+        deadline = "9s"
         [spf]
         resolvers = ["127.0.0.1:\(dns.port)"]
         receiver = "mx.test"
         dns_timeout = "1s"
-        evaluation_deadline = "3s"
+        evaluation_deadline = "8s"
         """
         SPFSettings.register()
         SPFProcesses.executable = backstopBinary
@@ -84,6 +85,7 @@ func startSPFServerAsDaemon(dns: SPFTestDNS, extra: String = "") async throws ->
         let engine = try EngineBuilder.build(config, previous: nil, logger: testLogger)
         let server = PolicyServer(config: config, engine: engine, logger: testLogger)
         try await server.start()
+        // Deadlines that leave a busy machine seconds to start the first worker process.
         let client = try PolicyClient(endpoint: ListenerSettings.parseEndpoint(server.boundAddresses[0])!, timeoutSeconds: 10)
         let refused = try client.ask(spfRequest(client: "198.51.100.1", sender: "alice@example.org", instance: "m1"))
         #expect(refused?.hasPrefix("action=550 5.7.23 SPF fail: example.org does not allow 198.51.100.1") == true, "\(refused ?? "no answer")")
