@@ -69,6 +69,8 @@ public final class BATVCheck: ReloadableCheck {
             // Only a bounce needs a tag; a sender we never sign gets its bounces untagged.
             guard request.withValueBytes(.sender, { $0.isEmpty }) == true else { return .noOpinion() }
             if settings.exempt.contains(recipient) || settings.excludeSenders.contains(recipient) { return .noOpinion("batv_exempt") }
+            // Mail from this address left untagged (quoted, or too long for a tag).
+            if !BATVTag.signable(recipient) { return .noOpinion("batv_unsignable") }
             if let since = settings.verifySince, today() < since { return .noOpinion("batv_grace_no_tag") }
             return refusal(.noTag)
         }

@@ -1,6 +1,6 @@
-// The BATV key file: one key per line, `K SECRET` (K a digit 0-9, SECRET at least 16
-// characters, the rest of the line), comments and blank lines as in Postfix tables. The
-// last key line is the newest and signs; every key verifies. The file must be readable by
+// The BATV key file: one key per line, `K SECRET` (K a digit 0-9, SECRET the rest of the
+// line: 16 to 1024 octets, taken as written), comments and blank lines as in Postfix
+// tables. The last key line is the newest and signs; every key verifies. The file must be readable by
 // its owner only; it is read at start, at a configuration reload and at SIGHUP, and a
 // broken edit keeps the keys in force. This file reads and checks; it signs nothing.
 
@@ -49,9 +49,12 @@ public enum BATVKeyFile {
                 guard entry.more.isEmpty else {
                     return report(entry.line, "key \(number) continues on an indented line: a secret is one line, and every key line starts at the left margin")
                 }
-                let secret = Array(LookupTableText.value(of: entry, in: text).utf8)
+                // The octets as written: decoding them as text would turn every byte that is
+                // not UTF-8 into the same three, and another signer reading this file would
+                // then make other signatures.
+                let secret = entry.value.map { Array(text[$0]) } ?? []
                 guard Self.secretOctets.contains(secret.count) else {
-                    return report(entry.line, "key \(number): the secret must be \(secretOctets.lowerBound) to \(secretOctets.upperBound) characters (make one with: head -c 24 /dev/urandom | base64)")
+                    return report(entry.line, "key \(number): the secret must be \(secretOctets.lowerBound) to \(secretOctets.upperBound) octets (make one with: head -c 24 /dev/urandom | base64)")
                 }
                 if let first = seen[number] {
                     return report(entry.line, "key \(number) is already defined on line \(first): each key number once")

@@ -17,12 +17,11 @@ extension BATVTag {
     }
 
     /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or
-    /// nil when the result would break the local part's length limit, or the local part is
-    /// quoted (Postfix looks it up quoted but hands the policy service the unquoted form,
-    /// so its tag would never verify).
+    /// nil when it is not `signable`: the result would break the local part's length limit,
+    /// or the local part is quoted (Postfix looks it up quoted but hands the policy service
+    /// the unquoted form, so its tag would never verify).
     public static func sign(_ address: String, key: BATVKey, today: Int, lifetimeDays: Int) -> String? {
-        guard !address.utf8.contains(UInt8(ascii: "\"")), let at = address.utf8.lastIndex(of: UInt8(ascii: "@")),
-              address.utf8.distance(from: address.utf8.startIndex, to: at) + tagOverhead <= maxLocalPartOctets else { return nil }
+        guard signable(address) else { return nil }
         let expiry = (today + lifetimeDays) % 1000
         return "prvs=\(key.number)\(threeDigits(expiry))\(signature(of: address, key: key, expiryDay: expiry))=\(address)"
     }
@@ -33,9 +32,9 @@ extension BATVTag {
         return verify(tagged, keys: keys, today: today)
     }
 
-    /// A tag is valid through its expiry day. The window ahead is the longest lifetime, not
-    /// the configured one: only we can sign, and a tag made before `lifetime` was shortened
-    /// is still genuine.
+    /// A tag is valid through its expiry day. The window ahead is the longest lifetime (and
+    /// a day for clocks that disagree at midnight), not the configured one: only we can
+    /// sign, and a tag made before `lifetime` was shortened is still genuine.
     public static func verify(_ tagged: BATVTaggedAddress, keys: [BATVKey], today: Int) -> BATVVerification {
         guard let key = keys.last(where: { $0.number == tagged.keyNumber }) else { return .unknownKey }
         let expected = signature(of: tagged.address, key: key, expiryDay: tagged.expiryDay)
@@ -44,7 +43,9 @@ extension BATVTag {
         for (a, b) in zip(expected.utf8, tagged.signature.utf8) { difference |= a ^ b }
         guard difference == 0 else { return .badSignature }
         let daysLeft = ((tagged.expiryDay - today % 1000) % 1000 + 1000) % 1000
-        guard daysLeft <= maxLifetimeDays else { return .expired }
+        // One day more than the longest lifetime: a tag made just after midnight by a host
+        // whose clock is ahead of ours has `lifetime` + 1 days left by our calendar.
+        guard daysLeft <= maxLifetimeDays + 1 else { return .expired }
         return .valid(keyNumber: key.number, daysLeft: daysLeft)
     }
 

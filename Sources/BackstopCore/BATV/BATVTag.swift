@@ -79,6 +79,40 @@ public enum BATVTag {
         return untagged.contains(UInt8(ascii: "@")) ? nil : tagged(tag, untagged, domain)
     }
 
+    /// Whether `address` can carry a tag: its local part is a dot-atom (RFC 5322 §3.2.3,
+    /// octets over 0x7F allowed as RFC 6531 does), the form Postfix writes unquoted, and
+    /// with a tag it stays within the 64 octets RFC 5321 allows. Signing makes tags only for
+    /// these; a bounce to any other address of ours comes back untagged, as it left.
+    public static func signable(_ address: String) -> Bool {
+        let bytes = address.utf8
+        guard let at = bytes.lastIndex(of: UInt8(ascii: "@")) else { return false }
+        let local = bytes[..<at]
+        guard !local.isEmpty, local.count + tagOverhead <= maxLocalPartOctets,
+              local.first != UInt8(ascii: "."), local.last != UInt8(ascii: ".") else { return false }
+        var previous: UInt8 = 0
+        for b in local {
+            if b == UInt8(ascii: ".") {
+                if previous == b { return false }
+            } else if !(b >= 0x80 || isAtext(b)) {
+                return false
+            }
+            previous = b
+        }
+        return true
+    }
+
+    /// atext (RFC 5322 §3.2.3): letters, digits and ! # $ % & ' * + - / = ? ^ _ ` { | } ~
+    static func isAtext(_ b: UInt8) -> Bool {
+        switch b {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "/"), UInt8(ascii: "="), UInt8(ascii: "?"),
+             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"),
+             UInt8(ascii: "~"): true
+        default: false
+        }
+    }
+
     /// True when `address` carries a prvs= prefix at all (a tag of any form, even a broken
     /// one): such an address is never signed again.
     public static func looksTagged(_ address: String) -> Bool {

@@ -54,6 +54,11 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(batv.verdict(for: rcpt("prvs=9792000000=alice@example.org")).reason == "batv_unknown_key")
         let old = try #require(BATVTag.sign("alice@example.org", key: batv.keys[0], today: today - 8, lifetimeDays: 7))
         #expect(batv.verdict(for: rcpt(old)).reason == "batv_expired")
+        // Addresses that are never signed get their bounces untagged: no refusal for them.
+        let long = String(repeating: "a", count: 49) + "@example.org"
+        #expect(batv.signedSender(long) == nil && batv.verdict(for: rcpt(long)).reason == "batv_unsignable")
+        #expect(batv.signedSender("\"john doe\"@example.org") == nil, "Postfix asks the socketmap with the quoted form")
+        #expect(batv.verdict(for: rcpt("john doe@example.org")).reason == "batv_unsignable", "and the policy service with the unquoted one")
     }
 
     @Test func onlyBouncesToSigningDomainsAreJudged() throws {
@@ -118,10 +123,14 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         let good = try BATVKeyFile.parse(Array("# comment\n\n3 sixteen-chars-ok\n0 another-secret-here\n".utf8), file: "k")
         #expect(good.map(\.number) == [3, 0])
         #expect(good[0].secret == Array("sixteen-chars-ok".utf8))
+        // Octets that are not UTF-8 are the secret as written, not replaced (two such secrets
+        // would otherwise be one key, and another signer reading the file another).
+        let raw: [UInt8] = Array("1 ".utf8) + [0xFF, 0xFE] + Array("-fourteen-more".utf8) + [0x0A]
+        #expect(try BATVKeyFile.parse(raw, file: "k")[0].secret == [0xFF, 0xFE] + Array("-fourteen-more".utf8))
         func problems(_ text: String) -> [String] {
             do { _ = try BATVKeyFile.parse(Array(text.utf8), file: "k"); return [] } catch { return error.issues.map(\.description) }
         }
-        #expect(problems("1 short\n") == ["k:1: key 1: the secret must be 16 to 1024 characters (make one with: head -c 24 /dev/urandom | base64)"])
+        #expect(problems("1 short\n") == ["k:1: key 1: the secret must be 16 to 1024 octets (make one with: head -c 24 /dev/urandom | base64)"])
         #expect(problems("12 sixteen-chars-ok\n").first?.hasPrefix("k:1: a key line is a key number 0-9") == true)
         #expect(problems("1 sixteen-chars-ok\n1 sixteen-chars-ok2\n") == ["k:2: key 1 is already defined on line 1: each key number once"])
         #expect(problems("1\n").count == 1)
