@@ -36,12 +36,24 @@ public struct Configuration: Sendable {
             throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "cannot read the configuration: " + error.reason)])
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw ConfigError(issues: [ConfigIssue(file: path, line: nil, key: "", message: "file is not valid UTF-8")])
+            // The first line that is not UTF-8 (a line is what lies between two newlines).
+            var number = 0
+            let line = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).first { line in
+                number += 1
+                return String(validating: line, as: UTF8.self) == nil
+            }
+            throw ConfigError(issues: [ConfigIssue(file: path, line: line == nil ? nil : number, key: "", message: "not valid UTF-8: save the file as UTF-8")])
         }
         return try parse(text, file: path)
     }
 
     public static func parse(_ text: String, file: String) throws(ConfigError) -> Configuration {
+        // The TOML parser reads a C string: everything after a NUL (a block of zeros a crash
+        // left, a bad edit) would be dropped without a word, sections and all.
+        if let nul = text.utf8.firstIndex(of: 0) {
+            let line = text.utf8[..<nul].reduce(1) { $1 == 0x0A ? $0 + 1 : $0 }
+            throw ConfigError(issues: [ConfigIssue(file: file, line: line, key: "", message: "a NUL byte: a configuration is text")])
+        }
         let root = try ConfigValue.parse(text, file: file)
         let diagnostics = ConfigDiagnostics(file: file, text: text)
         var config = read(ConfigSection(root: root, diagnostics: diagnostics), file: file)

@@ -9,9 +9,11 @@ struct KeyLocator: Sendable {
         var table: [String] = []
         var arrayCounts: [String: Int] = [:]
         var number = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // "\r\n" is one Character: a file with CRLF line ends is split on it too. A BOM
+        // before the first line is no part of it.
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             number += 1
-            let line = rawLine.trimmingSpaces
+            let line = (number == 1 && rawLine.first == "\u{FEFF}" ? rawLine.dropFirst() : rawLine).trimmingSpaces
             if line.isEmpty || line.hasPrefix("#") { continue }
             if line.hasPrefix("[[") , let close = line.range(of: "]]") {
                 let name = Self.keyPath(String(line[line.index(line.startIndex, offsetBy: 2)..<close.lowerBound]))

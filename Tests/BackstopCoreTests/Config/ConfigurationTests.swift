@@ -107,6 +107,29 @@ import NIOCore
         }
     }
 
+    /// Lines are named whatever the file's line ends, and a byte that is no text stops it.
+    @Test func crlfBomNulAndBytesThatAreNotUTF8() throws {
+        func issues(_ text: String) -> [String] {
+            do { _ = try Configuration.parse(text, file: "c.toml"); return [] } catch { return error.issues.map(\.description) }
+        }
+        #expect(issues("\u{FEFF}[server]\r\nmax_conections = 5\r\n").first?.hasPrefix("c.toml:2: server.max_conections: unknown key") == true,
+                "\(issues("\u{FEFF}[server]\r\nmax_conections = 5\r\n"))")
+        #expect(issues("# first\r\n[server]\r\nmax_conections = 5\r\n").first?.hasPrefix("c.toml:3: server.max_conections") == true)
+        // Everything after a NUL would have been dropped by the TOML parser, [policy] and all.
+        #expect(issues("[server]\nmax_connections = 5\n\0\n[policy]\nrcpt = [\"nonsense\"]\n") == ["c.toml:3: a NUL byte: a configuration is text"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/latin1.toml"
+        try Data(Array("[server]\n# caf".utf8) + [0xE9] + Array("\nthreads = 1\n".utf8)).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try Configuration.load(path: path)
+            Issue.record("a file that is not UTF-8 was read")
+        } catch {
+            #expect(error.description == path + ":2: not valid UTF-8: save the file as UTF-8")
+        }
+    }
+
     @Test func syntaxErrorNamesTheLine() {
         do {
             _ = try Configuration.parse("[server]\nmax_connections = = 3\n", file: "b.toml")
