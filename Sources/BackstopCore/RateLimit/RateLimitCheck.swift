@@ -434,13 +434,10 @@ extension RateLimitCheck {
 
     public var files: [String] { rules.compactMap(\.overrides).flatMap(\.source.files) }
 
-    /// SIGHUP: re-reads the overrides files that changed; the problems of a broken edit
-    /// (whose last good version stays in force).
+    /// SIGHUP: reads the overrides files again (WatchedTable.reloadAtSignal); the problems
+    /// of a broken edit (whose last good version stays in force).
     public func reload() -> [ConfigIssue] {
-        rules.compactMap(\.overrides).flatMap { watched -> [ConfigIssue] in
-            if case .failed(let error) = watched.reload() { return error.issues }
-            return []
-        }
+        rules.compactMap(\.overrides).flatMap { $0.reloadAtSignal() }
     }
 
     /// The overrides tables in use, by rule name (a reload hands them to the new check).

@@ -41,10 +41,10 @@ public struct RecipientTableSource: Sendable, Equatable {
         var expected = domains.count + 16
         var totalBytes = 0
         for bytes in contents {
-            expected += RecipientTableFile.countLines(bytes)
+            expected += RecipientTableFile.countEntryLines(bytes)
             totalBytes += bytes.count
         }
-        var builder = RecipientTableBuilder(expectedEntries: expected, expectedKeyBytes: totalBytes,
+        var builder = RecipientTableBuilder(expectedEntries: min(expected, RecipientTableFile.maxExpectedEntries), expectedKeyBytes: totalBytes,
                                             rules: RecipientNormalisation(caseSensitiveLocalPart: caseSensitiveLocalPart))
         for domain in domains {
             if let failure = builder.addDomain(domain, file: files.count) {
@@ -78,13 +78,24 @@ enum RecipientTableFile {
         }
     }
 
-    static func countLines(_ bytes: [UInt8]) -> Int {
+    /// How many lines may start an entry (not blank, not a comment, not a continuation):
+    /// what the table's arrays are sized for, so that a file of blank or comment lines does
+    /// not reserve memory for entries it does not have.
+    static func countEntryLines(_ bytes: [UInt8]) -> Int {
         bytes.withUnsafeBufferPointer { buffer in
-            var count = 1
-            for byte in buffer where byte == 10 { count += 1 }
+            var count = 0
+            var lineStart = true
+            for byte in buffer {
+                if lineStart && byte != 10 && byte != 0x20 && byte != 0x09 && byte != 0x0D && byte != UInt8(ascii: "#") { count += 1 }
+                lineStart = byte == 10
+            }
             return count
         }
     }
+
+    /// The most entries the arrays are sized for before parsing; a larger table grows them
+    /// as it is read.
+    static let maxExpectedEntries = 1 << 24
 
     static func parse(_ bytes: [UInt8], file: String, fileIndex: Int, into builder: inout RecipientTableBuilder,
                       issues: inout [ConfigIssue]) {

@@ -161,13 +161,10 @@ public final class RecipientsCheck: ReloadableCheck {
 
     public var files: [String] { directory.source.files }
 
-    /// SIGHUP (ReloadableCheck): looks at the files now and loads any change at once,
+    /// SIGHUP (ReloadableCheck): reads the tables now (WatchedTable.reloadAtSignal),
     /// without waiting for the next poll; a still-broken version is reported again.
     @discardableResult
-    public func reload() -> [ConfigIssue] {
-        if case .failed(let error) = directory.reload() { return error.issues }
-        return []
-    }
+    public func reload() -> [ConfigIssue] { directory.reloadAtSignal() }
 
     /// Re-reads the tables if they changed (always, with `force`); for SIGHUP. Blocks while
     /// a large table is parsed, so call it off the event loops.

@@ -4,8 +4,10 @@
 //   # comment         a line whose first non-blank character is "#" is ignored
 //   (blank line)      ignored
 //     continued       a line starting with whitespace continues the previous entry's value
-// CRLF line ends and tabs are accepted; a key that starts with a double quote runs to its
-// closing quote ("john doe"@example.com). What keys and values mean is the caller's business.
+// CRLF line ends and tabs are accepted, and a UTF-8 byte order mark before the first line
+// is dropped; a line holding another control character (NUL, a carriage return that does not
+// end it) is reported, not read. A key that starts with a double quote runs to its closing
+// quote ("john doe"@example.com). What keys and values mean is the caller's business.
 
 enum LookupTableText {
     /// One logical line: the key and the value's pieces (continuations).
@@ -31,12 +33,19 @@ enum LookupTableText {
     static func forEachEntry(_ text: UnsafeBufferPointer<UInt8>, report: (Int, String) -> Void, _ body: (Entry) -> Void) {
         var pending: Entry?
         var lineNumber = 0
-        var start = 0
         let count = text.count
+        // A byte order mark (Windows editors write one) is no part of the first key.
+        var start = count >= 3 && text[0] == 0xEF && text[1] == 0xBB && text[2] == 0xBF ? 3 : 0
         while start < count {
             lineNumber += 1
             var end = start
-            while end < count, text[end] != 10 { end += 1 }
+            var control = -1  // the first control character other than the blanks
+            while end < count {
+                let b = text[end]
+                if b == 10 { break }
+                if b < 0x20, control < 0, b != 0x09, b != 0x0B, b != 0x0C { control = end }
+                end += 1
+            }
             let next = end + 1
             // Trailing blanks (and the CR of CRLF) are not part of the line.
             while end > start, isBlank(text[end - 1]) { end -= 1 }
@@ -44,6 +53,14 @@ enum LookupTableText {
             while first < end, isBlank(text[first]) { first += 1 }
             if first == end || text[first] == UInt8(ascii: "#") {
                 start = next  // blank line or comment: ignored, does not end an entry
+                continue
+            }
+            // Before the end that is left (the CR of CRLF is gone): a table is text.
+            if control >= 0, control < end {
+                report(lineNumber, text[control] == 0x0D
+                       ? "a carriage return inside the line: save the file with LF (or CRLF) line ends"
+                       : "a control character (byte \(text[control])) in the line: a table is text")
+                start = next
                 continue
             }
             if first > start {

@@ -110,6 +110,10 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
         var pendingSignatures: [FileSignature?]?
         var failedSignatures: [FileSignature?]?
         var reportedMissing: Set<String> = []
+        /// When the snapshot in force was read.
+        var loadedAt: NIODeadline?
+        /// Files a poll found gone, not yet reported: gone at the next poll too, they are.
+        var vanishing: Set<String> = []
     }
 
     private let failures: Counter
@@ -167,6 +171,29 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
         loads.withLockedValue { loadWaitingForWriters(&$0, force: force, initial: false) }
     }
 
+    /// SIGHUP (ReloadableCheck): reads the files again, changed or not (an edit that kept a
+    /// file's size within its file system's time stamp tick looks unchanged), unless the
+    /// snapshot in force was read in the last two seconds (by this very reload, for a table
+    /// it added). Returns what keeps the newest version out of force: a broken edit, or
+    /// files still being written after the two seconds loadWaitingForWriters waits.
+    public func reloadAtSignal() -> [ConfigIssue] {
+        let outcome = loads.withLockedValue { state in
+            let force = state.loadedAt.map { NIODeadline.now() - $0 > .seconds(2) } ?? true
+            return loadWaitingForWriters(&state, force: force, initial: false)
+        }
+        switch outcome {
+        case .failed(let error):
+            return error.issues
+        case .settling:
+            return source.files.map {
+                ConfigIssue(file: $0, line: nil, key: "",
+                            message: "the \(source.noun) was still being written after 2 s and is not loaded: the next poll, or a SIGHUP once it is written, loads it")
+            }
+        case .loaded, .unchanged:
+            return []
+        }
+    }
+
     /// A load that found the files changing under it is retried for up to two seconds, so
     /// start-up and SIGHUP do not give up because a writer was busy.
     private func loadWaitingForWriters(_ state: inout LoadState, force: Bool, initial: Bool) -> TableReloadOutcome {
@@ -196,11 +223,14 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
                     repeated.cancel()
                     return loop.makeSucceededVoidFuture()
                 }
-                return NIOThreadPool.singleton.runIfActive(eventLoop: loop) {
-                    _ = directory.loads.withLockedValue { directory.load(&$0, force: false, settle: true) }
-                }
+                return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { _ = directory.poll() }
             }
         }
+    }
+
+    /// One poll: what the timer of startWatching runs.
+    func poll() -> TableReloadOutcome {
+        loads.withLockedValue { load(&$0, force: false, settle: true) }
     }
 
     /// Stops polling; the snapshot in force stays.
@@ -226,13 +256,28 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
         var missing: [String] = []
         for (file, signature) in zip(source.files, signatures) where signature == nil { missing.append(file) }
         if !missing.isEmpty {
-            let error = ConfigError(issues: missing.map {
-                ConfigIssue(file: $0, line: nil, key: "", message: "the \(source.noun) is missing (\(String(cString: strerror(ENOENT))))")
+            // Polling: an editor that saves by renaming the old file away and writing a new
+            // one leaves a moment without it. Gone at the next poll too, it is reported.
+            let gone = Set(missing).subtracting(state.reportedMissing)
+            if settle, !gone.isEmpty, !gone.isSubset(of: state.vanishing) {
+                state.vanishing = gone
+                return .settling
+            }
+            state.vanishing = []
+            // Why stat(2) failed: a directory the server may not search after dropping root
+            // is no missing file.
+            let reasons = missing.map { file -> String in
+                var info = stat()
+                let code = stat(file, &info) == 0 ? ENOENT : errno
+                return code == ENOENT ? "is missing (\(String(cString: strerror(code))))" : "cannot be looked at (\(String(cString: strerror(code))))"
+            }
+            let error = ConfigError(issues: zip(missing, reasons).map {
+                ConfigIssue(file: $0, line: nil, key: "", message: "the \(source.noun) \($1)")
             })
             let new = Set(missing).subtracting(state.reportedMissing)
             if !initial && (!new.isEmpty || force) {
-                for file in missing where force || new.contains(file) {
-                    logger.warning("\(source.noun) missing; the last good table stays in force",
+                for (file, reason) in zip(missing, reasons) where force || new.contains(file) {
+                    logger.warning("\(source.noun) \(reason); the last good table stays in force",
                                    metadata: ["file": "\(file)"])
                 }
                 failures.increment()
@@ -243,6 +288,7 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             return .failed(error)
         }
         state.reportedMissing = []
+        state.vanishing = []
         if !force && signatures == state.loadedSignatures && self.table != nil {
             state.pendingSignatures = nil
             noteRecovery("the \(source.noun) is back to the version in force")
@@ -266,6 +312,7 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
             replace(with: table)
             state.loadedSignatures = signatures
+            state.loadedAt = started
             state.failedSignatures = nil
             var metadata = source.published(table)
             noteRecovery(source.recoveryMessage)

@@ -55,6 +55,21 @@ import Testing
         if case .loaded = watched.reload(force: true) {} else { Issue.record("a forced reload did not load") }
     }
 
+    /// SIGHUP reads a table again even when its files look unchanged (an edit that kept the
+    /// size within the file system's time stamp tick, on a one-second file system, looks
+    /// so), except one read in the last two seconds (a table the same reload added).
+    @Test func aSignalReadsTheTableAgainUnlessJustRead() async throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let watched = try directory(dir, interval: .zero)
+        let first = try #require(watched.table)
+        #expect(watched.reloadAtSignal().isEmpty)
+        #expect(watched.table === first, "read less than two seconds ago: not read again")
+        try await Task.sleep(for: .milliseconds(2_100))
+        #expect(watched.reloadAtSignal().isEmpty)
+        #expect(watched.table !== first, "files that look unchanged are read again at a signal")
+    }
+
     @Test func brokenEditKeepsTheOldTableWhileLookupsContinue() async throws {
         let dir = try RecipientTableDirectory()
         var good = "alice@example.com OK\n"
@@ -168,6 +183,28 @@ import Testing
         // It comes back: it is loaded again.
         try dir.write("recipients", "bob@example.com OK\n")
         #expect(await recipientsEventually { watched.table?.lookup("bob@example.com") == .valid(file: dir.file("recipients"), line: 1) })
+    }
+
+    /// A poll that finds the file gone waits one poll before it reports it: an editor that
+    /// saves by renaming the old file away and writing a new one leaves such a moment.
+    @Test func aFileGoneForOnePollIsNoFailure() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let watched = try directory(dir, interval: .zero)
+        dir.remove("recipients")
+        #expect(watched.poll() == .settling)
+        #expect(!watched.newestEditFailed)
+        try dir.write("recipients", "alice@example.com OK\nbob@example.com OK\n")
+        #expect(watched.poll() == .settling)  // changed: loaded once it looks the same twice
+        if case .loaded = watched.poll() {} else { Issue.record("the new version was not loaded") }
+        #expect(!watched.newestEditFailed)
+        // Gone at two polls in a row: that is reported.
+        dir.remove("recipients")
+        #expect(watched.poll() == .settling)
+        guard case .failed(let error) = watched.poll() else { Issue.record("a file gone for two polls was not reported"); return }
+        #expect(error.description.contains("is missing (No such file or directory)"), "\(error)")
+        #expect(watched.newestEditFailed)
+        #expect(watched.table?.lookup("bob@example.com") == .valid(file: dir.file("recipients"), line: 2))
     }
 
     @Test func startupWithAMissingOrBrokenTableFails() throws {

@@ -62,6 +62,40 @@ import Testing
         #expect(table.lookup("bob@example.com") == .override(.reject("moved away"), file: file, line: 4))
     }
 
+    /// A byte order mark is no part of the first key (Windows editors write one); a NUL or
+    /// a carriage return that does not end a line makes the edit fail with its line, where
+    /// it would have changed keys without a word (alice unknown, the rest one long value).
+    @Test func byteOrderMarkAndControlCharacters() throws {
+        let dir = try RecipientTableDirectory()
+        let table = try dir.table("\u{FEFF}alice@example.com OK\nbob@example.com OK\n")
+        #expect(table.lookup("alice@example.com") == .valid(file: dir.file("recipients"), line: 1))
+        let commented = try dir.table("\u{FEFF}# a comment\nalice@example.com OK\n")
+        #expect(commented.lookup("alice@example.com") == .valid(file: dir.file("recipients"), line: 2))
+        for (bytes, message) in [
+            (Array("alice@example.com OK\rbob@example.com OK\r".utf8), ":1: a carriage return inside the line"),
+            (Array("alice@example.com OK\n".utf8) + [0, 0, 0] + Array("bob@example.com OK\n".utf8), ":2: a control character (byte 0) in the line"),
+        ] {
+            let path = try dir.write("broken", bytes: bytes)
+            #expect {
+                try RecipientTableSource(files: [path]).load()
+            } throws: { error in
+                "\(error)".contains(path + message)
+            }
+        }
+    }
+
+    /// The arrays are sized for the lines that can hold an entry: four million blank and
+    /// comment lines around one mailbox once reserved slots for eight million entries (32 MiB
+    /// written, and 96 MB more reserved) for a table of two.
+    @Test func blankLinesReserveNothing() throws {
+        let dir = try RecipientTableDirectory()
+        let filler = [UInt8](repeating: 10, count: 2_000_000) + Array(String(repeating: "#\n", count: 1_000_000).utf8)
+        let path = try dir.write("recipients", bytes: filler + Array("alice@example.com OK\n".utf8))
+        let table = try RecipientTableSource(files: [path]).load()
+        #expect(table.entryCount == 2)
+        #expect(table.memoryBytes < 1 << 20, "\(table.memoryBytes) bytes for two entries")
+    }
+
     @Test func duplicateKeysLaterWins() throws {
         let dir = try RecipientTableDirectory()
         let first = try dir.write("first", "alice@example.com OK\nbob@example.com REJECT gone\nAlice@Example.COM DEFER wait\n")
