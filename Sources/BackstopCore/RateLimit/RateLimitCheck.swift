@@ -86,6 +86,10 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
     private struct Progress {
         var admitted: [RateHit] = []
         var counted: [UInt64] = []
+        /// The first answer of a rule over its limit whose action lets the mail through
+        /// (WARN, INFO, PREPEND, DUNNO, OK), or of such a fail action: the rules after it
+        /// are still asked, and this is the answer when none of them refuses.
+        var notice: Verdict?
     }
 
     private enum Step: Sendable {
@@ -143,7 +147,7 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
             }
         }
         for mark in progress.counted { instances.remember(mark) }
-        return .now(.noOpinion())
+        return .now(progress.notice ?? .noOpinion())
     }
 }
 
@@ -201,7 +205,6 @@ extension RateLimitCheck {
             if let mark { progress.counted.append(mark) }
             return nil
         case .refused(let retryAfter):
-            giveBack(progress)
             runtime.refusals.increment()
             let rule = runtime.rule
             var metadata: Logger.Metadata = [
@@ -221,7 +224,8 @@ extension RateLimitCheck {
             let instance = request.instance
             if !instance.isEmpty { metadata["instance"] = "\(instance)" }
             context.logger.notice("rate limit exceeded", metadata: metadata)
-            return Verdict(rule.action, reason: "ratelimit=\(rule.name)" + (retryAfter == nil ? " over_burst" : ""))
+            let verdict = Verdict(rule.action, reason: "ratelimit=\(rule.name)" + (retryAfter == nil ? " over_burst" : ""))
+            return decided(verdict, &progress)
         }
     }
 
@@ -238,8 +242,20 @@ extension RateLimitCheck {
             ])
         }
         if rule.failAction.isNoOpinion { return nil }
+        return decided(Verdict(rule.failAction, reason: "ratelimit_store_unavailable rule=\(rule.name)"), &progress)
+    }
+
+    /// A rule's answer: one that withholds the mail ends the rules, and what this request
+    /// took from earlier rules is given back (the message does not go on). One that lets
+    /// it through (WARN, say) is kept for the end, and the later rules are still asked:
+    /// a warning rule must not switch off the limits after it.
+    private func decided(_ verdict: Verdict, _ progress: inout Progress) -> Verdict? {
+        guard verdict.action.withholdsMail else {
+            if progress.notice == nil { progress.notice = verdict }
+            return nil
+        }
         giveBack(progress)
-        return Verdict(rule.failAction, reason: "ratelimit_store_unavailable rule=\(rule.name)")
+        return verdict
     }
 
     private func giveBack(_ progress: Progress) {

@@ -24,7 +24,8 @@ public enum RateLimitText {
         let halves = text.split(separator: "/", omittingEmptySubsequences: false)
         guard halves.count == 2, let count = parseCount(String(halves[0])) else { return nil }
         var periodText = halves[1].trimmingSpaces
-        if let first = periodText.first, !first.isNumber { periodText = "1" + periodText }
+        // "10/m" means one minute; ".5h" is half an hour, not "1.5h".
+        if let first = periodText.first, first.isLetter { periodText = "1" + periodText }
         guard let period = DurationText.nanoseconds(periodText), period > 0 else { return nil }
         return (count, period)
     }

@@ -179,6 +179,7 @@ struct Bench {
         #expect(RateLimitText.parseLimit("200/1h")! == (200, hour))
         #expect(RateLimitText.parseLimit(" 10 / m ")! == (10, 60 * second))
         #expect(RateLimitText.parseLimit("50M/1d")! == (50_000_000, 24 * hour))
+        #expect(RateLimitText.parseLimit("100/.5h").map { $0.1 } == 30 * 60 * second, "half an hour, not 1.5 h")
         #expect(RateLimitText.parseLimit("200") == nil)
         #expect(RateLimitText.parseLimit("0/1h") == nil)
         #expect(RateLimitText.parseLimit("-3/1h") == nil)

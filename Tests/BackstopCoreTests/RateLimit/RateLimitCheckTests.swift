@@ -100,6 +100,33 @@ func threadCPUNanoseconds() -> Int64 {
         #expect(limiter.admitted(2, rcpt()) == 1, "one back after 1h/3")
     }
 
+    /// A rule whose action lets the mail through (WARN) does not switch off the rules after
+    /// it: a client over the warning rule is still refused by the limit that enforces, and
+    /// what it took from that limit while warned stays taken.
+    @Test func aWarningRuleLeavesTheLaterRulesInForce() throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "watch"
+            key = "client_address"
+            count = "recipient"
+            limit = "1/1h"
+            action = "WARN over 1/h"
+
+            [[ratelimit.rule]]
+            name = "per_client"
+            key = "client_address"
+            count = "recipient"
+            limit = "3/1h"
+            """)
+        #expect(limiter.ask(rcpt()) == .noOpinion())
+        for _ in 0..<2 {
+            let warned = limiter.ask(rcpt())
+            #expect(warned.action == .warn("over 1/h") && warned.reason == "ratelimit=watch", "\(warned)")
+        }
+        let refused = limiter.ask(rcpt())
+        #expect(refused.action.isRefusal && refused.reason == "ratelimit=per_client", "the enforcing rule still counts: \(refused)")
+    }
+
     @Test func addressesAggregateToTheConfiguredPrefix() throws {
         let limiter = try Limiter("""
             [[ratelimit.rule]]
