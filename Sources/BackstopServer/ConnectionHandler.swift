@@ -186,7 +186,10 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         case .success(let d): decision = d
                         case .failure(let error): decision = responder.failed(request, error)
                         }
-                        self.write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
+                        self.write(started: started, context: context,
+                                   closed: { responder.unsent(request, decision, elapsedNanos: $0) }) {
+                            responder.write(request, decision, elapsedNanos: $0, into: &$1)
+                        }
                         self.answerQueued(context: context)
                         self.flushAnswers(context: context)
                     }
@@ -205,16 +208,19 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Marks the owed answer as given and, if the channel is still open, lets `encode` count,
-    /// log and append it (given the nanoseconds since `started`).
-    private func write(started: NIODeadline, context: ChannelHandlerContext, _ encode: (Int64, inout ByteBuffer) -> Void) {
+    /// log and append it (given the nanoseconds since `started`); if the client has gone
+    /// meanwhile, `closed` counts and logs what it was not sent.
+    private func write(started: NIODeadline, context: ChannelHandlerContext, closed: (Int64) -> Void = { _ in },
+                       _ encode: (Int64, inout ByteBuffer) -> Void) {
         let now = NIODeadline.now()
         connection.answered(now: now)
-        guard context.channel.isActive else { return }
+        let elapsed = (now - started).nanoseconds
+        guard context.channel.isActive else { return closed(elapsed) }
         if !outPending {
             outBuffer.clear()
             outPending = true
         }
-        encode((now - started).nanoseconds, &outBuffer)
+        encode(elapsed, &outBuffer)
     }
 
     private func flushAnswers(context: ChannelHandlerContext) {

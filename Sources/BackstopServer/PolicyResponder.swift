@@ -28,12 +28,23 @@ struct PolicyResponder {
     }
 
     func write(_ request: PolicyRequest, _ decision: Decision, elapsedNanos: Int64, into buffer: inout ByteBuffer) {
-        state.metrics.record(request: request, decision: decision, elapsedNanos: elapsedNanos)
-        loopEngine.count(decision)
-        // The line is only built when the log level keeps it (swift-log's autoclosure).
-        if loopEngine.logs(decision) { state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsedNanos))") }
+        record(request, decision, elapsedNanos: elapsedNanos, suffix: "")
         ResponseEncoder.encode(decision.action, into: &buffer)
         // The message has its once-per-message header only now that an answer carries it.
         decision.headerOnce?.markSent()
+    }
+
+    /// A decision whose client closed the connection before it was made (Postfix timed out,
+    /// or went away): counted and logged like any other, with `connection_closed=yes`, since
+    /// its checks have acted (a rate-limit hit taken); a header it carried is still due.
+    func unsent(_ request: PolicyRequest, _ decision: Decision, elapsedNanos: Int64) {
+        record(request, decision, elapsedNanos: elapsedNanos, suffix: " connection_closed=yes")
+    }
+
+    private func record(_ request: PolicyRequest, _ decision: Decision, elapsedNanos: Int64, suffix: String) {
+        state.metrics.record(request: request, decision: decision, elapsedNanos: elapsedNanos)
+        loopEngine.count(decision)
+        // The line is only built when the log level keeps it (swift-log's autoclosure).
+        if loopEngine.logs(decision) { state.logger.info("\(DecisionLog.line(request, decision, elapsedNanos: elapsedNanos))\(suffix)") }
     }
 }

@@ -130,6 +130,25 @@ import NIOEmbedded
         #expect(throws: (any Error).self) { try s.client() }
     }
 
+    /// A decision whose client went away before it was made is still counted and logged
+    /// (its checks have acted), marked connection_closed=yes.
+    @Test func aDecisionForAClosedConnectionIsLogged() async throws {
+        let kept = KeptLines()
+        let delay = DelayCheck(delay: .milliseconds(300))
+        let s = try await TestServer.start(stages: [.rcpt: [delay]], logger: Logger(label: "test") { _ in kept })
+        do {
+            let c = try s.client()
+            try c.send(rcptRequest)
+        }  // the client is closed here, at once: before the answer, however late this task resumes
+        #expect(await delay.waitUntilAsked(1))
+        let end = NIODeadline.now() + .seconds(10)
+        func closedLine() -> String? { kept.lines.withLockedValue { $0 }.first { $0.contains("connection_closed=yes") } }
+        while closedLine() == nil && NIODeadline.now() < end { try await Task.sleep(for: .milliseconds(20)) }
+        let line = try #require(closedLine(), "\(kept.lines.withLockedValue { $0 })")
+        #expect(line.contains("action=OK"), "\(line)")
+        await s.stop()
+    }
+
     @Test func gracefulStopStopsEveryListenerAtOnce() async throws {
         let slow = DelayCheck(delay: .seconds(60))
         let s = try await TestServer.start("[server]\nshutdown_grace = \"3s\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n",

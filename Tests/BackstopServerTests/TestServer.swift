@@ -14,12 +14,12 @@ struct TestServer {
     let config: Configuration
 
     static func start(_ toml: String = "", stages: [ProtocolState: [any Check]] = [:],
-                      deadline: TimeAmount = .seconds(10)) async throws -> TestServer {
+                      deadline: TimeAmount = .seconds(10), logger: Logger = testLogger) async throws -> TestServer {
         var text = toml
         if !text.contains("[[listen]]") { text = "[[listen]]\naddress = \"127.0.0.1:0\"\n" + text }
         let config = try Configuration.parse(text, file: "test.toml")
         let engine = PolicyEngine(stages: stages, deadline: deadline)
-        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        let server = PolicyServer(config: config, engine: engine, logger: logger)
         try await server.start()
         return TestServer(server: server, config: config)
     }
@@ -74,6 +74,18 @@ final class DelayCheck: Check {
         while asked.withLockedValue({ $0 }) < count && NIODeadline.now() < end { try? await Task.sleep(for: .milliseconds(5)) }
         return asked.withLockedValue { $0 } >= count
     }
+}
+
+/// A log handler that keeps the text of every line.
+struct KeptLines: LogHandler {
+    let lines = NIOLockedValueBox<[String]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { lines.withLockedValue { $0.append(event.message.description) } }
 }
 
 let testLogger: Logger = {

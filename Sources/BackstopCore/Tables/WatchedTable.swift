@@ -228,6 +228,10 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
         }
     }
 
+    /// What stays in force when a version cannot be loaded: the last good one, or none
+    /// yet (a start with start_without_table).
+    private var inForce: String { table == nil ? "no table is in force yet" : "the last good table stays in force" }
+
     /// One poll: what the timer of startWatching runs.
     func poll() -> TableReloadOutcome {
         loads.withLockedValue { load(&$0, force: false, settle: true) }
@@ -277,7 +281,7 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             let new = Set(missing).subtracting(state.reportedMissing)
             if !initial && (!new.isEmpty || force) {
                 for (file, reason) in zip(missing, reasons) where force || new.contains(file) {
-                    logger.warning("\(source.noun) \(reason); the last good table stays in force",
+                    logger.warning("\(source.noun) \(reason); \(inForce)",
                                    metadata: ["file": "\(file)"])
                 }
                 failures.increment()
@@ -325,7 +329,7 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             if !initial { editFailed.store(true, ordering: .relaxed) }
             failures.increment()
             for issue in error.issues where !initial {  // at start-up the caller reports them
-                logger.error("\(source.noun) not loaded; the last good table stays in force: \(issue)")
+                logger.error("\(source.noun) not loaded; \(inForce): \(issue)")
             }
             return .failed(error)
         }
