@@ -73,6 +73,7 @@ let package = Package(
             name: "BackstopPostgres",
             dependencies: [
                 "BackstopCore",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -9,6 +9,7 @@
 // This file does not decide anything; RateLimitCheck does.
 
 import BackstopCore
+import Crypto
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -187,7 +188,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         let increment = hit.cost * p.emissionInterval
         var binds = PostgresBindings(capacity: 5)
         binds.append(hit.rule.name)
-        binds.append(ByteBuffer(bytes: hit.key))
+        binds.append(Self.stored(hit.key))
         binds.append(increment)
         binds.append(p.tolerance)
         binds.append(hit.spec?.display(hit.key))
@@ -238,7 +239,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     private func updateRow(_ hit: RateHit, _ sql: String, _ value: Int64, _ what: String) {
         var binds = PostgresBindings(capacity: 3)
         binds.append(hit.rule.name)
-        binds.append(ByteBuffer(bytes: hit.key))
+        binds.append(Self.stored(hit.key))
         binds.append(value)
         let query = PostgresQuery(unsafeSQL: "UPDATE \(Self.table) " + sql, binds: binds)
         Task { [client, logger] in
@@ -251,7 +252,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     public func state(rule: RateRuleIdentity, key: [UInt8]) async throws -> RateKeyState {
         var binds = PostgresBindings(capacity: 2)
         binds.append(rule.name)
-        binds.append(ByteBuffer(bytes: key))
+        binds.append(Self.stored(key))
         let query = PostgresQuery(unsafeSQL: """
             SELECT \(Self.clock),
                    (SELECT tat FROM \(Self.table) WHERE rule = $1 AND key = $2)
@@ -266,7 +267,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     public func reset(rule: RateRuleIdentity, key: [UInt8]) async throws -> Bool {
         var binds = PostgresBindings(capacity: 2)
         binds.append(rule.name)
-        binds.append(ByteBuffer(bytes: key))
+        binds.append(Self.stored(key))
         let query = PostgresQuery(unsafeSQL: """
             DELETE FROM \(Self.table) WHERE rule = $1 AND key = $2
             RETURNING tat > \(Self.clock)
@@ -340,11 +341,34 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         }
     }
 
+    /// Keys longer than this are stored as "sha256:" and the hex SHA-256 of the key (71
+    /// octets): PostgreSQL's B-tree index takes at most about 2,700 octets per entry, and a
+    /// longer key (a sender and a recipient of 2 KB each) made its hit fail. The form is
+    /// text, so a key listed that way can be given to `ratelimit status` and `reset`.
+    static let longestStoredKey = 512
+
+    static func stored(_ key: [UInt8]) -> ByteBuffer {
+        guard key.count > longestStoredKey else { return ByteBuffer(bytes: key) }
+        let hex = Array("0123456789abcdef".utf8)
+        var text = Array("sha256:".utf8)
+        for byte in SHA256.hash(data: key) { text += [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]] }
+        return ByteBuffer(bytes: text)
+    }
+
+    /// An error about one row (a value out of range, a key too long for the index: SQLSTATE
+    /// classes 22, 23 and 54), not about the store: it fails that hit only and does not count
+    /// toward pausing the store, so a client cannot make every rule use its fail action.
+    static func isAboutTheRow(_ error: any Error) -> Bool {
+        guard let state = (error as? PSQLError)?.serverInfo?[.sqlState] else { return false }
+        return state.hasPrefix("22") || state.hasPrefix("23") || state.hasPrefix("54")
+    }
+
     /// Consecutive failures after which hits stop waiting for retry_interval.
     static let failuresBeforePause = 3
 
     private func noteFailure(_ error: any Error, during what: String) {
         failuresTotal.increment()
+        if Self.isAboutTheRow(error) { return }
         let text = Self.describe(error)
         let first = health.withLockedValue { health -> Bool in
             health.consecutiveFailures += 1
