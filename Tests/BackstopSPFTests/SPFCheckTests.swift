@@ -216,7 +216,7 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(SPFHeader.comment(helo, receiver: nasty) == commented + ": " + commented + " is neither permitted nor denied by domain " + commented)
         let atext = Set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-/=?^_`{|}~.".utf8)
         for octet in UInt8.min...UInt8.max {
-            #expect(SPFHeader.Builder.isAtomOctet(octet) == atext.contains(octet), "octet \(octet)")
+            #expect(DotAtom.isAtomOctet(octet) == atext.contains(octet), "octet \(octet)")
         }
     }
 

@@ -84,32 +84,11 @@ public enum BATVTag {
     /// with a tag it stays within the 64 octets RFC 5321 allows. Signing makes tags only for
     /// these; a bounce to any other address of ours comes back untagged, as it left.
     public static func signable(_ address: String) -> Bool {
-        let bytes = address.utf8
-        guard let at = bytes.lastIndex(of: UInt8(ascii: "@")) else { return false }
-        let local = bytes[..<at]
-        guard !local.isEmpty, local.count + tagOverhead <= maxLocalPartOctets,
-              local.first != UInt8(ascii: "."), local.last != UInt8(ascii: ".") else { return false }
-        var previous: UInt8 = 0
-        for b in local {
-            if b == UInt8(ascii: ".") {
-                if previous == b { return false }
-            } else if !(b >= 0x80 || isAtext(b)) {
-                return false
-            }
-            previous = b
-        }
-        return true
-    }
-
-    /// atext (RFC 5322 §3.2.3): letters, digits and ! # $ % & ' * + - / = ? ^ _ ` { | } ~
-    static func isAtext(_ b: UInt8) -> Bool {
-        switch b {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "/"), UInt8(ascii: "="), UInt8(ascii: "?"),
-             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"),
-             UInt8(ascii: "~"): true
-        default: false
+        var address = address
+        return address.withUTF8 { octets in
+            let all = UnsafeRawBufferPointer(octets)
+            guard let at = all.lastIndex(of: UInt8(ascii: "@")), at + tagOverhead <= maxLocalPartOctets else { return false }
+            return DotAtom.check(UnsafeRawBufferPointer(rebasing: all[..<at]), utf8: true)
         }
     }
 

@@ -34,6 +34,14 @@ public final class ConfigSection: @unchecked Sendable {
         diagnostics.report(path + [key], message)
     }
 
+    /// Reports `key` when the user it names (with `group`, the group) is unknown to this
+    /// system, which the server would otherwise find out only when it switches to it or
+    /// hands a socket to it, after check-config said the file was good.
+    public func reportUnknownAccount(_ key: String, _ name: String?, group: Bool = false) {
+        guard let name, !(group ? SystemAccounts.groupExists(name) : SystemAccounts.userExists(name)) else { return }
+        report(key, "no such \(group ? "group" : "user") \"\(LogEscaping.escape(name))\" on this system")
+    }
+
     /// A warning about `key` (dotted for nested keys; empty for the section itself).
     public func warn(_ key: String, _ message: String) {
         diagnostics.warn(path + key.split(separator: ".").map(String.init), message)

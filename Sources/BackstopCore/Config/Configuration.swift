@@ -82,13 +82,9 @@ public struct Configuration: Sendable {
         config.server.user = server.optionalString("user")
         config.server.group = server.optionalString("group")
         // Named at start only when started as root; a name the system does not know would
-        // stop the server there (exit 77), after check-config said the file was good.
-        if let user = config.server.user, !SystemAccounts.userExists(user) {
-            server.report("user", "no such user \"\(LogEscaping.escape(user))\" on this system")
-        }
-        if let group = config.server.group, !SystemAccounts.groupExists(group) {
-            server.report("group", "no such group \"\(LogEscaping.escape(group))\" on this system")
-        }
+        // stop the server there (exit 77).
+        server.reportUnknownAccount("user", config.server.user)
+        server.reportUnknownAccount("group", config.server.group, group: true)
         server.finish()
 
         let proto = root.section("protocol")
@@ -191,12 +187,8 @@ public struct Configuration: Sendable {
         }
         listener.owner = section.optionalString("owner")
         listener.group = section.optionalString("group")
-        if let owner = listener.owner, !SystemAccounts.userExists(owner) {
-            section.report("owner", "no such user \"\(LogEscaping.escape(owner))\" on this system")
-        }
-        if let group = listener.group, !SystemAccounts.groupExists(group) {
-            section.report("group", "no such group \"\(LogEscaping.escape(group))\" on this system")
-        }
+        section.reportUnknownAccount("owner", listener.owner)
+        section.reportUnknownAccount("group", listener.group, group: true)
         listener.allow = section.networks("allow", default: [])
         let served = section.string("protocol", default: listener.protocol.rawValue)
         if let p = ListenerSettings.ServedProtocol(rawValue: served) { listener.protocol = p } else {

@@ -86,7 +86,7 @@ enum RecipientTableFile {
             var count = 0
             var lineStart = true
             for byte in buffer {
-                if lineStart && byte != 10 && byte != 0x20 && byte != 0x09 && byte != 0x0D && byte != UInt8(ascii: "#") { count += 1 }
+                if lineStart && byte != 10 && !LookupTableText.isBlank(byte) && byte != UInt8(ascii: "#") { count += 1 }
                 lineStart = byte == 10
             }
             return count

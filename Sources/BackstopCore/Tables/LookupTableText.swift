@@ -39,11 +39,11 @@ enum LookupTableText {
         while start < count {
             lineNumber += 1
             var end = start
-            var control = -1  // the first control character other than the blanks
+            var control = -1  // the first control character other than the blanks (a CR counts)
             while end < count {
                 let b = text[end]
                 if b == 10 { break }
-                if b < 0x20, control < 0, b != 0x09, b != 0x0B, b != 0x0C { control = end }
+                if b < 0x20, control < 0, b == 0x0D || !isBlank(b) { control = end }
                 end += 1
             }
             let next = end + 1

@@ -262,9 +262,9 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
         if !missing.isEmpty {
             // Polling: an editor that saves by renaming the old file away and writing a new
             // one leaves a moment without it. Gone at the next poll too, it is reported.
-            let gone = Set(missing).subtracting(state.reportedMissing)
-            if settle, !gone.isEmpty, !gone.isSubset(of: state.vanishing) {
-                state.vanishing = gone
+            let new = Set(missing).subtracting(state.reportedMissing)
+            if settle, !new.isEmpty, !new.isSubset(of: state.vanishing) {
+                state.vanishing = new
                 return .settling
             }
             state.vanishing = []
@@ -278,7 +278,6 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             let error = ConfigError(issues: zip(missing, reasons).map {
                 ConfigIssue(file: $0, line: nil, key: "", message: "the \(source.noun) \($1)")
             })
-            let new = Set(missing).subtracting(state.reportedMissing)
             if !initial && (!new.isEmpty || force) {
                 for (file, reason) in zip(missing, reasons) where force || new.contains(file) {
                     logger.warning("\(source.noun) \(reason); \(inForce)",

@@ -211,7 +211,7 @@ public enum SPFHeader {
         /// as it is; anything else (an IPv6 address, with its ":") becomes a quoted-string.
         mutating func value(_ text: String) {
             var copy = text
-            let atom = copy.withUTF8 { Builder.isDotAtom(UnsafeRawBufferPointer($0)) }
+            let atom = copy.withUTF8 { DotAtom.check(UnsafeRawBufferPointer($0)) }
             if atom { append(text) } else { quoted(text) }
         }
 
@@ -223,20 +223,10 @@ public enum SPFHeader {
             let plain = copy.withUTF8 { octets -> Bool in
                 let all = UnsafeRawBufferPointer(octets)
                 guard let at = all.lastIndex(of: 0x40) else { return SPFHeader.isHostName(all) }
-                return Builder.isDotAtom(UnsafeRawBufferPointer(rebasing: all[..<at]))
+                return DotAtom.check(UnsafeRawBufferPointer(rebasing: all[..<at]))
                     && SPFHeader.isHostName(UnsafeRawBufferPointer(rebasing: all[(at + 1)...]))
             }
             if plain { append(text) } else { quoted(text) }
-        }
-
-        static func isDotAtom(_ octets: UnsafeRawBufferPointer) -> Bool {
-            guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
-            var previous: UInt8 = 0
-            for b in octets {
-                guard isAtomOctet(b), !(b == 0x2E && previous == 0x2E) else { return false }
-                previous = b
-            }
-            return true
         }
 
         mutating func quoted(_ text: String) {
@@ -265,15 +255,6 @@ public enum SPFHeader {
                     if b == 0x28 || b == 0x29 || b == 0x5C { buffer[i] = 0x5F } else if b >= 0x80 { buffer[i] = 0x3F }
                 }
             }
-        }
-
-        /// atext (RFC 5322 §3.2.3) plus ".": one bit per ASCII octet, octets 0-63 and 64-127
-        /// (SPFCheckTests checks the masks against the characters).
-        static let atomLow: UInt64 = 0xA3FF_ECFA_0000_0000
-        static let atomHigh: UInt64 = 0x7FFF_FFFF_C7FF_FFFE
-
-        static func isAtomOctet(_ b: UInt8) -> Bool {
-            b < 64 ? (atomLow >> UInt64(b)) & 1 != 0 : b < 128 && (atomHigh >> UInt64(b - 64)) & 1 != 0
         }
 
         /// `helo`: the HELO name as the header shows it (heloForHeader's, or as written).
