@@ -29,7 +29,7 @@ struct PolicyResponder {
 
     func write(_ request: PolicyRequest, _ decision: Decision, elapsedNanos: Int64, into buffer: inout ByteBuffer) {
         record(request, decision, elapsedNanos: elapsedNanos, suffix: "")
-        ResponseEncoder.encode(decision.action, into: &buffer)
+        ResponseEncoder.encode(decision.action, for: request, into: &buffer)
         // The message has its once-per-message header only now that an answer carries it.
         decision.headerOnce?.markSent()
     }

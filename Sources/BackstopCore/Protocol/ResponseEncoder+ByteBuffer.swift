@@ -5,15 +5,17 @@
 import NIOCore
 
 extension ResponseEncoder {
-    /// The same bytes as `encode(_:)`, appended to `buffer` in place: the server's path,
-    /// which so builds no intermediate array per answer.
-    public static func encode(_ action: PolicyAction, into buffer: inout ByteBuffer) {
+    /// The bytes of `actionText(action, frame:)` as an answer, appended to `buffer` in
+    /// place: the server's path, which so builds no intermediate array per answer. A
+    /// refusal's text is cut for the reply Postfix makes of it for `request`.
+    public static func encode(_ action: PolicyAction, for request: PolicyRequest?, into buffer: inout ByteBuffer) {
         switch action {
         case .prepend(let header):
             // The common long answer (a Received-SPF header): no joined String in between.
             write("action=PREPEND ", sanitise(header, limit: maxHeaderLine), into: &buffer)
         default:
-            write("action=", actionText(action), into: &buffer)
+            let frame = action.isRefusal ? request.map(refusalFrame) ?? 0 : 0
+            write("action=", actionText(action, frame: frame), into: &buffer)
         }
     }
 

@@ -9,6 +9,11 @@ public enum ResponseEncoder {
     public static let maxHeaderLine = 998
     /// When the action has no code of its own Postfix adds "NNN X.Y.Z " (10 octets).
     static let postfixPrefix = 10
+    /// The longest restriction-list class Postfix names in a refusal ("Recipient address").
+    static let longestReplyClass = 17
+    /// What `client_name[client_address]` may carry besides the two values: the brackets and
+    /// a `:port` (smtpd_client_port_logging).
+    static let namaddrExtra = 8
 
     public static func encode(_ action: PolicyAction) -> [UInt8] {
         var out: [UInt8] = []
@@ -19,22 +24,38 @@ public enum ResponseEncoder {
         return out
     }
 
-    /// The part after `action=`, sanitised and cut.
-    public static func actionText(_ action: PolicyAction) -> String {
+    /// The octets Postfix writes around a refusal's text besides its code and status code,
+    /// when it turns the answer into an SMTP reply: `<name>: Recipient address rejected: `
+    /// (smtpd_check.c), with the restriction list's name and class. Which list asked is not
+    /// in the request, so this is for the longest name it could be: the recipient, the
+    /// sender, the HELO name or `client_name[client_address]:port`, and the longest class.
+    public static func refusalFrame(_ request: PolicyRequest) -> Int {
+        func octets(_ attribute: Attribute) -> Int { request.withValueBytes(attribute) { $0.count } ?? 0 }
+        let name = max(octets(.recipient), octets(.sender), octets(.heloName),
+                       octets(.clientName) + octets(.clientAddress) + namaddrExtra)
+        // "<" name ">: " class " rejected: "
+        return 1 + name + 3 + longestReplyClass + 11
+    }
+
+    /// The part after `action=`, sanitised and cut. `frame` is what Postfix adds around a
+    /// refusal's text beyond its codes (`refusalFrame`; 0 when there is no request), so
+    /// that the SMTP reply line stays within 512 octets.
+    public static func actionText(_ action: PolicyAction, frame: Int = 0) -> String {
         switch action {
         case .dunno: return "DUNNO"
         case .ok: return "OK"
         case .reply(let code, let enhanced, let text):
             var head = String(code)
             if let enhanced { head += " " + sanitise(enhanced, limit: 11) }
-            let body = sanitise(text, limit: maxReplyLine - head.utf8.count - 1)
+            let body = sanitise(text, limit: max(0, maxReplyLine - head.utf8.count - 1 - frame))
             return body.isEmpty ? head : head + " " + body
         case .prepend(let header):
             return "PREPEND " + sanitise(header, limit: maxHeaderLine)
         default:
             let keyword = action.keyword
             guard let text = action.text else { return keyword }
-            let body = sanitise(text, limit: maxReplyLine - postfixPrefix)
+            let framed = action.isRefusal ? frame : 0
+            let body = sanitise(text, limit: max(0, maxReplyLine - postfixPrefix - framed))
             return body.isEmpty ? keyword : keyword + " " + body
         }
     }

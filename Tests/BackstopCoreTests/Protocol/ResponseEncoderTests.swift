@@ -9,7 +9,7 @@ import Testing
     private func wire(_ action: PolicyAction) -> String {
         let bytes = ResponseEncoder.encode(action)
         var buffer = ByteBuffer()
-        ResponseEncoder.encode(action, into: &buffer)
+        ResponseEncoder.encode(action, for: nil, into: &buffer)
         #expect(buffer.readableBytesView.elementsEqual(bytes))
         return String(decoding: bytes, as: UTF8.self)
     }
@@ -51,6 +51,38 @@ import Testing
         #expect(String(validating: Array(text.utf8), as: UTF8.self) != nil)
         let plain = ResponseEncoder.actionText(.reject(String(repeating: "€", count: 400)))
         #expect(plain.utf8.count <= ResponseEncoder.maxReplyLine)
+    }
+
+    /// Postfix turns `REJECT text` into `554 5.7.1 <recipient>: Recipient address rejected:
+    /// text` (smtpd_check.c); with a long recipient and a long text that line passed 512
+    /// octets when only the codes were allowed for.
+    @Test func aRefusalLeavesRoomForWhatPostfixWritesAroundIt() {
+        let recipient = String(repeating: "r", count: 200) + "@example.com"
+        let request = PolicyRequest([("request", "smtpd_access_policy"), ("recipient", recipient),
+                                     ("sender", "s@example.org"), ("client_address", "192.0.2.1"),
+                                     ("client_name", "mail.example.org"), ("helo_name", "mail.example.org")])
+        let text = String(repeating: "t", count: 600)
+        for action: PolicyAction in [.reject(text), .deferTemporarily("4.7.1 " + text), .deferIfPermit(text),
+                                     .reply(code: 550, enhanced: "5.7.1", text: text)] {
+            var buffer = ByteBuffer()
+            ResponseEncoder.encode(action, for: request, into: &buffer)
+            let answer = String(buffer: buffer)
+            #expect(answer.hasPrefix("action=") && answer.hasSuffix("\n\n"))
+            let body = answer.dropFirst("action=".count).dropLast(2)
+            let (keyword, rest) = (body.prefix { $0 != " " }, body.drop { $0 != " " }.dropFirst())
+            // What Postfix sends: its code and status code unless the answer has them, then the frame.
+            let codes = Int(keyword) != nil ? String(keyword) : "554 5.7.1"
+            let statusInText = Int(keyword) != nil || rest.hasPrefix("4.7.1")
+            let reply = (statusInText && Int(keyword) == nil ? "554" : codes) + " <\(recipient)>: Recipient address rejected: "
+                + (Int(keyword) != nil ? String(rest.drop { $0 != " " }.dropFirst()) : String(rest))
+            #expect(reply.utf8.count <= ResponseEncoder.maxReplyLine, "\(action.keyword): \(reply.utf8.count) octets")
+            #expect(rest.utf8.count > 200, "the text is cut only as far as it must be")
+        }
+        // Texts that are not refusals are not cut for it; without a request, only the codes.
+        var buffer = ByteBuffer()
+        ResponseEncoder.encode(.warn(text), for: request, into: &buffer)
+        #expect(buffer.readableBytes == "action=WARN ".utf8.count + ResponseEncoder.maxReplyLine - 10 + 2)
+        #expect(ResponseEncoder.actionText(.reject(text)).utf8.count == "REJECT ".utf8.count + ResponseEncoder.maxReplyLine - 10)
     }
 
     @Test func prependedHeaderIsCutAt998() {
