@@ -46,6 +46,7 @@ public final class ConfigReloader: Sendable {
             }
             current.withLockedValue { $0 = (config, engine) }
             await server.install(engine, config: config)
+            engine.putTablesInForce()
             // What the old engine held and the new one does not take over is released.
             for (name, check) in previous.checks {
                 (check as? any RetirableCheck)?.retire(replacedBy: engine.checks[name])

@@ -61,6 +61,7 @@ struct Serve: ParsableCommand {
             throw ExitStatus.config.code
         }
         let server = PolicyServer(config: configuration, engine: engine, logger: logger)
+        engine.putTablesInForce()
         let reloader = ConfigReloader(path: config, server: server, config: configuration, engine: engine, logger: logger)
         // On stop, checks release what they hold (SPF ends its workers) before the event
         // loops go, so that a worker's end is not taken for a fault.

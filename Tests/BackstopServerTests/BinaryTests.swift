@@ -651,3 +651,64 @@ extension BinaryTests {
         #expect(text.contains("backstop_socketmap_requests_total{map=\"unknown\",reply=\"perm\"} 1"))
     }
 }
+
+extension BinaryTests {
+    /// A reload builds its new tables before it knows whether the rest of the file is good.
+    /// One that then fails must leave the gauges of the tables still answering: before, the
+    /// table loaded for the failed configuration set them.
+    @Test func aFailedReloadLeavesTheGaugesOfTheTablesInForce() async throws {
+        let dir = tempDirectory()
+        let port = freePort(), metricsPort = freePort()
+        let path = dir + "/backstop.toml"
+        func write(_ text: String, _ file: String) throws { try text.write(toFile: dir + "/" + file, atomically: true, encoding: .utf8) }
+        func config(recipients: String, overrides: String) throws {
+            try write("[[listen]]\naddress = \"127.0.0.1:\(port)\"\n[metrics]\nlisten = \"127.0.0.1:\(metricsPort)\"\n"
+                      + "[policy]\nrcpt = [\"recipients\", \"ratelimit\"]\n[recipients]\ntables = [\"\(recipients)\"]\n"
+                      + "[ratelimit]\n[[ratelimit.rule]]\nname = \"r\"\nkey = \"sasl_username\"\ncount = \"recipient\"\n"
+                      + "limit = \"500/1d\"\noverrides = \"\(overrides)\"\n", "backstop.toml")
+        }
+        /// Whether the two gauges show the first tables (1 entry each), and their lines.
+        func gauges() throws -> (mailboxes: Bool, overrides: Bool, text: String) {
+            let lines = try scrape(port: metricsPort).split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("backstop_recipients_table_entries{kind=\"mailbox\"}") || $0.hasPrefix("backstop_ratelimit_overrides{") }
+            return (lines.contains("backstop_recipients_table_entries{kind=\"mailbox\"} 1.0"),
+                    lines.contains("backstop_ratelimit_overrides{rule=\"r\"} 1.0"), lines.joined(separator: "; "))
+        }
+        try write("a@example.com\n", "recipients-a")
+        try write("a@example.com\nb@example.com\nc@example.com\n", "recipients-b")
+        try write("a@example.com\nbroken line without an at\n", "recipients-c")
+        try write("newsletter 20000/1d\n", "overrides-a")
+        try write("newsletter 20000/1d\nhelpdesk not-a-limit\n", "overrides-b")
+        try config(recipients: "recipients-a", overrides: "overrides-a")
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        #expect(await serve.waitForLog("backstop started"))
+        var now = try gauges()
+        #expect(now.mailboxes && now.overrides, "\(now.text)")
+
+        // A good new recipient table (3 entries), broken overrides: the reload fails.
+        try config(recipients: "recipients-b", overrides: "overrides-b")
+        serve.signal(SIGHUP)
+        #expect(await serve.waitForLog("reload failed", count: 1))
+        now = try gauges()
+        #expect(now.mailboxes, "the failed reload's recipient table set the gauge: \(now.text)")
+
+        // Good new overrides (2 entries), a broken recipient table: it fails again.
+        try write("newsletter 20000/1d\nhelpdesk 2000/1d\n", "overrides-b")
+        try config(recipients: "recipients-c", overrides: "overrides-b")
+        serve.signal(SIGHUP)
+        #expect(await serve.waitForLog("reload failed", count: 2))
+        now = try gauges()
+        #expect(now.overrides, "the failed reload's overrides set the gauge: \(now.text)")
+        #expect(now.mailboxes)
+
+        // Both good: now the new tables answer, and their gauges say so.
+        try config(recipients: "recipients-b", overrides: "overrides-b")
+        serve.signal(SIGHUP)
+        #expect(await serve.waitForLog("configuration reloaded"))
+        now = try gauges()
+        #expect(now.text.contains("backstop_recipients_table_entries{kind=\"mailbox\"} 3.0"), "\(now.text)")
+        #expect(now.text.contains("backstop_ratelimit_overrides{rule=\"r\"} 2.0"), "\(now.text)")
+        #expect(serve.stop() == 0)
+    }
+}

@@ -84,4 +84,19 @@ public protocol ReloadableCheck: Check {
     /// The files it reads (again at every edit and reload): `serve` checks, once it has
     /// given up root, that server.user can still read them.
     var files: [String] { get }
+    /// Its engine is installed: its tables now set their gauges (WatchedTable.putInForce).
+    func putInForce()
+}
+
+extension ReloadableCheck {
+    public func putInForce() {}
+}
+
+extension PolicyEngine {
+    /// Called once the engine answers (at start, and after a reload installed it): the
+    /// tables its checks read set their gauges from now on, and no table built for a
+    /// configuration that never came into force does.
+    public func putTablesInForce() {
+        for check in checks.values { (check as? any ReloadableCheck)?.putInForce() }
+    }
 }

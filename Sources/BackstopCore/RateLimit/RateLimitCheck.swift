@@ -456,6 +456,10 @@ extension RateLimitCheck {
         rules.compactMap(\.overrides).flatMap { $0.reloadAtSignal() }
     }
 
+    public func putInForce() {
+        for runtime in rules { runtime.overrides?.putInForce() }
+    }
+
     /// The overrides tables in use, by rule name (a reload hands them to the new check).
     var overridesTables: [String: WatchedTable<RateOverridesSource>] {
         var tables: [String: WatchedTable<RateOverridesSource>] = [:]

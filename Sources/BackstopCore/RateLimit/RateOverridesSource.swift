@@ -24,9 +24,12 @@ public struct RateOverridesSource: WatchedTableSource, Equatable {
         return table
     }
 
-    public func published(_ table: RateOverrides) -> Logger.Metadata {
+    public func summary(_ table: RateOverrides) -> Logger.Metadata {
+        ["rule": "\(rule)", "entries": "\(table.count)"]
+    }
+
+    public func recordGauges(_ table: RateOverrides) {
         Gauge(label: "backstop_ratelimit_overrides", dimensions: [("rule", rule)]).record(table.count)
-        return ["rule": "\(rule)", "entries": "\(table.count)"]
     }
 
     public func failureCounter() -> Counter {

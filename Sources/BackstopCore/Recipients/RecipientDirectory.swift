@@ -14,12 +14,15 @@ extension RecipientTableSource: WatchedTableSource {
         "recipient table loaded again after a broken edit; unknown recipients get the normal answer"
     }
 
-    public func published(_ table: RecipientTable) -> Logger.Metadata {
+    public func summary(_ table: RecipientTable) -> Logger.Metadata {
+        ["addresses": "\(table.addressCount)", "catch_alls": "\(table.catchAllCount)", "domains": "\(table.domainCount)"]
+    }
+
+    public func recordGauges(_ table: RecipientTable) {
         Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "mailbox")]).record(table.addressCount)
         Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "catch_all")]).record(table.catchAllCount)
         Gauge(label: "backstop_recipients_table_entries", dimensions: [("kind", "domain")]).record(table.domainCount)
         Gauge(label: "backstop_recipients_last_reload_timestamp_seconds").record(Date().timeIntervalSince1970)
-        return ["addresses": "\(table.addressCount)", "catch_alls": "\(table.catchAllCount)", "domains": "\(table.domainCount)"]
     }
 
     public func failureCounter() -> Counter { Counter(label: "backstop_recipients_reload_failures_total") }

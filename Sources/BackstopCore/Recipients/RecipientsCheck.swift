@@ -166,6 +166,8 @@ public final class RecipientsCheck: ReloadableCheck {
     @discardableResult
     public func reload() -> [ConfigIssue] { directory.reloadAtSignal() }
 
+    public func putInForce() { directory.putInForce() }
+
     /// Re-reads the tables if they changed (always, with `force`); for SIGHUP. Blocks while
     /// a large table is parsed, so call it off the event loops.
     @discardableResult

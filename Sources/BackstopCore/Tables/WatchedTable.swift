@@ -37,8 +37,10 @@ public protocol WatchedTableSource: Sendable {
     var recoveryMessage: String { get }
     /// Reads every file and builds one snapshot; throws every problem found (file:line).
     func load() throws(ConfigError) -> Table
-    /// A snapshot was put in force: record its gauges; returns the log line's metadata.
-    func published(_ table: Table) -> Logger.Metadata
+    /// What the "loaded" log line says of a snapshot (its counts).
+    func summary(_ table: Table) -> Logger.Metadata
+    /// Records a snapshot's gauges; called only for the table in force (TableGauges).
+    func recordGauges(_ table: Table)
     /// Counts loads that failed (a broken edit, a vanished file).
     func failureCounter() -> Counter
 }
@@ -91,6 +93,14 @@ struct FileSignature: Equatable, Sendable {
 
 public typealias RecipientReloadOutcome = TableReloadOutcome
 
+/// Which watched table sets the gauges of each table (by its noun): the one in force. A
+/// configuration reload builds and loads its new tables before it knows whether the rest
+/// of the file is good, and a table a reload replaced may still poll until it is released;
+/// neither may overwrite the gauges of the table that answers.
+enum TableGauges {
+    static let owners = NIOLockedValueBox<[String: ObjectIdentifier]>([:])
+}
+
 public final class WatchedTable<Source: WatchedTableSource>: Sendable {
     public let source: Source
     /// How often the files are checked; zero turns polling off (reload() still works).
@@ -127,6 +137,19 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
 
     deinit {
         watcher.withLockedValue { $0?.cancel() }
+    }
+
+    /// This table now answers (its engine is installed): from now on it, and no other
+    /// table of its noun, sets the gauges, starting with those of the snapshot it holds.
+    public func putInForce() {
+        loads.withLockedValue { _ in
+            TableGauges.owners.withLockedValue { $0[source.noun] = ObjectIdentifier(self) }
+            if let table { source.recordGauges(table) }
+        }
+    }
+
+    private var setsGauges: Bool {
+        TableGauges.owners.withLockedValue { $0[source.noun] == ObjectIdentifier(self) }
     }
 
     /// The snapshot in force, or nil when none could be loaded yet.
@@ -317,7 +340,8 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             state.loadedSignatures = signatures
             state.loadedAt = started
             state.failedSignatures = nil
-            var metadata = source.published(table)
+            if setsGauges { source.recordGauges(table) }
+            var metadata = source.summary(table)
             noteRecovery(source.recoveryMessage)
             metadata["files"] = "\(source.files.joined(separator: ","))"
             metadata["seconds"] = "\(String(format: "%.3f", seconds))"
