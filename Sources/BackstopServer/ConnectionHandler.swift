@@ -180,6 +180,10 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 case .now(let decision):
                     write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
                 case .later(let future):
+                    // A future already complete runs this callback at once, inside this
+                    // loop: the loop then goes on to the next request itself, rather than
+                    // the callback nesting one more answerQueued per request queued.
+                    let turn = CallbackTurn()
                     future.assumeIsolated().whenComplete { result in
                         let decision: Decision
                         switch result {
@@ -190,9 +194,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                                    closed: { responder.unsent(request, decision, elapsedNanos: $0) }) {
                             responder.write(request, decision, elapsedNanos: $0, into: &$1)
                         }
+                        if turn.inline { turn.ranInline = true; return }
                         self.answerQueued(context: context)
                         self.flushAnswers(context: context)
                     }
+                    turn.inline = false
+                    if turn.ranInline { continue }
                     return
                 }
             case (.socketmap(let responder), .socketmap(let request)):
@@ -205,6 +212,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if connection.closeIfFinished() { return close(context: context) }
         if connection.resumeRead(writable: context.channel.isWritable) { context.read() }
+    }
+
+    /// Whether a future's callback runs inside the whenComplete call that registered it.
+    private final class CallbackTurn {
+        var inline = true
+        var ranInline = false
     }
 
     /// Marks the owed answer as given and, if the channel is still open, lets `encode` count,

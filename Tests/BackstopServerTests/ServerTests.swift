@@ -4,6 +4,7 @@
 import Testing
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 @testable import BackstopCore
@@ -298,6 +299,38 @@ import NIOEmbedded
         }
         #expect(try holder.readAnswer() == "action=DUNNO")
         #expect(try s.client().ask(rcptRequest) == "action=DUNNO", "the server still answers")
+        await s.stop()
+    }
+
+    /// A check whose future is already complete when it is returned: the handler wrote its
+    /// answer and went on to the next request from inside the future's callback, one stack
+    /// frame deeper per pipelined request (up to 1,000 of them). The stack in use while the
+    /// check runs must not grow with the number of requests a client sends ahead.
+    @Test func answersOfCompletedFuturesDoNotNestOnTheStack() async throws {
+        final class StackProbe: Check, @unchecked Sendable {
+            let name = "probe", testMode = false, failVerdict = Verdict.noOpinion()
+            /// The lowest and highest stack address seen in evaluate (on one event loop).
+            let span = NIOLockedValueBox<(low: UInt, high: UInt)>((low: UInt.max, high: 0))
+            func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+                var marker = 0
+                let here = withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
+                span.withLockedValue { $0 = (low: min($0.low, here), high: max($0.high, here)) }
+                if request.recipient.hasPrefix("slow") {  // the others queue up behind it
+                    return .later(context.eventLoop.scheduleTask(in: .milliseconds(200)) { .noOpinion() }.futureResult)
+                }
+                return .later(context.eventLoop.makeSucceededFuture(.noOpinion()))
+            }
+        }
+        let probe = StackProbe()
+        let s = try await TestServer.start("[server]\nthreads = 1\n", stages: [.rcpt: [probe]])
+        let one = rcptRequest.map { "\($0.0)=\($0.1)\n" }.joined() + "\n"
+        var slow = rcptRequest
+        slow[4] = ("recipient", "slow@example.com")
+        let client = try s.client()
+        try client.send(Array((slow.map { "\($0.0)=\($0.1)\n" }.joined() + "\n" + String(repeating: one, count: 899)).utf8))
+        for i in 0..<900 { #expect(try client.readAnswer() == "action=DUNNO", "answer \(i)") }
+        let (low, high) = probe.span.withLockedValue { $0 }
+        #expect(high - low < 64 << 10, "the stack grew by \(high - low) octets over 900 pipelined requests")
         await s.stop()
     }
 
