@@ -5,6 +5,7 @@
 // order they were queued, many at a time. At exit the queue is written out, for at most
 // `exitFlushSeconds`. What a line says and where it goes is LogOutput's.
 
+import BackstopCore
 import Foundation
 import NIOConcurrencyHelpers
 
@@ -41,8 +42,15 @@ final class LogWriter: @unchecked Sendable {
     func enqueue(_ line: Line) -> Bool {
         condition.lock()
         if !started {
-            started = true
-            Thread.detachNewThread { [self] in run() }
+            do throws(SystemCallError) {
+                try DetachedThread.start { [self] in run() }
+                started = true
+            } catch {
+                // No writer thread (the system is out of threads or memory): this line is
+                // written here and now rather than queued for nobody; the next one tries again.
+                condition.unlock()
+                return sink([line], 0) == 0
+            }
         }
         guard queuedBytes + line.text.utf8.count <= Self.maxQueuedBytes else {
             dropped += 1

@@ -47,7 +47,7 @@ final class SupervisorSpawner: SPFSpawner {
         // needs replacing).
         let spawned = ConditionLock(value: false)
         let outcome = NIOLockedValueBox<Result<pid_t, SPFSpawnError>?>(nil)
-        Thread.detachNewThread {
+        let waiter: @Sendable () -> Void = {
             let result: Result<pid_t, SPFSpawnError>
             do throws(SPFSpawnError) {
                 result = .success(try SPFProcesses.spawn(executable, ["spf-supervisor", "--parent", String(getpid()), "--user", user],
@@ -60,6 +60,13 @@ final class SupervisorSpawner: SPFSpawner {
             spawned.unlock(withValue: true)
             guard case .success(let pid) = result else { return }
             SPFProcesses.supervisorExited(pid: pid, status: SPFProcesses.reap(pid))
+        }
+        do throws(SystemCallError) {
+            try DetachedThread.start(waiter)
+        } catch {
+            close(mine)
+            close(theirs)
+            throw SPFSpawnError("cannot start the thread that starts the SPF supervisor", errno: error.errno)
         }
         spawned.lock(whenValue: true)
         spawned.unlock()
