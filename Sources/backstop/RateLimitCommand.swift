@@ -13,7 +13,8 @@ struct RateLimitCommand: ParsableCommand {
         discussion: """
         The server is reached through its [metrics] listen address (read from --config, or given with
         --metrics). A key is the rule's key value, e.g. a client address or the network the log shows
-        (198.51.100.0/24); for a combined key give the values in the rule's order joined by '+'.
+        (198.51.100.0/24); for a combined key give the values in the rule's order joined by '+'
+        (a '+' inside a value is written \\+ when two parts of the rule may hold one).
         """,
         subcommands: [Status.self, List.self, Reset.self])
 

@@ -24,6 +24,15 @@ public enum RateKeyPart: String, CaseIterable, Sendable, Hashable {
         }
     }
 
+    /// Whether a value can hold a "+" (a local part, a SASL name): where an administrator's
+    /// combined key has more "+" than the rule has parts, they belong to such a part.
+    var mayHoldPlus: Bool {
+        switch self {
+        case .sender, .recipient, .saslUsername: true
+        case .clientAddress, .clientName, .senderDomain, .recipientDomain: false
+        }
+    }
+
     var attribute: Attribute {
         switch self {
         case .clientAddress: .clientAddress

@@ -374,6 +374,29 @@ func threadCPUNanoseconds() -> Int64 {
         }
     }
 
+    /// A combined key is written with "+" between its values, and a sender often holds a "+"
+    /// itself (`alice+news@…`): status split it at every "+" and could not name that key.
+    @Test func aCombinedKeyMayHoldAPlusInItsValues() async throws {
+        let limiter = try Limiter("""
+            [[ratelimit.rule]]
+            name = "pair"
+            key = "sender+client_address"
+            count = "recipient"
+            limit = "4/1h"
+            """)
+        _ = limiter.admitted(3, rcpt(sender: "alice+news@example.org"))
+        let status = try await limiter.check.status(rule: "pair", key: "alice+news@example.org+192.0.2.10")
+        #expect(status.contains("1 of 4 available now"), "\(status)")
+        let escaped = try await limiter.check.status(rule: "pair", key: "alice\\+news@example.org+192.0.2.10")
+        #expect(escaped.contains("1 of 4 available now"), "\(escaped)")
+        // Two parts that may each hold a "+": the "+" inside a value must be escaped.
+        let parts: [RateKeyPart] = [.sender, .recipient]
+        #expect(throws: RateLimitStatusError.self) { try RateLimitCheck.split(combined: "a+b@x+c@y", into: parts).get() }
+        #expect(try RateLimitCheck.split(combined: "a\\+b@x+c@y", into: parts).get() == ["a+b@x", "c@y"])
+        #expect(try RateLimitCheck.split(combined: "a@x+c@y", into: parts).get() == ["a@x", "c@y"])
+        #expect(try RateLimitCheck.split(combined: "192.0.2.1+a+b+c@x", into: [.clientAddress, .sender]).get() == ["192.0.2.1", "a+b+c@x"])
+    }
+
     /// A key is what a client sent: `list` and `status` print it escaped, so a sender made
     /// of terminal escapes or line breaks cannot paint the administrator's screen.
     @Test func listedKeysAreEscaped() async throws {
