@@ -32,7 +32,7 @@ struct Query: ParsableCommand {
     @Flag(help: "Read the request's name=value lines from standard input instead.")
     var stdin = false
 
-    /// --server, else the first listener of --config; the default listener when the default
+    /// --server, else the first policy listener of --config; the default listener when the default
     /// configuration file does not exist.
     func endpoint() throws -> ListenerSettings.Endpoint {
         if let server {
@@ -45,7 +45,9 @@ struct Query: ParsableCommand {
             return ListenerSettings.defaultTCP.endpoint
         }
         do {
-            return try Configuration.load(path: config).listeners.first?.endpoint ?? ListenerSettings.defaultTCP.endpoint
+            // A policy listener: a socketmap listener listed first would not understand the request.
+            return try Configuration.load(path: config).listeners.first { $0.protocol == .policy }?.endpoint
+                ?? ListenerSettings.defaultTCP.endpoint
         } catch {
             for issue in error.issues { printError(issue.description) }
             printError("cannot find the server to ask: give --server, or a readable --config")

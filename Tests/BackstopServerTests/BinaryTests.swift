@@ -712,3 +712,30 @@ extension BinaryTests {
         #expect(serve.stop() == 0)
     }
 }
+
+extension BinaryTests {
+    /// `query --config` asks the first *policy* listener: with a socketmap listener listed
+    /// first it sent the policy request to the socketmap port and got no answer (exit 3).
+    @Test func queryAsksThePolicyListenerWhateverComesFirst() async throws {
+        let dir = tempDirectory()
+        let port = freePort(), mapPort = freePort()
+        let path = dir + "/backstop.toml"
+        try """
+            [[listen]]
+            address = "127.0.0.1:\(mapPort)"
+            protocol = "socketmap"
+            [[listen]]
+            address = "127.0.0.1:\(port)"
+            [log]
+            level = "warning"
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(config: path)
+        defer { _ = serve.stop() }
+        _ = try await waitForClient(port: port)
+        _ = try await waitForClient(port: mapPort)
+        let query = try runBackstop(["query", "--config", path])
+        #expect(query.status == 0, "\(query.stderr)")
+        #expect(query.stdout == "action=DUNNO\n")
+        #expect(serve.stop() == 0)
+    }
+}
