@@ -15,8 +15,8 @@ enum ExitStatus: Int32 {
     case temporary = 2
     /// The command could not ask: its configuration is unreadable or names no server.
     case cannotAsk = 3
-    /// EX_OSERR: a listener could not be bound, a Unix socket is in use by another server, or
-    /// the SPF supervisor ended while the server ran.
+    /// EX_OSERR: a listener could not be bound, a Unix socket is in use by another server, the
+    /// SPF supervisor could not be started, or it ended while the server ran.
     case osError = 71
     /// EX_NOPERM: privileges could not be dropped, or an SPF worker could not switch user.
     case noPermission = 77

@@ -112,6 +112,14 @@ struct Serve: ParsableCommand {
             if configuration.server.user != nil {
                 try SPFProcesses.startSupervisor(workerUser: SPFSettings.from(configuration).verifier.workerUser)
             }
+        } catch {
+            // The system refused a process, a socket pair or a thread (EAGAIN, EMFILE): not
+            // a permission problem, and a later start may well succeed (systemd restarts 71).
+            logger.critical("cannot start: \(error)")
+            await server.stop()
+            throw ExitStatus.osError.code
+        }
+        do {
             try Privileges.drop(user: configuration.server.user, group: configuration.server.group, logger: logger)
         } catch {
             logger.critical("cannot start: \(error)")
