@@ -20,6 +20,10 @@ struct SPFCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Configuration file whose [spf] settings (and test mode) are used (default: \(Configuration.defaultPath) when it exists, else the built-in defaults).")
     var config: String?
 
+    func validate() throws {
+        guard IPAddress(ip) != nil else { throw ValidationError("--ip must be an IPv4 or IPv6 address, not \"\(ip)\"") }
+    }
+
     func run() throws {
         SPFProcesses.registerRunningExecutable()  // evaluations run in `backstop spf-worker` processes
         let settings: SPFSettings

@@ -371,3 +371,33 @@ final class SPFTestDNS: @unchecked Sendable {
 
     func stop() { try? input.fileHandleForWriting.close() }
 }
+
+extension SPFEndToEndTests {
+    /// `backstop spf` answers as the server would: a client in trusted_networks or a sender
+    /// domain in skip_sender_domains gets DUNNO (exit 0) whatever the result, as the server
+    /// skips SPF for it; a mistyped --ip is a usage error, not a result of `none`.
+    @Test func theSPFCommandAppliesTheServersSkipRules() async throws {
+        let dns = try await SPFTestDNS.start(zone: ["example.org": [["TXT": "v=spf1 ip4:192.0.2.0/24 -all"]]])
+        defer { dns.stop() }
+        let path = tempDirectory() + "/backstop.toml"
+        try """
+            [spf]
+            resolvers = ["127.0.0.1:\(dns.port)"]
+            trusted_networks = ["198.51.100.0/24"]
+            skip_sender_domains = ["example.org"]
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        func spf(_ ip: String, _ sender: String) throws -> Run {
+            try runBackstop(["spf", "--config", path, "--ip", ip, "--sender", sender, "--helo", "mail.example.net"])
+        }
+        let trusted = try spf("198.51.100.7", "a@sub.example.net")
+        #expect(trusted.status == 0, "\(trusted.stdout)")
+        #expect(trusted.stdout.contains("answer: DUNNO\nnote: the server skips SPF for this request (spf=skipped(trusted_network))"), "\(trusted.stdout)")
+        let skippedDomain = try spf("203.0.113.9", "a@example.org")
+        #expect(skippedDomain.stdout.hasPrefix("fail\n"), "\(skippedDomain.stdout)")
+        #expect(skippedDomain.status == 0)
+        #expect(skippedDomain.stdout.contains("(spf=skipped(sender_domain))"))
+        let mistyped = try spf("203.0.113.999", "a@example.org")
+        #expect(mistyped.status == 64, "\(mistyped.stdout)")
+        #expect(mistyped.stderr.contains("--ip must be an IPv4 or IPv6 address"), "\(mistyped.stderr)")
+    }
+}

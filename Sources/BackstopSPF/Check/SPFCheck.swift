@@ -151,22 +151,16 @@ public final class SPFCheck: RetirableCheck {
         }
         let client = request.clientAddress
         guard let address = IPAddress(client) else { return .now(.noOpinion("spf=skipped(no_client_address)")) }
-        if settings.trustedNetworks.contains(address) { return .now(.noOpinion("spf=skipped(trusted_network)")) }
-        if !settings.trustedClientNames.isEmpty, SPFSettings.nameListed(request.clientName, in: settings.trustedClientNames) {
-            return .now(.noOpinion("spf=skipped(trusted_client_name)"))
-        }
-        if !settings.trustedHeloNames.isEmpty, SPFSettings.nameListed(request.heloName, in: settings.trustedHeloNames) {
-            return .now(.noOpinion("spf=skipped(trusted_helo_name)"))
+        if let skip = clientSkip(address, clientName: settings.trustedClientNames.isEmpty ? "" : request.clientName,
+                                 helo: settings.trustedHeloNames.isEmpty ? "" : request.heloName) {
+            return .now(.noOpinion("spf=skipped(\(skip))"))
         }
         if !settings.skipRecipients.isEmpty, SPFSettings.recipientListed(request.recipient, in: settings.skipRecipients) {
             return .now(skippedRecipient(request, client: client, context: context))
         }
         let sender = request.sender
         let helo = request.heloName
-        if !sender.isEmpty, !settings.skipSenderDomains.isEmpty,
-           SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain, in: settings.skipSenderDomains) {
-            return .now(.noOpinion("spf=skipped(sender_domain)"))
-        }
+        if let skip = senderSkip(client: client, sender: sender, helo: helo) { return .now(.noOpinion("spf=skipped(\(skip))")) }
         let instance = request.instance
         let message = context.message
         // One clock reading for the message's state, the outcome cache and what is kept.
@@ -183,6 +177,29 @@ public final class SPFCheck: RetirableCheck {
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
             self.decided(evaluated, instance: instance, queries.mailfrom, message: message, logger: context.logger, settled: true)
         })
+    }
+
+    /// Why SPF is not evaluated for this client (a decision log reason), or nil: a trusted
+    /// network, client name or HELO name.
+    @inline(__always)
+    func clientSkip(_ address: IPAddress, clientName: String, helo: String) -> String? {
+        if settings.trustedNetworks.contains(address) { return "trusted_network" }
+        if !settings.trustedClientNames.isEmpty, SPFSettings.nameListed(clientName, in: settings.trustedClientNames) {
+            return "trusted_client_name"
+        }
+        if !settings.trustedHeloNames.isEmpty, SPFSettings.nameListed(helo, in: settings.trustedHeloNames) {
+            return "trusted_helo_name"
+        }
+        return nil
+    }
+
+    /// Why SPF is not evaluated for this sender (skip_sender_domains), or nil.
+    @inline(__always)
+    func senderSkip(client: String, sender: String, helo: String) -> String? {
+        guard !sender.isEmpty, !settings.skipSenderDomains.isEmpty,
+              SPFSettings.listed(SPFQuery(clientAddress: client, sender: sender, helo: helo).domain, in: settings.skipSenderDomains)
+        else { return nil }
+        return "sender_domain"
     }
 
     /// The state of the message `instance` names, when it was evaluated for this client,

@@ -20,9 +20,17 @@ public enum SPFReport {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let queries = check.queries(client: ip, sender: sender, helo: helo)
         let deadline = NIODeadline.now() + settings.verifier.evaluationDeadline
+        // A request the server skips (trusted_networks, trusted_helo_names,
+        // skip_sender_domains) gets no opinion from SPF, whatever the result.
+        let skip = IPAddress(ip).flatMap { check.clientSkip($0, clientName: "", helo: helo) }
+            ?? check.senderSkip(client: ip, sender: sender, helo: helo)
+        let skipped = skip.map { "answer: DUNNO\nnote: the server skips SPF for this request (spf=skipped(\($0))): the result above is not used\n" }
         let evaluated = (try? await check.evaluations(queries, deadline: deadline, on: loop) { $0 }.get()) ?? SPFEvaluated()
         guard let deciding = evaluated.helo?.result == .fail ? evaluated.helo : (evaluated.mailfrom ?? evaluated.helo) else {
-            return ("temperror\n", .dunno)
+            // No outcome at all (the verifier failed): the server answers its temperror action.
+            if let skipped { return ("temperror\n" + skipped, .dunno) }
+            let action = check.failVerdict.action
+            return ("temperror\nanswer: \(ResponseEncoder.actionText(action))\n", action)
         }
         var verdict = check.verdict(for: evaluated, header: nil)
         var text = ""
@@ -36,10 +44,8 @@ public enum SPFReport {
         var header: String?
         if case .prepend(let line) = verdict.action { header = line }
         text = describe(deciding, header: header) + text
+        if let skipped { return (text + skipped, .dunno) }
         text += "answer: \(ResponseEncoder.actionText(verdict.action))\n"
-        if let address = IPAddress(ip), settings.trustedNetworks.contains(address) {
-            text += "note: \(ip) is in trusted_networks: the server would skip SPF for it\n"
-        }
         return (text, verdict.action)
     }
 
