@@ -140,6 +140,13 @@ final class MetricsConnectionClock {
     }
 
     func requestStarted(_ context: ChannelHandlerContext) { if !reading { arm(context, reading: true) } }
+    /// The request is complete: read_timeout no longer runs while it is answered (a
+    /// rate-limit question may wait up to RateLimitCheck.statusTimeout for the store).
+    func requestComplete() {
+        timer?.cancel()
+        timer = nil
+        reading = false
+    }
     func answered(_ context: ChannelHandlerContext) { arm(context, reading: false) }
     func cancel() { timer?.cancel() }
 }
@@ -176,6 +183,13 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     let status: MetricsEndpoint.StatusProvider?
     let clock: MetricsConnectionClock
     private var head: HTTPRequestHead?
+    /// Requests answered from what one read brought. HTTP lets a client send requests
+    /// ahead; /metrics is answered at once, so one read of 64 KiB of `GET /metrics` would
+    /// render thousands of answers in a row on an event loop Postfix's connections share.
+    private var answeredThisRead = 0
+    /// The most requests answered from one read; a client that sends more ahead (no
+    /// scraper does) is closed.
+    static let maxPipelined = 8
 
     init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock) {
         self.registry = registry
@@ -198,6 +212,11 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        answeredThisRead = 0
+        context.fireChannelReadComplete()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head): self.head = head
@@ -205,6 +224,14 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
+            // A client that does not read its answers, or sends many requests ahead, gets no
+            // more of them: each costs a rendering, and the answers would pile up unsent.
+            answeredThisRead += 1
+            guard answeredThisRead <= Self.maxPipelined, context.channel.isWritable else {
+                context.close(promise: nil)
+                return
+            }
+            clock.requestComplete()
             let (path, query) = HTTPTarget.parse(head.uri)
             if head.method == .GET && path == "/metrics" {
                 respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",

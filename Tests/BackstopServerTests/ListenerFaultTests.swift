@@ -201,6 +201,45 @@ final class RawConnection {
         await s.stop()
     }
 
+    /// HTTP lets a client send requests ahead, and /metrics is answered at once: one read of
+    /// `GET /metrics` × 200 rendered 200 answers in a row on an event loop Postfix shares (and
+    /// a client that never read piled them up). At most `maxPipelined` are answered from one
+    /// read, then the connection is closed; the server goes on answering Postfix.
+    @Test func requestsSentFarAheadToTheMetricsListenerAreCutOff() async throws {
+        let (s, endpoint, port) = try await metricsServer("")
+        let c = try RawConnection(port: port)
+        c.send(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 200))
+        let result = c.readUntilClosed(seconds: 20)
+        let answers = result.text.components(separatedBy: "HTTP/1.1 200 OK").count - 1
+        #expect(result.closed, "the connection is closed")
+        #expect(answers >= 1 && answers <= MetricsHTTPHandler.maxPipelined, "\(answers) answers to 200 requests sent ahead")
+        // A few requests ahead, as a client may send, are all answered.
+        let few = try RawConnection(port: port)
+        few.send(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 3) + "GET /metrics HTTP/1.0\r\n\r\n")
+        let fewResult = few.readUntilClosed(seconds: 10)
+        #expect(fewResult.text.components(separatedBy: " 200 OK").count - 1 == 4, "\(fewResult.text.prefix(200))")
+        #expect(try s.client().ask(rcptRequest) == "action=DUNNO")
+        await endpoint.stop()
+        await s.stop()
+    }
+
+    /// metrics.read_timeout bounds a request's arrival, not its answer: a rate-limit question
+    /// waiting on the store (up to 5 s) was cut off by a short read_timeout, with no answer.
+    @Test func aSlowAnswerIsNotCutOffByTheReadTimeout() async throws {
+        let port = freePort()
+        let s = try await TestServer.start("[metrics]\nlisten = \"127.0.0.1:\(port)\"\nread_timeout = \"200ms\"\n")
+        let endpoint = try await MetricsEndpoint.start(settings: s.config.metrics, registry: PrometheusCollectorRegistry(), server: s.server) { _ in
+            try await Task.sleep(for: .milliseconds(700))
+            return "slow answer"
+        }
+        let c = try RawConnection(port: port)
+        c.send("GET /ratelimit/status?rule=r&key=k HTTP/1.0\r\n\r\n")
+        let answer = c.readUntilClosed(seconds: 10)
+        #expect(answer.text.hasPrefix("HTTP/1.0 200") && answer.text.hasSuffix("slow answer\n"), "\(answer.text)")
+        await endpoint.stop()
+        await s.stop()
+    }
+
     @Test func halfSentAndIdleMetricsRequestsAreClosed() async throws {
         let (s, endpoint, port) = try await metricsServer("read_timeout = \"1s\"\nidle_timeout = \"2s\"")
         let started = Date()
