@@ -108,11 +108,14 @@ public struct BATVSettings: CheckSettings {
     /// Reads the key file. On a reload, a broken edit of the same file keeps the keys in
     /// force (the reload then reports it, like a broken table edit); at start it is fatal.
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        var settings = self
+        settings.exempt.delimiters = context.recipientDelimiters
+        settings.excludeSenders.delimiters = context.recipientDelimiters
         do {
-            return BATVCheck(settings: self, keys: try BATVKeyFile.load(keyFile))
+            return BATVCheck(settings: settings, keys: try BATVKeyFile.load(keyFile))
         } catch {
             guard let previous = context.previous as? BATVCheck, previous.settings.keyFile == keyFile else { throw error }
-            return BATVCheck(settings: self, keys: previous.keys)
+            return BATVCheck(settings: settings, keys: previous.keys)
         }
     }
 

@@ -43,7 +43,9 @@ public struct BouncesSettings: CheckSettings, Equatable {
     }
 
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
-        BouncesCheck(settings: self)
+        var settings = self
+        settings.noReplyAddresses.delimiters = context.recipientDelimiters
+        return BouncesCheck(settings: settings)
     }
 }
 

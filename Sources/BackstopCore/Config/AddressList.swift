@@ -1,12 +1,18 @@
 // A configured list of mail addresses, as several checks take them (bounces'
 // no_reply_addresses, batv's exempt and exclude_senders): `user@domain`, `@domain` for a
 // whole domain and, where the key allows it, a bare `user` for that mailbox in every
-// domain. Matching folds case and compares domains in their A-label form. This file reads and matches lists; it decides nothing.
+// domain. Matching folds case, compares domains in their A-label form and, with the
+// recipients' delimiters, ignores an address extension. This file reads and matches lists; it
+// decides nothing.
 
 public struct AddressList: Sendable, Equatable {
     public private(set) var addresses: Set<String> = []
     public private(set) var domains: Set<String> = []
     public private(set) var localParts: Set<String> = []
+    /// Characters that start an address extension (`[recipients] recipient_delimiter`): an
+    /// address not listed as written matches by its local part cut at the first of them
+    /// (`noreply+x@example.org` as `noreply@example.org`).
+    public var delimiters: [UInt8] = []
 
     public init() {}
 
@@ -39,7 +45,12 @@ public struct AddressList: Sendable, Equatable {
             return false
         }
         let local = lowered[..<at]
-        return domains.contains(domain) || localParts.contains(String(local)) || addresses.contains(local + "@" + domain)
+        if domains.contains(domain) || localParts.contains(String(local)) || addresses.contains(local + "@" + domain) { return true }
+        guard !delimiters.isEmpty, let cut = local.utf8.firstIndex(where: { delimiters.contains($0) }), cut != local.startIndex else {
+            return false
+        }
+        let base = local[..<cut]
+        return localParts.contains(String(base)) || addresses.contains(base + "@" + domain)
     }
 
     /// Domains are compared in their A-label form, without a trailing dot.

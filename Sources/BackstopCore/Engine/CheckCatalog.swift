@@ -31,11 +31,17 @@ public struct CheckBuildContext: Sendable {
     /// checks keep state (counters, caches, loaded tables) across reloads through it.
     public var previous: (any Check)?
     public var deadline: TimeAmount
+    /// `[recipients] recipient_delimiter`: the address lists of other checks (bounces'
+    /// no_reply_addresses, batv's exempt and exclude_senders) match an address with an
+    /// extension by its base address too, as Postfix delivers it there.
+    public var recipientDelimiters: [UInt8]
 
-    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = PolicySettings.defaultDeadline) {
+    public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = PolicySettings.defaultDeadline,
+                recipientDelimiters: [UInt8] = []) {
         self.logger = logger
         self.previous = previous
         self.deadline = deadline
+        self.recipientDelimiters = recipientDelimiters
     }
 }
 

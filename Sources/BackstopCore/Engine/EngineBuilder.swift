@@ -8,9 +8,11 @@ public enum EngineBuilder {
     public static func build(_ config: Configuration, previous: PolicyEngine?, logger: Logger) throws -> PolicyEngine {
         var built: [String: any Check] = [:]
         var issues: [ConfigIssue] = []
+        let delimiters = (config.checks["recipients"] as? RecipientsSettings)?.rules.recipientDelimiters ?? []
         for name in config.checks.keys.sorted() {
             guard let settings = config.checks[name] else { continue }
-            let context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline)
+            let context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline,
+                                            recipientDelimiters: delimiters)
             do {
                 built[name] = try settings.makeCheck(context)
             } catch let error as ConfigError {

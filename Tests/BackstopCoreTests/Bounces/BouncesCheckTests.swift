@@ -66,6 +66,36 @@ private func request(_ state: String, sender: String = "", recipient: String = "
         #expect(verdict(bounces, request("DATA", count: 3)).action == .reject("5.7.1 Not a bounce"))
     }
 
+    /// Postfix delivers noreply+x@ to noreply@ when recipient_delimiter is "+": a bounce to
+    /// the extension address passed no_reply_addresses. The check takes the delimiters of
+    /// [recipients], as the engine builds it.
+    @Test func aNoReplyAddressWithAnExtensionGetsNoBounces() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "noreply@example.org\n")
+        let config = try Configuration.parse("""
+            [policy]
+            rcpt = ["recipients"]
+            data = ["bounces"]
+            [recipients]
+            tables = ["\(dir.file("recipients"))"]
+            recipient_delimiter = "+-"
+            [bounces]
+            no_reply_addresses = ["noreply@example.org"]
+            """, file: "b.toml")
+        let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
+        let bounces = try #require(engine.checks["bounces"] as? BouncesCheck)
+        for recipient in ["noreply+x@example.org", "NoReply-list@example.org", "noreply@example.org"] {
+            #expect(verdict(bounces, request("DATA", recipient: recipient, count: 1)).reason == "bounce_to_no_reply_address", "\(recipient)")
+        }
+        for recipient in ["noreplyx@example.org", "+noreply@example.org", "noreply+x@example.net"] {
+            #expect(verdict(bounces, request("DATA", recipient: recipient, count: 1)).isNoOpinion, "\(recipient)")
+        }
+        // Without [recipients], an address is matched as written.
+        let plain = try check("no_reply_addresses = [\"noreply@example.org\"]")
+        #expect(verdict(plain,
+                        request("DATA", recipient: "noreply+x@example.org", count: 1)).isNoOpinion)
+    }
+
     @Test func badEntriesAreReportedWithTheirLine() {
         do {
             _ = try check("""
