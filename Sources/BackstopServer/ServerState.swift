@@ -17,6 +17,10 @@ final class ServerState: Sendable {
     let metricsSettings: NIOLockedValueBox<MetricsSettings>
     let engines: [ObjectIdentifier: LoopEngine]
     let openConnections = Atomic<Int>(0)
+    /// Held while backstop_connections_open is set from `openConnections`: each setting reads
+    /// the count under it, so the last one written is the count after the last change (two
+    /// loops writing the values their own changes returned could leave an older one).
+    private let openGauge = NIOLock()
     let generation = Atomic<Int>(1)
     let metrics: ServerMetrics
     let warnings = ServerWarnings()
@@ -49,13 +53,18 @@ final class ServerState: Sendable {
             return false
         }
         metrics.connectionsAccepted.increment()
-        metrics.connectionsOpen.record(open)
+        recordOpenConnections()
         return true
     }
 
     /// Gives back a place taken by `takeConnection`.
     func releaseConnection() {
-        metrics.connectionsOpen.record(openConnections.subtract(1, ordering: .relaxed).newValue)
+        openConnections.subtract(1, ordering: .relaxed)
+        recordOpenConnections()
+    }
+
+    private func recordOpenConnections() {
+        openGauge.withLock { metrics.connectionsOpen.record(openConnections.load(ordering: .relaxed)) }
     }
 
     /// The new generation, and a future per loop that succeeds once that loop has it.

@@ -377,6 +377,39 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(header.hasPrefix("Received-SPF: pass"))
     }
 
+    /// backstop_spf_queue_depth counts what waits in every slot: each slot set the one gauge
+    /// to its own queue's length, so with two workers it showed half of it (or less). Six
+    /// evaluations wait in two slots whose workers cannot start; the total is six or more
+    /// (other suites' evaluations may wait too, never fewer).
+    @Test func theQueueDepthIsTheSumOverAllSlots() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        /// No worker ever starts: what is submitted waits in the slots' queues.
+        struct NoWorkers: SPFSpawner {
+            func spawn(executable: String, user: String) throws(SPFSpawnError) -> (fd: Int32, pid: pid_t) {
+                throw SPFSpawnError("no workers in this test")
+            }
+            func killAndReap(_ pid: pid_t) -> Int32? { nil }
+        }
+        let verifier = SPFVerifier(settings: verifierSettings(dns, workers: 2, deadline: .seconds(2)), logger: testLogger,
+                                   executable: backstopBinary, spawner: NoWorkers())
+        defer { verifier.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let deadline = NIODeadline.now() + .seconds(2)
+        let futures = (0..<6).map { n in
+            verifier.evaluate(SPFQuery(clientAddress: "10.9.0.\(n + 1)", sender: "x@pass.example", helo: "h.example"),
+                              deadline: deadline, on: loop)
+        }
+        // They queue once their record is fetched (the server's DNS), long before the deadline.
+        var most = 0
+        while NIODeadline.now() < deadline - .milliseconds(300) && most < 6 {
+            most = max(most, SPFQueueDepth.shared.current)
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(most >= 6, "queued in two slots: \(most)")
+        for future in futures { #expect(try await future.get().result == .temperror) }
+    }
+
     @Test func fullQueueAnswersTemperrorAtOnce() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

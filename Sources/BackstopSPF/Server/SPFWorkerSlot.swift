@@ -93,7 +93,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
             return reject(job, "all SPF workers are busy and the queue is full")
         }
         queue.append(job)
-        metrics.queueDepth.record(queue.count)
+        metrics.queueDepth.change(by: 1)
         job.timer = loop.scheduleTask(deadline: job.deadline) { [weak self] in self?.expireQueued(job) }
         if current == nil { ensureWorker() }
     }
@@ -112,18 +112,19 @@ final class SPFWorkerSlot: @unchecked Sendable {
     private func expireQueued(_ job: SPFJob) {
         guard let index = queue.firstIndex(where: { $0 === job }) else { return }
         queue.remove(at: index)
-        metrics.queueDepth.record(queue.count)
+        metrics.queueDepth.change(by: -1)
         reject(job, "SPF evaluation deadline expired while waiting for a worker")
     }
 
     /// Hands queued evaluations to the worker while it has room.
     private func drain() {
         guard let worker = current else { return }
+        let before = queue.count
         while worker.hasRoom, let job = queue.popFirst() {
             job.timer?.cancel()
             worker.start(job)
         }
-        metrics.queueDepth.record(queue.count)
+        metrics.queueDepth.change(by: queue.count - before)
     }
 
     /// A worker finished an evaluation (the connection already answered its promise).
@@ -316,6 +317,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     func stop() {
         loop.assertInEventLoop()
         stopped = true
+        metrics.queueDepth.change(by: -queue.count)
         while let job = queue.popFirst() {
             job.timer?.cancel()
             reject(job, "SPF is stopping")
