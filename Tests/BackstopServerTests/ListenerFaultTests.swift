@@ -308,7 +308,11 @@ final class RawConnection {
     let doc = try String(contentsOfFile: packageRoot + "/docs/metrics.md", encoding: .utf8)
     var documented = Set<String>()
     for line in doc.split(separator: "\n") where line.hasPrefix("| `backstop_") {
-        documented.insert(String(line.dropFirst(3).prefix { $0 != "`" }))
+        let name = String(line.dropFirst(3).prefix { $0 != "`" })
+        documented.insert(name)
+        // The page says the help line is the meaning given there (without the markup).
+        let meaning = line.split(separator: "|").last.map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "`", with: "") }
+        #expect(MetricsHelp.texts[name] == nil || MetricsHelp.texts[name] == meaning, "\(name): help \"\(MetricsHelp.texts[name] ?? "")\", docs \"\(meaning ?? "")\"")
     }
     #expect(documented == Set(MetricsHelp.texts.keys), "only documented: \(documented.subtracting(MetricsHelp.texts.keys)); only in help: \(Set(MetricsHelp.texts.keys).subtracting(documented))")
 }
