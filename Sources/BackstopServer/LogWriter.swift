@@ -46,10 +46,13 @@ final class LogWriter: @unchecked Sendable {
                 try DetachedThread.start { [self] in run() }
                 started = true
             } catch {
-                // No writer thread (the system is out of threads or memory): this line is
-                // written here and now rather than queued for nobody; the next one tries again.
+                // No writer thread (the system is out of threads or memory): the line is
+                // dropped and counted rather than written here, where a stalled reader would
+                // stop an event loop; the next line tries again, and the first one written
+                // reports the count.
+                dropped += 1
                 condition.unlock()
-                return sink([line], 0) == 0
+                return false
             }
         }
         guard queuedBytes + line.text.utf8.count <= Self.maxQueuedBytes else {

@@ -68,7 +68,8 @@ public final class MetricsEndpoint: Sendable {
                     let clock = MetricsConnectionClock(settings: server.state.metricsSettings.withLockedValue { $0 })
                     try channel.pipeline.syncOperations.addHandler(MetricsRequestStart(clock: clock))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status, clock: clock))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, status: status, clock: clock,
+                                                                                      state: server.state))
                 }
             }
             .bind(host: host, port: port).get()
@@ -182,6 +183,8 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     let registry: PrometheusCollectorRegistry
     let status: MetricsEndpoint.StatusProvider?
     let clock: MetricsConnectionClock
+    /// For the warning about a malformed request (rate-limited as every client-made one).
+    let state: ServerState
     private var head: HTTPRequestHead?
     /// Requests answered from what one read brought. HTTP lets a client send requests
     /// ahead; /metrics is answered at once, so one read of 64 KiB of `GET /metrics` would
@@ -191,10 +194,21 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// scraper does) is closed.
     static let maxPipelined = 8
 
-    init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock) {
+    init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock,
+         state: ServerState) {
         self.registry = registry
         self.status = status
         self.clock = clock
+        self.state = state
+    }
+
+    /// A request NIO's HTTP decoder could not read: it has answered 400 and closes the
+    /// connection; the request is logged (escaped, at most once a second) and nothing else.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let peer = context.channel.remoteAddress.map(PolicyServer.describe) ?? "?"
+        state.warnings.warn(.metricsBadRequest, state.logger,
+                            "malformed metrics request, closing: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
+        context.close(promise: nil)
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus,

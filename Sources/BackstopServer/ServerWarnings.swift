@@ -1,5 +1,5 @@
 // The warnings a client can cause as often as it connects or sends (a refused connection, a
-// protocol error, a read timeout, a socketmap TEMP or PERM), written at most once per
+// protocol error, a read timeout, a socketmap TEMP or PERM, a malformed metrics request), written at most once per
 // `interval` per kind with how many were left out, so a flood of them cannot flood the log.
 // The metrics count every one. Warnings that only the administrator's own actions cause
 // are logged as they happen, not here.
@@ -14,7 +14,7 @@ struct ServerWarnings: Sendable {
 
     enum Kind: Int, CaseIterable {
         case refusedByAllow, refusedAtMaxConnections, metricsRefusedByAllow, metricsRefusedAtMax,
-             protocolError, readTimeout, socketmapFailure
+             protocolError, readTimeout, socketmapFailure, metricsBadRequest
     }
 
     private let throttles = Kind.allCases.map { _ in LogThrottle(interval: ServerWarnings.interval) }

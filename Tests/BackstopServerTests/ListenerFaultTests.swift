@@ -5,6 +5,7 @@
 
 import Testing
 import Foundation
+import Logging
 import NIOCore
 import Prometheus
 @testable import BackstopCore
@@ -236,6 +237,26 @@ final class RawConnection {
         c.send("GET /ratelimit/status?rule=r&key=k HTTP/1.0\r\n\r\n")
         let answer = c.readUntilClosed(seconds: 10)
         #expect(answer.text.hasPrefix("HTTP/1.0 200") && answer.text.hasSuffix("slow answer\n"), "\(answer.text)")
+        await endpoint.stop()
+        await s.stop()
+    }
+
+    /// A request the HTTP decoder cannot read gets 400 and a closed connection, and is
+    /// logged (it was answered and closed without a word in the log).
+    @Test func aMalformedMetricsRequestIsAnsweredAndLogged() async throws {
+        let port = freePort()
+        let kept = KeptLines()
+        var logger = Logger(label: "test") { _ in kept }
+        logger.logLevel = .warning
+        let s = try await TestServer.start("[metrics]\nlisten = \"127.0.0.1:\(port)\"\n", logger: logger)
+        let endpoint = try await MetricsEndpoint.start(settings: s.config.metrics, registry: PrometheusCollectorRegistry(), server: s.server)
+        let c = try RawConnection(port: port)
+        c.send("GET /metrics HTTP/1.1\r\nHost: x\r\nBad Header Line\u{1B}[2J\r\n\r\n")
+        let answer = c.readUntilClosed(seconds: 5)
+        #expect(answer.text.hasPrefix("HTTP/1.1 400") && answer.closed, "\(answer.text)")
+        let lines = kept.lines.withLockedValue { $0 }
+        #expect(lines.contains { $0.hasPrefix("malformed metrics request, closing: peer=127.0.0.1:") }, "\(lines)")
+        #expect(!lines.joined().contains("\u{1B}"))
         await endpoint.stop()
         await s.stop()
     }
