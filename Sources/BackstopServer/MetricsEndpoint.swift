@@ -42,6 +42,12 @@ public final class MetricsEndpoint: Sendable {
 
     public var address: String { channel.localAddress.map(PolicyServer.describe) ?? "?" }
 
+    /// A header `POST /ratelimit/reset` must carry (`backstop ratelimit` sends it). A web page
+    /// can make a browser POST to any address without asking, but not with a header of its
+    /// own: without it, a page an administrator opens on a host in metrics.allow could reset
+    /// a key (cross-site request forgery).
+    public static let commandHeader = "X-Backstop-Command"
+
     /// A question of `backstop ratelimit`, answered from the running configuration.
     public enum RateLimitQuestion: Sendable {
         case status(rule: String, key: String)
@@ -193,6 +199,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The most requests answered from one read; a client that sends more ahead (no
     /// scraper does) is closed.
     static let maxPipelined = 8
+    static var commandHeader: String { MetricsEndpoint.commandHeader }
 
     init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock,
          state: ServerState) {
@@ -257,7 +264,11 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 case (.GET, "/ratelimit/status"): question = .status(rule: rule, key: key)
                 case (.GET, "/ratelimit/list"):
                     question = .list(rule: rule, overOnly: query["over"] == "1", limit: Int(query["limit"] ?? "") ?? 50)
-                case (.POST, "/ratelimit/reset"): question = .reset(rule: rule, key: key)
+                case (.POST, "/ratelimit/reset") where head.headers.contains(name: Self.commandHeader):
+                    question = .reset(rule: rule, key: key)
+                case (.POST, "/ratelimit/reset"):
+                    return respond(context: context, head: head, status: .forbidden, contentType: "text/plain",
+                                   body: Array("reset needs the header \(Self.commandHeader) (backstop ratelimit reset sends it)\n".utf8))
                 case (_, "/ratelimit/reset"):
                     return respond(context: context, head: head, status: .methodNotAllowed, contentType: "text/plain",
                                    body: Array("reset changes state: use POST\n".utf8))

@@ -44,7 +44,8 @@ struct RateLimitCommand: ParsableCommand {
             let response: String
             do {
                 let client = try PolicyClient(endpoint: .tcp(host: host, port: port))
-                try client.send(Array("\(method) \(path)?\(query) HTTP/1.0\r\nHost: \(host)\r\nContent-Length: 0\r\n\r\n".utf8))
+                // The header a reset needs (MetricsEndpoint.commandHeader); sent on every question.
+                try client.send(Array("\(method) \(path)?\(query) HTTP/1.0\r\nHost: \(host)\r\n\(MetricsEndpoint.commandHeader): 1\r\nContent-Length: 0\r\n\r\n".utf8))
                 response = try client.readAll()
             } catch {
                 printError("cannot ask the server at \(address): \(error)")

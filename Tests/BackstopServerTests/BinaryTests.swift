@@ -476,6 +476,13 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(await serve.waitForLog("rate-limit key reset by the administrator"), "\(serve.log)")
         #expect(try fill(again, "192.0.2.1", 1) == ["action=DUNNO"])
         #expect(try scrape(port: metricsPort, path: "/ratelimit/reset?rule=per_client&key=192.0.2.2").contains("405"))
+        // A POST without the command's header (what a web page can make a browser send) is
+        // refused, and the key keeps its state.
+        let forged = try PolicyClient(endpoint: .tcp(host: "127.0.0.1", port: metricsPort))
+        try forged.send(Array("POST /ratelimit/reset?rule=per_client&key=192.0.2.2 HTTP/1.0\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n".utf8))
+        #expect(try forged.readAll().hasPrefix("HTTP/1.0 403"))
+        let kept = try runBackstop(["ratelimit", "status", "--rule", "per_client", "--key", "192.0.2.2", "--config", path])
+        #expect(kept.stdout.contains("key 192.0.2.2: 1 of 3 available now"), "\(kept.stdout)")
         let damaged = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "nonsense", "--config", path])
         #expect(damaged.status == 1)
     }
