@@ -588,4 +588,20 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\nheader = \"none\"\n[spf.actions]\npass = \"OK\"\n", file: "n.toml").warnings.isEmpty)
         #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n", file: "d.toml").warnings.isEmpty)
     }
+
+    /// An evaluation_deadline that is not well inside policy.deadline is lowered: that is a
+    /// configuration warning, which check-config prints (it only went to the server's log,
+    /// and check-config, which logs nothing, said OK).
+    @Test func anEvaluationDeadlineOutsideThePolicyDeadlineIsWarnedAbout() throws {
+        SPFSettings.register()
+        let config = try Configuration.parse("[policy]\nrcpt = [\"spf\"]\ndeadline = \"1s\"\n[spf]\nevaluation_deadline = \"2s\"\n", file: "e.toml")
+        #expect(config.warnings.map(\.description) == [
+            "e.toml:5: spf.evaluation_deadline: 2s is not well inside policy.deadline (1s): 800ms is used, so that a slow evaluation gets the temperror action rather than the engine's fallback",
+        ], "\(config.warnings)")
+        let settings = try #require(config.checks["spf"] as? SPFSettings)
+        let check = try #require(try settings.makeCheck(CheckBuildContext(logger: testLogger, deadline: .seconds(1))) as? SPFCheck)
+        defer { check.stop() }
+        #expect(check.settings.verifier.evaluationDeadline == .milliseconds(800))
+        #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\nevaluation_deadline = \"4s\"\n", file: "d.toml").warnings.isEmpty)
+    }
 }

@@ -186,15 +186,17 @@ public struct SPFSettings: CheckSettings, Equatable {
         return list.contains { d == $0 || d.hasSuffix("." + $0) }
     }
 
+    /// The longest evaluation a request deadline allows: it must end well inside it, so that
+    /// the temperror action (not the engine's fallback) answers a slow DNS. A fifth of the
+    /// deadline (at least 50 ms) is left; never under 50 ms.
+    static func evaluationCeiling(_ deadline: TimeAmount) -> TimeAmount {
+        max(deadline - .milliseconds(max(deadline.nanoseconds / 1_000_000 / 5, 50)), .milliseconds(50))
+    }
+
     public func makeCheck(_ context: CheckBuildContext) throws -> any Check {
         var settings = self
-        // The evaluation must end well inside the request deadline, so that the temperror
-        // action (not the engine's fallback) answers a slow DNS.
-        let ceiling = context.deadline - .milliseconds(max(context.deadline.nanoseconds / 1_000_000 / 5, 50))
-        if settings.verifier.evaluationDeadline > ceiling {
-            context.logger.warning("spf.evaluation_deadline is not inside policy.deadline; using \(DurationText.format(ceiling))")
-            settings.verifier.evaluationDeadline = max(ceiling, .milliseconds(50))
-        }
+        // A longer evaluation_deadline is a configuration warning (unreachable(in:)).
+        settings.verifier.evaluationDeadline = min(settings.verifier.evaluationDeadline, Self.evaluationCeiling(context.deadline))
         let previous = context.previous as? SPFCheck
         if let previous, previous.settings.verifier == settings.verifier {
             return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, previous: previous)
@@ -233,6 +235,10 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// supervisor starts workers as the user of the server's start only.
     public func unreachable(in configuration: Configuration) -> [(key: String, message: String)] {
         var out = workerUserUnreachable(running: SPFProcesses.supervisedWorkerUser)
+        let ceiling = Self.evaluationCeiling(configuration.policy.deadline)
+        if verifier.evaluationDeadline > ceiling {
+            out.append(("evaluation_deadline", "\(DurationText.format(verifier.evaluationDeadline)) is not well inside policy.deadline (\(DurationText.format(configuration.policy.deadline))): \(DurationText.format(ceiling)) is used, so that a slow evaluation gets the temperror action rather than the engine's fallback"))
+        }
         guard header != .none else { return out }
         let name = header == .receivedSPF ? "Received-SPF" : "Authentication-Results"
         for result in SPFResult.allCases {
