@@ -151,6 +151,28 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(run.stdout.hasSuffix(": OK\n") && run.stderr.isEmpty, "no warnings either: \(run.stderr)")
     }
 
+    /// examples/batv.toml passes check-config once its key file exists, made as its comment
+    /// says (its comment made one in /etc/backstop, not beside the file, where key_file points).
+    @Test func checkConfigAcceptsTheBATVExampleWithTheKeyItsCommentMakes() throws {
+        let dir = tempDirectory()
+        let example = try String(contentsOfFile: packageRoot + "/examples/batv.toml", encoding: .utf8)
+        try example.write(toFile: dir + "/batv.toml", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: packageRoot + "/examples/recipients", toPath: dir + "/recipients")
+        // The commands of the comment, run in the copy's directory.
+        let commands = example.split(separator: "\n").filter { $0.hasPrefix("#   ") && $0.contains("batv-keys") && !$0.contains("check-config") }
+            .map { $0.dropFirst(4) }.joined(separator: " && ")
+        #expect(!commands.isEmpty && !commands.contains("/etc/"), "\(commands)")
+        let made = Process()
+        made.executableURL = URL(fileURLWithPath: "/bin/sh")
+        made.arguments = ["-c", commands]
+        made.currentDirectoryURL = URL(fileURLWithPath: dir)
+        try made.run()
+        made.waitUntilExit()
+        #expect(made.terminationStatus == 0)
+        let run = try runBackstop(["check-config", "--strict", dir + "/batv.toml"])
+        #expect(run.status == 0, "\(run.stderr)")
+    }
+
     @Test func checkConfigWarnsAboutWhatCanNeverRunAndStrictFails() throws {
         let dir = tempDirectory()
         let path = dir + "/dead.toml"
