@@ -87,6 +87,12 @@ struct RateLimitCommand: ParsableCommand {
         @Option(help: "At most this many keys (1-\(RateLimitCheck.maxListed)).") var limit = 50
         @OptionGroup var server: Server
 
+        func validate() throws {
+            guard (1...RateLimitCheck.maxListed).contains(limit) else {
+                throw ValidationError("--limit must be 1 to \(RateLimitCheck.maxListed), not \(limit)")
+            }
+        }
+
         func run() throws {
             try server.ask("GET", "/ratelimit/list", [("rule", rule), ("limit", String(limit))] + (over ? [("over", "1")] : []))
         }

@@ -507,6 +507,9 @@ func exampleCopy() throws -> (dir: String, config: String, port: Int) {
         #expect(kept.stdout.contains("key 192.0.2.2: 1 of 3 available now"), "\(kept.stdout)")
         let damaged = try runBackstop(["ratelimit", "reset", "--rule", "per_client", "--key", "nonsense", "--config", path])
         #expect(damaged.status == 1)
+        // An out-of-range --limit is a usage error (the server clamped it without a word).
+        let tooMany = try runBackstop(["ratelimit", "list", "--rule", "per_client", "--limit", "5000", "--config", path])
+        #expect(tooMany.status == 64 && tooMany.stderr.contains("--limit must be 1 to 1000"), "\(tooMany.stderr)")
     }
 
     @Test func benchRunsItsServerOnTheGivenPort() throws {
