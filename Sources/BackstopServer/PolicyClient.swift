@@ -1,5 +1,6 @@
 // A small blocking client for the policy protocol, used by `backstop query`, the tests and
-// the benchmark's target mode: connect, send one request, read one answer block.
+// the benchmark's target mode: connect, send one request, read one answer block. Connecting,
+// sending and each wait for an answer give up after `timeoutSeconds` (10 s by default).
 
 import Foundation
 import BackstopCore
@@ -27,13 +28,27 @@ public final class PolicyClient {
                 throw ServerError("cannot resolve \(host)")
             }
             defer { freeaddrinfo(result) }
-            fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { throw ServerError("socket: \(String(cString: strerror(errno)))") }
-            guard Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-                let message = String(cString: strerror(errno))
-                close(fd)
-                throw ServerError("cannot connect to \(host):\(port): \(message)")
+            // Every address the name has, in order ("localhost" may give ::1 first while the
+            // server listens on 127.0.0.1), each for at most `timeoutSeconds` (Linux applies
+            // SO_SNDTIMEO to connect).
+            var next: UnsafeMutablePointer<addrinfo>? = info
+            var connected: Int32 = -1
+            var failure = ""
+            while let candidate = next, connected < 0 {
+                next = candidate.pointee.ai_next
+                let attempt = socket(candidate.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+                guard attempt >= 0 else { failure = String(cString: strerror(errno)); continue }
+                var limit = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+                setsockopt(attempt, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                if Glibc.connect(attempt, candidate.pointee.ai_addr, candidate.pointee.ai_addrlen) == 0 {
+                    connected = attempt
+                } else {
+                    failure = errno == EINPROGRESS ? "no answer within \(timeoutSeconds) s" : String(cString: strerror(errno))
+                    close(attempt)
+                }
             }
+            guard connected >= 0 else { throw ServerError("cannot connect to \(host):\(port): \(failure)") }
+            fd = connected
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         case .unix(let path):
