@@ -382,3 +382,18 @@ import NIOEmbedded
         await s.stop()
     }
 }
+
+/// A decision line whose client-made values are all long runs of escapes stays within what
+/// syslog daemons keep (rsyslog: 8 KiB), with what was decided in it: each value is cut at
+/// LogEscaping.maxFieldOctets.
+@Test func aDecisionLineOfHostileValuesKeepsItsVerdict() {
+    let hostile = String(repeating: "\u{202E}", count: 600)
+    let request = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", "192.0.2.1"),
+                                 ("sender", hostile + "@x"), ("recipient", hostile + "@y"), ("helo_name", hostile),
+                                 ("sasl_username", hostile), ("instance", "1.2.3")])
+    let decision = Decision(action: .reject("5.7.1 no"), check: "recipients", reason: "unknown_recipient")
+    let line = DecisionLog.line(request, decision, elapsedNanos: 1_000)
+    #expect(line.utf8.count < 8_000, "\(line.utf8.count) octets")
+    // (The text is left out: with a 1,800-octet recipient Postfix's reply line has no room.)
+    #expect(line.contains(" check=recipients action=REJECT reason=unknown_recipient"), "\(line.suffix(200))")
+}

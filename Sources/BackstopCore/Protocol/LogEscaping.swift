@@ -2,28 +2,38 @@
 // client cannot forge log lines or terminal escapes. Not used for the wire (see ResponseEncoder).
 
 public enum LogEscaping {
+    /// The most octets one escaped value takes in a log line (before its "…"): a client's
+    /// value of escapes (`\u{202E}` is 8 octets for one character) cannot grow a decision
+    /// line past what syslog daemons keep (rsyslog cuts at 8 KiB), and the fields after it
+    /// (check, action, reason) are not lost.
+    public static let maxFieldOctets = 1024
+
     /// Backslash-escapes quotes, backslashes and control characters; keeps printable UTF-8.
-    public static func escape(_ text: String, limit: Int = 512) -> String {
+    /// At most `limit` octets of escaped text, then "…".
+    public static func escape(_ text: String, limit: Int = maxFieldOctets) -> String {
         var out = ""
-        var count = 0
+        var octets = 0
         for scalar in text.unicodeScalars {
-            if count >= limit { out += "…"; break }
-            count += 1
+            let piece: String?
             switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
+            case "\"": piece = "\\\""
+            case "\\": piece = "\\\\"
+            case "\n": piece = "\\n"
+            case "\r": piece = "\\r"
+            case "\t": piece = "\\t"
             default:
                 if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value) {
-                    out += "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(to: 2)
+                    piece = "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(to: 2)
                 } else if LogEscaping.isLayoutControl(scalar.value) {
-                    out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+                    piece = "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
                 } else {
-                    out.unicodeScalars.append(scalar)
+                    piece = nil
                 }
             }
+            let size = piece?.utf8.count ?? UTF8.width(scalar)
+            if octets + size > limit { out += "…"; break }
+            octets += size
+            if let piece { out += piece } else { out.unicodeScalars.append(scalar) }
         }
         return out
     }

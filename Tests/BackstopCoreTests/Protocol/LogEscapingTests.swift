@@ -16,4 +16,16 @@ import Testing
         #expect(LogEscaping.field("a\u{2028}b") == "a\\u{2028}b")
         #expect(LogEscaping.field("a b") == "\"a b\"")
     }
+
+    /// A value is bounded in escaped octets, not in characters: 600 right-to-left overrides
+    /// escaped to 4,800 octets (8 each) under a 512-character limit.
+    @Test func anEscapedValueIsBoundedInOctets() {
+        let hostile = String(repeating: "\u{202E}", count: 600)
+        let escaped = LogEscaping.escape(hostile)
+        #expect(escaped.utf8.count <= LogEscaping.maxFieldOctets + "…".utf8.count, "\(escaped.utf8.count)")
+        #expect(escaped.hasSuffix("\\u{202E}…"), "cut between whole escapes")
+        #expect(LogEscaping.escape(String(repeating: "é", count: 600)).utf8.count <= LogEscaping.maxFieldOctets + 3)
+        #expect(LogEscaping.escape("short") == "short")
+        #expect(LogEscaping.escape("abcdef", limit: 3) == "abc…")
+    }
 }
