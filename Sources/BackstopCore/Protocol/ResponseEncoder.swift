@@ -55,7 +55,14 @@ public enum ResponseEncoder {
             let keyword = action.keyword
             guard let text = action.text else { return keyword }
             let framed = action.isRefusal ? frame : 0
-            let body = sanitise(text, limit: max(0, maxReplyLine - postfixPrefix - framed))
+            var limit = max(0, maxReplyLine - postfixPrefix - framed)
+            // An enhanced status code leading the text is kept whatever the room: without it
+            // Postfix sends its default (5.7.1 for REJECT), and "5.1.1 User unknown" would
+            // no longer say the mailbox does not exist.
+            if framed > 0, let status = text.split(separator: " ", maxSplits: 1).first, PolicyAction.isEnhancedStatus(status) {
+                limit = max(limit, status.utf8.count)
+            }
+            let body = sanitise(text, limit: limit)
             return body.isEmpty ? keyword : keyword + " " + body
         }
     }

@@ -78,6 +78,15 @@ import Testing
             #expect(reply.utf8.count <= ResponseEncoder.maxReplyLine, "\(action.keyword): \(reply.utf8.count) octets")
             #expect(rest.utf8.count > 200, "the text is cut only as far as it must be")
         }
+        // A name so long that no text fits keeps the text's status code (Postfix's default
+        // would say 5.7.1, not 5.1.1), and the keyword alone when there is none.
+        let huge = PolicyRequest([("request", "smtpd_access_policy"), ("recipient", String(repeating: "r", count: 600) + "@example.com")])
+        var cut = ByteBuffer()
+        ResponseEncoder.encode(.reject("5.1.1 User unknown"), for: huge, into: &cut)
+        #expect(String(buffer: cut) == "action=REJECT 5.1.1\n\n")
+        cut.clear()
+        ResponseEncoder.encode(.reject("User unknown"), for: huge, into: &cut)
+        #expect(String(buffer: cut) == "action=REJECT\n\n")
         // Texts that are not refusals are not cut for it; without a request, only the codes.
         var buffer = ByteBuffer()
         ResponseEncoder.encode(.warn(text), for: request, into: &buffer)
