@@ -9,11 +9,6 @@ public enum ResponseEncoder {
     public static let maxHeaderLine = 998
     /// When the action has no code of its own Postfix adds "NNN X.Y.Z " (10 octets).
     static let postfixPrefix = 10
-    /// The longest restriction-list class Postfix names in a refusal ("Recipient address").
-    static let longestReplyClass = 17
-    /// What `client_name[client_address]` may carry besides the two values: the brackets and
-    /// a `:port` (smtpd_client_port_logging).
-    static let namaddrExtra = 8
 
     public static func encode(_ action: PolicyAction) -> [UInt8] {
         var out: [UInt8] = []
@@ -22,19 +17,6 @@ public enum ResponseEncoder {
         out.append(contentsOf: actionText(action).utf8)
         out.append(contentsOf: "\n\n".utf8)
         return out
-    }
-
-    /// The octets Postfix writes around a refusal's text besides its code and status code,
-    /// when it turns the answer into an SMTP reply: `<name>: Recipient address rejected: `
-    /// (smtpd_check.c), with the restriction list's name and class. Which list asked is not
-    /// in the request, so this is for the longest name it could be: the recipient, the
-    /// sender, the HELO name or `client_name[client_address]:port`, and the longest class.
-    public static func refusalFrame(_ request: PolicyRequest) -> Int {
-        func octets(_ attribute: Attribute) -> Int { request.withValueBytes(attribute) { $0.count } ?? 0 }
-        let name = max(octets(.recipient), octets(.sender), octets(.heloName),
-                       octets(.clientName) + octets(.clientAddress) + namaddrExtra)
-        // "<" name ">: " class " rejected: "
-        return 1 + name + 3 + longestReplyClass + 11
     }
 
     /// The part after `action=`, sanitised and cut. `frame` is what Postfix adds around a
