@@ -376,6 +376,16 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(reason(named("mail-1.outbound.forwarder.example")) == "spf=skipped(trusted_client_name)")
         #expect(reason(named("Backup-MX.example.net.")) == "spf=skipped(trusted_client_name)")
         #expect(reason(request(sender: "a@hostile.example", helo: "relay.internal.example")) == "spf=skipped(trusted_helo_name)")
+        // Before MAIL FROM there is no sender: the session is not a bounce, and nothing is
+        // evaluated (postmaster@HELO was checked, and its fail refused the client).
+        for state in ["CONNECT", "EHLO", "HELO", "VRFY", "ETRN"] {
+            let early = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", state), ("client_address", "198.51.100.7"),
+                                       ("sender", ""), ("helo_name", "mail.helo.example")])
+            #expect(reason(early) == "spf=skipped(before_mail_from)", "\(state)")
+        }
+        SPFSettings.register()
+        let warned = try Configuration.parse("[policy]\nehlo = [\"spf\"]\nrcpt = [\"spf\"]\n[spf]\n", file: "s.toml").warnings.map(\.description)
+        #expect(warned == ["s.toml:4: spf: policy.ehlo lists spf, but EHLO comes before MAIL FROM: SPF is never evaluated there (it would check every session as a bounce); list spf in policy.rcpt"], "\(warned)")
         #expect(reason(request(sender: "a@hostile.example", recipient: "Postmaster@anything.example")) == "spf=skipped(recipient)")
         #expect(reason(request(sender: "a@hostile.example", recipient: "abuse@local.example")) == "spf=skipped(recipient)")
         #expect(reason(request(sender: "a@hostile.example", recipient: "anyone@open.example")) == "spf=skipped(recipient)")
@@ -385,6 +395,33 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(reason(named("unknown")) == "evaluated")
         #expect(reason(request(sender: "a@hostile.example", instance: "m9", recipient: "abuse@elsewhere.example")) == "evaluated")
         #expect(reason(request(sender: "a@hostile.example")) == "evaluated")
+    }
+
+    /// Domains written in U-labels match the A-label form SPF compares (they never matched:
+    /// an exempted IDN domain was evaluated, a strict one not held to it), and a recipient
+    /// without a domain (RCPT TO:<postmaster>) matches a `postmaster@` entry.
+    @Test func internationalDomainsAndABarePostmasterMatchTheirLists() throws {
+        SPFSettings.register()
+        let config = try Configuration.parse("""
+            [policy]
+            rcpt = ["spf"]
+            [spf]
+            skip_sender_domains = ["Bücher.example"]
+            strict_domains = ["straße.example"]
+            trusted_helo_names = [".ÉCOLE.example"]
+            skip_recipients = ["postmaster@", "abuse@Müller.example"]
+            """, file: "i.toml")
+        let s = try #require(config.checks["spf"] as? SPFSettings)
+        #expect(SPFSettings.listed("xn--bcher-kva.example", in: s.skipSenderDomains))
+        #expect(SPFSettings.listed("mail.xn--bcher-kva.example", in: s.skipSenderDomains))
+        #expect(SPFSettings.listed("bücher.example", in: s.skipSenderDomains))
+        #expect(SPFSettings.listed("xn--strae-oqa.example", in: s.strictDomains))
+        #expect(SPFSettings.nameListed("mx.xn--cole-9oa.example", in: s.trustedHeloNames))
+        #expect(SPFSettings.recipientListed("postmaster", in: s.skipRecipients))
+        #expect(SPFSettings.recipientListed("Abuse@xn--mller-kva.example", in: s.skipRecipients))
+        #expect(SPFSettings.recipientListed("abuse@müller.example", in: s.skipRecipients))
+        #expect(!SPFSettings.recipientListed("abuse", in: s.skipRecipients))
+        #expect(!SPFSettings.listed("xn--bcher-kva.example.evil", in: s.skipSenderDomains))
     }
 
     /// A skipped recipient is never refused by SPF, and carries the message's header when

@@ -145,7 +145,18 @@ public final class SPFCheck: RetirableCheck {
         await verifier.settled()
     }
 
+    /// Stages that come before MAIL FROM: their requests carry no sender, and evaluating
+    /// them would check postmaster@HELO as if every session were a bounce (RFC 7208 §2.4
+    /// is for MAIL FROM:<> only).
+    static func beforeMailFrom(_ state: ProtocolState) -> Bool {
+        switch state {
+        case .connect, .ehlo, .helo, .vrfy, .etrn: true
+        case .mail, .rcpt, .data, .bdat, .endOfMessage, .other: false
+        }
+    }
+
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
+        if Self.beforeMailFrom(request.protocolState) { return .now(.noOpinion("spf=skipped(before_mail_from)")) }
         if settings.skipAuthenticated && !request.saslUsername.isEmpty {
             return .now(.noOpinion("spf=skipped(authenticated)"))
         }

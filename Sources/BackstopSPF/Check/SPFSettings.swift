@@ -128,7 +128,7 @@ public struct SPFSettings: CheckSettings, Equatable {
         strictDomains = section.stringArray("strict_domains", default: []).map(SPFSettings.normaliseDomain)
         trustedClientNames = section.stringArray("trusted_client_names", default: d.trustedClientNames).map(SPFSettings.normaliseName)
         trustedHeloNames = section.stringArray("trusted_helo_names", default: d.trustedHeloNames).map(SPFSettings.normaliseName)
-        skipRecipients = section.stringArray("skip_recipients", default: d.skipRecipients).map { $0.trimmingSpaces.lowercased() }
+        skipRecipients = section.stringArray("skip_recipients", default: d.skipRecipients).map(SPFSettings.normaliseRecipientEntry)
         for entry in skipRecipients where !entry.contains("@") || entry == "@" {
             section.report("skip_recipients", "\"\(LogEscaping.escape(entry))\" is not user@domain, user@ or @domain")
         }
@@ -150,11 +150,20 @@ public struct SPFSettings: CheckSettings, Equatable {
             && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }
     }
 
-    /// A host name or ".suffix", lowercased, without a trailing dot.
+    /// A host name or ".suffix", lowercased, without a trailing dot, and in A-labels (the form
+    /// SPF compares: a domain written in U-labels, `bücher.example`, is `xn--bcher-kva.example`).
     static func normaliseName(_ text: String) -> String {
         var name = text.trimmingSpaces.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
-        return name
+        return asciiForm(name)
+    }
+
+    /// `name` in A-labels when it holds 8-bit text that is a domain name; as it is otherwise.
+    static func asciiForm(_ name: String) -> String {
+        guard name.utf8.contains(where: { $0 >= 0x80 }) else { return name }
+        let leadingDot = name.hasPrefix(".")
+        guard let ascii = DomainName.asciiForm(leadingDot ? String(name.dropFirst()) : name) else { return name }
+        return (leadingDot ? "." : "") + ascii.lowercased()
     }
 
     /// True when `name` is one of `names` or ends with one that starts with ".".
@@ -164,19 +173,29 @@ public struct SPFSettings: CheckSettings, Equatable {
         return names.contains { $0.hasPrefix(".") ? name.hasSuffix($0) : name == $0 }
     }
 
-    /// True when `recipient` matches an entry of skip_recipients.
+    /// True when `recipient` matches an entry of skip_recipients. A recipient without a
+    /// domain (`RCPT TO:<postmaster>`, which RFC 5321 §4.5.1 makes every server accept)
+    /// matches a `local@` entry.
     static func recipientListed(_ recipient: String, in entries: [String]) -> Bool {
-        let address = recipient.lowercased()
-        guard let at = address.lastIndex(of: "@") else { return false }
-        let local = address[...at], domain = address[at...]
+        let lowered = recipient.lowercased()
+        guard let at = lowered.lastIndex(of: "@") else { return entries.contains(lowered + "@") }
+        let local = String(lowered[...at]), domain = "@" + asciiForm(String(lowered[lowered.index(after: at)...]))
+        let address = local.dropLast() + domain
         return entries.contains { $0 == address || $0 == local || $0 == domain }
+    }
+
+    /// A skip_recipients entry as recipients are compared: lowercased, its domain in A-labels.
+    static func normaliseRecipientEntry(_ text: String) -> String {
+        let entry = text.trimmingSpaces.lowercased()
+        guard let at = entry.lastIndex(of: "@") else { return entry }
+        return String(entry[...at]) + asciiForm(String(entry[entry.index(after: at)...]))
     }
 
     static func normaliseDomain(_ text: String) -> String {
         var d = text.trimmingSpaces.lowercased()
         if d.hasPrefix("@") { d.removeFirst() }
         if d.hasSuffix(".") { d.removeLast() }
-        return d
+        return asciiForm(d)
     }
 
     /// True when `domain` is one of `list` or a subdomain of one.
@@ -238,6 +257,9 @@ public struct SPFSettings: CheckSettings, Equatable {
         let ceiling = Self.evaluationCeiling(configuration.policy.deadline)
         if verifier.evaluationDeadline > ceiling {
             out.append(("evaluation_deadline", "\(DurationText.format(verifier.evaluationDeadline)) is not well inside policy.deadline (\(DurationText.format(configuration.policy.deadline))): \(DurationText.format(ceiling)) is used, so that a slow evaluation gets the temperror action rather than the engine's fallback"))
+        }
+        for state in ProtocolState.allCases where SPFCheck.beforeMailFrom(state) && configuration.policy.runs("spf", at: state) {
+            out.append(("", "policy.\(state.configKey) lists spf, but \(state.rawValue) comes before MAIL FROM: SPF is never evaluated there (it would check every session as a bounce); list spf in policy.rcpt"))
         }
         guard header != .none else { return out }
         let name = header == .receivedSPF ? "Received-SPF" : "Authentication-Results"
