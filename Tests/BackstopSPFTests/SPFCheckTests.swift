@@ -536,6 +536,22 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(cached("l1") != nil, "the late message is kept for the cache")
     }
 
+    /// A HELO name over 255 octets made a sender's whole result permerror (accepted), so a
+    /// client could forge any sender by saying such a HELO; with a warm cache the same
+    /// request got the fail. The sender is judged on its own record, both times.
+    @Test func anOverlongHeloDoesNotExcuseAForgedSender() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let check = try makeCheck(checkSettings(dns))
+        defer { check.verifier.shutdown() }
+        let engine = PolicyEngine(stages: [.rcpt: [check]])
+        let helo = (1...5).map { _ in String(repeating: "h", count: 60) }.joined(separator: ".")
+        let cold = try await decide(engine, request(sender: "a@pass.example", client: "203.0.113.5", helo: helo, instance: "o1"))
+        #expect(cold.reason.hasPrefix("spf=fail") && cold.action.isRefusal, "\(cold.reason)")
+        let warm = try await decide(engine, request(sender: "b@pass.example", client: "203.0.113.5", helo: helo, instance: "o2"))
+        #expect(warm.reason.hasPrefix("spf=fail") && warm.action.isRefusal, "\(warm.reason)")
+    }
+
     @Test func heloCheckRefusesFirst() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

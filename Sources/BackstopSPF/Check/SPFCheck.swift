@@ -300,9 +300,13 @@ public final class SPFCheck: RetirableCheck {
     func queries(client: String, sender: String, helo: String, parsed: IPAddress? = nil) -> (helo: SPFQuery?, mailfrom: SPFQuery) {
         let heloUsable = settings.heloCheck && !helo.isEmpty && SPFQuery.domainProblem(helo) == nil
         let parsed = parsed ?? IPAddress(client)
+        // A HELO name too long to be one reaches a sender's evaluation only through %{h}: it
+        // is left out there (as if none had been given) rather than making the sender's whole
+        // result a permerror, which lets a forged sender through.
+        let heloForSender = !sender.isEmpty && helo.utf8.count > SPFWire.maxHelo ? "" : helo
         // A bounce's MAIL FROM identity is postmaster@helo (RFC 7208 §2.4); still "mailfrom".
         return (heloUsable ? SPFQuery(clientAddress: client, sender: "", helo: helo, identity: .helo, parsed: parsed) : nil,
-                SPFQuery(clientAddress: client, sender: sender, helo: helo, identity: .mailfrom, parsed: parsed))
+                SPFQuery(clientAddress: client, sender: sender, helo: heloForSender, identity: .mailfrom, parsed: parsed))
     }
 
     /// The outcomes for one message from the verifier's cache alone, or nil.
