@@ -86,6 +86,20 @@ func isHeader(_ decision: Decision) -> Bool {
         let strict = SPFCheck(settings: strictSettings, verifier: verifier)
         let soft = strict.verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .softfail, query: query)), header: nil)
         #expect(soft.action.keyword == "550" && soft.reason == "spf=softfail strict_domain")
+        // An action that refuses only if Postfix's later restrictions agree is no refusal for
+        // a strict domain: DEFER_IF_REJECT lets the mail through when nothing rejects it.
+        var maybe = strictSettings
+        maybe.actions[.softfail] = .deferIfReject("4.7.1 softfail")
+        let maybeSoft = SPFCheck(settings: maybe, verifier: verifier).verdict(for: SPFEvaluated(mailfrom: SPFOutcome(result: .softfail, query: query)), header: nil)
+        #expect(maybeSoft.action.keyword == "550" && maybeSoft.reason == "spf=softfail strict_domain", "\(maybeSoft)")
+        SPFSettings.register()
+        do {
+            _ = try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\nstrict_action = \"DEFER_IF_REJECT no\"\n", file: "x.toml")
+            Issue.record("strict_action = DEFER_IF_REJECT was accepted")
+        } catch {
+            let messages = error.issues.map(\.description)
+            #expect(messages.contains { $0.contains("spf.strict_action: must refuse") }, "\(messages)")
+        }
         // A bounce from a strict domain's host (no SPF for the host name) is not a sender of
         // that domain: it gets the ordinary action for none, not the strict refusal.
         let bounce = SPFQuery(clientAddress: "192.0.2.10", sender: "", helo: "mx1.pass.example")

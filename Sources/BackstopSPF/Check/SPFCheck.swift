@@ -364,6 +364,16 @@ public final class SPFCheck: RetirableCheck {
         return refusalOrHeader(helo, once: once, strict: strict(helo))
     }
 
+    /// A refusal whatever Postfix's later restrictions say: DEFER_IF_REJECT lets the mail through
+    /// when nothing later rejects it, and DEFER_IF_PERMIT when nothing later permits it, so a
+    /// strict domain's result answered with one of them is held to strict_action instead.
+    static func refusesForCertain(_ action: PolicyAction) -> Bool {
+        switch action {
+        case .reject, .deferTemporarily, .reply: true
+        default: false
+        }
+    }
+
     /// strict_domains name sender domains: a bounce has none (its HELO is checked as
     /// postmaster@helo), so a bounce from a strict domain's host is judged like any other.
     private func strict(_ outcome: SPFOutcome) -> Bool {
@@ -374,7 +384,7 @@ public final class SPFCheck: RetirableCheck {
     func refusalOrHeader(_ outcome: SPFOutcome, once: HeaderOnce?, strict: Bool) -> Verdict {
         var action = actions[outcome.result.index]
         var reason = reasons[outcome.result.index * 4 + (outcome.query.identity == .helo ? 2 : 0) + (outcome.cached ? 1 : 0)]
-        if strict && outcome.result != .pass && outcome.result != .temperror && !action.isRefusal {
+        if strict && outcome.result != .pass && outcome.result != .temperror && !Self.refusesForCertain(action) {
             action = settings.strictAction
             reason += " strict_domain"
         }

@@ -136,7 +136,9 @@ public struct SPFSettings: CheckSettings, Equatable {
             section.report(trustedClientNames.contains(name) ? "trusted_client_names" : "trusted_helo_names", "an empty name would match every client")
         }
         strictAction = section.action("strict_action", default: d.strictAction)
-        if !strictAction.isRefusal { section.report("strict_action", "must refuse: a 5NN or 4NN reply, REJECT or DEFER") }
+        if !SPFCheck.refusesForCertain(strictAction) {
+            section.report("strict_action", "must refuse: a 5NN or 4NN reply, REJECT or DEFER (DEFER_IF_PERMIT, DEFER_IF_REJECT let the mail through when a later restriction decides)")
+        }
 
         let actionSection = section.section("actions")
         for result in SPFResult.allCases {
