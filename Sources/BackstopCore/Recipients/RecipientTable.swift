@@ -239,15 +239,16 @@ struct RecipientTableBuilder {
         }
     }
 
-    /// Registers a domain from the configuration (`domains = [...]`).
-    mutating func addDomain(_ domain: String, file: Int) -> AddressNormaliser.Failure? {
+    /// Registers a domain: from the configuration (`domains = [...]`), or a table's
+    /// virtual(5) domain line. It never replaces an entry (a catch-all stays one).
+    mutating func addDomain(_ domain: String, file: Int, line: Int = 0) -> AddressNormaliser.Failure? {
         var key = "@" + domain
         return key.withUTF8 { bytes in
             AddressNormaliser.withNormalised(UnsafeRawBufferPointer(bytes), rules: rules, forLookup: false) { result, buffer in
                 switch result {
                 case .failure(let failure): return failure
                 case .success(let a):
-                    insert(buffer, a.length, kind: .domain, file: file, line: 0, override: -1)
+                    insert(buffer, a.length, kind: .domain, file: file, line: line, override: -1)
                     return nil
                 }
             }

@@ -106,6 +106,17 @@ enum RecipientTableFile {
         bytes.withUnsafeBufferPointer { text in
             LookupTableText.forEachEntry(text, report: report) { entry in
                 let keyBytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(text)[entry.key])
+                // A virtual(5) domain line ("example.com  anything", in an alias file listed
+                // as a table): the domain is ours, and its addresses are those listed.
+                if !keyBytes.contains(UInt8(ascii: "@")), keyBytes.contains(UInt8(ascii: ".")) {
+                    let domain = String(decoding: keyBytes, as: UTF8.self)
+                    if let first = entry.value ?? entry.more.first, startsWithOverride(text, first) {
+                        report(entry.line, "the domain line \"\(LogEscaping.escape(domain, limit: 120))\" takes no answer of its own: write @\(LogEscaping.escape(domain, limit: 120)) for every address of it")
+                    } else if let failure = builder.addDomain(domain, file: fileIndex, line: entry.line) {
+                        report(entry.line, "the domain \"\(LogEscaping.escape(domain, limit: 120))\" \(failure)")
+                    }
+                    return
+                }
                 var override: PolicyAction?
                 if let first = entry.value ?? entry.more.first, startsWithOverride(text, first) {
                     let value = LookupTableText.value(of: entry, in: text)

@@ -200,6 +200,12 @@ public final class RecipientsCheck: ReloadableCheck {
         case .notOurDomain:
             lookups[LookupCounter.notOurDomain.rawValue].increment()
             return .noOpinion("not_our_domain")
+        case .unknown where request.withValueBytes(.recipient, Self.isPostmaster) == true:
+            // RFC 5321 §4.5.1: postmaster@ every domain we receive mail for must be accepted
+            // (Postfix does so for its local domains by itself); a table that does not list it
+            // is not refusing it on purpose (an entry with its own answer would).
+            lookups[LookupCounter.known.rawValue].increment()
+            return .noOpinion("postmaster")
         case .unknown:
             lookups[LookupCounter.unknown.rawValue].increment()
             // The newest edit may add this mailbox: refuse for now only, until it loads.
@@ -236,9 +242,17 @@ public final class RecipientsCheck: ReloadableCheck {
         switch table.match(address, rules: settings.rules) {
         case .noAddress, .notOurDomain: return .unknown
         case .unknown:
+            var copy = address
+            if copy.withUTF8({ Self.isPostmaster(UnsafeRawBufferPointer($0)) }) { return .known }
             return directory.newestEditFailed ? .fault("the newest edit of the recipient table is broken") : .unknown
         case .entry: return .known
         }
+    }
+
+    /// Whether the address's local part is "postmaster", in any case.
+    static func isPostmaster(_ address: UnsafeRawBufferPointer) -> Bool {
+        guard let at = address.lastIndex(of: UInt8(ascii: "@")), at == 10 else { return false }
+        return zip(address[..<at], "postmaster".utf8).allSatisfy { $0 | 0x20 == $1 }
     }
 
     /// Puts the address (as the client sent it; the response encoder sanitises it) into "{recipient}".

@@ -44,6 +44,22 @@ import BackstopSPF
         #expect(check.verdict(for: recipientRequest("tab@example.com")) == Verdict(.reject("Mailbox closed"), reason: "recipient_override"))
     }
 
+    /// RFC 5321 §4.5.1: postmaster@ a domain we receive mail for must be accepted. A table
+    /// that did not list it refused it 550 (Postfix itself accepts it for its local domains);
+    /// an entry of its own still answers.
+    @Test func anUnlistedPostmasterIsAccepted() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\npostmaster@example.org REJECT 5.7.1 write to abuse@ instead\n@example.org OK\n")
+        let config = try configuration(dir, "reload_interval = \"0s\"")
+        let check = try #require(try config.checks["recipients"]?.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
+        #expect(check.verdict(for: recipientRequest("postmaster@example.com")) == .noOpinion("postmaster"))
+        #expect(check.verdict(for: recipientRequest("PostMaster@Example.com")) == .noOpinion("postmaster"))
+        #expect(check.mapAnswer(for: "postmaster@example.com") == .known)
+        #expect(check.verdict(for: recipientRequest("postmasters@example.com")).reason == "unknown_recipient")
+        #expect(check.verdict(for: recipientRequest("xpostmaster@example.com")).reason == "unknown_recipient")
+        #expect(check.verdict(for: recipientRequest("postmaster@example.org")).reason == "recipient_override")
+    }
+
     @Test func settingsAreReadAndChecked() throws {
         let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")

@@ -155,7 +155,7 @@ import Testing
         let dir = try RecipientTableDirectory()
         let path = try dir.write("recipients", """
             good@example.com OK
-            example.com OK
+            example REJECT
             user@ OK
             bad@example.com 550 4.1.1 mismatched
             "unterminated@example.com OK
@@ -173,6 +173,29 @@ import Testing
             #expect(lines.contains { $0.hasPrefix("\(path):5: ") && $0.contains("closing quote") })
             #expect(lines.contains { $0.hasPrefix("\(path):6: ") && $0.contains("empty quoted local part") })
         }
+    }
+
+    /// An alias file (virtual(5)) listed as a table: its domain lines declare the domain
+    /// (they were errors, so such a file could not be listed), its values are ignored, and
+    /// a catch-all stays one whatever line comes after it.
+    @Test func aVirtualAliasFileLoadsAsATable() throws {
+        let dir = try RecipientTableDirectory()
+        let path = try dir.write("virtual", """
+            example.com           anything
+            sales@example.com     alice@example.com, bob@example.com
+            @example.org          catchall@example.com
+            example.org           anything
+            Bücher.example        x
+            """)
+        let table = try RecipientTableSource(files: [path]).load()
+        #expect(table.lookup("sales@example.com") == .valid(file: path, line: 2))
+        #expect(table.lookup("nobody@example.com") == .unknown)
+        #expect(table.lookup("anyone@example.org") == .valid(file: path, line: 3))
+        #expect(table.lookup("nobody@xn--bcher-kva.example") == .unknown)
+        #expect(table.domainCount == 3)
+        // A domain line with an answer of its own is an error (write @domain).
+        let answered = try dir.write("answered", "example.net REJECT closed\n")
+        #expect(throws: ConfigError.self) { try RecipientTableSource(files: [answered]).load() }
     }
 
     @Test func missingFileIsAnError() throws {
