@@ -14,6 +14,8 @@ public struct RecipientLookupReport: Sendable {
     public var matchedKey: String?
     /// The answer Backstop would give at RCPT TO (before test mode).
     public var answer: PolicyAction
+    /// An unlisted postmaster@ of our domain, which the check accepts (RFC 5321 §4.5.1).
+    public var acceptedPostmaster = false
 
     /// One line: `ADDRESS: valid (FILE:LINE, key KEY)`, `ADDRESS: unknown (…answer…)`,
     /// `ADDRESS: not our domain (no opinion)`.
@@ -25,6 +27,8 @@ public struct RecipientLookupReport: Sendable {
             return "\(shown): valid (\(Self.place(file, line)), key \(LogEscaping.escape(matchedKey ?? ""))\(via))"
         case .override(let action, let file, let line):
             return "\(shown): valid, with its own answer \(answer) (\(Self.place(file, line)), key \(LogEscaping.escape(matchedKey ?? "")); value \(action.keyword))"
+        case .unknown where acceptedPostmaster:
+            return "\(shown): accepted: postmaster of our domain, not in the table (RFC 5321 §4.5.1; answer: DUNNO)"
         case .unknown:
             return "\(shown): unknown (our domain, no entry\(via); answer: \(answer))"
         case .notOurDomain:
@@ -38,6 +42,7 @@ public struct RecipientLookupReport: Sendable {
     public var exitStatus: Int32 {
         switch result {
         case .valid: 0
+        case .unknown where acceptedPostmaster: 0
         case .unknown, .override: 1
         case .notOurDomain, .noAddress: 2
         }
@@ -52,12 +57,16 @@ public struct RecipientLookupReport: Sendable {
         let result = table.lookup(address, rules: settings.rules)
         let (normalised, key) = table.explain(address, rules: settings.rules)
         var answer = PolicyAction.dunno
+        var copy = address
+        let postmaster = result == .unknown && copy.withUTF8 { RecipientsCheck.isPostmaster(UnsafeRawBufferPointer($0)) }
         switch result {
+        case .unknown where postmaster: break
         case .unknown: answer = RecipientsCheck.fill(settings.rejectAction, recipient: address)
         case .override(let action, _, _): answer = RecipientsCheck.fill(action, recipient: address)
         default: break
         }
-        return RecipientLookupReport(address: address, result: result, normalised: normalised, matchedKey: key, answer: answer)
+        return RecipientLookupReport(address: address, result: result, normalised: normalised, matchedKey: key, answer: answer,
+                                     acceptedPostmaster: postmaster)
     }
 
     /// For `backstop lookup ADDRESS [--config FILE | --table FILE]`: reads the [recipients]

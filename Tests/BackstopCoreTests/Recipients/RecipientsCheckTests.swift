@@ -58,6 +58,10 @@ import BackstopSPF
         #expect(check.verdict(for: recipientRequest("postmasters@example.com")).reason == "unknown_recipient")
         #expect(check.verdict(for: recipientRequest("xpostmaster@example.com")).reason == "unknown_recipient")
         #expect(check.verdict(for: recipientRequest("postmaster@example.org")).reason == "recipient_override")
+        // backstop lookup says the same.
+        let settings = try #require(config.checks["recipients"] as? RecipientsSettings)
+        let report = RecipientLookupReport.describe(address: "postmaster@example.com", table: try settings.source.load(), settings: settings)
+        #expect(report.exitStatus == 0 && report.answer == .dunno && report.text.contains("accepted: postmaster"), "\(report.text)")
     }
 
     @Test func settingsAreReadAndChecked() throws {
