@@ -58,6 +58,11 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// `keptOutCapacity` is let go as it is flushed: an idle connection keeps at most that.
     @exclusivity(unchecked) private var outBuffer = ByteBufferAllocator().buffer(capacity: 0)
     @exclusivity(unchecked) private var outPending = false
+    /// True while answerQueued registers its callback on a check's future, and whether that
+    /// callback ran then (the future was already complete). One answer is owed at a time, so
+    /// one pair serves the connection.
+    @exclusivity(unchecked) private var registering = false
+    @exclusivity(unchecked) private var ranInline = false
     /// The most `outBuffer` keeps between answers (octets).
     static let keptOutCapacity = 4_096
 
@@ -183,7 +188,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     // A future already complete runs this callback at once, inside this
                     // loop: the loop then goes on to the next request itself, rather than
                     // the callback nesting one more answerQueued per request queued.
-                    let turn = CallbackTurn()
+                    registering = true
+                    ranInline = false
                     future.assumeIsolated().whenComplete { result in
                         let decision: Decision
                         switch result {
@@ -194,12 +200,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                                    closed: { responder.unsent(request, decision, elapsedNanos: $0) }) {
                             responder.write(request, decision, elapsedNanos: $0, into: &$1)
                         }
-                        if turn.inline { turn.ranInline = true; return }
+                        if self.registering { self.ranInline = true; return }
                         self.answerQueued(context: context)
                         self.flushAnswers(context: context)
                     }
-                    turn.inline = false
-                    if turn.ranInline { continue }
+                    registering = false
+                    if ranInline { continue }
                     return
                 }
             case (.socketmap(let responder), .socketmap(let request)):
@@ -212,12 +218,6 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if connection.closeIfFinished() { return close(context: context) }
         if connection.resumeRead(writable: context.channel.isWritable) { context.read() }
-    }
-
-    /// Whether a future's callback runs inside the whenComplete call that registered it.
-    private final class CallbackTurn {
-        var inline = true
-        var ranInline = false
     }
 
     /// Marks the owed answer as given and, if the channel is still open, lets `encode` count,

@@ -148,11 +148,14 @@ final class MetricsConnectionClock {
 
     func requestStarted(_ context: ChannelHandlerContext) { if !reading { arm(context, reading: true) } }
     /// The request is complete: read_timeout no longer runs while it is answered (a
-    /// rate-limit question may wait up to RateLimitCheck.statusTimeout for the store).
-    func requestComplete() {
-        timer?.cancel()
-        timer = nil
+    /// rate-limit question may wait up to RateLimitCheck.statusTimeout for the store); the
+    /// answer must be written within that and read_timeout more, or the connection is closed
+    /// (a client that does not read its answer keeps no place).
+    func requestComplete(_ context: ChannelHandlerContext) {
         reading = false
+        timer?.cancel()
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: RateLimitCheck.statusTimeout + settings.readTimeout) { channel.close(promise: nil) }
     }
     func answered(_ context: ChannelHandlerContext) { arm(context, reading: false) }
     func cancel() { timer?.cancel() }
@@ -213,8 +216,13 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// connection; the request is logged (escaped, at most once a second) and nothing else.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let peer = context.channel.remoteAddress.map(PolicyServer.describe) ?? "?"
-        state.warnings.warn(.metricsBadRequest, state.logger,
-                            "malformed metrics request, closing: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
+        if error is HTTPParserError {
+            state.warnings.warn(.metricsBadRequest, state.logger,
+                                "malformed metrics request, closing: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
+        } else {
+            // A reset connection and the like: the client's business, not a bad request.
+            state.logger.debug("metrics connection error: peer=\(LogEscaping.field(peer)) error=\(LogEscaping.field("\(error)"))")
+        }
         context.close(promise: nil)
     }
 
@@ -252,7 +260,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.close(promise: nil)
                 return
             }
-            clock.requestComplete()
+            clock.requestComplete(context)
             let (path, query) = HTTPTarget.parse(head.uri)
             if head.method == .GET && path == "/metrics" {
                 respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",

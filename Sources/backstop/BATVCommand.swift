@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import BackstopCore
+import Logging
 
 struct BATVCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,7 +22,11 @@ struct BATVCommand: ParsableCommand {
                     printError("\(config): has no [batv] section")
                     throw ExitStatus.cannotAsk.code
                 }
-                return BATVCheck(settings: settings, keys: try BATVKeyFile.load(settings.keyFile))
+                // Built as the server builds it (the recipients' delimiters included).
+                let context = CheckBuildContext(logger: Logger(label: "backstop.batv", factory: { _ in SwiftLogNoOpLogHandler() }),
+                                                recipientDelimiters: loaded.recipientDelimiters)
+                guard let check = try settings.makeCheck(context) as? BATVCheck else { throw ExitStatus.cannotAsk.code }
+                return check
             } catch let error as ConfigError {
                 for issue in error.issues { printError(issue.description) }
                 throw ExitStatus.cannotAsk.code

@@ -771,3 +771,30 @@ extension BinaryTests {
         #expect(serve.stop() == 0)
     }
 }
+
+extension BinaryTests {
+    /// `backstop batv sign` builds the check as the server does, with [recipients]'
+    /// recipient_delimiter: an excluded sender's extension address is not signed (the
+    /// command signed it while the server did not).
+    @Test func batvSignFollowsTheRecipientDelimiterAsTheServerDoes() throws {
+        let dir = tempDirectory()
+        try "alice@example.org\n".write(toFile: dir + "/recipients", atomically: true, encoding: .utf8)
+        try "1 0123456789abcdef-secret-one\n".write(toFile: dir + "/batv-keys", atomically: true, encoding: .utf8)
+        chmod(dir + "/batv-keys", 0o600)
+        let path = dir + "/backstop.toml"
+        try """
+            [policy]
+            rcpt = ["recipients", "batv"]
+            [recipients]
+            tables = ["recipients"]
+            recipient_delimiter = "+"
+            [batv]
+            domains = ["example.org"]
+            exclude_senders = ["list@example.org"]
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let excluded = try runBackstop(["batv", "sign", "list+owner@example.org", "--config", path])
+        #expect(excluded.status == 1, "\(excluded.stdout)")
+        let signed = try runBackstop(["batv", "sign", "alice@example.org", "--config", path])
+        #expect(signed.status == 0 && signed.stdout.hasPrefix("prvs="), "\(signed.stdout)\(signed.stderr)")
+    }
+}

@@ -12,7 +12,7 @@ import Prometheus
 @testable import BackstopServer
 
 /// A plain loopback TCP connection that can tell whether the peer closed it.
-final class RawConnection {
+final class RawConnection: @unchecked Sendable {  // used by one thread at a time
     let fd: Int32
 
     init(port: Int) throws {
@@ -235,7 +235,12 @@ final class RawConnection {
         }
         let c = try RawConnection(port: port)
         c.send("GET /ratelimit/status?rule=r&key=k HTTP/1.0\r\n\r\n")
-        let answer = c.readUntilClosed(seconds: 10)
+        // Read on a thread of its own: the answer comes from a Swift task, and a blocking
+        // read on this test's task would hold one of the (two) threads that runs it, while
+        // suites running beside this one may hold the other.
+        let answer = await withCheckedContinuation { done in
+            Thread.detachNewThread { done.resume(returning: c.readUntilClosed(seconds: 10)) }
+        }
         #expect(answer.text.hasPrefix("HTTP/1.0 200") && answer.text.hasSuffix("slow answer\n"), "\(answer.text)")
         await endpoint.stop()
         await s.stop()

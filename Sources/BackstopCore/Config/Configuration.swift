@@ -19,6 +19,12 @@ public struct Configuration: Sendable {
     /// `check-config --strict` fails on them, `serve` logs them.
     public var warnings: [ConfigIssue] = []
 
+    /// `[recipients] recipient_delimiter`, which the other checks' address lists follow too
+    /// (CheckBuildContext.recipientDelimiters); none without `[recipients]`.
+    public var recipientDelimiters: [UInt8] {
+        (checks["recipients"] as? RecipientsSettings)?.rules.recipientDelimiters ?? []
+    }
+
     /// The directory relative paths in the file are resolved against.
     public var baseDirectory: String { (file as NSString).deletingLastPathComponent }
 

@@ -8,7 +8,7 @@ public enum EngineBuilder {
     public static func build(_ config: Configuration, previous: PolicyEngine?, logger: Logger) throws -> PolicyEngine {
         var built: [String: any Check] = [:]
         var issues: [ConfigIssue] = []
-        let delimiters = (config.checks["recipients"] as? RecipientsSettings)?.rules.recipientDelimiters ?? []
+        let delimiters = config.recipientDelimiters
         for name in config.checks.keys.sorted() {
             guard let settings = config.checks[name] else { continue }
             let context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline,

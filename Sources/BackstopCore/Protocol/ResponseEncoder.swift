@@ -29,7 +29,9 @@ public enum ResponseEncoder {
         case .reply(let code, let enhanced, let text):
             var head = String(code)
             if let enhanced { head += " " + sanitise(enhanced, limit: 11) }
-            let body = sanitise(text, limit: max(0, maxReplyLine - head.utf8.count - 1 - frame))
+            // Without a status code of its own, Postfix adds its default one ("5.7.1 ").
+            let prefix = enhanced == nil ? postfixPrefix : head.utf8.count + 1
+            let body = sanitise(text, limit: max(0, maxReplyLine - prefix - frame))
             return body.isEmpty ? head : head + " " + body
         case .prepend(let header):
             return "PREPEND " + sanitise(header, limit: maxHeaderLine)

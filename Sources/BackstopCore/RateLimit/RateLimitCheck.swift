@@ -375,33 +375,36 @@ extension RateLimitCheck {
     /// The values of a combined key as an administrator writes it: joined by "+" in the
     /// rule's order. A value may hold a "+" itself (`alice+news@example.org`): when there are
     /// more "+" than parts and one part alone can hold one (a sender, a recipient, a SASL
-    /// name), the extra ones are that part's; otherwise a "+" inside a value is written `\+`
-    /// (and a backslash `\\`).
+    /// name), the extra ones are that part's. When two parts can, a "+" inside a value is
+    /// written `\+` (and a backslash `\\`); elsewhere a backslash is an ordinary character
+    /// (`EXAMPLE\jdoe`).
     static func split(combined key: String, into parts: [RateKeyPart]) -> Result<[String], RateLimitStatusError> {
-        var pieces: [String] = [""]
-        var escaped = false, anyEscape = false
-        for character in key {
-            if escaped {
-                pieces[pieces.count - 1].append(character)
-                escaped = false
-            } else if character == "\\" {
-                escaped = true
-                anyEscape = true
-            } else if character == "+" {
-                pieces.append("")
-            } else {
-                pieces[pieces.count - 1].append(character)
-            }
-        }
-        if escaped { pieces[pieces.count - 1].append("\\") }
-        guard pieces.count > parts.count, !anyEscape else { return .success(pieces) }
         let holders = parts.indices.filter { parts[$0].mayHoldPlus }
-        guard holders.count == 1, let holder = holders.first else {
-            let names = parts.filter(\.mayHoldPlus).map(\.rawValue).joined(separator: " and ")
-            return .failure(RateLimitStatusError(description: holders.isEmpty
-                ? "the key has \(pieces.count) values joined by \"+\", the rule \(parts.count)"
-                : "the key has more \"+\" than the rule has parts, and \(names) may each hold one: write a \"+\" inside a value as \\+"))
+        var pieces: [String] = [""]
+        if holders.count >= 2 {
+            var escaped = false
+            for character in key {
+                if escaped {
+                    pieces[pieces.count - 1].append(character)
+                    escaped = false
+                } else if character == "\\" {
+                    escaped = true
+                } else if character == "+" {
+                    pieces.append("")
+                } else {
+                    pieces[pieces.count - 1].append(character)
+                }
+            }
+            if escaped { pieces[pieces.count - 1].append("\\") }
+            guard pieces.count <= parts.count else {
+                let names = parts.filter(\.mayHoldPlus).map(\.rawValue).joined(separator: " and ")
+                return .failure(RateLimitStatusError(description:
+                    "the key has more \"+\" than the rule has parts, and \(names) may each hold one: write a \"+\" inside a value as \\+"))
+            }
+            return .success(pieces)
         }
+        pieces = key.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+        guard pieces.count > parts.count, let holder = holders.first else { return .success(pieces) }
         let after = parts.count - holder - 1
         let merged = pieces[holder..<(pieces.count - after)].joined(separator: "+")
         return .success(Array(pieces[..<holder]) + [merged] + Array(pieces[(pieces.count - after)...]))

@@ -41,7 +41,7 @@ enum AddressNormaliser {
         case noAt, emptyDomain, badDomain(String), invalidUTF8(Int), unterminatedQuote, emptyQuotedLocalPart
         var description: String {
             switch self {
-            case .noAt: "is neither user@domain nor @domain"
+            case .noAt: "is neither user@domain nor @domain (a bare user, virtual(5)'s form for $myorigin, must be written user@domain)"
             case .emptyDomain: "has an empty domain"
             case .badDomain(let d): "has a domain that cannot be converted to its IDNA A-label form (\(d))"
             case .invalidUTF8(let offset): "is not valid UTF-8 (at octet \(offset + 1) of the key): save the file as UTF-8"

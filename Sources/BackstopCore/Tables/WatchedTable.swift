@@ -97,8 +97,17 @@ public typealias RecipientReloadOutcome = TableReloadOutcome
 /// configuration reload builds and loads its new tables before it knows whether the rest
 /// of the file is good, and a table a reload replaced may still poll until it is released;
 /// neither may overwrite the gauges of the table that answers.
+/// Tables are named by a number of their own, never reused (an ObjectIdentifier can be,
+/// once its table is freed), and a table records its gauges under the same lock that says
+/// whether it may, so one replaced mid-load cannot write after its successor took over.
 enum TableGauges {
-    static let owners = NIOLockedValueBox<[String: ObjectIdentifier]>([:])
+    static let owners = NIOLockedValueBox<[String: UInt64]>([:])
+    static let nextToken = Atomic<UInt64>(1)
+
+    /// Runs `record` if the table `token` sets the gauges of `noun`.
+    static func record(noun: String, token: UInt64, _ record: () -> Void) {
+        owners.withLockedValue { if $0[noun] == token { record() } }
+    }
 }
 
 public final class WatchedTable<Source: WatchedTableSource>: Sendable {
@@ -143,14 +152,15 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
     /// table of its noun, sets the gauges, starting with those of the snapshot it holds.
     public func putInForce() {
         loads.withLockedValue { _ in
-            TableGauges.owners.withLockedValue { $0[source.noun] = ObjectIdentifier(self) }
-            if let table { source.recordGauges(table) }
+            TableGauges.owners.withLockedValue { owners in
+                owners[source.noun] = token
+                if let table { source.recordGauges(table) }
+            }
         }
     }
 
-    private var setsGauges: Bool {
-        TableGauges.owners.withLockedValue { $0[source.noun] == ObjectIdentifier(self) }
-    }
+    /// This table's name in TableGauges.
+    private let token = TableGauges.nextToken.add(1, ordering: .relaxed).oldValue
 
     /// The snapshot in force, or nil when none could be loaded yet.
     public var table: Source.Table? { current.withLockedValue { $0 } }
@@ -340,7 +350,7 @@ public final class WatchedTable<Source: WatchedTableSource>: Sendable {
             state.loadedSignatures = signatures
             state.loadedAt = started
             state.failedSignatures = nil
-            if setsGauges { source.recordGauges(table) }
+            TableGauges.record(noun: source.noun, token: token) { source.recordGauges(table) }
             var metadata = source.summary(table)
             noteRecovery(source.recoveryMessage)
             metadata["files"] = "\(source.files.joined(separator: ","))"

@@ -179,11 +179,21 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// domain (`RCPT TO:<postmaster>`, which RFC 5321 §4.5.1 makes every server accept)
     /// matches a `local@` entry.
     static func recipientListed(_ recipient: String, in entries: [String]) -> Bool {
-        let lowered = recipient.lowercased()
-        guard let at = lowered.lastIndex(of: "@") else { return entries.contains(lowered + "@") }
-        let local = String(lowered[...at]), domain = "@" + asciiForm(String(lowered[lowered.index(after: at)...]))
-        let address = local.dropLast() + domain
-        return entries.contains { $0 == address || $0 == local || $0 == domain }
+        var lowered = recipient.lowercased()
+        guard let at = lowered.utf8.lastIndex(of: UInt8(ascii: "@")) else { return entries.contains(lowered + "@") }
+        if lowered.utf8[at...].contains(where: { $0 >= 0x80 }) {
+            // A domain in U-labels: compared in A-labels, as the entries are kept.
+            lowered = String(lowered[...at]) + asciiForm(String(lowered[lowered.index(after: at)...]))
+        }
+        let utf8 = lowered.utf8
+        let split = utf8.distance(from: utf8.startIndex, to: utf8.lastIndex(of: UInt8(ascii: "@"))!)
+        // "user@domain" itself, "user@" (its local part with the @) or "@domain".
+        return entries.contains { entry in
+            let e = entry.utf8
+            if e.count == utf8.count { return e.elementsEqual(utf8) }
+            if e.last == UInt8(ascii: "@") { return e.count == split + 1 && e.elementsEqual(utf8.prefix(split + 1)) }
+            return e.first == UInt8(ascii: "@") && e.count == utf8.count - split && e.elementsEqual(utf8.suffix(e.count))
+        }
     }
 
     /// A skip_recipients entry as recipients are compared: lowercased, its domain in A-labels.

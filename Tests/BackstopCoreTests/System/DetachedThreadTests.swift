@@ -24,12 +24,12 @@ import Glibc
         #expect(other.withLockedValue { $0 })
     }
 
-    /// A stack the system cannot give (2^46 octets) makes pthread_create fail: an error,
+    /// A stack no address space holds (2^62 octets) makes pthread_create fail: an error,
     /// and the closure never runs.
     @Test func aThreadThatCannotBeCreatedIsAnError() {
         let ran = NIOLockedValueBox(false)
         #expect(throws: SystemCallError.self) {
-            try DetachedThread.start(stackBytes: 1 << 46) { ran.withLockedValue { $0 = true } }
+            try DetachedThread.start(stackBytes: 1 << 62) { ran.withLockedValue { $0 = true } }
         }
         #expect(!ran.withLockedValue { $0 })
     }
