@@ -92,13 +92,30 @@ enum AddressNormaliser {
         if forLookup, text.hasPrefix("<"), text.hasSuffix(">"), text.count >= 2 { text = String(text.dropFirst().dropLast()) }
         guard let at = text.lastIndex(of: "@") else { return .failure(.noAt) }
         var local = String(text[..<at]).precomposedStringWithCanonicalMapping
-        if !rules.caseSensitiveLocalPart { local = local.lowercased() }
+        if !rules.caseSensitiveLocalPart { local = foldCase(local) }
         let domainText = String(text[text.index(after: at)...])
         guard !domainText.isEmpty, domainText != "." else { return .failure(.emptyDomain) }
         guard let domain = DomainName.asciiForm(domainText) else {
             return .failure(.badDomain(LogEscaping.escape(domainText)))
         }
         return .success(Array(local.utf8) + [UInt8(ascii: "@")] + Array(domain.utf8))
+    }
+
+    /// Characters whose case folding (Unicode CaseFolding.txt, full: what Postfix's
+    /// casefold_utf8 applies through ICU) differs from their lower case, in the scripts
+    /// mail addresses use: `straße` and `STRASSE` are one mailbox for Postfix.
+    static let foldings: [Character: String] = [
+        "ß": "ss", "ẞ": "ss", "ς": "σ", "ϐ": "β", "ϑ": "θ", "ϕ": "φ", "ϖ": "π", "ϰ": "κ", "ϱ": "ρ", "ϵ": "ε",
+        "ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st", "ﬆ": "st", "ẛ": "ṡ", "ſ": "s",
+    ]
+
+    /// Lower case, then the full foldings above (for a local part that is not ASCII).
+    static func foldCase(_ text: String) -> String {
+        let lowered = text.lowercased()
+        guard lowered.contains(where: { foldings[$0] != nil }) else { return lowered }
+        var out = ""
+        for character in lowered { if let folded = foldings[character] { out += folded } else { out.append(character) } }
+        return out
     }
 
     /// Offset of the first octet that is not part of a valid UTF-8 sequence, or nil.

@@ -41,6 +41,20 @@ import Testing
         #expect(table.lookup("JÖRG@example.com") == .valid(file: file, line: 9))
     }
 
+    /// Postfix folds case (ICU's full case folding), not only lowers it: `straße` and
+    /// `STRASSE` are one mailbox there, and the final sigma is a sigma. Lowering alone left
+    /// `ß` and `ς` as they were, and such a recipient got 550.
+    @Test func localPartsAreCaseFoldedAsPostfixDoes() throws {
+        let folded = try dir.table("strasse@example.de OK\nΟΔΥΣΣΕΥΣ@example.gr OK\nﬁle@example.com OK\n", name: "folded")
+        let path = dir.file("folded")
+        for address in ["straße@example.de", "STRASSE@example.de", "Straẞe@example.de"] {
+            #expect(folded.lookup(address) == .valid(file: path, line: 1), "\(address)")
+        }
+        #expect(folded.lookup("οδυσσευς@example.gr") == .valid(file: path, line: 2))
+        #expect(folded.lookup("file@example.com") == .valid(file: path, line: 3))
+        #expect(folded.lookup("strase@example.de") == .unknown)
+    }
+
     @Test func caseSensitiveLocalPartWhenConfigured() throws {
         let dir = try RecipientTableDirectory()
         let sensitive = try dir.table("Alice@Example.com OK\n", caseSensitive: true)
