@@ -26,6 +26,11 @@ public struct RecipientsSettings: CheckSettings {
     /// The answer for an unknown recipient while the newest edit of a table failed to load:
     /// temporary, since that edit may be what adds the mailbox.
     public var brokenTableAction: PolicyAction
+    /// `pass_srs`: a recipient whose local part starts with `SRS0=` or `SRS1=` (a Sender
+    /// Rewriting Scheme address: a bounce of mail this host forwarded, which a service such as
+    /// postsrsd decodes in Postfix's recipient_canonical_maps) gets no opinion when it is not
+    /// in the table, instead of the unknown-recipient answer.
+    public var passSRS = false
     public static let defaultBrokenTableAction = PolicyAction.reply(
         code: 450, enhanced: "4.1.1", text: "Recipient not known yet: the recipient table is being corrected, try again later")
 
@@ -79,11 +84,13 @@ public struct RecipientsSettings: CheckSettings {
         if !broken.isRefusal || !broken.isTemporary {
             section.report("broken_table_action", "must refuse temporarily (4NN or DEFER): the edit that failed may be what adds the mailbox")
         }
+        let srs = section.bool("pass_srs", default: d.passSRS)
         self.init(source: RecipientTableSource(files: files, domains: domains, caseSensitiveLocalPart: caseSensitive),
                   rules: RecipientNormalisation(caseSensitiveLocalPart: caseSensitive, recipientDelimiter: delimiter,
                                                 stripBATV: batv),
                   rejectAction: reject, reloadInterval: interval, startWithoutTable: startWithout,
                   testMode: testMode, failAction: fail, brokenTableAction: broken)
+        passSRS = srs
     }
 
     /// The socketmap listener serves the table to Postfix (relay_recipient_maps) with or
@@ -206,6 +213,10 @@ public final class RecipientsCheck: ReloadableCheck {
             // is not refusing it on purpose (an entry with its own answer would).
             lookups[LookupCounter.known.rawValue].increment()
             return .noOpinion("postmaster")
+        case .unknown where settings.passSRS && request.withValueBytes(.recipient, Self.isSRS) == true:
+            // Postfix and the SRS service decide (an invalid SRS address is theirs to refuse).
+            lookups[LookupCounter.known.rawValue].increment()
+            return .noOpinion("srs_address")
         case .unknown:
             lookups[LookupCounter.unknown.rawValue].increment()
             // The newest edit may add this mailbox: refuse for now only, until it loads.
@@ -247,6 +258,13 @@ public final class RecipientsCheck: ReloadableCheck {
             return directory.newestEditFailed ? .fault("the newest edit of the recipient table is broken") : .unknown
         case .entry: return .known
         }
+    }
+
+    /// Whether the address's local part starts with "SRS0=" or "SRS1=", in any case.
+    static func isSRS(_ address: UnsafeRawBufferPointer) -> Bool {
+        guard address.count > 5, address[3] == UInt8(ascii: "0") || address[3] == UInt8(ascii: "1"),
+              address[4] == UInt8(ascii: "=") else { return false }
+        return address[0] | 0x20 == UInt8(ascii: "s") && address[1] | 0x20 == UInt8(ascii: "r") && address[2] | 0x20 == UInt8(ascii: "s")
     }
 
     /// Whether the address's local part is "postmaster", in any case.

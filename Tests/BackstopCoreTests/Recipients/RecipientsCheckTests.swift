@@ -64,6 +64,23 @@ import BackstopSPF
         #expect(report.exitStatus == 0 && report.answer == .dunno && report.text.contains("accepted: postmaster"), "\(report.text)")
     }
 
+    /// A bounce of forwarded mail comes back to an SRS address, which postsrsd decodes in
+    /// Postfix's recipient_canonical_maps: with pass_srs Backstop leaves it to them (it
+    /// answered 550); without it, such an address is an unknown recipient as before.
+    @Test func srsAddressesPassWithPassSRS() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("recipients", "alice@example.com OK\n")
+        let srs = "SRS0=HHH=TT=other.org=bob@example.com"
+        for (setting, expected) in [("pass_srs = true", "srs_address"), ("", "unknown_recipient")] {
+            let config = try configuration(dir, "reload_interval = \"0s\"\n" + setting)
+            let check = try #require(try config.checks["recipients"]?.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
+            #expect(check.verdict(for: recipientRequest(srs)).reason == expected, "\(setting)")
+            #expect(check.verdict(for: recipientRequest("srs1=xyz=abc=SRS0=HHH=TT=other.org=bob@example.com")).reason == expected)
+            #expect(check.verdict(for: recipientRequest("SRS2=x@example.com")).reason == "unknown_recipient")
+            #expect(check.verdict(for: recipientRequest("srs0x@example.com")).reason == "unknown_recipient")
+        }
+    }
+
     @Test func settingsAreReadAndChecked() throws {
         let dir = try RecipientTableDirectory()
         try dir.write("recipients", "alice@example.com OK\n")
