@@ -22,7 +22,7 @@ enum DecisionLog {
         add("protocol_state", request[.protocolState])
         add("check", decision.check ?? "-")
         // The text as sent: a refusal's is cut for the reply Postfix makes of it.
-        add("action", ResponseEncoder.actionText(decision.action, frame: decision.action.isRefusal ? ResponseEncoder.refusalFrame(request) : 0))
+        add("action", ResponseEncoder.actionText(decision.action, for: request))
         add("reason", decision.reason)
         for entry in decision.trail.entries { add(entry.check, entry.outcome) }
         if decision.trail.count > CheckTrail.capacity { line += " more_checks=\(decision.trail.count - CheckTrail.capacity)" }

@@ -202,7 +202,6 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The most requests answered from one read; a client that sends more ahead (no
     /// scraper does) is closed.
     static let maxPipelined = 8
-    static var commandHeader: String { MetricsEndpoint.commandHeader }
 
     init(registry: PrometheusCollectorRegistry, status: MetricsEndpoint.StatusProvider?, clock: MetricsConnectionClock,
          state: ServerState) {
@@ -272,11 +271,11 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 case (.GET, "/ratelimit/status"): question = .status(rule: rule, key: key)
                 case (.GET, "/ratelimit/list"):
                     question = .list(rule: rule, overOnly: query["over"] == "1", limit: Int(query["limit"] ?? "") ?? 50)
-                case (.POST, "/ratelimit/reset") where head.headers.contains(name: Self.commandHeader):
+                case (.POST, "/ratelimit/reset") where head.headers.contains(name: MetricsEndpoint.commandHeader):
                     question = .reset(rule: rule, key: key)
                 case (.POST, "/ratelimit/reset"):
                     return respond(context: context, head: head, status: .forbidden, contentType: "text/plain",
-                                   body: Array("reset needs the header \(Self.commandHeader) (backstop ratelimit reset sends it)\n".utf8))
+                                   body: Array("reset needs the header \(MetricsEndpoint.commandHeader) (backstop ratelimit reset sends it)\n".utf8))
                 case (_, "/ratelimit/reset"):
                     return respond(context: context, head: head, status: .methodNotAllowed, contentType: "text/plain",
                                    body: Array("reset changes state: use POST\n".utf8))

@@ -187,7 +187,7 @@ public final class PolicyServer: Service, Sendable {
         return changed
     }
 
-    public var openConnections: Int { state.openConnections.load(ordering: .relaxed) }
+    public var openConnections: Int { state.openConnections.value }
 
     /// Stops accepting, lets connections answer what is in flight (each closes by itself
     /// within shutdown_grace), waits until the last has closed, then releases the rest.

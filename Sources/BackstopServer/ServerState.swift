@@ -16,11 +16,8 @@ final class ServerState: Sendable {
     /// itself, metrics.listen, is bound once).
     let metricsSettings: NIOLockedValueBox<MetricsSettings>
     let engines: [ObjectIdentifier: LoopEngine]
-    let openConnections = Atomic<Int>(0)
-    /// Held while backstop_connections_open is set from `openConnections`: each setting reads
-    /// the count under it, so the last one written is the count after the last change (two
-    /// loops writing the values their own changes returned could leave an older one).
-    private let openGauge = NIOLock()
+    /// Connections open, policy and metrics together (backstop_connections_open).
+    let openConnections: GaugedCount
     let generation = Atomic<Int>(1)
     let metrics: ServerMetrics
     let warnings = ServerWarnings()
@@ -36,6 +33,7 @@ final class ServerState: Sendable {
         }
         self.engines = engines
         self.metrics = metrics
+        self.openConnections = GaugedCount(metrics.connectionsOpen)
     }
 
     func engine(for loop: any EventLoop) -> LoopEngine? { engines[ObjectIdentifier(loop)] }
@@ -45,26 +43,20 @@ final class ServerState: Sendable {
     /// Takes one place in server.max_connections; false (counted and logged) when none is left.
     func takeConnection(peer: String) -> Bool {
         let maxConnections = settings.withLockedValue { $0.maxConnections }
-        let open = openConnections.add(1, ordering: .relaxed).newValue
+        let open = openConnections.add(1)
         if open > maxConnections {
-            openConnections.subtract(1, ordering: .relaxed)
+            openConnections.add(-1)
             metrics.connectionsLimited.increment()
             warnings.warn(.refusedAtMaxConnections, logger, "connection refused: server.max_connections (\(maxConnections)) reached: peer=\(LogEscaping.field(peer))")
             return false
         }
         metrics.connectionsAccepted.increment()
-        recordOpenConnections()
         return true
     }
 
     /// Gives back a place taken by `takeConnection`.
     func releaseConnection() {
-        openConnections.subtract(1, ordering: .relaxed)
-        recordOpenConnections()
-    }
-
-    private func recordOpenConnections() {
-        openGauge.withLock { metrics.connectionsOpen.record(openConnections.load(ordering: .relaxed)) }
+        openConnections.add(-1)
     }
 
     /// The new generation, and a future per loop that succeeds once that loop has it.

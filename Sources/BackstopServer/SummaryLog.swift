@@ -25,7 +25,7 @@ public final class SummaryLog: Sendable {
                 }
                 var line = "summary interval=\(DurationText.format(interval)) requests=\(totals.reduce(0, +))"
                 for (i, name) in ServerMetrics.actionClasses.enumerated() { line += " \(name)=\(totals[i])" }
-                line += " deadline_expired=\(expiries) connections_open=\(state.openConnections.load(ordering: .relaxed))"
+                line += " deadline_expired=\(expiries) connections_open=\(state.openConnections.value)"
                 logger.notice("\(line)")
             }
         }

@@ -404,7 +404,7 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         // They queue once their record is fetched (the server's DNS), long before the deadline.
         var most = 0
         while NIODeadline.now() < deadline - .milliseconds(300) && most < 6 {
-            most = max(most, SPFQueueDepth.shared.current)
+            most = max(most, SPFMetrics.queued.value)
             try await Task.sleep(for: .milliseconds(5))
         }
         #expect(most >= 6, "queued in two slots: \(most)")

@@ -23,4 +23,10 @@ extension ResponseEncoder {
         // "<" name ">: " class " rejected: "
         return 1 + name + 3 + longestReplyClass + 11
     }
+
+    /// The part after `action=` as sent in answer to `request`: a refusal's text cut for the
+    /// reply Postfix makes of it (what the decision log shows too).
+    public static func actionText(_ action: PolicyAction, for request: PolicyRequest?) -> String {
+        actionText(action, frame: action.isRefusal ? request.map(refusalFrame) ?? 0 : 0)
+    }
 }

@@ -14,8 +14,7 @@ extension ResponseEncoder {
             // The common long answer (a Received-SPF header): no joined String in between.
             write("action=PREPEND ", sanitise(header, limit: maxHeaderLine), into: &buffer)
         default:
-            let frame = action.isRefusal ? request.map(refusalFrame) ?? 0 : 0
-            write("action=", actionText(action, frame: frame), into: &buffer)
+            write("action=", actionText(action, for: request), into: &buffer)
         }
     }
 

@@ -1,9 +1,8 @@
 // The SPF metrics, made once per verifier (not per request). Listed in docs/metrics.md.
 // Counting only: nothing here decides.
 
+import BackstopCore
 import Metrics
-import NIOConcurrencyHelpers
-import Synchronization
 
 struct SPFMetrics: Sendable {
     /// Evaluations completed by workers, by `SPFResult.index`.
@@ -16,7 +15,10 @@ struct SPFMetrics: Sendable {
     let outcomeCacheHits = Counter(label: "backstop_spf_result_cache_total", dimensions: [("cache", "outcome"), ("result", "hit")])
     let outcomeCacheMisses = Counter(label: "backstop_spf_result_cache_total", dimensions: [("cache", "outcome"), ("result", "miss")])
     let queueFull = Counter(label: "backstop_spf_queue_full_total")
-    let queueDepth = SPFQueueDepth.shared
+    /// backstop_spf_queue_depth: evaluations waiting for a worker in every slot of every
+    /// verifier (a reload's old one drains beside the new one), one count for them all.
+    let queueDepth = SPFMetrics.queued
+    static let queued = GaugedCount(Gauge(label: "backstop_spf_queue_depth"))
     let duration = Metrics.Timer(label: "backstop_spf_evaluation_duration_seconds", preferredDisplayUnit: .seconds)
     let workerRestarts: [SPFRestartReason: Counter]
 
@@ -29,25 +31,6 @@ struct SPFMetrics: Sendable {
         }
         workerRestarts = restarts
     }
-}
-
-/// backstop_spf_queue_depth: evaluations waiting for a worker in every slot of every
-/// verifier (a reload's old one drains beside the new one). Each slot adds what it queues
-/// and subtracts what leaves; the gauge is set from the total under a lock, so the last value
-/// written is the total after the last change.
-final class SPFQueueDepth: Sendable {
-    static let shared = SPFQueueDepth()
-    private let total = Atomic<Int>(0)
-    private let lock = NIOLock()
-    private let gauge = Gauge(label: "backstop_spf_queue_depth")
-
-    func change(by delta: Int) {
-        guard delta != 0 else { return }
-        total.add(delta, ordering: .relaxed)
-        lock.withLock { gauge.record(total.load(ordering: .relaxed)) }
-    }
-
-    var current: Int { total.load(ordering: .relaxed) }
 }
 
 /// Why a worker process was replaced (the `reason` label of backstop_spf_worker_restarts_total).

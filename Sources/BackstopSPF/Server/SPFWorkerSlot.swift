@@ -93,7 +93,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
             return reject(job, "all SPF workers are busy and the queue is full")
         }
         queue.append(job)
-        metrics.queueDepth.change(by: 1)
+        metrics.queueDepth.add(1)
         job.timer = loop.scheduleTask(deadline: job.deadline) { [weak self] in self?.expireQueued(job) }
         if current == nil { ensureWorker() }
     }
@@ -112,7 +112,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     private func expireQueued(_ job: SPFJob) {
         guard let index = queue.firstIndex(where: { $0 === job }) else { return }
         queue.remove(at: index)
-        metrics.queueDepth.change(by: -1)
+        metrics.queueDepth.add(-1)
         reject(job, "SPF evaluation deadline expired while waiting for a worker")
     }
 
@@ -124,7 +124,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
             job.timer?.cancel()
             worker.start(job)
         }
-        metrics.queueDepth.change(by: queue.count - before)
+        metrics.queueDepth.add(queue.count - before)
     }
 
     /// A worker finished an evaluation (the connection already answered its promise).
@@ -317,7 +317,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
     func stop() {
         loop.assertInEventLoop()
         stopped = true
-        metrics.queueDepth.change(by: -queue.count)
+        metrics.queueDepth.add(-queue.count)
         while let job = queue.popFirst() {
             job.timer?.cancel()
             reject(job, "SPF is stopping")
