@@ -14,8 +14,9 @@ public struct RecipientLookupReport: Sendable {
     public var matchedKey: String?
     /// The answer Backstop would give at RCPT TO (before test mode).
     public var answer: PolicyAction
-    /// An unlisted postmaster@ of our domain, which the check accepts (RFC 5321 §4.5.1).
-    public var acceptedPostmaster = false
+    /// Why an address not in the table is accepted all the same (postmaster, an SRS
+    /// address with pass_srs), as the check says it.
+    public var acceptedUnlisted: String?
 
     /// One line: `ADDRESS: valid (FILE:LINE, key KEY)`, `ADDRESS: unknown (…answer…)`,
     /// `ADDRESS: not our domain (no opinion)`.
@@ -27,8 +28,10 @@ public struct RecipientLookupReport: Sendable {
             return "\(shown): valid (\(Self.place(file, line)), key \(LogEscaping.escape(matchedKey ?? ""))\(via))"
         case .override(let action, let file, let line):
             return "\(shown): valid, with its own answer \(answer) (\(Self.place(file, line)), key \(LogEscaping.escape(matchedKey ?? "")); value \(action.keyword))"
-        case .unknown where acceptedPostmaster:
+        case .unknown where acceptedUnlisted == "postmaster":
             return "\(shown): accepted: postmaster of our domain, not in the table (RFC 5321 §4.5.1; answer: DUNNO)"
+        case .unknown where acceptedUnlisted != nil:
+            return "\(shown): accepted: an SRS address, not in the table (pass_srs; answer: DUNNO)"
         case .unknown:
             return "\(shown): unknown (our domain, no entry\(via); answer: \(answer))"
         case .notOurDomain:
@@ -42,7 +45,7 @@ public struct RecipientLookupReport: Sendable {
     public var exitStatus: Int32 {
         switch result {
         case .valid: 0
-        case .unknown where acceptedPostmaster: 0
+        case .unknown where acceptedUnlisted != nil: 0
         case .unknown, .override: 1
         case .notOurDomain, .noAddress: 2
         }
@@ -58,15 +61,15 @@ public struct RecipientLookupReport: Sendable {
         let (normalised, key) = table.explain(address, rules: settings.rules)
         var answer = PolicyAction.dunno
         var copy = address
-        let postmaster = result == .unknown && copy.withUTF8 { RecipientsCheck.isPostmaster(UnsafeRawBufferPointer($0)) }
+        let accepted = result == .unknown ? copy.withUTF8 { settings.acceptsUnlisted(UnsafeRawBufferPointer($0)) } : nil
         switch result {
-        case .unknown where postmaster: break
+        case .unknown where accepted != nil: break
         case .unknown: answer = RecipientsCheck.fill(settings.rejectAction, recipient: address)
         case .override(let action, _, _): answer = RecipientsCheck.fill(action, recipient: address)
         default: break
         }
         return RecipientLookupReport(address: address, result: result, normalised: normalised, matchedKey: key, answer: answer,
-                                     acceptedPostmaster: postmaster)
+                                     acceptedUnlisted: accepted)
     }
 
     /// For `backstop lookup ADDRESS [--config FILE | --table FILE]`: reads the [recipients]

@@ -31,6 +31,18 @@ public struct RecipientsSettings: CheckSettings {
     /// postsrsd decodes in Postfix's recipient_canonical_maps) gets no opinion when it is not
     /// in the table, instead of the unknown-recipient answer.
     public var passSRS = false
+    /// Why an address not in the table is accepted all the same (the decision log's reason),
+    /// or nil: `postmaster@` (RFC 5321 §4.5.1: every domain we receive mail for must accept
+    /// it, and Postfix does so for its local domains by itself; a table that does not list
+    /// it is not refusing it on purpose, an entry with its own answer would), and with
+    /// `pass_srs` an SRS address (Postfix and the SRS service decide; a forged one is theirs
+    /// to refuse).
+    func acceptsUnlisted(_ address: UnsafeRawBufferPointer) -> String? {
+        if RecipientsCheck.isPostmaster(address) { return "postmaster" }
+        if passSRS && RecipientsCheck.isSRS(address) { return "srs_address" }
+        return nil
+    }
+
     public static let defaultBrokenTableAction = PolicyAction.reply(
         code: 450, enhanced: "4.1.1", text: "Recipient not known yet: the recipient table is being corrected, try again later")
 
@@ -207,17 +219,11 @@ public final class RecipientsCheck: ReloadableCheck {
         case .notOurDomain:
             lookups[LookupCounter.notOurDomain.rawValue].increment()
             return .noOpinion("not_our_domain")
-        case .unknown where request.withValueBytes(.recipient, Self.isPostmaster) == true:
-            // RFC 5321 §4.5.1: postmaster@ every domain we receive mail for must be accepted
-            // (Postfix does so for its local domains by itself); a table that does not list it
-            // is not refusing it on purpose (an entry with its own answer would).
-            lookups[LookupCounter.known.rawValue].increment()
-            return .noOpinion("postmaster")
-        case .unknown where settings.passSRS && request.withValueBytes(.recipient, Self.isSRS) == true:
-            // Postfix and the SRS service decide (an invalid SRS address is theirs to refuse).
-            lookups[LookupCounter.known.rawValue].increment()
-            return .noOpinion("srs_address")
         case .unknown:
+            if let accepted = request.withValueBytes(.recipient, { settings.acceptsUnlisted($0) }) ?? nil {
+                lookups[LookupCounter.known.rawValue].increment()
+                return .noOpinion(accepted)
+            }
             lookups[LookupCounter.unknown.rawValue].increment()
             // The newest edit may add this mailbox: refuse for now only, until it loads.
             if directory.newestEditFailed {

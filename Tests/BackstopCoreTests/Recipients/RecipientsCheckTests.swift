@@ -78,6 +78,10 @@ import BackstopSPF
             #expect(check.verdict(for: recipientRequest("srs1=xyz=abc=SRS0=HHH=TT=other.org=bob@example.com")).reason == expected)
             #expect(check.verdict(for: recipientRequest("SRS2=x@example.com")).reason == "unknown_recipient")
             #expect(check.verdict(for: recipientRequest("srs0x@example.com")).reason == "unknown_recipient")
+            // backstop lookup says what the check does.
+            let settings = try #require(config.checks["recipients"] as? RecipientsSettings)
+            let report = RecipientLookupReport.describe(address: srs, table: try settings.source.load(), settings: settings)
+            #expect((report.exitStatus == 0) == (expected == "srs_address"), "\(report.text)")
         }
     }
 
