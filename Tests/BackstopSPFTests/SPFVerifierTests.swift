@@ -279,6 +279,27 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
     }
 
+    /// The outcome cache's table holds fingerprints alone: an entry found under a query's
+    /// fingerprint that was kept for another key (a fingerprint two keys share) is a miss,
+    /// never that key's outcome.
+    @Test func anOutcomeKeptUnderAnotherKeysFingerprintIsAMiss() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let passing = SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "x")
+        let other = SPFQuery(clientAddress: "192.0.2.10", sender: "a@soft.example", helo: "x")
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@pass.example", helo: "x").result == .pass)
+        let kept = try #require(verifier.cachedOutcome(passing), "the pass is kept")
+        #expect(verifier.cachedOutcome(other) == nil)
+        let passingKey = verifier.baseKey(passing, client: passing.client!, domain: passing.domain)
+        let otherKey = verifier.baseKey(other, client: other.client!, domain: other.domain)
+        verifier.keep(kept, as: passingKey, under: otherKey.slot)
+        #expect(verifier.cachedOutcome(other) == nil, "soft.example's query found pass.example's outcome")
+        verifier.keep(kept, as: otherKey, under: otherKey.slot)
+        #expect(verifier.cachedOutcome(other)?.result == .pass, "the same entry, kept for its own key, is a hit")
+    }
+
     @Test func aSenderDomainInULabelsIsAskedInALabels() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }

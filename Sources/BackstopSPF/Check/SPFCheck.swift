@@ -62,14 +62,16 @@ public final class SPFCheck: RetirableCheck {
     }
 
     /// The message a connection is on, in the slot of its ConnectionMessage: found without a
-    /// lock or a hash, replaced when the connection's next message begins. `state` is nil
+    /// lock or a hash, and begun anew (the same object) when the connection's next message
+    /// begins: an evaluation of the earlier message that ends after that no longer finds its
+    /// instance here and keeps its state in `messages`. `state` is nil
     /// until the message's outcomes are known. Handed to `messages` when the connection
     /// ends, so that a request of the same message on Postfix's next connection finds its
     /// outcome and header flag.
     ///
     /// @unchecked Sendable: read and changed only on the connection's event loop.
     final class HeldMessage: ConnectionMemo, @unchecked Sendable {
-        let instance: String
+        private(set) var instance: String
         private(set) var state: MessageState?
         private(set) var expires: NIODeadline
         let messages: BoundedCache<MessageKey, MessageState>
@@ -78,6 +80,13 @@ public final class SPFCheck: RetirableCheck {
             self.instance = instance
             self.expires = now + SPFCheck.messageLifetime
             self.messages = messages
+        }
+
+        /// The connection's next message begins.
+        func begin(instance: String, now: NIODeadline) {
+            self.instance = instance
+            state = nil
+            expires = now + SPFCheck.messageLifetime
         }
 
         func keep(_ state: MessageState, now: NIODeadline) {
@@ -230,6 +239,8 @@ public final class SPFCheck: RetirableCheck {
                 state = held.state
             } else if !arriving {
                 state = messages.value(MessageKey(instance), now: now)
+            } else if let held = message.memo as AnyObject? as? HeldMessage, held.messages === messages {
+                held.begin(instance: instance, now: now)
             } else {
                 let first = message.memo == nil
                 let held = HeldMessage(instance: instance, now: now, messages: messages)

@@ -122,20 +122,17 @@ public struct SPFQuery: Sendable, Hashable {
 }
 
 public struct SPFOutcome: Sendable, Equatable {
-    /// The fields, behind one reference. An outcome is copied several times per request
-    /// (out of the cache, into the message's state, into its verdict); each copy of the
-    /// fields themselves retained a dozen strings, a copy of this is one retain.
+    /// What the evaluation found, behind one reference. An outcome is copied several times
+    /// per request (out of the cache, into the message's state, into its verdict); each copy
+    /// of the fields themselves retained several strings, a copy of this is one retain.
     private struct Fields: Sendable, Equatable {
         var result: SPFResult
-        var query: SPFQuery
         var mechanism: String?
         var explanation: String?
         var problem: String?
         var lookups = 0
         var voidLookups = 0
         var queries = 0
-        var elapsed: TimeAmount = .zero
-        var cached = false
     }
 
     /// Copy-on-write: a setter copies the box first unless this value is its only holder,
@@ -156,10 +153,10 @@ public struct SPFOutcome: Sendable, Equatable {
         get { box.fields.result }
         set { unique().fields.result = newValue }
     }
-    public var query: SPFQuery {
-        get { box.fields.query }
-        set { unique().fields.query = newValue }
-    }
+    /// What was asked. Kept beside the box, not in it, like `cached` and `elapsed`: an
+    /// answer from the outcome cache sets these three for its own request, and the
+    /// evaluation's fields it shares with the cache are not copied for that.
+    public var query: SPFQuery
     /// The term that decided, as written in the record ("ip4:192.0.2.0/24", "-all"),
     /// "default" when evaluation fell off the end of the record, "localhost"; nil otherwise.
     public var mechanism: String? {
@@ -190,17 +187,13 @@ public struct SPFOutcome: Sendable, Equatable {
         get { box.fields.queries }
         set { unique().fields.queries = newValue }
     }
-    public var elapsed: TimeAmount {
-        get { box.fields.elapsed }
-        set { unique().fields.elapsed = newValue }
-    }
+    public var elapsed: TimeAmount = .zero
     /// True when the outcome came from the outcome cache.
-    public var cached: Bool {
-        get { box.fields.cached }
-        set { unique().fields.cached = newValue }
-    }
+    public var cached = false
 
-    public static func == (a: SPFOutcome, b: SPFOutcome) -> Bool { a.box === b.box || a.box.fields == b.box.fields }
+    public static func == (a: SPFOutcome, b: SPFOutcome) -> Bool {
+        (a.box === b.box || a.box.fields == b.box.fields) && a.query == b.query && a.elapsed == b.elapsed && a.cached == b.cached
+    }
 
     /// Longest strings an outcome keeps.
     public static let maxMechanism = SPFWire.maxMechanism
@@ -208,7 +201,8 @@ public struct SPFOutcome: Sendable, Equatable {
     public static let maxProblem = SPFWire.maxProblem
 
     public init(result: SPFResult, query: SPFQuery, mechanism: String? = nil, explanation: String? = nil, problem: String? = nil) {
-        box = Box(Fields(result: result, query: query,
+        self.query = query
+        box = Box(Fields(result: result,
                          mechanism: mechanism.map { $0.prefix(octets: SPFOutcome.maxMechanism) },
                          explanation: explanation.map { $0.prefix(octets: SPFOutcome.maxExplanation) },
                          problem: problem.map { $0.prefix(octets: SPFOutcome.maxProblem) }))

@@ -55,7 +55,7 @@ public final class SPFVerifier: Sendable {
     var spawner: any SPFSpawner { explicitSpawner ?? SPFProcesses.spawner }
     let logger: Logger
     let metrics = SPFMetrics()
-    private let outcomes: BoundedCache<OutcomeKey, OutcomeEntry>
+    private let outcomes: BoundedCache<OutcomeKey.Slot, KeptOutcome>
     private let slots = NIOLockedValueBox<[SPFWorkerSlot]>([])
     private let stopped = NIOLockedValueBox(false)
     private let completed = Atomic<Int>(0)
@@ -128,22 +128,45 @@ public final class SPFVerifier: Sendable {
 
         static func == (a: OutcomeKey, b: OutcomeKey) -> Bool { a.fingerprint == b.fingerprint && a.fields == b.fields }
         func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
+
+        /// What the cache's table holds: the fingerprint alone, one word, so a probe of the
+        /// table copies and compares no string (a key with strings retained and released
+        /// each one it probed, cold in memory). The entry carries the fields, and a hit is
+        /// taken only when they are this key's: two keys sharing a fingerprint make a
+        /// miss, never one the other's outcome.
+        struct Slot: Hashable, Sendable {
+            let fingerprint: Int
+        }
+
+        var slot: Slot { Slot(fingerprint: fingerprint) }
     }
 
-    enum OutcomeEntry: Sendable {
-        /// Boxed: a cache hit copies one reference out of the cache, not every field.
-        case outcome(KeptOutcome)
-        /// The outcome depends on more than client and domain: look again with these.
-        case refine(SPFMacroSet)
-    }
-
+    /// One entry of the outcome cache. A class: a hit copies one reference out of the cache.
     final class KeptOutcome: Sendable {
-        let outcome: SPFOutcome
-        init(_ outcome: SPFOutcome) { self.outcome = outcome }
+        /// The key it was kept under, checked on every hit.
+        let key: OutcomeKey.Fields
+        let kept: Kept
+
+        enum Kept: Sendable {
+            case outcome(SPFOutcome)
+            /// The outcome depends on more than client and domain: look again with these.
+            case refine(SPFMacroSet)
+        }
+
+        init(_ key: OutcomeKey, _ kept: Kept) {
+            self.key = key.fields
+            self.kept = kept
+        }
+    }
+
+    /// What the cache holds for `key`, when it is that key's.
+    private func kept(_ key: OutcomeKey, now: NIODeadline) -> KeptOutcome.Kept? {
+        guard let entry = outcomes.value(key.slot, now: now), entry.key == key.fields else { return nil }
+        return entry.kept
     }
 
     /// What an evaluation of `query` is keyed on before its records are known.
-    private func baseKey(_ query: SPFQuery, client: IPAddress, domain: String) -> OutcomeKey {
+    func baseKey(_ query: SPFQuery, client: IPAddress, domain: String) -> OutcomeKey {
         OutcomeKey(.init(identity: query.identity, client: client,
                          upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
                          domain: domain, localPart: nil, helo: nil))
@@ -162,18 +185,23 @@ public final class SPFVerifier: Sendable {
         // Never evaluated (precheck), so never answered from another sender's outcome either.
         if Octets.containsNUL(query.checkedMailbox) { return nil }
         let key = baseKey(query, client: client, domain: query.domain)
-        var entry = outcomes.value(key, now: now)
-        if case .refine(let macros)? = entry { entry = outcomes.value(refined(key, query, macros), now: now) }
-        guard case .outcome(let kept)? = entry else {
+        var entry = kept(key, now: now)
+        if case .refine(let macros)? = entry { entry = kept(refined(key, query, macros), now: now) }
+        guard case .outcome(var outcome)? = entry else {
             metrics.outcomeCacheMisses.increment()
             return nil
         }
         metrics.outcomeCacheHits.increment()
-        var outcome = kept.outcome
         outcome.query = query
         outcome.cached = true
         outcome.elapsed = .zero
         return outcome
+    }
+
+    /// Tests: keeps `outcome`, as kept for `key`, under `slot`: what two keys sharing a
+    /// fingerprint would leave in the table.
+    func keep(_ outcome: SPFOutcome, as key: OutcomeKey, under slot: OutcomeKey.Slot) {
+        outcomes.insert(slot, KeptOutcome(key, .outcome(outcome)), cost: outcome.cost, expires: .now() + .seconds(60))
     }
 
     /// Keeps a worker's outcome for as long as its answers and `result_cache_ttl` allow.
@@ -188,10 +216,11 @@ public final class SPFVerifier: Sendable {
         let key = baseKey(job.query, client: client, domain: job.query.domain)
         let dependsOnMore = !job.macros.isDisjoint(with: SPFMacroSet.readsLocalPart.union(.helo))
         if dependsOnMore {
-            outcomes.insert(key, .refine(job.macros), cost: 120, expires: expires, now: now)
-            outcomes.insert(refined(key, job.query, job.macros), .outcome(KeptOutcome(outcome)), cost: outcome.cost, expires: expires, now: now)
+            let refinedKey = refined(key, job.query, job.macros)
+            outcomes.insert(key.slot, KeptOutcome(key, .refine(job.macros)), cost: 120, expires: expires, now: now)
+            outcomes.insert(refinedKey.slot, KeptOutcome(refinedKey, .outcome(outcome)), cost: outcome.cost, expires: expires, now: now)
         } else {
-            outcomes.insert(key, .outcome(KeptOutcome(outcome)), cost: outcome.cost, expires: expires, now: now)
+            outcomes.insert(key.slot, KeptOutcome(key, .outcome(outcome)), cost: outcome.cost, expires: expires, now: now)
         }
     }
 
