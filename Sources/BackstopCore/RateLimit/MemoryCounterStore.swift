@@ -64,10 +64,6 @@ public final class MemoryCounterStore: CounterStore, Sendable {
     ///   - maxKeys: most keys held in total (each shard holds maxKeys / shards).
     ///   - sweepInterval: how often a background task drops expired entries and publishes key
     ///     counts; nil for none (tests call `sweep()` themselves).
-    /// - Parameters:
-    ///   - maxKeys: most keys held in total (each shard holds maxKeys / shards).
-    ///   - sweepInterval: how often a background task drops expired entries and publishes key
-    ///     counts; nil for none (tests call `sweep()` themselves).
     ///   - stateFile: the file the counters are loaded from now and saved to every
     ///     `saveInterval` (at a sweep) and by `saveState()`; nil for none.
     public init(maxKeys: Int, shards: Int = 64, clock: any RateClock = SystemRateClock(),
@@ -139,24 +135,33 @@ public final class MemoryCounterStore: CounterStore, Sendable {
         let now = clock.now
         var evicted = 0
         let outcome: GCRAOutcome = shard.withLockedValue { entries in
-            let old = entries[key]
-            let outcome = GCRA.apply(tat: old, now: now, cost: hit.cost, hit.parameters)
-            if case .admitted(_, let newTAT) = outcome {
-                if old == nil, entries.count >= perShardCap {
-                    evicted = makeRoom(&entries, now: now)
-                }
-                entries[key] = newTAT
-            } else if let clamped = GCRA.clamped(tat: old, now: now, hit.parameters) {
-                // Kept from a larger limit: from now on it frees up at this rule's rate.
-                entries[key] = clamped
+            // A full shard makes room before it keeps a new key (only one that is admitted
+            // is kept: nothing is evicted for a refused one).
+            if entries.count >= perShardCap, entries[key] == nil,
+               case .admitted = GCRA.apply(tat: nil, now: now, cost: hit.cost, hit.parameters) {
+                evicted = makeRoom(&entries, now: now)
             }
-            return outcome
+            // One hash and one probe of the table for the read and the write: the key's slot
+            // is found once and updated in place (a new key is inserted there).
+            return Self.update(&entries[key], now: now, hit)
         }
         if evicted > 0 { noteEvictions(evicted) }
         switch outcome {
         case .admitted(let remaining, _) where remaining * 2 < hit.parameters.burst: name(key, hit.key)
         case .refused(let retryAfter?) where retryAfter > 0: name(key, hit.key)
         default: break
+        }
+        return outcome
+    }
+
+    /// A hit on the key whose TAT `tat` holds (nil: not held), which it updates.
+    private static func update(_ tat: inout Int64?, now: Int64, _ hit: RateHit) -> GCRAOutcome {
+        let outcome = GCRA.apply(tat: tat, now: now, cost: hit.cost, hit.parameters)
+        if case .admitted(_, let newTAT) = outcome {
+            tat = newTAT
+        } else if let clamped = GCRA.clamped(tat: tat, now: now, hit.parameters) {
+            // Kept from a larger limit: from now on it frees up at this rule's rate.
+            tat = clamped
         }
         return outcome
     }

@@ -67,6 +67,21 @@ import NIOConcurrencyHelpers
         #expect(!bench.admitted("busy"), "the busy key was not evicted while expired keys were there")
     }
 
+    /// A full shard evicts to keep a new key only when that key is admitted: a hit larger
+    /// than the whole allowance, refused and not kept, costs no other key its state.
+    @Test func aRefusedNewKeyEvictsNothing() {
+        let store = MemoryCounterStore(maxKeys: 1, shards: 1, sweepInterval: nil)
+        let rule = RateRuleIdentity(name: "per_sender", fingerprint: 7)
+        let parameters = GCRAParameters(count: 5, period: hour, burst: 5)!
+        let held = RateHit(rule: rule, parameters: parameters, key: Array("held".utf8), cost: 1)
+        guard case .admitted = store.apply(held) else { Issue.record("the first key was refused"); return }
+        let huge = RateHit(rule: rule, parameters: parameters, key: Array("huge".utf8), cost: 6)
+        guard case .refused = store.apply(huge) else { Issue.record("a hit over the burst was admitted"); return }
+        #expect(store.count == 1)
+        #expect(store.stateNow(rule: rule, key: Array("held".utf8)).tat != nil, "the held key was evicted for a refused one")
+        #expect(store.stateNow(rule: rule, key: Array("huge".utf8)).tat == nil)
+    }
+
     @Test func aMillionLiveKeysFitInTheMemoryBudget() async throws {
         let (count, tables, grown) = try await offThePool { () -> (Int, Double, Double) in
             // Room for 1,100,000 so that no shard is full: the test measures a million live keys.
