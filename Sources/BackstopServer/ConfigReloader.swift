@@ -24,19 +24,14 @@ public final class ConfigReloader: Sendable {
     /// Returns true when the new configuration is in force.
     @discardableResult
     public func reload() async -> Bool {
-        let (previousConfig, previous) = current.withLockedValue { $0 }
+        let previous = current.withLockedValue { $0.1 }
         do {
             let config = try Configuration.load(path: path)
-            // The new log settings first: checks read the level as they are built (SPF's
-            // per-outcome debug lines). A configuration that cannot be built puts them back.
+            // Checks that read the log level as they are built (SPF's per-outcome debug
+            // lines) are given the new one; the new log settings come into force only once
+            // the engine is built, so what a failed reload logs goes where it always did.
+            let engine = try EngineBuilder.build(config, previous: previous, logger: logger)
             LogOutput.shared.configure(config.log)
-            let engine: PolicyEngine
-            do {
-                engine = try EngineBuilder.build(config, previous: previous, logger: logger)
-            } catch {
-                LogOutput.shared.configure(previousConfig.log)
-                throw error
-            }
             for warning in config.warnings { logger.warning("configuration: \(warning.description)") }
             // Tables are re-read too; one whose newest edit is broken keeps its last good
             // version, and the reload is then not a success, whatever the file says.

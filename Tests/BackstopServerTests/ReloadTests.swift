@@ -4,6 +4,7 @@
 import Testing
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 @testable import BackstopCore
 @testable import BackstopServer
 @testable import BackstopSPF
@@ -65,6 +66,31 @@ import Logging
         await server.stop()
     }
 
+    /// A reload whose engine cannot be built never logs with its log settings: they were
+    /// put in force for the build and taken back after it failed, so what the build logged
+    /// (a table's load, at debug) went out under a configuration that never came into force.
+    @Test func aFailedReloadNeverLogsWithItsLogSettings() async throws {
+        CheckCatalog.register(CheckKind(name: "probe") { _, _ in LevelProbe() })
+        let path = tempDirectory() + "/backstop.toml"
+        func write(_ level: String, checks: String) throws {
+            try "[[listen]]\naddress = \"127.0.0.1:0\"\n[policy]\nrcpt = [\(checks)]\n[log]\nlevel = \"\(level)\"\n"
+                .write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write("warning", checks: "")
+        let config = try Configuration.load(path: path)
+        LogOutput.shared.configure(config.log)
+        defer { LogOutput.shared.configure(LogSettings()) }
+        let engine = try EngineBuilder.build(config, previous: nil, logger: testLogger)
+        let server = PolicyServer(config: config, engine: engine, logger: testLogger)
+        try await server.start()
+        let reloader = ConfigReloader(path: path, server: server, config: config, engine: engine, logger: testLogger)
+        try write("debug", checks: "\"probe\"")
+        #expect(await reloader.reload() == false)
+        #expect(LevelProbe.seen.withLockedValue { $0 } == [.warning], "the log level while the failed engine was built")
+        #expect(LogOutput.shared.level == .warning)
+        await server.stop()
+    }
+
     @Test func aBrokenTableEditMakesTheReloadFail() async throws {
         let dir = tempDirectory()
         let path = dir + "/backstop.toml"
@@ -86,5 +112,15 @@ import Logging
         #expect(await reloader.reload() == true)
         #expect(try c.ask(request) == "action=DUNNO")
         await server.stop()
+    }
+}
+
+/// A check whose build records the log level in force and fails.
+private struct LevelProbe: CheckSettings {
+    static let seen = NIOLockedValueBox<[Logger.Level]>([])
+
+    func makeCheck(_ context: CheckBuildContext) throws -> any Check {
+        LevelProbe.seen.withLockedValue { $0.append(LogOutput.shared.level) }
+        throw ConfigError(issues: [ConfigIssue(file: "probe", line: nil, key: "probe", message: "never builds")])
     }
 }

@@ -35,13 +35,18 @@ public struct CheckBuildContext: Sendable {
     /// no_reply_addresses, batv's exempt and exclude_senders) match an address with an
     /// extension by its base address too, as Postfix delivers it there.
     public var recipientDelimiters: [UInt8]
+    /// `log.level` of the configuration being built, for a check that decides once what it
+    /// logs (nil: the logger's own). A reload puts the new log settings in force only once
+    /// its engine is built, so a configuration that fails to build never logs with them.
+    public var logLevel: Logger.Level?
 
     public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = PolicySettings.defaultDeadline,
-                recipientDelimiters: [UInt8] = []) {
+                recipientDelimiters: [UInt8] = [], logLevel: Logger.Level? = nil) {
         self.logger = logger
         self.previous = previous
         self.deadline = deadline
         self.recipientDelimiters = recipientDelimiters
+        self.logLevel = logLevel
     }
 }
 

@@ -9,10 +9,11 @@ public enum EngineBuilder {
         var built: [String: any Check] = [:]
         var issues: [ConfigIssue] = []
         let delimiters = config.recipientDelimiters
+        let logLevel = Logger.Level(rawValue: config.log.level)
         for name in config.checks.keys.sorted() {
             guard let settings = config.checks[name] else { continue }
             let context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline,
-                                            recipientDelimiters: delimiters)
+                                            recipientDelimiters: delimiters, logLevel: logLevel)
             do {
                 built[name] = try settings.makeCheck(context)
             } catch let error as ConfigError {

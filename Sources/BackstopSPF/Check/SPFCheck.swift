@@ -123,13 +123,13 @@ public final class SPFCheck: RetirableCheck {
 
     /// `previous`: the check this one replaces on reload. Its per-message state is always
     /// kept, with a new verifier too, so a message in flight keeps its outcome and gets one
-    /// header.
+    /// header. `logLevel`: the level of the configuration it is built for (nil: the logger's).
     public init(settings: SPFSettings, verifier: SPFVerifier, logger: Logger = Logger(label: "backstop.spf"),
-                previous: SPFCheck? = nil) {
+                logLevel: Logger.Level? = nil, previous: SPFCheck? = nil) {
         self.settings = settings
         self.verifier = verifier
         self.logger = logger
-        logsOutcomes = logger.logLevel <= .debug
+        logsOutcomes = (logLevel ?? logger.logLevel) <= .debug
         actions = SPFResult.allCases.map { settings.actions[$0] ?? .dunno }
         reasons = SPFResult.allCases.flatMap { result in
             ["", " identity=helo"].flatMap { helo in ["", " cached"].map { "spf=\(result.rawValue)" + helo + $0 } }

@@ -230,10 +230,11 @@ public struct SPFSettings: CheckSettings, Equatable {
         settings.verifier.evaluationDeadline = min(settings.verifier.evaluationDeadline, Self.evaluationCeiling(context.deadline))
         let previous = context.previous as? SPFCheck
         if let previous, previous.settings.verifier == settings.verifier {
-            return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, previous: previous)
+            return SPFCheck(settings: settings, verifier: previous.verifier, logger: context.logger, logLevel: context.logLevel,
+                            previous: previous)
         }
         return SPFCheck(settings: settings, verifier: SPFVerifier(settings: settings.verifier, logger: context.logger),
-                        logger: context.logger, previous: previous)
+                        logger: context.logger, logLevel: context.logLevel, previous: previous)
     }
 
     /// The longest worker_user accepted (Linux's useradd allows 32).
