@@ -656,6 +656,35 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(try Configuration.parse("[policy]\nrcpt = [\"spf\"]\n[spf]\n", file: "d.toml").warnings.isEmpty)
     }
 
+    /// A rate-limit rule answering PREPEND where spf adds its header competes with it for
+    /// the one action of an answer: check-config says which of the two loses, by check order.
+    @Test func aRateLimitPrependBesideTheHeaderIsWarnedAbout() throws {
+        SPFSettings.register()
+        func warnings(_ rcpt: String, action: String = "PREPEND X-Rate: over", header: String = "received-spf") throws -> [String] {
+            try Configuration.parse("""
+                [policy]
+                rcpt = [\(rcpt)]
+                [spf]
+                header = "\(header)"
+                [ratelimit]
+                [[ratelimit.rule]]
+                name = "per_sender"
+                key = "sender"
+                count = "recipient"
+                limit = "50/1h"
+                action = "\(action)"
+                """, file: "p.toml").warnings.map(\.description)
+        }
+        #expect(try warnings("\"ratelimit\", \"spf\"") == [
+            "p.toml:4: spf.header: rate-limit rule \"per_sender\" answers \"PREPEND X-Rate: over\" at rcpt, where spf adds the Received-SPF header, and one answer carries one of them: ratelimit is listed first, so the rule's line takes the message's first answer and the header waits for the next recipient's: a message with one recipient arrives without it",
+        ])
+        #expect(try warnings("\"spf\", \"ratelimit\"").first?.contains("spf is listed first, so the message's first answer carries the header and drops the rule's line") == true)
+        #expect(try warnings("\"spf\", \"ratelimit\"", action: "DEFER 4.7.1 slow down").isEmpty)
+        #expect(try warnings("\"spf\", \"ratelimit\"", header: "none").isEmpty)
+        let spfElsewhere = try warnings("\"ratelimit\"")
+        #expect(spfElsewhere.filter { $0.contains("rate-limit rule") }.isEmpty, "spf not at rcpt: \(spfElsewhere)")
+    }
+
     /// An evaluation_deadline that is not well inside policy.deadline is lowered: that is a
     /// configuration warning, which check-config prints (it only went to the server's log,
     /// and check-config, which logs nothing, said OK).

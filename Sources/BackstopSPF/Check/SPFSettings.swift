@@ -292,6 +292,17 @@ public struct SPFSettings: CheckSettings, Equatable {
                 break
             }
         }
+        // A rate-limit rule answering PREPEND where spf adds its header: one answer carries
+        // one of the two, the one whose check is listed first.
+        for rule in (configuration.checks["ratelimit"] as? RateLimitSettings)?.rules ?? [] {
+            guard case .prepend = rule.action, let checks = configuration.policy.stages[rule.state],
+                  let spfAt = checks.firstIndex(of: "spf"), let limitAt = checks.firstIndex(of: "ratelimit") else { continue }
+            let text = "\"\(LogEscaping.escape(ResponseEncoder.actionText(rule.action), limit: 80))\""
+            let what = limitAt < spfAt
+                ? "ratelimit is listed first, so the rule's line takes the message's first answer and the header waits for the next recipient's: a message with one recipient arrives without it"
+                : "spf is listed first, so the message's first answer carries the header and drops the rule's line for that recipient"
+            out.append(("header", "rate-limit rule \"\(LogEscaping.escape(rule.name))\" answers \(text) at \(rule.state.configKey), where spf adds the \(name) header, and one answer carries one of them: \(what)"))
+        }
         // Listed where a header can go as well (RCPT, say), the message's header goes there.
         let elsewhere = ProtocolState.allCases.contains { $0 != .endOfMessage && configuration.policy.runs("spf", at: $0) }
         if configuration.policy.runs("spf", at: .endOfMessage) && !elsewhere {
