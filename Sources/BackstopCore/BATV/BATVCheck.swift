@@ -99,12 +99,21 @@ public final class BATVCheck: ReloadableCheck {
         return tagged
     }
 
-    /// batv-strip: the untagged form of a recipient whose tag is valid and whose untagged
-    /// address `isKnown` accepts, or nil.
+    /// batv-strip: the untagged form of a recipient whose tag carries our signature and
+    /// whose untagged address `isKnown` accepts, or nil. A tag that has expired since is
+    /// unwrapped too: its age is judged at RCPT, when the message is accepted, and cleanup
+    /// may unwrap it later (a message accepted on the tag's last day and re-injected by an
+    /// after-queue filter after midnight; Postfix's own bounce of a message that waited in
+    /// its queue longer than `lifetime`), which must reach the mailbox, not bounce twice.
     public func strippedRecipient(_ recipient: String, isKnown: (String) -> Bool) -> String? {
-        guard let plain = validlyTagged(recipient), isKnown(plain) else { return nil }
+        guard isSigningDomain(recipient), let tagged = BATVTag.parse(recipient) else { return nil }
+        switch BATVTag.verify(tagged, keys: keys, today: today()) {
+        case .valid, .expired: break
+        case .noTag, .badSignature, .unknownKey: return nil
+        }
+        guard isKnown(tagged.address) else { return nil }
         stripped.increment()
-        return plain
+        return tagged.address
     }
 
     /// The untagged form of an address in a signing domain whose tag is valid today, or nil

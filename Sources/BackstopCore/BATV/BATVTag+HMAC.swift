@@ -1,6 +1,8 @@
 // Making and checking the signature of a BATV tag: HMAC-SHA1 from swift-crypto over
 // "KDDD" + the untagged address, lowercased (so a bounce whose address changed case on the
-// way still verifies), of which the first three bytes are the tag's six hex digits. The
+// way still verifies) and with a domain in U-labels written in A-labels (so one that came
+// back in the other form, converted by an MTA without SMTPUTF8, verifies too), of which
+// the first three bytes are the tag's six hex digits. The
 // tag's text form and the day arithmetic's inputs are BATVTag.swift's.
 
 import Crypto
@@ -8,12 +10,23 @@ import Crypto
 extension BATVTag {
     /// The six hex digits of the signature of `address` with `key`, expiring on `expiryDay`.
     public static func signature(of address: String, key: BATVKey, expiryDay: Int) -> String {
-        let input = (String(key.number) + threeDigits(expiryDay) + address).lowercased()
+        let input = (String(key.number) + threeDigits(expiryDay) + signedForm(address)).lowercased()
         let mac = HMAC<Insecure.SHA1>.authenticationCode(for: Array(input.utf8), using: SymmetricKey(data: key.secret))
         return mac.prefix(3).map { byte in
             let hex = Array("0123456789abcdef".utf8)
             return String(decoding: [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]], as: UTF8.self)
         }.joined()
+    }
+
+    /// The address as the signature covers it: a domain in U-labels in its A-label form
+    /// (an ASCII address as it is).
+    static func signedForm(_ address: String) -> String {
+        guard address.utf8.contains(where: { $0 >= 0x80 }), let at = address.utf8.lastIndex(of: UInt8(ascii: "@")) else {
+            return address
+        }
+        let domain = String(address[address.index(after: at)...])
+        guard domain.utf8.contains(where: { $0 >= 0x80 }), let ascii = DomainName.asciiForm(domain) else { return address }
+        return String(address[...at]) + ascii
     }
 
     /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or

@@ -14,6 +14,9 @@ public enum SocketmapMaps {
     /// The answer to `request` from the checks of `engine`, and the map label to count it under.
     public static func answer(_ request: SocketmapRequest, engine: PolicyEngine) -> (SocketmapReply, map: String) {
         let key = request.key
+        // A key that is not UTF-8 is in no table, and a signed or unwrapped form of it would
+        // be another address (its octets replaced): not found, in every map.
+        if !request.keyIsUTF8 && names.contains(request.map) { return (.notFound, request.map) }
         switch request.map {
         case "batv-sign":
             guard let batv = engine.checks["batv"] as? BATVCheck else { return (.perm("batv is not configured ([batv] section)"), request.map) }

@@ -6,11 +6,17 @@
 /// One lookup: the map's name and the key, as Postfix sent them.
 public struct SocketmapRequest: Sendable, Equatable {
     public var map: String
+    /// The key as text; octets that are not UTF-8 are replaced (U+FFFD), and `keyIsUTF8` says so.
     public var key: String
+    /// False when the key's octets are not UTF-8 (Postfix with smtputf8_enable = no passes
+    /// 8-bit addresses as they came): no map answers for such a key, since what it would
+    /// return is not the address Postfix asked about.
+    public var keyIsUTF8: Bool
 
-    public init(map: String, key: String) {
+    public init(map: String, key: String, keyIsUTF8: Bool = true) {
         self.map = map
         self.key = key
+        self.keyIsUTF8 = keyIsUTF8
     }
 }
 
@@ -78,7 +84,9 @@ public struct SocketmapParser: Sendable {
         guard let space = bytes.firstIndex(of: 0x20), space > 0 else {
             throw ProtocolError.malformedNetstring("expected a map name, a space and a key")
         }
+        let keyBytes = bytes[(space + 1)...]
+        let key = String(validating: keyBytes, as: UTF8.self)
         return SocketmapRequest(map: String(decoding: bytes[..<space], as: UTF8.self),
-                                key: String(decoding: bytes[(space + 1)...], as: UTF8.self))
+                                key: key ?? String(decoding: keyBytes, as: UTF8.self), keyIsUTF8: key != nil)
     }
 }

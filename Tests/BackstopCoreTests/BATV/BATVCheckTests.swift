@@ -119,6 +119,20 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(batv.strippedRecipient("alice@example.org") { _ in true } == nil, "no tag")
     }
 
+    /// The age of a tag is judged at RCPT: a message accepted on its tag's last day that
+    /// cleanup unwraps after midnight (an after-queue filter's backlog), or Postfix's own
+    /// bounce of a message that waited in its queue, is still unwrapped. A tag that is not
+    /// ours is not.
+    @Test func anExpiredTagOfOursIsStillUnwrapped() throws {
+        let yesterday = try check(day: today - 8)
+        let signed = try #require(yesterday.signedSender("alice@example.org"))
+        let batv = try check()
+        #expect(batv.verification(of: signed) == .expired)
+        #expect(batv.strippedRecipient(signed) { $0 == "alice@example.org" } == "alice@example.org")
+        #expect(try check(keys: "1 another-secret-altogether-123\n").strippedRecipient(signed) { _ in true } == nil, "another key")
+        #expect(batv.strippedRecipient(signed) { _ in false } == nil, "a tag on a mailbox that does not exist")
+    }
+
     @Test func theKeyFileIsCheckedLineByLine() throws {
         let good = try BATVKeyFile.parse(Array("# comment\n\n3 sixteen-chars-ok\n0 another-secret-here\n".utf8), file: "k")
         #expect(good.map(\.number) == [3, 0])

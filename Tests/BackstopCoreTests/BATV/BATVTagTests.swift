@@ -16,6 +16,21 @@ private let seven = BATVKey(number: 7, secret: Array("an entirely different key 
         #expect(BATVTag.signature(of: "list-owner@lists.example.org", key: seven, expiryDay: 999) == "b0b5a2")
     }
 
+    /// A domain in U-labels and its A-label form are one domain: a tag made for either
+    /// verifies for the other (an MTA without SMTPUTF8 converts the domain of the bounce
+    /// address on the way back). The HMAC is over the A-label form.
+    @Test func aTagVerifiesForEitherFormOfAnIDNDomain() throws {
+        let unicode = try #require(BATVTag.sign("alice@bücher.example", key: one, today: 20785, lifetimeDays: 7))
+        let ascii = unicode.replacingOccurrences(of: "bücher.example", with: "xn--bcher-kva.example")
+        #expect(ascii != unicode)
+        #expect(BATVTag.verify(ascii, keys: [one], today: 20785) == .valid(keyNumber: 1, daysLeft: 7))
+        #expect(BATVTag.verify(unicode, keys: [one], today: 20785) == .valid(keyNumber: 1, daysLeft: 7))
+        let fromASCII = try #require(BATVTag.sign("alice@xn--bcher-kva.example", key: one, today: 20785, lifetimeDays: 7))
+        #expect(fromASCII == ascii, "one signature for both forms")
+        #expect(BATVTag.signature(of: "alice@xn--bcher-kva.example", key: one, expiryDay: 792)
+                    == BATVTag.signature(of: "alice@BÜCHER.example", key: one, expiryDay: 792))
+    }
+
     @Test func aSignedAddressCarriesKeyDayAndSignature() {
         // Day 20785 is 2026-11-28; + 7 = 20792, mod 1000 = 792.
         #expect(BATVTag.sign("alice@example.org", key: one, today: 20785, lifetimeDays: 7)

@@ -34,6 +34,24 @@ private func ask(_ engine: PolicyEngine, _ map: String, _ key: String) -> Socket
 }
 
 @Suite struct SocketmapMapsTests {
+    /// Postfix with smtputf8_enable = no passes an 8-bit (Latin-1) sender as it came: the
+    /// key is not UTF-8, and signing its text (the octet replaced by U+FFFD) would change
+    /// the envelope sender into another address. No map answers for such a key.
+    @Test func aKeyThatIsNotUTF8IsNotFound() throws {
+        var parser = SocketmapParser()
+        var requests: [SocketmapRequest] = []
+        let latin1: [UInt8] = Array("28:batv-sign m".utf8) + [0xFC] + Array("ller@example.org,".utf8)
+        try latin1.withUnsafeBytes { try parser.feed($0) { requests.append($0) } }
+        let request = try #require(requests.first)
+        #expect(!request.keyIsUTF8)
+        let engine = try engine("rcpt = [\"recipients\", \"batv\"]")
+        #expect(SocketmapMaps.answer(request, engine: engine).0 == .notFound)
+        var plain = request
+        plain.key = "muller@example.org"
+        plain.keyIsUTF8 = true
+        guard case .ok = SocketmapMaps.answer(plain, engine: engine).0 else { Issue.record("an ASCII sender is signed"); return }
+    }
+
     @Test func aForgedTagIsRefusedByWhoeverRefusesIt() throws {
         let forged = "prvs=1792000000=alice@example.org"
         let enforcing = try engine("rcpt = [\"recipients\", \"batv\"]")
