@@ -185,12 +185,17 @@ public final class PostgresCounterStore: CounterStore, Sendable {
         if let reason = unavailableReason() {
             return .later(eventLoop.makeFailedFuture(CounterStoreFailure(reason)))
         }
-        let increment = hit.cost * p.emissionInterval
+        // The rows hold nanoseconds since 1970 (1.8e18 now), which leaves a bigint room for
+        // 2^62 more: the increment and the tolerance are capped at 2^61 each (73 years), so no
+        // sum the statement makes can overflow (that failed the hit, and the rule let every
+        // hit after the first through). A limit of one per 137 years is one per 73 here.
+        let increment = min(hit.cost * p.emissionInterval, Self.maxSpan)
+        let tolerance = min(p.tolerance, Self.maxSpan)
         var binds = PostgresBindings(capacity: 5)
         binds.append(hit.rule.name)
         binds.append(Self.stored(hit.key))
         binds.append(increment)
-        binds.append(p.tolerance)
+        binds.append(tolerance)
         binds.append(hit.spec?.display(hit.key))
         let query = PostgresQuery(unsafeSQL: Self.hitSQL, binds: binds)
         return .later(within(eventLoop) { [client, logger] in
@@ -205,7 +210,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
                 // Further ahead than clock skew between statements explains (each statement
                 // reads its own start time, and under contention an earlier one may run after
                 // a later one): a row from a larger limit.
-                if let oldTAT, oldTAT &- now > p.tolerance &+ Self.clampMargin(p.tolerance) { self.clamp(hit, to: p.tolerance) }
+                if let oldTAT, oldTAT &- now > tolerance &+ Self.clampMargin { self.clamp(hit, to: tolerance) }
                 // The wait GCRA gives for the row as read (a state from a larger limit counts
                 // as the whole burst); 1 ns when the row as read would fit (it moved on after
                 // the statement's update was decided).
@@ -220,10 +225,16 @@ public final class PostgresCounterStore: CounterStore, Sendable {
 
     /// Rows are kept by rule name, so a row may come from the rule's earlier limit (a reload,
     /// another host not yet reloaded) and lie further ahead than this limit allows (by more
-    /// than `clampMargin`: a quarter of the tolerance, at least 1 s). It is brought back to
-    /// now + tolerance (the new burst used up), so the key frees up at the new rate:
-    /// lowering 1000/1d to 100/1h must not refuse a key for the rest of the day.
-    static func clampMargin(_ tolerance: Int64) -> Int64 { max(tolerance / 4, 1_000_000_000) }
+    /// than `clampMargin`). It is brought back to now + tolerance (the new burst used up), so
+    /// the key frees up at the new rate: lowering 1000/1d to 100/1h must not refuse a key for
+    /// the rest of the day. The margin is for the clock: each statement reads its own start
+    /// time, and one that waited for the row may find it set by a later one (milliseconds).
+    /// It was a quarter of the tolerance: a burst lowered by less than that (500/1d with
+    /// burst 100 to burst 80) was never clamped, and the key was refused for up to an hour.
+    static let clampMargin: Int64 = 1_000_000_000
+
+    /// The longest T × cost and tolerance a statement uses: 2^61 ns, 73 years.
+    static let maxSpan: Int64 = 1 << 61
 
     func clamp(_ hit: RateHit, to tolerance: Int64) {
         updateRow(hit, "SET tat = \(Self.clock) + $3 WHERE rule = $1 AND key = $2 AND tat > \(Self.clock) + $3", tolerance, "clamp")
@@ -231,7 +242,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
 
     public func refund(_ hit: RateHit) {
         guard unavailableReason() == nil else { return }
-        updateRow(hit, "SET tat = tat - $3 WHERE rule = $1 AND key = $2", hit.cost * hit.parameters.emissionInterval, "refund")
+        updateRow(hit, "SET tat = tat - $3 WHERE rule = $1 AND key = $2", min(hit.cost * hit.parameters.emissionInterval, Self.maxSpan), "refund")
     }
 
     /// `UPDATE table <sql>` with $1, $2 the hit's rule and key and $3 `value`, not waited

@@ -239,6 +239,48 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
         }
     }
 
+    /// A burst lowered by less than a quarter of the new tolerance: the key's row, 360 s
+    /// ahead of what the new limit allows, was never brought back (the margin was a quarter
+    /// of the tolerance, 810 s here), and the key was refused until the row drained, six
+    /// minutes. Brought back, it frees up at the new rate: one hit after T (1.2 s).
+    @Test func aSlightlyLoweredBurstFreesTheKeyAtTheNewRate() async throws {
+        try await withCluster { pg in
+            let first = try await Instance.start(configuration(port: pg.port, limit: "5/1h", timeout: 8))
+            let client = try first.client()
+            try await waitUntilCounting(client, key: "192.0.2.252")
+            for _ in 0..<5 { #expect(try await ask(client, rcpt("198.51.100.8")) == "DUNNO") }
+            #expect(try await ask(client, rcpt("198.51.100.8")) == overLimit)
+            await first.stop()
+            let lowered = try await Instance.start(configuration(port: pg.port, limit: "3000/1h", timeout: 8)
+                .replacingOccurrences(of: "limit = \"3000/1h\"", with: "limit = \"3000/1h\"\nburst = 2700"))
+            let again = try lowered.client()
+            try await waitUntilCounting(again, key: "192.0.2.253")
+            #expect(try await ask(again, rcpt("198.51.100.8")) == overLimit)
+            var freed = false
+            for _ in 0..<50 where !freed {
+                try await Task.sleep(nanoseconds: 200_000_000)
+                freed = try await ask(again, rcpt("198.51.100.8")) == "DUNNO"
+            }
+            #expect(freed, "the key was not freed within 10 s")
+            await lowered.stop()
+        }
+    }
+
+    /// A limit whose T is over 117 years (the configuration allows up to 146): the second hit
+    /// summed past a bigint (nanoseconds since 1970 + 2 T), the statement failed, and the
+    /// rule's fail action (DUNNO) let every hit after the first through.
+    @Test func aLimitOfCenturiesIsKept() async throws {
+        try await withCluster { pg in
+            let instance = try await Instance.start(configuration(port: pg.port, limit: "1/50000d", timeout: 8))
+            let client = try instance.client()
+            try await waitUntilCounting(client, key: "192.0.2.254")
+            #expect(try await ask(client, rcpt("198.51.100.9")) == "DUNNO")
+            #expect(try await ask(client, rcpt("198.51.100.9")) == overLimit)
+            #expect(try await ask(client, rcpt("198.51.100.9")) == overLimit)
+            await instance.stop()
+        }
+    }
+
     /// A backlog of expired rows larger than one statement can delete within
     /// statement_timeout: the sweep deletes it in batches, each well inside the timeout. In
     /// one statement it was cancelled at every sweep, and the table only grew. (1,000,000

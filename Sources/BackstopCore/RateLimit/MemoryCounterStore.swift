@@ -89,12 +89,21 @@ public final class MemoryCounterStore: CounterStore, Sendable {
         if let sweepInterval {
             // On an event loop of NIO's shared group (a sweep holds one shard lock at a time,
             // briefly; a save runs on NIO's thread pool); holds the store weakly, so a
-            // replaced store stops sweeping.
-            let interval = TimeAmount.nanoseconds(max(1_000_000, sweepInterval.nanoseconds))
+            // replaced store stops sweeping. A save interval shorter than the sweep's makes
+            // the task run that often, sweeping still at its own interval.
+            let sweepEvery = TimeAmount.nanoseconds(max(1_000_000, sweepInterval.nanoseconds))
+            let interval = stateFile == nil ? sweepEvery : min(sweepEvery, .nanoseconds(max(1_000_000, saveInterval.nanoseconds)))
+            let nextSweep = NIOLockedValueBox(NIODeadline.now() + sweepEvery)
             let task = MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(initialDelay: interval, delay: interval) {
                 [weak self] repeated in
                 guard let self else { return repeated.cancel() }
-                self.sweep()
+                let now = NIODeadline.now()
+                let due = nextSweep.withLockedValue { next in
+                    guard now >= next - .milliseconds(1) else { return false }
+                    next = now + sweepEvery
+                    return true
+                }
+                if due { self.sweep() }
                 if self.stateFile != nil, self.lastSave.withLockedValue({ $0 }) + self.saveInterval <= .now(),
                    self.periodicSave.withLockedValue({ queued in defer { queued = true }; return !queued }) {
                     NIOThreadPool.singleton.submit { [weak self] state in

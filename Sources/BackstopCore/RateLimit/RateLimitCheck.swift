@@ -168,8 +168,7 @@ extension RateLimitCheck {
         key.reserveCapacity(48)
         guard rule.key.build(from: request, into: &key) else { return nil }
         var parameters = rule.parameters
-        if let table = runtime.overrides?.table,
-           let entry = table.lookup(key: key, client: rule.key.parts == [.clientAddress] ? IPAddress(request.clientAddress) : nil) {
+        if let table = runtime.overrides?.table, let entry = table.lookup(key: key, client: Self.clientAddress(of: rule, request)) {
             switch entry.limit {
             case .exempt: return nil
             case .limit(let override): parameters = override.parameters
@@ -216,8 +215,10 @@ extension RateLimitCheck {
                 "limit": "\(rule.limitCount)/\(DurationText.format(.nanoseconds(rule.period)))",
                 "burst": "\(hit.parameters.burst)",
             ]
-            if hit.parameters != rule.parameters {
-                metadata["limit"] = "override \(hit.parameters.burst)/\(DurationText.format(.nanoseconds(hit.parameters.emissionInterval * hit.parameters.burst)))"
+            // The key's override, as its table writes it (looked up again: refusals only).
+            if let table = runtime.overrides?.table,
+               case .limit(let override)? = table.lookup(key: hit.key, client: Self.clientAddress(of: rule, request))?.limit {
+                metadata["limit"] = "override \(override.limitCount)/\(DurationText.format(.nanoseconds(override.period)))"
             }
             if let retryAfter { metadata["retry_after"] = "\(DurationText.approximate(nanoseconds: retryAfter))" }
             else { metadata["over_burst"] = "true" }
@@ -297,6 +298,11 @@ extension RateLimitCheck {
 
     /// The client address an administrator named for a client_address rule (the address
     /// itself, or a network's first address), for matching overrides networks.
+    /// The request's client address, for a rule keyed on it alone (overrides by network).
+    private static func clientAddress(of rule: RateLimitRule, _ request: PolicyRequest) -> IPAddress? {
+        rule.key.parts == [.clientAddress] ? IPAddress(request.clientAddress) : nil
+    }
+
     private static func clientAddress(of rule: RateLimitRule, _ key: String) -> IPAddress? {
         rule.key.parts == [.clientAddress] ? CIDR(key)?.network : nil
     }

@@ -50,7 +50,7 @@ private struct Limiter {
 }
 
 /// A log handler that keeps each line's metadata.
-private struct MetadataLog: LogHandler {
+struct MetadataLog: LogHandler {
     let lines = NIOLockedValueBox<[Logger.Metadata]>([])
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace

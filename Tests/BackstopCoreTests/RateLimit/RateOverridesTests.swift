@@ -33,9 +33,10 @@ import Testing
     }
 
     /// How many of `n` requests from this client and SASL user pass.
-    func admitted(_ check: RateLimitCheck, _ n: Int, client: String = "192.0.2.10", sasl: String = "", sender: String = "a@example.org") -> Int {
+    func admitted(_ check: RateLimitCheck, _ n: Int, client: String = "192.0.2.10", sasl: String = "", sender: String = "a@example.org",
+                  logger: Logger? = nil) -> Int {
         let loop = EmbeddedEventLoop()
-        let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(5), logger: logger)
+        let context = CheckContext(eventLoop: loop, deadline: .now() + .seconds(5), logger: logger ?? self.logger)
         var passed = 0
         for _ in 0..<n {
             let request = PolicyRequest([("request", "smtpd_access_policy"), ("protocol_state", "RCPT"), ("client_address", client),
@@ -43,6 +44,25 @@ import Testing
             if case .now(let verdict) = check.evaluate(request, context: context), !verdict.action.isRefusal { passed += 1 }
         }
         return passed
+    }
+
+    /// A refusal under an override logs the override's limit as its table writes it (it
+    /// logged burst/(burst × T): "override 2/8640ms" for "20000/1d burst 2"), also when its
+    /// numbers are the rule's own.
+    @Test func aRefusalUnderAnOverrideLogsItsLimit() throws {
+        let dir = try RecipientTableDirectory()
+        try dir.write("overrides", "newsletter 20000/1d burst 2\nsame 2/1h\n")
+        let check = try check(dir, key: "sasl_username")
+        func limits(_ sasl: String) -> [String] {
+            let log = MetadataLog()
+            var logger = Logger(label: "t") { _ in log }
+            logger.logLevel = .notice
+            _ = admitted(check, 3, sasl: sasl, logger: logger)
+            return log.lines.withLockedValue { $0 }.compactMap { $0["limit"].map { "\($0)" } }
+        }
+        #expect(limits("newsletter") == ["override 20000/24h"])
+        #expect(limits("same") == ["override 2/1h"])
+        #expect(limits("anyone") == ["2/1h"])
     }
 
     @Test func keysGetTheirOwnLimitOrNone() throws {

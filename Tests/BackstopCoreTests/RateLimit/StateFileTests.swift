@@ -6,6 +6,7 @@
 import Testing
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 @testable import BackstopCore
 
 @Suite struct StateFileTests {
@@ -73,6 +74,17 @@ import NIOConcurrencyHelpers
         // queued while it was stuck (one per sweep: hundreds) ran one after another at once.
         let count = begun.withLockedValue { $0 }
         #expect(count >= 1 && count <= 10, "\(count) saves begun")
+        #expect(FileManager.default.fileExists(atPath: file))
+    }
+
+    /// state_save_interval shorter than the sweep's 10 s is kept: a save every second was
+    /// made only at the sweeps, every 10 s.
+    @Test func aSaveIntervalShorterThanTheSweepIsKept() async throws {
+        let file = directory() + "/ratelimit.state"
+        let store = MemoryCounterStore(maxKeys: 10_000, stateFile: file, saveInterval: .milliseconds(200))
+        let end = NIODeadline.now() + .seconds(5)
+        while store.savesBegun.withLockedValue({ $0 }) < 2 && NIODeadline.now() < end { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(store.savesBegun.withLockedValue { $0 } >= 2, "saves every 200 ms, with the sweep every 10 s")
         #expect(FileManager.default.fileExists(atPath: file))
     }
 
