@@ -361,7 +361,7 @@ public final class PostgresCounterStore: CounterStore, Sendable {
     static func stored(_ key: [UInt8]) -> ByteBuffer {
         guard key.count > longestStoredKey else { return ByteBuffer(bytes: key) }
         let hex = Array("0123456789abcdef".utf8)
-        var text = Array("sha256:".utf8)
+        var text = RateKeySpec.digestPrefix
         for byte in SHA256.hash(data: key) { text += [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]] }
         return ByteBuffer(bytes: text)
     }

@@ -323,6 +323,15 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
                 // (Its text is left out: Postfix's reply line with a 3,000-octet sender has no room.)
                 #expect((try await ask(client, long)) == "DEFER 4.7.1", "the long key is counted")
                 #expect((try await ask(client, rcpt("192.0.2.9"))) == "DUNNO", "the store still answers for other keys")
+                // Listed by its digest, which status and reset take as it is (it was listed
+                // blank, and the form matched no row).
+                let listed = try await server.check.list(rule: "shared", overOnly: true, limit: 10)
+                let digest = try #require(listed.split(separator: " ").first { $0.hasPrefix("sha256:") }, "\(listed)")
+                let form = String(digest.prefix(71))
+                #expect(RateKeySpec.isDigestForm(Array(form.utf8)), "\(listed)")
+                #expect(try await server.check.status(rule: "shared", key: form).contains("over the limit"))
+                #expect(try await server.check.reset(rule: "shared", key: form).contains("state forgotten"))
+                #expect((try await ask(client, long)) == "DUNNO", "reset by its digest")
             } catch {
                 Issue.record("\(error)\n\(pg.log.suffix(2000))")
             }

@@ -205,8 +205,20 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
         return Array(value[..<start]) + Array(ascii.utf8)
     }
 
-    /// The key as an administrator reads it: "192.0.2.0/24+alice".
+    /// A key a shared store keeps by its digest (one too long for its index): "sha256:" and
+    /// 64 lowercase hex digits. No built key starts so ("sh" would be a first part of 29,544
+    /// octets, beyond the longest key kept as it is), so the form is listed, and taken by
+    /// `status` and `reset`, as it is.
+    public static let digestPrefix = Array("sha256:".utf8)
+
+    public static func isDigestForm(_ key: [UInt8]) -> Bool {
+        key.count == digestPrefix.count + 64 && key.starts(with: digestPrefix)
+            && key.dropFirst(digestPrefix.count).allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
+    }
+
+    /// The key as an administrator reads it: "192.0.2.0/24+alice"; a digest form as it is.
     public func display(_ key: [UInt8]) -> String {
+        if Self.isDigestForm(key) { return String(decoding: key, as: UTF8.self) }
         var components: [String] = []
         var index = 0
         for part in parts {

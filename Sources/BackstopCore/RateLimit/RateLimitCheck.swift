@@ -366,6 +366,8 @@ extension RateLimitCheck {
 
     private func resolve(rule name: String, key: String) throws -> (Runtime, [UInt8]) {
         let runtime = try find(rule: name)
+        // A key listed by its digest (a shared store's form of a long key) is asked as it is.
+        if RateKeySpec.isDigestForm(Array(key.utf8)) { return (runtime, Array(key.utf8)) }
         let spec = runtime.rule.key
         let values: [String]
         switch spec.parts.count == 1 ? .success([key]) : Self.split(combined: key, into: spec.parts) {
