@@ -34,6 +34,8 @@ public struct PostgresStoreSettings: CounterStoreSettings, Equatable {
     public var port = 5432
     public var user = "backstop"
     public var password: String?
+    /// Where the password was read from (password_file), resolved; read again at every reload.
+    public var passwordFile: String?
     public var database = "backstop"
     public var tls: TLSMode = .disable
     public var poolSize = 4
@@ -47,6 +49,8 @@ public struct PostgresStoreSettings: CounterStoreSettings, Equatable {
 
     public init() {}
 
+    public var files: [String] { passwordFile.map { [$0] } ?? [] }
+
     public init(reading s: ConfigSection, baseDirectory: String) {
         defer { s.finish() }
         host = s.string("host", default: host)
@@ -58,6 +62,7 @@ public struct PostgresStoreSettings: CounterStoreSettings, Equatable {
         if let file = s.optionalString("password_file") {
             if password != nil { s.report("password_file", "give either password or password_file, not both") }
             let path = file.hasPrefix("/") ? file : (baseDirectory as NSString).appendingPathComponent(file)
+            passwordFile = path
             do {
                 let bytes = try RegularFile.read(path, maxBytes: 64 * 1024)
                 if let text = String(validating: bytes, as: UTF8.self) {

@@ -414,6 +414,26 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
         }
     }
 
+    /// The password file is read again at every reload: `serve`, once it has given up root,
+    /// checks that server.user can read it, as it does the tables (a root-only file loaded
+    /// at start, and then every reload failed without a word at start).
+    @Test func thePasswordFileIsAmongTheFilesReadAtReload() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pw-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try "  secret \n".write(toFile: dir + "/pg-password", atomically: false, encoding: .utf8)
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        let toml = configuration(port: PrivatePostgres.freePort(), limit: "1/1h")
+            .replacingOccurrences(of: "user = \"postgres\"", with: "user = \"postgres\"\npassword_file = \"pg-password\"")
+        let config = try Configuration.parse(toml, file: dir + "/backstop.toml")
+        let settings = try #require(config.checks["ratelimit"] as? RateLimitSettings)
+        let check = RateLimitCheck(settings: settings, store: MemoryCounterStore(maxKeys: 10, sweepInterval: nil))
+        #expect(check.files == [dir + "/pg-password"])
+        guard case .backend(_, let backend) = settings.store, let pg = backend as? PostgresStoreSettings else {
+            Issue.record("not the postgres store"); return
+        }
+        #expect(pg.password == "secret", "blanks around it are not part of it")
+    }
+
     @Test func withoutADatabaseTheDefaultFailActionLetsMailThrough() async throws {
         // Nothing listens on this port: the store never gets its schema, every hit fails at once.
         let toml = configuration(port: PrivatePostgres.freePort(), limit: "1/1h")

@@ -56,17 +56,28 @@ public struct BATVSettings: CheckSettings {
             }
             domains.insert(ascii)
         }
-        let lifetime = section.duration("lifetime", default: .hours(24 * Int64(d.lifetimeDays)), range: .hours(24)...(.hours(24 * Int64(Self.lifetimeDays.upperBound))))
-        if lifetime.nanoseconds % TimeAmount.hours(24).nanoseconds != 0 {
+        let fallback = TimeAmount.hours(24 * Int64(d.lifetimeDays))
+        var lifetime = section.duration("lifetime", default: fallback)
+        if !(TimeAmount.hours(24)...(.hours(24 * Int64(Self.lifetimeDays.upperBound)))).contains(lifetime) {
+            let day = TimeAmount.hours(24).nanoseconds
+            let shown = lifetime.nanoseconds % day == 0 ? "\(lifetime.nanoseconds / day)d" : DurationText.format(lifetime)
+            section.report("lifetime", "\(shown) is out of range: use \"1d\" to \"\(Self.lifetimeDays.upperBound)d\"")
+            lifetime = fallback
+        } else if lifetime.nanoseconds % TimeAmount.hours(24).nanoseconds != 0 {
             section.report("lifetime", "a tag lives whole days: write e.g. \"7d\"")
         }
         var since: Int?
-        if let text = section.optionalString("verify_since") {
+        if case .other? = section.raw("verify_since") {
+            // TOML's own date (verify_since = 2026-12-07): the same date, in quotes.
+            section.report("verify_since", "write the date in quotes: verify_since = \"YYYY-MM-DD\"")
+        } else if let text = section.optionalString("verify_since") {
             since = Self.day(parsing: text)
             if since == nil { section.report("verify_since", "\"\(LogEscaping.escape(text))\" is not a date: write YYYY-MM-DD, e.g. \"2026-12-07\"") }
         }
         let action = section.action("action", default: d.action)
-        if !action.isRefusal { section.report("action", "must refuse: use a reply such as \"550 5.7.1 Bounce refused\"") }
+        if !action.isRefusal || action.refusesOnlyIfLaterRejects {
+            section.report("action", "must refuse: use a reply such as \"550 5.7.1 Bounce refused\" (DEFER_IF_REJECT lets the bounce through when nothing after it rejects)")
+        }
         self.init(keyFile: file.hasPrefix("/") || baseDirectory.isEmpty ? file : baseDirectory + "/" + file,
                   domains: domains, lifetimeDays: Int(lifetime.nanoseconds / TimeAmount.hours(24).nanoseconds),
                   verifySince: since,

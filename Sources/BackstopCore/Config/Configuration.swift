@@ -203,6 +203,13 @@ public struct Configuration: Sendable {
         if case .unix = endpoint, !listener.allow.isEmpty {
             section.report("allow", "only applies to TCP listeners; control a Unix socket with mode, owner and group")
         }
+        if case .unix = endpoint {} else {
+            // A socket file's settings on a TCP listener would protect nothing: refused, as
+            // `allow` is on a Unix socket, so nobody believes a TCP port is restricted.
+            for key in ["mode", "owner", "group"] where section.has(key) {
+                section.report(key, "only applies to Unix sockets; restrict a TCP listener with allow")
+            }
+        }
         section.finish()
         return listener
     }

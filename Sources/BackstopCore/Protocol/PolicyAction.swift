@@ -38,6 +38,14 @@ public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// A temporary refusal (4xx): the sender retries later.
+    /// DEFER_IF_REJECT: Postfix defers only when a later restriction rejects, and otherwise
+    /// lets the mail through. An answer that must refuse (an unknown recipient, a forged
+    /// bounce, a broken table) cannot be this.
+    public var refusesOnlyIfLaterRejects: Bool {
+        if case .deferIfReject = self { return true }
+        return false
+    }
+
     public var isTemporary: Bool {
         switch self {
         case .deferTemporarily, .deferIfPermit, .deferIfReject: true

@@ -111,6 +111,13 @@ public protocol CounterStoreSettings: Sendable {
     /// Equal identities mean the running store is kept across a reload (with its connections).
     var identity: String { get }
     func makeStore(logger: Logger) throws -> any CounterStore
+    /// Files its settings read, again at every reload (a password file): `serve` checks,
+    /// once it has given up root, that server.user can still read them.
+    var files: [String] { get }
+}
+
+extension CounterStoreSettings {
+    public var files: [String] { [] }
 }
 
 /// Backends registered by the executable at startup (e.g. "postgres" from BackstopPostgres).

@@ -18,6 +18,8 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
     public let store: any CounterStore
     let instances: RecentInstances
     let storeIdentity: String
+    /// Files the store's settings read at every reload.
+    let storeFiles: [String]
     let rules: [Runtime]
     /// Rule indices by `ProtocolState.index`.
     private let byState: [[Int]]
@@ -59,6 +61,7 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
         self.store = store
         self.instances = instances
         self.storeIdentity = settings.storeIdentity
+        if case .backend(_, let backend) = settings.store { storeFiles = backend.files } else { storeFiles = [] }
         self.memory = store as? MemoryCounterStore
         self.logger = logger
         self.rules = settings.rules.map { rule in
@@ -498,7 +501,7 @@ extension RateLimitCheck {
         for runtime in rules { runtime.overrides?.stopWatching() }
     }
 
-    public var files: [String] { rules.compactMap(\.overrides).flatMap(\.source.files) }
+    public var files: [String] { rules.compactMap(\.overrides).flatMap(\.source.files) + storeFiles }
 
     /// SIGHUP: reads the overrides files again (WatchedTable.reloadAtSignal); the problems
     /// of a broken edit (whose last good version stays in force).

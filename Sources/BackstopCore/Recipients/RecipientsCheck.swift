@@ -81,8 +81,8 @@ public struct RecipientsSettings: CheckSettings {
         }
         let batv = section.bool("strip_batv", default: normal.stripBATV)
         let reject = section.action("reject_action", default: d.rejectAction)
-        if !reject.isRefusal {
-            section.report("reject_action", "must refuse: use a 5NN or 4NN reply such as \"550 5.1.1 User unknown\", REJECT or DEFER")
+        if !reject.isRefusal || reject.refusesOnlyIfLaterRejects {
+            section.report("reject_action", "must refuse: use a 5NN or 4NN reply such as \"550 5.1.1 User unknown\", REJECT or DEFER (DEFER_IF_REJECT lets the mail through when nothing after it rejects)")
         }
         var interval = section.duration("reload_interval", default: Self.defaultReloadInterval)
         if interval.nanoseconds != 0 && (interval < .milliseconds(10) || interval > .hours(24)) {
@@ -93,7 +93,7 @@ public struct RecipientsSettings: CheckSettings {
         let testMode = section.bool("test_mode", default: d.testMode)
         let fail = section.action("fail_action", default: d.failAction)
         let broken = section.action("broken_table_action", default: d.brokenTableAction)
-        if !broken.isRefusal || !broken.isTemporary {
+        if !broken.isRefusal || !broken.isTemporary || broken.refusesOnlyIfLaterRejects {
             section.report("broken_table_action", "must refuse temporarily (4NN or DEFER): the edit that failed may be what adds the mailbox")
         }
         let srs = section.bool("pass_srs", default: d.passSRS)

@@ -196,6 +196,10 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(issues("domains = [\"example.org\"]\nlifetime = \"60d\"").count == 1)
         #expect(issues("domains = [\"example.org\"]\nverify_since = \"soon\"").first?.contains("YYYY-MM-DD") == true)
         #expect(issues("domains = [\"example.org\"]\naction = \"DUNNO\"").first?.contains("must refuse") == true)
+        #expect(issues("domains = [\"example.org\"]\naction = \"DEFER_IF_REJECT 4.7.1 no\"").first?.contains("must refuse") == true,
+                "DEFER_IF_REJECT lets the bounce through when nothing after it rejects")
+        #expect(issues("domains = [\"example.org\"]\nlifetime = \"60d\"") == ["60d is out of range: use \"1d\" to \"30d\""])
+        #expect(issues("domains = [\"example.org\"]\nverify_since = 2026-12-05") == ["write the date in quotes: verify_since = \"YYYY-MM-DD\""])
         #expect(issues("domains = [\"example.org\"]\nexempt = [\"a b\"]").first?.contains("is not an address") == true)
         #expect(issues("domains = [\"example.org\"]\nkey_fiel = \"x\"").count == 1, "unknown keys are errors")
 

@@ -76,6 +76,17 @@ import NIOCore
         }
     }
 
+    /// A socket file's settings on a TCP listener protect nothing: refused, as allow is on a
+    /// Unix socket (they were accepted silently).
+    @Test func socketFileSettingsOnATCPListenerAreRefused() throws {
+        for key in ["mode = \"0600\"", "owner = \"daemon\"", "group = \"daemon\""] {
+            #expect {
+                try Configuration.parse("[[listen]]\naddress = \"127.0.0.1:10033\"\n\(key)\n", file: "l.toml")
+            } throws: { error in "\(error)".contains("only applies to Unix sockets") }
+        }
+        _ = try Configuration.parse("[[listen]]\naddress = \"unix:/tmp/x.sock\"\nmode = \"0600\"\nowner = \"daemon\"\n", file: "l.toml")
+    }
+
     @Test func everyErrorIsReportedWithFileLineAndKey() {
         let text = """
         [server]

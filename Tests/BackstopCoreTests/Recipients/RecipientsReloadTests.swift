@@ -144,6 +144,18 @@ import Testing
         }
     }
 
+    /// DEFER_IF_REJECT defers only when something after it in Postfix's restrictions
+    /// rejects: as reject_action it let unknown recipients through, and as
+    /// broken_table_action the recipients of a broken edit.
+    @Test func actionsThatMustRefuseCannotBeDeferIfReject() throws {
+        for key in ["reject_action", "broken_table_action"] {
+            #expect {
+                try Configuration.parse("[policy]\nrcpt = [\"recipients\"]\n[recipients]\n\(key) = \"DEFER_IF_REJECT 4.1.1 maybe\"\n", file: "t.toml")
+            } throws: { error in "\(error)".contains(key) && "\(error)".contains("DEFER_IF_REJECT lets") || "\(error)".contains("must refuse temporarily") }
+        }
+        _ = try Configuration.parse("[policy]\nrcpt = [\"recipients\"]\n[recipients]\nreject_action = \"DEFER_IF_PERMIT 4.1.1 later\"\nbroken_table_action = \"DEFER_IF_PERMIT 4.1.1 later\"\n", file: "t.toml")
+    }
+
     @Test func sighupReloadsThroughTheEngine() throws {
         // What the server does on SIGHUP: rebuild the engine with the running one as
         // `previous`, then call reload() on every ReloadableCheck.
