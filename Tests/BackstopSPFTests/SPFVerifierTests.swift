@@ -279,6 +279,26 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
     }
 
+    /// A sender longer than a worker takes (1,024 octets) was permerror without an
+    /// evaluation, which accepts by default: any forged sender passed with a long enough
+    /// local part. Its domain's record decides now; only a record or explanation that reads
+    /// the local part (%{l}, %{s}) makes it permerror.
+    @Test func anOverlongSenderIsJudgedByItsDomainsRecord() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        var settings = verifierSettings(dns)
+        settings.resultCacheTTL = .zero
+        let verifier = try makeVerifier(settings)
+        defer { verifier.shutdown() }
+        let local = String(repeating: "a", count: 1_100)
+        let forged = await verifier.evaluate(ip: "198.51.100.1", sender: local + "@pass.example", helo: "x")
+        #expect(forged.result == .fail, "\(forged.result) \(forged.problem ?? "")")
+        #expect(forged.query.sender.utf8.count == 1_113, "the outcome is the sender's own")
+        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: local + "@pass.example", helo: "x").result == .pass)
+        let reads = await verifier.evaluate(ip: "198.51.100.1", sender: local + "@hostile2.example", helo: "x")
+        #expect(reads.result == .permerror && reads.problem?.contains("reads it") == true, "\(reads.result) \(reads.problem ?? "")")
+    }
+
     /// The outcome cache's table holds fingerprints alone: an entry found under a query's
     /// fingerprint that was kept for another key (a fingerprint two keys share) is a miss,
     /// never that key's outcome.

@@ -236,7 +236,13 @@ public final class SPFVerifier: Sendable {
         }
         if let hit = cachedOutcome(query) { return loop.makeSucceededFuture(hit) }
         let client = query.client!
-        let mailbox = Array(query.checkedMailbox.utf8)
+        // A sender longer than a worker takes matters only to a record that reads its local
+        // part (%{s}, %{l}): the worker is given postmaster@domain instead, and the outcome
+        // becomes permerror only when a record or explanation on its path read it. (Refusing
+        // every such sender as permerror, which accepts by default, let a client forge any
+        // sender with a 1,100-octet local part.)
+        let standIn = query.checkedMailbox.utf8.count > SPFWire.maxSender
+        let mailbox = Array((standIn ? "postmaster@" + query.domain : query.checkedMailbox).utf8)
         let promise = loop.makePromise(of: SPFOutcome.self)
         let base = SPFWire.Evaluate(id: 0, identity: query.identity,
                                        upperNibbles: !client.isV4 && query.clientAddress.contains(where: { "ABCDEF".contains($0) }),
@@ -251,7 +257,7 @@ public final class SPFVerifier: Sendable {
             guard let slot = self.slot(for: loop) else {
                 return promise.succeed(SPFOutcome(result: .temperror, query: query, problem: "SPF is stopping"))
             }
-            let job = SPFJob(query: query, request: request, promise: promise, deadline: effective)
+            let job = SPFJob(query: query, request: request, promise: promise, deadline: effective, standIn: standIn)
             if slot.loop.inEventLoop {
                 slot.submit(job)
             } else {
@@ -299,9 +305,6 @@ public final class SPFVerifier: Sendable {
         // the mailbox checked for an empty sender.)
         if Octets.containsNUL(query.checkedMailbox) {
             return .failure(Immediate(.none, query, "the sender (or HELO name, for an empty sender) contains a NUL octet"))
-        }
-        if query.checkedMailbox.utf8.count > SPFWire.maxSender {
-            return .failure(Immediate(.permerror, query, "sender longer than \(SPFWire.maxSender) octets"))
         }
         if query.helo.utf8.count > SPFWire.maxHelo {
             return .failure(Immediate(.permerror, query, "HELO name longer than \(SPFWire.maxHelo) octets"))

@@ -33,13 +33,25 @@ final class SPFJob: @unchecked Sendable {
     /// When the worker was last handed something it must answer; nil while DNS is awaited.
     var owedSince: NIODeadline?
     var needs = 0
+    /// The worker evaluates postmaster@domain for a sender longer than it takes
+    /// (SPFWire.maxSender): the outcome holds only if no record on its path read the sender.
+    let standIn: Bool
 
-    init(query: SPFQuery, request: SPFWire.Evaluate, promise: EventLoopPromise<SPFOutcome>, deadline: NIODeadline) {
+    init(query: SPFQuery, request: SPFWire.Evaluate, promise: EventLoopPromise<SPFOutcome>, deadline: NIODeadline,
+         standIn: Bool = false) {
         self.query = query
         self.request = request
         self.promise = promise
         self.started = .now()
         self.deadline = deadline
+        self.standIn = standIn
+    }
+
+    /// The outcome of a stand-in evaluation whose records read the sender: permerror.
+    func judged(_ outcome: SPFOutcome) -> SPFOutcome {
+        guard standIn, outcome.result != .temperror, !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) else { return outcome }
+        return SPFOutcome(result: .permerror, query: query,
+                          problem: "sender longer than \(SPFWire.maxSender) octets, and a record on its path reads it (%{s}, %{l})")
     }
 
     func note(_ answers: [SPFWire.Answer]) {
@@ -203,7 +215,7 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     private func finish(_ job: SPFJob, _ outcome: SPFOutcome) {
         jobs[job.id] = nil
-        var outcome = outcome
+        var outcome = job.judged(outcome)
         outcome.elapsed = .now() - job.started
         // Cached first, so whoever the answer wakes finds it in the outcome cache.
         slot.finished(job, outcome, on: self)
