@@ -45,6 +45,12 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     // A 60 KB valid record that needs TCP, and one that is 60 KB of garbage.
     "huge.example": [["TXT": ["v=spf1 " + (0..<2_600).map { "ip4:10.\($0 / 256).\($0 % 256).1" }.joined(separator: " ") + " -all"]]],
     "junk.example": [["TXT": ["v=spf1 " + String(repeating: "junk ", count: 12_000)]]],
+    // Records of ~36 KB each, included by chains of two, four and six.
+    "big1.example": [["TXT": [bigRecord]]], "big2.example": [["TXT": [bigRecord]]], "big3.example": [["TXT": [bigRecord]]],
+    "big4.example": [["TXT": [bigRecord]]], "big5.example": [["TXT": [bigRecord]]], "big6.example": [["TXT": [bigRecord]]],
+    "chain2.example": [["TXT": "v=spf1 include:big1.example include:big2.example -all"]],
+    "chain4.example": [["TXT": "v=spf1 " + (1...4).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
+    "chain6.example": [["TXT": "v=spf1 " + (1...6).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
     // 60 KB of the shortest term: the most terms a record can hold (30,000 lookups).
     "terms.example": [["TXT": ["v=spf1" + String(repeating: " a", count: 30_000)]], ["A": "203.0.113.9"]],
     // Per-sender and per-HELO records.
@@ -57,6 +63,9 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     // Macro bomb: a:%{d} ×1,500 for a 249-octet domain.
     bombDomain: [["TXT": "v=spf1 a:" + String(repeating: "%{d}", count: 1_500) + " -all"]],
 ]
+
+/// ~36 KB: 2,600 ip4 terms (none matches the tests' clients) and ?all.
+let bigRecord = "v=spf1 " + (0..<2_600).map { "ip4:10.\($0 / 256).\($0 % 256).1" }.joined(separator: " ") + " ?all"
 
 let bombDomain = [String(repeating: "q", count: 61), String(repeating: "q", count: 61), String(repeating: "q", count: 61),
                   String(repeating: "r", count: 50), "bomb", "example"].joined(separator: ".")
@@ -277,6 +286,38 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(key(local: composed) == key(local: "jos\u{E9}"))
         #expect(key(local: composed) != key())
         #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
+    }
+
+    /// A record parses to up to 36 times its size, and a worker keeps what it was sent until
+    /// the evaluation ends: one evaluation may be sent three records of the largest size
+    /// (permerror beyond), and one worker a budget across its evaluations (temperror for
+    /// the evaluation that would pass it). Without them, a domain whose include chain held
+    /// eleven 65 KB records made a worker hold ~26 MB per evaluation, and about forty such
+    /// messages at once took it past its 1 GiB of address space.
+    @Test func theRecordsAWorkerHoldsAreBounded() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone, delayMilliseconds: 100)
+        defer { dns.stop() }
+        var settings = verifierSettings(dns)
+        settings.resultCacheTTL = .zero
+        let verifier = try makeVerifier(settings)
+        defer { verifier.shutdown() }
+        let four = await verifier.evaluate(ip: "192.0.2.1", sender: "a@chain4.example", helo: "x")
+        #expect(four.result == .fail, "\(four.result) \(four.problem ?? "")")
+        let six = await verifier.evaluate(ip: "192.0.2.1", sender: "a@chain6.example", helo: "x")
+        #expect(six.result == .permerror && six.problem?.contains("hold more than") == true, "\(six.result) \(six.problem ?? "")")
+
+        settings.workerRecordBudget = 100_000
+        let small = try makeVerifier(settings)
+        defer { small.shutdown() }
+        let outcomes = await withTaskGroup(of: SPFOutcome.self) { group in
+            for _ in 0..<4 { group.addTask { await small.evaluate(ip: "192.0.2.1", sender: "a@chain2.example", helo: "x") } }
+            return await group.reduce(into: [SPFOutcome]()) { $0.append($1) }
+        }
+        let results = outcomes.map { "\($0.result) \($0.problem ?? "")" }
+        #expect(outcomes.contains { $0.result == .fail }, "\(results)")
+        #expect(outcomes.contains { $0.result == .temperror && $0.problem?.contains("holds") == true }, "\(results)")
+        #expect(await small.evaluate(ip: "192.0.2.1", sender: "a@chain2.example", helo: "x").result == .fail,
+                "the budget is given back when evaluations end")
     }
 
     /// A sender longer than a worker takes (1,024 octets) was permerror without an

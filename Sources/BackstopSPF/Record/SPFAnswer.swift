@@ -63,6 +63,14 @@ public struct SPFAnswer: Sendable, Equatable {
     }
 
     /// NXDOMAIN or no record of the type: a "void lookup" (RFC 7208 §4.6.4).
+    /// The record and explanation octets a worker holds for this answer (parsed, a record
+    /// takes up to 36 times its size).
+    public var heldOctets: Int {
+        var octets = explanation?.count ?? 0
+        if case .record(let record) = spf { octets += record.source.count }
+        return octets
+    }
+
     public var isVoid: Bool { status == .nameError || (status == .success && recordCount == 0) }
     public var isFailure: Bool { status == .serverFailure || status == .timeout }
 

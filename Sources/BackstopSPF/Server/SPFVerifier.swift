@@ -41,6 +41,10 @@ public final class SPFVerifier: Sendable {
         /// A worker start or reap that takes this long is logged as an error (not a setting
         /// of the configuration: tests shorten it).
         var slowProcessWork: TimeAmount = .seconds(10)
+        /// Record and explanation octets one worker may hold across its evaluations (not a
+        /// setting of the configuration: tests lower it). A record parses to up to 36 times
+        /// its size, so 8 MiB is at most ~300 MB of a worker's 1 GiB of address space.
+        var workerRecordBudget = 8 << 20
 
         public init() {}
     }

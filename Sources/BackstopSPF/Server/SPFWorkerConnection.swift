@@ -47,6 +47,9 @@ final class SPFJob: @unchecked Sendable {
         self.standIn = standIn
     }
 
+    /// Record and explanation octets sent for it (SPFAnswer.heldOctets).
+    var heldOctets = 0
+
     /// The outcome of a stand-in evaluation whose records read the sender: permerror.
     func judged(_ outcome: SPFOutcome) -> SPFOutcome {
         guard standIn, outcome.result != .temperror, !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) else { return outcome }
@@ -73,6 +76,14 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
     unowned let slot: SPFWorkerSlot
     private(set) var channel: (any Channel)?
     private var jobs: [UInt32: SPFJob] = [:]
+    /// Record and explanation octets sent for the evaluations in `jobs`: the worker holds
+    /// each record it was sent, parsed (up to 36 octets of memory per octet of record),
+    /// until the evaluation ends.
+    private var heldOctets = 0
+    /// The most record and explanation octets one evaluation may be sent: three records of
+    /// the largest size a DNS message carries. No domain needs more (an evaluation reads at
+    /// most 11 records and an explanation); one that publishes more gets permerror.
+    static let maxOctetsPerEvaluation = 3 * 65_536
     private var nextID: UInt32 = 1
     private(set) var evaluations = 0
     /// Evaluations ended by their deadline while the worker still had them: a late frame
@@ -152,13 +163,30 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         guard let frame = Self.fitted(&answers, { var r = base; r.answers = $0; return .evaluate(r) }) else {
             return finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
         }
+        if let over = overBudget(job, answers) { return finish(job, over) }
         job.note(answers)
+        hold(answers, for: job)
         job.owedSince = .now()
         arm(for: job.deadline)
         write(frame)
     }
 
     static let tooLarge = "a DNS answer too large to hand to an SPF worker"
+
+    /// The outcome for `job` if sending `answers` would pass a bound on the record octets
+    /// held (the evaluation's own, or the worker's across its evaluations); nil when it fits.
+    private func overBudget(_ job: SPFJob, _ answers: [SPFWire.Answer]) -> SPFOutcome? {
+        let added = answers.reduce(0) { $0 + $1.answer.heldOctets }
+        if job.heldOctets + added > Self.maxOctetsPerEvaluation {
+            return SPFOutcome(result: .permerror, query: job.query,
+                              problem: "the records on its path hold more than \(Self.maxOctetsPerEvaluation) octets")
+        }
+        if heldOctets + added > slot.recordBudget {
+            return SPFOutcome(result: .temperror, query: job.query,
+                              problem: "the SPF worker holds \(slot.recordBudget) octets of records already")
+        }
+        return nil
+    }
 
     /// The frame of `message(answers)`. If it would pass `SPFWire.maxToWorker`, the answers
     /// sent ahead are left out (the worker asks for them); nil if the first answer alone
@@ -213,8 +241,16 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    private func hold(_ answers: [SPFWire.Answer], for job: SPFJob) {
+        let added = answers.reduce(0) { $0 + $1.answer.heldOctets }
+        job.heldOctets += added
+        heldOctets += added
+    }
+
     private func finish(_ job: SPFJob, _ outcome: SPFOutcome) {
         jobs[job.id] = nil
+        heldOctets -= job.heldOctets
+        job.heldOctets = 0
         var outcome = job.judged(outcome)
         outcome.elapsed = .now() - job.started
         // Cached first, so whoever the answer wakes finds it in the outcome cache.
@@ -297,7 +333,14 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             write(SPFWire.frame(.cancel(id: id)))
             return
         }
+        if let over = overBudget(job, answers) {
+            finish(job, over)
+            abandon(id)
+            write(SPFWire.frame(.cancel(id: id)))
+            return
+        }
         job.note(answers)
+        hold(answers, for: job)
         job.owedSince = .now()
         write(frame)
     }

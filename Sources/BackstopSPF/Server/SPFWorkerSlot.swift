@@ -22,6 +22,8 @@ final class SPFWorkerSlot: @unchecked Sendable {
     let logger: Logger
     let metrics: SPFMetrics
     let maxQueries: Int
+    /// Record and explanation octets its worker may hold across its evaluations.
+    let recordBudget: Int
     let receiver: [UInt8]
     let queueSize: Int
     /// A worker that owes an answer this long is stuck.
@@ -61,6 +63,7 @@ final class SPFWorkerSlot: @unchecked Sendable {
         logger = verifier.logger
         metrics = verifier.metrics
         maxQueries = verifier.settings.maxQueries
+        recordBudget = verifier.settings.workerRecordBudget
         receiver = Array(verifier.settings.receiver.utf8)
         queueSize = verifier.settings.queueSize
         wedgeLimit = max(.milliseconds(50), .nanoseconds(verifier.settings.evaluationDeadline.nanoseconds / 2))
