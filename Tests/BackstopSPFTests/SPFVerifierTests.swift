@@ -51,6 +51,11 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     "chain2.example": [["TXT": "v=spf1 include:big1.example include:big2.example -all"]],
     "chain4.example": [["TXT": "v=spf1 " + (1...4).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
     "chain6.example": [["TXT": "v=spf1 " + (1...6).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
+    // After a redirect= to a record without exp=, the original's exp= is not used (RFC 7208 §6.2).
+    "redir.example": [["TXT": "v=spf1 include:incfail.example redirect=target.example exp=why.redir.example"]],
+    "incfail.example": [["TXT": "v=spf1 -all"]],
+    "target.example": [["TXT": "v=spf1 -all"]],
+    "why.redir.example": [["TXT": "the original domain's explanation"]],
     // 60 KB of the shortest term: the most terms a record can hold (30,000 lookups).
     "terms.example": [["TXT": ["v=spf1" + String(repeating: " a", count: 30_000)]], ["A": "203.0.113.9"]],
     // Per-sender and per-HELO records.
@@ -286,6 +291,21 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(key(local: composed) == key(local: "jos\u{E9}"))
         #expect(key(local: composed) != key())
         #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
+    }
+
+    /// libspf2 fetches the including record's explanation for an include that does not
+    /// match, and uses its default after a redirect= to a record without exp=: the text
+    /// fetched last was reported, the original domain's, which RFC 7208 §6.2 forbids after
+    /// a redirect. The record that decided gives the explanation, or none.
+    @Test func aRedirectDoesNotTakeTheOriginalsExplanation() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let redirected = await verifier.evaluate(ip: "198.51.100.1", sender: "a@redir.example", helo: "x")
+        #expect(redirected.result == .fail && redirected.explanation == nil, "\(redirected.result) \(redirected.explanation ?? "-")")
+        let own = await verifier.evaluate(ip: "198.51.100.1", sender: "a@pass.example", helo: "x")
+        #expect(own.result == .fail && own.explanation?.contains("is not one of pass.example's") == true, "\(own.explanation ?? "-")")
     }
 
     /// A record parses to up to 36 times its size, and a worker keeps what it was sent until

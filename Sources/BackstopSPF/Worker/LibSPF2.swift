@@ -34,9 +34,10 @@ final class LibSPF2 {
         // every fail, softfail and neutral whose record has no exp=, with the sender
         // URL-encoded: the step that overflowed the heap on 8-bit octets before 1.2.11
         // (CVE-2021-33912). Backstop writes explanations itself, so libspf2's is a constant
-        // and no sender octet reaches that code.
+        // and no sender octet reaches that code. It differs from the placeholder handed back
+        // for a record's exp= (getExplanation), so the final response says which was used.
         var compiled: UnsafeMutablePointer<SPF_response_t>?
-        _ = SPF_server_set_explanation(server, "explanation", &compiled)
+        _ = SPF_server_set_explanation(server, LibSPF2.defaultExplanation, &compiled)
         if let compiled { SPF_response_free(compiled) }
         // Backstop counts RFC 7208's ten lookups itself; libspf2's own count also sees the
         // redirects that join a long record's chain, which cost no lookup.
@@ -121,7 +122,12 @@ final class LibSPF2 {
                 : reason == SPF_REASON_LOCALHOST ? "localhost"
                 : state.matchedMechanism(result)
         }
-        let explanation = result == .fail ? state.explanation() : nil
+        // The explanation fetched last is the answer's only when libspf2 used an exp= for
+        // the final result: it also fetches one for an include that did not match (with the
+        // including record's exp=), and after a redirect= to a record without exp= it uses
+        // its default, which must not be the original domain's (RFC 7208 §6.2).
+        let usedExp = response.flatMap { SPF_response_get_explanation($0) }.map { String(cString: $0) == LibSPF2.expPlaceholder } ?? false
+        let explanation = result == .fail && usedExp ? state.explanation() : nil
         return SPFWire.Result(result: result, mechanism: Array((mechanism ?? "").utf8), explanation: explanation ?? [],
                               problem: Array((problem ?? "").utf8), lookups: state.lookups,
                               voidLookups: state.voidLookups, queries: state.queries)
@@ -339,6 +345,11 @@ final class LibSPF2 {
         return SPF_E_SUCCESS
     }
 
+    /// What libspf2 is handed for a record's exp= (Backstop keeps the text itself), and its
+    /// own default explanation: two constants, so the final response tells them apart.
+    static let expPlaceholder = "explanation"
+    static let defaultExplanation = "default"
+
     /// Mechanisms in a record text Backstop wrote (every term but exp= counts; redirect= is one for libspf2).
     static func mechanismCount(_ text: [UInt8]) -> Int {
         text.split(separator: 0x20).dropFirst().filter { !($0.starts(with: Array("exp=".utf8))) }.count
@@ -356,7 +367,7 @@ final class LibSPF2 {
         state.explanationName = name
         state.explanationText = text
         state.explanationOwner = alias.owner
-        let placeholder = Array("explanation".utf8) + [0]
+        let placeholder = Array(LibSPF2.expPlaceholder.utf8) + [0]
         if lengthp.pointee < placeholder.count || bufp.pointee == nil {
             guard let grown = realloc(bufp.pointee, placeholder.count) else { return SPF_E_NO_MEMORY }
             bufp.pointee = grown.assumingMemoryBound(to: CChar.self)
