@@ -77,6 +77,10 @@ final class ScriptServer: @unchecked Sendable {
         #expect(try await ask("garbage.test", resolver).status == .timeout)
         #expect(try await ask("servfail.test", patient).status == .serverFailure)
         #expect(try await ask("silent.test", resolver).status == .timeout)
+        // An alias the resolver left to us (TTL 5) to a name whose answer lives 60 s: the
+        // answer is kept no longer than the alias (it was kept for the target's 60 s).
+        let aliased = try await ask("cname-short.test", patient)
+        #expect(aliased.addresses == [192, 0, 2, 1] && aliased.ttl <= 5, "ttl \(aliased.ttl)")
     }
 
     @Test func aSecondResolverIsAskedWhenTheFirstFails() async throws {

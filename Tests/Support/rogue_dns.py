@@ -13,6 +13,7 @@ when stdin closes. What it does depends on the first label of the name asked:
     other-port     UDP: a reply from another port, then the right one (192.0.2.4)
     garbage        UDP: random octets, nothing else
     servfail       SERVFAIL
+    cname-short    a CNAME (TTL 5) to good.test that it leaves unfollowed (good.test: TTL 60)
     silent         nothing
 Needs dnslib.
 """
@@ -22,7 +23,7 @@ import struct
 import sys
 import threading
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import CNAME, QTYPE, RCODE, RR, A, DNSRecord
 
 
 def reply(request, address=None, rcode=None, tc=False, name=None):
@@ -60,6 +61,10 @@ def udp_answers(packet):
         return [(os.urandom(40), False)]
     if kind == "servfail":
         return [(reply(request, rcode=RCODE.SERVFAIL), False)]
+    if kind == "cname-short":
+        r = request.reply()
+        r.add_answer(RR(request.q.qname, QTYPE.CNAME, rdata=CNAME("good.test."), ttl=5))
+        return [(r.pack(), False)]
     return []
 
 

@@ -114,8 +114,13 @@ public final class DNSResolver: Sendable {
             guard hops < DNSResolver.maxAliasQueries, !seen.contains(alias) else {
                 return loop.makeSucceededFuture(DNSAnswer(status: .serverFailure))
             }
+            // The answer rests on the alias too: it is kept no longer than the alias may be.
             return self.ask(DNSQuestion(alias, question.type), resolver: 0, deadline: deadline, hops: hops + 1,
-                            seen: seen.union([alias]), on: loop)
+                            seen: seen.union([alias]), on: loop).map { followed in
+                var followed = followed
+                followed.ttl = min(followed.ttl, answer.ttl)
+                return followed
+            }
         }
     }
 }
