@@ -51,6 +51,10 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     "chain2.example": [["TXT": "v=spf1 include:big1.example include:big2.example -all"]],
     "chain4.example": [["TXT": "v=spf1 " + (1...4).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
     "chain6.example": [["TXT": "v=spf1 " + (1...6).map { "include:big\($0).example" }.joined(separator: " ") + " -all"]],
+    // %{l} of an SMTPUTF8 sender builds a name of 8-bit octets: the included record's `a`
+    // is that name (it was its escaped text, "\\195\\188.u.idn-l.example").
+    "idn-l.example": [["TXT": "v=spf1 include:%{l}.u.idn-l.example -all"]],
+    "ü.u.idn-l.example": [["TXT": "v=spf1 a -all"], ["A": "192.0.2.55"]],
     // After a redirect= to a record without exp=, the original's exp= is not used (RFC 7208 §6.2).
     "redir.example": [["TXT": "v=spf1 include:incfail.example redirect=target.example exp=why.redir.example"]],
     "incfail.example": [["TXT": "v=spf1 -all"]],
@@ -291,6 +295,20 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(key(local: composed) == key(local: "jos\u{E9}"))
         #expect(key(local: composed) != key())
         #expect(Octets.equal(nil, nil) && !Octets.equal(composed, nil) && Octets.equal("", ""))
+    }
+
+    /// A record reached through a name of 8-bit octets (built from an SMTPUTF8 sender's
+    /// %{l}) has that name as its `<domain>`: its `a` asks for the name's own octets.
+    @Test func aNameOfEightBitOctetsIsItsOwnDomain() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let own = await verifier.evaluate(ip: "192.0.2.55", sender: "ü@idn-l.example", helo: "x")
+        #expect(own.result == .pass, "\(own.result) \(own.problem ?? "")")
+        #expect(await verifier.evaluate(ip: "192.0.2.56", sender: "ü@idn-l.example", helo: "x").result == .fail)
+        #expect(DNSName(text: "ü.example")!.macroText == Array("ü.example".utf8))
+        #expect(DNSName(labels: [Array("a.b".utf8)[...], Array("example".utf8)[...]])!.macroText == Array("a\\046b.example".utf8))
     }
 
     /// libspf2 fetches the including record's explanation for an include that does not

@@ -119,6 +119,26 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// The name as a record's `<domain>` and `%{d}` read it: the labels' own octets joined by
+    /// dots, 8-bit octets included (a name built from `%{l}` of an SMTPUTF8 sender), so that
+    /// `init(text:)` gives back the same name. A label holding a dot, a backslash, a blank or
+    /// a control octet cannot be written so: then the escaped `description`.
+    public var macroText: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(wire.count)
+        var i = 0
+        while i < wire.count, wire[i] != 0 {
+            if !out.isEmpty { out.append(UInt8(ascii: ".")) }
+            let length = Int(wire[i])
+            for b in wire[(i + 1)..<(i + 1 + length)] {
+                if b <= 0x20 || b == 0x7F || b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") { return Array(description.utf8) }
+                out.append(b)
+            }
+            i += 1 + length
+        }
+        return out
+    }
+
     /// The lower-case text form when the name is plain (see `isPlain`), else nil.
     public var plainText: String? {
         guard isPlain else { return nil }

@@ -300,7 +300,8 @@ final class LibSPF2 {
         if !topLevel {
             guard state.countLookup() else { return fail(.permerror, "lookup limit", SPF_E_BIG_DNS) }
         }
-        guard let domainName, let domainText = SPFQuery.domainProblem(domainName.description) == nil ? Optional(Array(domainName.description.utf8)) : nil else {
+        guard let domainName, case let domainText = domainName.macroText,
+              SPFQuery.domainProblem(String(decoding: domainText, as: UTF8.self)) == nil else {
             if !topLevel { state.countVoid(SPFAnswer(status: .nameError)) }
             return fail(.none, "the domain cannot be asked", SPF_E_NOT_SPF)
         }

@@ -32,7 +32,7 @@ extension SPFRun {
 
     private func record(for name: DNSName?) -> (domain: [UInt8], record: SPFRecord)? {
         guard let name else { return nil }
-        let text = Array(name.description.utf8)
+        let text = name.macroText
         return records.first { DNSName.equalFolded($0.domain[...], text[...]) }
     }
 

@@ -219,7 +219,7 @@ final class SPFRun {
         let targetName = DNSName(text: String(decoding: target, as: UTF8.self))
         let chosen = found.first(where: { $0 == targetName }) ?? found.first(where: { targetName.map($0.isSubdomain) ?? false })
             ?? found.first
-        let value = chosen.map { Array($0.description.utf8) } ?? Array("unknown".utf8)
+        let value = chosen.map(\.macroText) ?? Array("unknown".utf8)
         validated[key] = value
         return value
     }
