@@ -55,6 +55,9 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     // is that name (it was its escaped text, "\\195\\188.u.idn-l.example").
     "idn-l.example": [["TXT": "v=spf1 include:%{l}.u.idn-l.example -all"]],
     "ü.u.idn-l.example": [["TXT": "v=spf1 a -all"], ["A": "192.0.2.55"]],
+    // An include whose record is decided by ?all does not match: -all decides.
+    "mechname.example": [["TXT": "v=spf1 -include:neutral.mechname.example -all"]],
+    "neutral.mechname.example": [["TXT": "v=spf1 ?all"]],
     // After a redirect= to a record without exp=, the original's exp= is not used (RFC 7208 §6.2).
     "redir.example": [["TXT": "v=spf1 include:incfail.example redirect=target.example exp=why.redir.example"]],
     "incfail.example": [["TXT": "v=spf1 -all"]],
@@ -309,6 +312,18 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(await verifier.evaluate(ip: "192.0.2.56", sender: "ü@idn-l.example", helo: "x").result == .fail)
         #expect(DNSName(text: "ü.example")!.macroText == Array("ü.example".utf8))
         #expect(DNSName(labels: [Array("a.b".utf8)[...], Array("example".utf8)[...]])!.macroText == Array("a\\046b.example".utf8))
+    }
+
+    /// The Received-SPF mechanism= is the term that decided: an include whose record is
+    /// decided by a term other than a "+" one does not match, and the term after it decides
+    /// (it named "-include:…").
+    @Test func theMechanismNamedIsTheOneThatDecided() async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        let named = await verifier.evaluate(ip: "192.0.2.56", sender: "a@mechname.example", helo: "x")
+        #expect(named.result == .fail && named.mechanism == "-all", "\(named.result) \(named.mechanism ?? "-")")
     }
 
     /// libspf2 fetches the including record's explanation for an include that does not

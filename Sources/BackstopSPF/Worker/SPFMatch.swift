@@ -52,6 +52,25 @@ extension SPFRun {
         return matchedTerm(in: next, result: result, depth: depth + 1)
     }
 
+    /// Whether an included record passes (its first matching term is a "+" one, or its
+    /// redirect target passes), from the evaluation's answers; nil when unknown. A record
+    /// decided by another term does not pass: the include does not match, and the term
+    /// after it decides (it was "unknown", and a "-include" was named as the term that decided).
+    private func passes(_ entry: (domain: [UInt8], record: SPFRecord), depth: Int) -> Bool? {
+        guard depth < 12 else { return nil }
+        let context = macroContext(domain: entry.domain, uses: entry.record.macros)
+        for directive in entry.record.directives {
+            switch matches(directive, in: entry, context: context, depth: depth) {
+            case true?: return directive.qualifier == UInt8(ascii: "+")
+            case false?: continue
+            case nil: return nil
+            }
+        }
+        guard let redirect = entry.record.redirect else { return false }  // neutral: the include does not match
+        guard let next = record(for: expandName(entry.record.source[redirect], domain: entry.domain, context: context)) else { return nil }
+        return passes(next, depth: depth + 1)
+    }
+
     /// Whether `directive` matched the client, from the evaluation's answers; nil when unknown.
     private func matches(_ directive: SPFRecord.Directive, in entry: (domain: [UInt8], record: SPFRecord),
                          context: SPFMacroContext, depth: Int) -> Bool? {
@@ -88,9 +107,8 @@ extension SPFRun {
             guard let answer = peek(name(), .a) else { return nil }
             return answer.recordCount > 0
         case .include:
-            guard let included = record(for: name()),
-                  let term = matchedTerm(in: included, result: .pass, depth: depth + 1) else { return nil }
-            return term.first.map { !"-~?".contains($0) }
+            guard let included = record(for: name()) else { return nil }
+            return passes(included, depth: depth + 1)
         case .ptr:
             guard let target = name(), let ptr = peek(DNSName.reverse(octets), .ptr) else { return nil }
             for host in ptr.names.prefix(10) {
