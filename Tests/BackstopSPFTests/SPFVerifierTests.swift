@@ -114,6 +114,15 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
 }
 
 @Suite(.serialized) struct SPFVerifierTests {
+    /// `body` with a verifier asking the loopback DNS server for `spfZone`.
+    func withVerifier(_ body: (SPFVerifier) async throws -> Void) async throws {
+        let dns = try await LoopbackDNSServer.start(zone: spfZone)
+        defer { dns.stop() }
+        let verifier = try makeVerifier(verifierSettings(dns))
+        defer { verifier.shutdown() }
+        try await body(verifier)
+    }
+
     @Test func resultsExplanationsAndTheDecisiveTerm() async throws {
         let dns = try await LoopbackDNSServer.start(zone: spfZone)
         defer { dns.stop() }
@@ -303,27 +312,23 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
     /// A record reached through a name of 8-bit octets (built from an SMTPUTF8 sender's
     /// %{l}) has that name as its `<domain>`: its `a` asks for the name's own octets.
     @Test func aNameOfEightBitOctetsIsItsOwnDomain() async throws {
-        let dns = try await LoopbackDNSServer.start(zone: spfZone)
-        defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
-        defer { verifier.shutdown() }
-        let own = await verifier.evaluate(ip: "192.0.2.55", sender: "ü@idn-l.example", helo: "x")
-        #expect(own.result == .pass, "\(own.result) \(own.problem ?? "")")
-        #expect(await verifier.evaluate(ip: "192.0.2.56", sender: "ü@idn-l.example", helo: "x").result == .fail)
-        #expect(DNSName(text: "ü.example")!.macroText == Array("ü.example".utf8))
-        #expect(DNSName(labels: [Array("a.b".utf8)[...], Array("example".utf8)[...]])!.macroText == Array("a\\046b.example".utf8))
+        try await withVerifier { verifier in
+            let own = await verifier.evaluate(ip: "192.0.2.55", sender: "ü@idn-l.example", helo: "x")
+            #expect(own.result == .pass, "\(own.result) \(own.problem ?? "")")
+            #expect(await verifier.evaluate(ip: "192.0.2.56", sender: "ü@idn-l.example", helo: "x").result == .fail)
+            #expect(DNSName(text: "ü.example")!.macroText == Array("ü.example".utf8))
+            #expect(DNSName(labels: [Array("a.b".utf8)[...], Array("example".utf8)[...]])!.macroText == Array("a\\046b.example".utf8))
+        }
     }
 
     /// The Received-SPF mechanism= is the term that decided: an include whose record is
     /// decided by a term other than a "+" one does not match, and the term after it decides
     /// (it named "-include:…").
     @Test func theMechanismNamedIsTheOneThatDecided() async throws {
-        let dns = try await LoopbackDNSServer.start(zone: spfZone)
-        defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
-        defer { verifier.shutdown() }
-        let named = await verifier.evaluate(ip: "192.0.2.56", sender: "a@mechname.example", helo: "x")
-        #expect(named.result == .fail && named.mechanism == "-all", "\(named.result) \(named.mechanism ?? "-")")
+        try await withVerifier { verifier in
+            let named = await verifier.evaluate(ip: "192.0.2.56", sender: "a@mechname.example", helo: "x")
+            #expect(named.result == .fail && named.mechanism == "-all", "\(named.result) \(named.mechanism ?? "-")")
+        }
     }
 
     /// libspf2 fetches the including record's explanation for an include that does not
@@ -331,14 +336,12 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
     /// fetched last was reported, the original domain's, which RFC 7208 §6.2 forbids after
     /// a redirect. The record that decided gives the explanation, or none.
     @Test func aRedirectDoesNotTakeTheOriginalsExplanation() async throws {
-        let dns = try await LoopbackDNSServer.start(zone: spfZone)
-        defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
-        defer { verifier.shutdown() }
-        let redirected = await verifier.evaluate(ip: "198.51.100.1", sender: "a@redir.example", helo: "x")
-        #expect(redirected.result == .fail && redirected.explanation == nil, "\(redirected.result) \(redirected.explanation ?? "-")")
-        let own = await verifier.evaluate(ip: "198.51.100.1", sender: "a@pass.example", helo: "x")
-        #expect(own.result == .fail && own.explanation?.contains("is not one of pass.example's") == true, "\(own.explanation ?? "-")")
+        try await withVerifier { verifier in
+            let redirected = await verifier.evaluate(ip: "198.51.100.1", sender: "a@redir.example", helo: "x")
+            #expect(redirected.result == .fail && redirected.explanation == nil, "\(redirected.result) \(redirected.explanation ?? "-")")
+            let own = await verifier.evaluate(ip: "198.51.100.1", sender: "a@pass.example", helo: "x")
+            #expect(own.result == .fail && own.explanation?.contains("is not one of pass.example's") == true, "\(own.explanation ?? "-")")
+        }
     }
 
     /// A record parses to up to 36 times its size, and a worker keeps what it was sent until
@@ -397,21 +400,19 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
     /// fingerprint that was kept for another key (a fingerprint two keys share) is a miss,
     /// never that key's outcome.
     @Test func anOutcomeKeptUnderAnotherKeysFingerprintIsAMiss() async throws {
-        let dns = try await LoopbackDNSServer.start(zone: spfZone)
-        defer { dns.stop() }
-        let verifier = try makeVerifier(verifierSettings(dns))
-        defer { verifier.shutdown() }
-        let passing = SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "x")
-        let other = SPFQuery(clientAddress: "192.0.2.10", sender: "a@soft.example", helo: "x")
-        #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@pass.example", helo: "x").result == .pass)
-        let kept = try #require(verifier.cachedOutcome(passing), "the pass is kept")
-        #expect(verifier.cachedOutcome(other) == nil)
-        let passingKey = verifier.baseKey(passing, client: passing.client!, domain: passing.domain)
-        let otherKey = verifier.baseKey(other, client: other.client!, domain: other.domain)
-        verifier.keep(kept, as: passingKey, under: otherKey.slot)
-        #expect(verifier.cachedOutcome(other) == nil, "soft.example's query found pass.example's outcome")
-        verifier.keep(kept, as: otherKey, under: otherKey.slot)
-        #expect(verifier.cachedOutcome(other)?.result == .pass, "the same entry, kept for its own key, is a hit")
+        try await withVerifier { verifier in
+            let passing = SPFQuery(clientAddress: "192.0.2.10", sender: "a@pass.example", helo: "x")
+            let other = SPFQuery(clientAddress: "192.0.2.10", sender: "a@soft.example", helo: "x")
+            #expect(await verifier.evaluate(ip: "192.0.2.10", sender: "a@pass.example", helo: "x").result == .pass)
+            let kept = try #require(verifier.cachedOutcome(passing), "the pass is kept")
+            #expect(verifier.cachedOutcome(other) == nil)
+            let passingKey = verifier.baseKey(passing, client: passing.client!, domain: passing.domain)
+            let otherKey = verifier.baseKey(other, client: other.client!, domain: other.domain)
+            verifier.keep(kept, as: passingKey, under: otherKey.slot)
+            #expect(verifier.cachedOutcome(other) == nil, "soft.example's query found pass.example's outcome")
+            verifier.keep(kept, as: otherKey, under: otherKey.slot)
+            #expect(verifier.cachedOutcome(other)?.result == .pass, "the same entry, kept for its own key, is a hit")
+        }
     }
 
     @Test func aSenderDomainInULabelsIsAskedInALabels() async throws {
