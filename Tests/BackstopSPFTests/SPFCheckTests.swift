@@ -681,6 +681,21 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(try warnings("\"spf\", \"ratelimit\"").first?.contains("spf is listed first, so the message's first answer carries the header and drops the rule's line") == true)
         #expect(try warnings("\"spf\", \"ratelimit\"", action: "DEFER 4.7.1 slow down").isEmpty)
         #expect(try warnings("\"spf\", \"ratelimit\"", header: "none").isEmpty)
+        let endOfMessage = try Configuration.parse("""
+            [policy]
+            rcpt = ["spf"]
+            end_of_message = ["spf", "ratelimit"]
+            [spf]
+            [ratelimit]
+            [[ratelimit.rule]]
+            name = "per_sender"
+            key = "sender"
+            count = "message"
+            protocol_state = "END-OF-MESSAGE"
+            limit = "50/1h"
+            action = "PREPEND X-Rate: over"
+            """, file: "e.toml").warnings.map(\.description)
+        #expect(endOfMessage.filter { $0.contains("rate-limit rule") }.isEmpty, "no header at END-OF-MESSAGE: \(endOfMessage)")
         let spfElsewhere = try warnings("\"ratelimit\"")
         #expect(spfElsewhere.filter { $0.contains("rate-limit rule") }.isEmpty, "spf not at rcpt: \(spfElsewhere)")
     }

@@ -55,6 +55,8 @@ nonisolated(unsafe) let spfZone: [String: Any] = [
     // is that name (it was its escaped text, "\\195\\188.u.idn-l.example").
     "idn-l.example": [["TXT": "v=spf1 include:%{l}.u.idn-l.example -all"]],
     "ü.u.idn-l.example": [["TXT": "v=spf1 a -all"], ["A": "192.0.2.55"]],
+    // A record whose mechanisms read the local part.
+    "readsl.example": [["TXT": "v=spf1 exists:%{l}.x.readsl.example -all"]],
     // An include whose record is decided by ?all does not match: -all decides.
     "mechname.example": [["TXT": "v=spf1 -include:neutral.mechname.example -all"]],
     "neutral.mechname.example": [["TXT": "v=spf1 ?all"]],
@@ -392,8 +394,12 @@ func makeCheck(_ settings: SPFSettings, previous: SPFCheck? = nil) throws -> SPF
         #expect(forged.result == .fail, "\(forged.result) \(forged.problem ?? "")")
         #expect(forged.query.sender.utf8.count == 1_113, "the outcome is the sender's own")
         #expect(await verifier.evaluate(ip: "192.0.2.10", sender: local + "@pass.example", helo: "x").result == .pass)
-        let reads = await verifier.evaluate(ip: "198.51.100.1", sender: local + "@hostile2.example", helo: "x")
+        let reads = await verifier.evaluate(ip: "198.51.100.1", sender: local + "@readsl.example", helo: "x")
         #expect(reads.result == .permerror && reads.problem?.contains("reads it") == true, "\(reads.result) \(reads.problem ?? "")")
+        // Only the explanation reads the local part: the result stands, without the text
+        // (it was permerror, accepted by default: the bypass again).
+        let explained = await verifier.evaluate(ip: "198.51.100.1", sender: local + "@hostile2.example", helo: "x")
+        #expect(explained.result == .fail && explained.explanation == nil, "\(explained.result) \(explained.explanation ?? "-")")
     }
 
     /// The outcome cache's table holds fingerprints alone: an entry found under a query's

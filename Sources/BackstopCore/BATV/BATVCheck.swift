@@ -100,21 +100,29 @@ public final class BATVCheck: ReloadableCheck {
     }
 
     /// batv-strip: the untagged form of a recipient whose tag carries our signature and
-    /// whose untagged address `isKnown` accepts, or nil. A tag that has expired since is
-    /// unwrapped too: its age is judged at RCPT, when the message is accepted, and cleanup
-    /// may unwrap it later (a message accepted on the tag's last day and re-injected by an
-    /// after-queue filter after midnight; Postfix's own bounce of a message that waited in
-    /// its queue longer than `lifetime`), which must reach the mailbox, not bounce twice.
+    /// whose untagged address `isKnown` accepts, or nil. A tag that expired in the last
+    /// `stripGraceDays` is unwrapped too: its age is judged at RCPT, when the message is
+    /// accepted, and cleanup may unwrap it later (a message accepted on the tag's last day
+    /// and re-injected by an after-queue filter after midnight; Postfix's own bounce of a
+    /// message that waited in its queue, 5 days by default), which must reach the mailbox,
+    /// not bounce twice. An older one is not: mail that reaches cleanup without the RCPT
+    /// check must not deliver a tag harvested long ago.
     public func strippedRecipient(_ recipient: String, isKnown: (String) -> Bool) -> String? {
         guard isSigningDomain(recipient), let tagged = BATVTag.parse(recipient) else { return nil }
-        switch BATVTag.verify(tagged, keys: keys, today: today()) {
-        case .valid, .expired: break
+        let day = today()
+        switch BATVTag.verify(tagged, keys: keys, today: day) {
+        case .valid: break
+        case .expired: guard BATVTag.daysSinceExpiry(tagged, today: day) <= Self.stripGraceDays else { return nil }
         case .noTag, .badSignature, .unknownKey: return nil
         }
         guard isKnown(tagged.address) else { return nil }
         stripped.increment()
         return tagged.address
     }
+
+    /// How many days after its expiry batv-strip still unwraps a tag of ours: Postfix's
+    /// default maximal_queue_lifetime (5 days) and two for a filter's backlog and clocks.
+    public static let stripGraceDays = 7
 
     /// The untagged form of an address in a signing domain whose tag is valid today, or nil
     /// (no tag, a tag that is not ours, another domain).

@@ -45,6 +45,12 @@ extension BATVTag {
         return verify(tagged, keys: keys, today: today)
     }
 
+    /// Days since the tag's expiry day, by the day numbers' arithmetic mod 1000 (0 on the
+    /// expiry day itself; a tag still valid reads as about a thousand).
+    public static func daysSinceExpiry(_ tagged: BATVTaggedAddress, today: Int) -> Int {
+        ((today % 1000 - tagged.expiryDay) % 1000 + 1000) % 1000
+    }
+
     /// A tag is valid through its expiry day. The window ahead is the longest lifetime (and
     /// a day for clocks that disagree at midnight), not the configured one: only we can
     /// sign, and a tag made before `lifetime` was shortened is still genuine.

@@ -144,10 +144,18 @@ public final class MemoryCounterStore: CounterStore, Sendable {
         let now = clock.now
         var evicted = 0
         let outcome: GCRAOutcome = shard.withLockedValue { entries in
-            // A full shard makes room before it keeps a new key (only one that is admitted
-            // is kept: nothing is evicted for a refused one).
-            if entries.count >= perShardCap, entries[key] == nil,
-               case .admitted = GCRA.apply(tat: nil, now: now, cost: hit.cost, hit.parameters) {
+            // A hit refused even with a whole allowance (a cost over the burst) keeps no new
+            // key: the table is only read for it (its modify access would make room for one).
+            let fresh = GCRA.apply(tat: nil, now: now, cost: hit.cost, hit.parameters)
+            guard case .admitted = fresh else {
+                guard let index = entries.index(forKey: key) else { return fresh }
+                var tat: Int64? = entries.values[index]
+                let outcome = Self.update(&tat, now: now, hit)
+                if let tat { entries.values[index] = tat }
+                return outcome
+            }
+            // A full shard makes room before it keeps a new key.
+            if entries.count >= perShardCap, entries[key] == nil {
                 evicted = makeRoom(&entries, now: now)
             }
             // One hash and one probe of the table for the read and the write: the key's slot

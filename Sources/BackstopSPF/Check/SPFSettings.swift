@@ -295,7 +295,9 @@ public struct SPFSettings: CheckSettings, Equatable {
         // A rate-limit rule answering PREPEND where spf adds its header: one answer carries
         // one of the two, the one whose check is listed first.
         for rule in (configuration.checks["ratelimit"] as? RateLimitSettings)?.rules ?? [] {
-            guard case .prepend = rule.action, let checks = configuration.policy.stages[rule.state],
+            // Where spf adds no header (before MAIL FROM; at END-OF-MESSAGE Postfix ignores PREPEND) nothing competes.
+            guard case .prepend = rule.action, rule.state != .endOfMessage, !SPFCheck.beforeMailFrom(rule.state),
+                  let checks = configuration.policy.stages[rule.state],
                   let spfAt = checks.firstIndex(of: "spf"), let limitAt = checks.firstIndex(of: "ratelimit") else { continue }
             let text = "\"\(LogEscaping.escape(ResponseEncoder.actionText(rule.action), limit: 80))\""
             let what = limitAt < spfAt

@@ -63,6 +63,12 @@ public struct SPFAnswer: Sendable, Equatable {
     }
 
     /// NXDOMAIN or no record of the type: a "void lookup" (RFC 7208 §4.6.4).
+    /// The macro letters of the SPF record this answer holds (its explanation's left out).
+    public var recordMacros: SPFMacroSet {
+        if case .record(let record) = spf { return record.macros }
+        return SPFMacroSet()
+    }
+
     /// The record and explanation octets a worker holds for this answer (parsed, a record
     /// takes up to 36 times its size).
     public var heldOctets: Int {

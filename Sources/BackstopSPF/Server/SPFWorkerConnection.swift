@@ -28,6 +28,8 @@ final class SPFJob: @unchecked Sendable {
     var sent = Set<DNSQuestion>()
     /// Macro letters of every record and explanation sent: what the outcome depends on.
     var macros = SPFMacroSet()
+    /// The same for the records alone (what the result, not its explanation, may depend on).
+    var recordMacros = SPFMacroSet()
     /// Shortest TTL of the answers sent: how long the outcome may be kept.
     var ttl = UInt32.max
     /// When the worker was last handed something it must answer; nil while DNS is awaited.
@@ -50,17 +52,28 @@ final class SPFJob: @unchecked Sendable {
     /// Record and explanation octets sent for it (SPFAnswer.heldOctets).
     var heldOctets = 0
 
-    /// The outcome of a stand-in evaluation whose records read the sender: permerror.
+    /// The outcome of a stand-in evaluation: permerror when a record it was sent reads the
+    /// sender (a record sent ahead but not used counts too: only a sender over 1,024
+    /// octets, which no mail system sends, can lose its result so). An explanation that
+    /// reads it was expanded for the stand-in: the result stands, without its text (a
+    /// forged sender's fail became permerror, accepted, when only the exp= read %{s}).
     func judged(_ outcome: SPFOutcome) -> SPFOutcome {
-        guard standIn, outcome.result != .temperror, !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) else { return outcome }
-        return SPFOutcome(result: .permerror, query: query,
-                          problem: "sender longer than \(SPFWire.maxSender) octets, and a record on its path reads it (%{s}, %{l})")
+        guard standIn, outcome.result != .temperror else { return outcome }
+        if !recordMacros.isDisjoint(with: SPFMacroSet.readsLocalPart) {
+            return SPFOutcome(result: .permerror, query: query,
+                              problem: "sender longer than \(SPFWire.maxSender) octets, and a record on its path reads it (%{s}, %{l})")
+        }
+        guard !macros.isDisjoint(with: SPFMacroSet.readsLocalPart) else { return outcome }
+        var judged = outcome
+        judged.explanation = nil
+        return judged
     }
 
     func note(_ answers: [SPFWire.Answer]) {
         for entry in answers {
             sent.insert(entry.question)
             macros.formUnion(entry.answer.macros)
+            recordMacros.formUnion(entry.answer.recordMacros)
             ttl = min(ttl, entry.answer.ttl)
         }
     }

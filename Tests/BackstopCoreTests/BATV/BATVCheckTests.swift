@@ -130,6 +130,13 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(batv.verification(of: signed) == .expired)
         #expect(batv.strippedRecipient(signed) { $0 == "alice@example.org" } == "alice@example.org")
         #expect(try check(keys: "1 another-secret-altogether-123\n").strippedRecipient(signed) { _ in true } == nil, "another key")
+        // Seven days after its expiry still; not eight, nor a tag harvested a year ago.
+        let lastWeek = try #require(try check(day: today - 14).signedSender("alice@example.org"))
+        #expect(batv.strippedRecipient(lastWeek) { _ in true } == "alice@example.org")
+        let older = try #require(try check(day: today - 15).signedSender("alice@example.org"))
+        #expect(batv.strippedRecipient(older) { _ in true } == nil)
+        let harvested = try #require(try check(day: today - 400).signedSender("alice@example.org"))
+        #expect(batv.strippedRecipient(harvested) { _ in true } == nil)
         #expect(batv.strippedRecipient(signed) { _ in false } == nil, "a tag on a mailbox that does not exist")
     }
 
