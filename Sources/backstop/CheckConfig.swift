@@ -28,7 +28,7 @@ struct CheckConfig: ParsableCommand {
         do {
             let config = try Configuration.load(path: file)
             let logger = Logger(label: "backstop.check-config", factory: { _ in SwiftLogNoOpLogHandler() })
-            _ = try EngineBuilder.build(config, previous: nil, logger: logger)
+            _ = try EngineBuilder.build(config, previous: nil, logger: logger, validating: true)
             // With start_without_table the build tolerates a broken table; check-config does not.
             try (config.checks["recipients"] as? RecipientsSettings)?.validateTables()
             for warning in config.warnings { printError("warning: \(warning.description)") }

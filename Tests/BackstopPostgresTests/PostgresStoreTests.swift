@@ -434,6 +434,35 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
         #expect(pg.password == "secret", "blanks around it are not part of it")
     }
 
+    /// check-config builds the engine to check it, and a PostgreSQL store then opened its
+    /// pool: connections to the database a configuration under review names (and the schema
+    /// created there if the check was quick). Checking opens none; serving does.
+    @Test func checkingAConfigurationOpensNoConnection() async throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { pointer in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                guard bind(fd, $0, length) == 0, listen(fd, 16) == 0, getsockname(fd, $0, &length) == 0 else { throw CocoaError(.fileWriteUnknown) }
+            }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        func connected(within milliseconds: Int32) -> Bool {
+            var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return Glibc.poll(&poll, 1, milliseconds) == 1
+        }
+        CounterStoreRegistry.register("postgres", PostgresCounterStoreBackend())
+        let config = try Configuration.parse(configuration(port: port, limit: "1/1h"), file: "pg.toml")
+        _ = try EngineBuilder.build(config, previous: nil, logger: logger, validating: true)
+        #expect(!connected(within: 1_000), "checking the configuration connected to the database")
+        let engine = try EngineBuilder.build(config, previous: nil, logger: logger)
+        #expect(connected(within: 5_000), "a server's store connects (what the test watches for)")
+        ((engine.checks["ratelimit"] as? RateLimitCheck)?.store as? PostgresCounterStore)?.shutdown()
+    }
+
     @Test func withoutADatabaseTheDefaultFailActionLetsMailThrough() async throws {
         // Nothing listens on this port: the store never gets its schema, every hit fails at once.
         let toml = configuration(port: PrivatePostgres.freePort(), limit: "1/1h")

@@ -39,6 +39,9 @@ public struct CheckBuildContext: Sendable {
     /// logs (nil: the logger's own). A reload puts the new log settings in force only once
     /// its engine is built, so a configuration that fails to build never logs with them.
     public var logLevel: Logger.Level?
+    /// Built only to be checked (`backstop check-config`): a check opens no connection and
+    /// changes nothing outside the process (the shared rate-limit store is not set up).
+    public var validating = false
 
     public init(logger: Logger, previous: (any Check)? = nil, deadline: TimeAmount = PolicySettings.defaultDeadline,
                 recipientDelimiters: [UInt8] = [], logLevel: Logger.Level? = nil) {

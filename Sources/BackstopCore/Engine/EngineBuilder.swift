@@ -5,15 +5,17 @@
 import Logging
 
 public enum EngineBuilder {
-    public static func build(_ config: Configuration, previous: PolicyEngine?, logger: Logger) throws -> PolicyEngine {
+    /// `validating`: built only to be checked (`backstop check-config`), see CheckBuildContext.
+    public static func build(_ config: Configuration, previous: PolicyEngine?, logger: Logger, validating: Bool = false) throws -> PolicyEngine {
         var built: [String: any Check] = [:]
         var issues: [ConfigIssue] = []
         let delimiters = config.recipientDelimiters
         let logLevel = Logger.Level(rawValue: config.log.level)
         for name in config.checks.keys.sorted() {
             guard let settings = config.checks[name] else { continue }
-            let context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline,
+            var context = CheckBuildContext(logger: logger, previous: previous?.checks[name], deadline: config.policy.deadline,
                                             recipientDelimiters: delimiters, logLevel: logLevel)
+            context.validating = validating
             do {
                 built[name] = try settings.makeCheck(context)
             } catch let error as ConfigError {
