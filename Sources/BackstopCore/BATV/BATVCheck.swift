@@ -108,28 +108,26 @@ public final class BATVCheck: ReloadableCheck {
     /// not bounce twice. An older one is not: mail that reaches cleanup without the RCPT
     /// check must not deliver a tag harvested long ago.
     public func strippedRecipient(_ recipient: String, isKnown: (String) -> Bool) -> String? {
-        guard isSigningDomain(recipient), let tagged = BATVTag.parse(recipient) else { return nil }
-        let day = today()
-        switch BATVTag.verify(tagged, keys: keys, today: day) {
-        case .valid: break
-        case .expired: guard BATVTag.daysSinceExpiry(tagged, today: day) <= Self.stripGraceDays else { return nil }
-        case .noTag, .badSignature, .unknownKey: return nil
-        }
-        guard isKnown(tagged.address) else { return nil }
+        guard let plain = validlyTagged(recipient, expiredWithin: Self.stripGraceDays), isKnown(plain) else { return nil }
         stripped.increment()
-        return tagged.address
+        return plain
     }
 
     /// How many days after its expiry batv-strip still unwraps a tag of ours: Postfix's
     /// default maximal_queue_lifetime (5 days) and two for a filter's backlog and clocks.
     public static let stripGraceDays = 7
 
-    /// The untagged form of an address in a signing domain whose tag is valid today, or nil
-    /// (no tag, a tag that is not ours, another domain).
-    public func validlyTagged(_ address: String) -> String? {
-        guard isSigningDomain(address), let tagged = BATVTag.parse(address),
-              case .valid = BATVTag.verify(tagged, keys: keys, today: today()) else { return nil }
-        return tagged.address
+    /// The untagged form of an address in a signing domain whose tag is valid today (or
+    /// expired at most `expiredWithin` days ago), or nil (no tag, a tag that is not ours,
+    /// another domain).
+    public func validlyTagged(_ address: String, expiredWithin grace: Int = 0) -> String? {
+        guard isSigningDomain(address), let tagged = BATVTag.parse(address) else { return nil }
+        let day = today()
+        switch BATVTag.verify(tagged, keys: keys, today: day) {
+        case .valid: return tagged.address
+        case .expired where BATVTag.daysSinceExpiry(tagged, today: day) <= grace: return tagged.address
+        case .expired, .noTag, .badSignature, .unknownKey: return nil
+        }
     }
 
     /// The untagged form of an address in a signing domain that carries a tag, valid or not.

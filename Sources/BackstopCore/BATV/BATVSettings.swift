@@ -56,14 +56,14 @@ public struct BATVSettings: CheckSettings {
             }
             domains.insert(ascii)
         }
-        let fallback = TimeAmount.hours(24 * Int64(d.lifetimeDays))
+        let day = TimeAmount.hours(24).nanoseconds
+        let fallback = TimeAmount.nanoseconds(day * Int64(d.lifetimeDays))
         var lifetime = section.duration("lifetime", default: fallback)
-        if !(TimeAmount.hours(24)...(.hours(24 * Int64(Self.lifetimeDays.upperBound)))).contains(lifetime) {
-            let day = TimeAmount.hours(24).nanoseconds
+        if !(day...(day * Int64(Self.lifetimeDays.upperBound))).contains(lifetime.nanoseconds) {
             let shown = lifetime.nanoseconds % day == 0 ? "\(lifetime.nanoseconds / day)d" : DurationText.format(lifetime)
             section.report("lifetime", "\(shown) is out of range: use \"1d\" to \"\(Self.lifetimeDays.upperBound)d\"")
             lifetime = fallback
-        } else if lifetime.nanoseconds % TimeAmount.hours(24).nanoseconds != 0 {
+        } else if lifetime.nanoseconds % day != 0 {
             section.report("lifetime", "a tag lives whole days: write e.g. \"7d\"")
         }
         var since: Int?
@@ -79,7 +79,7 @@ public struct BATVSettings: CheckSettings {
             section.report("action", "must refuse: use a reply such as \"550 5.7.1 Bounce refused\" (DEFER_IF_REJECT lets the bounce through when nothing after it rejects)")
         }
         self.init(keyFile: file.hasPrefix("/") || baseDirectory.isEmpty ? file : baseDirectory + "/" + file,
-                  domains: domains, lifetimeDays: Int(lifetime.nanoseconds / TimeAmount.hours(24).nanoseconds),
+                  domains: domains, lifetimeDays: Int(lifetime.nanoseconds / day),
                   verifySince: since,
                   exempt: AddressList(reading: section, key: "exempt", default: Self.defaultExempt, localParts: true),
                   excludeSenders: AddressList(reading: section, key: "exclude_senders", default: [], localParts: true),

@@ -299,13 +299,13 @@ extension RateLimitCheck {
             + [Self.keyLine(parameters, key: display, state: state)]).joined(separator: "\n")
     }
 
-    /// The client address an administrator named for a client_address rule (the address
-    /// itself, or a network's first address), for matching overrides networks.
     /// The request's client address, for a rule keyed on it alone (overrides by network).
     private static func clientAddress(of rule: RateLimitRule, _ request: PolicyRequest) -> IPAddress? {
         rule.key.parts == [.clientAddress] ? IPAddress(request.clientAddress) : nil
     }
 
+    /// The client address an administrator named for a client_address rule (the address
+    /// itself, or a network's first address), for matching overrides networks.
     private static func clientAddress(of rule: RateLimitRule, _ key: String) -> IPAddress? {
         rule.key.parts == [.clientAddress] ? CIDR(key)?.network : nil
     }

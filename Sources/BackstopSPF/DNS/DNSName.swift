@@ -98,6 +98,23 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
     /// Dotted text without the final dot; a dot, backslash or unprintable octet inside a
     /// label is written \DDD (RFC 1035 §5.1), so the text is never ambiguous.
     public var description: String {
+        let text = joined { b, out in
+            if b <= 0x20 || b >= 0x7F || b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") {
+                out.append(UInt8(ascii: "\\"))
+                out.append(0x30 + b / 100)
+                out.append(0x30 + (b / 10) % 10)
+                out.append(0x30 + b % 10)
+            } else {
+                out.append(b)
+            }
+            return true
+        }
+        return String(decoding: text ?? [], as: UTF8.self)
+    }
+
+    /// The labels joined by dots, `write` appending each octet; nil as soon as `write` says
+    /// an octet cannot be written.
+    private func joined(_ write: (UInt8, inout [UInt8]) -> Bool) -> [UInt8]? {
         var out: [UInt8] = []
         out.reserveCapacity(wire.count)
         var i = 0
@@ -105,18 +122,11 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
             if !out.isEmpty { out.append(UInt8(ascii: ".")) }
             let length = Int(wire[i])
             for b in wire[(i + 1)..<(i + 1 + length)] {
-                if b <= 0x20 || b >= 0x7F || b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") {
-                    out.append(UInt8(ascii: "\\"))
-                    out.append(0x30 + b / 100)
-                    out.append(0x30 + (b / 10) % 10)
-                    out.append(0x30 + b % 10)
-                } else {
-                    out.append(b)
-                }
+                guard write(b, &out) else { return nil }
             }
             i += 1 + length
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 
     /// The name as a record's `<domain>` and `%{d}` read it: the labels' own octets joined by
@@ -124,19 +134,12 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
     /// `init(text:)` gives back the same name. A label holding a dot, a backslash, a blank or
     /// a control octet cannot be written so: then the escaped `description`.
     public var macroText: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(wire.count)
-        var i = 0
-        while i < wire.count, wire[i] != 0 {
-            if !out.isEmpty { out.append(UInt8(ascii: ".")) }
-            let length = Int(wire[i])
-            for b in wire[(i + 1)..<(i + 1 + length)] {
-                if b <= 0x20 || b == 0x7F || b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") { return Array(description.utf8) }
-                out.append(b)
-            }
-            i += 1 + length
+        let raw = joined { b, out in
+            guard b > 0x20, b != 0x7F, b != UInt8(ascii: "."), b != UInt8(ascii: "\\") else { return false }
+            out.append(b)
+            return true
         }
-        return out
+        return raw ?? Array(description.utf8)
     }
 
     /// The lower-case text form when the name is plain (see `isPlain`), else nil.

@@ -176,9 +176,8 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         guard let frame = Self.fitted(&answers, { var r = base; r.answers = $0; return .evaluate(r) }) else {
             return finish(job, SPFOutcome(result: .temperror, query: job.query, problem: Self.tooLarge))
         }
-        if let over = overBudget(job, answers) { return finish(job, over) }
+        if let over = hold(answers, for: job) { return finish(job, over) }
         job.note(answers)
-        hold(answers, for: job)
         job.owedSince = .now()
         arm(for: job.deadline)
         write(frame)
@@ -186,9 +185,10 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     static let tooLarge = "a DNS answer too large to hand to an SPF worker"
 
-    /// The outcome for `job` if sending `answers` would pass a bound on the record octets
-    /// held (the evaluation's own, or the worker's across its evaluations); nil when it fits.
-    private func overBudget(_ job: SPFJob, _ answers: [SPFWire.Answer]) -> SPFOutcome? {
+    /// Counts `answers` as held for `job` and its worker, or, when they would pass a bound
+    /// on the record octets held (the evaluation's own, or the worker's across its
+    /// evaluations), counts nothing and returns the outcome `job` gets instead.
+    private func hold(_ answers: [SPFWire.Answer], for job: SPFJob) -> SPFOutcome? {
         let added = answers.reduce(0) { $0 + $1.answer.heldOctets }
         if job.heldOctets + added > Self.maxOctetsPerEvaluation {
             return SPFOutcome(result: .permerror, query: job.query,
@@ -198,6 +198,8 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             return SPFOutcome(result: .temperror, query: job.query,
                               problem: "the SPF worker holds \(slot.recordBudget) octets of records already")
         }
+        job.heldOctets += added
+        heldOctets += added
         return nil
     }
 
@@ -252,12 +254,6 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
         if abandonedOrder.count > SPFWorkerConnection.maxAbandoned, let oldest = abandonedOrder.popFirst() {
             abandoned.remove(oldest)
         }
-    }
-
-    private func hold(_ answers: [SPFWire.Answer], for job: SPFJob) {
-        let added = answers.reduce(0) { $0 + $1.answer.heldOctets }
-        job.heldOctets += added
-        heldOctets += added
     }
 
     private func finish(_ job: SPFJob, _ outcome: SPFOutcome) {
@@ -346,14 +342,13 @@ final class SPFWorkerConnection: ChannelInboundHandler, @unchecked Sendable {
             write(SPFWire.frame(.cancel(id: id)))
             return
         }
-        if let over = overBudget(job, answers) {
+        if let over = hold(answers, for: job) {
             finish(job, over)
             abandon(id)
             write(SPFWire.frame(.cancel(id: id)))
             return
         }
         job.note(answers)
-        hold(answers, for: job)
         job.owedSince = .now()
         write(frame)
     }
