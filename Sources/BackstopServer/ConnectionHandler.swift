@@ -65,6 +65,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     @exclusivity(unchecked) private var ranInline = false
     /// The most `outBuffer` keeps between answers (octets).
     static let keptOutCapacity = 4_096
+    /// The channel's isActive and isWritable as the events that change them said, so that a
+    /// request does not ask the channel (each `context.channel` query took references and
+    /// NIO's own exclusivity checks, ~300 instructions per request). NIO fires
+    /// channelInactive from inside its close, before any later answer could be written.
+    @exclusivity(unchecked) private var active = false
+    @exclusivity(unchecked) private var writable = true
 
     init(state: ServerState, decoder: FrameDecoder, responder: ConnectionResponder, peer: String) {
         self.state = state
@@ -76,12 +82,19 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.connection = ConnectionState(now: .now(), idleTimeout: settings.idleTimeout, readTimeout: settings.readTimeout)
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        active = context.channel.isActive
+        writable = context.channel.isWritable
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        active = true
         schedule(context: context, at: connection.firstTimer)
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        active = false
         connection.closed()
         if case .policy(let responder) = responder { responder.ended() }
         timer?.cancel()
@@ -141,11 +154,12 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection.mayRead(writable: context.channel.isWritable) { context.read() }
+        if connection.mayRead(writable: writable) { context.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if connection.resumeRead(writable: context.channel.isWritable) { context.read() }
+        writable = context.channel.isWritable
+        if connection.resumeRead(writable: writable) { context.read() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -179,8 +193,11 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func answerQueued(context: ChannelHandlerContext) {
         while let request = connection.nextRequest() {
             let started = NIODeadline.now()
-            switch (responder, request) {
-            case (.policy(let responder), .policy(let request)):
+            // The decoder and the responder are installed together from one listener setting.
+            // (One switch per enum, not over a tuple of both: that copied each, retains and all.)
+            switch responder {
+            case .policy(let responder):
+                guard case .policy(let request) = request else { preconditionFailure("a policy connection got a socketmap request") }
                 switch responder.decide(request) {
                 case .now(let decision):
                     write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
@@ -208,16 +225,14 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     if ranInline { continue }
                     return
                 }
-            case (.socketmap(let responder), .socketmap(let request)):
+            case .socketmap(let responder):
+                guard case .socketmap(let request) = request else { preconditionFailure("a socketmap connection got a policy request") }
                 let reply = responder.answer(request)
                 write(started: started, context: context) { responder.write(request, reply, elapsedNanos: $0, into: &$1) }
-            case (.policy, .socketmap), (.socketmap, .policy):
-                // The decoder and the responder are installed together from one listener setting.
-                preconditionFailure("a connection got a request of the other protocol")
             }
         }
         if connection.closeIfFinished() { return close(context: context) }
-        if connection.resumeRead(writable: context.channel.isWritable) { context.read() }
+        if connection.resumeRead(writable: writable) { context.read() }
     }
 
     /// Marks the owed answer as given and, if the channel is still open, lets `encode` count,
@@ -228,7 +243,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let now = NIODeadline.now()
         connection.answered(now: now)
         let elapsed = (now - started).nanoseconds
-        guard context.channel.isActive else { return closed(elapsed) }
+        guard active else { return closed(elapsed) }
         if !outPending {
             outBuffer.clear()
             outPending = true

@@ -6,15 +6,17 @@ import BackstopCore
 import NIOCore
 
 /// @unchecked Sendable: `current`, `generation` and the counts are touched only on
-/// `eventLoop` (`replace` hops there first).
+/// `eventLoop` (`replace` hops there first). Swift's run-time exclusivity check is off for
+/// the fields read or written on every request (three pairs of run-time calls per request):
+/// each access is a plain read or a single write that calls nothing, so none can overlap.
 final class LoopEngine: @unchecked Sendable {
     let eventLoop: any EventLoop
     /// Deadlines of this loop's requests that wait for a check.
     let deadlines: DeadlineQueue
-    private var current: PolicyEngine
+    @exclusivity(unchecked) private var current: PolicyEngine
     private(set) var generation: Int
     /// log.decisions of the configuration in force; only on `eventLoop`.
-    private(set) var decisions: LogSettings.Decisions
+    @exclusivity(unchecked) private(set) var decisions: LogSettings.Decisions
 
     init(eventLoop: any EventLoop, engine: PolicyEngine, generation: Int, decisions: LogSettings.Decisions) {
         self.eventLoop = eventLoop
@@ -40,8 +42,8 @@ final class LoopEngine: @unchecked Sendable {
     }
 
     /// Counts since the last summary, by ServerMetrics.actionClasses, plus deadline expiries.
-    private(set) var counts = [Int](repeating: 0, count: ServerMetrics.actionClasses.count)
-    private(set) var expiries = 0
+    @exclusivity(unchecked) private(set) var counts = [Int](repeating: 0, count: ServerMetrics.actionClasses.count)
+    @exclusivity(unchecked) private(set) var expiries = 0
 
     /// Only on `eventLoop`.
     func count(_ decision: Decision) {

@@ -5,12 +5,19 @@
 import BackstopCore
 import NIOCore
 
-struct PolicyResponder {
+/// A class: the connection hands it around on every request (a struct of three references
+/// was three retains per copy).
+final class PolicyResponder: Sendable {
     let state: ServerState
     let loopEngine: LoopEngine
 
     /// The state of the message this connection is on.
     let message = ConnectionMessage()
+
+    init(state: ServerState, loopEngine: LoopEngine) {
+        self.state = state
+        self.loopEngine = loopEngine
+    }
 
     /// On `loopEngine.eventLoop`, the connection's loop.
     func decide(_ request: PolicyRequest) -> Answer<Decision> {

@@ -197,7 +197,7 @@ func isHeader(_ decision: Decision) -> Bool {
     /// domain name and local-part@domain as they are (RFC 8601 §2.2) and quotes the rest.
     @Test func headerValuesFollowTheirGrammars() {
         let v6 = SPFOutcome(result: .pass, query: SPFQuery(clientAddress: "2001:db8::25", sender: "a@example.org", helo: "odd@helo:x"))
-        let line = SPFHeader.receivedSPF(v6, receiver: "mx.test", comment: false, longest: .max)
+        let line = SPFHeader.receivedSPF(v6, receiver: .init("mx.test"), comment: false, longest: .max)
         #expect(line == "Received-SPF: pass client-ip=\"2001:db8::25\"; envelope-from=\"a@example.org\"; helo=\"odd@helo:x\"; receiver=mx.test; identity=mailfrom;",
                 "\(line)")
         func ar(_ sender: String, helo: String = "mail.example.org", identity: SPFIdentity = .mailfrom) -> String {
@@ -218,7 +218,7 @@ func isHeader(_ decision: Decision) -> Bool {
         let nasty = String(repeating: "\"\\", count: 400)
         var outcome = SPFOutcome(result: .neutral, query: SPFQuery(clientAddress: nasty, sender: nasty + "@" + nasty, helo: nasty))
         outcome.mechanism = nasty
-        let line = SPFHeader.receivedSPF(outcome, receiver: nasty, comment: true, longest: .max)
+        let line = SPFHeader.receivedSPF(outcome, receiver: .init(nasty), comment: true, longest: .max)
         let escaped = String(repeating: "\\\"\\\\", count: 400)
         #expect(line.contains("client-ip=\"\(escaped)\";") && line.contains("receiver=\"\(escaped)\";"))
         #expect(line.contains("mechanism=\"\(escaped)\";"))

@@ -20,21 +20,32 @@ public protocol ConnectionMemo: AnyObject, Sendable {
 ///
 /// @unchecked Sendable: touched only on the connection's event loop (checks read and write
 /// `memo` while they decide or when their future completes there; the connection calls
-/// `ended()` from channelInactive).
+/// `ended()` from channelInactive). For the same reason Swift's run-time exclusivity check
+/// is off for its two fields: no access to them can overlap another (nothing here calls
+/// out while one is in progress: `ended()` reads `memo` and clears it before calling
+/// the memo's `connectionEnded`), and the check cost two pairs of run-time calls per
+/// request. The fields are reached through accessors compiled here: a module that used
+/// the stored properties directly would check each access itself.
 public final class ConnectionMessage: @unchecked Sendable {
+    @exclusivity(unchecked) private var slot: (any ConnectionMemo)?
+    @exclusivity(unchecked) private var hasEnded = false
+
     /// The one check that keeps state here, spf, keeps it in this slot.
-    public var memo: (any ConnectionMemo)?
+    public var memo: (any ConnectionMemo)? {
+        get { slot }
+        set { slot = newValue }
+    }
     /// Set when the connection has ended: a check whose answer came after it keeps its state
     /// elsewhere (`memo` is no longer handed on).
-    public private(set) var isEnded = false
+    public var isEnded: Bool { hasEnded }
 
     public init() {}
 
     /// The connection is closed: its message's state goes where its check keeps it.
     public func ended() {
-        isEnded = true
-        let memo = self.memo
-        self.memo = nil
+        hasEnded = true
+        let memo = slot
+        slot = nil
         memo?.connectionEnded()
     }
 }

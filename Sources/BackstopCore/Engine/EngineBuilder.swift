@@ -29,7 +29,10 @@ public enum EngineBuilder {
         for (state, names) in config.policy.stages {
             stages[state] = names.compactMap { built[$0] }
         }
+        // The decision line is logged at info: with a higher level, or none asked for, no
+        // decision needs its trail.
+        let logsDecisions = (logLevel ?? .info) <= .info && config.log.decisions != .none
         return PolicyEngine(stages: stages, testMode: config.policy.testMode, deadline: config.policy.deadline,
-                            allChecks: built, timeChecks: config.metrics.listen != nil)
+                            allChecks: built, timeChecks: config.metrics.listen != nil, keepsTrail: logsDecisions)
     }
 }

@@ -45,9 +45,14 @@ public final class PolicyEngine: Sendable {
     /// Per-check latency histograms, only when metrics are served (reading the clock per
     /// check is then worth it).
     let timers: [String: Metrics.Timer]
+    /// Whether decisions carry their trail (what each check said), which only the decision
+    /// log line reads: false when the configuration's logging writes no such line (a level
+    /// above info, or log.decisions = "none"); a reload that changes either builds a new engine.
+    let keepsTrail: Bool
 
     public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = PolicySettings.defaultDeadline,
-                allChecks: [String: any Check] = [:], timeChecks: Bool = false) {
+                allChecks: [String: any Check] = [:], timeChecks: Bool = false, keepsTrail: Bool = true) {
+        self.keepsTrail = keepsTrail
         self.stages = stages
         stageList = ProtocolState.allCases.map { stages[$0] ?? [] }
         self.testMode = testMode
@@ -72,7 +77,7 @@ public final class PolicyEngine: Sendable {
                        message: ConnectionMessage? = nil) -> Answer<Decision> {
         let checks = stageList[request.protocolState.index]
         let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: .now() + deadline, logger: logger, message: message)
-        var state = Accumulator()
+        var state = Accumulator(keepsTrail: keepsTrail)
         switch run(checks, from: 0, &state, request, context) {
         case .decided(let decision):
             return .now(decision)
@@ -177,9 +182,14 @@ public final class PolicyEngine: Sendable {
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
         var quiet: (String, String)?
         var trail = CheckTrail()
+        let keepsTrail: Bool
+
+        init(keepsTrail: Bool) {
+            self.keepsTrail = keepsTrail
+        }
 
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
-            trail.append(check: check.name, reason: verdict.reason)
+            if keepsTrail { trail.append(check: check.name, reason: verdict.reason) }
             if header == nil, let due = verdict.header { header = (due, check.name, verdict.reason) }
             switch verdict.action {
             case .dunno:

@@ -37,7 +37,10 @@ public struct DueHeader: Sendable, Equatable {
 }
 
 /// "This message has its header": set by the connection that writes the answer carrying it.
-public final class HeaderOnce: Sendable, Equatable {
+/// Open so that a check's per-message state can be its own flag (one object per message
+/// instead of two); @unchecked Sendable only because a class that may be subclassed cannot
+/// be checked: its one field is an atomic.
+open class HeaderOnce: @unchecked Sendable, Equatable {
     private let sent = Atomic<Bool>(false)
 
     public init() {}

@@ -5,15 +5,22 @@
 public struct PolicyRequest: Sendable {
     /// Every attribute line of the request, `name=value\n` after `name=value\n`.
     public let storage: [UInt8]
-    /// For each known attribute: start and end offset of its value in `storage`, or -1.
+    /// One array, so that a copy of a request retains two: first, for each known attribute,
+    /// start and end offset of its value in `storage`, or -1 (`knownSlots` entries); then,
+    /// for every attribute, known or not, in arrival order: name start, '=' index, value end.
     @usableFromInline let known: [Int32]
-    /// Offsets of every attribute, known or not, in arrival order: name start, '=' index, value end.
-    @usableFromInline let all: [(Int32, Int32, Int32)]
 
-    init(storage: [UInt8], known: [Int32], all: [(Int32, Int32, Int32)]) {
+    /// Entries of the known table at the front of `known`.
+    static let knownSlots = Attribute.allCases.count * 2
+
+    init(storage: [UInt8], index: [Int32]) {
         self.storage = storage
-        self.known = known
-        self.all = all
+        self.known = index
+    }
+
+    /// Offsets of every attribute, in arrival order: name start, '=' index, value end.
+    private var all: [(Int32, Int32, Int32)] {
+        stride(from: Self.knownSlots, to: known.count, by: 3).map { (known[$0], known[$0 + 1], known[$0 + 2]) }
     }
 
     /// Builds a request from attribute pairs, for tests and the `query` command.
@@ -34,7 +41,7 @@ public struct PolicyRequest: Sendable {
         self = result!
     }
 
-    public var attributeCount: Int { all.count }
+    public var attributeCount: Int { (known.count - Self.knownSlots) / 3 }
 
     /// The raw bytes of a known attribute's value, or nil when the request did not carry it.
     @inlinable
@@ -46,6 +53,13 @@ public struct PolicyRequest: Sendable {
     }
 
     public func has(_ attribute: Attribute) -> Bool { known[attribute.rawValue * 2] >= 0 }
+
+    /// True when the request carries the attribute with a value that is not empty (no
+    /// String is made to find out).
+    public func hasValue(_ attribute: Attribute) -> Bool {
+        let index = attribute.rawValue * 2
+        return known[index] >= 0 && known[index + 1] > known[index]
+    }
 
     /// The value as a String (invalid UTF-8 replaced by U+FFFD); "" when absent.
     public subscript(_ attribute: Attribute) -> String {

@@ -9,13 +9,22 @@ public struct RequestParser: Sendable {
     public let limits: ProtocolLimits
     private var pending: [UInt8] = []
     private var lineStart = 0
-    /// Slots of a request's `known` table: start and end of each Attribute's value.
-    private let knownSlots: Int
-    private var all: [(Int32, Int32, Int32)] = []
+    /// The request's index as PolicyRequest keeps it: the known table's slots (filled when
+    /// the request ends), then three offsets per attribute line.
+    private var index = RequestParser.emptyIndex()
+    /// Attribute lines of the request so far.
+    private var lines = 0
 
     public init(limits: ProtocolLimits = .defaults) {
         self.limits = limits
-        knownSlots = Attribute.allCases.count * 2
+    }
+
+    /// An index with the known table's slots empty (-1) and room for 32 attribute lines.
+    private static func emptyIndex() -> [Int32] {
+        var index: [Int32] = []
+        index.reserveCapacity(PolicyRequest.knownSlots + 3 * 32)
+        index.append(contentsOf: repeatElement(-1, count: PolicyRequest.knownSlots))
+        return index
     }
 
     /// True when no part of a request is buffered (the connection is between requests).
@@ -90,29 +99,35 @@ public struct RequestParser: Sendable {
             throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
         }
         if length == 0 { return true }
-        let lineNumber = all.count + 1
+        let lineNumber = lines + 1
         guard let hit = memchr(line.baseAddress!, Int32(UInt8(ascii: "=")), length) else {
             throw ProtocolError.missingEquals(line: lineNumber)
         }
         let nameLength = line.baseAddress!.distance(to: UnsafeRawPointer(hit))
         guard nameLength > 0 else { throw ProtocolError.emptyName(line: lineNumber) }
-        guard all.count < limits.maxAttributes else {
+        guard lines < limits.maxAttributes else {
             throw ProtocolError.tooManyAttributes(limit: limits.maxAttributes)
         }
-        // Names are looked up when the request ends (`knownTable`), in one pass.
-        all.append((Int32(lineStart), Int32(lineStart + nameLength), Int32(lineStart + length)))
+        // Names are looked up when the request ends (`fillKnown`), in one pass.
+        index.append(Int32(lineStart))
+        index.append(Int32(lineStart + nameLength))
+        index.append(Int32(lineStart + length))
+        lines += 1
         return false
     }
 
-    /// For each known attribute, where its value starts and ends in `pending` (-1 when the
-    /// request lacks it); the last occurrence of a duplicated name wins.
-    private func knownTable() -> [Int32] {
+    /// Fills the known table at the front of `index`: for each known attribute, where its
+    /// value starts and ends in `pending` (left -1 when the request lacks it); the last
+    /// occurrence of a duplicated name wins.
+    private mutating func fillKnown() {
+        let knownSlots = PolicyRequest.knownSlots
         pending.withUnsafeBytes { raw in
-            [Int32](unsafeUninitializedCapacity: knownSlots) { slots, initialised in
-                slots.initialize(repeating: -1)
-                initialised = knownSlots
-                for (nameStart, equals, valueEnd) in all {
-                    let name = UnsafeRawBufferPointer(rebasing: raw[Int(nameStart)..<Int(equals)])
+            index.withUnsafeMutableBufferPointer { slots in
+                var line = knownSlots
+                while line < slots.count {
+                    let nameStart = Int(slots[line]), equals = slots[line + 1], valueEnd = slots[line + 2]
+                    line += 3
+                    let name = UnsafeRawBufferPointer(rebasing: raw[nameStart..<Int(equals)])
                     guard let attribute = Attribute.lookup(name) else { continue }
                     slots[attribute.rawValue * 2] = equals + 1
                     slots[attribute.rawValue * 2 + 1] = valueEnd
@@ -122,7 +137,8 @@ public struct RequestParser: Sendable {
     }
 
     private mutating func finishRequest(allowMissingRequest: Bool) throws -> PolicyRequest {
-        let known = knownTable()
+        fillKnown()
+        let known = index
         let requestIndex = Attribute.request.rawValue * 2
         if known[requestIndex] < 0 {
             if !allowMissingRequest { throw ProtocolError.missingRequestAttribute }
@@ -136,11 +152,11 @@ public struct RequestParser: Sendable {
                 throw ProtocolError.unsupportedRequest(String(decoding: pending[start..<end], as: UTF8.self))
             }
         }
-        let request = PolicyRequest(storage: pending, known: known, all: all)
+        let request = PolicyRequest(storage: pending, index: index)
         pending = []
         lineStart = 0
-        all = []
-        all.reserveCapacity(32)
+        index = RequestParser.emptyIndex()
+        lines = 0
         return request
     }
 }

@@ -20,8 +20,7 @@ extension ResponseEncoder {
 
     /// `head`, `text` and the empty line that ends the answer, in one copy each.
     private static func write(_ head: StaticString, _ text: String, into buffer: inout ByteBuffer) {
-        var text = text
-        text.withUTF8 { body in
+        Octets.with(text) { body in
             let total = head.utf8CodeUnitCount + body.count + 2
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
                 let base = out.baseAddress!

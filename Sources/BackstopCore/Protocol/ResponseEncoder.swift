@@ -56,9 +56,8 @@ public enum ResponseEncoder {
     public static func sanitise(_ text: String, limit: Int) -> String {
         // Most texts (DSNs, Received-SPF headers) are printable ASCII that fits: nothing to
         // replace or cut, so only the trimming below applies. This skips the per-scalar copy.
-        var copy = text
-        let plain = copy.withUTF8 { octets -> Bool in
-            octets.count <= limit && isPrintableASCII(UnsafeRawBufferPointer(octets))
+        let plain = Octets.with(text) { octets -> Bool in
+            octets.count <= limit && isPrintableASCII(octets)
         }
         if plain {
             let utf8 = text.utf8

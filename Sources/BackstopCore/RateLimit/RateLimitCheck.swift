@@ -87,7 +87,10 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
 
     /// Hits admitted so far for this request (to give back on a refusal) and messages to remember.
     private struct Progress {
-        var admitted: [RateHit] = []
+        /// The first hit admitted, and those after it: most requests meet one rule, and
+        /// keep it without an array (an allocation per request).
+        var firstAdmitted: RateHit?
+        var moreAdmitted: [RateHit] = []
         var counted: [UInt64] = []
         /// The first answer of a rule over its limit whose action lets the mail through
         /// (WARN, INFO, PREPEND, DUNNO, OK), or of such a fail action: the rules after it
@@ -203,7 +206,7 @@ extension RateLimitCheck {
                         _ request: PolicyRequest, _ context: CheckContext, _ progress: inout Progress) -> Verdict? {
         switch outcome {
         case .admitted:
-            progress.admitted.append(hit)
+            if progress.firstAdmitted == nil { progress.firstAdmitted = hit } else { progress.moreAdmitted.append(hit) }
             if let mark { progress.counted.append(mark) }
             return nil
         case .refused(let retryAfter):
@@ -263,7 +266,8 @@ extension RateLimitCheck {
     }
 
     private func giveBack(_ progress: Progress) {
-        for hit in progress.admitted { store.refund(hit) }
+        if let first = progress.firstAdmitted { store.refund(first) }
+        for hit in progress.moreAdmitted { store.refund(hit) }
     }
 }
 

@@ -147,8 +147,7 @@ public final class RecipientTable: Sendable {
     }
 
     func match(_ address: String, rules: RecipientNormalisation) -> Match {
-        var address = address
-        return address.withUTF8 { match(UnsafeRawBufferPointer($0), rules: rules) }
+        Octets.with(address) { match($0, rules: rules) }
     }
 
     /// Looks `address` up as a request would; for the CLI and tests (builds Strings).

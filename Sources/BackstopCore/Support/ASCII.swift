@@ -19,7 +19,6 @@ public enum ASCII {
 
     /// The same for a string's UTF-8.
     public static func check(_ text: String) -> Bool {
-        var text = text
-        return text.withUTF8 { check(UnsafeRawBufferPointer($0)) }
+        Octets.with(text) { check($0) }
     }
 }

@@ -24,6 +24,8 @@ public final class SPFCheck: RetirableCheck {
     /// instead of per request; `reasons[result.index * 4 + (helo ? 2 : 0) + (cached ? 1 : 0)]`.
     let actions: [PolicyAction]
     let reasons: [String]
+    /// spf.receiver as the Received-SPF line writes it.
+    let receiver: SPFHeader.Receiver
 
     /// Postfix's instance attribute, hashed once with FNV-1a: the cache's dictionary then
     /// hashes 8 octets, not the string, on every lookup, insertion and eviction. The instance
@@ -34,17 +36,17 @@ public final class SPFCheck: RetirableCheck {
 
         init(_ instance: String) {
             self.instance = instance
-            var copy = instance
-            fingerprint = copy.withUTF8 { FNV1a.hash($0) }
+            fingerprint = Octets.with(instance) { FNV1a.hash($0) }
         }
 
         static func == (a: MessageKey, b: MessageKey) -> Bool { a.fingerprint == b.fingerprint && a.instance == b.instance }
         func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
     }
 
-    final class MessageState: Sendable {
+    /// Is its own header flag: one object per message, not two.
+    final class MessageState: HeaderOnce, @unchecked Sendable {
         let evaluated: SPFEvaluated
-        let header = HeaderOnce()
+        var header: HeaderOnce { self }
         /// What the instance was evaluated for: a request with the same instance but another
         /// client, sender or HELO is another message.
         let client: String, sender: String, helo: String
@@ -56,6 +58,7 @@ public final class SPFCheck: RetirableCheck {
             self.client = client
             self.sender = sender
             self.helo = helo
+            super.init()
         }
         /// What it costs the per-message cache as the state of `instance`.
         func cost(instance: String) -> Int { evaluated.cost + instance.utf8.count }
@@ -69,11 +72,13 @@ public final class SPFCheck: RetirableCheck {
     /// ends, so that a request of the same message on Postfix's next connection finds its
     /// outcome and header flag.
     ///
-    /// @unchecked Sendable: read and changed only on the connection's event loop.
+    /// @unchecked Sendable: read and changed only on the connection's event loop. The same
+    /// is why Swift's run-time exclusivity check is off for its three fields: each access is
+    /// a read or a single assignment that calls out to nothing, so none can overlap another.
     final class HeldMessage: ConnectionMemo, @unchecked Sendable {
-        private(set) var instance: String
-        private(set) var state: MessageState?
-        private(set) var expires: NIODeadline
+        @exclusivity(unchecked) private(set) var instance: String
+        @exclusivity(unchecked) private(set) var state: MessageState?
+        @exclusivity(unchecked) private(set) var expires: NIODeadline
         let messages: BoundedCache<MessageKey, MessageState>
 
         init(instance: String, now: NIODeadline, messages: BoundedCache<MessageKey, MessageState>) {
@@ -131,6 +136,7 @@ public final class SPFCheck: RetirableCheck {
         self.logger = logger
         logsOutcomes = (logLevel ?? logger.logLevel) <= .debug
         actions = SPFResult.allCases.map { settings.actions[$0] ?? .dunno }
+        receiver = SPFHeader.Receiver(settings.receiver)
         reasons = SPFResult.allCases.flatMap { result in
             ["", " identity=helo"].flatMap { helo in ["", " cached"].map { "spf=\(result.rawValue)" + helo + $0 } }
         }
@@ -166,7 +172,7 @@ public final class SPFCheck: RetirableCheck {
 
     public func evaluate(_ request: PolicyRequest, context: CheckContext) -> Answer<Verdict> {
         if Self.beforeMailFrom(request.protocolState) { return .now(.noOpinion("spf=skipped(before_mail_from)")) }
-        if settings.skipAuthenticated && !request.saslUsername.isEmpty {
+        if settings.skipAuthenticated && request.hasValue(.saslUsername) {
             return .now(.noOpinion("spf=skipped(authenticated)"))
         }
         let client = request.clientAddress
@@ -448,7 +454,7 @@ public final class SPFCheck: RetirableCheck {
     public func header(for outcome: SPFOutcome) -> String? {
         switch settings.header {
         case .none: return nil
-        case .receivedSPF: return SPFHeader.receivedSPF(outcome, receiver: settings.receiver)
+        case .receivedSPF: return SPFHeader.receivedSPF(outcome, receiver: receiver)
         case .authenticationResults: return SPFHeader.authenticationResults(outcome, authservID: settings.authservID)
         }
     }

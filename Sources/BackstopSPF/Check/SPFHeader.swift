@@ -8,7 +8,27 @@
 import BackstopCore
 
 public enum SPFHeader {
+    /// The receiver's name (spf.receiver) as a Received-SPF line writes it: in the
+    /// receiver= field (a dot-atom as it is, anything else quoted) and in the comment. Made
+    /// once per configuration: every line of a server has the same receiver.
+    public struct Receiver: Sendable {
+        public let name: String
+        let value: String
+        let comment: String
+
+        public init(_ name: String) {
+            self.name = name
+            let octets = name.utf8.count
+            value = Builder.build(capacity: 2 * octets + 2) { $0.value(name) }
+            comment = Builder.build(capacity: octets) { $0.commentText(name) }
+        }
+    }
+
     public static func receivedSPF(_ outcome: SPFOutcome, receiver: String) -> String {
+        receivedSPF(outcome, receiver: Receiver(receiver))
+    }
+
+    public static func receivedSPF(_ outcome: SPFOutcome, receiver: Receiver) -> String {
         // A header line holds at most 998 octets, and the response encoder would cut a longer
         // one anywhere (inside the comment, with the fields after it lost). The values are
         // the client's: when they make the line too long, the comment goes first (RFC 7208
@@ -38,14 +58,14 @@ public enum SPFHeader {
     static let longValue = 255
 
     /// `longest`: envelope-from and helo values longer than this are left out.
-    static func receivedSPF(_ outcome: SPFOutcome, receiver: String, comment: Bool, longest: Int) -> String {
+    static func receivedSPF(_ outcome: SPFOutcome, receiver: Receiver, comment: Bool, longest: Int) -> String {
         let query = outcome.query
         let mailbox = query.checkedMailbox
         let helo = heloForHeader(query.helo)
         // Every value at most three times over (once in the comment, once quoted: two
         // octets for one at worst), the literals well under 256. An A-label may be longer
         // than the U-label it stands for: the longer of the two counts.
-        var values = receiver.utf8.count + mailbox.utf8.count + query.clientAddress.utf8.count
+        var values = receiver.value.utf8.count + mailbox.utf8.count + query.clientAddress.utf8.count
         values += max(query.helo.utf8.count, helo?.utf8.count ?? 0)
         values += outcome.mechanism?.utf8.count ?? 0
         return Builder.build(capacity: 256 + 3 * values) { out in
@@ -70,7 +90,7 @@ public enum SPFHeader {
                 out.literal(";")
             }
             out.literal(" receiver=")
-            out.value(receiver)
+            out.append(receiver.value)
             out.literal(query.identity == .helo ? "; identity=helo" : "; identity=mailfrom")
             out.literal(";")
             if let mechanism = outcome.mechanism {
@@ -126,8 +146,7 @@ public enum SPFHeader {
 
     /// Letters, digits and hyphens in dot-separated labels (RFC 1123), no label empty.
     static func isHostName(_ name: String) -> Bool {
-        var name = name
-        return name.withUTF8 { isHostName(UnsafeRawBufferPointer($0)) }
+        Octets.with(name) { isHostName($0) }
     }
 
     static func isHostName(_ octets: UnsafeRawBufferPointer) -> Bool {
@@ -149,10 +168,9 @@ public enum SPFHeader {
     /// U-labels was converted to A-labels when the query was made, so an 8-bit domain here is
     /// no domain name). An 8-bit local part (SMTPUTF8, RFC 6532) is written as it is.
     static func mailboxFitsHeader(_ mailbox: String) -> Bool {
-        var octets = mailbox
-        return octets.withUTF8 { octets in
-            guard let at = octets.lastIndex(of: UInt8(ascii: "@")) else { return ASCII.check(UnsafeRawBufferPointer(octets)) }
-            return ASCII.check(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: octets[(at + 1)...])))
+        Octets.with(mailbox) { octets in
+            guard let at = octets.lastIndex(of: UInt8(ascii: "@")) else { return ASCII.check(octets) }
+            return ASCII.check(UnsafeRawBufferPointer(rebasing: octets[(at + 1)...]))
         }
     }
 
@@ -162,7 +180,7 @@ public enum SPFHeader {
         let helo = heloForHeader(query.helo) ?? query.helo
         let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + helo.utf8.count
         return Builder.build(capacity: 128 + values) { out in
-            out.comment(outcome, mailbox: query.checkedMailbox, receiver: receiver, helo: helo)
+            out.comment(outcome, mailbox: query.checkedMailbox, receiver: Receiver(receiver), helo: helo)
         }
     }
 
@@ -203,25 +221,20 @@ public enum SPFHeader {
 
         /// Appends a string's octets in one copy.
         mutating func append(_ text: String) {
-            var copy = text
-            copy.withUTF8 { write(UnsafeRawBufferPointer($0)) }
+            Octets.with(text) { write($0) }
         }
 
         /// A Received-SPF value (RFC 7208 §9.1: dot-atom or quoted-string): a dot-atom stays
         /// as it is; anything else (an IPv6 address, with its ":") becomes a quoted-string.
         mutating func value(_ text: String) {
-            var copy = text
-            let atom = copy.withUTF8 { DotAtom.check(UnsafeRawBufferPointer($0)) }
-            if atom { append(text) } else { quoted(text) }
+            if Octets.with(text, { DotAtom.check($0) }) { append(text) } else { quoted(text) }
         }
 
         /// An Authentication-Results property value (RFC 8601 §2.2 pvalue): a domain name,
         /// or a dot-atom local part "@" a domain name, stays as it is; anything else becomes a
         /// quoted-string.
         mutating func propertyValue(_ text: String) {
-            var copy = text
-            let plain = copy.withUTF8 { octets -> Bool in
-                let all = UnsafeRawBufferPointer(octets)
+            let plain = Octets.with(text) { all -> Bool in
                 guard let at = all.lastIndex(of: 0x40) else { return SPFHeader.isHostName(all) }
                 return DotAtom.check(UnsafeRawBufferPointer(rebasing: all[..<at]))
                     && SPFHeader.isHostName(UnsafeRawBufferPointer(rebasing: all[(at + 1)...]))
@@ -231,10 +244,9 @@ public enum SPFHeader {
 
         mutating func quoted(_ text: String) {
             write(0x22)
-            var copy = text
-            copy.withUTF8 { octets in
+            Octets.with(text) { octets in
                 // Most values need no escape: one copy.
-                guard octets.contains(where: { $0 == 0x22 || $0 == 0x5C }) else { return write(UnsafeRawBufferPointer(octets)) }
+                guard octets.contains(where: { $0 == 0x22 || $0 == 0x5C }) else { return write(octets) }
                 for b in octets {
                     if b == 0x22 || b == 0x5C { write(0x5C) }
                     write(b)
@@ -246,10 +258,9 @@ public enum SPFHeader {
         /// Text inside a comment: parentheses and backslashes become "_", 8-bit octets "?"
         /// (a comment is for people; the fields carry the values).
         mutating func commentText(_ text: String) {
-            var copy = text
-            copy.withUTF8 { octets in
+            Octets.with(text) { octets in
                 let start = count
-                write(UnsafeRawBufferPointer(octets))
+                write(octets)
                 for i in start..<count {
                     let b = buffer[i]
                     if b == 0x28 || b == 0x29 || b == 0x5C { buffer[i] = 0x5F } else if b >= 0x80 { buffer[i] = 0x3F }
@@ -258,9 +269,9 @@ public enum SPFHeader {
         }
 
         /// `helo`: the HELO name as the header shows it (heloForHeader's, or as written).
-        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String, helo heloName: String) {
+        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: Receiver, helo heloName: String) {
             let helo = outcome.query.identity == .helo
-            commentText(receiver)
+            append(receiver.comment)
             literal(": ")
             func domainOf() {
                 if helo { literal("domain ") } else { literal("domain of ") }

@@ -113,13 +113,25 @@ public final class SPFVerifier: Sendable {
                     && Octets.equal(a.domain, b.domain) && Octets.equal(a.localPart, b.localPart) && Octets.equal(a.helo, b.helo)
             }
 
+            /// The fixed fields as three words, then the strings' octets (a nil string is left
+            /// out, which the first word's flags say): one combine per word instead of a hash of
+            /// each field through its own conformance (~700 instructions per request before).
             func hash(into hasher: inout Hasher) {
-                hasher.combine(identity)
-                hasher.combine(client)
-                hasher.combine(upperNibbles)
+                var flags: UInt64 = identity == .helo ? 1 : 0
+                if upperNibbles { flags |= 2 }
+                if localPart != nil { flags |= 4 }
+                if helo != nil { flags |= 8 }
+                switch client {
+                case .v4(let address):
+                    hasher.combine(flags | 16 | UInt64(address) << 32)
+                case .v6(let high, let low):
+                    hasher.combine(flags)
+                    hasher.combine(high)
+                    hasher.combine(low)
+                }
                 Octets.hash(domain, into: &hasher)
-                Octets.hash(localPart, into: &hasher)
-                Octets.hash(helo, into: &hasher)
+                if let localPart { Octets.hash(localPart, into: &hasher) }
+                if let helo { Octets.hash(helo, into: &hasher) }
             }
         }
         let fields: Fields

@@ -88,6 +88,26 @@ private func decide(_ engine: PolicyEngine, on loop: EmbeddedEventLoop = Embedde
         #expect(refusedTrail == ["spf=skipped(trusted_network)", "ratelimit=per_client"], "checks after the deciding one did not run")
     }
 
+    /// Only the decision line reads the trail: an engine whose configuration writes no such
+    /// line (a level above info, or log.decisions = "none") keeps none; one that does keeps it.
+    @Test func theTrailIsKeptOnlyWhenDecisionsAreLogged() throws {
+        func trail(_ log: String) throws -> [String]? {
+            let config = try Configuration.parse("""
+                [policy]
+                rcpt = ["bounces"]
+                [bounces]
+                no_reply_addresses = ["noreply@example.org"]
+                [log]
+                \(log)
+                """, file: "t.toml")
+            return decide(try EngineBuilder.build(config, previous: nil, logger: logger))?.trail.entries.map(\.check)
+        }
+        #expect(try trail("level = \"info\"") == ["bounces"])
+        #expect(try trail("level = \"debug\"\ndecisions = \"refusals\"") == ["bounces"])
+        #expect(try trail("level = \"warning\"") == [])
+        #expect(try trail("level = \"info\"\ndecisions = \"none\"") == [])
+    }
+
     @Test func firstDecisionWins() {
         let engine = PolicyEngine(stages: [.rcpt: [
             FixedCheck(name: "a", verdict: .noOpinion()),
