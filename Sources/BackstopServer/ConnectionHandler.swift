@@ -128,12 +128,13 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     switch frame {
                     case .request(let request):
                         guard !decodeFailed else { return }
-                        guard connection.received(request, now: .now()) else {
+                        let now = NIODeadline.now()
+                        guard connection.received(request, now: now) else {
                             decodeFailed = true
                             errorCaught(context: context, error: ProtocolError.tooManyPipelined(limit: ConnectionState.maxPipelined))
                             return
                         }
-                        answerQueued(context: context)
+                        answerQueued(context: context, now: now)
                     case .started:
                         connection.requestBegan(now: .now())
                     }
@@ -190,15 +191,19 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: answering
 
-    private func answerQueued(context: ChannelHandlerContext) {
+    /// `now`: a clock reading just taken, for the first request answered (the one that has
+    /// just arrived); the others read the clock when they are taken up.
+    private func answerQueued(context: ChannelHandlerContext, now: NIODeadline? = nil) {
+        var now = now
         while let request = connection.nextRequest() {
-            let started = NIODeadline.now()
+            let started = now ?? NIODeadline.now()
+            now = nil
             // The decoder and the responder are installed together from one listener setting.
             // (One switch per enum, not over a tuple of both: that copied each, retains and all.)
             switch responder {
             case .policy(let responder):
                 guard case .policy(let request) = request else { preconditionFailure("a policy connection got a socketmap request") }
-                switch responder.decide(request) {
+                switch responder.decide(request, now: started) {
                 case .now(let decision):
                     write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
                 case .later(let future):

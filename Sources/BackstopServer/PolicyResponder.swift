@@ -19,9 +19,9 @@ final class PolicyResponder: Sendable {
         self.loopEngine = loopEngine
     }
 
-    /// On `loopEngine.eventLoop`, the connection's loop.
-    func decide(_ request: PolicyRequest) -> Answer<Decision> {
-        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger, message: message)
+    /// On `loopEngine.eventLoop`, the connection's loop; `now`: when the request was taken up.
+    func decide(_ request: PolicyRequest, now: NIODeadline) -> Answer<Decision> {
+        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger, message: message, now: now)
     }
 
     /// The connection is closed (on its loop).

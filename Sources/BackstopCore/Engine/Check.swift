@@ -14,12 +14,17 @@ public struct CheckContext: Sendable {
     /// The state of the message the request's connection is on; nil when no connection asks
     /// (`backstop query`, tests).
     public let message: ConnectionMessage?
+    /// When the request was taken up: a check that needs the time reads it here rather than
+    /// asking the clock again (one reading serves the connection, the engine and the checks).
+    public let now: NIODeadline
 
-    public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger, message: ConnectionMessage? = nil) {
+    public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger, message: ConnectionMessage? = nil,
+                now: NIODeadline = .now()) {
         self.eventLoop = eventLoop
         self.deadline = deadline
         self.logger = logger
         self.message = message
+        self.now = now
     }
 }
 

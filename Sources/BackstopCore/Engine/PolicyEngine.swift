@@ -73,10 +73,12 @@ public final class PolicyEngine: Sendable {
     /// Decides `request` on `deadlines.eventLoop`, whose queue watches the deadline when a
     /// check answers later. Runs synchronously as far as the checks allow. `message`: the
     /// state of the message the request's connection is on (see ConnectionMessage).
+    /// `now`: when the request was taken up (the caller's clock reading).
     public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, logger: Logger,
-                       message: ConnectionMessage? = nil) -> Answer<Decision> {
+                       message: ConnectionMessage? = nil, now: NIODeadline = .now()) -> Answer<Decision> {
         let checks = stageList[request.protocolState.index]
-        let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: .now() + deadline, logger: logger, message: message)
+        let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: now + deadline, logger: logger, message: message,
+                                   now: now)
         var state = Accumulator(keepsTrail: keepsTrail)
         switch run(checks, from: 0, &state, request, context) {
         case .decided(let decision):

@@ -1,6 +1,8 @@
 // One loaded, immutable snapshot of the recipient tables: every normalised key in one
-// byte arena, plus an open-addressing hash table of entry indices, so a lookup hashes the
-// normalised address once per form tried and allocates nothing. Reloading builds a new
+// byte arena, plus an open-addressing hash table whose slots hold each key's hash, place
+// and length, so a lookup hashes the normalised address once per form tried, allocates
+// nothing, and reaches a key in two memory reads (its slot, its octets) however large the
+// table. Reloading builds a new
 // snapshot and swaps it in (RecipientDirectory); a snapshot is never changed. Reading the
 // files is in RecipientTableFile.swift; deciding what to answer is in RecipientsCheck.
 
@@ -34,15 +36,29 @@ public final class RecipientTable: Sendable {
         var override: Int32
     }
 
-    /// How a lookup ended, without building any String.
+    /// How a lookup ended, without building any String. `overridden`: the entry carries
+    /// its own answer (read from `entries` only then).
     enum Match: Equatable {
         case noAddress, notOurDomain, unknown
-        case entry(Int)
+        case entry(Int, overridden: Bool)
+    }
+
+    /// One slot of the hash table: what a probe compares, without reading `entries` (a
+    /// table of a million keys is far larger than the CPU's caches, and each array read
+    /// on the way to a key was a wait for memory: three per lookup before, two now).
+    struct Probe {
+        var hash: UInt32
+        var offset: UInt32
+        var length: UInt32
+        /// The entry's index + 1 (0: an empty slot), with `overriddenBit` set when the
+        /// entry carries its own answer.
+        var entry: UInt32
+        static let overriddenBit: UInt32 = 1 << 31
     }
 
     let arena: [UInt8]
     let entries: [Entry]
-    let slots: [UInt32]
+    let probes: [Probe]
     let mask: Int
     let seed: UInt64
     let overrides: [PolicyAction]
@@ -58,12 +74,22 @@ public final class RecipientTable: Sendable {
     /// Domains we receive mail for (named in the tables or configured).
     public let domainCount: Int
 
-    init(arena: [UInt8], entries: [Entry], slots: [UInt32], seed: UInt64, overrides: [PolicyAction],
+    /// `slots`: a power of two, more than `entries.count`.
+    init(arena: [UInt8], entries: [Entry], slots: Int, seed: UInt64, overrides: [PolicyAction],
          files: [String], caseSensitiveLocalPart: Bool) {
         self.arena = arena
         self.entries = entries
-        self.slots = slots
-        self.mask = slots.count - 1
+        // Entries go in in their order, as the builder's own table placed them.
+        var probes = [Probe](repeating: Probe(hash: 0, offset: 0, length: 0, entry: 0), count: slots)
+        let mask = slots - 1
+        for (index, entry) in entries.enumerated() {
+            var i = Int(entry.hash) & mask
+            while probes[i].entry != 0 { i = (i + 1) & mask }
+            probes[i] = Probe(hash: entry.hash, offset: entry.offset, length: entry.length,
+                              entry: UInt32(index + 1) | (entry.override >= 0 ? Probe.overriddenBit : 0))
+        }
+        self.probes = probes
+        self.mask = mask
         self.seed = seed
         self.overrides = overrides
         self.files = files
@@ -84,7 +110,7 @@ public final class RecipientTable: Sendable {
 
     /// Octets held by the snapshot's arrays (keys, entries, hash slots).
     public var memoryBytes: Int {
-        arena.capacity + entries.capacity * MemoryLayout<Entry>.stride + slots.capacity * 4
+        arena.capacity + entries.capacity * MemoryLayout<Entry>.stride + probes.capacity * MemoryLayout<Probe>.stride
     }
 
     @inline(__always)
@@ -101,23 +127,21 @@ public final class RecipientTable: Sendable {
         return UInt32(truncatingIfNeeded: h)
     }
 
-    /// Index of the entry with exactly this key, or nil.
-    func find(_ key: UnsafePointer<UInt8>, _ count: Int) -> Int? {
+    /// The entry with exactly this key, or nil.
+    func find(_ key: UnsafePointer<UInt8>, _ count: Int) -> Match? {
         let h = Self.hash(key, count, seed: seed)
         return arena.withUnsafeBufferPointer { arena in
-            entries.withUnsafeBufferPointer { entries in
-                slots.withUnsafeBufferPointer { slots in
-                    var i = Int(h) & mask
-                    while true {
-                        let slot = slots[i]
-                        if slot == 0 { return nil }
-                        let entry = entries[Int(slot - 1)]
-                        if entry.hash == h, Int(entry.length) == count,
-                           memcmp(arena.baseAddress! + Int(entry.offset), key, count) == 0 {
-                            return Int(slot - 1)
-                        }
-                        i = (i + 1) & mask
+            probes.withUnsafeBufferPointer { probes in
+                var i = Int(h) & mask
+                while true {
+                    let probe = probes[i]
+                    if probe.entry == 0 { return nil }
+                    if probe.hash == h, Int(probe.length) == count,
+                       memcmp(arena.baseAddress! + Int(probe.offset), key, count) == 0 {
+                        return .entry(Int(probe.entry & ~Probe.overriddenBit) - 1,
+                                      overridden: probe.entry & Probe.overriddenBit != 0)
                     }
+                    i = (i + 1) & mask
                 }
             }
         }
@@ -133,16 +157,16 @@ public final class RecipientTable: Sendable {
             guard case .success(let a) = result else { return .notOurDomain }
             let domainKey = buffer + a.localLength  // "@domain"
             let domainLength = a.length - a.localLength
-            guard let domain = find(domainKey, domainLength) else { return .notOurDomain }
-            if a.localLength > 0, let full = find(buffer, a.length) { return .entry(full) }
+            guard case .entry(let domain, let overridden)? = find(domainKey, domainLength) else { return .notOurDomain }
+            if a.localLength > 0, let full = find(buffer, a.length) { return full }
             if let split = a.extensionAt {
                 // Build "user@domain" behind the address and try that.
                 let stripped = buffer + a.length
                 stripped.update(from: buffer, count: split)
                 (stripped + split).update(from: domainKey, count: domainLength)
-                if let found = find(stripped, split + domainLength) { return .entry(found) }
+                if let found = find(stripped, split + domainLength) { return found }
             }
-            return entries[domain].kind == .catchAll ? .entry(domain) : .unknown
+            return entries[domain].kind == .catchAll ? .entry(domain, overridden: overridden) : .unknown
         }
     }
 
@@ -156,7 +180,7 @@ public final class RecipientTable: Sendable {
         case .noAddress: return .noAddress
         case .notOurDomain: return .notOurDomain
         case .unknown: return .unknown
-        case .entry(let index):
+        case .entry(let index, _):
             let entry = entries[index]
             let file = files[Int(entry.file)]
             if entry.override >= 0 { return .override(overrides[Int(entry.override)], file: file, line: Int(entry.line)) }
@@ -182,7 +206,7 @@ public final class RecipientTable: Sendable {
                 return String(decoding: UnsafeBufferPointer(start: buffer, count: a.length), as: UTF8.self)
             }
         }
-        if case .entry(let index) = match(address, rules: rules) { return (normalised, key(of: index)) }
+        if case .entry(let index, _) = match(address, rules: rules) { return (normalised, key(of: index)) }
         return (normalised, nil)
     }
 }
@@ -309,7 +333,7 @@ struct RecipientTableBuilder {
         let arena = arena.capacity > arena.count + arena.count / 8 + 4096 ? arena.withUnsafeBufferPointer { Array($0) } : arena
         let entries = entries.capacity > entries.count + entries.count / 8 + 256
             ? entries.withUnsafeBufferPointer { Array($0) } : entries
-        return RecipientTable(arena: arena, entries: entries, slots: slots, seed: seed, overrides: overrides,
+        return RecipientTable(arena: arena, entries: entries, slots: slots.count, seed: seed, overrides: overrides,
                               files: files, caseSensitiveLocalPart: rules.caseSensitiveLocalPart)
     }
 }

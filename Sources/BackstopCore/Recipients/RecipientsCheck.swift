@@ -231,9 +231,9 @@ public final class RecipientsCheck: ReloadableCheck {
             }
             let action = rejectHasPlaceholder ? Self.fill(settings.rejectAction, recipient: request.recipient) : settings.rejectAction
             return Verdict(action, reason: "unknown_recipient")
-        case .entry(let index):
-            let override = table.entries[index].override
-            if override >= 0 {
+        case .entry(let index, let overridden):
+            if overridden {
+                let override = table.entries[index].override
                 lookups[LookupCounter.override.rawValue].increment()
                 return Verdict(Self.fill(table.overrides[Int(override)], recipient: request.recipient), reason: "recipient_override")
             }

@@ -189,8 +189,9 @@ public final class SPFCheck: RetirableCheck {
         if let skip = senderSkip(client: client, sender: sender, helo: helo) { return .now(.noOpinion("spf=skipped(\(skip))")) }
         let instance = request.instance
         let message = context.message
-        // One clock reading for the message's state, the outcome cache and what is kept.
-        let now = NIODeadline.now()
+        // One clock reading for the message's state, the outcome cache and what is kept:
+        // the request's own.
+        let now = context.now
         if !instance.isEmpty,
            let state = messageState(instance, client: client, sender: sender, helo: helo, message: message, now: now) {
             return .now(verdict(for: state.evaluated, header: state.header))

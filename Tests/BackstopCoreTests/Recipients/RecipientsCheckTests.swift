@@ -27,7 +27,7 @@ import BackstopSPF
         let dir = try RecipientTableDirectory()
         // Tabs as well as spaces between a key, its answer's word and the text (postmap reads both).
         try dir.write("recipients", "alice@example.com OK\ngone@example.com REJECT 5.1.6 {recipient} has left\n"
-                      + "tab@example.com\tREJECT\tMailbox closed\n")
+                      + "tab@example.com\tREJECT\tMailbox closed\n@closed.example REJECT 5.1.6 {recipient}: this domain is closed\n")
         let config = try configuration(dir, "reload_interval = \"0s\"")
         let check = try #require(try config.checks["recipients"]?.makeCheck(CheckBuildContext(logger: logger)) as? RecipientsCheck)
 
@@ -42,6 +42,9 @@ import BackstopSPF
         let gone = check.verdict(for: recipientRequest("gone@example.com"))
         #expect(gone == Verdict(.reject("5.1.6 gone@example.com has left"), reason: "recipient_override"))
         #expect(check.verdict(for: recipientRequest("tab@example.com")) == Verdict(.reject("Mailbox closed"), reason: "recipient_override"))
+        // A catch-all with an answer of its own gives it for every address of its domain.
+        #expect(check.verdict(for: recipientRequest("anyone@closed.example"))
+                == Verdict(.reject("5.1.6 anyone@closed.example: this domain is closed"), reason: "recipient_override"))
     }
 
     /// RFC 5321 §4.5.1: postmaster@ a domain we receive mail for must be accepted. A table
