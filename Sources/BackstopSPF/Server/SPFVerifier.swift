@@ -138,8 +138,11 @@ public final class SPFVerifier: Sendable {
         let fingerprint: Int
 
         init(_ fields: Fields) {
+            // Hashed in place (`hashValue` went through the generic path, with a copy).
+            var hasher = Hasher()
+            fields.hash(into: &hasher)
+            fingerprint = hasher.finalize()
             self.fields = fields
-            fingerprint = fields.hashValue
         }
 
         static func == (a: OutcomeKey, b: OutcomeKey) -> Bool { a.fingerprint == b.fingerprint && a.fields == b.fields }
@@ -173,11 +176,14 @@ public final class SPFVerifier: Sendable {
             self.key = key.fields
             self.kept = kept
         }
+
+        /// Whether it was kept under `fields` (compared where it lies, not copied out).
+        func isKept(under fields: borrowing OutcomeKey.Fields) -> Bool { key == fields }
     }
 
     /// What the cache holds for `key`, when it is that key's.
     private func kept(_ key: OutcomeKey, now: NIODeadline) -> KeptOutcome.Kept? {
-        guard let entry = outcomes.value(key.slot, now: now), entry.key == key.fields else { return nil }
+        guard let entry = outcomes.value(key.slot, now: now), entry.isKept(under: key.fields) else { return nil }
         return entry.kept
     }
 
