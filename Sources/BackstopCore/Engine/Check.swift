@@ -16,6 +16,8 @@ public struct CheckContext: Sendable {
     public let message: ConnectionMessage?
     /// When the request was taken up: a check that needs the time reads it here rather than
     /// asking the clock again (one reading serves the connection, the engine and the checks).
+    /// A check that runs after one that answered later sees the same instant, up to
+    /// policy.deadline earlier than the clock: good enough for expiries counted in minutes.
     public let now: NIODeadline
 
     public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger, message: ConnectionMessage? = nil,

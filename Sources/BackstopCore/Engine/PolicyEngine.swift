@@ -48,6 +48,8 @@ public final class PolicyEngine: Sendable {
     /// Whether decisions carry their trail (what each check said), which only the decision
     /// log line reads: false when the configuration's logging writes no such line (a level
     /// above info, or log.decisions = "none"); a reload that changes either builds a new engine.
+    /// (A reload that lowers the level to info logs the few decisions the old engine makes
+    /// until every loop has the new one without their checks' fields.)
     let keepsTrail: Bool
 
     public init(stages: [ProtocolState: [any Check]], testMode: Bool = false, deadline: TimeAmount = PolicySettings.defaultDeadline,

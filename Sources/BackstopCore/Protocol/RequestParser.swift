@@ -138,12 +138,11 @@ public struct RequestParser: Sendable {
 
     private mutating func finishRequest(allowMissingRequest: Bool) throws -> PolicyRequest {
         fillKnown()
-        let known = index
         let requestIndex = Attribute.request.rawValue * 2
-        if known[requestIndex] < 0 {
+        if index[requestIndex] < 0 {
             if !allowMissingRequest { throw ProtocolError.missingRequestAttribute }
         } else {
-            let start = Int(known[requestIndex]), end = Int(known[requestIndex + 1])
+            let start = Int(index[requestIndex]), end = Int(index[requestIndex + 1])
             let expected: StaticString = "smtpd_access_policy"
             let same = end - start == expected.utf8CodeUnitCount && pending.withUnsafeBytes {
                 memcmp($0.baseAddress! + start, expected.utf8Start, end - start) == 0

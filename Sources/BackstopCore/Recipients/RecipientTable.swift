@@ -79,6 +79,9 @@ public final class RecipientTable: Sendable {
          files: [String], caseSensitiveLocalPart: Bool) {
         self.arena = arena
         self.entries = entries
+        // An entry index and the override bit share a slot's last word (a table has far
+        // fewer entries: 4 GiB of keys of at least three octets each).
+        precondition(entries.count < Int(Probe.overriddenBit), "too many recipient entries")
         // Entries go in in their order, as the builder's own table placed them.
         var probes = [Probe](repeating: Probe(hash: 0, offset: 0, length: 0, entry: 0), count: slots)
         let mask = slots - 1
@@ -328,12 +331,16 @@ struct RecipientTableBuilder {
     /// Octets of key storage so far: a table is limited to 4 GiB of keys.
     var arenaSize: Int { arena.count + dropped }
 
-    func finish(files: [String]) -> RecipientTable {
+    /// The snapshot. The builder's own hash table is let go first: the snapshot builds its
+    /// slots from the entries, and both at once would raise the peak of a large load.
+    mutating func finish(files: [String]) -> RecipientTable {
+        let slotCount = slots.count
+        slots = []
         // Give back what the estimates reserved too much of: the snapshot lives long.
         let arena = arena.capacity > arena.count + arena.count / 8 + 4096 ? arena.withUnsafeBufferPointer { Array($0) } : arena
         let entries = entries.capacity > entries.count + entries.count / 8 + 256
             ? entries.withUnsafeBufferPointer { Array($0) } : entries
-        return RecipientTable(arena: arena, entries: entries, slots: slots.count, seed: seed, overrides: overrides,
+        return RecipientTable(arena: arena, entries: entries, slots: slotCount, seed: seed, overrides: overrides,
                               files: files, caseSensitiveLocalPart: rules.caseSensitiveLocalPart)
     }
 }
