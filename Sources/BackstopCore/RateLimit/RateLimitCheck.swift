@@ -109,8 +109,9 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
         return run(indices[...], request, context, Progress())
     }
 
+    /// `progress` is consumed: taken over, not copied (each copy took a reference per hit).
     private func run(_ pending: ArraySlice<Int>, _ request: PolicyRequest, _ context: CheckContext,
-                     _ progress: Progress) -> Answer<Verdict> {
+                     _ progress: consuming Progress) -> Answer<Verdict> {
         var progress = progress
         var pending = pending
         while let index = pending.popFirst() {

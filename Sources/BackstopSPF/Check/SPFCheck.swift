@@ -241,15 +241,18 @@ public final class SPFCheck: RetirableCheck {
                               message: ConnectionMessage?, now: NIODeadline, arriving: Bool = true) -> MessageState? {
         var state: MessageState?
         if let message, !message.isEnded {
-            if let held = heldMessage(message, instance) {
+            // The slot is read once (a read takes a reference and a cast).
+            let memo = message.memo
+            let slot = memo as AnyObject? as? HeldMessage
+            if let held = slot, Octets.equal(held.instance, instance) {
                 guard held.expires > now else { return nil }
                 state = held.state
             } else if !arriving {
                 state = messages.value(MessageKey(instance), now: now)
-            } else if let held = message.memo as AnyObject? as? HeldMessage, held.messages === messages {
+            } else if let held = slot, held.messages === messages {
                 held.begin(instance: instance, now: now)
             } else {
-                let first = message.memo == nil
+                let first = memo == nil
                 let held = HeldMessage(instance: instance, now: now, messages: messages)
                 message.memo = held
                 if first, let found = messages.value(MessageKey(instance), now: now) {
@@ -373,7 +376,7 @@ public final class SPFCheck: RetirableCheck {
     // MARK: actions and headers
 
     func verdict(for evaluated: SPFEvaluated, header once: HeaderOnce?) -> Verdict {
-        if let helo = evaluated.helo, helo.result == .fail {
+        if evaluated.helo?.result == .fail, let helo = evaluated.helo {
             return refusalOrHeader(helo, once: once, strict: false)
         }
         // Each outcome is read where it is: `a ?? b` would copy one.
@@ -461,15 +464,16 @@ public final class SPFCheck: RetirableCheck {
     }
 
     func log(_ evaluated: SPFEvaluated, _ logger: Logger) {
+        // The counts need the results only: an outcome is bound (copied) only to be logged.
+        if let result = evaluated.helo?.result { verifier.metrics.results[result.index].increment() }
+        if let result = evaluated.mailfrom?.result { verifier.metrics.results[result.index].increment() }
+        guard logsOutcomes else { return }
         if let helo = evaluated.helo { log(helo, logger) }
         if let mailfrom = evaluated.mailfrom { log(mailfrom, logger) }
     }
 
     private func log(_ outcome: SPFOutcome, _ logger: Logger) {
-        verifier.metrics.results[outcome.result.index].increment()
-        if logsOutcomes {
-            logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) cached=\(outcome.cached) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
-        }
+        logger.debug("spf result=\(outcome.result.rawValue) identity=\(outcome.query.identity.rawValue) domain=\(LogEscaping.field(outcome.query.domain)) client=\(LogEscaping.field(outcome.query.clientAddress)) mechanism=\(LogEscaping.field(outcome.mechanism ?? "-")) problem=\(LogEscaping.field(outcome.problem ?? "-")) lookups=\(outcome.lookups) cached=\(outcome.cached) elapsed_ms=\(outcome.elapsed.nanoseconds / 1_000_000)")
     }
 }
 

@@ -208,6 +208,20 @@ public struct SPFOutcome: Sendable, Equatable {
                          problem: problem.map { $0.prefix(octets: SPFOutcome.maxProblem) }))
     }
 
+    /// This outcome as the outcome cache answers it for `query`: the evaluation's fields
+    /// shared (one reference), the query, `cached` and `elapsed` its own. Built directly, so
+    /// the kept outcome's query is neither retained nor released on the way.
+    func answering(_ query: SPFQuery) -> SPFOutcome {
+        SPFOutcome(box: box, query: query, elapsed: .zero, cached: true)
+    }
+
+    private init(box: Box, query: SPFQuery, elapsed: TimeAmount, cached: Bool) {
+        self.box = box
+        self.query = query
+        self.elapsed = elapsed
+        self.cached = cached
+    }
+
     /// Approximate memory held, for cache budgets.
     var cost: Int {
         200 + query.clientAddress.utf8.count + query.sender.utf8.count + query.helo.utf8.count

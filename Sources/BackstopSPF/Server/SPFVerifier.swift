@@ -180,12 +180,25 @@ public final class SPFVerifier: Sendable {
 
         /// Whether it was kept under `fields` (compared where it lies, not copied out).
         func isKept(under fields: borrowing OutcomeKey.Fields) -> Bool { key == fields }
+
+        /// The kept outcome as answered to `query`, or nil when this entry only says to
+        /// look again (read where it lies: no copy of the outcome on the way).
+        func answer(_ query: SPFQuery) -> SPFOutcome? {
+            guard case .outcome(let outcome) = kept else { return nil }
+            return outcome.answering(query)
+        }
+
+        /// What to look again with, when the outcome depends on more than client and domain.
+        var refinement: SPFMacroSet? {
+            guard case .refine(let macros) = kept else { return nil }
+            return macros
+        }
     }
 
     /// What the cache holds for `key`, when it is that key's.
-    private func kept(_ key: OutcomeKey, now: NIODeadline) -> KeptOutcome.Kept? {
+    private func kept(_ key: OutcomeKey, now: NIODeadline) -> KeptOutcome? {
         guard let entry = outcomes.value(key.slot, now: now), entry.isKept(under: key.fields) else { return nil }
-        return entry.kept
+        return entry
     }
 
     /// What an evaluation of `query` is keyed on before its records are known.
@@ -209,15 +222,12 @@ public final class SPFVerifier: Sendable {
         if Octets.containsNUL(query.checkedMailbox) { return nil }
         let key = baseKey(query, client: client, domain: query.domain)
         var entry = kept(key, now: now)
-        if case .refine(let macros)? = entry { entry = kept(refined(key, query, macros), now: now) }
-        guard case .outcome(var outcome)? = entry else {
+        if let macros = entry?.refinement { entry = kept(refined(key, query, macros), now: now) }
+        guard let outcome = entry?.answer(query) else {
             metrics.outcomeCacheMisses.increment()
             return nil
         }
         metrics.outcomeCacheHits.increment()
-        outcome.query = query
-        outcome.cached = true
-        outcome.elapsed = .zero
         return outcome
     }
 
