@@ -21,7 +21,8 @@ private let storeDown = "DEFER 4.3.0 Rate-limit store unavailable"
 private let overLimit = "DEFER 4.7.1 Rate limit exceeded, try again later"
 
 /// `timeout` is the store's connect and statement timeout; the deadline is 4 s longer.
-private func configuration(port: Int, limit: String, timeout: Int = 2, user: String = "postgres", key: String = "client_address") -> String {
+private func configuration(port: Int, limit: String, burst: Int? = nil, timeout: Int = 2, user: String = "postgres",
+                           key: String = "client_address") -> String {
     """
     [[listen]]
     address = "127.0.0.1:0"
@@ -47,7 +48,7 @@ private func configuration(port: Int, limit: String, timeout: Int = 2, user: Str
     name = "shared"
     key = "\(key)"
     count = "recipient"
-    limit = "\(limit)"
+    limit = "\(limit)"\(burst.map { "\nburst = \($0)" } ?? "")
     fail_action = "\(storeDown)"
     """
 }
@@ -103,6 +104,12 @@ private func action(_ answer: String?) -> String {
 /// Waits until the store counts (the pool is up), using a key of its own. A busy test
 /// machine may need a while for the first connections.
 /// Whether a request from `client` is let through again within `seconds` (asked every 100 ms).
+/// Takes `client`'s whole limit of `count` hits: they pass, the next one is refused.
+private func exhaust(_ connection: Connection, _ client: String, count: Int) async throws {
+    for _ in 0..<count { #expect(try await ask(connection, rcpt(client)) == "DUNNO") }
+    #expect(try await ask(connection, rcpt(client)) == overLimit)
+}
+
 private func freedWithin(seconds: Int, _ connection: Connection, _ client: String) async throws -> Bool {
     for _ in 0..<(seconds * 10) {
         try await Task.sleep(nanoseconds: 100_000_000)
@@ -225,15 +232,13 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             let limited = try await Instance.start(configuration(port: pg.port, limit: "5/1h", timeout: 8, user: "limited"))
             let client = try limited.client()
             try await waitUntilCounting(client, key: "192.0.2.250")
-            for _ in 0..<5 { #expect(try await ask(client, rcpt("198.51.100.7")) == "DUNNO") }
-            #expect(try await ask(client, rcpt("198.51.100.7")) == overLimit)
+            try await exhaust(client, "198.51.100.7", count: 5)
             await limited.stop()
             // The limit raised in rate but lowered in burst (a reload, or a host with the new
             // configuration): the key's hour-long row counts as the new burst used (the first
             // hit is refused and brings it back), so one hit is free again after 10 ms, not
             // after an hour.
-            let faster = try await Instance.start(configuration(port: pg.port, limit: "100/1s", timeout: 8, user: "limited")
-                .replacingOccurrences(of: "limit = \"100/1s\"", with: "limit = \"100/1s\"\nburst = 3"))
+            let faster = try await Instance.start(configuration(port: pg.port, limit: "100/1s", burst: 3, timeout: 8, user: "limited"))
             let again = try faster.client()
             try await waitUntilCounting(again, key: "192.0.2.251")
             #expect(try await ask(again, rcpt("198.51.100.7")) == overLimit)
@@ -252,11 +257,9 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
             let first = try await Instance.start(configuration(port: pg.port, limit: "5/1h", timeout: 8))
             let client = try first.client()
             try await waitUntilCounting(client, key: "192.0.2.252")
-            for _ in 0..<5 { #expect(try await ask(client, rcpt("198.51.100.8")) == "DUNNO") }
-            #expect(try await ask(client, rcpt("198.51.100.8")) == overLimit)
+            try await exhaust(client, "198.51.100.8", count: 5)
             await first.stop()
-            let lowered = try await Instance.start(configuration(port: pg.port, limit: "3000/1h", timeout: 8)
-                .replacingOccurrences(of: "limit = \"3000/1h\"", with: "limit = \"3000/1h\"\nburst = 2700"))
+            let lowered = try await Instance.start(configuration(port: pg.port, limit: "3000/1h", burst: 2700, timeout: 8))
             let again = try lowered.client()
             try await waitUntilCounting(again, key: "192.0.2.253")
             #expect(try await ask(again, rcpt("198.51.100.8")) == overLimit)
