@@ -84,9 +84,7 @@ public enum BATVTag {
     /// with a tag it stays within the 64 octets RFC 5321 allows. Signing makes tags only for
     /// these; a bounce to any other address of ours comes back untagged, as it left.
     public static func signable(_ address: String) -> Bool {
-        var address = address
-        return address.withUTF8 { octets in
-            let all = UnsafeRawBufferPointer(octets)
+        Octets.with(address) { all in
             guard let at = all.lastIndex(of: UInt8(ascii: "@")), at + tagOverhead <= maxLocalPartOctets else { return false }
             return DotAtom.check(UnsafeRawBufferPointer(rebasing: all[..<at]), utf8: true)
         }

@@ -26,8 +26,7 @@ extension PolicyAction {
     /// Works on the octets: "{" and "}" are ASCII, so they never fall inside a multi-octet
     /// character, and every name handed to `value` is a slice of `text` on Unicode scalar boundaries.
     public static func fill(_ text: String, _ value: (Substring) -> String?) -> String {
-        var octetsOf = text
-        return octetsOf.withUTF8 { octets -> String in
+        Octets.with(text) { octets -> String in
             guard var open = octets.firstIndex(of: UInt8(ascii: "{")) else { return text }
             let utf8 = text.utf8
             var out: [UInt8] = []
@@ -36,9 +35,9 @@ extension PolicyAction {
             while true {
                 if let close = octets[(open + 1)...].firstIndex(of: UInt8(ascii: "}")) {
                     let name = text[utf8.index(utf8.startIndex, offsetBy: open + 1)..<utf8.index(utf8.startIndex, offsetBy: close)]
-                    if var filled = value(name) {
+                    if let filled = value(name) {
                         out.append(contentsOf: octets[copied..<open])
-                        filled.withUTF8 { out.append(contentsOf: $0) }
+                        Octets.with(filled) { out.append(contentsOf: $0) }
                         copied = close + 1
                     }
                 }

@@ -60,8 +60,7 @@ public struct RecipientLookupReport: Sendable {
         let result = table.lookup(address, rules: settings.rules)
         let (normalised, key) = table.explain(address, rules: settings.rules)
         var answer = PolicyAction.dunno
-        var copy = address
-        let accepted = result == .unknown ? copy.withUTF8 { settings.acceptsUnlisted(UnsafeRawBufferPointer($0)) } : nil
+        let accepted = result == .unknown ? Octets.with(address) { settings.acceptsUnlisted($0) } : nil
         switch result {
         case .unknown where accepted != nil: break
         case .unknown: answer = RecipientsCheck.fill(settings.rejectAction, recipient: address)

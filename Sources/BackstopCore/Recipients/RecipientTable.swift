@@ -202,9 +202,8 @@ public final class RecipientTable: Sendable {
         -> (normalised: String?, matchedKey: String?) {
         var rules = rules
         rules.caseSensitiveLocalPart = caseSensitiveLocalPart
-        var copy = address
-        let normalised: String? = copy.withUTF8 { bytes in
-            AddressNormaliser.withNormalised(UnsafeRawBufferPointer(bytes), rules: rules, forLookup: true) { result, buffer in
+        let normalised: String? = Octets.with(address) { bytes in
+            AddressNormaliser.withNormalised(bytes, rules: rules, forLookup: true) { result, buffer in
                 guard case .success(let a) = result else { return nil }
                 return String(decoding: UnsafeBufferPointer(start: buffer, count: a.length), as: UTF8.self)
             }

@@ -259,8 +259,7 @@ public final class RecipientsCheck: ReloadableCheck {
         switch table.match(address, rules: settings.rules) {
         case .noAddress, .notOurDomain: return .unknown
         case .unknown:
-            var copy = address
-            if copy.withUTF8({ Self.isPostmaster(UnsafeRawBufferPointer($0)) }) { return .known }
+            if Octets.with(address, { Self.isPostmaster($0) }) { return .known }
             return directory.newestEditFailed ? .fault("the newest edit of the recipient table is broken") : .unknown
         case .entry: return .known
         }

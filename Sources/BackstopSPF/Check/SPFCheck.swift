@@ -87,6 +87,9 @@ public final class SPFCheck: RetirableCheck {
             self.messages = messages
         }
 
+        /// Whether this is the message `instance` names.
+        func holds(_ instance: String) -> Bool { Octets.equal(self.instance, instance) }
+
         /// The connection's next message begins.
         func begin(instance: String, now: NIODeadline) {
             self.instance = instance
@@ -244,7 +247,7 @@ public final class SPFCheck: RetirableCheck {
             // The slot is read once (a read takes a reference and a cast).
             let memo = message.memo
             let slot = memo as AnyObject? as? HeldMessage
-            if let held = slot, Octets.equal(held.instance, instance) {
+            if let held = slot, held.holds(instance) {
                 guard held.expires > now else { return nil }
                 state = held.state
             } else if !arriving {
@@ -280,7 +283,7 @@ public final class SPFCheck: RetirableCheck {
 
     /// The connection's slot, when it holds the message `instance` names.
     private func heldMessage(_ message: ConnectionMessage, _ instance: String) -> HeldMessage? {
-        guard let held = message.memo as AnyObject? as? HeldMessage, Octets.equal(held.instance, instance) else { return nil }
+        guard let held = message.memo as AnyObject? as? HeldMessage, held.holds(instance) else { return nil }
         return held
     }
 

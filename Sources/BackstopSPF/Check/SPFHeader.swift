@@ -12,12 +12,10 @@ public enum SPFHeader {
     /// receiver= field (a dot-atom as it is, anything else quoted) and in the comment. Made
     /// once per configuration: every line of a server has the same receiver.
     public struct Receiver: Sendable {
-        public let name: String
         let value: String
         let comment: String
 
         public init(_ name: String) {
-            self.name = name
             let octets = name.utf8.count
             value = Builder.build(capacity: 2 * octets + 2) { $0.value(name) }
             comment = Builder.build(capacity: octets) { $0.commentText(name) }

@@ -57,10 +57,9 @@ public struct SPFQuery: Sendable, Hashable {
 
     /// The mailbox checked and its domain, found on octets (this runs for every request).
     static func mailbox(sender: String, helo: String) -> (String, String) {
-        var copy = sender
         // Where the last "@" is, whether any octet is not ASCII, and the domain after the "@"
         // made from those octets (no String index arithmetic).
-        let (at, ascii, after) = copy.withUTF8 { octets -> (Int?, Bool, String) in
+        let (at, ascii, after) = Octets.with(sender) { octets -> (Int?, Bool, String) in
             var at: Int?
             var high: UInt8 = 0
             for (i, b) in octets.enumerated() {
@@ -68,7 +67,7 @@ public struct SPFQuery: Sendable, Hashable {
                 high |= b
             }
             guard let at else { return (nil, high < 0x80, "") }
-            return (at, high < 0x80, String(decoding: UnsafeBufferPointer(rebasing: octets[(at + 1)...]), as: UTF8.self))
+            return (at, high < 0x80, String(decoding: octets[(at + 1)...], as: UTF8.self))
         }
         let mailbox: String, domain: String
         if sender.isEmpty {
@@ -93,8 +92,7 @@ public struct SPFQuery: Sendable, Hashable {
     /// Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or nil when it can. Read from
     /// octets: this runs for every evaluation.
     public static func domainProblem(_ domain: String) -> String? {
-        var copy = domain
-        return copy.withUTF8 { octets -> String? in
+        Octets.with(domain) { octets -> String? in
             var name = octets[...]
             if name.last == UInt8(ascii: ".") { name = name.dropLast() }
             if name.isEmpty { return "empty domain" }
