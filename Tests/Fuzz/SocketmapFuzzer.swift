@@ -19,7 +19,8 @@ public func fuzzSocketmap(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                 if let tagged = BATVTag.parse(request.key) {
                     precondition((0...9).contains(tagged.keyNumber) && (0...999).contains(tagged.expiryDay))
                     precondition(tagged.signature.utf8.count == 6 && tagged.signature == tagged.signature.lowercased())
-                    precondition(tagged.address.contains("@") && !tagged.address.hasPrefix("@"))
+                    // Octets, not Characters: "@" followed by a combining mark is one Character.
+                    precondition(tagged.address.utf8.contains(UInt8(ascii: "@")) && tagged.address.utf8.first != UInt8(ascii: "@"))
                     precondition(BATVTag.looksTagged(request.key))
                 }
                 for reply: SocketmapReply in [.ok(request.key), .temp(request.map), .perm(request.key), .notFound] {

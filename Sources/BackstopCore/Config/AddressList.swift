@@ -41,10 +41,12 @@ public struct AddressList: Sendable, Equatable {
     public func contains(_ address: String) -> Bool {
         if isEmpty { return false }
         let lowered = address.lowercased()
-        guard let at = lowered.lastIndex(of: "@"), let domain = Self.domainForm(lowered[lowered.index(after: at)...]) else {
+        // The last "@" octet: followed by a combining mark it is no Character of its own.
+        guard let at = lowered.utf8.lastIndex(of: UInt8(ascii: "@")),
+              let domain = Self.domainForm(Substring(lowered.utf8[lowered.utf8.index(after: at)...])) else {
             return false
         }
-        let local = lowered[..<at]
+        let local = Substring(lowered.utf8[..<at])
         if domains.contains(domain) || localParts.contains(String(local)) || addresses.contains(local + "@" + domain) { return true }
         guard !delimiters.isEmpty, let cut = local.utf8.firstIndex(where: { delimiters.contains($0) }), cut != local.startIndex else {
             return false

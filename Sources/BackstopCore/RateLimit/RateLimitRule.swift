@@ -105,7 +105,8 @@ public struct RateLimitRule: Sendable {
         }
         if !exemptSenderDomains.isEmpty {
             let sender = request.sender
-            if let at = sender.lastIndex(of: "@"), let domain = RateLimitRule.comparedForm(sender[sender.index(after: at)...]) {
+            if let at = sender.utf8.lastIndex(of: UInt8(ascii: "@")),
+               let domain = RateLimitRule.comparedForm(Substring(sender.utf8[sender.utf8.index(after: at)...])) {
                 for exempt in exemptSenderDomains {
                     if exempt.hasPrefix(".") ? domain.hasSuffix(exempt) : domain == exempt { return false }
                 }

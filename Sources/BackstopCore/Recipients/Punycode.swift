@@ -126,9 +126,11 @@ public enum DomainName {
     /// The longest label in octets (RFC 1035). A U-label encodes to at least as many octets
     /// as it has code points, so one with more cannot be converted.
     public static let maxLabel = 63
+    private static let marks: Set<Unicode.GeneralCategory> = [.nonspacingMark, .spacingMark, .enclosingMark]
 
     /// Lowercase A-label form without a trailing dot, or nil when a label cannot be
-    /// converted (an empty label in the middle, a U-label Punycode cannot encode).
+    /// converted (an empty label in the middle, a U-label Punycode cannot encode, one that
+    /// begins with a combining mark).
     public static func asciiForm(_ domain: String) -> String? {
         var labels: [String] = []
         var current = String.UnicodeScalarView()
@@ -157,6 +159,9 @@ public enum DomainName {
                 guard label.unicodeScalars.count <= 4 * maxLabel else { return nil }
                 let unicode = label.precomposedStringWithCanonicalMapping.lowercased()
                 guard unicode.unicodeScalars.count <= maxLabel else { return nil }
+                // No label begins with a combining mark (RFC 5891 §4.2.3.2); Postfix's ICU
+                // refuses one too.
+                if let first = unicode.unicodeScalars.first, marks.contains(first.properties.generalCategory) { return nil }
                 guard let encoded = Punycode.encode(unicode) else { return nil }
                 out.append("xn--" + encoded)
             }

@@ -88,12 +88,16 @@ enum AddressNormaliser {
     static func prepareUnicode(_ input: UnsafeRawBufferPointer, rules: RecipientNormalisation,
                                forLookup: Bool) -> Result<[UInt8], Failure> {
         if let offset = firstInvalidUTF8(input) { return .failure(.invalidUTF8(offset)) }
-        var text = String(decoding: input, as: UTF8.self)
-        if forLookup, text.hasPrefix("<"), text.hasSuffix(">"), text.count >= 2 { text = String(text.dropFirst().dropLast()) }
-        guard let at = text.lastIndex(of: "@") else { return .failure(.noAt) }
-        var local = String(text[..<at]).precomposedStringWithCanonicalMapping
+        // Split by octets: an "@" followed by a combining mark is one Character, and would
+        // hide from a Character search.
+        var body = input[...]
+        if forLookup, body.count >= 2, body.first == UInt8(ascii: "<"), body.last == UInt8(ascii: ">") {
+            body = body.dropFirst().dropLast()
+        }
+        guard let at = body.lastIndex(of: UInt8(ascii: "@")) else { return .failure(.noAt) }
+        var local = String(decoding: body[..<at], as: UTF8.self).precomposedStringWithCanonicalMapping
         if !rules.caseSensitiveLocalPart { local = foldCase(local) }
-        let domainText = String(text[text.index(after: at)...])
+        let domainText = String(decoding: body[(at + 1)...], as: UTF8.self)
         guard !domainText.isEmpty, domainText != "." else { return .failure(.emptyDomain) }
         guard let domain = DomainName.asciiForm(domainText) else {
             return .failure(.badDomain(LogEscaping.escape(domainText)))

@@ -135,6 +135,16 @@ import Testing
         let bytes: [UInt8] = Array("j".utf8) + [0xF6] + Array("rg@example.com".utf8)
         let match = bytes.withUnsafeBytes { table.match($0, rules: RecipientNormalisation()) }
         #expect(match == .notOurDomain)
+        // The last "@" octet separates the domain, even when a combining mark follows it and
+        // makes it part of one Character (found by the socketmap fuzzer, in BATV).
+        let split = Array("ü@x@\u{301}example.com".utf8).withUnsafeBytes {
+            AddressNormaliser.prepareUnicode($0, rules: RecipientNormalisation(), forLookup: true)
+        }
+        guard case .failure(.badDomain(let domain)) = split else {
+            Issue.record("split as \(split)")
+            return
+        }
+        #expect(domain == LogEscaping.escape("\u{301}example.com"))
     }
 
     @Test func aLabelsAndULabelsAreTheSameDomain() {
@@ -145,6 +155,9 @@ import Testing
         #expect(table.lookup("info@MÜNCHEN.example") == .valid(file: file, line: 11))
         #expect(table.lookup("info@münchen。example") == .valid(file: file, line: 11))  // ideographic full stop
         #expect(table.lookup("nobody@münchen.example") == .unknown)
+        // A label may not begin with a combining mark (RFC 5891 §4.2.3.2): no domain at all.
+        #expect(DomainName.asciiForm("\u{301}münchen.example") == nil)
+        #expect(DomainName.asciiForm("mu\u{308}nchen.example") == "xn--mnchen-3ya.example", "a mark inside a label is NFC'd")
     }
 
     @Test func punycodeMatchesRFC3492() {
