@@ -121,7 +121,7 @@ public final class SPFCheck: RetirableCheck {
             "result": "temperror", "domain": "the sender's domain", "client": "this client", "sender": "this sender",
             "helo": "", "identity": "mailfrom", "explanation": "", "why": settings.explanationURL ?? "",
         ]
-        return Verdict(action.filled { values[String($0)] }, reason: "spf=temperror")
+        return Verdict(action.filled { values[$0] }, reason: "spf=temperror")
     }
 
     /// Bounds of the per-message cache: fixed (not from `result_cache_size`), so that every
@@ -424,7 +424,7 @@ public final class SPFCheck: RetirableCheck {
 
     /// What a placeholder of an action's text stands for (nil: not one of ours, left as
     /// written). Worked out only for the placeholders the text holds.
-    func value(_ name: Substring, for outcome: SPFOutcome) -> String? {
+    func value(_ name: String, for outcome: SPFOutcome) -> String? {
         switch name {
         case "explanation":
             if let text = outcome.explanation { return ResponseEncoder.sanitise(text, limit: 200) }
@@ -439,13 +439,13 @@ public final class SPFCheck: RetirableCheck {
     }
 
     /// The same for an explanation URL: each value escaped for a URL.
-    func urlValue(_ name: Substring, for outcome: SPFOutcome) -> String? {
+    func urlValue(_ name: String, for outcome: SPFOutcome) -> String? {
         guard let plain = plainValue(name, for: outcome) else { return nil }
         if name == "result" || name == "identity" { return plain }
         return String(decoding: SPFMacroContext.urlEscape(Array(plain.utf8)), as: UTF8.self)
     }
 
-    private func plainValue(_ name: Substring, for outcome: SPFOutcome) -> String? {
+    private func plainValue(_ name: String, for outcome: SPFOutcome) -> String? {
         switch name {
         case "result": outcome.result.rawValue
         case "domain": outcome.query.domain

@@ -7,7 +7,7 @@ import Testing
 struct ActionPlaceholderTests {
     let values = ["domain": "example.org", "client": "192.0.2.1", "odd": "{domain}"]
 
-    func fill(_ text: String) -> String { PolicyAction.fill(text) { values[String($0)] } }
+    func fill(_ text: String) -> String { PolicyAction.fill(text) { values[$0] } }
 
     @Test func knownNamesAreReplacedAndTheRestLeftAsWritten() {
         #expect(fill("550 5.7.23 {domain} does not allow {client}") == "550 5.7.23 example.org does not allow 192.0.2.1")
@@ -26,7 +26,7 @@ struct ActionPlaceholderTests {
     }
 
     @Test func everyActionWithTextIsFilled() {
-        let lookup: (Substring) -> String? = { values[String($0)] }
+        let lookup: (String) -> String? = { values[$0] }
         #expect(PolicyAction.reply(code: 550, enhanced: "5.7.1", text: "{domain}").filled(lookup) == .reply(code: 550, enhanced: "5.7.1", text: "example.org"))
         #expect(PolicyAction.deferIfPermit("{client}").filled(lookup) == .deferIfPermit("192.0.2.1"))
         #expect(PolicyAction.prepend("X: {domain}").filled(lookup) == .prepend("X: example.org"))
