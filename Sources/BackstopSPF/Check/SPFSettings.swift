@@ -183,7 +183,9 @@ public struct SPFSettings: CheckSettings, Equatable {
         guard let at = lowered.utf8.lastIndex(of: UInt8(ascii: "@")) else { return entries.contains(lowered + "@") }
         if lowered.utf8[at...].contains(where: { $0 >= 0x80 }) {
             // A domain in U-labels: compared in A-labels, as the entries are kept.
-            lowered = String(lowered[...at]) + asciiForm(String(lowered[lowered.index(after: at)...]))
+            // Octet indices: an "@" followed by a combining mark is one Character with it.
+            let domain = Substring(lowered.utf8[lowered.utf8.index(after: at)...])
+            lowered = String(Substring(lowered.utf8[...at])) + asciiForm(String(domain))
         }
         let utf8 = lowered.utf8
         let split = utf8.distance(from: utf8.startIndex, to: utf8.lastIndex(of: UInt8(ascii: "@"))!)
