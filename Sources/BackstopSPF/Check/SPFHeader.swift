@@ -71,7 +71,7 @@ public enum SPFHeader {
             out.literal(outcome.result.word)
             if comment {
                 out.literal(" (")
-                out.comment(outcome, mailbox: mailbox, receiver: receiver, helo: helo ?? query.helo)
+                out.comment(outcome, mailbox: mailbox, receiver: receiver.comment, helo: helo ?? query.helo)
                 out.literal(")")
             }
             out.literal(" client-ip=")
@@ -178,7 +178,9 @@ public enum SPFHeader {
         let helo = heloForHeader(query.helo) ?? query.helo
         let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + helo.utf8.count
         return Builder.build(capacity: 128 + values) { out in
-            out.comment(outcome, mailbox: query.checkedMailbox, receiver: Receiver(receiver), helo: helo)
+            // Only the receiver's comment form: Receiver would also make its quoted form.
+            let name = Builder.build(capacity: receiver.utf8.count) { $0.commentText(receiver) }
+            out.comment(outcome, mailbox: query.checkedMailbox, receiver: name, helo: helo)
         }
     }
 
@@ -266,10 +268,11 @@ public enum SPFHeader {
             }
         }
 
-        /// `helo`: the HELO name as the header shows it (heloForHeader's, or as written).
-        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: Receiver, helo heloName: String) {
+        /// `receiver`: the receiver's name as a comment writes it (Receiver.comment); `helo`:
+        /// the HELO name as the header shows it (heloForHeader's, or as written).
+        mutating func comment(_ outcome: SPFOutcome, mailbox: String, receiver: String, helo heloName: String) {
             let helo = outcome.query.identity == .helo
-            append(receiver.comment)
+            append(receiver)
             literal(": ")
             func domainOf() {
                 if helo { literal("domain ") } else { literal("domain of ") }
