@@ -129,12 +129,15 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     case .request(let request):
                         guard !decodeFailed else { return }
                         let now = NIODeadline.now()
-                        guard connection.received(request, now: now) else {
+                        switch connection.received(request, now: now) {
+                        case .queued:
+                            answerQueued(context: context, now: now)
+                        case .dropped:
+                            state.logger.info("request not answered: the connection closes after its owed answer (server stopping): peer=\(LogEscaping.field(peer))")
+                        case .overflow:
                             decodeFailed = true
                             errorCaught(context: context, error: ProtocolError.tooManyPipelined(limit: ConnectionState.maxPipelined))
-                            return
                         }
-                        answerQueued(context: context, now: now)
                     case .started:
                         connection.requestBegan(now: .now())
                     }

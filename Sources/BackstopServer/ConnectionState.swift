@@ -54,15 +54,24 @@ struct ConnectionState {
 
     // MARK: input
 
-    /// Queues a parsed request; false when `maxPipelined` are already waiting (the caller
-    /// treats that as a protocol error).
-    mutating func received(_ request: ConnectionRequest, now: NIODeadline) -> Bool {
-        guard phase == .open else { return true }
-        guard queue.count < Self.maxPipelined else { return false }
+    /// What became of a request that arrived.
+    enum Arrival: Equatable {
+        case queued
+        /// The connection is finishing (graceful stop) or closed: it is not answered, and the
+        /// caller logs that (Postfix sees the connection close, and retries or defers).
+        case dropped
+        /// `maxPipelined` were already waiting: the caller treats it as a protocol error.
+        case overflow
+    }
+
+    /// Queues a parsed request.
+    mutating func received(_ request: ConnectionRequest, now: NIODeadline) -> Arrival {
+        guard phase == .open else { return .dropped }
+        guard queue.count < Self.maxPipelined else { return .overflow }
         requestStarted = nil
         lastActivity = now
         queue.append(request)
-        return true
+        return .queued
     }
 
     mutating func requestBegan(now: NIODeadline) {

@@ -90,10 +90,10 @@ import NIOCore
         _ = c.received(request, now: start)
         _ = c.nextRequest()
         for n in 0..<ConnectionState.maxPipelined {
-            guard c.received(request, now: start) else { Issue.record("refused at \(n)"); return }
+            guard c.received(request, now: start) == .queued else { Issue.record("refused at \(n)"); return }
         }
         let over = c.received(request, now: start)
-        #expect(!over, "\(ConnectionState.maxPipelined) already wait")
+        #expect(over == .overflow, "\(ConnectionState.maxPipelined) already wait")
     }
 
     @Test func idleTimeoutRunsFromTheLastAnswer() {
@@ -121,6 +121,8 @@ import NIOCore
         #expect(!r18, "an answer is owed")
         let r19 = busy.mayRead(writable: true)
         #expect(!r19, "nothing more is read")
+        let late = busy.received(request, now: start)
+        #expect(late == .dropped, "a request that arrives after the stop is not answered (and is logged)")
         busy.answered(now: start)
         let r20 = busy.nextRequest()
         #expect(r20 != nil, "what was queued before the stop is still answered")
