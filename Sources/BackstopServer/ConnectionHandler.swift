@@ -63,6 +63,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// one pair serves the connection.
     @exclusivity(unchecked) private var registering = false
     @exclusivity(unchecked) private var ranInline = false
+    /// Whether a request that arrived during a graceful stop was logged (once per connection).
+    private var loggedDrop = false
     /// The most `outBuffer` keeps between answers (octets).
     static let keptOutCapacity = 4_096
     /// The channel's isActive and isWritable as the events that change them said, so that a
@@ -133,7 +135,11 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         case .queued:
                             answerQueued(context: context, now: now)
                         case .dropped:
-                            state.logger.info("request not answered: the connection closes after its owed answer (server stopping): peer=\(LogEscaping.field(peer))")
+                            // Once per connection: a client that pipelines gets one line, not one per request.
+                            if !loggedDrop {
+                                loggedDrop = true
+                                state.logger.info("request not answered: the connection closes after its owed answer (server stopping): peer=\(LogEscaping.field(peer))")
+                            }
                         case .overflow:
                             decodeFailed = true
                             errorCaught(context: context, error: ProtocolError.tooManyPipelined(limit: ConnectionState.maxPipelined))

@@ -143,8 +143,8 @@ public final class BATVCheck: ReloadableCheck {
 
     /// The address has a local part and its domain is one we sign for.
     func isSigningDomain(_ address: String) -> Bool {
-        guard let at = address.utf8.lastIndex(of: UInt8(ascii: "@")), at != address.utf8.startIndex else { return false }
-        var domain = String(address[address.index(after: at)...])
+        guard let (local, domainPart) = Octets.splitAddress(address), !local.isEmpty else { return false }
+        var domain = String(domainPart)
         if domain.hasSuffix(".") { domain.removeLast() }
         let ascii = domain.utf8.contains { $0 >= 0x80 } ? DomainName.asciiForm(domain) : domain.lowercased()
         return ascii.map(settings.domains.contains) ?? false

@@ -50,7 +50,7 @@ public struct BATVSettings: CheckSettings {
         let listed = section.stringArray("domains", default: [])
         if listed.isEmpty { section.report("domains", "list the domains whose senders are signed, e.g. [\"example.org\"]") }
         for domain in listed {
-            guard !domain.contains("@"), let ascii = DomainName.asciiForm(domain), !ascii.isEmpty else {
+            guard !domain.utf8.contains(UInt8(ascii: "@")), let ascii = DomainName.asciiForm(domain), !ascii.isEmpty else {
                 section.report("domains", "\"\(LogEscaping.escape(domain))\" is not a domain name (write example.org, without @)")
                 continue
             }

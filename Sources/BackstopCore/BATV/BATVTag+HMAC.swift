@@ -21,12 +21,11 @@ extension BATVTag {
     /// The address as the signature covers it: a domain in U-labels in its A-label form
     /// (an ASCII address as it is).
     static func signedForm(_ address: String) -> String {
-        guard address.utf8.contains(where: { $0 >= 0x80 }), let at = address.utf8.lastIndex(of: UInt8(ascii: "@")) else {
+        guard address.utf8.contains(where: { $0 >= 0x80 }), let (local, domain) = Octets.splitAddress(address) else {
             return address
         }
-        let domain = String(address[address.index(after: at)...])
-        guard domain.utf8.contains(where: { $0 >= 0x80 }), let ascii = DomainName.asciiForm(domain) else { return address }
-        return String(address[...at]) + ascii
+        guard domain.utf8.contains(where: { $0 >= 0x80 }), let ascii = DomainName.asciiForm(String(domain)) else { return address }
+        return local + "@" + ascii
     }
 
     /// `address` (local@domain) with a tag made today that expires `lifetimeDays` later, or

@@ -20,12 +20,12 @@ public struct AddressList: Sendable, Equatable {
     public init(reading section: ConfigSection, key: String, default fallback: [String], localParts allowLocal: Bool) {
         for entry in section.stringArray(key, default: fallback) {
             let item = entry.trimmingSpaces.lowercased()
-            if item.hasPrefix("@"), item.count > 1, !item.dropFirst().contains("@"), let domain = Self.domainForm(item.dropFirst()) {
-                domains.insert(domain)
-            } else if let at = item.firstIndex(of: "@"), at != item.startIndex, item.index(after: at) != item.endIndex,
-                      let domain = Self.domainForm(item[item.index(after: at)...]) {
-                addresses.insert(item[..<at] + "@" + domain)
-            } else if allowLocal, !item.isEmpty, !item.contains("@"), !item.contains(" ") {
+            // Split and searched by octets, as `contains` splits what it is asked about.
+            let parts = Octets.splitAddress(item)
+            if let (local, domainPart) = parts, !domainPart.isEmpty, !local.utf8.contains(UInt8(ascii: "@")),
+               let domain = Self.domainForm(domainPart) {
+                if local.isEmpty { domains.insert(domain) } else { addresses.insert(local + "@" + domain) }
+            } else if parts == nil, allowLocal, !item.isEmpty, !item.utf8.contains(UInt8(ascii: " ")) {
                 localParts.insert(item)
             } else {
                 let forms = allowLocal ? "user@example.org, @example.org for a whole domain, or user for that mailbox in every domain"
@@ -41,12 +41,9 @@ public struct AddressList: Sendable, Equatable {
     public func contains(_ address: String) -> Bool {
         if isEmpty { return false }
         let lowered = address.lowercased()
-        // The last "@" octet: followed by a combining mark it is no Character of its own.
-        guard let at = lowered.utf8.lastIndex(of: UInt8(ascii: "@")),
-              let domain = Self.domainForm(Substring(lowered.utf8[lowered.utf8.index(after: at)...])) else {
+        guard let (local, domainPart) = Octets.splitAddress(lowered), let domain = Self.domainForm(domainPart) else {
             return false
         }
-        let local = Substring(lowered.utf8[..<at])
         if domains.contains(domain) || localParts.contains(String(local)) || addresses.contains(local + "@" + domain) { return true }
         guard !delimiters.isEmpty, let cut = local.utf8.firstIndex(where: { delimiters.contains($0) }), cut != local.startIndex else {
             return false

@@ -4,7 +4,7 @@
 // (a value holding "{x}" stays as it is). A name the lookup does not know stays as written.
 // The checks say which names they know; this neither escapes nor bounds the values.
 
-import Foundation
+import Glibc
 
 extension PolicyAction {
     /// The same action with the placeholders of its text filled by `value`.

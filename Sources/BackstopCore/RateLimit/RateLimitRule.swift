@@ -105,8 +105,7 @@ public struct RateLimitRule: Sendable {
         }
         if !exemptSenderDomains.isEmpty {
             let sender = request.sender
-            if let at = sender.utf8.lastIndex(of: UInt8(ascii: "@")),
-               let domain = RateLimitRule.comparedForm(Substring(sender.utf8[sender.utf8.index(after: at)...])) {
+            if let (_, domainPart) = Octets.splitAddress(sender), let domain = RateLimitRule.comparedForm(domainPart) {
                 for exempt in exemptSenderDomains {
                     if exempt.hasPrefix(".") ? domain.hasSuffix(exempt) : domain == exempt { return false }
                 }
@@ -232,7 +231,7 @@ extension RateLimitRule {
         rule.exemptSenderDomains = s.stringArray("exempt_sender_domains", default: []).compactMap { written in
             let text = written.trimmingSpaces
             let subdomains = text.hasPrefix(".")
-            guard !text.contains("@"), let domain = RateLimitRule.comparedForm(subdomains ? text.dropFirst() : text[...]) else {
+            guard !text.utf8.contains(UInt8(ascii: "@")), let domain = RateLimitRule.comparedForm(subdomains ? text.dropFirst() : text[...]) else {
                 s.report("exempt_sender_domains", "\"\(LogEscaping.escape(written))\" is not a domain: write example.org, or .example.org for its subdomains")
                 return nil
             }

@@ -78,7 +78,8 @@ enum AddressNormaliser {
             return prepared.withUnsafeBytes { bytes in
                 withUnsafeTemporaryAllocation(of: UInt8.self, capacity: scratchCapacity(bytes.count)) { buffer in
                     let out = buffer.baseAddress!
-                    return body(normaliseASCIIDomain(bytes, into: out, rules: rules, forLookup: forLookup), out)
+                    // prepareUnicode took the angle brackets off: once, as the ASCII path does.
+                    return body(normaliseASCIIDomain(bytes, into: out, rules: rules, forLookup: forLookup, bracketed: false), out)
                 }
             }
         }
@@ -140,12 +141,14 @@ enum AddressNormaliser {
     static func lower(_ b: UInt8) -> UInt8 { (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b }
 
     /// The allocation-free path: the domain is ASCII (A-labels); the local part may hold
-    /// UTF-8 that was already case-folded by `prepareUnicode`.
+    /// UTF-8 that was already case-folded by `prepareUnicode`. `bracketed`: a lookup's
+    /// angle brackets may still be on (false when prepareUnicode has taken them off).
     static func normaliseASCIIDomain(_ input: UnsafeRawBufferPointer, into out: UnsafeMutablePointer<UInt8>,
-                                     rules: RecipientNormalisation, forLookup: Bool) -> Result<NormalisedAddress, Failure> {
+                                     rules: RecipientNormalisation, forLookup: Bool,
+                                     bracketed: Bool = true) -> Result<NormalisedAddress, Failure> {
         var start = 0
         var end = input.count
-        if forLookup, end >= 2, input[0] == UInt8(ascii: "<"), input[end - 1] == UInt8(ascii: ">") {
+        if forLookup, bracketed, end >= 2, input[0] == UInt8(ascii: "<"), input[end - 1] == UInt8(ascii: ">") {
             start += 1
             end -= 1
         }

@@ -68,7 +68,7 @@ public struct RecipientsSettings: CheckSettings {
         }
         let files = tables.prefix(Self.maxTables).map { $0.hasPrefix("/") || baseDirectory.isEmpty ? $0 : baseDirectory + "/" + $0 }
         let domains = section.stringArray("domains", default: [])
-        for domain in domains where DomainName.asciiForm(domain) == nil || domain.contains("@") || domain.isEmpty {
+        for domain in domains where DomainName.asciiForm(domain) == nil || domain.utf8.contains(UInt8(ascii: "@")) || domain.isEmpty {
             section.report("domains", "\"\(LogEscaping.escape(domain))\" is not a domain name (write example.com, without @)")
         }
         // Defaults come from the settings' own initialisers.

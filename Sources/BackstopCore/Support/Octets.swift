@@ -43,6 +43,15 @@ public enum Octets {
         with(text) { $0.isEmpty ? false : memchr($0.baseAddress!, 0, $0.count) != nil }
     }
 
+    /// `address` cut at its last "@" octet into the local part and the domain, or nil when
+    /// it has none. By octets: an "@" followed by a combining mark is one Character with the
+    /// mark, which a Character search misses and a Character index carries to one side.
+    public static func splitAddress(_ address: String) -> (local: Substring, domain: Substring)? {
+        let utf8 = address.utf8
+        guard let at = utf8.lastIndex(of: UInt8(ascii: "@")) else { return nil }
+        return (Substring(utf8[..<at]), Substring(utf8[utf8.index(after: at)...]))
+    }
+
     /// Feeds `text`'s octets, and their count, to `hasher`.
     public static func hash(_ text: String?, into hasher: inout Hasher) {
         guard let text else { return hasher.combine(-1) }

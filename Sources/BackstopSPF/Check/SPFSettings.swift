@@ -129,7 +129,7 @@ public struct SPFSettings: CheckSettings, Equatable {
         trustedClientNames = section.stringArray("trusted_client_names", default: d.trustedClientNames).map(SPFSettings.normaliseName)
         trustedHeloNames = section.stringArray("trusted_helo_names", default: d.trustedHeloNames).map(SPFSettings.normaliseName)
         skipRecipients = section.stringArray("skip_recipients", default: d.skipRecipients).map(SPFSettings.normaliseRecipientEntry)
-        for entry in skipRecipients where !entry.contains("@") || entry == "@" {
+        for entry in skipRecipients where !entry.utf8.contains(UInt8(ascii: "@")) || entry == "@" {
             section.report("skip_recipients", "\"\(LogEscaping.escape(entry))\" is not user@domain, user@ or @domain")
         }
         for name in trustedClientNames + trustedHeloNames where name.isEmpty || name == "." {
@@ -180,12 +180,10 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// matches a `local@` entry.
     static func recipientListed(_ recipient: String, in entries: [String]) -> Bool {
         var lowered = recipient.lowercased()
-        guard let at = lowered.utf8.lastIndex(of: UInt8(ascii: "@")) else { return entries.contains(lowered + "@") }
-        if lowered.utf8[at...].contains(where: { $0 >= 0x80 }) {
+        guard let (local, domain) = Octets.splitAddress(lowered) else { return entries.contains(lowered + "@") }
+        if domain.utf8.contains(where: { $0 >= 0x80 }) {
             // A domain in U-labels: compared in A-labels, as the entries are kept.
-            // Octet indices: an "@" followed by a combining mark is one Character with it.
-            let domain = Substring(lowered.utf8[lowered.utf8.index(after: at)...])
-            lowered = String(Substring(lowered.utf8[...at])) + asciiForm(String(domain))
+            lowered = local + "@" + asciiForm(String(domain))
         }
         let utf8 = lowered.utf8
         let split = utf8.distance(from: utf8.startIndex, to: utf8.lastIndex(of: UInt8(ascii: "@"))!)
@@ -201,8 +199,8 @@ public struct SPFSettings: CheckSettings, Equatable {
     /// A skip_recipients entry as recipients are compared: lowercased, its domain in A-labels.
     static func normaliseRecipientEntry(_ text: String) -> String {
         let entry = text.trimmingSpaces.lowercased()
-        guard let at = entry.lastIndex(of: "@") else { return entry }
-        return String(entry[...at]) + asciiForm(String(entry[entry.index(after: at)...]))
+        guard let (local, domain) = Octets.splitAddress(entry) else { return entry }
+        return local + "@" + asciiForm(String(domain))
     }
 
     static func normaliseDomain(_ text: String) -> String {

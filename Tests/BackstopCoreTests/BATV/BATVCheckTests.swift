@@ -72,6 +72,10 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(batv.verdict(for: rcpt("ALICE@EXAMPLE.ORG.")).reason == "batv_no_tag", "domain case and trailing dot")
         #expect(batv.verdict(for: rcpt("anna@xn--bcher-kva.example")).reason == "batv_no_tag")
         #expect(batv.verdict(for: rcpt("anna@bücher.example")).reason == "batv_no_tag", "U-label form of a signing domain")
+        // The domain starts after the "@" octet: a combining mark after it is part of the
+        // domain (which is then none), not carried to the local part's side.
+        #expect(batv.verdict(for: rcpt("anna@\u{301}example.org")) == .noOpinion(), "not a signing domain")
+        #expect(batv.signedSender("anna@\u{301}example.org") == nil)
     }
 
     @Test func exemptAddressesAndTheGraceDateLetBouncesIn() throws {
@@ -208,6 +212,10 @@ private func rcpt(_ recipient: String, sender: String = "") -> PolicyRequest {
         #expect(issues("domains = [\"example.org\"]\nlifetime = \"60d\"") == ["60d is out of range: use \"1d\" to \"30d\""])
         #expect(issues("domains = [\"example.org\"]\nverify_since = 2026-12-05") == ["write the date in quotes: verify_since = \"YYYY-MM-DD\""])
         #expect(issues("domains = [\"example.org\"]\nexempt = [\"a b\"]").first?.contains("is not an address") == true)
+        // Entries are read by octets: "@" plus a combining mark is no bare local part, and
+        // two "@" make no address.
+        #expect(issues("domains = [\"example.org\"]\nexempt = [\"@\u{301}x.example\"]").first?.contains("is not an address") == true)
+        #expect(issues("domains = [\"example.org\"]\nexempt = [\"a@b@example.org\"]").first?.contains("is not an address") == true)
         #expect(issues("domains = [\"example.org\"]\nkey_fiel = \"x\"").count == 1, "unknown keys are errors")
 
         let noListener = try Configuration.parse("[policy]\nrcpt = [\"batv\"]\n[batv]\ndomains = [\"example.org\"]", file: "b.toml")

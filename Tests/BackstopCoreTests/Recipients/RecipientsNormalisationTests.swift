@@ -116,6 +116,14 @@ import Testing
         #expect(table.lookup("prvs=1234abcdef=alice@example.com", rules: off) == .unknown)
     }
 
+    @Test func angleBracketsComeOffOnce() {
+        #expect(table.lookup("<alice@example.com>") == .valid(file: file, line: 1))
+        #expect(table.lookup("<jörg@example.com>") == .valid(file: file, line: 9))
+        // Twice bracketed is no address Postfix sends: neither path takes off two pairs.
+        #expect(table.lookup("<<alice@example.com>>") != .valid(file: file, line: 1))
+        #expect(table.lookup("<<jörg@example.com>>") != .valid(file: file, line: 9))
+    }
+
     @Test func quotedLocalParts() {
         #expect(table.lookup("\"john doe\"@example.com") == .valid(file: file, line: 7))
         #expect(table.lookup("john doe@example.com") == .valid(file: file, line: 7))  // Postfix's internal form
@@ -136,7 +144,7 @@ import Testing
         let match = bytes.withUnsafeBytes { table.match($0, rules: RecipientNormalisation()) }
         #expect(match == .notOurDomain)
         // The last "@" octet separates the domain, even when a combining mark follows it and
-        // makes it part of one Character (found by the socketmap fuzzer, in BATV).
+        // makes it part of one Character (the mistake the socketmap fuzzer's harness made).
         let split = Array("ü@x@\u{301}example.com".utf8).withUnsafeBytes {
             AddressNormaliser.prepareUnicode($0, rules: RecipientNormalisation(), forLookup: true)
         }
