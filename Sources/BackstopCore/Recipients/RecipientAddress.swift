@@ -61,6 +61,11 @@ enum AddressNormaliser {
     /// also strips angle brackets and BATV tags and finds the extension.
     static func withNormalised<R>(_ input: UnsafeRawBufferPointer, rules: RecipientNormalisation, forLookup: Bool,
                                   _ body: (Result<NormalisedAddress, Failure>, UnsafeMutablePointer<UInt8>) -> R) -> R {
+        // A lookup's angle brackets come off here, once, for both paths below.
+        var input = input
+        if forLookup, input.count >= 2, input.first == UInt8(ascii: "<"), input.last == UInt8(ascii: ">") {
+            input = UnsafeRawBufferPointer(rebasing: input.dropFirst().dropLast())
+        }
         var hasHighBit = false
         for byte in input where byte >= 0x80 { hasHighBit = true; break }
         if !hasHighBit {
@@ -71,30 +76,26 @@ enum AddressNormaliser {
         }
         // SMTPUTF8: fold case and convert the domain with String (this allocates), then
         // take the same path as ASCII addresses.
-        switch prepareUnicode(input, rules: rules, forLookup: forLookup) {
+        switch prepareUnicode(input, rules: rules) {
         case .failure(let failure):
             return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1) { body(.failure(failure), $0.baseAddress!) }
         case .success(let prepared):
             return prepared.withUnsafeBytes { bytes in
                 withUnsafeTemporaryAllocation(of: UInt8.self, capacity: scratchCapacity(bytes.count)) { buffer in
                     let out = buffer.baseAddress!
-                    // prepareUnicode took the angle brackets off: once, as the ASCII path does.
-                    return body(normaliseASCIIDomain(bytes, into: out, rules: rules, forLookup: forLookup, bracketed: false), out)
+                    return body(normaliseASCIIDomain(bytes, into: out, rules: rules, forLookup: forLookup), out)
                 }
             }
         }
     }
 
-    /// Decodes, validates and case-folds a non-ASCII address; the domain becomes A-labels.
-    static func prepareUnicode(_ input: UnsafeRawBufferPointer, rules: RecipientNormalisation,
-                               forLookup: Bool) -> Result<[UInt8], Failure> {
+    /// Decodes, validates and case-folds a non-ASCII address (its angle brackets already
+    /// off); the domain becomes A-labels.
+    static func prepareUnicode(_ input: UnsafeRawBufferPointer, rules: RecipientNormalisation) -> Result<[UInt8], Failure> {
         if let offset = firstInvalidUTF8(input) { return .failure(.invalidUTF8(offset)) }
         // Split by octets: an "@" followed by a combining mark is one Character, and would
         // hide from a Character search.
-        var body = input[...]
-        if forLookup, body.count >= 2, body.first == UInt8(ascii: "<"), body.last == UInt8(ascii: ">") {
-            body = body.dropFirst().dropLast()
-        }
+        let body = input[...]
         guard let at = body.lastIndex(of: UInt8(ascii: "@")) else { return .failure(.noAt) }
         var local = String(decoding: body[..<at], as: UTF8.self).precomposedStringWithCanonicalMapping
         if !rules.caseSensitiveLocalPart { local = foldCase(local) }
@@ -141,17 +142,11 @@ enum AddressNormaliser {
     static func lower(_ b: UInt8) -> UInt8 { (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b }
 
     /// The allocation-free path: the domain is ASCII (A-labels); the local part may hold
-    /// UTF-8 that was already case-folded by `prepareUnicode`. `bracketed`: a lookup's
-    /// angle brackets may still be on (false when prepareUnicode has taken them off).
+    /// UTF-8 that was already case-folded by `prepareUnicode`. Angle brackets are already off.
     static func normaliseASCIIDomain(_ input: UnsafeRawBufferPointer, into out: UnsafeMutablePointer<UInt8>,
-                                     rules: RecipientNormalisation, forLookup: Bool,
-                                     bracketed: Bool = true) -> Result<NormalisedAddress, Failure> {
-        var start = 0
-        var end = input.count
-        if forLookup, bracketed, end >= 2, input[0] == UInt8(ascii: "<"), input[end - 1] == UInt8(ascii: ">") {
-            start += 1
-            end -= 1
-        }
+                                     rules: RecipientNormalisation, forLookup: Bool) -> Result<NormalisedAddress, Failure> {
+        let start = 0
+        let end = input.count
         // The last "@" separates the domain: a quoted local part may contain "@" itself.
         var at = end - 1
         while at >= start, input[at] != UInt8(ascii: "@") { at -= 1 }

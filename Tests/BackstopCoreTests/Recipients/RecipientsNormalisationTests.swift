@@ -146,7 +146,7 @@ import Testing
         // The last "@" octet separates the domain, even when a combining mark follows it and
         // makes it part of one Character (the mistake the socketmap fuzzer's harness made).
         let split = Array("ü@x@\u{301}example.com".utf8).withUnsafeBytes {
-            AddressNormaliser.prepareUnicode($0, rules: RecipientNormalisation(), forLookup: true)
+            AddressNormaliser.prepareUnicode($0, rules: RecipientNormalisation())
         }
         guard case .failure(.badDomain(let domain)) = split else {
             Issue.record("split as \(split)")
