@@ -186,7 +186,7 @@ public struct SPFSettings: CheckSettings, Equatable {
             lowered = local + "@" + asciiForm(String(domain))
         }
         let utf8 = lowered.utf8
-        let split = utf8.distance(from: utf8.startIndex, to: utf8.lastIndex(of: UInt8(ascii: "@"))!)
+        let split = local.utf8.count  // where the "@" is, in either form
         // "user@domain" itself, "user@" (its local part with the @) or "@domain".
         return entries.contains { entry in
             let e = entry.utf8
