@@ -7,7 +7,7 @@
 # time lost to context switches and cache misses either (docs/benchmarks.md uses perf for that).
 #
 #   bench/profile.sh checks|spf-warm|spf-peers [REQUESTS [WARMUP]]   (defaults 24000, 12000; build first, as run.sh does:
-#       swift build -c release --product backstop --static-swift-stdlib)
+#       scripts/build-release)
 #   bench/profile.sh spf-worker [EVALUATIONS]   an SPF worker's instructions per evaluation
 #   bench/profile.sh --cpu [--threads N] checks|spf-warm|spf-peers
 #       no valgrind: the server as run.sh runs it (server.threads = N, default 0), 3 s of load
@@ -35,8 +35,7 @@ BIN=$(swift build -c release --show-bin-path)/backstop
 # What is measured is what is installed: a binary linked to the toolchain's shared Swift
 # runtime (e.g. after scripts/serve-example built it) costs more per request.
 if ldd "$BIN" 2> /dev/null | grep -q libswiftCore; then
-    echo "$BIN is linked to the shared Swift runtime; build it as the package does:" >&2
-    echo "  swift build -c release --product backstop --static-swift-stdlib" >&2
+    echo "$BIN is linked to the shared Swift runtime; build it as the package does: scripts/build-release" >&2
     exit 1
 fi
 POLICYLOAD=$ROOT/.build/bench/policyload

@@ -74,16 +74,15 @@ record() { printf '%s\n' "$1" >> "$RESULTS"; }   # one JSON object per line
 cd "$ROOT"
 if [ "$BUILD" = 1 ]; then
     # Linked as scripts/package links it: what is measured is what is installed.
-    log "building the release binary (swift build -c release --product backstop --static-swift-stdlib)"
-    swift build -c release --product backstop --static-swift-stdlib >&2
+    log "building the release binary (scripts/build-release)"
+    scripts/build-release >&2
 fi
 BIN=$(swift build -c release --show-bin-path)/backstop
 [ -x "$BIN" ] || { echo "no release binary at $BIN (run without --no-build)" >&2; exit 1; }
 # What is measured is what is installed: a binary linked to the toolchain's shared Swift
 # runtime (e.g. after scripts/serve-example built it) costs more per request.
 if ldd "$BIN" 2> /dev/null | grep -q libswiftCore; then
-    echo "$BIN is linked to the shared Swift runtime; build it as the package does:" >&2
-    echo "  swift build -c release --product backstop --static-swift-stdlib" >&2
+    echo "$BIN is linked to the shared Swift runtime; build it as the package does: scripts/build-release" >&2
     exit 1
 fi
 mkdir -p .build/bench
