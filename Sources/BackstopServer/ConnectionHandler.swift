@@ -211,7 +211,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // (One switch per enum, not over a tuple of both: that copied each, retains and all.)
             switch responder {
             case .policy(let responder):
-                guard case .policy(let request) = request else { preconditionFailure("a policy connection got a socketmap request") }
+                guard case .policy(let request) = consume request else { preconditionFailure("a policy connection got a socketmap request") }
                 switch responder.decide(request, now: started) {
                 case .now(let decision):
                     write(started: started, context: context) { responder.write(request, decision, elapsedNanos: $0, into: &$1) }
@@ -240,7 +240,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     return
                 }
             case .socketmap(let responder):
-                guard case .socketmap(let request) = request else { preconditionFailure("a socketmap connection got a policy request") }
+                guard case .socketmap(let request) = consume request else { preconditionFailure("a socketmap connection got a policy request") }
                 let reply = responder.answer(request)
                 write(started: started, context: context) { responder.write(request, reply, elapsedNanos: $0, into: &$1) }
             }

@@ -11,22 +11,24 @@ final class PolicyResponder: Sendable {
     let state: ServerState
     let loopEngine: LoopEngine
 
-    /// The state of the message this connection is on.
-    let message = ConnectionMessage()
+    /// What the checks see of this connection: its loop, the logger and the state of the
+    /// message it is on.
+    let scope: CheckScope
 
     init(state: ServerState, loopEngine: LoopEngine) {
         self.state = state
         self.loopEngine = loopEngine
+        scope = CheckScope(eventLoop: loopEngine.deadlines.eventLoop, logger: state.logger, message: ConnectionMessage())
     }
 
     /// On `loopEngine.eventLoop`, the connection's loop; `now`: when the request was taken up.
     func decide(_ request: PolicyRequest, now: NIODeadline) -> Answer<Decision> {
-        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, logger: state.logger, message: message, now: now)
+        loopEngine.engine.decide(request, deadlines: loopEngine.deadlines, scope: scope, now: now)
     }
 
     /// The connection is closed (on its loop).
     func ended() {
-        message.ended()
+        scope.message?.ended()
     }
 
     func failed(_ request: PolicyRequest, _ error: any Error) -> Decision {

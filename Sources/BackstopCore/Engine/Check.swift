@@ -5,28 +5,48 @@
 import NIOCore
 import Logging
 
-/// Everything a check may need besides the request itself.
-public struct CheckContext: Sendable {
+/// What every request of one connection shares: its event loop, the server's logger and the
+/// connection's message slot. Made once per connection (PolicyResponder), so a request's
+/// context takes one reference instead of one per part.
+public final class CheckScope: Sendable {
     public let eventLoop: any EventLoop
-    /// After this instant the engine stops waiting and uses the check's fail action.
-    public let deadline: NIODeadline
     public let logger: Logger
-    /// The state of the message the request's connection is on; nil when no connection asks
+    /// The state of the message the connection is on; nil when no connection asks
     /// (`backstop query`, tests).
     public let message: ConnectionMessage?
+
+    public init(eventLoop: any EventLoop, logger: Logger, message: ConnectionMessage? = nil) {
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.message = message
+    }
+}
+
+/// Everything a check may need besides the request itself.
+public struct CheckContext: Sendable {
+    public let scope: CheckScope
+    /// After this instant the engine stops waiting and uses the check's fail action.
+    public let deadline: NIODeadline
     /// When the request was taken up: a check that needs the time reads it here rather than
     /// asking the clock again (one reading serves the connection, the engine and the checks).
     /// A check that runs after one that answered later sees the same instant, up to
     /// policy.deadline earlier than the clock: good enough for expiries counted in minutes.
     public let now: NIODeadline
 
+    public var eventLoop: any EventLoop { scope.eventLoop }
+    public var logger: Logger { scope.logger }
+    /// The state of the message the request's connection is on; nil when no connection asks.
+    public var message: ConnectionMessage? { scope.message }
+
+    public init(scope: CheckScope, deadline: NIODeadline, now: NIODeadline) {
+        self.scope = scope
+        self.deadline = deadline
+        self.now = now
+    }
+
     public init(eventLoop: any EventLoop, deadline: NIODeadline, logger: Logger, message: ConnectionMessage? = nil,
                 now: NIODeadline = .now()) {
-        self.eventLoop = eventLoop
-        self.deadline = deadline
-        self.logger = logger
-        self.message = message
-        self.now = now
+        self.init(scope: CheckScope(eventLoop: eventLoop, logger: logger, message: message), deadline: deadline, now: now)
     }
 }
 

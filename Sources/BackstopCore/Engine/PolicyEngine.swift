@@ -78,9 +78,14 @@ public final class PolicyEngine: Sendable {
     /// `now`: when the request was taken up (the caller's clock reading).
     public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, logger: Logger,
                        message: ConnectionMessage? = nil, now: NIODeadline = .now()) -> Answer<Decision> {
+        decide(request, deadlines: deadlines, scope: CheckScope(eventLoop: deadlines.eventLoop, logger: logger, message: message),
+               now: now)
+    }
+
+    /// The same, for a connection that made its `scope` once (on `deadlines.eventLoop`).
+    public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, scope: CheckScope, now: NIODeadline) -> Answer<Decision> {
         let checks = stageList[request.protocolState.index]
-        let context = CheckContext(eventLoop: deadlines.eventLoop, deadline: now + deadline, logger: logger, message: message,
-                                   now: now)
+        let context = CheckContext(scope: scope, deadline: now + deadline, now: now)
         var state = Accumulator(keepsTrail: keepsTrail)
         switch run(checks, from: 0, &state, request, context) {
         case .decided(let decision):
@@ -175,56 +180,93 @@ public final class PolicyEngine: Sendable {
         return promise.futureResult
     }
 
-    /// Collects verdicts in check order and says when one is final.
+    /// Collects verdicts in check order and says when one is final. Lean, because it is made,
+    /// moved and destroyed on every request: the common notes (the first header due, the
+    /// first check that said why it had no opinion) keep the check itself (one reference;
+    /// its name is read only for the decision) and its reason; the rare ones (a WARN or INFO,
+    /// a refusal test mode softened) live in one box, copied before a change when shared
+    /// (an accumulator copied into a waiting check's callbacks stays its own).
     struct Accumulator: Sendable {
         /// The first header due, the check it came from and that check's reason.
-        var header: (DueHeader, String, String)?
-        /// The first refusal test mode turned into a WARN: that WARN, its check and the refusal.
-        var warning: (Verdict, String, PolicyAction)?
-        /// The first WARN or INFO a check is set to answer, and its check.
-        var notice: (Verdict, String)?
+        var header: DueHeader?
+        var headerCheck: (any Check)?
+        var headerReason = ""
         /// The first check that had no opinion but said why (e.g. "spf=pass cached"), for the log.
-        var quiet: (String, String)?
+        var quietCheck: (any Check)?
+        var quietReason = ""
+        var notes: Notes?
         var trail = CheckTrail()
         let keepsTrail: Bool
+
+        /// What only some requests have.
+        final class Notes: @unchecked Sendable {
+            /// The first refusal test mode turned into a WARN: that WARN, its check and the refusal.
+            var warning: (Verdict, String, PolicyAction)?
+            /// The first WARN or INFO a check is set to answer, and its check.
+            var notice: (Verdict, String)?
+
+            init(warning: (Verdict, String, PolicyAction)? = nil, notice: (Verdict, String)? = nil) {
+                self.warning = warning
+                self.notice = notice
+            }
+        }
 
         init(keepsTrail: Bool) {
             self.keepsTrail = keepsTrail
         }
 
+        /// `notes`, unshared, to change.
+        private mutating func ownNotes() -> Notes {
+            if let notes, isKnownUniquelyReferenced(&self.notes!) { return notes }
+            let own = Notes(warning: notes?.warning, notice: notes?.notice)
+            notes = own
+            return own
+        }
+
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
             if keepsTrail { trail.append(check: check.name, reason: verdict.reason) }
-            if header == nil, let due = verdict.header { header = (due, check.name, verdict.reason) }
+            if header == nil, let due = verdict.header {
+                header = due
+                headerCheck = check
+                headerReason = verdict.reason
+            }
             switch verdict.action {
             case .dunno:
-                if quiet == nil && !verdict.reason.isEmpty { quiet = (check.name, verdict.reason) }
+                if quietCheck == nil && !verdict.reason.isEmpty {
+                    quietCheck = check
+                    quietReason = verdict.reason
+                }
                 return nil
             case .prepend(let line):
-                if header == nil { header = (DueHeader(line: line), check.name, verdict.reason) }
+                if header == nil {
+                    header = DueHeader(line: line)
+                    headerCheck = check
+                    headerReason = verdict.reason
+                }
                 return nil
             case .warn, .info:
                 // Postfix logs these and goes on to its next restriction (access(5)): so do the
                 // checks after this one. A refusal after it decides (and one test mode softened
                 // is reported as such); otherwise it is the answer.
-                if notice == nil { notice = (verdict, check.name) }
+                if notes?.notice == nil { ownNotes().notice = (verdict, check.name) }
                 return nil
             case let action where action.withholdsMail && (engineTestMode || check.testMode):
-                if warning == nil {
+                if notes?.warning == nil {
                     let text = "backstop test mode: \(check.name) would answer: \(ResponseEncoder.actionText(action))"
-                    warning = (Verdict(.warn(text), reason: verdict.reason), check.name, action)
+                    ownNotes().warning = (Verdict(.warn(text), reason: verdict.reason), check.name, action)
                 }
                 return nil
             default:
                 // A refusal (or another final action) decides; a header due is not added.
                 var decision = Decision(action: verdict.action, check: check.name, reason: verdict.reason)
-                decision.trail = trail
+                if keepsTrail { decision.trail = trail }
                 return decision
             }
         }
 
         func final() -> Decision {
             var decision = finalAnswer()
-            decision.trail = trail
+            if keepsTrail { decision.trail = trail }
             return decision
         }
 
@@ -232,22 +274,23 @@ public final class PolicyEngine: Sendable {
             // A WARN or INFO is what Postfix is asked to log: it is the answer, and a header due
             // waits for the message's next answer (one answer carries one action), unless test
             // mode softened a refusal, which is reported first.
-            if warning == nil, let (verdict, name) = notice {
+            let warning = notes?.warning
+            if warning == nil, let (verdict, name) = notes?.notice {
                 return Decision(action: verdict.action, check: name, reason: verdict.reason)
             }
-            if let (due, name, reason) = header {
+            if let due = header {
                 // The header is added even when test mode turned a refusal into a log line.
                 if let (verdict, warned, would) = warning {
                     return Decision(action: .prepend(due.line), check: warned, reason: verdict.reason, wouldHave: would,
                                     headerOnce: due.once)
                 }
-                return Decision(action: .prepend(due.line), check: name, reason: reason, headerOnce: due.once)
+                return Decision(action: .prepend(due.line), check: headerCheck?.name, reason: headerReason, headerOnce: due.once)
             }
             if let (verdict, name, would) = warning {
                 return Decision(action: verdict.action, check: name, reason: verdict.reason, wouldHave: would)
             }
-            if let (name, reason) = quiet {
-                return Decision(action: .dunno, check: name, reason: reason)
+            if let quietCheck {
+                return Decision(action: .dunno, check: quietCheck.name, reason: quietReason)
             }
             return Decision(action: .dunno, check: nil, reason: "no_opinion")
         }

@@ -53,7 +53,7 @@ public final class SPFCheck: RetirableCheck {
         func isFor(client: String, sender: String, helo: String) -> Bool {
             Octets.equal(self.client, client) && Octets.equal(self.sender, sender) && Octets.equal(self.helo, helo)
         }
-        init(_ evaluated: SPFEvaluated, client: String, sender: String, helo: String) {
+        init(_ evaluated: consuming SPFEvaluated, client: String, sender: String, helo: String) {
             self.evaluated = evaluated
             self.client = client
             self.sender = sender
@@ -201,7 +201,7 @@ public final class SPFCheck: RetirableCheck {
         }
         let queries = self.queries(client: client, sender: sender, helo: helo, parsed: address)
         if let evaluated = cached(queries, now: now) {
-            return .now(decided(evaluated, instance: instance, queries.mailfrom, message: message, logger: context.logger, now: now))
+            return .now(decided(consume evaluated, instance: instance, queries.mailfrom, message: message, logger: context.logger, now: now))
         }
         let deadline = context.deadline - .milliseconds(20)
         return .later(evaluations(queries, deadline: deadline, on: context.eventLoop) { evaluated in
@@ -307,7 +307,7 @@ public final class SPFCheck: RetirableCheck {
     /// when another recipient of the message may have been decided meanwhile (this one's
     /// answer came from the deadline, the next recipient's evaluation finished first): the
     /// message keeps that state, its outcome and whether its header was added.
-    private func decided(_ evaluated: SPFEvaluated, instance: String, _ request: SPFQuery, message: ConnectionMessage?,
+    private func decided(_ evaluated: consuming SPFEvaluated, instance: String, _ request: SPFQuery, message: ConnectionMessage?,
                          logger: Logger, now: NIODeadline = .now(), settled: Bool = false) -> Verdict {
         log(evaluated, logger)
         guard !instance.isEmpty else { return verdict(for: evaluated, header: nil) }
@@ -315,9 +315,10 @@ public final class SPFCheck: RetirableCheck {
                                              message: message, now: now, arriving: false) {
             return verdict(for: state.evaluated, header: state.header)
         }
-        let state = MessageState(evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
+        // The outcomes move into the message's state, and the verdict reads them there.
+        let state = MessageState(consume evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
         hold(state, instance: instance, in: message, now: now)
-        return verdict(for: evaluated, header: state.header)
+        return verdict(for: state.evaluated, header: state.header)
     }
 
     /// The HELO query (when the HELO identity is checked) and the MAIL FROM query.
