@@ -49,6 +49,14 @@ public func fuzzRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                         precondition(wire.count <= "action=PREPEND ".utf8.count + ResponseEncoder.maxHeaderLine + 2)
                     }
                 }
+                // The known table (filled by the parser as each line ended) says what the
+                // lines found again in the request's octets say: the last occurrence wins.
+                let lines = request.attributes
+                for attribute in Attribute.allCases {
+                    let last = lines.last { $0.name == attribute.wireName }
+                    precondition(request.has(attribute) == (last != nil), "known table and lines disagree")
+                    precondition(request[attribute] == (last?.value ?? ""), "known table and lines disagree")
+                }
                 _ = request.protocolState
                 _ = request.recipient
             }

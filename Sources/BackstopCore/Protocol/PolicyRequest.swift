@@ -3,24 +3,38 @@
 // Values are bytes and may be invalid UTF-8; accessors decode leniently (U+FFFD).
 
 public struct PolicyRequest: Sendable {
-    /// Every attribute line of the request, `name=value\n` after `name=value\n`.
+    /// Every attribute line of the request, `name=value\n` after `name=value\n`, and the
+    /// empty line that ended it.
     public let storage: [UInt8]
-    /// One array, so that a copy of a request retains two: first, for each known attribute,
-    /// start and end offset of its value in `storage`, or -1 (`knownSlots` entries); then,
-    /// for every attribute, known or not, in arrival order: name start, '=' index, value end.
+    /// For each known attribute, start and end offset of its value in `storage`, or -1
+    /// (`knownSlots` entries). The lines themselves, known or not, are found again in
+    /// `storage` only when asked for (`attributes`, `value(named:)`: tests and tools).
     @usableFromInline let known: [Int32]
 
-    /// Entries of the known table at the front of `known`.
-    static let knownSlots = Attribute.allCases.count * 2
+    /// Entries of the known table.
+    static let knownSlots = RequestParser.knownSlots
 
-    init(storage: [UInt8], index: [Int32]) {
+    init(storage: [UInt8], known: [Int32]) {
         self.storage = storage
-        self.known = index
+        self.known = known
     }
 
-    /// Offsets of every attribute, in arrival order: name start, '=' index, value end.
+    /// Offsets of every attribute, in arrival order: name start, '=' index, value end. The
+    /// lines as the parser read them: up to the empty line, a CR before a newline not part
+    /// of the value, the name up to the first "=".
     private var all: [(Int32, Int32, Int32)] {
-        stride(from: Self.knownSlots, to: known.count, by: 3).map { (known[$0], known[$0 + 1], known[$0 + 2]) }
+        var lines: [(Int32, Int32, Int32)] = []
+        storage.withUnsafeBytes { raw in
+            var start = 0
+            while start < raw.count, let newline = raw[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                var end = newline
+                if end > start, raw[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+                guard end > start, let equals = raw[start..<end].firstIndex(of: UInt8(ascii: "=")) else { break }
+                lines.append((Int32(start), Int32(equals), Int32(end)))
+                start = newline + 1
+            }
+        }
+        return lines
     }
 
     /// Builds a request from attribute pairs, for tests and the `query` command.
@@ -41,7 +55,7 @@ public struct PolicyRequest: Sendable {
         self = result!
     }
 
-    public var attributeCount: Int { (known.count - Self.knownSlots) / 3 }
+    public var attributeCount: Int { all.count }
 
     /// The raw bytes of a known attribute's value, or nil when the request did not carry it.
     @inlinable

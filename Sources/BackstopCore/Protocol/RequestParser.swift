@@ -8,23 +8,22 @@ import Foundation
 public struct RequestParser: Sendable {
     public let limits: ProtocolLimits
     private var pending: [UInt8] = []
+    /// Where the current line begins among the request's octets.
     private var lineStart = 0
-    /// The request's index as PolicyRequest keeps it: the known table's slots (filled when
-    /// the request ends), then three offsets per attribute line.
-    private var index = RequestParser.emptyIndex()
+    /// For each known attribute (PolicyRequest's table), where its value starts and ends
+    /// among the request's octets, -1 while the request has not carried it; filled as each
+    /// line ends (the last occurrence of a name wins). Inline: a line's attribute costs two
+    /// stores, no array bookkeeping.
+    private var known = RequestParser.emptyKnown
     /// Attribute lines of the request so far.
     private var lines = 0
 
+    /// The known table's size: two offsets per Attribute case (AttributeTests checks it).
+    public static let knownSlots = 50
+    private static let emptyKnown = InlineArray<50, Int32>(repeating: -1)
+
     public init(limits: ProtocolLimits = .defaults) {
         self.limits = limits
-    }
-
-    /// An index with the known table's slots empty (-1) and room for 32 attribute lines.
-    private static func emptyIndex() -> [Int32] {
-        var index: [Int32] = []
-        index.reserveCapacity(PolicyRequest.knownSlots + 3 * 32)
-        index.append(contentsOf: repeatElement(-1, count: PolicyRequest.knownSlots))
-        return index
     }
 
     /// True when no part of a request is buffered (the connection is between requests).
@@ -39,7 +38,8 @@ public struct RequestParser: Sendable {
     /// Lines are read where they arrived; the octets of a request are copied into the
     /// request's buffer once, when it ends or the input does (not line by line). Offsets are
     /// those the octets will have in that buffer. The limits are checked before anything
-    /// is copied, as if every line so far had been.
+    /// is copied, as if every line so far had been. (Offsets and counts stay far below
+    /// Int.max: max_request_bytes is at most 16 MiB; hence the wrapping arithmetic.)
     public mutating func feed(
         _ input: UnsafeRawBufferPointer,
         allowMissingRequest: Bool = false,
@@ -47,33 +47,34 @@ public struct RequestParser: Sendable {
     ) throws {
         guard let base = input.baseAddress else { return }
         let count = input.count
+        let maxLine = limits.maxLineLength, maxRequest = limits.maxRequestBytes
         var offset = 0
         var copied = 0  // input[..<copied] is in `pending`
         while offset < count {
-            let found = memchr(base + offset, Int32(UInt8(ascii: "\n")), count - offset)
+            let found = memchr(base + offset, Int32(UInt8(ascii: "\n")), count &- offset)
             let segmentEnd = found.map { base.distance(to: UnsafeRawPointer($0)) } ?? count
-            let segmentLength = segmentEnd - offset
-            let held = pending.count + (offset - copied)
+            let segmentLength = segmentEnd &- offset
+            let held = pending.count &+ (offset &- copied)
             // Bound memory before copying anything.
-            if held - lineStart + segmentLength > limits.maxLineLength + 1 {
-                throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
+            if held &- lineStart &+ segmentLength > maxLine &+ 1 {
+                throw ProtocolError.lineTooLong(limit: maxLine)
             }
-            if held + segmentLength + 1 > limits.maxRequestBytes {
-                throw ProtocolError.requestTooLarge(limit: limits.maxRequestBytes)
+            if held &+ segmentLength &+ 1 > maxRequest {
+                throw ProtocolError.requestTooLarge(limit: maxRequest)
             }
             guard found != nil else { break }
             let blank: Bool
             if lineStart < pending.count {
                 // The line began in an earlier read: complete it in the buffer.
-                append(base, from: copied, to: segmentEnd + 1)
-                copied = segmentEnd + 1
-                let line = Array(pending[lineStart..<(pending.count - 1)])
+                append(base, from: copied, to: segmentEnd &+ 1)
+                copied = segmentEnd &+ 1
+                let line = Array(pending[lineStart..<(pending.count &- 1)])
                 blank = try line.withUnsafeBytes { try endLine($0) }
             } else {
                 blank = try endLine(UnsafeRawBufferPointer(start: base + offset, count: segmentLength))
             }
-            offset = segmentEnd + 1
-            lineStart = held + segmentLength + 1
+            offset = segmentEnd &+ 1
+            lineStart = held &+ segmentLength &+ 1
             if blank {
                 append(base, from: copied, to: offset)
                 copied = offset
@@ -85,64 +86,44 @@ public struct RequestParser: Sendable {
 
     private mutating func append(_ base: UnsafeRawPointer, from start: Int, to end: Int) {
         guard end > start else { return }
-        pending.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: end - start))
+        pending.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: end &- start))
     }
 
     /// Handles one line (without its newline) that starts at `lineStart` in the request's
-    /// buffer; true when it is the empty line that ends the request.
+    /// buffer; true when it is the empty line that ends the request. A known attribute's
+    /// value is entered in the table here, while the line's octets are at hand.
     @inline(__always)
     private mutating func endLine(_ line: UnsafeRawBufferPointer) throws -> Bool {
         var length = line.count
         // Be lenient with CRLF from hand-typed sessions: the CR is not part of the value.
-        if length > 0, line[length - 1] == UInt8(ascii: "\r") { length -= 1 }
+        if length > 0, line[length &- 1] == UInt8(ascii: "\r") { length &-= 1 }
         if length > limits.maxLineLength {
             throw ProtocolError.lineTooLong(limit: limits.maxLineLength)
         }
         if length == 0 { return true }
-        let lineNumber = lines + 1
-        guard let hit = memchr(line.baseAddress!, Int32(UInt8(ascii: "=")), length) else {
-            throw ProtocolError.missingEquals(line: lineNumber)
+        let start = line.baseAddress!
+        guard let hit = memchr(start, Int32(UInt8(ascii: "=")), length) else {
+            throw ProtocolError.missingEquals(line: lines &+ 1)
         }
-        let nameLength = line.baseAddress!.distance(to: UnsafeRawPointer(hit))
-        guard nameLength > 0 else { throw ProtocolError.emptyName(line: lineNumber) }
+        let nameLength = start.distance(to: UnsafeRawPointer(hit))
+        guard nameLength > 0 else { throw ProtocolError.emptyName(line: lines &+ 1) }
         guard lines < limits.maxAttributes else {
             throw ProtocolError.tooManyAttributes(limit: limits.maxAttributes)
         }
-        // Names are looked up when the request ends (`fillKnown`), in one pass.
-        index.append(Int32(lineStart))
-        index.append(Int32(lineStart + nameLength))
-        index.append(Int32(lineStart + length))
-        lines += 1
+        if let attribute = Attribute.lookup(UnsafeRawBufferPointer(start: start, count: nameLength)) {
+            known[attribute.rawValue &* 2] = Int32(truncatingIfNeeded: lineStart &+ nameLength &+ 1)
+            known[attribute.rawValue &* 2 &+ 1] = Int32(truncatingIfNeeded: lineStart &+ length)
+        }
+        lines &+= 1
         return false
     }
 
-    /// Fills the known table at the front of `index`: for each known attribute, where its
-    /// value starts and ends in `pending` (left -1 when the request lacks it); the last
-    /// occurrence of a duplicated name wins.
-    private mutating func fillKnown() {
-        let knownSlots = PolicyRequest.knownSlots
-        pending.withUnsafeBytes { raw in
-            index.withUnsafeMutableBufferPointer { slots in
-                var line = knownSlots
-                while line < slots.count {
-                    let nameStart = Int(slots[line]), equals = slots[line + 1], valueEnd = slots[line + 2]
-                    line += 3
-                    let name = UnsafeRawBufferPointer(rebasing: raw[nameStart..<Int(equals)])
-                    guard let attribute = Attribute.lookup(name) else { continue }
-                    slots[attribute.rawValue * 2] = equals + 1
-                    slots[attribute.rawValue * 2 + 1] = valueEnd
-                }
-            }
-        }
-    }
-
     private mutating func finishRequest(allowMissingRequest: Bool) throws -> PolicyRequest {
-        fillKnown()
         let requestIndex = Attribute.request.rawValue * 2
-        if index[requestIndex] < 0 {
+        if known[requestIndex] < 0 {
             if !allowMissingRequest { throw ProtocolError.missingRequestAttribute }
         } else {
-            let start = Int(index[requestIndex]), end = Int(index[requestIndex + 1])
+            let start = Int(known[requestIndex]), end = Int(known[requestIndex + 1])
             let expected: StaticString = "smtpd_access_policy"
             let same = end - start == expected.utf8CodeUnitCount && pending.withUnsafeBytes {
                 memcmp($0.baseAddress! + start, expected.utf8Start, end - start) == 0
@@ -151,10 +132,15 @@ public struct RequestParser: Sendable {
                 throw ProtocolError.unsupportedRequest(String(decoding: pending[start..<end], as: UTF8.self))
             }
         }
-        let request = PolicyRequest(storage: pending, index: index)
+        // One copy of the table's octets (element by element, each read copied the table).
+        let slots = [Int32](unsafeUninitializedCapacity: Self.knownSlots) { buffer, initialized in
+            withUnsafeBytes(of: &known) { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            initialized = Self.knownSlots
+        }
+        let request = PolicyRequest(storage: pending, known: slots)
         pending = []
         lineStart = 0
-        index = RequestParser.emptyIndex()
+        known = Self.emptyKnown
         lines = 0
         return request
     }

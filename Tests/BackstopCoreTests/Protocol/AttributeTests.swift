@@ -27,4 +27,10 @@ import Testing
             #expect(Self.lookup(other) == nil, "\(other)")
         }
     }
+
+    /// The parser's inline table has a fixed size: two slots for every attribute, no more.
+    @Test func theKnownTableHasTwoSlotsPerAttribute() {
+        #expect(RequestParser.knownSlots == Attribute.allCases.count * 2)
+        #expect(Attribute.allCases.map(\.rawValue) == Array(0..<Attribute.allCases.count))
+    }
 }
