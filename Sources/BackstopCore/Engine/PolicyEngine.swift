@@ -37,14 +37,14 @@ public final class PolicyEngine: Sendable {
     public let stages: [ProtocolState: [any Check]]
     /// `stages` by `ProtocolState.index`, so a request costs no dictionary lookup.
     let stageList: [[any Check]]
+    /// Each stage's checks' latency histograms, in the same order as `stageList`: only when
+    /// metrics are served (reading the clock per check is then worth it); nil otherwise.
+    let stageTimers: [[Metrics.Timer?]]
     public let testMode: Bool
     public let deadline: TimeAmount
     /// Every check by name, for reuse across reloads and for the CLI.
     public let checks: [String: any Check]
 
-    /// Per-check latency histograms, only when metrics are served (reading the clock per
-    /// check is then worth it).
-    let timers: [String: Metrics.Timer]
     /// Whether decisions carry their trail (what each check said), which only the decision
     /// log line reads: false when the configuration's logging writes no such line (a level
     /// above info, or log.decisions = "none"); a reload that changes either builds a new engine.
@@ -69,7 +69,7 @@ public final class PolicyEngine: Sendable {
                                              preferredDisplayUnit: .seconds)
             }
         }
-        self.timers = timers
+        stageTimers = stageList.map { checks in checks.map { timers[$0.name] } }
     }
 
     /// Decides `request` on `deadlines.eventLoop`, whose queue watches the deadline when a
@@ -84,14 +84,14 @@ public final class PolicyEngine: Sendable {
 
     /// The same, for a connection that made its `scope` once (on `deadlines.eventLoop`).
     public func decide(_ request: PolicyRequest, deadlines: DeadlineQueue, scope: CheckScope, now: NIODeadline) -> Answer<Decision> {
-        let checks = stageList[request.protocolState.index]
+        let stage = request.protocolState.index
         let context = CheckContext(scope: scope, deadline: now + deadline, now: now)
         var state = Accumulator(keepsTrail: keepsTrail)
-        switch run(checks, from: 0, &state, request, context) {
+        switch run(stage, from: 0, &state, request, context) {
         case .decided(let decision):
             return .now(decision)
         case .waiting(let future, let check, let next, let state):
-            return .later(wait(for: future, from: check, then: next, checks, state, request, context, deadlines))
+            return .later(wait(for: future, from: check, then: next, stage, state, request, context, deadlines))
         }
     }
 
@@ -103,13 +103,16 @@ public final class PolicyEngine: Sendable {
 
     /// The one loop over the checks: runs them from `index` until one decides or one answers
     /// later. `state` is added to in place (a copy goes only into `.waiting`).
-    private func run(_ checks: [any Check], from index: Int, _ state: inout Accumulator, _ request: PolicyRequest,
+    private func run(_ stage: Int, from index: Int, _ state: inout Accumulator, _ request: PolicyRequest,
                      _ context: CheckContext) -> Step {
+        let checks = stageList[stage]
+        let timers = stageTimers[stage]
         var index = index
         while index < checks.count {
             let check = checks[index]
+            let timer = timers[index]
             index += 1
-            switch evaluate(check, request, context) {
+            switch evaluate(check, timer, request, context) {
             case .now(let verdict):
                 if let decision = state.add(verdict, from: check, engineTestMode: testMode) { return .decided(decision) }
             case .later(let future):
@@ -119,9 +122,9 @@ public final class PolicyEngine: Sendable {
         return .decided(state.final())
     }
 
-    /// Runs one check, timing it when metrics are on.
-    private func evaluate(_ check: any Check, _ request: PolicyRequest, _ context: CheckContext) -> Answer<Verdict> {
-        guard let timer = timers[check.name] else { return check.evaluate(request, context: context) }
+    /// Runs one check, timing it when metrics are on (`timer`).
+    private func evaluate(_ check: any Check, _ timer: Metrics.Timer?, _ request: PolicyRequest, _ context: CheckContext) -> Answer<Verdict> {
+        guard let timer else { return check.evaluate(request, context: context) }
         let started = NIODeadline.now()
         let result = check.evaluate(request, context: context)
         switch result {
@@ -135,7 +138,7 @@ public final class PolicyEngine: Sendable {
     /// Waits for a check that answers later, under the request's deadline, then carries on.
     /// `entry` is the request's place in the deadline queue when it already waited on an
     /// earlier check (it keeps that place: its deadline is the same).
-    private func wait(for future: EventLoopFuture<Verdict>, from check: any Check, then next: Int, _ checks: [any Check],
+    private func wait(for future: EventLoopFuture<Verdict>, from check: any Check, then next: Int, _ stage: Int,
                       _ state: Accumulator, _ request: PolicyRequest, _ context: CheckContext,
                       _ deadlines: DeadlineQueue, watching entry: DeadlineQueue.Entry? = nil) -> EventLoopFuture<Decision> {
         let promise = context.eventLoop.makePromise(of: Decision.self)
@@ -168,12 +171,12 @@ public final class PolicyEngine: Sendable {
                 promise.succeed(decision)
                 return
             }
-            switch self.run(checks, from: next, &after, request, context) {
+            switch self.run(stage, from: next, &after, request, context) {
             case .decided(let decision):
                 watched.answer()
                 promise.succeed(decision)
             case .waiting(let later, let laterCheck, let laterNext, let laterState):
-                promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, checks, laterState, request, context,
+                promise.completeWith(self.wait(for: later, from: laterCheck, then: laterNext, stage, laterState, request, context,
                                                deadlines, watching: watched))
             }
         }
