@@ -24,14 +24,26 @@ enum ConnectionFrame {
 }
 
 struct FrameDecoder {
-    /// Exactly one of the two is set, for the listener's protocol.
-    private var policy: RequestParser?
-    private var socketmap: SocketmapParser?
+    /// Which protocol the listener speaks: only that parser is fed (the other stays empty).
+    /// Not two optionals: reading a field through an optional copied the whole parser (its
+    /// inline attribute table included) several times per request.
+    private let speaksPolicy: Bool
+    private var policy: RequestParser
+    private var socketmap: SocketmapParser
 
-    init(_ parser: RequestParser) { policy = parser }
-    init(_ parser: SocketmapParser) { socketmap = parser }
+    init(_ parser: RequestParser) {
+        speaksPolicy = true
+        policy = parser
+        socketmap = SocketmapParser()
+    }
 
-    private var isIdle: Bool { policy?.isIdle ?? socketmap?.isIdle ?? true }
+    init(_ parser: SocketmapParser) {
+        speaksPolicy = false
+        policy = RequestParser()
+        socketmap = parser
+    }
+
+    private var isIdle: Bool { speaksPolicy ? policy.isIdle : socketmap.isIdle }
 
     /// Feeds one read's bytes (all of them: what ends no request stays in the parser) and
     /// hands `emit` each request they complete, in order.
@@ -39,14 +51,16 @@ struct FrameDecoder {
         let wasIdle = isIdle
         var completed = false
         try buffer.withUnsafeReadableBytes { raw in
-            // Optional chaining mutates the parser in place (no copy of its buffers).
-            try policy?.feed(raw) { request in
-                completed = true
-                emit(.request(.policy(request)))
-            }
-            try socketmap?.feed(raw) { request in
-                completed = true
-                emit(.request(.socketmap(request)))
+            if speaksPolicy {
+                try policy.feed(raw) { request in
+                    completed = true
+                    emit(.request(.policy(request)))
+                }
+            } else {
+                try socketmap.feed(raw) { request in
+                    completed = true
+                    emit(.request(.socketmap(request)))
+                }
             }
         }
         // Only a request left unfinished at the end of a read is reported; the common

@@ -43,8 +43,9 @@ public final class LogOutput: Sendable {
         }
     }
 
+    /// Read for every line a logger might write (swift-log asks the handler's level first).
     public var level: Logger.Level {
-        get { Logger.Level.allCases.first { $0.rank == levelValue.load(ordering: .relaxed) } ?? .info }
+        get { Logger.Level(rank: levelValue.load(ordering: .relaxed)) }
     }
 
     public func configure(_ settings: LogSettings) {
@@ -259,4 +260,17 @@ extension Logger.Level {
         }
     }
     var name: String { rawValue }
+
+    /// The level of `rank` (info for a rank no level has).
+    init(rank: Int) {
+        switch rank {
+        case 0: self = .trace
+        case 1: self = .debug
+        case 3: self = .notice
+        case 4: self = .warning
+        case 5: self = .error
+        case 6: self = .critical
+        default: self = .info
+        }
+    }
 }

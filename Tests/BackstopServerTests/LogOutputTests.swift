@@ -9,6 +9,18 @@ import Logging
 @testable import BackstopServer
 
 @Suite struct LogOutputTests {
+    /// The level a logger reads back is the one configured, for every level.
+    @Test func theConfiguredLevelIsTheOneReadBack() {
+        let output = LogOutput()
+        for level in Logger.Level.allCases {
+            var settings = LogSettings()
+            settings.level = level.rawValue
+            output.configure(settings)
+            #expect(output.level == level)
+            #expect(Logger.Level(rank: level.rank) == level)
+        }
+    }
+
     @Test func journalStreamIsRecognisedOnlyForTheStreamItNames() {
         var info = stat()
         #expect(fstat(2, &info) == 0)

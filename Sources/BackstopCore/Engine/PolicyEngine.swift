@@ -268,8 +268,10 @@ public final class PolicyEngine: Sendable {
         }
 
         func final() -> Decision {
+            // Without a trail the decision goes out as made (changing it copied it first).
+            guard keepsTrail else { return finalAnswer() }
             var decision = finalAnswer()
-            if keepsTrail { decision.trail = trail }
+            decision.trail = trail
             return decision
         }
 

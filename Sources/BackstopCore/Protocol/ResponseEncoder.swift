@@ -56,14 +56,14 @@ public enum ResponseEncoder {
     public static func sanitise(_ text: String, limit: Int) -> String {
         // Most texts (DSNs, Received-SPF headers) are printable ASCII that fits: nothing to
         // replace or cut, so only the trimming below applies. This skips the per-scalar copy.
-        let plain = Octets.with(text) { octets -> Bool in
-            octets.count <= limit && isPrintableASCII(octets)
+        // 0: needs the general path; 1: plain, with a space at either end; 2: as it is.
+        let plain = Octets.with(text) { octets -> Int in
+            guard octets.count <= limit && isPrintableASCII(octets) else { return 0 }
+            guard let first = octets.first, let last = octets.last else { return 2 }
+            return first == UInt8(ascii: " ") || last == UInt8(ascii: " ") ? 1 : 2
         }
-        if plain {
-            let utf8 = text.utf8
-            if utf8.first != UInt8(ascii: " ") && utf8.last != UInt8(ascii: " ") { return text }
-            return text.trimmingSpaces
-        }
+        if plain == 2 { return text }
+        if plain == 1 { return text.trimmingSpaces }
         return sanitiseScalars(text, limit: limit)
     }
 
