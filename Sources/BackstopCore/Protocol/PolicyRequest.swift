@@ -1,22 +1,36 @@
 // One parsed policy request: the raw bytes of its attribute lines plus the positions of
-// each attribute, so a value is turned into a String only when a check asks for it.
+// each known attribute, so a value is turned into a String only when a check asks for it.
 // Values are bytes and may be invalid UTF-8; accessors decode leniently (U+FFFD).
 
 public struct PolicyRequest: Sendable {
-    /// Every attribute line of the request, `name=value\n` after `name=value\n`, and the
-    /// empty line that ended it.
-    public let storage: [UInt8]
-    /// For each known attribute, start and end offset of its value in `storage`, or -1
-    /// (`knownSlots` entries). The lines themselves, known or not, are found again in
-    /// `storage` only when asked for (`attributes`, `value(named:)`: tests and tools).
-    @usableFromInline let known: [Int32]
+    /// The request's octets (every attribute line, `name=value\n` after `name=value\n`, and
+    /// the empty line that ended it), then the known table: for each known attribute, start
+    /// and end offset of its value among the octets, or -1 (`knownSlots` Int32 values, in
+    /// the machine's byte order). One buffer: a request is one allocation, and a copy of it
+    /// one reference. The lines themselves, known or not, are found again in the octets only
+    /// when asked for (`attributes`, `value(named:)`: tests and tools).
+    @usableFromInline let bytes: [UInt8]
+    /// How many of `bytes` are the request's octets (the table follows them).
+    @usableFromInline let octets: Int
 
     /// Entries of the known table.
     static let knownSlots = RequestParser.knownSlots
+    /// Octets of the known table at the end of `bytes`.
+    static let tableBytes = knownSlots * MemoryLayout<Int32>.size
 
-    init(storage: [UInt8], known: [Int32]) {
-        self.storage = storage
-        self.known = known
+    /// `bytes`: the request's octets followed by the known table.
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+        self.octets = bytes.count - Self.tableBytes
+    }
+
+    /// Every attribute line of the request and the empty line that ended it.
+    public var storage: ArraySlice<UInt8> { bytes[..<octets] }
+
+    /// Entry `slot` of the known table.
+    @inlinable
+    func known(_ slot: Int) -> Int32 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: octets + slot * 4, as: Int32.self) }
     }
 
     /// Offsets of every attribute, in arrival order: name start, '=' index, value end. The
@@ -24,7 +38,8 @@ public struct PolicyRequest: Sendable {
     /// of the value, the name up to the first "=".
     private var all: [(Int32, Int32, Int32)] {
         var lines: [(Int32, Int32, Int32)] = []
-        storage.withUnsafeBytes { raw in
+        bytes.withUnsafeBytes { whole in
+            let raw = UnsafeRawBufferPointer(rebasing: whole[..<octets])
             var start = 0
             while start < raw.count, let newline = raw[start...].firstIndex(of: UInt8(ascii: "\n")) {
                 var end = newline
@@ -60,19 +75,22 @@ public struct PolicyRequest: Sendable {
     /// The raw bytes of a known attribute's value, or nil when the request did not carry it.
     @inlinable
     public func withValueBytes<R>(_ attribute: Attribute, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
-        let start = Int(known[attribute.rawValue * 2])
-        guard start >= 0 else { return nil }
-        let end = Int(known[attribute.rawValue * 2 + 1])
-        return try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+        return try bytes.withUnsafeBytes { raw in
+            let start = Int(raw.loadUnaligned(fromByteOffset: octets + attribute.rawValue * 8, as: Int32.self))
+            guard start >= 0 else { return nil }
+            let end = Int(raw.loadUnaligned(fromByteOffset: octets + attribute.rawValue * 8 + 4, as: Int32.self))
+            return try body(UnsafeRawBufferPointer(rebasing: raw[start..<end]))
+        }
     }
 
-    public func has(_ attribute: Attribute) -> Bool { known[attribute.rawValue * 2] >= 0 }
+    public func has(_ attribute: Attribute) -> Bool { known(attribute.rawValue * 2) >= 0 }
 
     /// True when the request carries the attribute with a value that is not empty (no
     /// String is made to find out).
     public func hasValue(_ attribute: Attribute) -> Bool {
         let index = attribute.rawValue * 2
-        return known[index] >= 0 && known[index + 1] > known[index]
+        let start = known(index)
+        return start >= 0 && known(index + 1) > start
     }
 
     /// The value as a String (invalid UTF-8 replaced by U+FFFD); "" when absent.
@@ -85,9 +103,9 @@ public struct PolicyRequest: Sendable {
         let nameBytes = Array(name.utf8)
         var found: String?
         for (nameStart, equals, valueEnd) in all {
-            let n = storage[Int(nameStart)..<Int(equals)]
+            let n = bytes[Int(nameStart)..<Int(equals)]
             if n.elementsEqual(nameBytes) {
-                found = String(decoding: storage[Int(equals) + 1..<Int(valueEnd)], as: UTF8.self)
+                found = String(decoding: bytes[Int(equals) + 1..<Int(valueEnd)], as: UTF8.self)
             }
         }
         return found
@@ -96,8 +114,8 @@ public struct PolicyRequest: Sendable {
     /// Every attribute in arrival order, decoded leniently.
     public var attributes: [(name: String, value: String)] {
         all.map { (nameStart, equals, valueEnd) in
-            (String(decoding: storage[Int(nameStart)..<Int(equals)], as: UTF8.self),
-             String(decoding: storage[Int(equals) + 1..<Int(valueEnd)], as: UTF8.self))
+            (String(decoding: bytes[Int(nameStart)..<Int(equals)], as: UTF8.self),
+             String(decoding: bytes[Int(equals) + 1..<Int(valueEnd)], as: UTF8.self))
         }
     }
 

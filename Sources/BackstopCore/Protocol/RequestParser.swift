@@ -86,6 +86,9 @@ public struct RequestParser: Sendable {
 
     private mutating func append(_ base: UnsafeRawPointer, from start: Int, to end: Int) {
         guard end > start else { return }
+        // The request's buffer also takes its known table when it ends: room for it from the
+        // start, so handing the table over copies no octets.
+        if pending.isEmpty { pending.reserveCapacity(end &- start &+ PolicyRequest.tableBytes) }
         pending.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: end &- start))
     }
 
@@ -132,12 +135,10 @@ public struct RequestParser: Sendable {
                 throw ProtocolError.unsupportedRequest(String(decoding: pending[start..<end], as: UTF8.self))
             }
         }
-        // One copy of the table's octets (element by element, each read copied the table).
-        let slots = [Int32](unsafeUninitializedCapacity: Self.knownSlots) { buffer, initialized in
-            withUnsafeBytes(of: &known) { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
-            initialized = Self.knownSlots
-        }
-        let request = PolicyRequest(storage: pending, known: slots)
+        // The table goes after the octets in one copy (element by element, each read copied
+        // the whole table).
+        withUnsafeBytes(of: &known) { pending.append(contentsOf: $0) }
+        let request = PolicyRequest(bytes: pending)
         pending = []
         lineStart = 0
         known = Self.emptyKnown
