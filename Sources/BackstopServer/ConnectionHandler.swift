@@ -131,6 +131,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     case .request(let request):
                         guard !decodeFailed else { return }
                         let now = NIODeadline.now()
+                        // The usual case, one request and then its answer: no queue in between.
+                        if connection.answersAtOnce(now: now) { return answerQueued(context: context, now: now, first: request) }
                         switch connection.received(request, now: now) {
                         case .queued:
                             answerQueued(context: context, now: now)
@@ -201,10 +203,13 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: answering
 
     /// `now`: a clock reading just taken, for the first request answered (the one that has
-    /// just arrived); the others read the clock when they are taken up.
-    private func answerQueued(context: ChannelHandlerContext, now: NIODeadline? = nil) {
+    /// just arrived); the others read the clock when they are taken up. `first`: a request
+    /// that arrived while the connection owed nothing (ConnectionState.answersAtOnce), answered
+    /// before the queue is looked at.
+    private func answerQueued(context: ChannelHandlerContext, now: NIODeadline? = nil, first: ConnectionRequest? = nil) {
         var now = now
-        while let request = connection.nextRequest() {
+        var first = first
+        while let request = first.take() ?? connection.nextRequest() {
             let started = now ?? NIODeadline.now()
             now = nil
             // The decoder and the responder are installed together from one listener setting.

@@ -74,6 +74,18 @@ struct ConnectionState {
         return .queued
     }
 
+    /// A request the connection can answer at once, without queueing it: the connection is
+    /// open, owes no answer and has none waiting (how Postfix uses it: one request, then its
+    /// answer). Then the answer is marked as owed, as `nextRequest` marks it; false when the
+    /// request must go through `received`.
+    mutating func answersAtOnce(now: NIODeadline) -> Bool {
+        guard phase == .open, !answering, queue.isEmpty else { return false }
+        requestStarted = nil
+        lastActivity = now
+        answering = true
+        return true
+    }
+
     mutating func requestBegan(now: NIODeadline) {
         guard phase == .open else { return }
         requestStarted = now

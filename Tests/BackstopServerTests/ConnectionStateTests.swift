@@ -30,6 +30,33 @@ import NIOCore
         #expect(r4 == nil)
     }
 
+    /// A request that arrives while nothing is owed or waiting is answered at once (and then
+    /// owes its answer); one that arrives meanwhile waits in the queue, after it.
+    @Test func aRequestIsAnsweredAtOnceOnlyWhenNothingIsOwedOrWaiting() {
+        var c = fresh()
+        let idle = c.answersAtOnce(now: start)
+        #expect(idle)
+        #expect(c.answering)
+        let owing = c.answersAtOnce(now: start)
+        #expect(!owing, "an answer is owed")
+        let arrival = c.received(request, now: start)
+        #expect(arrival == .queued)
+        let early = c.nextRequest()
+        #expect(early == nil, "the queued one waits for the owed answer")
+        c.answered(now: start)
+        let waiting = c.answersAtOnce(now: start)
+        #expect(!waiting, "one is waiting: it goes first")
+        let queued = c.nextRequest()
+        #expect(queued != nil)
+        c.answered(now: start)
+        let again = c.answersAtOnce(now: start)
+        #expect(again)
+        c.answered(now: start)
+        _ = c.quiesce()
+        let stopping = c.answersAtOnce(now: start)
+        #expect(!stopping, "a stopping connection answers nothing new")
+    }
+
     @Test func readingPausesWhileFullOrNotWritableButNotWhileAnswering() {
         var c = fresh()
         let r5 = c.mayRead(writable: true)
