@@ -43,9 +43,12 @@ public final class SPFCheck: RetirableCheck {
         func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
     }
 
-    /// Is its own header flag: one object per message, not two.
+    /// Is its own header flag: one object per message, not two. `evaluated` is set once,
+    /// by `keep`, before the state is kept anywhere another request could find it (the
+    /// verdict is made from the outcomes while they are still the caller's, not copied back
+    /// out of here).
     final class MessageState: HeaderOnce, @unchecked Sendable {
-        let evaluated: SPFEvaluated
+        private(set) var evaluated = SPFEvaluated()
         var header: HeaderOnce { self }
         /// What the instance was evaluated for: a request with the same instance but another
         /// client, sender or HELO is another message.
@@ -53,13 +56,13 @@ public final class SPFCheck: RetirableCheck {
         func isFor(client: String, sender: String, helo: String) -> Bool {
             Octets.equal(self.client, client) && Octets.equal(self.sender, sender) && Octets.equal(self.helo, helo)
         }
-        init(_ evaluated: consuming SPFEvaluated, client: String, sender: String, helo: String) {
-            self.evaluated = evaluated
+        init(client: String, sender: String, helo: String) {
             self.client = client
             self.sender = sender
             self.helo = helo
             super.init()
         }
+        func keep(_ evaluated: consuming SPFEvaluated) { self.evaluated = evaluated }
         /// What it costs the per-message cache as the state of `instance`.
         func cost(instance: String) -> Int { evaluated.cost + instance.utf8.count }
     }
@@ -315,10 +318,12 @@ public final class SPFCheck: RetirableCheck {
                                              message: message, now: now, arriving: false) {
             return verdict(for: state.evaluated, header: state.header)
         }
-        // The outcomes move into the message's state, and the verdict reads them there.
-        let state = MessageState(consume evaluated, client: request.clientAddress, sender: request.sender, helo: request.helo)
+        let state = MessageState(client: request.clientAddress, sender: request.sender, helo: request.helo)
+        let verdict = verdict(for: evaluated, header: state.header)
+        // The outcomes move into the message's state.
+        state.keep(consume evaluated)
         hold(state, instance: instance, in: message, now: now)
-        return verdict(for: state.evaluated, header: state.header)
+        return verdict
     }
 
     /// The HELO query (when the HELO identity is checked) and the MAIL FROM query.
@@ -337,19 +342,16 @@ public final class SPFCheck: RetirableCheck {
     /// The outcomes for one message from the verifier's cache alone, or nil.
     @inline(__always)
     func cached(_ queries: (helo: SPFQuery?, mailfrom: SPFQuery), now: NIODeadline) -> SPFEvaluated? {
-        var evaluated = SPFEvaluated()
-        if let helo = queries.helo {
-            guard let outcome = verifier.cachedOutcome(helo, now: now) else { return nil }
-            evaluated.helo = outcome
-            if let same = SPFCheck.mailfromFromHelo(outcome, queries.mailfrom) {
-                evaluated.mailfrom = same
-                return evaluated
-            }
-            if outcome.result == .fail { return evaluated }
+        // Built once, at the end, from what was found (filling in an empty one copied it).
+        guard let heloQuery = queries.helo else {
+            guard let outcome = verifier.cachedOutcome(queries.mailfrom, now: now) else { return nil }
+            return SPFEvaluated(helo: nil, mailfrom: outcome)
         }
+        guard let helo = verifier.cachedOutcome(heloQuery, now: now) else { return nil }
+        if let same = SPFCheck.mailfromFromHelo(helo, queries.mailfrom) { return SPFEvaluated(helo: helo, mailfrom: same) }
+        if helo.result == .fail { return SPFEvaluated(helo: helo, mailfrom: nil) }
         guard let outcome = verifier.cachedOutcome(queries.mailfrom, now: now) else { return nil }
-        evaluated.mailfrom = outcome
-        return evaluated
+        return SPFEvaluated(helo: helo, mailfrom: outcome)
     }
 
     /// The outcomes for one message, HELO first when configured, then MAIL FROM, and what
