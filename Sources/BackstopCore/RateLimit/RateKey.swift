@@ -172,9 +172,12 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
         let length = min(value.count, 65535)
         out.append(UInt8(length >> 8))
         out.append(UInt8(length & 0xFF))
-        for byte in value.prefix(length) {
-            // ASCII lowercase: addresses, domains and user names are compared without case.
-            out.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
+        // One copy, then ASCII lowercase in place: addresses, domains and user names are
+        // compared without case (an append per octet cost ~15 instructions each).
+        let start = out.count
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: value.prefix(length)))
+        out.withUnsafeMutableBufferPointer { key in
+            for i in start..<key.count where key[i] >= 0x41 && key[i] <= 0x5A { key[i] |= 0x20 }
         }
     }
 

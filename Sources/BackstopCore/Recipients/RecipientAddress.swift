@@ -169,11 +169,9 @@ enum AddressNormaliser {
             }
             // In a table, ""@domain must not silently become the catch-all @domain.
             if length == 0 && !forLookup { return .failure(.emptyQuotedLocalPart) }
-        } else {
-            for i in start..<at {
-                out[length] = input[i]
-                length += 1
-            }
+        } else if at > start {
+            out.update(from: input.baseAddress!.assumingMemoryBound(to: UInt8.self) + start, count: at - start)
+            length = at - start
         }
         if forLookup && rules.stripBATV {
             length = stripBATV(out, length: length)
@@ -184,10 +182,10 @@ enum AddressNormaliser {
         let localLength = length
         out[length] = UInt8(ascii: "@")
         length += 1
-        for i in (at + 1)..<domainEnd {
-            out[length] = lower(input[i])
-            length += 1
-        }
+        let domainStart = length
+        out.advanced(by: domainStart).update(from: input.baseAddress!.assumingMemoryBound(to: UInt8.self) + at + 1, count: domainEnd - at - 1)
+        length += domainEnd - at - 1
+        for i in domainStart..<length { out[i] = lower(out[i]) }
         var extensionAt: Int?
         if forLookup && !rules.recipientDelimiters.isEmpty {
             extensionAt = splitPoint(out, localLength: localLength, delimiters: rules.recipientDelimiters)
