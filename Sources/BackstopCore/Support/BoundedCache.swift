@@ -10,7 +10,22 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+/// A key of a BoundedCache. `shardHash` picks the key's shard: by default the key's
+/// `hashValue`; a key that already holds a seeded hash of itself (a fingerprint made with
+/// Hasher) gives that, and saves hashing the key twice per lookup (the shard's table
+/// hashes it again with its own seed).
+public protocol CacheKey: Hashable, Sendable {
+    var shardHash: Int { get }
+}
+
+extension CacheKey {
+    public var shardHash: Int { hashValue }
+}
+
+/// Plain integers as keys (the cache's own tests).
+extension Int: CacheKey {}
+
+public final class BoundedCache<Key: CacheKey, Value: Sendable>: Sendable {
     public let maxEntries: Int
     public let maxBytes: Int
 
@@ -72,7 +87,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
 
     @inlinable
     func state(for key: Key) -> NIOLockedValueBox<State> {
-        shards.count == 1 ? shards[0] : shards[key.hashValue & (shards.count - 1)]
+        shards.count == 1 ? shards[0] : shards[key.shardHash & (shards.count - 1)]
     }
 
     /// The live value for `key`, or nil.

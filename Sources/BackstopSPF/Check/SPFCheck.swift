@@ -30,7 +30,7 @@ public final class SPFCheck: RetirableCheck {
     /// Postfix's instance attribute, hashed once with FNV-1a: the cache's dictionary then
     /// hashes 8 octets, not the string, on every lookup, insertion and eviction. The instance
     /// comes from Postfix (smtpd's process id, time and counters), not from the SMTP client.
-    struct MessageKey: Hashable, Sendable {
+    struct MessageKey: CacheKey {
         let instance: String
         let fingerprint: UInt64
 

@@ -9,6 +9,9 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 
+/// Questions key the shared DNS cache (the shard from their hash).
+extension DNSQuestion: CacheKey {}
+
 public final class SPFDNS: Sendable {
     public struct Limits: Sendable, Equatable {
         public var entries = 10_000

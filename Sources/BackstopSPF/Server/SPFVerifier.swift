@@ -154,8 +154,10 @@ public final class SPFVerifier: Sendable {
         /// each one it probed, cold in memory). The entry carries the fields, and a hit is
         /// taken only when they are this key's: two keys sharing a fingerprint make a
         /// miss, never one the other's outcome.
-        struct Slot: Hashable, Sendable {
+        struct Slot: CacheKey {
             let fingerprint: Int
+            /// Made with Hasher, seeded per process: the shard comes from it as it is.
+            var shardHash: Int { fingerprint }
         }
 
         var slot: Slot { Slot(fingerprint: fingerprint) }
