@@ -10,7 +10,10 @@ public enum PolicyAction: Sendable, Equatable, CustomStringConvertible {
     case deferIfPermit(String?)
     case deferIfReject(String?)
     /// An explicit SMTP reply: `code` is 4NN or 5NN, `enhanced` an RFC 3463 status such as 5.1.1.
-    case reply(code: Int, enhanced: String?, text: String)
+    /// Indirect: its payload is the largest by far, and every action, verdict and decision
+    /// copied on the request path was as large as it (the boxed one is made once per
+    /// configured action, or when its text's placeholders are filled).
+    indirect case reply(code: Int, enhanced: String?, text: String)
     case prepend(String)
     case warn(String)
     case info(String)
