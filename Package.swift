@@ -1,10 +1,10 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.2
 // Backstop: a Postfix policy-delegation server.
 import PackageDescription
 
 let package = Package(
     name: "backstop",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v26)],
     products: [
         .executable(name: "backstop", targets: ["backstop"]),
     ],

@@ -80,7 +80,7 @@ fi
 BIN=$(swift build -c release --show-bin-path)/backstop
 [ -x "$BIN" ] || { echo "no release binary at $BIN (run without --no-build)" >&2; exit 1; }
 # What is measured is what is installed: a binary linked to the toolchain's shared Swift
-# runtime (e.g. after scripts/serve-example built it) costs more per request.
+# runtime (e.g. one built with a plain `swift build -c release`) costs more per request.
 if ldd "$BIN" 2> /dev/null | grep -q libswiftCore; then
     echo "$BIN is linked to the shared Swift runtime; build it as the package does: scripts/build-release" >&2
     exit 1

@@ -220,7 +220,7 @@ public final class PolicyEngine: Sendable {
 
         /// `notes`, unshared, to change.
         private mutating func ownNotes() -> Notes {
-            if let notes, isKnownUniquelyReferenced(&self.notes!) { return notes }
+            if notes != nil, isKnownUniquelyReferenced(&notes!) { return notes! }
             let own = Notes(warning: notes?.warning, notice: notes?.notice)
             notes = own
             return own

@@ -18,9 +18,10 @@ public struct RequestParser: Sendable {
     /// Attribute lines of the request so far.
     private var lines = 0
 
-    /// The known table's size: two offsets per Attribute case (AttributeTests checks it).
-    public static let knownSlots = 50
-    private static let emptyKnown = InlineArray<50, Int32>(repeating: -1)
+    /// The known table: two offsets per Attribute case (AttributeTests checks the size).
+    typealias KnownTable = InlineArray<50, Int32>
+    public static let knownSlots = KnownTable.count
+    private static let emptyKnown = KnownTable(repeating: -1)
 
     public init(limits: ProtocolLimits = .defaults) {
         self.limits = limits
@@ -87,7 +88,7 @@ public struct RequestParser: Sendable {
     private mutating func append(_ base: UnsafeRawPointer, from start: Int, to end: Int) {
         guard end > start else { return }
         // The request's buffer also takes its known table when it ends: room for it from the
-        // start, so handing the table over copies no octets.
+        // start, so a request that arrives in one read is copied once.
         if pending.isEmpty { pending.reserveCapacity(end &- start &+ PolicyRequest.tableBytes) }
         pending.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: end &- start))
     }
