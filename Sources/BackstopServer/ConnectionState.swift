@@ -68,10 +68,15 @@ struct ConnectionState {
     mutating func received(_ request: ConnectionRequest, now: NIODeadline) -> Arrival {
         guard phase == .open else { return .dropped }
         guard queue.count < Self.maxPipelined else { return .overflow }
-        requestStarted = nil
-        lastActivity = now
+        arrived(now: now)
         queue.append(request)
         return .queued
+    }
+
+    /// A whole request arrived: no read timeout runs for it any more.
+    private mutating func arrived(now: NIODeadline) {
+        requestStarted = nil
+        lastActivity = now
     }
 
     /// A request the connection can answer at once, without queueing it: the connection is
@@ -80,8 +85,7 @@ struct ConnectionState {
     /// request must go through `received`.
     mutating func answersAtOnce(now: NIODeadline) -> Bool {
         guard phase == .open, !answering, queue.isEmpty else { return false }
-        requestStarted = nil
-        lastActivity = now
+        arrived(now: now)
         answering = true
         return true
     }

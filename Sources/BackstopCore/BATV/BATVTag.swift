@@ -65,7 +65,7 @@ public enum BATVTag {
     public static func parse(_ address: String) -> BATVTaggedAddress? {
         let bytes = Array(address.utf8)
         guard let at = bytes.lastIndex(of: UInt8(ascii: "@")), at > 16,
-              bytes[0..<5].map(lower) == Array("prvs=".utf8) else { return nil }
+              bytes[0..<5].map(ASCII.lowercase) == Array("prvs=".utf8) else { return nil }
         let local = bytes[5..<at]
         let domain = bytes[at...]
         let untagged: ArraySlice<UInt8>, tag: ArraySlice<UInt8>
@@ -94,7 +94,7 @@ public enum BATVTag {
     /// one): such an address is never signed again.
     public static func looksTagged(_ address: String) -> Bool {
         let bytes = address.utf8.prefix(5)
-        return bytes.count == 5 && bytes.map(lower) == Array("prvs=".utf8)
+        return bytes.count == 5 && bytes.map(ASCII.lowercase) == Array("prvs=".utf8)
     }
 
     // MARK: helpers
@@ -104,13 +104,11 @@ public enum BATVTag {
         return d < 10 ? "00\(d)" : d < 100 ? "0\(d)" : "\(d)"
     }
 
-    static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
-
     /// K DDD SSSSSS: four digits, then six hex digits (either case).
     static func isTag(_ t: ArraySlice<UInt8>) -> Bool {
         guard t.count == 10 else { return false }
         for (i, b) in t.enumerated() {
-            let c = lower(b)
+            let c = ASCII.lowercase(b)
             let digit = c >= 0x30 && c <= 0x39
             if i < 4 ? !digit : !(digit || (c >= 0x61 && c <= 0x66)) { return false }
         }
@@ -121,7 +119,7 @@ public enum BATVTag {
         let t = Array(tag)
         return BATVTaggedAddress(keyNumber: Int(t[0] - 0x30),
                                  expiryDay: Int(t[1] - 0x30) * 100 + Int(t[2] - 0x30) * 10 + Int(t[3] - 0x30),
-                                 signature: String(decoding: t[4...].map(lower), as: UTF8.self),
+                                 signature: String(decoding: t[4...].map(ASCII.lowercase), as: UTF8.self),
                                  address: String(decoding: Array(local) + Array(domain), as: UTF8.self))
     }
 }

@@ -218,6 +218,13 @@ public final class PolicyEngine: Sendable {
             self.keepsTrail = keepsTrail
         }
 
+        /// The first header due, with the check it came from and that check's reason.
+        private mutating func keepHeader(_ due: DueHeader, from check: any Check, reason: String) {
+            header = due
+            headerCheck = check
+            headerReason = reason
+        }
+
         /// `notes`, unshared, to change.
         private mutating func ownNotes() -> Notes {
             if notes != nil, isKnownUniquelyReferenced(&notes!) { return notes! }
@@ -228,11 +235,7 @@ public final class PolicyEngine: Sendable {
 
         mutating func add(_ verdict: Verdict, from check: any Check, engineTestMode: Bool) -> Decision? {
             if keepsTrail { trail.append(check: check.name, reason: verdict.reason) }
-            if header == nil, let due = verdict.header {
-                header = due
-                headerCheck = check
-                headerReason = verdict.reason
-            }
+            if header == nil, let due = verdict.header { keepHeader(due, from: check, reason: verdict.reason) }
             switch verdict.action {
             case .dunno:
                 if quietCheck == nil && !verdict.reason.isEmpty {
@@ -241,11 +244,7 @@ public final class PolicyEngine: Sendable {
                 }
                 return nil
             case .prepend(let line):
-                if header == nil {
-                    header = DueHeader(line: line)
-                    headerCheck = check
-                    headerReason = verdict.reason
-                }
+                if header == nil { keepHeader(DueHeader(line: line), from: check, reason: verdict.reason) }
                 return nil
             case .warn, .info:
                 // Postfix logs these and goes on to its next restriction (access(5)): so do the

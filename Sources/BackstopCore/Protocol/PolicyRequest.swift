@@ -30,7 +30,13 @@ public struct PolicyRequest: Sendable {
     /// Entry `slot` of the known table.
     @inlinable
     func known(_ slot: Int) -> Int32 {
-        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: octets + slot * 4, as: Int32.self) }
+        bytes.withUnsafeBytes { Self.known(slot, in: $0, after: octets) }
+    }
+
+    /// Entry `slot` of the table that follows `octets` octets of `raw` (the request's bytes).
+    @inlinable
+    static func known(_ slot: Int, in raw: UnsafeRawBufferPointer, after octets: Int) -> Int32 {
+        raw.loadUnaligned(fromByteOffset: octets + slot * MemoryLayout<Int32>.size, as: Int32.self)
     }
 
     /// Offsets of every attribute, in arrival order: name start, '=' index, value end. The
@@ -76,9 +82,9 @@ public struct PolicyRequest: Sendable {
     @inlinable
     public func withValueBytes<R>(_ attribute: Attribute, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
         return try bytes.withUnsafeBytes { raw in
-            let start = Int(raw.loadUnaligned(fromByteOffset: octets + attribute.rawValue * 8, as: Int32.self))
+            let start = Int(Self.known(attribute.rawValue * 2, in: raw, after: octets))
             guard start >= 0 else { return nil }
-            let end = Int(raw.loadUnaligned(fromByteOffset: octets + attribute.rawValue * 8 + 4, as: Int32.self))
+            let end = Int(Self.known(attribute.rawValue * 2 + 1, in: raw, after: octets))
             return try body(UnsafeRawBufferPointer(rebasing: raw[start..<end]))
         }
     }

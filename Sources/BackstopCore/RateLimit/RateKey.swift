@@ -176,9 +176,7 @@ public struct RateKeySpec: Sendable, Hashable, CustomStringConvertible {
         // compared without case (an append per octet cost ~15 instructions each).
         let start = out.count
         out.append(contentsOf: UnsafeRawBufferPointer(rebasing: value.prefix(length)))
-        out.withUnsafeMutableBufferPointer { key in
-            for i in start..<key.count where key[i] >= 0x41 && key[i] <= 0x5A { key[i] |= 0x20 }
-        }
+        out.withUnsafeMutableBufferPointer { ASCII.lowercase(UnsafeMutableBufferPointer(rebasing: $0[start...])) }
     }
 
     /// A domain's one trailing dot (the root) names the same domain: "a@example.org." and

@@ -138,28 +138,23 @@ enum AddressNormaliser {
         }
     }
 
-    @inline(__always)
-    static func lower(_ b: UInt8) -> UInt8 { (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b }
-
     /// The allocation-free path: the domain is ASCII (A-labels); the local part may hold
     /// UTF-8 that was already case-folded by `prepareUnicode`. Angle brackets are already off.
     static func normaliseASCIIDomain(_ input: UnsafeRawBufferPointer, into out: UnsafeMutablePointer<UInt8>,
                                      rules: RecipientNormalisation, forLookup: Bool) -> Result<NormalisedAddress, Failure> {
-        let start = 0
         let end = input.count
         // The last "@" separates the domain: a quoted local part may contain "@" itself.
-        var at = end - 1
-        while at >= start, input[at] != UInt8(ascii: "@") { at -= 1 }
-        guard at >= start else { return .failure(.noAt) }
+        guard let at = input.lastIndex(of: UInt8(ascii: "@")) else { return .failure(.noAt) }
+        let octets = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
         var domainEnd = end
         if domainEnd > at + 1, input[domainEnd - 1] == UInt8(ascii: ".") { domainEnd -= 1 }
         guard domainEnd > at + 1 else { return .failure(.emptyDomain) }
 
         // Local part: unquote "john doe" (RFC 5321 quoted-string, backslash escapes).
         var length = 0
-        if at - start >= 2, input[start] == UInt8(ascii: "\"") {
+        if at >= 2, input[0] == UInt8(ascii: "\"") {
             guard input[at - 1] == UInt8(ascii: "\"") else { return .failure(.unterminatedQuote) }
-            var i = start + 1
+            var i = 1
             while i < at - 1 {
                 var b = input[i]
                 if b == UInt8(ascii: "\\"), i + 1 < at - 1 { i += 1; b = input[i] }
@@ -169,23 +164,23 @@ enum AddressNormaliser {
             }
             // In a table, ""@domain must not silently become the catch-all @domain.
             if length == 0 && !forLookup { return .failure(.emptyQuotedLocalPart) }
-        } else if at > start {
-            out.update(from: input.baseAddress!.assumingMemoryBound(to: UInt8.self) + start, count: at - start)
-            length = at - start
+        } else {
+            out.update(from: octets, count: at)
+            length = at
         }
         if forLookup && rules.stripBATV {
             length = stripBATV(out, length: length)
         }
         if !rules.caseSensitiveLocalPart {
-            for i in 0..<length { out[i] = lower(out[i]) }
+            ASCII.lowercase(UnsafeMutableBufferPointer(start: out, count: length))
         }
         let localLength = length
         out[length] = UInt8(ascii: "@")
         length += 1
         let domainStart = length
-        out.advanced(by: domainStart).update(from: input.baseAddress!.assumingMemoryBound(to: UInt8.self) + at + 1, count: domainEnd - at - 1)
+        (out + domainStart).update(from: octets + at + 1, count: domainEnd - at - 1)
         length += domainEnd - at - 1
-        for i in domainStart..<length { out[i] = lower(out[i]) }
+        ASCII.lowercase(UnsafeMutableBufferPointer(start: out + domainStart, count: length - domainStart))
         var extensionAt: Int?
         if forLookup && !rules.recipientDelimiters.isEmpty {
             extensionAt = splitPoint(out, localLength: localLength, delimiters: rules.recipientDelimiters)
@@ -221,7 +216,7 @@ enum AddressNormaliser {
         let count = word.utf8CodeUnitCount
         guard bytes.count >= count else { return false }
         let w = word.utf8Start
-        for i in 0..<count where lower(bytes[i]) != lower(w[i]) { return false }
+        for i in 0..<count where ASCII.lowercase(bytes[i]) != ASCII.lowercase(w[i]) { return false }
         return true
     }
 
@@ -230,7 +225,7 @@ enum AddressNormaliser {
     static func isBATVTag(_ p: UnsafeMutablePointer<UInt8>) -> Bool {
         for i in 0..<4 where !(p[i] >= 0x30 && p[i] <= 0x39) { return false }
         for i in 4..<10 {
-            let c = lower(p[i])
+            let c = ASCII.lowercase(p[i])
             if !((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66)) { return false }
         }
         return true

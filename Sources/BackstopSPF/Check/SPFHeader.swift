@@ -18,7 +18,12 @@ public enum SPFHeader {
         public init(_ name: String) {
             let octets = name.utf8.count
             value = Builder.build(capacity: 2 * octets + 2) { $0.value(name) }
-            comment = Builder.build(capacity: octets) { $0.commentText(name) }
+            comment = Self.commentForm(name)
+        }
+
+        /// The name as a comment writes it (commentText's substitutions).
+        static func commentForm(_ name: String) -> String {
+            Builder.build(capacity: name.utf8.count) { $0.commentText(name) }
         }
     }
 
@@ -179,8 +184,7 @@ public enum SPFHeader {
         let values = receiver.utf8.count + query.checkedMailbox.utf8.count + query.clientAddress.utf8.count + helo.utf8.count
         return Builder.build(capacity: 128 + values) { out in
             // Only the receiver's comment form: Receiver would also make its quoted form.
-            let name = Builder.build(capacity: receiver.utf8.count) { $0.commentText(receiver) }
-            out.comment(outcome, mailbox: query.checkedMailbox, receiver: name, helo: helo)
+            out.comment(outcome, mailbox: query.checkedMailbox, receiver: Receiver.commentForm(receiver), helo: helo)
         }
     }
 
