@@ -73,6 +73,8 @@ public final class RecipientTable: Sendable {
     public let catchAllCount: Int
     /// Domains we receive mail for (named in the tables or configured).
     public let domainCount: Int
+    /// Octets of the arrays advised into huge pages (HugePages; 0 for a table under 2 MiB).
+    let hugePageBytes: Int
 
     /// `slots`: a power of two, more than `entries.count`.
     init(arena: [UInt8], entries: [Entry], slots: Int, seed: UInt64, overrides: [PolicyAction],
@@ -91,6 +93,9 @@ public final class RecipientTable: Sendable {
             probes[i] = Probe(hash: entry.hash, offset: entry.offset, length: entry.length,
                               entry: UInt32(index + 1) | (entry.override >= 0 ? Probe.overriddenBit : 0))
         }
+        // Every lookup lands on a random slot and key: huge pages spare most of those reads
+        // a page-table walk (a table of a million keys spans ~90 MiB).
+        hugePageBytes = HugePages.advise(probes) + HugePages.advise(arena) + HugePages.advise(entries)
         self.probes = probes
         self.mask = mask
         self.seed = seed
