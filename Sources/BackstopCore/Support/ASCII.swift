@@ -23,6 +23,36 @@ public enum ASCII {
         Octets.with(text) { check($0) }
     }
 
+    /// True when some octet of `word` is `octet`: a word with that octet's bits flipped has
+    /// a zero octet, and the zero-octet test (subtract one from each octet, keep the high
+    /// bits that were clear before) is exact about whether there is one.
+    @inlinable @inline(__always)
+    public static func has(_ octet: UInt8, in word: UInt64) -> Bool {
+        let x = word ^ (0x0101_0101_0101_0101 &* UInt64(octet))
+        return (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080 != 0
+    }
+
+    /// True when some octet of `octets` is `a`, `b` or `c`, or (with `eightBit`) 0x80 or
+    /// above: eight at a time (the last word overlapping the one before it), for text that
+    /// is usually copied as it is once this says no.
+    @inlinable @inline(__always)
+    public static func contains(_ a: UInt8, _ b: UInt8, _ c: UInt8, eightBit: Bool, in octets: UnsafeRawBufferPointer) -> Bool {
+        @inline(__always) func hit(_ word: UInt64) -> Bool {
+            (eightBit && word & 0x8080_8080_8080_8080 != 0) || has(a, in: word) || has(b, in: word) || has(c, in: word)
+        }
+        let count = octets.count
+        guard count >= 8 else {
+            for x in octets where (eightBit && x >= 0x80) || x == a || x == b || x == c { return true }
+            return false
+        }
+        var i = 0
+        while i &+ 8 <= count {
+            if hit(octets.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return true }
+            i &+= 8
+        }
+        return i < count && hit(octets.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self))
+    }
+
     /// `b` with A-Z made a-z; every other octet (8-bit ones included) as it is.
     @inline(__always)
     public static func lowercase(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }

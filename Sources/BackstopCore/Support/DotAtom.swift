@@ -7,11 +7,26 @@ public enum DotAtom {
     /// True when `octets` is a dot-atom. With `utf8`, octets over 0x7F count as atext too,
     /// as RFC 6531 allows in an SMTPUTF8 local part; without, a dot-atom is ASCII.
     public static func check(_ octets: UnsafeRawBufferPointer, utf8: Bool = false) -> Bool {
-        guard let first = octets.first, first != 0x2E, octets.last != 0x2E else { return false }
-        var previous: UInt8 = 0
-        for b in octets {
-            guard isAtomOctet(b) || (utf8 && b >= 0x80), !(b == 0x2E && previous == 0x2E) else { return false }
-            previous = b
+        let count = octets.count
+        guard count > 0, let base = octets.baseAddress else { return false }
+        let p = base.assumingMemoryBound(to: UInt8.self)
+        if p[0] == 0x2E || p[count &- 1] == 0x2E { return false }
+        var previousDot = false
+        var i = 0
+        while i < count {
+            let b = p[i]
+            i &+= 1
+            if b == 0x2E {
+                if previousDot { return false }
+                previousDot = true
+                continue
+            }
+            previousDot = false
+            if b >= 0x80 {
+                if utf8 { continue }
+                return false
+            }
+            if ((b < 64 ? atomLow : atomHigh) >> UInt64(b & 63)) & 1 == 0 { return false }
         }
         return true
     }

@@ -172,7 +172,10 @@ public enum SPFHeader {
     /// no domain name). An 8-bit local part (SMTPUTF8, RFC 6532) is written as it is.
     static func mailboxFitsHeader(_ mailbox: String) -> Bool {
         Octets.with(mailbox) { octets in
-            guard let at = octets.lastIndex(of: UInt8(ascii: "@")) else { return ASCII.check(octets) }
+            // Only the domain after the last "@" must be ASCII: when the whole mailbox is
+            // (the usual case), no search for it.
+            if ASCII.check(octets) { return true }
+            guard let at = octets.lastIndex(of: UInt8(ascii: "@")) else { return false }
             return ASCII.check(UnsafeRawBufferPointer(rebasing: octets[(at + 1)...]))
         }
     }
@@ -231,7 +234,9 @@ public enum SPFHeader {
         /// A Received-SPF value (RFC 7208 §9.1: dot-atom or quoted-string): a dot-atom stays
         /// as it is; anything else (an IPv6 address, with its ":") becomes a quoted-string.
         mutating func value(_ text: String) {
-            if Octets.with(text, { DotAtom.check($0) }) { append(text) } else { quoted(text) }
+            Octets.with(text) { octets in
+                if DotAtom.check(octets) { write(octets) } else { quoted(octets) }
+            }
         }
 
         /// An Authentication-Results property value (RFC 8601 §2.2 pvalue): a domain name,
@@ -247,10 +252,15 @@ public enum SPFHeader {
         }
 
         mutating func quoted(_ text: String) {
+            Octets.with(text) { quoted($0) }
+        }
+
+        private mutating func quoted(_ octets: UnsafeRawBufferPointer) {
             write(0x22)
-            Octets.with(text) { octets in
-                // Most values need no escape: one copy.
-                guard octets.contains(where: { $0 == 0x22 || $0 == 0x5C }) else { return write(octets) }
+            // Most values need no escape: one copy (8-bit octets go as they are).
+            if !ASCII.contains(0x22, 0x5C, 0x5C, eightBit: false, in: octets) {
+                write(octets)
+            } else {
                 for b in octets {
                     if b == 0x22 || b == 0x5C { write(0x5C) }
                     write(b)
@@ -265,6 +275,8 @@ public enum SPFHeader {
             Octets.with(text) { octets in
                 let start = count
                 write(octets)
+                // The usual text (an address, a host name) has none of them: eight at a time.
+                if !ASCII.contains(0x28, 0x29, 0x5C, eightBit: true, in: octets) { return }
                 for i in start..<count {
                     let b = buffer[i]
                     if b == 0x28 || b == 0x29 || b == 0x5C { buffer[i] = 0x5F } else if b >= 0x80 { buffer[i] = 0x3F }
