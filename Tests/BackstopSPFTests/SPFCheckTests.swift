@@ -192,6 +192,20 @@ func isHeader(_ decision: Decision) -> Bool {
         #expect(check.reasons[SPFResult.none.index * 4 + 1] == "spf=none cached")
     }
 
+    /// SPFEvaluated keeps each outcome's result beside it (read without copying the outcome):
+    /// it follows every change of the outcomes, made whole or through them.
+    @Test func evaluatedResultsFollowTheirOutcomes() {
+        let query = SPFQuery(clientAddress: "192.0.2.1", sender: "a@example.org", helo: "mail.example.org")
+        var evaluated = SPFEvaluated(mailfrom: SPFOutcome(result: .pass, query: query))
+        #expect(evaluated.heloResult == nil && evaluated.mailfromResult == .pass)
+        evaluated.mailfrom?.result = .softfail
+        #expect(evaluated.mailfromResult == .softfail)
+        evaluated.helo = SPFOutcome(result: .fail, query: query.with(identity: .helo))
+        #expect(evaluated.heloResult == .fail)
+        evaluated.mailfrom = nil
+        #expect(evaluated.mailfromResult == nil && evaluated.heloResult == .fail)
+    }
+
     /// Received-SPF values are a dot-atom or a quoted-string (RFC 7208 §9.1): an IPv6
     /// address and anything with "@" or ":" are quoted. Authentication-Results keeps a
     /// domain name and local-part@domain as they are (RFC 8601 §2.2) and quotes the rest.

@@ -26,7 +26,7 @@ public enum SPFReport {
             ?? check.senderSkip(client: ip, sender: sender, helo: helo)
         let skipped = skip.map { "answer: DUNNO\nnote: the server skips SPF for this request (spf=skipped(\($0))): the result above is not used\n" }
         let evaluated = (try? await check.evaluations(queries, deadline: deadline, on: loop) { $0 }.get()) ?? SPFEvaluated()
-        guard let deciding = evaluated.helo?.result == .fail ? evaluated.helo : (evaluated.mailfrom ?? evaluated.helo) else {
+        guard let deciding = evaluated.heloResult == .fail ? evaluated.helo : (evaluated.mailfrom ?? evaluated.helo) else {
             // No outcome at all (the verifier failed): the server answers its temperror action.
             if let skipped { return ("temperror\n" + skipped, .dunno) }
             let action = check.failVerdict.action
