@@ -8,31 +8,6 @@ import NIOCore
 import Logging
 import Metrics
 
-/// The final answer for a request, with what is needed to log it.
-public struct Decision: Sendable {
-    public var action: PolicyAction
-    /// The check that decided, or nil when no check had an opinion.
-    public var check: String?
-    public var reason: String
-    /// When test mode softened a refusal: the answer that would have been sent.
-    public var wouldHave: PolicyAction?
-    public var deadlineExpired: Bool = false
-    /// Set when the answer carries a once-per-message header: mark it when written.
-    public var headerOnce: HeaderOnce?
-    /// What each check that ran said, for the decision line.
-    public var trail = CheckTrail()
-
-    public init(action: PolicyAction, check: String?, reason: String, wouldHave: PolicyAction? = nil,
-                deadlineExpired: Bool = false, headerOnce: HeaderOnce? = nil) {
-        self.action = action
-        self.check = check
-        self.reason = reason
-        self.wouldHave = wouldHave
-        self.deadlineExpired = deadlineExpired
-        self.headerOnce = headerOnce
-    }
-}
-
 public final class PolicyEngine: Sendable {
     public let stages: [ProtocolState: [any Check]]
     /// `stages` by `ProtocolState.index`, so a request costs no dictionary lookup.

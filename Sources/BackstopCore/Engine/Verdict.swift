@@ -24,16 +24,20 @@ public struct Verdict: Sendable, Equatable {
     public var isNoOpinion: Bool { action.isNoOpinion }
 }
 
-/// A header line (without "PREPEND ") due on a message.
-public struct DueHeader: Sendable, Equatable {
-    public var line: String
+/// A header line (without "PREPEND ") due on a message. One reference: it rides in a
+/// verdict, and a verdict that holds it inline is too large for Swift to copy and destroy
+/// without its generic value witnesses (once per check per request).
+public final class DueHeader: Sendable, Equatable {
+    public let line: String
     /// When the header is added once per message: marked when an answer carrying it is written.
-    public var once: HeaderOnce?
+    public let once: HeaderOnce?
 
     public init(line: String, once: HeaderOnce? = nil) {
         self.line = line
         self.once = once
     }
+
+    public static func == (a: DueHeader, b: DueHeader) -> Bool { a.line == b.line && a.once == b.once }
 }
 
 /// "This message has its header": set by the connection that writes the answer carrying it.
