@@ -315,7 +315,8 @@ fi
 if wanted example; then
 EX_PORT=$(free_port)
 mkdir -p "$WORK/example"
-cp examples/recipients "$WORK/example/recipients"
+# The files the example configuration names beside it (its tables and overrides).
+cp examples/recipients examples/ratelimit-overrides "$WORK/example/"
 sed "s/^address = \"127.0.0.1:10033\"/address = \"127.0.0.1:$EX_PORT\"/" examples/backstop.toml > "$WORK/example/backstop.toml"
 start_backstop example "$EX_PORT" "$WORK/example/backstop.toml"
 sleep 2

@@ -116,24 +116,27 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
         var pending = pending
         while let index = pending.popFirst() {
             let runtime = rules[index]
+            // Only a rule after this one can refuse and give back what this one takes: the
+            // last rule's hit is not kept (a kept hit is copied, and destroyed at the end).
+            let keep = !pending.isEmpty
             guard let (hit, mark) = prepare(runtime, request) else { continue }
             runtime.hits.increment()
             if let memory {
                 // The embedded store answers synchronously: no future on the hot path.
-                if let verdict = settle(memory.apply(hit), hit, mark, runtime, request, context, &progress) {
+                if let verdict = settle(memory.apply(hit), hit, keep: keep, mark, runtime, request, context, &progress) {
                     return .now(verdict)
                 }
                 continue
             }
             switch store.hit(hit, eventLoop: context.eventLoop) {
             case .now(let outcome):
-                if let verdict = settle(outcome, hit, mark, runtime, request, context, &progress) { return .now(verdict) }
+                if let verdict = settle(outcome, hit, keep: keep, mark, runtime, request, context, &progress) { return .now(verdict) }
             case .later(let future):
                 let rest = pending
                 let carried = progress
                 let step = future.hop(to: context.eventLoop).map { outcome -> Step in
                     var p = carried
-                    if let verdict = self.settle(outcome, hit, mark, runtime, request, context, &p) { return .decided(verdict) }
+                    if let verdict = self.settle(outcome, hit, keep: keep, mark, runtime, request, context, &p) { return .decided(verdict) }
                     return .proceed(p)
                 }.recover { error -> Step in
                     var p = carried
@@ -203,11 +206,14 @@ extension RateLimitCheck {
     }
 
     /// Records an outcome; returns the verdict when the rule refused.
-    private func settle(_ outcome: GCRAOutcome, _ hit: RateHit, _ mark: UInt64?, _ runtime: Runtime,
+    /// `keep`: an admitted hit is kept for giving back (a later rule may refuse).
+    private func settle(_ outcome: GCRAOutcome, _ hit: RateHit, keep: Bool, _ mark: UInt64?, _ runtime: Runtime,
                         _ request: PolicyRequest, _ context: CheckContext, _ progress: inout Progress) -> Verdict? {
         switch outcome {
         case .admitted:
-            if progress.firstAdmitted == nil { progress.firstAdmitted = hit } else { progress.moreAdmitted.append(hit) }
+            if keep {
+                if progress.firstAdmitted == nil { progress.firstAdmitted = hit } else { progress.moreAdmitted.append(hit) }
+            }
             if let mark { progress.counted.append(mark) }
             return nil
         case .refused(let retryAfter):
