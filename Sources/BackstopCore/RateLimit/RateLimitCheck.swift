@@ -85,10 +85,11 @@ public final class RateLimitCheck: RetirableCheck, ReloadableCheck, Sendable {
 
     // MARK: - Evaluation
 
-    /// Hits admitted so far for this request (to give back on a refusal) and messages to remember.
+    /// Hits admitted so far for this request that a later rule's refusal would give back
+    /// (the last rule's is not kept: no rule comes after it), and messages to remember.
     private struct Progress {
-        /// The first hit admitted, and those after it: most requests meet one rule, and
-        /// keep it without an array (an allocation per request).
+        /// The first hit kept, and those after it: the first without an array (an
+        /// allocation per request).
         var firstAdmitted: RateHit?
         var moreAdmitted: [RateHit] = []
         var counted: [UInt64] = []

@@ -113,6 +113,13 @@ public final class RecipientTable: Sendable {
         (addressCount, catchAllCount, domainCount) = counts
     }
 
+    deinit {
+        guard hugePageBytes > 0 else { return }
+        HugePages.unadvise(probes)
+        HugePages.unadvise(arena)
+        HugePages.unadvise(entries)
+    }
+
     /// All entries: mailboxes, catch-alls and domains.
     public var entryCount: Int { entries.count }
 

@@ -1,7 +1,9 @@
 // Whether octets are all ASCII (no high bit set), eight at a time: the common case of a
 // request value, checked before anything handles the rare 8-bit one (an SMTPUTF8 address,
-// a U-label HELO); and ASCII lowercasing of octets (addresses, domains and keys compared
-// without case). It does not validate UTF-8 or look at control characters.
+// a U-label HELO); whether text holds any of a few given octets, also eight at a time (the
+// Received-SPF line's values, copied as they are when they hold none); and ASCII
+// lowercasing of octets (addresses, domains and keys compared without case). It does not
+// validate UTF-8 or look at control characters.
 
 public enum ASCII {
     /// True when no octet is 0x80 or above.

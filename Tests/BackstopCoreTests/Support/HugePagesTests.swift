@@ -1,6 +1,6 @@
 // HugePages: a large filled array ends up in huge pages when the kernel offers them, as the
 // kernel itself reports (/proc/self/smaps), and a large recipient table asks for them. Where
-// THP is off ("never", or no THP at all) the same tests check that nothing was collapsed.
+// THP is off ("never", or no THP at all) the same tests check that nothing was asked for.
 
 import Foundation
 import Testing
@@ -37,15 +37,49 @@ struct HugePagesTests {
         let advised = HugePages.advise(array)
         let address = array.withUnsafeBytes { UInt(bitPattern: $0.baseAddress!) }
         let huge = try Self.hugeKiB(at: address + UInt(6 << 20))
+        #expect(HugePages.mode == Self.mode)
         switch Self.mode {
         case "always", "madvise":
             // 12 MiB holds at least five whole 2 MiB pages, wherever it starts.
             #expect(advised >= 10 << 20)
             #expect(huge >= 10 << 10, "AnonHugePages \(huge) KiB")
         default:
-            #expect(huge == 0)
+            #expect(advised == 0 && huge == 0)
         }
         #expect(array.allSatisfy { $0 == 7 })
+        #endif
+    }
+
+    /// The VmFlags of the mapping that holds `address` ("hg": advised into huge pages, "nh":
+    /// advised out of them), as /proc/self/smaps says.
+    static func flags(at address: UInt) throws -> [Substring] {
+        let data = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/self/smaps")).readToEnd() ?? Data()
+        var inside = false
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), let space = line.firstIndex(of: " "), dash < space,
+               let start = UInt(line[..<dash], radix: 16), let end = UInt(line[line.index(after: dash)..<space], radix: 16) {
+                inside = start <= address && address < end
+            } else if inside, line.hasPrefix("VmFlags:") {
+                return line.split(separator: " ").dropFirst().map { $0 }
+            }
+        }
+        return []
+    }
+
+    /// What a freed table gives back: the range no longer invites huge pages.
+    @Test func theAdviceIsTakenBack() throws {
+        #if os(Linux)
+        guard Self.mode == "always" || Self.mode == "madvise" else {
+            #expect(HugePages.advise([UInt8](repeating: 1, count: 8 << 20)) == 0)
+            return
+        }
+        let array = [UInt8](repeating: 3, count: 8 << 20)
+        let inside = array.withUnsafeBytes { UInt(bitPattern: $0.baseAddress!) } + UInt(4 << 20)
+        HugePages.advise(array)
+        #expect(try Self.flags(at: inside).contains("hg"))
+        HugePages.unadvise(array)
+        let after = try Self.flags(at: inside)
+        #expect(after.contains("nh") && !after.contains("hg"), "\(after)")
         #endif
     }
 
@@ -65,8 +99,7 @@ struct HugePagesTests {
         let table = builder.finish(files: ["t"])
         switch Self.mode {
         case "always", "madvise": #expect(table.hugePageBytes >= 4 << 20)
-        case nil: #expect(table.hugePageBytes == 0)
-        default: break  // "never": the advice is accepted and does nothing
+        default: #expect(table.hugePageBytes == 0)
         }
         #expect(table.lookup("user149999@example.test") == .valid(file: "t", line: 150_000))
         #endif
