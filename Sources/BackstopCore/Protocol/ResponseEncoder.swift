@@ -70,21 +70,11 @@ public enum ResponseEncoder {
     /// True when every octet is printable ASCII (0x20...0x7E): eight octets per step.
     static func isPrintableASCII(_ octets: UnsafeRawBufferPointer) -> Bool {
         let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
-        var i = 0
-        while i + 8 <= octets.count {
-            let word = octets.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-            // A high bit marks an octet below 0x20 (after subtracting 0x20 from each), one of
-            // 0x7F or more (after adding 1), or one of 0x80 or more; a borrow or carry can
-            // only start at such an octet, so a word without one has no false alarm.
-            if ((word &- ones &* 0x20) | (word &+ ones) | word) & highs != 0 { return false }
-            i += 8
-        }
-        while i < octets.count {
-            let b = octets[i]
-            if b < 0x20 || b > 0x7E { return false }
-            i += 1
-        }
-        return true
+        // A high bit marks an octet below 0x20 (after subtracting 0x20 from each), one of
+        // 0x7F or more (after adding 1), or one of 0x80 or more; a borrow or carry can only
+        // start at such an octet, so a word without one has no false alarm.
+        return !ASCII.anyWord(octets, { word in ((word &- ones &* 0x20) | (word &+ ones) | word) & highs != 0 },
+                              orOctet: { $0 < 0x20 || $0 > 0x7E })
     }
 
     /// The general path of `sanitise`, scalar by scalar (tests compare the two).

@@ -8,16 +8,28 @@
 public enum ASCII {
     /// True when no octet is 0x80 or above.
     public static func check(_ octets: UnsafeRawBufferPointer) -> Bool {
+        !anyWord(octets, { $0 & 0x8080_8080_8080_8080 != 0 }, orOctet: { $0 >= 0x80 })
+    }
+
+    /// The one scan behind the eight-at-a-time checks: true when `word` says so of some
+    /// eight octets of `octets` read as one word (every octet is in a word read; the last
+    /// word overlaps the one before it, so no octet is looked at alone), or, for text of
+    /// fewer than eight octets, when `octet` says so of one of them. `word` must be exact
+    /// for any eight octets of the text.
+    @inlinable @inline(__always)
+    public static func anyWord(_ octets: UnsafeRawBufferPointer, _ word: (UInt64) -> Bool,
+                               orOctet octet: (UInt8) -> Bool) -> Bool {
+        let count = octets.count
+        guard count >= 8 else {
+            for x in octets where octet(x) { return true }
+            return false
+        }
         var i = 0
-        while i + 8 <= octets.count {
-            if octets.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 != 0 { return false }
-            i += 8
+        while i &+ 8 <= count {
+            if word(octets.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return true }
+            i &+= 8
         }
-        while i < octets.count {
-            if octets[i] >= 0x80 { return false }
-            i += 1
-        }
-        return true
+        return i < count && word(octets.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self))
     }
 
     /// The same for a string's UTF-8.
@@ -35,24 +47,12 @@ public enum ASCII {
     }
 
     /// True when some octet of `octets` is `a`, `b` or `c`, or (with `eightBit`) 0x80 or
-    /// above: eight at a time (the last word overlapping the one before it), for text that
-    /// is usually copied as it is once this says no.
+    /// above, eight at a time: for text that is usually copied as it is once this says no.
     @inlinable @inline(__always)
     public static func contains(_ a: UInt8, _ b: UInt8, _ c: UInt8, eightBit: Bool, in octets: UnsafeRawBufferPointer) -> Bool {
-        @inline(__always) func hit(_ word: UInt64) -> Bool {
+        anyWord(octets, { word in
             (eightBit && word & 0x8080_8080_8080_8080 != 0) || has(a, in: word) || has(b, in: word) || has(c, in: word)
-        }
-        let count = octets.count
-        guard count >= 8 else {
-            for x in octets where (eightBit && x >= 0x80) || x == a || x == b || x == c { return true }
-            return false
-        }
-        var i = 0
-        while i &+ 8 <= count {
-            if hit(octets.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return true }
-            i &+= 8
-        }
-        return i < count && hit(octets.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self))
+        }, orOctet: { x in (eightBit && x >= 0x80) || x == a || x == b || x == c })
     }
 
     /// `b` with A-Z made a-z; every other octet (8-bit ones included) as it is.
